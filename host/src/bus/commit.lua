@@ -1,0 +1,64 @@
+-- Commit of one batch of a subscriber's results, atomically.
+--
+-- KEYS[1] the subscriber stream   KEYS[2] its DLQ   KEYS[3] its state hash
+-- KEYS[4] events:all (where published events go)
+-- ARGV[1] the subscriber's group, then one record per entry:
+--   'ok', id, p, p payloads, s, s (field, value) pairs, d, d fields
+--   'dlq', id, payload
+--
+-- Each entry is acknowledged first; its effects (or its dead letter) are
+-- written only if it was still pending. A handler that ran twice for one
+-- entry (a crash, a reclaim) therefore commits its effects exactly once.
+
+for k = 2, 4 do
+  local t = redis.call('TYPE', KEYS[k])['ok']
+  local want = (k == 3) and 'hash' or 'stream'
+  if t ~= want and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is a ' .. t .. ', not a ' .. want)
+  end
+end
+
+local group = ARGV[1]
+local committed, dead, skipped = 0, 0, 0
+local i = 2
+while i <= #ARGV do
+  local kind, id = ARGV[i], ARGV[i + 1]
+  i = i + 2
+  local acked = redis.call('XACK', KEYS[1], group, id) == 1
+  if kind == 'ok' then
+    local p = tonumber(ARGV[i])
+    i = i + 1
+    if acked then
+      for j = i, i + p - 1 do
+        redis.call('XADD', KEYS[4], '*', 'data', ARGV[j])
+      end
+    end
+    i = i + p
+    local s = tonumber(ARGV[i])
+    i = i + 1
+    if acked then
+      for j = i, i + 2 * s - 1, 2 do
+        redis.call('HSET', KEYS[3], ARGV[j], ARGV[j + 1])
+      end
+    end
+    i = i + 2 * s
+    local d = tonumber(ARGV[i])
+    i = i + 1
+    if acked and d > 0 then
+      for j = i, i + d - 1 do
+        redis.call('HDEL', KEYS[3], ARGV[j])
+      end
+    end
+    i = i + d
+    if acked then committed = committed + 1 else skipped = skipped + 1 end
+  else
+    if acked then
+      redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])
+      dead = dead + 1
+    else
+      skipped = skipped + 1
+    end
+    i = i + 1
+  end
+end
+return {committed, dead, skipped}

@@ -1,0 +1,179 @@
+//! Connections to Redis that survive outages.
+//!
+//! Every loop gets its own connection for blocking reads (a blocked
+//! `XREADGROUP` holds its connection), and shares one multiplexed connection
+//! for everything else. Both reconnect by themselves; callers only back off
+//! and retry a failed command.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// How long a non-blocking command may take before it counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens connections to one Redis server.
+#[derive(Clone)]
+pub struct Connector {
+    client: redis::Client,
+    /// The URL without its password, for messages.
+    display: String,
+}
+
+impl Connector {
+    /// A connector for `url`; nothing is connected yet.
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|err| anyhow::anyhow!("invalid Redis URL {}: {err}", redact(url)))?;
+        Ok(Connector {
+            client,
+            display: redact(url),
+        })
+    }
+
+    /// The server's URL, safe to log.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// A connection for ordinary commands.
+    pub async fn commands(&self) -> redis::RedisResult<ConnectionManager> {
+        self.open(COMMAND_TIMEOUT).await
+    }
+
+    /// A connection for reads that block up to `block`.
+    pub async fn reader(&self, block: Duration) -> redis::RedisResult<ConnectionManager> {
+        self.open(block + COMMAND_TIMEOUT).await
+    }
+
+    async fn open(&self, response_timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        ConnectionManager::new_with_config(self.client.clone(), config).await
+    }
+
+    /// Connects for commands, retrying with backoff until it works or
+    /// `shutdown` fires (then `None`).
+    pub async fn commands_when_up(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Option<ConnectionManager> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.commands().await {
+                Ok(conn) => return Some(conn),
+                Err(err) => {
+                    tracing::warn!(
+                        redis = %self.display,
+                        "cannot reach Redis ({err}); retrying in {:?}",
+                        backoff.peek()
+                    );
+                    if !backoff.wait(shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff between retries of a failing operation.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(5);
+
+    /// The delay the next `wait` will take.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
+    /// Sleeps for the current delay and doubles it; `false` if `shutdown`
+    /// fired meanwhile.
+    pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = shutdown.cancelled() => false,
+        }
+    }
+
+    /// Starts over after a success.
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+/// Whether the error means the consumer group (or its stream) is gone,
+/// e.g. Redis restarted without persistence.
+pub fn is_nogroup(err: &redis::RedisError) -> bool {
+    err.code() == Some("NOGROUP") || err.to_string().contains("NOGROUP")
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(
+            redact("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact("redis://app:s3cret@db:6379"),
+            "redis://app:***@db:6379"
+        );
+        assert_eq!(redact("redis://:s3cret@db"), "redis://:***@db");
+        assert_eq!(redact("rediss://token@db"), "rediss://***@db");
+    }
+
+    #[tokio::test]
+    async fn backoff_doubles_and_stops_on_shutdown() {
+        let shutdown = CancellationToken::new();
+        let mut backoff = Backoff::default();
+        assert_eq!(backoff.peek(), Duration::from_millis(100));
+        tokio::time::pause();
+        assert!(backoff.wait(&shutdown).await);
+        assert_eq!(backoff.peek(), Duration::from_millis(200));
+        shutdown.cancel();
+        assert!(!backoff.wait(&shutdown).await);
+        backoff.reset();
+        assert_eq!(backoff.peek(), Duration::from_millis(100));
+    }
+}

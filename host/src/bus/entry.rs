@@ -1,0 +1,569 @@
+//! The wire format of stream entries, apart from what the bus does with them.
+//!
+//! A LeanMQ entry has one field, `data`: a JSON object. Producers add
+//! `_metadata: {id, timestamp, ttl}`; the DLQ adds `_failures`; LeanMQ's
+//! requeue adds `_requeues`. This module reads replies into [`StreamEntry`],
+//! decodes `data` into an [`Event`], and writes DLQ and publish payloads the
+//! way LeanMQ does, so its tools read ours.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use redis::Value as RedisValue;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::handler::{json_kind, Event};
+
+/// Keys LeanMQ adds for its own bookkeeping; a handler never sees them.
+const BOOKKEEPING: [&str; 3] = ["_metadata", "_failures", "_requeues"];
+
+/// One stream entry as Redis returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: String,
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StreamEntry {
+    /// The `data` field, if present.
+    pub fn data(&self) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(name, _)| name == b"data")
+            .map(|(_, value)| value.as_slice())
+    }
+}
+
+/// Why an entry cannot become an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Malformed {
+    NoData,
+    TooLarge { size: usize, limit: usize },
+    NotUtf8,
+    NotJson(String),
+    NotAnObject(&'static str),
+    NoEventType,
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Malformed::NoData => write!(f, "entry has no `data` field"),
+            Malformed::TooLarge { size, limit } => {
+                write!(f, "`data` is {size} bytes, over the limit of {limit}")
+            }
+            Malformed::NotUtf8 => write!(f, "`data` is not UTF-8"),
+            Malformed::NotJson(err) => write!(f, "`data` is not JSON: {err}"),
+            Malformed::NotAnObject(kind) => {
+                write!(f, "`data` is {kind}, not a JSON object")
+            }
+            Malformed::NoEventType => write!(f, "`data` has no string `event_type`"),
+        }
+    }
+}
+
+/// The top-level fields of a JSON object, values left unparsed.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    fn parse(data: &'a [u8], limit: usize) -> Result<Self, Malformed> {
+        if data.len() > limit {
+            return Err(Malformed::TooLarge {
+                size: data.len(),
+                limit,
+            });
+        }
+        let text = std::str::from_utf8(data).map_err(|_| Malformed::NotUtf8)?;
+        serde_json::from_str(text).map_err(|err| match serde_json::from_str::<Value>(text) {
+            Ok(other) => Malformed::NotAnObject(json_kind(&other)),
+            Err(_) => Malformed::NotJson(err.to_string()),
+        })
+    }
+
+    /// The last value of `key`, as JSON does with duplicates.
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.get(key)
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    fields.push(entry);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// LeanMQ's `_metadata`, read leniently: a producer may write anything.
+#[derive(Deserialize, Default)]
+struct Metadata {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    timestamp: Option<Value>,
+}
+
+/// The `event_type` of an entry, which is all the fan-out needs to route it.
+pub fn event_type(entry: &StreamEntry, limit: usize) -> Result<String, Malformed> {
+    let data = entry.data().ok_or(Malformed::NoData)?;
+    Fields::parse(data, limit)?
+        .string("event_type")
+        .filter(|t| !t.is_empty())
+        .ok_or(Malformed::NoEventType)
+}
+
+/// Decodes a subscriber-stream entry into the event a handler receives.
+pub fn decode_event(entry: &StreamEntry, attempt: u32, limit: usize) -> Result<Event, Malformed> {
+    let data = entry.data().ok_or(Malformed::NoData)?;
+    let fields = Fields::parse(data, limit)?;
+    let event_type = fields
+        .string("event_type")
+        .filter(|t| !t.is_empty())
+        .ok_or(Malformed::NoEventType)?;
+    let metadata: Metadata = fields
+        .get("_metadata")
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default();
+    let id = fields
+        .get("event_id")
+        .and_then(scalar_text)
+        .or_else(|| metadata.id.as_ref().and_then(value_text))
+        .unwrap_or_else(|| entry.id.clone());
+    let timestamp = fields
+        .get("timestamp")
+        .and_then(|raw| serde_json::from_str::<f64>(raw.get()).ok())
+        .or_else(|| metadata.timestamp.as_ref().and_then(Value::as_f64));
+
+    let text = std::str::from_utf8(data).map_err(|_| Malformed::NotUtf8)?;
+    let data = if fields
+        .0
+        .iter()
+        .any(|(k, _)| BOOKKEEPING.contains(&k.as_ref()))
+    {
+        without_bookkeeping(&fields)
+    } else {
+        text.to_string()
+    };
+    Ok(Event {
+        id,
+        event_type,
+        stream_id: entry.id.clone(),
+        timestamp,
+        attempt,
+        data,
+    })
+}
+
+/// Rewrites the object without LeanMQ's keys, leaving other values verbatim.
+fn without_bookkeeping(fields: &Fields<'_>) -> String {
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    let mut first = true;
+    for (key, value) in &fields.0 {
+        if BOOKKEEPING.contains(&key.as_ref()) {
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&Value::from(key.as_ref()).to_string());
+        out.push(':');
+        out.push_str(value.get());
+    }
+    out.push('}');
+    out
+}
+
+fn scalar_text(raw: &RawValue) -> Option<String> {
+    serde_json::from_str::<Value>(raw.get())
+        .ok()
+        .as_ref()
+        .and_then(value_text)
+}
+
+fn value_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// One entry of `_failures`, as LeanMQ writes it plus what a tool needs to
+/// sort failures without parsing the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureRecord<'a> {
+    pub timestamp: f64,
+    pub reason: &'a str,
+    /// `trap`, `timeout`, `retry`, `malformed`...
+    pub kind: &'a str,
+    pub subscriber: Option<&'a str>,
+    pub attempt: Option<u32>,
+}
+
+/// The DLQ payload for `entry`: its object with the failure appended to
+/// `_failures` and `_metadata` refreshed, as LeanMQ's `move_to_dlq` does.
+/// An entry that is not a JSON object is kept whole under `_raw`/`_fields`.
+pub fn dead_letter(entry: &StreamEntry, failure: &FailureRecord<'_>) -> String {
+    let parsed = entry
+        .data()
+        .and_then(|data| match serde_json::from_slice::<Value>(data) {
+            Ok(Value::Object(object)) => Some(object),
+            _ => None,
+        });
+    let mut object = match parsed {
+        Some(object) => object,
+        None => preserve_malformed(entry),
+    };
+
+    let mut record = Map::new();
+    record.insert("timestamp".into(), Value::from(failure.timestamp));
+    record.insert("reason".into(), Value::from(failure.reason));
+    record.insert("kind".into(), Value::from(failure.kind));
+    if let Some(subscriber) = failure.subscriber {
+        record.insert("subscriber".into(), Value::from(subscriber));
+    }
+    if let Some(attempt) = failure.attempt {
+        record.insert("attempt".into(), Value::from(attempt));
+    }
+    match object.get_mut("_failures") {
+        Some(Value::Array(list)) => list.push(Value::Object(record)),
+        _ => {
+            object.insert(
+                "_failures".into(),
+                Value::Array(vec![Value::Object(record)]),
+            );
+        }
+    }
+
+    let id = object
+        .get("_metadata")
+        .and_then(|m| m.get("id"))
+        .and_then(value_text)
+        .or_else(|| object.get("event_id").and_then(value_text))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    object.insert("_metadata".into(), metadata(&id, failure.timestamp));
+    Value::Object(object).to_string()
+}
+
+fn preserve_malformed(entry: &StreamEntry) -> Map<String, Value> {
+    let mut object = Map::new();
+    match entry.data() {
+        Some(data) => match std::str::from_utf8(data) {
+            Ok(text) => object.insert("_raw".into(), Value::from(text)),
+            Err(_) => object.insert("_raw_hex".into(), Value::from(hex(data))),
+        },
+        None => {
+            let fields = entry
+                .fields
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        Value::from(String::from_utf8_lossy(v).into_owned()),
+                    )
+                })
+                .collect();
+            object.insert("_fields".into(), Value::Object(fields))
+        }
+    };
+    object
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn metadata(id: &str, timestamp: f64) -> Value {
+    let mut meta = Map::new();
+    meta.insert("id".into(), Value::from(id));
+    meta.insert("timestamp".into(), Value::from(timestamp));
+    meta.insert("ttl".into(), Value::Null);
+    Value::Object(meta)
+}
+
+/// The `data` of a published event, as a LeanMQ producer writes it: the
+/// object plus `_metadata: {id, timestamp, ttl}`.
+pub fn publish_payload(object: &Map<String, Value>, event_id: &str, now: f64) -> String {
+    let mut object = object.clone();
+    object.insert("_metadata".into(), metadata(event_id, now));
+    Value::Object(object).to_string()
+}
+
+/// Reads the entries of an `XREADGROUP`/`XREAD` reply (one stream).
+pub fn read_reply(reply: RedisValue) -> Result<Vec<StreamEntry>, String> {
+    match reply {
+        RedisValue::Nil => Ok(Vec::new()),
+        RedisValue::Array(streams) => {
+            let mut out = Vec::new();
+            for stream in streams {
+                let RedisValue::Array(mut pair) = stream else {
+                    return Err("stream reply is not a [name, entries] pair".into());
+                };
+                if pair.len() != 2 {
+                    return Err("stream reply is not a [name, entries] pair".into());
+                }
+                out.extend(entries(pair.pop().unwrap_or(RedisValue::Nil))?);
+            }
+            Ok(out)
+        }
+        RedisValue::Map(streams) => {
+            let mut out = Vec::new();
+            for (_, list) in streams {
+                out.extend(entries(list)?);
+            }
+            Ok(out)
+        }
+        other => Err(format!("unexpected stream reply {other:?}")),
+    }
+}
+
+/// Reads an `XAUTOCLAIM` reply: the next cursor, the claimed entries and the
+/// ids that were pending but no longer exist in the stream.
+pub fn autoclaim_reply(
+    reply: RedisValue,
+) -> Result<(String, Vec<StreamEntry>, Vec<String>), String> {
+    let RedisValue::Array(parts) = reply else {
+        return Err("XAUTOCLAIM reply is not an array".into());
+    };
+    let mut parts = parts.into_iter();
+    let cursor = parts
+        .next()
+        .and_then(text)
+        .ok_or("XAUTOCLAIM reply has no cursor")?;
+    let claimed = entries(parts.next().unwrap_or(RedisValue::Nil))?;
+    let deleted = match parts.next() {
+        Some(RedisValue::Array(ids)) => ids.into_iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    };
+    Ok((cursor, claimed, deleted))
+}
+
+/// Reads a list of `[id, [field, value, ...]]` entries (`XRANGE`, `XCLAIM`).
+pub fn entries(list: RedisValue) -> Result<Vec<StreamEntry>, String> {
+    let items = match list {
+        RedisValue::Nil => return Ok(Vec::new()),
+        RedisValue::Array(items) => items,
+        other => return Err(format!("entry list is not an array: {other:?}")),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let RedisValue::Array(pair) = item else {
+            return Err("entry is not an [id, fields] pair".into());
+        };
+        let mut pair = pair.into_iter();
+        let id = pair.next().and_then(text).ok_or("entry has no id")?;
+        let fields = match pair.next() {
+            // XCLAIM/XAUTOCLAIM report an entry deleted meanwhile with nil fields.
+            None | Some(RedisValue::Nil) => Vec::new(),
+            Some(RedisValue::Array(flat)) => {
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                let mut flat = flat.into_iter();
+                while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                    fields.push((bytes(k), bytes(v)));
+                }
+                fields
+            }
+            Some(RedisValue::Map(map)) => {
+                map.into_iter().map(|(k, v)| (bytes(k), bytes(v))).collect()
+            }
+            Some(other) => return Err(format!("entry fields are not an array: {other:?}")),
+        };
+        out.push(StreamEntry { id, fields });
+    }
+    Ok(out)
+}
+
+fn bytes(value: RedisValue) -> Vec<u8> {
+    match value {
+        RedisValue::BulkString(b) => b,
+        RedisValue::SimpleString(s) => s.into_bytes(),
+        RedisValue::Int(i) => i.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+fn text(value: RedisValue) -> Option<String> {
+    match value {
+        RedisValue::BulkString(b) => String::from_utf8(b).ok(),
+        RedisValue::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(data: &str) -> StreamEntry {
+        StreamEntry {
+            id: "5-0".into(),
+            fields: vec![(b"data".to_vec(), data.as_bytes().to_vec())],
+        }
+    }
+
+    #[test]
+    fn a_leanmq_event_decodes_without_its_bookkeeping() {
+        let e = entry(
+            r#"{"event_type":"OrderCreatedEvent","order_id":"o-1","total":9.5,
+                "_metadata":{"id":"m-1","timestamp":17.25,"ttl":null},"_failures":[]}"#,
+        );
+        let event = decode_event(&e, 2, 1 << 20).unwrap();
+        assert_eq!(event.event_type, "OrderCreatedEvent");
+        assert_eq!(event.id, "m-1", "no event_id: falls back to _metadata.id");
+        assert_eq!(event.timestamp, Some(17.25), "from _metadata");
+        assert_eq!(event.attempt, 2);
+        assert_eq!(event.stream_id, "5-0");
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(
+            data,
+            serde_json::json!({"event_type":"OrderCreatedEvent","order_id":"o-1","total":9.5})
+        );
+    }
+
+    #[test]
+    fn event_id_and_timestamp_win_over_metadata_and_data_is_kept_verbatim() {
+        let text = r#"{"event_type":"T","event_id":"e-9","timestamp":3.5,"x":{"a":[1, 2]}}"#;
+        let event = decode_event(&entry(text), 1, 1 << 20).unwrap();
+        assert_eq!(event.id, "e-9");
+        assert_eq!(event.timestamp, Some(3.5));
+        assert_eq!(event.data, text);
+    }
+
+    #[test]
+    fn the_stream_id_is_the_last_resort_id() {
+        let event = decode_event(&entry(r#"{"event_type":"T"}"#), 1, 100).unwrap();
+        assert_eq!(event.id, "5-0");
+        assert_eq!(event.timestamp, None);
+    }
+
+    #[test]
+    fn malformed_entries_say_what_is_wrong() {
+        let no_data = StreamEntry {
+            id: "1-0".into(),
+            fields: vec![(b"payload".to_vec(), b"{}".to_vec())],
+        };
+        assert_eq!(event_type(&no_data, 100), Err(Malformed::NoData));
+        assert_eq!(
+            event_type(&entry("[1,2]"), 100),
+            Err(Malformed::NotAnObject("an array"))
+        );
+        assert_eq!(
+            event_type(&entry("42"), 100),
+            Err(Malformed::NotAnObject("a number"))
+        );
+        assert!(matches!(
+            event_type(&entry("{nope"), 100),
+            Err(Malformed::NotJson(_))
+        ));
+        assert_eq!(
+            event_type(&entry(r#"{"type":"T"}"#), 100),
+            Err(Malformed::NoEventType)
+        );
+        assert_eq!(
+            event_type(&entry(r#"{"event_type":7}"#), 100),
+            Err(Malformed::NoEventType)
+        );
+        assert_eq!(
+            event_type(&entry(r#"{"event_type":"T","pad":"xxxxxxxxxx"}"#), 10),
+            Err(Malformed::TooLarge {
+                size: 37,
+                limit: 10
+            })
+        );
+        let not_utf8 = StreamEntry {
+            id: "1-0".into(),
+            fields: vec![(b"data".to_vec(), vec![b'{', 0xff, b'}'])],
+        };
+        assert_eq!(event_type(&not_utf8, 100), Err(Malformed::NotUtf8));
+    }
+
+    #[test]
+    fn dead_letters_append_failures_like_leanmq() {
+        let e = entry(
+            r#"{"event_type":"T","event_id":"e-1","_failures":[{"timestamp":1.0,"reason":"old"}]}"#,
+        );
+        let payload = dead_letter(
+            &e,
+            &FailureRecord {
+                timestamp: 2.0,
+                reason: "pay: trap: boom",
+                kind: "trap",
+                subscriber: Some("pay"),
+                attempt: Some(1),
+            },
+        );
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(v["event_type"], "T");
+        assert_eq!(v["_failures"].as_array().unwrap().len(), 2);
+        assert_eq!(v["_failures"][1]["reason"], "pay: trap: boom");
+        assert_eq!(v["_failures"][1]["kind"], "trap");
+        assert_eq!(v["_metadata"]["id"], "e-1");
+    }
+
+    #[test]
+    fn dead_letters_keep_what_is_not_json() {
+        let record = FailureRecord {
+            timestamp: 1.0,
+            reason: "r",
+            kind: "malformed",
+            subscriber: None,
+            attempt: None,
+        };
+        let v: Value = serde_json::from_str(&dead_letter(&entry("not json"), &record)).unwrap();
+        assert_eq!(v["_raw"], "not json");
+        let binary = StreamEntry {
+            id: "1-0".into(),
+            fields: vec![(b"data".to_vec(), vec![0xff, 0x00])],
+        };
+        let v: Value = serde_json::from_str(&dead_letter(&binary, &record)).unwrap();
+        assert_eq!(v["_raw_hex"], "ff00");
+        let other = StreamEntry {
+            id: "1-0".into(),
+            fields: vec![(b"body".to_vec(), b"hi".to_vec())],
+        };
+        let v: Value = serde_json::from_str(&dead_letter(&other, &record)).unwrap();
+        assert_eq!(v["_fields"]["body"], "hi");
+        assert_eq!(v["_failures"][0]["kind"], "malformed");
+    }
+
+    #[test]
+    fn replies_parse_into_entries() {
+        let reply = RedisValue::Array(vec![RedisValue::Array(vec![
+            RedisValue::BulkString(b"events:all".to_vec()),
+            RedisValue::Array(vec![RedisValue::Array(vec![
+                RedisValue::BulkString(b"1-1".to_vec()),
+                RedisValue::Array(vec![
+                    RedisValue::BulkString(b"data".to_vec()),
+                    RedisValue::BulkString(b"{}".to_vec()),
+                ]),
+            ])]),
+        ])]);
+        let entries = read_reply(reply).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].id, "1-1");
+        assert_eq!(entries[0].data(), Some(&b"{}"[..]));
+        assert!(read_reply(RedisValue::Nil).unwrap().is_empty());
+    }
+}

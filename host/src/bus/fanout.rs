@@ -1,0 +1,282 @@
+//! The fan-out loop: `events:all` → one stream per subscriber, by type.
+//!
+//! Each batch read from `events:all` becomes one script call that copies
+//! every entry to the streams of its subscribers and acknowledges it, or
+//! moves it to `events:all:dlq` when it cannot be routed. A type nobody
+//! subscribes to is acknowledged and counted, never left pending.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::{is_nogroup, Backoff};
+use super::entry::{self, FailureRecord, StreamEntry};
+use super::group::GroupConsumer;
+use super::keys::Keys;
+use super::scripts::FanoutBatch;
+use super::BLOCK;
+use crate::config::{BusConfig, EventFilter};
+use crate::telemetry::metrics;
+
+/// An entry of `events:all` delivered this often without being routed is
+/// dead-lettered: something keeps failing the batch it is in.
+const MAX_FANOUT_DELIVERIES: u32 = 5;
+
+/// Which subscriber streams each event type goes to.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Routes {
+    /// The subscriber streams; targets are indexes into this list.
+    pub streams: Vec<String>,
+    by_type: HashMap<String, Vec<usize>>,
+    /// Subscribers of every type: the targets of a type nobody names.
+    everything: Vec<usize>,
+}
+
+impl Routes {
+    /// Routes for `subscribers` (name and filter) under `keys`.
+    pub fn new<'a>(
+        keys: &Keys,
+        subscribers: impl IntoIterator<Item = (&'a str, &'a EventFilter)>,
+    ) -> Self {
+        let mut routes = Routes::default();
+        let mut named: Vec<(&str, usize)> = Vec::new();
+        for (i, (name, filter)) in subscribers.into_iter().enumerate() {
+            routes.streams.push(keys.subscriber(name).stream);
+            match filter {
+                EventFilter::All => routes.everything.push(i),
+                EventFilter::Types(types) => named.extend(types.iter().map(|t| (t.as_str(), i))),
+            }
+        }
+        for (event_type, i) in named {
+            routes
+                .by_type
+                .entry(event_type.to_string())
+                .or_insert_with(|| routes.everything.clone())
+                .push(i);
+        }
+        for targets in routes.by_type.values_mut() {
+            targets.sort_unstable();
+            targets.dedup();
+        }
+        routes
+    }
+
+    /// The streams (as indexes) an event of `event_type` is copied to.
+    pub fn targets(&self, event_type: &str) -> &[usize] {
+        self.by_type.get(event_type).unwrap_or(&self.everything)
+    }
+}
+
+/// The fan-out loop of one process.
+pub struct Fanout {
+    group: GroupConsumer,
+    routes: Arc<ArcSwap<Routes>>,
+    bus: BusConfig,
+    shutdown: CancellationToken,
+    next_reclaim: Instant,
+}
+
+impl Fanout {
+    /// A fan-out reading `events:all` through `group`, routing by `routes`.
+    pub(super) fn new(
+        group: GroupConsumer,
+        routes: Arc<ArcSwap<Routes>>,
+        bus: BusConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Fanout {
+            group,
+            routes,
+            bus,
+            shutdown,
+            next_reclaim: Instant::now(),
+        }
+    }
+
+    /// Routes until shutdown; Redis errors are retried with backoff.
+    pub async fn run(mut self) {
+        tracing::info!(stream = %self.group.queue().stream, "fan-out started");
+        let mut backoff = Backoff::default();
+        while !self.shutdown.is_cancelled() {
+            match self.step().await {
+                Ok(()) => backoff.reset(),
+                Err(err) if is_nogroup(&err) => {
+                    tracing::warn!(
+                        "the group of {} is gone; recreating it",
+                        self.group.queue().stream
+                    );
+                    if let Err(err) = self.group.recreate().await {
+                        tracing::warn!("cannot recreate it yet: {err}");
+                        backoff.wait(&self.shutdown).await;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "fan-out: Redis error ({err}); retrying in {:?}",
+                        backoff.peek()
+                    );
+                    backoff.wait(&self.shutdown).await;
+                }
+            }
+        }
+        tracing::info!("fan-out stopped");
+    }
+
+    async fn step(&mut self) -> redis::RedisResult<()> {
+        let mut work: Vec<(StreamEntry, u32)> = Vec::new();
+        if Instant::now() >= self.next_reclaim {
+            let (claimed, lost) = self
+                .group
+                .reclaim(self.bus.claim_idle, self.bus.read_batch)
+                .await?;
+            if !lost.is_empty() {
+                tracing::warn!(
+                    ids = ?lost,
+                    "{} pending entries of {} were deleted before they were routed (trimmed by a producer's MAXLEN?)",
+                    lost.len(),
+                    self.group.queue().stream
+                );
+            }
+            if claimed.len() < self.bus.read_batch {
+                self.next_reclaim = Instant::now() + self.bus.claim_idle / 2;
+            }
+            if !claimed.is_empty() {
+                tracing::info!(
+                    "fan-out reclaimed {} entries left pending by a stopped consumer",
+                    claimed.len()
+                );
+            }
+            work.extend(claimed.into_iter().map(|c| (c.entry, c.deliveries)));
+        }
+        if work.is_empty() {
+            let block = BLOCK.min(self.next_reclaim.saturating_duration_since(Instant::now()));
+            let entries = self
+                .group
+                .read_new(self.bus.read_batch, block.max(Duration::from_millis(1)))
+                .await?;
+            work.extend(entries.into_iter().map(|e| (e, 1)));
+        }
+        if work.is_empty() {
+            return Ok(());
+        }
+        let (batch, streams) = self.plan(&work);
+        self.apply(&batch, &streams).await
+    }
+
+    /// Decides where each entry goes.
+    fn plan(&self, work: &[(StreamEntry, u32)]) -> (FanoutBatch, Vec<String>) {
+        let routes = self.routes.load();
+        let queue = self.group.queue();
+        let mut batch = FanoutBatch::new(&queue.group);
+        let now = crate::handler::unix_now();
+        for (entry, deliveries) in work {
+            let dead = |reason: String| {
+                metrics::fanout_dead_lettered();
+                tracing::warn!(stream_id = %entry.id, "{reason}; moved to {}", queue.dlq);
+                let record = FailureRecord {
+                    timestamp: now,
+                    reason: &reason,
+                    kind: "malformed",
+                    subscriber: None,
+                    attempt: Some(*deliveries),
+                };
+                entry::dead_letter(entry, &record)
+            };
+            if *deliveries > MAX_FANOUT_DELIVERIES {
+                let payload = dead(format!(
+                    "fan-out: could not be routed after {deliveries} deliveries"
+                ));
+                batch.dead_letter(&entry.id, payload);
+                continue;
+            }
+            match entry::event_type(entry, self.bus.max_payload_bytes) {
+                Ok(event_type) => {
+                    let targets = routes.targets(&event_type);
+                    if targets.is_empty() {
+                        metrics::fanout_unrouted();
+                        tracing::debug!(stream_id = %entry.id, event_type, "no subscriber for this type");
+                    } else {
+                        metrics::fanout_routed(targets.len());
+                    }
+                    batch.route(&entry.id, targets, entry.data().unwrap_or_default());
+                }
+                Err(malformed) => {
+                    let payload = dead(format!("fan-out: cannot route entry: {malformed}"));
+                    batch.dead_letter(&entry.id, payload);
+                }
+            }
+        }
+        (batch, routes.streams.clone())
+    }
+
+    /// Applies a batch; a lost connection is retried (the script is
+    /// idempotent), anything else leaves the entries pending for reclaim.
+    async fn apply(&mut self, batch: &FanoutBatch, streams: &[String]) -> redis::RedisResult<()> {
+        let queue = self.group.queue().clone();
+        let mut backoff = Backoff::default();
+        loop {
+            match batch
+                .apply(self.group.commands(), &queue.stream, &queue.dlq, streams)
+                .await
+            {
+                Ok(applied) => {
+                    if applied.skipped > 0 {
+                        tracing::info!(
+                            "fan-out skipped {} entries another consumer had already routed",
+                            applied.skipped
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(err)
+                    if (err.is_io_error() || err.is_timeout() || err.is_connection_dropped())
+                        && !self.shutdown.is_cancelled() =>
+                {
+                    tracing::warn!(
+                        "fan-out: cannot commit a batch of {} ({err}); retrying",
+                        batch.len()
+                    );
+                    backoff.wait(&self.shutdown).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn types(list: &[&str]) -> EventFilter {
+        EventFilter::Types(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn routes_by_type_and_wildcard() {
+        let keys = Keys::new("events:");
+        let pay = types(&["OrderCreatedEvent"]);
+        let ship = types(&["PaymentProcessedEvent"]);
+        let order = types(&["PaymentProcessedEvent", "OrderShippedEvent"]);
+        let notify = EventFilter::All;
+        let routes = Routes::new(
+            &keys,
+            [
+                ("pay", &pay),
+                ("ship", &ship),
+                ("order", &order),
+                ("notify", &notify),
+            ],
+        );
+        assert_eq!(routes.streams[0], "events:sub:pay");
+        assert_eq!(routes.targets("OrderCreatedEvent"), &[0, 3]);
+        assert_eq!(routes.targets("PaymentProcessedEvent"), &[1, 2, 3]);
+        assert_eq!(routes.targets("OrderShippedEvent"), &[2, 3]);
+        assert_eq!(routes.targets("SomethingElse"), &[3]);
+        let none = Routes::new(&keys, [("pay", &pay)]);
+        assert!(none.targets("Other").is_empty());
+    }
+}

@@ -1,0 +1,188 @@
+//! One consumer in one consumer group: the reads and claims both loops use.
+//!
+//! An entry is *pending* from the moment a read hands it to a consumer until
+//! it is acknowledged. The group's pending list is the bus's memory across
+//! crashes: an entry whose consumer died stays pending, goes idle, and is
+//! reclaimed here by whoever runs next, with its delivery count as attempt.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{ErrorKind, RedisError, RedisResult, Value};
+
+use super::entry::{self, StreamEntry};
+use super::keys::{Keys, QueueKeys};
+use super::layout;
+
+/// An entry taken over from another consumer, with how often it was
+/// delivered (the attempt it is on).
+#[derive(Debug)]
+pub struct Claimed {
+    pub entry: StreamEntry,
+    pub deliveries: u32,
+}
+
+/// This process's consumer in one group.
+pub struct GroupConsumer {
+    keys: Keys,
+    queue: QueueKeys,
+    consumer: String,
+    reader: ConnectionManager,
+    commands: ConnectionManager,
+    /// Where the next reclaim scan continues.
+    cursor: String,
+}
+
+fn parse_error(detail: String) -> RedisError {
+    RedisError::from((ErrorKind::Parse, "unexpected stream reply", detail))
+}
+
+impl GroupConsumer {
+    /// `reader` is used only for blocking reads; `commands` may be shared.
+    pub fn new(
+        keys: Keys,
+        queue: QueueKeys,
+        consumer: String,
+        reader: ConnectionManager,
+        commands: ConnectionManager,
+    ) -> Self {
+        GroupConsumer {
+            keys,
+            queue,
+            consumer,
+            reader,
+            commands,
+            cursor: "0-0".into(),
+        }
+    }
+
+    /// The stream, DLQ and groups this consumer works on.
+    pub fn queue(&self) -> &QueueKeys {
+        &self.queue
+    }
+
+    /// The shared connection, for commits.
+    pub fn commands(&mut self) -> &mut ConnectionManager {
+        &mut self.commands
+    }
+
+    /// Recreates the stream and group after Redis lost them.
+    pub async fn recreate(&mut self) -> RedisResult<()> {
+        layout::ensure_queue(&mut self.commands, &self.keys, &self.queue).await
+    }
+
+    /// Entries never delivered to anyone, waiting up to `block` for some.
+    pub async fn read_new(
+        &mut self,
+        count: usize,
+        block: Duration,
+    ) -> RedisResult<Vec<StreamEntry>> {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.queue.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.queue.stream)
+            .arg(">")
+            .query_async(&mut self.reader)
+            .await?;
+        entry::read_reply(reply).map_err(parse_error)
+    }
+
+    /// Takes over up to `count` entries that have been pending longer than
+    /// `min_idle` (their consumer is presumed dead). Returns the entries and
+    /// the ids that were pending but whose entry no longer exists.
+    pub async fn reclaim(
+        &mut self,
+        min_idle: Duration,
+        count: usize,
+    ) -> RedisResult<(Vec<Claimed>, Vec<String>)> {
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.queue.stream)
+            .arg(&self.queue.group)
+            .arg(&self.consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(&self.cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.commands)
+            .await?;
+        let (cursor, entries, deleted) = entry::autoclaim_reply(reply).map_err(parse_error)?;
+        self.cursor = cursor;
+        let entries: Vec<StreamEntry> = entries
+            .into_iter()
+            .filter(|e| !e.fields.is_empty())
+            .collect();
+        let counts = self.delivery_counts(&entries).await?;
+        let claimed = entries
+            .into_iter()
+            .zip(counts)
+            .map(|(entry, deliveries)| Claimed { entry, deliveries })
+            .collect();
+        Ok((claimed, deleted))
+    }
+
+    async fn delivery_counts(&mut self, entries: &[StreamEntry]) -> RedisResult<Vec<u32>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for e in entries {
+            pipe.cmd("XPENDING")
+                .arg(&self.queue.stream)
+                .arg(&self.queue.group)
+                .arg(&e.id)
+                .arg(&e.id)
+                .arg(1);
+        }
+        let replies: Vec<Vec<(String, String, u64, u64)>> =
+            pipe.query_async(&mut self.commands).await?;
+        Ok(replies
+            .into_iter()
+            .map(|r| r.first().map_or(1, |(_, _, _, n)| *n as u32))
+            .collect())
+    }
+
+    /// Claims `ids` for another attempt: bumps their delivery count and
+    /// returns those still pending.
+    pub async fn claim(&mut self, ids: &[String]) -> RedisResult<Vec<StreamEntry>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply: Value = redis::cmd("XCLAIM")
+            .arg(&self.queue.stream)
+            .arg(&self.queue.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(ids)
+            .query_async(&mut self.commands)
+            .await?;
+        let entries = entry::entries(reply).map_err(parse_error)?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| !e.fields.is_empty())
+            .collect())
+    }
+
+    /// Resets the idle time of `ids` without counting a delivery, so entries
+    /// still being worked on are not taken for abandoned.
+    pub async fn renew(&mut self, ids: &[String]) -> RedisResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("XCLAIM")
+            .arg(&self.queue.stream)
+            .arg(&self.queue.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async::<Value>(&mut self.commands)
+            .await
+            .map(drop)
+    }
+}

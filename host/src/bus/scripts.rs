@@ -1,0 +1,258 @@
+//! The two atomic writes of the bus, as Lua scripts, and their encoding.
+//!
+//! A MULTI/EXEC cannot make a write depend on whether an `XACK` found its
+//! entry still pending; a script can. So both the fan-out and a subscriber's
+//! commit acknowledge each entry first and write its copies, effects or dead
+//! letter only if that acknowledgement counted. An entry handled twice (a
+//! slow consumer and the one that reclaimed its work) is committed once.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionLike;
+use redis::{RedisResult, Script};
+
+use super::entry;
+use crate::handler::Effects;
+
+static FANOUT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fanout.lua")));
+static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
+
+/// What a script call did with its records.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries routed (fan-out) or committed with their effects.
+    pub done: u64,
+    /// Entries written to the DLQ.
+    pub dead: u64,
+    /// Entries already acknowledged by someone else: nothing written.
+    pub skipped: u64,
+}
+
+impl Applied {
+    fn from_reply((done, dead, skipped): (u64, u64, u64)) -> Self {
+        Applied {
+            done,
+            dead,
+            skipped,
+        }
+    }
+}
+
+/// One fan-out batch: for each entry of `events:all`, its copies or its
+/// dead letter.
+pub struct FanoutBatch {
+    args: Vec<Vec<u8>>,
+    entries: usize,
+}
+
+impl FanoutBatch {
+    /// An empty batch for the group of `events:all`.
+    pub fn new(group: &str) -> Self {
+        FanoutBatch {
+            args: vec![group.as_bytes().to_vec()],
+            entries: 0,
+        }
+    }
+
+    /// Copies `data` to the subscriber streams at `targets` (indexes into
+    /// the streams given to [`FanoutBatch::apply`]); none just acknowledges.
+    pub fn route(&mut self, id: &str, targets: &[usize], data: &[u8]) {
+        self.args.push(id.as_bytes().to_vec());
+        self.args.push(targets.len().to_string().into_bytes());
+        for t in targets {
+            // KEYS[1] and KEYS[2] are events:all and its DLQ; Lua counts from 1.
+            self.args.push((t + 3).to_string().into_bytes());
+        }
+        self.args.push(data.to_vec());
+        self.entries += 1;
+    }
+
+    /// Moves the entry to `events:all:dlq` as `payload`.
+    pub fn dead_letter(&mut self, id: &str, payload: String) {
+        self.args.push(id.as_bytes().to_vec());
+        self.args.push(b"-1".to_vec());
+        self.args.push(payload.into_bytes());
+        self.entries += 1;
+    }
+
+    /// Number of entries in the batch.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// Runs the batch as one atomic script.
+    pub async fn apply<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        all: &str,
+        all_dlq: &str,
+        streams: &[String],
+    ) -> RedisResult<Applied> {
+        let mut call = FANOUT.prepare_invoke();
+        call.key(all).key(all_dlq);
+        for stream in streams {
+            call.key(stream);
+        }
+        for arg in &self.args {
+            call.arg(arg.as_slice());
+        }
+        call.invoke_async(conn).await.map(Applied::from_reply)
+    }
+}
+
+/// One commit of a subscriber: acknowledgements with their effects, and dead
+/// letters.
+pub struct CommitBatch {
+    args: Vec<Vec<u8>>,
+    entries: usize,
+}
+
+/// Where a subscriber's commit writes.
+pub struct CommitKeys<'a> {
+    pub stream: &'a str,
+    pub dlq: &'a str,
+    pub state: &'a str,
+    /// Where published events go: `events:all`.
+    pub all: &'a str,
+}
+
+impl CommitBatch {
+    /// An empty batch for a subscriber's `group`.
+    pub fn new(group: &str) -> Self {
+        CommitBatch {
+            args: vec![group.as_bytes().to_vec()],
+            entries: 0,
+        }
+    }
+
+    /// Acknowledges `id` and commits `effects` with it.
+    pub fn ok(&mut self, id: &str, effects: &Effects, now: f64) {
+        self.args.push(b"ok".to_vec());
+        self.args.push(id.as_bytes().to_vec());
+
+        let published = effects.published();
+        self.args.push(published.len().to_string().into_bytes());
+        for p in published {
+            self.args
+                .push(entry::publish_payload(&p.data, &p.event_id, now).into_bytes());
+        }
+
+        // Only the last write of each key matters; keep the order of first
+        // writes so the commit reads like the call.
+        let writes = effects.writes();
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(writes.len());
+        for (i, (key, _)) in writes.iter().enumerate() {
+            last.insert(key, i);
+        }
+        let mut sets = Vec::new();
+        let mut deletes = Vec::new();
+        for (i, (key, value)) in writes.iter().enumerate() {
+            if last[key.as_str()] != i {
+                continue;
+            }
+            match value {
+                Some(value) => sets.push((key, value)),
+                None => deletes.push(key),
+            }
+        }
+        self.args.push(sets.len().to_string().into_bytes());
+        for (key, value) in sets {
+            self.args.push(key.as_bytes().to_vec());
+            self.args.push(value.as_bytes().to_vec());
+        }
+        self.args.push(deletes.len().to_string().into_bytes());
+        for key in deletes {
+            self.args.push(key.as_bytes().to_vec());
+        }
+        self.entries += 1;
+    }
+
+    /// Acknowledges `id` and writes `payload` to the DLQ.
+    pub fn dead_letter(&mut self, id: &str, payload: String) {
+        self.args.push(b"dlq".to_vec());
+        self.args.push(id.as_bytes().to_vec());
+        self.args.push(payload.into_bytes());
+        self.entries += 1;
+    }
+
+    /// Number of entries in the batch.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// Whether the batch has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Runs the batch as one atomic script.
+    pub async fn apply<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        keys: &CommitKeys<'_>,
+    ) -> RedisResult<Applied> {
+        let mut call = COMMIT.prepare_invoke();
+        call.key(keys.stream)
+            .key(keys.dlq)
+            .key(keys.state)
+            .key(keys.all);
+        for arg in &self.args {
+            call.arg(arg.as_slice());
+        }
+        call.invoke_async(conn).await.map(Applied::from_reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(args: &[Vec<u8>]) -> Vec<String> {
+        args.iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn fanout_records_point_past_the_fixed_keys() {
+        let mut batch = FanoutBatch::new("all-group");
+        batch.route("1-0", &[0, 2], b"{}");
+        batch.route("1-1", &[], b"{}");
+        batch.dead_letter("1-2", "{\"_raw\":\"x\"}".into());
+        assert_eq!(batch.len(), 3);
+        assert_eq!(
+            text(&batch.args),
+            [
+                "all-group",
+                "1-0",
+                "2",
+                "3",
+                "5",
+                "{}",
+                "1-1",
+                "0",
+                "{}",
+                "1-2",
+                "-1",
+                "{\"_raw\":\"x\"}"
+            ]
+        );
+    }
+
+    #[test]
+    fn commits_keep_only_the_last_write_of_each_key() {
+        let mut effects = Effects::default();
+        effects.set("a".into(), "1".into());
+        effects.set("b".into(), "2".into());
+        effects.set("a".into(), "3".into());
+        effects.delete("b".into());
+        effects.delete("c".into());
+        let mut batch = CommitBatch::new("g");
+        batch.ok("5-0", &effects, 1.0);
+        assert_eq!(
+            text(&batch.args),
+            ["g", "ok", "5-0", "0", "1", "a", "3", "2", "b", "c"]
+        );
+    }
+}

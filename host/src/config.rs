@@ -1,0 +1,841 @@
+//! `eventhost.toml` → validated, typed settings.
+//!
+//! The TOML is parsed into raw structs that keep every value's position, then
+//! checked as a whole, so one run reports every problem, each as
+//! `file:line:column: key: what is wrong`. Nothing past this module sees TOML.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Name of the folder, beside the config file, that holds the compiled-plugin
+/// cache and the private Redis data.
+pub const STATE_DIR: &str = ".eventhost";
+
+/// The whole configuration of one eventhost process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    /// `.eventhost` beside the config file.
+    pub state_dir: PathBuf,
+    pub redis: RedisConfig,
+    pub plugins: PluginsConfig,
+    pub bus: BusConfig,
+    pub telemetry: TelemetryConfig,
+    /// Sorted by name.
+    pub subscribers: Vec<SubscriberConfig>,
+}
+
+/// Where the bus lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `None`: start a private `redis-server`.
+    pub url: Option<String>,
+    /// Key prefix, LeanMQ's `prefix` (default `events:`).
+    pub prefix: String,
+}
+
+/// Where plugins come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginsConfig {
+    /// Absolute folder of the `.wasm` files.
+    pub dir: PathBuf,
+    /// Reload changed plugins and config live.
+    pub watch: bool,
+    /// Compiled components, keyed by content and engine.
+    pub cache_dir: PathBuf,
+}
+
+/// How the bus reads and recovers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusConfig {
+    /// Entries fetched per read.
+    pub read_batch: usize,
+    /// A pending entry idle this long belongs to a dead consumer and is
+    /// reclaimed.
+    pub claim_idle: Duration,
+    /// Larger `data` payloads are dead-lettered unread.
+    pub max_payload_bytes: usize,
+    /// This process's consumer name in every group.
+    pub consumer: String,
+}
+
+/// What the process exposes about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// One subscriber: a plugin and the events it receives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriberConfig {
+    pub name: String,
+    /// The file name as written in the config, for messages.
+    pub plugin_file: String,
+    /// Absolute path of the `.wasm` file.
+    pub plugin: PathBuf,
+    pub events: EventFilter,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    /// First retry delay; doubles per attempt up to [`MAX_RETRY_BACKOFF`].
+    pub retry_backoff: Duration,
+    /// What the plugin reads with `config-get`.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Longest wait between two attempts of one event.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+
+impl SubscriberConfig {
+    /// How long to wait before attempt `next_attempt` (2 or more).
+    pub fn backoff_before(&self, next_attempt: u32) -> Duration {
+        let doublings = next_attempt.saturating_sub(2).min(16);
+        (self.retry_backoff * (1u32 << doublings)).min(MAX_RETRY_BACKOFF)
+    }
+}
+
+/// Which event types a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventFilter {
+    All,
+    Types(BTreeSet<String>),
+}
+
+impl EventFilter {
+    /// Whether an event of `event_type` is for this subscriber.
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            EventFilter::All => true,
+            EventFilter::Types(types) => types.contains(event_type),
+        }
+    }
+}
+
+/// One thing wrong in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, e.g. `subscribers.payment.concurrency`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            if self.key.is_empty() {
+                "(top level)"
+            } else {
+                &self.key
+            },
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a config file, one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot read config file {}: {err} (pass --config PATH or create eventhost.toml)",
+            path.display()
+        )
+    })?;
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok(parse(&path, &text)?)
+}
+
+/// Validates config `text` as if read from `path`; relative paths in it are
+/// resolved against `path`'s folder.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let mut checker = Checker {
+        file: path.to_path_buf(),
+        text,
+        problems: Vec::new(),
+    };
+    let raw = match toml::de::Deserializer::parse(text) {
+        Err(err) => Err((err.span(), String::new(), err.message().to_string())),
+        Ok(de) => serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|err| {
+            let key = clean_key_path(&err.path().to_string());
+            let inner = err.into_inner();
+            (inner.span(), key, inner.message().to_string())
+        }),
+    };
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err((span, key, message)) => {
+            checker.push(span, &key, message.trim());
+            return Err(checker.finish());
+        }
+    };
+    let names = toml::from_str::<RawNames>(text)
+        .map(|names| names.subscribers.into_keys().collect())
+        .unwrap_or_default();
+    let config = checker.check(raw, names);
+    if checker.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(checker.finish())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    redis: RawRedis,
+    #[serde(default)]
+    plugins: RawPlugins,
+    #[serde(default)]
+    bus: RawBus,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+    #[serde(default)]
+    subscribers: BTreeMap<String, RawSubscriber>,
+}
+
+/// Second look at the subscriber names, only for where they are written
+/// (serde_path_to_error cannot print spanned map keys).
+#[derive(Deserialize)]
+struct RawNames {
+    #[serde(default)]
+    subscribers: BTreeMap<Spanned<String>, serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    dir: Option<Spanned<String>>,
+    watch: Option<bool>,
+    cache_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBus {
+    read_batch: Option<Spanned<i64>>,
+    claim_idle_ms: Option<Spanned<i64>>,
+    max_payload_bytes: Option<Spanned<i64>>,
+    consumer: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    metrics: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscriber {
+    plugin: Spanned<String>,
+    events: Option<Spanned<Vec<Spanned<String>>>>,
+    concurrency: Option<Spanned<i64>>,
+    max_attempts: Option<Spanned<i64>>,
+    timeout_ms: Option<Spanned<i64>>,
+    memory_mb: Option<Spanned<i64>>,
+    retry_backoff_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    config: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+}
+
+struct Checker<'a> {
+    file: PathBuf,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        let (line, column) = span.map_or((1, 1), |span| line_and_column(self.text, span.start));
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn finish(self) -> ConfigError {
+        ConfigError {
+            problems: self.problems,
+        }
+    }
+
+    /// An integer setting within `range`, or `default` when left out.
+    fn int<T: TryFrom<i64> + Copy>(
+        &mut self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: T,
+    ) -> T {
+        let Some(value) = value else { return default };
+        let got = *value.get_ref();
+        match T::try_from(got) {
+            Ok(ok) if range.contains(&got) => ok,
+            _ => {
+                self.push(
+                    Some(value.span()),
+                    key,
+                    format!(
+                        "must be between {} and {} (got {got})",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn check(&mut self, raw: RawConfig, names: Vec<Spanned<String>>) -> Config {
+        let base = self
+            .file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let state_dir = base.join(STATE_DIR);
+
+        let redis = self.check_redis(raw.redis);
+        let plugins = self.check_plugins(raw.plugins, &base, &state_dir);
+        let bus = self.check_bus(raw.bus);
+        let telemetry = self.check_telemetry(raw.telemetry);
+        let subscribers = raw
+            .subscribers
+            .into_iter()
+            .map(|(name, sub)| {
+                let span = names
+                    .iter()
+                    .find(|n| n.get_ref() == &name)
+                    .map(Spanned::span);
+                self.check_subscriber(name, span, sub, &plugins.dir, &bus)
+            })
+            .collect();
+        Config {
+            path: self.file.clone(),
+            state_dir,
+            redis,
+            plugins,
+            bus,
+            telemetry,
+            subscribers,
+        }
+    }
+
+    fn check_redis(&mut self, raw: RawRedis) -> RedisConfig {
+        let url = raw.url.map(|url| {
+            if let Err(err) = redis::Client::open(url.get_ref().as_str()) {
+                self.push(
+                    Some(url.span()),
+                    "redis.url",
+                    format!(
+                        "not a Redis URL ({err}); expected e.g. redis://127.0.0.1:6379/0, \
+                         or leave it out to run a private redis-server"
+                    ),
+                );
+            }
+            url.into_inner()
+        });
+        let prefix = match raw.prefix {
+            Some(prefix) if prefix.get_ref().is_empty() => {
+                self.push(Some(prefix.span()), "redis.prefix", "must not be empty");
+                "events:".into()
+            }
+            Some(prefix) => prefix.into_inner(),
+            None => "events:".into(),
+        };
+        RedisConfig { url, prefix }
+    }
+
+    fn check_plugins(&mut self, raw: RawPlugins, base: &Path, state_dir: &Path) -> PluginsConfig {
+        let dir = match raw.dir {
+            Some(dir) => {
+                let path = base.join(dir.get_ref());
+                if !path.is_dir() {
+                    self.push(
+                        Some(dir.span()),
+                        "plugins.dir",
+                        format!("folder {} does not exist", path.display()),
+                    );
+                }
+                path
+            }
+            None => base.join("plugins"),
+        };
+        let cache_dir = raw
+            .cache_dir
+            .map_or_else(|| state_dir.join("cache"), |d| base.join(d.get_ref()));
+        PluginsConfig {
+            dir,
+            watch: raw.watch.unwrap_or(true),
+            cache_dir,
+        }
+    }
+
+    fn check_bus(&mut self, raw: RawBus) -> BusConfig {
+        let consumer = match raw.consumer {
+            Some(name) if !valid_name(name.get_ref()) => {
+                self.push(Some(name.span()), "bus.consumer", NAME_RULE);
+                default_consumer()
+            }
+            Some(name) => name.into_inner(),
+            None => default_consumer(),
+        };
+        BusConfig {
+            read_batch: self.int(&raw.read_batch, "bus.read_batch", 1..=10_000, 256),
+            claim_idle: Duration::from_millis(self.int(
+                &raw.claim_idle_ms,
+                "bus.claim_idle_ms",
+                100..=86_400_000,
+                30_000u64,
+            )),
+            max_payload_bytes: self.int(
+                &raw.max_payload_bytes,
+                "bus.max_payload_bytes",
+                1..=512 << 20,
+                1 << 20,
+            ),
+            consumer,
+        }
+    }
+
+    fn check_telemetry(&mut self, raw: RawTelemetry) -> TelemetryConfig {
+        let metrics = raw.metrics.and_then(|addr| {
+            addr.get_ref()
+                .parse::<SocketAddr>()
+                .map_err(|err| {
+                    self.push(
+                        Some(addr.span()),
+                        "telemetry.metrics",
+                        format!("not an address like 127.0.0.1:9464 ({err})"),
+                    )
+                })
+                .ok()
+        });
+        TelemetryConfig { metrics }
+    }
+
+    fn check_subscriber(
+        &mut self,
+        name: String,
+        name_span: Option<Range<usize>>,
+        raw: RawSubscriber,
+        plugin_dir: &Path,
+        bus: &BusConfig,
+    ) -> SubscriberConfig {
+        let key = |field: &str| format!("subscribers.{name}.{field}");
+        if !valid_name(&name) {
+            self.push(name_span, &format!("subscribers.{name}"), NAME_RULE);
+        }
+
+        let plugin_file = raw.plugin.get_ref().clone();
+        let relative = Path::new(&plugin_file);
+        let inside = !plugin_file.is_empty()
+            && relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+        let plugin = plugin_dir.join(relative);
+        if !inside {
+            self.push(
+                Some(raw.plugin.span()),
+                &key("plugin"),
+                "must be a file name inside plugins.dir, e.g. \"payment_service.wasm\"",
+            );
+        } else if !plugin.is_file() {
+            self.push(
+                Some(raw.plugin.span()),
+                &key("plugin"),
+                format!(
+                    "plugin file {} not found; build it or fix the name",
+                    plugin.display()
+                ),
+            );
+        }
+
+        let events = match raw.events {
+            None => EventFilter::All,
+            Some(list) => {
+                let span = list.span();
+                let types: Vec<Spanned<String>> = list.into_inner();
+                if types.is_empty() {
+                    self.push(
+                        Some(span.clone()),
+                        &key("events"),
+                        "must name at least one event type, or [\"*\"] for all",
+                    );
+                }
+                for t in &types {
+                    if t.get_ref().trim().is_empty() {
+                        self.push(Some(t.span()), &key("events"), "empty event type");
+                    }
+                }
+                if types.iter().any(|t| t.get_ref() == "*") {
+                    if types.len() > 1 {
+                        self.push(
+                            Some(span),
+                            &key("events"),
+                            "\"*\" already means every type; list it alone",
+                        );
+                    }
+                    EventFilter::All
+                } else {
+                    EventFilter::Types(types.into_iter().map(Spanned::into_inner).collect())
+                }
+            }
+        };
+
+        let concurrency = self.int(&raw.concurrency, &key("concurrency"), 1..=1024, 1usize);
+        let max_attempts = self.int(&raw.max_attempts, &key("max_attempts"), 1..=1000, 3u32);
+        let timeout_ms = self.int(&raw.timeout_ms, &key("timeout_ms"), 1..=600_000, 1000u64);
+        let memory_mb = self.int(&raw.memory_mb, &key("memory_mb"), 1..=4096, 64usize);
+        let backoff_ms = self.int(
+            &raw.retry_backoff_ms,
+            &key("retry_backoff_ms"),
+            0..=MAX_RETRY_BACKOFF.as_millis() as i64,
+            100u64,
+        );
+        // A handler still running when its entry looks idle would be
+        // reclaimed and run twice at once.
+        if let Some(timeout) = &raw.timeout_ms {
+            if Duration::from_millis(timeout_ms) * 2 > bus.claim_idle {
+                self.push(
+                    Some(timeout.span()),
+                    &key("timeout_ms"),
+                    format!(
+                        "must be at most half of bus.claim_idle_ms ({} ms)",
+                        bus.claim_idle.as_millis()
+                    ),
+                );
+            }
+        }
+
+        let mut config = BTreeMap::new();
+        for (k, v) in raw.config {
+            let text = match v.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Datetime(d) => d.to_string(),
+                toml::Value::Array(_) | toml::Value::Table(_) => {
+                    self.push(
+                        Some(v.span()),
+                        &format!("{}.{}", key("config"), k.get_ref()),
+                        "config values are strings, numbers or booleans (the plugin reads text)",
+                    );
+                    continue;
+                }
+            };
+            config.insert(k.into_inner(), text);
+        }
+
+        SubscriberConfig {
+            name,
+            plugin_file,
+            plugin,
+            events,
+            concurrency,
+            max_attempts,
+            timeout: Duration::from_millis(timeout_ms),
+            memory_bytes: memory_mb << 20,
+            retry_backoff: Duration::from_millis(backoff_ms),
+            config,
+        }
+    }
+}
+
+const NAME_RULE: &str = "names use only letters, digits, '-', '_' and '.'";
+
+/// Names end up inside Redis keys and group names, where `:` separates parts.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Unique per process, readable in `XINFO CONSUMERS`.
+fn default_consumer() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+/// serde_path_to_error's path, as a user would write the key: no root `.`,
+/// no segments from `Spanned`'s internals.
+fn clean_key_path(path: &str) -> String {
+    if path == "." {
+        return String::new();
+    }
+    path.split('.')
+        .filter(|segment| !segment.starts_with("$__serde_spanned"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with_plugin() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        std::fs::write(dir.path().join("plugins/pay.wasm"), b"\0asm").unwrap();
+        dir
+    }
+
+    fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+        parse(&dir.join("eventhost.toml"), text)
+    }
+
+    fn only_problem(err: ConfigError) -> Problem {
+        assert_eq!(err.problems.len(), 1, "{err}");
+        err.problems.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_full_config_becomes_typed_settings() {
+        let dir = dir_with_plugin();
+        let config = parse_in(
+            dir.path(),
+            r#"
+[redis]
+url = "redis://127.0.0.1:6379/0"
+prefix = "ev:"
+
+[plugins]
+dir = "plugins"
+watch = false
+
+[subscribers.payment-service]
+plugin = "pay.wasm"
+events = ["OrderCreatedEvent"]
+concurrency = 4
+max_attempts = 5
+timeout_ms = 250
+memory_mb = 32
+[subscribers.payment-service.config]
+currency = "EUR"
+decline_percent = 10
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.redis.url.as_deref(),
+            Some("redis://127.0.0.1:6379/0")
+        );
+        assert_eq!(config.redis.prefix, "ev:");
+        assert!(!config.plugins.watch);
+        assert_eq!(config.plugins.dir, dir.path().join("plugins"));
+        assert_eq!(
+            config.plugins.cache_dir,
+            dir.path().join(".eventhost/cache")
+        );
+        let sub = &config.subscribers[0];
+        assert_eq!(sub.name, "payment-service");
+        assert_eq!(sub.plugin, dir.path().join("plugins/pay.wasm"));
+        assert!(sub.events.matches("OrderCreatedEvent"));
+        assert!(!sub.events.matches("OrderShippedEvent"));
+        assert_eq!(sub.concurrency, 4);
+        assert_eq!(sub.max_attempts, 5);
+        assert_eq!(sub.timeout, Duration::from_millis(250));
+        assert_eq!(sub.memory_bytes, 32 << 20);
+        assert_eq!(sub.config["currency"], "EUR");
+        assert_eq!(sub.config["decline_percent"], "10");
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let dir = dir_with_plugin();
+        let config = parse_in(dir.path(), "[subscribers.a]\nplugin = \"pay.wasm\"\n").unwrap();
+        assert_eq!(config.redis.url, None);
+        assert_eq!(config.redis.prefix, "events:");
+        assert!(config.plugins.watch);
+        let sub = &config.subscribers[0];
+        assert_eq!(sub.events, EventFilter::All);
+        assert_eq!(
+            (
+                sub.concurrency,
+                sub.max_attempts,
+                sub.timeout,
+                sub.memory_bytes
+            ),
+            (1, 3, Duration::from_secs(1), 64 << 20)
+        );
+        assert_eq!(config.bus.claim_idle, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn an_unknown_key_names_file_line_and_key() {
+        let dir = dir_with_plugin();
+        let err = parse_in(
+            dir.path(),
+            "[subscribers.a]\nplugin = \"pay.wasm\"\nconcurency = 4\n",
+        )
+        .unwrap_err();
+        let problem = only_problem(err);
+        assert_eq!(problem.file, dir.path().join("eventhost.toml"));
+        assert_eq!(problem.line, 3);
+        assert!(problem.key.starts_with("subscribers.a"), "{problem}");
+        assert!(problem.message.contains("concurency"), "{problem}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let dir = dir_with_plugin();
+        let err = parse_in(
+            dir.path(),
+            "[subscribers.a]\nplugin = \"pay.wasm\"\n\nconcurrency = \"four\"\n",
+        )
+        .unwrap_err();
+        let problem = only_problem(err);
+        assert_eq!(problem.line, 4, "{problem}");
+        assert_eq!(problem.key, "subscribers.a.concurrency", "{problem}");
+    }
+
+    #[test]
+    fn a_syntax_error_has_a_line() {
+        let dir = dir_with_plugin();
+        let problem = only_problem(parse_in(dir.path(), "[redis]\nurl = \n").unwrap_err());
+        assert_eq!(problem.line, 2, "{problem}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let dir = dir_with_plugin();
+        let err = parse_in(
+            dir.path(),
+            r#"[subscribers."bad:name"]
+plugin = "missing.wasm"
+events = []
+concurrency = 0
+memory_mb = 100000
+[subscribers."bad:name".config]
+list = [1, 2]
+"#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "subscribers.bad:name",
+                "subscribers.bad:name.plugin",
+                "subscribers.bad:name.events",
+                "subscribers.bad:name.concurrency",
+                "subscribers.bad:name.memory_mb",
+                "subscribers.bad:name.config.list",
+            ],
+            "{text}"
+        );
+        assert!(text.contains("eventhost.toml:4:15: subscribers.bad:name.concurrency: must be between 1 and 1024 (got 0)"), "{text}");
+        assert!(text.contains("missing.wasm not found"), "{text}");
+    }
+
+    #[test]
+    fn plugin_paths_stay_inside_the_folder() {
+        let dir = dir_with_plugin();
+        let err = parse_in(dir.path(), "[subscribers.a]\nplugin = \"../pay.wasm\"\n").unwrap_err();
+        assert!(only_problem(err).message.contains("inside plugins.dir"));
+    }
+
+    #[test]
+    fn a_timeout_must_fit_inside_the_claim_window() {
+        let dir = dir_with_plugin();
+        let err = parse_in(
+            dir.path(),
+            "[bus]\nclaim_idle_ms = 1000\n[subscribers.a]\nplugin = \"pay.wasm\"\ntimeout_ms = 800\n",
+        )
+        .unwrap_err();
+        assert_eq!(only_problem(err).key, "subscribers.a.timeout_ms");
+    }
+
+    #[test]
+    fn star_means_every_type_and_stands_alone() {
+        let dir = dir_with_plugin();
+        let config = parse_in(
+            dir.path(),
+            "[subscribers.a]\nplugin = \"pay.wasm\"\nevents = [\"*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.subscribers[0].events, EventFilter::All);
+        let err = parse_in(
+            dir.path(),
+            "[subscribers.a]\nplugin = \"pay.wasm\"\nevents = [\"*\", \"A\"]\n",
+        )
+        .unwrap_err();
+        assert!(only_problem(err).message.contains("alone"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap() {
+        let dir = dir_with_plugin();
+        let config = parse_in(
+            dir.path(),
+            "[subscribers.a]\nplugin = \"pay.wasm\"\nretry_backoff_ms = 100\n",
+        )
+        .unwrap();
+        let sub = &config.subscribers[0];
+        assert_eq!(sub.backoff_before(2), Duration::from_millis(100));
+        assert_eq!(sub.backoff_before(3), Duration::from_millis(200));
+        assert_eq!(sub.backoff_before(4), Duration::from_millis(400));
+        assert_eq!(sub.backoff_before(40), MAX_RETRY_BACKOFF);
+    }
+}

@@ -1,0 +1,281 @@
+//! What the bus hands a handler and what it gets back.
+//!
+//! This is the seam between the two halves of eventhost: the bus (Redis)
+//! produces [`Event`]s and commits [`Outcome`]s; a [`Handler`] (a wasm plugin,
+//! or a native one in benchmarks) turns one into the other. Neither side sees
+//! the other's machinery: a handler reads state through [`StateReader`] and
+//! never touches Redis, the bus never touches wasmtime.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+/// One event, as delivered to one subscriber.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `event_id` of the JSON, else `_metadata.id`, else the stream id.
+    pub id: String,
+    pub event_type: String,
+    /// Entry id in the subscriber's stream.
+    pub stream_id: String,
+    /// Seconds since the epoch, from the JSON.
+    pub timestamp: Option<f64>,
+    /// 1 on the first delivery; the stream's delivery count after that.
+    pub attempt: u32,
+    /// The JSON object as published, without LeanMQ's bookkeeping keys.
+    pub data: String,
+}
+
+/// How one call of a handler ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Commit these effects together with the acknowledgement.
+    Ok(Effects),
+    /// Discard every effect; retry or dead-letter according to the kind.
+    Failed(Failure),
+}
+
+/// Why a call failed; the kind decides between a retry and the DLQ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    /// Builds a failure of `kind` with a human-readable `message`.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The kinds of failure a DLQ reason names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The handler said it may succeed later.
+    Retry,
+    /// The handler said it will never succeed (a poison message).
+    Reject,
+    /// The plugin trapped (a panic, an `unreachable`, a bad memory access).
+    Trap,
+    /// The plugin ran past its time limit.
+    Timeout,
+    /// The plugin ran past its memory limit.
+    OutOfMemory,
+    /// The host could not serve the plugin (state unreadable, no instance
+    /// slot); not the plugin's fault, so it is retried like `Retry`.
+    Host,
+}
+
+impl FailureKind {
+    /// Whether the event deserves another attempt.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, FailureKind::Retry | FailureKind::Host)
+    }
+
+    /// The word used in DLQ reasons, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Retry => "retry",
+            FailureKind::Reject => "reject",
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::OutOfMemory => "out-of-memory",
+            FailureKind::Host => "host-error",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event a handler published, waiting for the commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub event_id: String,
+    /// The complete object: the handler's fields plus `event_type`,
+    /// `event_id` and `timestamp`.
+    pub data: Map<String, Value>,
+}
+
+/// A buffered state write; `None` deletes the key.
+pub type StateWrite = (String, Option<String>);
+
+/// Everything a call did through the host API, buffered until the commit.
+///
+/// Reads see the call's own writes first, so a handler behaves as if it
+/// wrote through; nothing reaches Redis unless the call returns `ok`.
+#[derive(Debug, Default)]
+pub struct Effects {
+    published: Vec<Published>,
+    writes: Vec<StateWrite>,
+    overlay: HashMap<String, Option<String>>,
+}
+
+impl Effects {
+    /// A state value this call wrote or deleted, if it touched `key`.
+    pub fn pending(&self, key: &str) -> Option<Option<&str>> {
+        self.overlay.get(key).map(|v| v.as_deref())
+    }
+
+    /// Buffers a write of `key`.
+    pub fn set(&mut self, key: String, value: String) {
+        self.overlay.insert(key.clone(), Some(value.clone()));
+        self.writes.push((key, Some(value)));
+    }
+
+    /// Buffers a deletion of `key`.
+    pub fn delete(&mut self, key: String) {
+        self.overlay.insert(key.clone(), None);
+        self.writes.push((key, None));
+    }
+
+    /// Buffers an event to publish: `data` must be a JSON object;
+    /// `event_type`, `event_id` and `timestamp` are filled in.
+    ///
+    /// The id is derived from `id_seed` and the publish's position in the
+    /// call, so a re-run of the same delivery publishes the same ids.
+    pub fn publish(
+        &mut self,
+        id_seed: &str,
+        event_type: &str,
+        data: &str,
+        now: f64,
+    ) -> Result<String, String> {
+        if event_type.is_empty() {
+            return Err("event type must not be empty".into());
+        }
+        let mut object = match serde_json::from_str::<Value>(data) {
+            Ok(Value::Object(object)) => object,
+            Ok(other) => {
+                return Err(format!(
+                    "data must be a JSON object, got {}",
+                    json_kind(&other)
+                ))
+            }
+            Err(err) => return Err(format!("data is not valid JSON: {err}")),
+        };
+        let name = format!("{id_seed}/{}", self.published.len());
+        let event_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string();
+        object.insert("event_type".into(), Value::from(event_type));
+        object.insert("event_id".into(), Value::from(event_id.clone()));
+        object.insert("timestamp".into(), Value::from(now));
+        self.published.push(Published {
+            event_id: event_id.clone(),
+            data: object,
+        });
+        Ok(event_id)
+    }
+
+    /// The events published, in order.
+    pub fn published(&self) -> &[Published] {
+        &self.published
+    }
+
+    /// The state writes, in the order they were made.
+    pub fn writes(&self) -> &[StateWrite] {
+        &self.writes
+    }
+
+    /// Whether the call did nothing but succeed.
+    pub fn is_empty(&self) -> bool {
+        self.published.is_empty() && self.writes.is_empty()
+    }
+}
+
+/// How a JSON value is described in error messages.
+pub(crate) fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Seconds since the epoch, as LeanMQ's `time.time()` writes timestamps.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Read access to one subscriber's committed state.
+#[async_trait]
+pub trait StateReader: Send + Sync {
+    /// The committed value of `key`, if any.
+    async fn get(&self, key: &str) -> anyhow::Result<Option<String>>;
+}
+
+/// Runs events for one subscriber.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    /// Handles one event; must not panic, every failure is an [`Outcome`].
+    async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_see_buffered_writes_in_order() {
+        let mut effects = Effects::default();
+        assert_eq!(effects.pending("k"), None);
+        effects.set("k".into(), "1".into());
+        effects.set("k".into(), "2".into());
+        assert_eq!(effects.pending("k"), Some(Some("2")));
+        effects.delete("k".into());
+        assert_eq!(effects.pending("k"), Some(None));
+        assert_eq!(
+            effects.writes(),
+            &[
+                ("k".to_string(), Some("1".to_string())),
+                ("k".to_string(), Some("2".to_string())),
+                ("k".to_string(), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn publish_fills_in_the_envelope_with_stable_ids() {
+        let mut first = Effects::default();
+        let id = first
+            .publish("sub/1-0", "Shipped", r#"{"order":7}"#, 12.5)
+            .unwrap();
+        let data = &first.published()[0].data;
+        assert_eq!(data["event_type"], "Shipped");
+        assert_eq!(data["event_id"], id.as_str());
+        assert_eq!(data["timestamp"], 12.5);
+        assert_eq!(data["order"], 7);
+
+        let mut rerun = Effects::default();
+        let again = rerun.publish("sub/1-0", "Shipped", "{}", 99.0).unwrap();
+        assert_eq!(id, again, "a re-run publishes the same id");
+        let second = rerun.publish("sub/1-0", "Shipped", "{}", 99.0).unwrap();
+        assert_ne!(again, second);
+    }
+
+    #[test]
+    fn publish_refuses_what_is_not_an_object() {
+        let mut effects = Effects::default();
+        let err = effects.publish("s", "T", "[1]", 0.0).unwrap_err();
+        assert!(err.contains("an array"), "{err}");
+        let err = effects.publish("s", "T", "nope", 0.0).unwrap_err();
+        assert!(err.contains("not valid JSON"), "{err}");
+        let err = effects.publish("s", "", "{}", 0.0).unwrap_err();
+        assert!(err.contains("must not be empty"), "{err}");
+        assert!(effects.is_empty());
+    }
+}

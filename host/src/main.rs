@@ -1,0 +1,5 @@
+//! The `eventhost` binary; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    eventhost::cli::main()
+}

@@ -1,0 +1,228 @@
+//! The host side of the WIT contract: what a plugin's imports do.
+//!
+//! Each instance's store holds a [`StoreData`]; during a call it also holds
+//! the [`Call`]: the buffered effects, the state reader and the clock of the
+//! time limit. Everything a plugin does through the host API lands in the
+//! call's [`Effects`] and is committed by the bus only if `handle` returns ok.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::output::OutputTail;
+use crate::handler::{Effects, StateReader};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "subscriber",
+    imports: {
+        // Reads committed state from the bus, which takes I/O.
+        "eventhost:plugin/host.state-get": async | trappable,
+        default: trappable,
+    },
+    exports: { default: async },
+});
+
+pub use eventhost::plugin::types::{Event as WitEvent, Failure as WitFailure, Level};
+
+/// Largest key or value a plugin may write to its state, so one bad plugin
+/// cannot fill Redis in one call.
+const MAX_STATE_VALUE: usize = 1 << 20;
+/// Most events one call may publish.
+const MAX_PUBLISHES: usize = 10_000;
+
+/// Everything one instance's store owns.
+pub struct StoreData {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub output: OutputTail,
+    /// Who this instance serves, for logs.
+    subscriber: Arc<str>,
+    /// The subscriber's `config` table, for `config-get`.
+    config: Arc<BTreeMap<String, String>>,
+    /// Set for the duration of one `handle` call.
+    pub call: Option<Call>,
+}
+
+/// The state of one `handle` call.
+pub struct Call {
+    pub effects: Effects,
+    pub state: Arc<dyn StateReader>,
+    /// Seed of the ids of published events: stable across re-runs.
+    pub id_seed: String,
+    pub event_id: String,
+    pub started: Instant,
+    pub timeout: Duration,
+    /// Set when the epoch callback interrupted the call.
+    pub timed_out: bool,
+    /// Set when the host, not the plugin, failed the call.
+    pub host_error: Option<String>,
+}
+
+impl StoreData {
+    /// A sandbox with no files, sockets, environment or arguments; stdout
+    /// and stderr go to `output`.
+    pub fn new(
+        subscriber: Arc<str>,
+        config: Arc<BTreeMap<String, String>>,
+        memory_limit: usize,
+    ) -> Self {
+        let output = OutputTail::default();
+        let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        StoreData {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_limit),
+            output,
+            subscriber,
+            config,
+            call: None,
+        }
+    }
+
+    fn call(&mut self) -> wasmtime::Result<&mut Call> {
+        self.call
+            .as_mut()
+            .ok_or_else(|| wasmtime::format_err!("host function called outside of handle"))
+    }
+
+    /// The epoch callback: yield to other tasks every tick, and stop the
+    /// call once it has run past its time limit.
+    pub fn on_epoch(&mut self) -> UpdateDeadline {
+        match &mut self.call {
+            Some(call) if call.started.elapsed() >= call.timeout => {
+                call.timed_out = true;
+                UpdateDeadline::Interrupt
+            }
+            _ => UpdateDeadline::Yield(1),
+        }
+    }
+}
+
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl eventhost::plugin::types::Host for StoreData {}
+
+impl eventhost::plugin::host::Host for StoreData {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let event_id = self.call.as_ref().map_or("", |c| c.event_id.as_str());
+        let subscriber = &*self.subscriber;
+        match level {
+            Level::Trace => tracing::trace!(subscriber, event_id, "{message}"),
+            Level::Debug => tracing::debug!(subscriber, event_id, "{message}"),
+            Level::Info => tracing::info!(subscriber, event_id, "{message}"),
+            Level::Warn => tracing::warn!(subscriber, event_id, "{message}"),
+            Level::Error => tracing::error!(subscriber, event_id, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn publish(
+        &mut self,
+        event_type: String,
+        data: String,
+    ) -> wasmtime::Result<Result<String, String>> {
+        let call = self.call()?;
+        if call.effects.published().len() >= MAX_PUBLISHES {
+            return Ok(Err(format!(
+                "one call may publish at most {MAX_PUBLISHES} events"
+            )));
+        }
+        let now = crate::handler::unix_now();
+        Ok(call.effects.publish(&call.id_seed, &event_type, &data, now))
+    }
+
+    async fn state_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        let call = self.call()?;
+        if let Some(pending) = call.effects.pending(&key) {
+            return Ok(pending.map(str::to_owned));
+        }
+        let state = call.state.clone();
+        match state.get(&key).await {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                let message = format!("state-get {key:?} failed: {err:#}");
+                self.call()?.host_error = Some(message.clone());
+                Err(wasmtime::format_err!(message))
+            }
+        }
+    }
+
+    fn state_set(&mut self, key: String, value: String) -> wasmtime::Result<()> {
+        if key.len() > MAX_STATE_VALUE || value.len() > MAX_STATE_VALUE {
+            wasmtime::bail!("state-set: keys and values are limited to {MAX_STATE_VALUE} bytes");
+        }
+        self.call()?.effects.set(key, value);
+        Ok(())
+    }
+
+    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.call()?.effects.delete(key);
+        Ok(())
+    }
+
+    fn config_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.config.get(&key).cloned())
+    }
+}
+
+/// Enforces `memory_mb` and remembers that it did, so a trap that follows
+/// can be reported as running out of memory rather than as a crash.
+pub struct MemoryLimiter {
+    limit: usize,
+    /// A growth was refused since the last reset.
+    pub hit: bool,
+}
+
+impl MemoryLimiter {
+    fn new(limit: usize) -> Self {
+        MemoryLimiter { limit, hit: false }
+    }
+
+    /// The limit in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}

@@ -1,0 +1,303 @@
+//! The wasmtime engine, the linker, and loading plugins into them.
+//!
+//! One engine serves every plugin: a pooling allocator makes a fresh instance
+//! cost tens of microseconds, epoch interruption bounds each call's time, and
+//! compiled components are cached on disk by content so a restart or a
+//! reload of a known build does not compile again.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{types::ComponentItem, Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use super::host_api::{StoreData, Subscriber, SubscriberPre};
+
+/// How often the epoch advances: the resolution of time limits, and how
+/// often a long-running call yields to other work.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The wasmtime engine and linker shared by every plugin.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<StoreData>,
+    cache_dir: PathBuf,
+}
+
+/// Why a plugin file was refused; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// A compiled component that implements the `subscriber` world, ready to
+/// instantiate.
+pub struct CompiledPlugin {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex: which build this is.
+    pub digest: String,
+    pub(super) pre: SubscriberPre<StoreData>,
+    /// Whether it came from the compiled cache.
+    pub cached: bool,
+    /// Time to compile or to load from the cache.
+    pub load_time: Duration,
+}
+
+impl CompiledPlugin {
+    /// The first 12 hex digits of the digest, for logs.
+    pub fn short_digest(&self) -> &str {
+        &self.digest[..12]
+    }
+}
+
+impl PluginRuntime {
+    /// Builds the engine and starts its epoch clock; compiled components are
+    /// cached under `cache_dir`.
+    pub fn new(cache_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        let engine = match Engine::new(&engine_config(true)) {
+            Ok(engine) => engine,
+            // A restricted address space (ulimit -v) cannot hold the pool's
+            // reservations; on-demand allocation is slower but works.
+            Err(err) => {
+                tracing::warn!(
+                    "pooling allocator unavailable ({err}); instances will be allocated on demand"
+                );
+                Engine::new(&engine_config(false)).map_err(anyhow::Error::from)?
+            }
+        };
+        start_epoch_clock(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        Subscriber::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |data| data)
+            .map_err(anyhow::Error::from)
+            .context("linking the eventhost host interface")?;
+
+        Ok(Arc::new(PluginRuntime {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_path_buf(),
+        }))
+    }
+
+    /// The engine, for creating stores.
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads, compiles (or loads from the cache) and validates the plugin at
+    /// `path`. Blocking: call it off the async runtime.
+    pub fn load(&self, path: &Path) -> Result<CompiledPlugin, LoadError> {
+        let refuse = |reason: String| LoadError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let started = Instant::now();
+        let bytes = std::fs::read(path).map_err(|err| refuse(format!("cannot read: {err}")))?;
+        check_header(&bytes).map_err(refuse)?;
+        let digest = hex(&Sha256::digest(&bytes));
+
+        let cache_file = self
+            .cache_dir
+            .join(format!("{digest}-{}.cwasm", self.engine_key()));
+        let (component, cached) = match self.load_cached(&cache_file) {
+            Some(component) => (component, true),
+            None => {
+                let component = Component::new(&self.engine, &bytes)
+                    .map_err(|err| refuse(format!("not a valid component: {err:#}")))?;
+                self.store_cached(&cache_file, &component);
+                (component, false)
+            }
+        };
+        let pre = self.validate(&component).map_err(refuse)?;
+        Ok(CompiledPlugin {
+            path: path.to_path_buf(),
+            digest,
+            pre,
+            cached,
+            load_time: started.elapsed(),
+        })
+    }
+
+    /// Checks the component against the `subscriber` world and explains a
+    /// mismatch in terms of what is missing.
+    fn validate(&self, component: &Component) -> Result<SubscriberPre<StoreData>, String> {
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let handle_is_func = ty.exports(&self.engine).any(|(name, item)| {
+            name == "handle" && matches!(item.ty, ComponentItem::ComponentFunc(_))
+        });
+        if !handle_is_func {
+            return Err(format!(
+                "does not implement the eventhost:plugin/subscriber world: it has no exported \
+                 function `handle` (it exports: {}); build it against wit/eventhost.wit",
+                if exports.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    exports.join(", ")
+                }
+            ));
+        }
+        let pre = self.linker.instantiate_pre(component).map_err(|err| {
+            format!(
+                "imports something eventhost does not provide: {err:#}; a plugin may import \
+                 only eventhost:plugin/host and WASI 0.2 (no HTTP, no custom interfaces)"
+            )
+        })?;
+        SubscriberPre::new(pre).map_err(|err| {
+            format!(
+                "does not implement the eventhost:plugin/subscriber world: {err:#}; rebuild it \
+                 against wit/eventhost.wit"
+            )
+        })
+    }
+
+    fn load_cached(&self, file: &Path) -> Option<Component> {
+        if !file.is_file() {
+            return None;
+        }
+        // SAFETY: the file is ours: written by `store_cached` from a component
+        // this engine compiled, under a name keyed by the engine's settings.
+        match unsafe { Component::deserialize_file(&self.engine, file) } {
+            Ok(component) => Some(component),
+            Err(err) => {
+                tracing::warn!(file = %file.display(), "ignoring unusable compiled cache entry: {err}");
+                None
+            }
+        }
+    }
+
+    fn store_cached(&self, file: &Path, component: &Component) {
+        let write = || -> anyhow::Result<()> {
+            std::fs::create_dir_all(&self.cache_dir)?;
+            let bytes = component.serialize().map_err(anyhow::Error::from)?;
+            let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, file)?;
+            Ok(())
+        };
+        if let Err(err) = write() {
+            tracing::warn!(dir = %self.cache_dir.display(), "cannot cache compiled plugin: {err:#}");
+        }
+    }
+
+    /// Distinguishes caches of engines with different settings or versions.
+    fn engine_key(&self) -> String {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+}
+
+fn engine_config(pooling: bool) -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .cranelift_opt_level(OptLevel::Speed);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        // Slots are virtual reservations; memory is committed only as used.
+        pool.total_component_instances(1000)
+            .total_core_instances(4000)
+            .total_memories(2000)
+            .total_tables(4000)
+            .total_stacks(1000)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64)
+            .max_memory_size(4 << 30);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is gone.
+fn start_epoch_clock(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("epoch-clock".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch clock thread");
+}
+
+/// Tells apart the files people actually drop into the folder by mistake.
+fn check_header(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(format!(
+            "not a WebAssembly file ({} bytes, no \\0asm header); build the plugin with \
+             `cargo build --target wasm32-wasip2`",
+            bytes.len()
+        ));
+    }
+    match bytes[4..8] {
+        [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        [0x01, 0x00, 0x00, 0x00] => Err(
+            "is a core WebAssembly module, not a component; build it for wasm32-wasip2 or wrap \
+             it with `wasm-tools component new`"
+                .into(),
+        ),
+        _ => Err("is a WebAssembly binary of an unknown version".into()),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_told_apart() {
+        assert!(check_header(b"hello world")
+            .unwrap_err()
+            .contains("not a WebAssembly file"));
+        assert!(check_header(b"\0asm\x01\0\0\0")
+            .unwrap_err()
+            .contains("core WebAssembly module"));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_component() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = PluginRuntime::new(&dir.path().join("cache")).unwrap();
+        let text = dir.path().join("notes.wasm");
+        std::fs::write(&text, "just text").unwrap();
+        let err = runtime.load(&text).err().unwrap();
+        assert!(err.to_string().contains("not a WebAssembly file"), "{err}");
+
+        // The smallest valid component: it exports nothing.
+        let empty = dir.path().join("empty.wasm");
+        std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
+        let err = runtime.load(&empty).err().unwrap();
+        assert!(
+            err.to_string().contains("no exported function `handle`"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("exports: nothing"), "{err}");
+    }
+}

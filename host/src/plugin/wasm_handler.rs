@@ -1,0 +1,283 @@
+//! Runs one subscriber's events in instances of its plugin.
+//!
+//! Instances are reused across events (a fresh one costs ten times a call)
+//! and thrown away after any trap, so a crashed plugin never sees its broken
+//! memory again. A reload swaps in a new [`PluginVersion`] atomically: calls
+//! in flight finish on the version they started with, the next call takes the
+//! new one, and instances of the old version are dropped as they come back.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use wasmtime::Store;
+
+use super::host_api::{Call, StoreData, Subscriber, WitEvent, WitFailure};
+use super::runtime::{CompiledPlugin, PluginRuntime};
+use crate::handler::{Effects, Event, Failure, FailureKind, Handler, Outcome, StateReader};
+
+/// The limits and settings an instance is created with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    /// Instances kept for reuse; more than this are dropped on return.
+    pub concurrency: usize,
+}
+
+/// A plugin build with the settings it runs under.
+pub struct PluginVersion {
+    plugin: Arc<CompiledPlugin>,
+    limits: Limits,
+    config: Arc<BTreeMap<String, String>>,
+    idle: Mutex<Vec<Instance>>,
+}
+
+impl PluginVersion {
+    /// The build this version runs.
+    pub fn plugin(&self) -> &Arc<CompiledPlugin> {
+        &self.plugin
+    }
+}
+
+struct Instance {
+    store: Store<StoreData>,
+    bindings: Subscriber,
+}
+
+/// A [`Handler`] backed by a wasm component.
+pub struct WasmHandler {
+    runtime: Arc<PluginRuntime>,
+    subscriber: Arc<str>,
+    /// Shown in failure messages: the plugin file as configured.
+    plugin_file: String,
+    current: ArcSwap<PluginVersion>,
+}
+
+impl WasmHandler {
+    /// A handler for `subscriber` running `plugin`.
+    pub fn new(
+        runtime: Arc<PluginRuntime>,
+        subscriber: &str,
+        plugin_file: &str,
+        plugin: Arc<CompiledPlugin>,
+        limits: Limits,
+        config: BTreeMap<String, String>,
+    ) -> Self {
+        WasmHandler {
+            runtime,
+            subscriber: subscriber.into(),
+            plugin_file: plugin_file.to_string(),
+            current: ArcSwap::from_pointee(PluginVersion {
+                plugin,
+                limits,
+                config: Arc::new(config),
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The version new calls run on.
+    pub fn current(&self) -> Arc<PluginVersion> {
+        self.current.load_full()
+    }
+
+    /// Makes the next calls run `plugin` under `limits` and `config`.
+    pub fn swap(
+        &self,
+        plugin: Arc<CompiledPlugin>,
+        limits: Limits,
+        config: BTreeMap<String, String>,
+    ) {
+        self.current.store(Arc::new(PluginVersion {
+            plugin,
+            limits,
+            config: Arc::new(config),
+            idle: Mutex::new(Vec::new()),
+        }));
+    }
+
+    async fn instance(&self, version: &PluginVersion) -> Result<Instance, Failure> {
+        if let Some(instance) = version.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(instance);
+        }
+        let data = StoreData::new(
+            self.subscriber.clone(),
+            version.config.clone(),
+            version.limits.memory_bytes,
+        );
+        let mut store = Store::new(self.runtime.engine(), data);
+        store.limiter(|data| &mut data.limiter);
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().on_epoch()));
+        // No deadline outside calls: instantiation runs start functions,
+        // which get the call's limit below.
+        store.set_epoch_deadline(u64::MAX / 2);
+        let bindings = version
+            .plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|err| {
+                let err = anyhow::Error::from(err);
+                let kind = if format!("{err:#}").contains("concurrency limit") {
+                    FailureKind::Host
+                } else {
+                    FailureKind::Trap
+                };
+                Failure::new(
+                    kind,
+                    format!("{} failed to start: {err:#}", self.plugin_file),
+                )
+            })?;
+        Ok(Instance { store, bindings })
+    }
+
+    fn give_back(&self, version: &PluginVersion, instance: Instance) {
+        let mut idle = version.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < version.limits.concurrency {
+            idle.push(instance);
+        }
+    }
+
+    /// Turns a trap into a failure that says what happened and why.
+    fn classify_trap(&self, data: &mut StoreData, call: &Call, err: wasmtime::Error) -> Failure {
+        let output = data.output.drain();
+        if let Some(message) = &call.host_error {
+            return Failure::new(FailureKind::Host, format!("host error: {message}"));
+        }
+        if call.timed_out {
+            return Failure::new(
+                FailureKind::Timeout,
+                format!(
+                    "{} ran past its time limit of {} ms",
+                    self.plugin_file,
+                    call.timeout.as_millis()
+                ),
+            );
+        }
+        let trap = match err.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{:#}", anyhow::Error::from(err)),
+        };
+        let said = last_lines(&output, 3);
+        let said = if said.is_empty() {
+            String::new()
+        } else {
+            format!("; it printed: {said}")
+        };
+        if data.limiter.hit {
+            return Failure::new(
+                FailureKind::OutOfMemory,
+                format!(
+                    "{} ran past its memory limit of {} MiB ({trap}){said}",
+                    self.plugin_file,
+                    data.limiter.limit() >> 20
+                ),
+            );
+        }
+        Failure::new(
+            FailureKind::Trap,
+            format!("{} trapped: {trap}{said}", self.plugin_file),
+        )
+    }
+}
+
+#[async_trait]
+impl Handler for WasmHandler {
+    async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome {
+        let version = self.current.load_full();
+        let mut instance = match self.instance(&version).await {
+            Ok(instance) => instance,
+            Err(failure) => return Outcome::Failed(failure),
+        };
+        let timeout = version.limits.timeout;
+        let data = instance.store.data_mut();
+        data.limiter.hit = false;
+        data.call = Some(Call {
+            effects: Effects::default(),
+            state,
+            id_seed: format!("{}/{}", self.subscriber, event.stream_id),
+            event_id: event.id.clone(),
+            started: Instant::now(),
+            timeout,
+            timed_out: false,
+            host_error: None,
+        });
+        instance.store.set_epoch_deadline(1);
+        let wit_event = WitEvent {
+            id: event.id,
+            event_type: event.event_type,
+            stream_id: event.stream_id,
+            timestamp: event.timestamp,
+            attempt: event.attempt,
+            data: event.data,
+        };
+        let result = instance
+            .bindings
+            .call_handle(&mut instance.store, &wit_event)
+            .await;
+        instance.store.set_epoch_deadline(u64::MAX / 2);
+
+        let data = instance.store.data_mut();
+        let call = data.call.take().expect("the call state is set above");
+        let outcome = match result {
+            Ok(Ok(())) => Outcome::Ok(call.effects),
+            Ok(Err(WitFailure::Retry(message))) => {
+                Outcome::Failed(Failure::new(FailureKind::Retry, message))
+            }
+            Ok(Err(WitFailure::Reject(message))) => {
+                Outcome::Failed(Failure::new(FailureKind::Reject, message))
+            }
+            Err(err) => {
+                let failure = self.classify_trap(data, &call, err);
+                // The instance is dropped here: its memory may be corrupt.
+                return Outcome::Failed(failure);
+            }
+        };
+        log_output(&self.subscriber, &wit_event.id, &data.output.drain());
+        self.give_back(&version, instance);
+        outcome
+    }
+}
+
+/// Forwards what a healthy call printed to the log, one line per line.
+fn log_output(subscriber: &str, event_id: &str, output: &str) {
+    for line in output.lines().filter(|l| !l.trim().is_empty()) {
+        tracing::info!(subscriber, event_id, "plugin output: {line}");
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    // Rust's panic hook adds advice about RUST_BACKTRACE that only adds noise.
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    let start = lines.len().saturating_sub(n);
+    let joined = lines[start..].join(" | ");
+    if joined.len() > 600 {
+        let cut = joined.len() - 600;
+        let cut = (cut..joined.len())
+            .find(|i| joined.is_char_boundary(*i))
+            .unwrap_or(cut);
+        format!("…{}", &joined[cut..])
+    } else {
+        joined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_lines_keeps_the_end() {
+        assert_eq!(last_lines("a\n\nb\nc\nd\n", 3), "b | c | d");
+        assert_eq!(last_lines("", 3), "");
+        let long = "x".repeat(1000);
+        assert!(last_lines(&long, 1).starts_with('…'));
+    }
+}

@@ -1,0 +1,98 @@
+//! Logs and metrics.
+//!
+//! Logs go to stderr through `tracing`, filtered by `EVENTHOST_LOG` (same
+//! syntax as `RUST_LOG`, default `info`). Metrics are `metrics` counters,
+//! served in the Prometheus format when `[telemetry] metrics` is set.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use tracing_subscriber::EnvFilter;
+
+/// Sets up logging for the process; call once, first.
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_env("EVENTHOST_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// Serves every counter at `http://<addr>/metrics`.
+pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    tracing::info!("metrics at http://{addr}/metrics");
+    Ok(())
+}
+
+/// The counters eventhost keeps, in one place so their names stay consistent.
+pub mod metrics {
+    use metrics::{counter, Counter};
+
+    /// Entries of `events:all` copied to at least one subscriber.
+    pub fn fanout_routed(targets: usize) {
+        counter!("eventhost_fanout_routed_total").increment(1);
+        counter!("eventhost_deliveries_total").increment(targets as u64);
+    }
+
+    /// Entries of a type nobody subscribes to: acknowledged, not copied.
+    pub fn fanout_unrouted() {
+        counter!("eventhost_fanout_unrouted_total").increment(1);
+    }
+
+    /// Entries of `events:all` that could not be routed.
+    pub fn fanout_dead_lettered() {
+        counter!("eventhost_fanout_dead_lettered_total").increment(1);
+    }
+
+    /// A plugin file or config change that was refused.
+    pub fn reload_refused(what: &'static str) {
+        counter!("eventhost_reload_refused_total", "what" => what).increment(1);
+    }
+
+    /// A plugin file or config change that was applied.
+    pub fn reloaded(what: &'static str) {
+        counter!("eventhost_reloads_total", "what" => what).increment(1);
+    }
+
+    /// One subscriber's counters, registered once so the hot path does not
+    /// build labels per event.
+    #[derive(Clone)]
+    pub struct SubscriberMetrics {
+        name: String,
+        pub handled: Counter,
+        pub retried: Counter,
+        /// Results discarded because another consumer committed first.
+        pub duplicates: Counter,
+    }
+
+    impl SubscriberMetrics {
+        /// Registers the counters of subscriber `name`.
+        pub fn new(name: &str) -> Self {
+            let label = [("subscriber", name.to_string())];
+            SubscriberMetrics {
+                name: name.to_string(),
+                handled: counter!("eventhost_handled_total", &label),
+                retried: counter!("eventhost_retried_total", &label),
+                duplicates: counter!("eventhost_duplicate_results_total", &label),
+            }
+        }
+
+        /// Counts an event sent to the DLQ, by kind of failure.
+        pub fn dead_lettered(&self, kind: &str) {
+            counter!(
+                "eventhost_dead_lettered_total",
+                "subscriber" => self.name.clone(),
+                "kind" => kind.to_string()
+            )
+            .increment(1);
+        }
+    }
+}
