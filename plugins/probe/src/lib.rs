@@ -1,0 +1,120 @@
+//! Data-driven test plugin for eventhost's end-to-end tests.
+//!
+//! For every event it first performs a fixed set of effects (state writes and
+//! an optional follow-up publish) and only then decides the outcome from the
+//! event data's `"act"` field. Because the effects always happen, a test can
+//! prove that the host discards them whenever the outcome is not `Ok`.
+//!
+//! Effects, in order:
+//! * `seen:<event id>` = the delivery attempt;
+//! * `count` incremented;
+//! * if config `follow_up` is set, one event of that type with data
+//!   `{"source_id": <event id>, "source_type": <event type>}`;
+//! * `build:<event id>` = [`BUILD`] (tests build two variants for hot reload);
+//! * if config `tag` is set, `tag` = its value.
+//!
+//! Outcomes by `"act"`: absent/`"ok"`, `"retry"` (honours `"succeed_on"`),
+//! `"reject"`, `"panic"`, `"spin"`, `"hog"`, `"log"`, `"bad_publish"`.
+
+use eventhost_plugin::{Event, Failure, Guest, Level};
+use serde_json::{json, Value};
+
+/// Which build of the plugin handled the event; set `PROBE_BUILD` at compile
+/// time to tell two builds apart in hot-reload tests.
+pub const BUILD: &str = match option_env!("PROBE_BUILD") {
+    Some(b) => b,
+    None => "a",
+};
+
+struct Probe;
+
+impl Guest for Probe {
+    fn handle(event: Event) -> Result<(), Failure> {
+        effects(&event)?;
+        outcome(&event)
+    }
+}
+
+eventhost_plugin::export!(Probe);
+
+/// The effects every event gets, whatever its outcome.
+fn effects(event: &Event) -> Result<(), Failure> {
+    eventhost_plugin::state_set(&format!("seen:{}", event.id), &event.attempt.to_string());
+    eventhost_plugin::state_increment("count")?;
+    if let Some(follow_up) = eventhost_plugin::config_get("follow_up") {
+        let data = json!({"source_id": event.id, "source_type": event.event_type});
+        eventhost_plugin::publish_json(&follow_up, &data)?;
+    }
+    eventhost_plugin::state_set(&format!("build:{}", event.id), BUILD);
+    if let Some(tag) = eventhost_plugin::config_get("tag") {
+        eventhost_plugin::state_set("tag", &tag);
+    }
+    Ok(())
+}
+
+/// What the event's data asks for.
+fn outcome(event: &Event) -> Result<(), Failure> {
+    let data: Value = eventhost_plugin::data(event)?;
+    let act = match data.get("act") {
+        None => "ok",
+        Some(Value::String(act)) => act.as_str(),
+        Some(other) => {
+            return Err(Failure::Reject(format!(
+                "`act` must be a string, got {other}"
+            )))
+        }
+    };
+    let attempt = event.attempt;
+    match act {
+        "ok" => Ok(()),
+        "retry" => {
+            let succeed_on = data.get("succeed_on").and_then(Value::as_f64);
+            if succeed_on.is_some_and(|n| f64::from(attempt) >= n) {
+                Ok(())
+            } else {
+                Err(Failure::Retry(format!(
+                    "asked to retry (attempt {attempt})"
+                )))
+            }
+        }
+        "reject" => Err(Failure::Reject("asked to reject".into())),
+        "panic" => panic!("asked to panic on {}", event.id),
+        "spin" => spin(),
+        "hog" => hog(),
+        "log" => {
+            let levels = [
+                (Level::Trace, "trace"),
+                (Level::Debug, "debug"),
+                (Level::Info, "info"),
+                (Level::Warn, "warn"),
+                (Level::Error, "error"),
+            ];
+            for (level, name) in levels {
+                eventhost_plugin::log(level, &format!("probe {name} log for {}", event.id));
+            }
+            Ok(())
+        }
+        "bad_publish" => match eventhost_plugin::publish("ProbeBadPublish", "not json") {
+            Ok(id) => panic!("host accepted non-JSON data (new event {id})"),
+            Err(e) => Err(Failure::Reject(e)),
+        },
+        other => Err(Failure::Reject(format!("unknown act {other:?}"))),
+    }
+}
+
+/// Loops forever; `black_box` keeps the optimiser from deleting the loop.
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// Allocates and touches 1 MiB chunks until the host's memory limit stops it.
+fn hog() -> ! {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Non-zero fill writes every page, so the memory is really used.
+        chunks.push(std::hint::black_box(vec![1u8; 1 << 20]));
+    }
+}

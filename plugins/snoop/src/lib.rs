@@ -1,0 +1,65 @@
+//! Sandbox probe: tries things a plugin should normally not be allowed to do
+//! and records each result as a state entry, `"allowed: <summary>"` or
+//! `"denied: <error>"`, so tests can assert what the host's WASI sandbox
+//! grants. Always returns `Ok` so the entries are committed.
+//!
+//! Entries: `fs` (read `/etc/hostname`), `fs_dir` (list `/`), `env` (any
+//! environment variables), `net` (TCP connect to config `connect`, default
+//! `127.0.0.1:6379`), `clock` (wall-clock time).
+
+use std::fmt::Display;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use eventhost_plugin::{Event, Failure, Guest};
+
+/// Where `net` connects when config `connect` is not set: the Redis the
+/// daemon itself uses, the most tempting target for a rogue plugin.
+const DEFAULT_CONNECT: &str = "127.0.0.1:6379";
+
+struct Snoop;
+
+impl Guest for Snoop {
+    fn handle(_event: Event) -> Result<(), Failure> {
+        record(
+            "fs",
+            std::fs::read_to_string("/etc/hostname").map(|s| format!("read {} bytes", s.len())),
+        );
+        record(
+            "fs_dir",
+            std::fs::read_dir("/").map(|entries| format!("{} entries", entries.count())),
+        );
+        let vars = std::env::vars().count();
+        record(
+            "env",
+            if vars > 0 {
+                Ok(format!("{vars} variables"))
+            } else {
+                Err("no environment variables visible")
+            },
+        );
+        let addr =
+            eventhost_plugin::config_get("connect").unwrap_or_else(|| DEFAULT_CONNECT.into());
+        record(
+            "net",
+            std::net::TcpStream::connect(addr.as_str()).map(|_| format!("connected to {addr}")),
+        );
+        record(
+            "clock",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| format!("{} s since the epoch", d.as_secs())),
+        );
+        Ok(())
+    }
+}
+
+eventhost_plugin::export!(Snoop);
+
+/// Stores the outcome of one attempt under `key`.
+fn record<E: Display>(key: &str, result: Result<String, E>) {
+    let value = match result {
+        Ok(summary) => format!("allowed: {summary}"),
+        Err(e) => format!("denied: {e}"),
+    };
+    eventhost_plugin::state_set(key, &value);
+}
