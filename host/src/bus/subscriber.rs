@@ -8,8 +8,8 @@
 //! number survives a crash.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::sync::Arc;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -264,7 +264,7 @@ impl SubscriberLoop {
         let outcomes = {
             let running = run_all(
                 self.subscription.handler.clone(),
-                self.state.clone(),
+                Arc::new(BatchState::new(self.state.clone())),
                 jobs,
                 settings.concurrency,
             );
@@ -425,11 +425,56 @@ impl SubscriberLoop {
     }
 }
 
+/// The state a batch's events read: what is committed, plus the writes of
+/// the batch's events that already succeeded. Their commit comes at the end
+/// of the batch, but an event handled after another must see its writes, as
+/// if each had been committed on its own.
+struct BatchState {
+    committed: Arc<dyn StateReader>,
+    written: Mutex<HashMap<String, Option<String>>>,
+}
+
+impl BatchState {
+    fn new(committed: Arc<dyn StateReader>) -> Self {
+        BatchState {
+            committed,
+            written: Mutex::default(),
+        }
+    }
+
+    /// Makes a successful event's writes visible to the events after it.
+    fn absorb(&self, outcome: &Outcome) {
+        if let Outcome::Ok(effects) = outcome {
+            let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, value) in effects.writes() {
+                written.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StateReader for BatchState {
+    async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        match written {
+            Some(value) => Ok(value),
+            None => self.committed.get(key).await,
+        }
+    }
+}
+
 /// Runs every job, at most `concurrency` at once; returns each job's index,
-/// event id and outcome.
+/// event id and outcome. With `concurrency` 1 the events run in stream order
+/// and each sees the state the ones before it left.
 async fn run_all(
     handler: Arc<dyn Handler>,
-    state: Arc<dyn StateReader>,
+    state: Arc<BatchState>,
     jobs: Vec<(usize, crate::handler::Event)>,
     concurrency: usize,
 ) -> Vec<(usize, String, Outcome)> {
@@ -437,14 +482,19 @@ async fn run_all(
     if concurrency <= 1 || jobs.len() <= 1 {
         for (index, event) in jobs {
             let id = event.id.clone();
-            results.push((index, id, handler.handle(event, state.clone()).await));
+            let outcome = handler.handle(event, state.clone()).await;
+            state.absorb(&outcome);
+            results.push((index, id, outcome));
         }
         return results;
     }
     let mut running = JoinSet::new();
     let mut collect =
         |joined: Result<(usize, String, Outcome), tokio::task::JoinError>| match joined {
-            Ok(result) => results.push(result),
+            Ok(result) => {
+                state.absorb(&result.2);
+                results.push(result);
+            }
             // A panic in the host's own code: the event stays pending and is
             // reclaimed, rather than being blamed on the plugin.
             Err(err) => tracing::error!("a handler task failed: {err}"),

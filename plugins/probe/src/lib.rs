@@ -14,7 +14,10 @@
 //! * if config `tag` is set, `tag` = its value.
 //!
 //! Outcomes by `"act"`: absent/`"ok"`, `"retry"` (honours `"succeed_on"`),
-//! `"reject"`, `"panic"`, `"spin"`, `"hog"`, `"log"`, `"bad_publish"`.
+//! `"reject"`, `"panic"`, `"spin"`, `"hog"`, `"log"`, `"bad_publish"`,
+//! `"sleep"` (waits `"sleep_ms"`, then ok: a slow but healthy handler), and
+//! `"reject_unless_allowed"` (rejects until an operator sets the state key
+//! `allow:<event id>`: a poison message fixed by hand, then requeued).
 
 use eventhost_plugin::{Event, Failure, Guest, Level};
 use serde_json::{json, Value};
@@ -78,6 +81,18 @@ fn outcome(event: &Event) -> Result<(), Failure> {
             }
         }
         "reject" => Err(Failure::Reject("asked to reject".into())),
+        "reject_unless_allowed" => {
+            if eventhost_plugin::state_get(&format!("allow:{}", event.id)).is_some() {
+                Ok(())
+            } else {
+                Err(Failure::Reject(format!("{} is not allowed yet", event.id)))
+            }
+        }
+        "sleep" => {
+            let ms = data.get("sleep_ms").and_then(Value::as_u64).unwrap_or(100);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(())
+        }
         "panic" => panic!("asked to panic on {}", event.id),
         "spin" => spin(),
         "hog" => hog(),

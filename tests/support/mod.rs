@@ -1,0 +1,470 @@
+//! What every end-to-end test needs: a real `redis-server` of its own, the
+//! real `eventhost` binary, the plugins built for wasm32-wasip2, and ways to
+//! look into Redis.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Every plugin crate the tests use.
+const PLUGINS: &[&str] = &[
+    "probe",
+    "spin",
+    "hog",
+    "panic",
+    "snoop",
+    "not-a-plugin",
+    "order-service",
+    "payment-service",
+    "shipping-service",
+    "notification-service",
+];
+
+/// Builds the plugins once per test binary; returns the folder of `.wasm`s.
+pub fn plugins() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.current_dir(root()).args([
+            "build",
+            "--profile",
+            "plugin",
+            "--target",
+            "wasm32-wasip2",
+        ]);
+        for p in PLUGINS {
+            command.args(["-p", p]);
+        }
+        let out = command
+            .output()
+            .expect("running cargo to build the plugins");
+        assert!(
+            out.status.success(),
+            "building the plugins failed (is the wasm32-wasip2 target installed? \
+             `rustup target add wasm32-wasip2`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        root().join("target/wasm32-wasip2/plugin")
+    })
+}
+
+/// Compiled components shared by every test, so each plugin compiles once.
+pub fn cache_dir() -> PathBuf {
+    root().join("target/e2e-cache")
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` of the test's own, stopped when dropped.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl Redis {
+    /// A server without persistence.
+    pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A server with extra arguments, e.g. `["--appendonly", "yes"]`.
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        redis.launch();
+        redis
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed: apt-get install -y redis-server");
+        self.child = Some(child);
+        eventually("redis-server answers", Duration::from_secs(10), || {
+            redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+    }
+
+    /// `redis://127.0.0.1:<port>/0`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A fresh synchronous connection.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Stops the server at once (no save) and starts it again on the same
+    /// port and data folder.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A folder with an `eventhost.toml`, a `plugins/` folder and its own
+/// Redis: one test's world.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub redis: Redis,
+}
+
+impl World {
+    /// A world whose config is `subscribers` (TOML `[subscribers.*]`
+    /// tables) under a `[redis]`/`[plugins]`/`[bus]` header pointing at its
+    /// own Redis; `plugins` are copied in by name (e.g. `"probe.wasm"`).
+    pub fn new(plugins_used: &[&str], subscribers: &str) -> World {
+        let world = World {
+            dir: tempfile::tempdir().unwrap(),
+            redis: Redis::start(),
+        };
+        fs::create_dir(world.dir.path().join("plugins")).unwrap();
+        for p in plugins_used {
+            world.install(p, p);
+        }
+        world.configure(subscribers);
+        world
+    }
+
+    /// The standard header: this world's Redis, the shared compiled cache,
+    /// and short idle times so reclaim tests run fast.
+    pub fn header(&self) -> String {
+        format!(
+            "[redis]\nurl = \"{}\"\n\n[plugins]\ndir = \"plugins\"\nwatch = false\ncache_dir = \"{}\"\n\n[bus]\nclaim_idle_ms = 2000\n\n",
+            self.redis.url(),
+            cache_dir().display()
+        )
+    }
+
+    /// Rewrites the config with the standard header and `subscribers`.
+    pub fn configure(&self, subscribers: &str) {
+        self.write_config(&format!("{}{subscribers}", self.header()));
+    }
+
+    /// Writes the config file as given.
+    pub fn write_config(&self, text: &str) {
+        fs::write(self.config(), text).unwrap();
+    }
+
+    /// Copies the built plugin `built` into the plugins folder as `name`.
+    pub fn install(&self, built: &str, name: &str) {
+        fs::copy(
+            plugins().join(built),
+            self.dir.path().join("plugins").join(name),
+        )
+        .unwrap_or_else(|e| panic!("copying {built}: {e}"));
+    }
+
+    /// The config file's path.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("eventhost.toml")
+    }
+
+    /// Starts `eventhost run` on this world and waits until it serves.
+    pub fn host(&self) -> Host {
+        let mut host = Host::start(&self.config());
+        host.wait_for_log("eventhost running");
+        host
+    }
+
+    /// A connection to this world's Redis.
+    pub fn conn(&self) -> redis::Connection {
+        self.redis.conn()
+    }
+
+    /// Runs the `eventhost` binary with `args` to completion.
+    pub fn eventhost(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_eventhost"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+}
+
+/// A running `eventhost run`, killed when dropped; its log is printed if
+/// the test fails.
+pub struct Host {
+    child: Option<Child>,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Host {
+    /// Starts `eventhost run --config <config>`.
+    pub fn start(config: &Path) -> Host {
+        Host::start_with_env(config, &[])
+    }
+
+    /// Starts it with extra environment variables.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Host {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("host.log");
+        let file = fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_eventhost"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("EVENTHOST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Host {
+            child: Some(child),
+            log,
+            _log_dir: log_dir,
+        }
+    }
+
+    /// Everything the host logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `text`; fails at once if the host
+    /// exits first.
+    pub fn wait_for_log(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log().contains(text) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "the host exited ({status}) before logging {text:?}:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!("the host did not log {text:?} within 60 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends `signal` to the host.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.pid() as i32, signal);
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (at most 30 s).
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "the host did not stop within 30 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: a crash, nothing is finished or committed.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "----- host log -----\n{}\n--------------------",
+                self.log()
+            );
+        }
+    }
+}
+
+/// Polls `check` until it holds, or panics naming `what`.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Publishes like a LeanMQ producer: `data` plus `event_type`, `event_id`
+/// and `_metadata`, XADDed to `events:all`. Returns the event id.
+pub fn publish(conn: &mut redis::Connection, event_type: &str, data: Value) -> String {
+    let mut object = match data {
+        Value::Object(object) => object,
+        other => panic!("publish takes an object, got {other}"),
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    object.insert("event_type".into(), event_type.into());
+    object.insert("event_id".into(), id.clone().into());
+    object.insert(
+        "_metadata".into(),
+        serde_json::json!({"id": id, "timestamp": 1.0, "ttl": null}),
+    );
+    xadd(conn, "events:all", &Value::Object(object).to_string());
+    id
+}
+
+/// Adds one raw entry `data=<text>` to `stream`.
+pub fn xadd(conn: &mut redis::Connection, stream: &str, text: &str) -> String {
+    conn.xadd(stream, "*", &[("data", text)]).unwrap()
+}
+
+/// The entries of `stream`, their `data` parsed as JSON (or a string if it
+/// is not JSON).
+pub fn entries(conn: &mut redis::Connection, stream: &str) -> Vec<(String, Value)> {
+    let reply: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    reply
+        .into_iter()
+        .map(|(id, fields)| {
+            let data = fields
+                .into_iter()
+                .find(|(k, _)| k == "data")
+                .map(|(_, v)| {
+                    let text = String::from_utf8_lossy(&v).into_owned();
+                    serde_json::from_str(&text).unwrap_or(Value::String(text))
+                })
+                .unwrap_or(Value::Null);
+            (id, data)
+        })
+        .collect()
+}
+
+/// Entries of `stream`, only their data.
+pub fn data_of(conn: &mut redis::Connection, stream: &str) -> Vec<Value> {
+    entries(conn, stream).into_iter().map(|(_, d)| d).collect()
+}
+
+/// Number of entries of `stream`.
+pub fn len(conn: &mut redis::Connection, stream: &str) -> usize {
+    conn.xlen(stream).unwrap()
+}
+
+/// Entries delivered to `group` of `stream` but not acknowledged.
+pub fn pending(conn: &mut redis::Connection, stream: &str, group: &str) -> u64 {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query(conn)
+        .unwrap();
+    match reply {
+        redis::Value::Array(parts) => match parts.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// A subscriber's state hash.
+pub fn state(conn: &mut redis::Connection, subscriber: &str) -> HashMap<String, String> {
+    conn.hgetall(format!("events:state:{subscriber}")).unwrap()
+}
+
+/// The reasons of the last failure of every entry in a DLQ.
+pub fn dlq_reasons(conn: &mut redis::Connection, dlq: &str) -> Vec<String> {
+    data_of(conn, dlq)
+        .iter()
+        .map(|d| {
+            d["_failures"]
+                .as_array()
+                .and_then(|f| f.last())
+                .and_then(|f| f["reason"].as_str())
+                .unwrap_or("<no reason>")
+                .to_string()
+        })
+        .collect()
+}
+
+/// Whether everything the bus read has been acknowledged: no entry pending
+/// in `events:all` or any of `subscribers`' streams.
+pub fn settled(conn: &mut redis::Connection, subscribers: &[&str]) -> bool {
+    pending(conn, "events:all", "all-group") == 0
+        && subscribers
+            .iter()
+            .all(|s| pending(conn, &format!("events:sub:{s}"), &format!("sub:{s}-group")) == 0)
+}
