@@ -392,7 +392,8 @@ pub fn xadd(conn: &mut redis::Connection, stream: &str, text: &str) -> String {
 /// The entries of `stream`, their `data` parsed as JSON (or a string if it
 /// is not JSON).
 pub fn entries(conn: &mut redis::Connection, stream: &str) -> Vec<(String, Value)> {
-    let reply: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let reply: Vec<Entry> = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
         .arg("+")

@@ -1,0 +1,2 @@
+//! LeanMQ compatibility (being written).
+mod support;

@@ -1,0 +1,2 @@
+//! The orders example end to end (being written).
+mod support;
