@@ -13,7 +13,6 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use redis::Commands;
 use support::*;
 
 const SWAPS: usize = 8;
@@ -68,7 +67,7 @@ fn measure(
     let cache = tempfile::tempdir().unwrap();
     std::fs::copy(first, world.dir.path().join("plugins/plugin.wasm")).unwrap();
     world.write_config(&format!(
-        "{}[subscribers.probe]\nplugin = \"plugin.wasm\"\ntimeout_ms = 5000\nmemory_mb = 256\n",
+        "{}[subscribers.probe]\nplugin = \"plugin.wasm\"\ntimeout_ms = 1000\nmemory_mb = 256\n",
         world
             .header()
             .replace("watch = false", "watch = true")
@@ -121,8 +120,11 @@ fn measure(
                 .map(|(id, _)| format!("build:{id}"))
                 .collect();
             if !candidates.is_empty() {
-                let builds: Vec<Option<String>> =
-                    conn.hget("events:state:probe", &candidates).unwrap();
+                let builds: Vec<Option<String>> = redis::cmd("HMGET")
+                    .arg("events:state:probe")
+                    .arg(&candidates)
+                    .query(&mut conn)
+                    .unwrap();
                 if builds.iter().flatten().any(|b| b == build) {
                     break written.elapsed();
                 }
