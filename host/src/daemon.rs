@@ -1,15 +1,20 @@
 //! `eventhost run`: config → plugins → bus, until a signal stops it.
 //!
-//! The daemon owns what runs: one [`Subscription`] and [`WasmHandler`] per
-//! subscriber, the loops that serve them, and the fan-out. Plugins are
-//! compiled before anything connects, so a bad plugin stops the start with a
-//! clear message instead of dead-lettering every event.
+//! The [`Daemon`] owns what runs: per subscriber a [`Subscription`], the
+//! [`WasmHandler`] that runs its plugin and the loop that serves it, plus the
+//! fan-out. Plugins are compiled before anything connects, so a bad plugin
+//! stops the start with a clear message instead of dead-lettering every
+//! event. While running, it applies changed plugins and configs (see
+//! [`reload`]): a new build is compiled off the event path and swapped in
+//! between two events; anything refused leaves what runs untouched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context as _;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -19,116 +24,394 @@ use crate::bus::subscriber::Subscription;
 use crate::bus::Bus;
 use crate::config::{self, Config, SubscriberConfig};
 use crate::plugin::{CompiledPlugin, Limits, PluginRuntime, WasmHandler};
-use crate::{shutdown, telemetry};
-
-/// One subscriber as it runs.
-struct Running {
-    subscription: Arc<Subscription>,
-    task: JoinHandle<()>,
-}
+use crate::reload::{self, Change, Stamp, Watcher};
+use crate::shutdown;
+use crate::telemetry::{self, metrics};
 
 /// Runs the host for the config at `path` until SIGINT/SIGTERM.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     shutdown::on_signals(shutdown.clone()).context("cannot listen for signals")?;
+    let hangups = shutdown::on_hangup().context("cannot listen for SIGHUP")?;
 
     let config = config::load(path)?;
     if let Some(addr) = config.telemetry.metrics {
         telemetry::serve_metrics(addr)?;
     }
     let runtime = PluginRuntime::new(&config.plugins.cache_dir)?;
-    let plugins = load_plugins(&runtime, &config).await?;
+    let plugins = load_plugins(&runtime, &config.subscribers).await?;
 
     // Started here, on the main thread, so it lives as long as we do.
     let private = match &config.redis.url {
         Some(_) => None,
         None => Some(PrivateRedis::start(&config.state_dir.join("redis")).await?),
     };
-    let url = config.redis.url.clone().unwrap_or_else(|| {
-        private
-            .as_ref()
-            .map(|p| p.url().to_string())
-            .unwrap_or_default()
-    });
+    let url = match (&config.redis.url, &private) {
+        (Some(url), _) => url.clone(),
+        (None, Some(private)) => private.url().to_string(),
+        (None, None) => unreachable!("a private server runs when no URL is set"),
+    };
 
-    let result = serve(&config, &runtime, plugins, &url, &shutdown).await;
+    let result = async {
+        let bus = Bus::connect(&url, &config.redis.prefix, config.bus.clone(), &shutdown).await?;
+        let Some(bus) = bus else { return Ok(()) };
+        let mut daemon = Daemon::start(config, runtime, bus, plugins, shutdown).await?;
+        daemon.serve(hangups).await;
+        daemon.stop().await;
+        Ok(())
+    }
+    .await;
     if let Some(private) = private {
         private.stop().await;
     }
     result
 }
 
-async fn serve(
-    config: &Config,
-    runtime: &Arc<PluginRuntime>,
-    plugins: BTreeMap<PathBuf, Arc<CompiledPlugin>>,
-    url: &str,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let Some(bus) = Bus::connect(url, &config.redis.prefix, config.bus.clone(), shutdown).await?
-    else {
-        return Ok(());
-    };
-    let mut running = BTreeMap::new();
-    for settings in &config.subscribers {
-        let plugin = plugins[&settings.plugin].clone();
-        let sub = start_subscriber(&bus, runtime, settings, plugin, shutdown).await?;
-        running.insert(settings.name.clone(), sub);
-    }
-    bus.set_routes(routes(&bus, config));
-    let fanout = bus.spawn_fanout(shutdown.clone()).await?;
-    tracing::info!(
-        config = %config.path.display(),
-        "eventhost running: {} subscribers ({}); publish to {}",
-        running.len(),
-        running.keys().cloned().collect::<Vec<_>>().join(", "),
-        bus.keys().all().stream
-    );
-
-    shutdown.cancelled().await;
-    tracing::info!("finishing in-flight events");
-    let _ = fanout.await;
-    for (_, sub) in running {
-        sub.subscription.stop();
-        let _ = sub.task.await;
-    }
-    tracing::info!("stopped");
-    Ok(())
+/// One subscriber as it runs.
+struct Running {
+    settings: SubscriberConfig,
+    handler: Arc<WasmHandler>,
+    subscription: Arc<Subscription>,
+    task: JoinHandle<()>,
 }
 
-fn routes(bus: &Bus, config: &Config) -> Routes {
-    Routes::new(
-        bus.keys(),
-        config
+/// Everything `eventhost run` runs.
+struct Daemon {
+    config: Config,
+    runtime: Arc<PluginRuntime>,
+    bus: Bus,
+    shutdown: CancellationToken,
+    subscribers: BTreeMap<String, Running>,
+    fanout: Option<JoinHandle<()>>,
+    /// Plugin files refused as they are now, so a refusal is reported once.
+    refused: HashMap<PathBuf, Stamp>,
+}
+
+impl Daemon {
+    async fn start(
+        config: Config,
+        runtime: Arc<PluginRuntime>,
+        bus: Bus,
+        plugins: BTreeMap<PathBuf, Arc<CompiledPlugin>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mut daemon = Daemon {
+            config,
+            runtime,
+            bus,
+            shutdown,
+            subscribers: BTreeMap::new(),
+            fanout: None,
+            refused: HashMap::new(),
+        };
+        for settings in daemon.config.subscribers.clone() {
+            let plugin = plugins[&settings.plugin].clone();
+            daemon.start_subscriber(settings, plugin).await?;
+        }
+        daemon.route();
+        daemon.fanout = Some(daemon.bus.spawn_fanout(daemon.shutdown.clone()).await?);
+        tracing::info!(
+            config = %daemon.config.path.display(),
+            "eventhost running: {} subscribers ({}); publish to {}{}",
+            daemon.subscribers.len(),
+            daemon.subscribers.keys().cloned().collect::<Vec<_>>().join(", "),
+            daemon.bus.keys().all().stream,
+            if daemon.config.plugins.watch {
+                "; watching for changes"
+            } else {
+                "; SIGHUP reloads"
+            }
+        );
+        Ok(daemon)
+    }
+
+    /// Serves until shutdown, applying changes as they come.
+    async fn serve(&mut self, mut hangups: mpsc::Receiver<()>) {
+        let mut watcher = if self.config.plugins.watch {
+            match Watcher::start(&self.config.path, &self.config.plugins.dir) {
+                Ok(watcher) => Some(watcher),
+                Err(err) => {
+                    tracing::warn!("hot reload is off: {err:#}; SIGHUP still reloads");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                Some(()) = hangups.recv() => {
+                    tracing::info!("SIGHUP: reloading the config and every plugin");
+                    self.reload_config().await;
+                    self.reload_all_plugins().await;
+                }
+                Some(changes) = next_changes(&mut watcher) => self.apply_changes(changes).await,
+            }
+        }
+    }
+
+    async fn apply_changes(&mut self, changes: BTreeSet<Change>) {
+        for change in changes {
+            match change {
+                Change::Config => self.reload_config().await,
+                Change::Plugin(path) => self.reload_plugin(&path).await,
+            }
+        }
+    }
+
+    async fn start_subscriber(
+        &mut self,
+        settings: SubscriberConfig,
+        plugin: Arc<CompiledPlugin>,
+    ) -> anyhow::Result<()> {
+        self.bus.prepare_subscriber(&settings.name).await?;
+        let handler = Arc::new(WasmHandler::new(
+            self.runtime.clone(),
+            &settings.name,
+            &settings.plugin_file,
+            plugin,
+            limits(&settings),
+            settings.config.clone(),
+        ));
+        let subscription = Arc::new(Subscription::new(
+            settings.clone(),
+            handler.clone(),
+            self.shutdown.child_token(),
+        ));
+        let task = self.bus.spawn_subscriber(subscription.clone()).await?;
+        self.subscribers.insert(
+            settings.name.clone(),
+            Running {
+                settings,
+                handler,
+                subscription,
+                task,
+            },
+        );
+        Ok(())
+    }
+
+    /// Points the fan-out at the running subscribers.
+    fn route(&self) {
+        let routes = Routes::new(
+            self.bus.keys(),
+            self.subscribers
+                .values()
+                .map(|r| (r.settings.name.as_str(), &r.settings.events)),
+        );
+        self.bus.set_routes(routes);
+    }
+
+    /// Loads a changed plugin file and swaps it in for every subscriber
+    /// that runs it.
+    async fn reload_plugin(&mut self, path: &Path) {
+        let users: Vec<String> = self
             .subscribers
+            .values()
+            .filter(|r| r.settings.plugin == path)
+            .map(|r| r.settings.name.clone())
+            .collect();
+        if users.is_empty() {
+            return;
+        }
+        let file = path.display();
+        let Some(stamp) = reload::settled(path, reload::PLUGIN_QUIET).await else {
+            tracing::warn!(
+                plugin = %file,
+                "plugin file removed or still changing; {} keep running the loaded build",
+                users.join(", ")
+            );
+            return;
+        };
+        let started = Instant::now();
+        match load(&self.runtime, path).await {
+            Ok(plugin) => {
+                self.refused.remove(path);
+                let mut swapped = Vec::new();
+                let mut previous = String::new();
+                for name in &users {
+                    let running = &self.subscribers[name];
+                    let current = running.handler.current();
+                    if current.plugin().digest == plugin.digest {
+                        continue;
+                    }
+                    previous = current.plugin().short_digest().to_string();
+                    running.handler.swap(
+                        plugin.clone(),
+                        limits(&running.settings),
+                        running.settings.config.clone(),
+                    );
+                    swapped.push(name.as_str());
+                }
+                if swapped.is_empty() {
+                    return;
+                }
+                metrics::reloaded("plugin");
+                tracing::info!(
+                    plugin = %file,
+                    "reloaded: build {previous} → {} ({}) in {:?}; {} run it from the next event",
+                    plugin.short_digest(),
+                    if plugin.cached { "compiled cache" } else { "compiled" },
+                    started.elapsed(),
+                    swapped.join(", ")
+                );
+            }
+            Err(reason) => {
+                // A writer may still be adding to the file: report only a
+                // file that stays as it is.
+                tokio::time::sleep(reload::REFUSAL_GRACE).await;
+                if reload::stamp(path) != Some(stamp) || self.refused.get(path) == Some(&stamp) {
+                    return;
+                }
+                self.refused.insert(path.to_path_buf(), stamp);
+                metrics::reload_refused("plugin");
+                tracing::error!(
+                    plugin = %file,
+                    "refused the new build: {reason:#}; {} keep running the loaded build",
+                    users.join(", ")
+                );
+            }
+        }
+    }
+
+    async fn reload_all_plugins(&mut self) {
+        let paths: BTreeSet<PathBuf> = self
+            .subscribers
+            .values()
+            .map(|r| r.settings.plugin.clone())
+            .collect();
+        for path in paths {
+            self.reload_plugin(&path).await;
+        }
+    }
+
+    /// Reads the config again and applies what changed, all or nothing.
+    async fn reload_config(&mut self) {
+        if reload::settled(&self.config.path, reload::CONFIG_QUIET)
+            .await
+            .is_none()
+        {
+            tracing::warn!(
+                config = %self.config.path.display(),
+                "config file removed or still changing; the running config stays"
+            );
+            return;
+        }
+        let new = match config::load(&self.config.path) {
+            Ok(new) => new,
+            Err(err) => {
+                metrics::reload_refused("config");
+                tracing::error!("config change refused, the running config stays:\n{err:#}");
+                return;
+            }
+        };
+        let plan = reload::plan(&self.config, &new);
+        if !plan.needs_restart.is_empty() {
+            tracing::warn!(
+                "{} changed; those settings apply after a restart",
+                plan.needs_restart.join(", ")
+            );
+        }
+        if plan.is_empty() {
+            return;
+        }
+        // Every new plugin must load before anything changes.
+        let mut needed: Vec<SubscriberConfig> = plan.added.clone();
+        needed.extend(
+            plan.changed
+                .iter()
+                .filter(|s| {
+                    self.subscribers
+                        .get(&s.name)
+                        .is_none_or(|r| r.settings.plugin != s.plugin)
+                })
+                .cloned(),
+        );
+        let plugins = match load_plugins(&self.runtime, &needed).await {
+            Ok(plugins) => plugins,
+            Err(err) => {
+                metrics::reload_refused("config");
+                tracing::error!("config change refused, the running config stays: {err:#}");
+                return;
+            }
+        };
+
+        for settings in &plan.added {
+            let plugin = plugins[&settings.plugin].clone();
+            if let Err(err) = self.start_subscriber(settings.clone(), plugin).await {
+                tracing::error!(subscriber = %settings.name, "cannot start: {err:#}");
+            } else {
+                tracing::info!(subscriber = %settings.name, "subscriber added");
+            }
+        }
+        for settings in &plan.changed {
+            let Some(running) = self.subscribers.get_mut(&settings.name) else {
+                continue;
+            };
+            let plugin = plugins
+                .get(&settings.plugin)
+                .cloned()
+                .unwrap_or_else(|| running.handler.current().plugin().clone());
+            running
+                .handler
+                .swap(plugin, limits(settings), settings.config.clone());
+            running.subscription.update(settings.clone());
+            running.settings = settings.clone();
+            tracing::info!(subscriber = %settings.name, "settings changed; they apply from the next event");
+        }
+        // Stop routing to removed subscribers before their loops stop, so
+        // what was routed to them stays in their streams, not in flight.
+        let removed: Vec<Running> = plan
+            .removed
             .iter()
-            .map(|s| (s.name.as_str(), &s.events)),
-    )
+            .filter_map(|name| self.subscribers.remove(name))
+            .collect();
+        self.route();
+        for running in removed {
+            running.subscription.stop();
+            let _ = running.task.await;
+            tracing::info!(
+                subscriber = %running.settings.name,
+                "subscriber removed; its stream and DLQ stay in Redis"
+            );
+        }
+
+        // Settings that need a restart keep their running values.
+        let mut applied = new;
+        applied.redis = self.config.redis.clone();
+        applied.plugins = self.config.plugins.clone();
+        applied.bus = self.config.bus.clone();
+        applied.telemetry = self.config.telemetry.clone();
+        self.config = applied;
+        metrics::reloaded("config");
+        tracing::info!(
+            "config reloaded: {} added, {} removed, {} changed",
+            plan.added.len(),
+            plan.removed.len(),
+            plan.changed.len()
+        );
+    }
+
+    /// Waits for every loop to finish and commit what it holds.
+    async fn stop(self) {
+        tracing::info!("finishing in-flight events");
+        if let Some(fanout) = self.fanout {
+            let _ = fanout.await;
+        }
+        for (_, running) in self.subscribers {
+            running.subscription.stop();
+            let _ = running.task.await;
+        }
+        tracing::info!("stopped");
+    }
 }
 
-async fn start_subscriber(
-    bus: &Bus,
-    runtime: &Arc<PluginRuntime>,
-    settings: &SubscriberConfig,
-    plugin: Arc<CompiledPlugin>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Running> {
-    bus.prepare_subscriber(&settings.name).await?;
-    let handler = Arc::new(WasmHandler::new(
-        runtime.clone(),
-        &settings.name,
-        &settings.plugin_file,
-        plugin,
-        limits(settings),
-        settings.config.clone(),
-    ));
-    let subscription = Arc::new(Subscription::new(
-        settings.clone(),
-        handler,
-        shutdown.child_token(),
-    ));
-    let task = bus.spawn_subscriber(subscription.clone()).await?;
-    Ok(Running { subscription, task })
+async fn next_changes(watcher: &mut Option<Watcher>) -> Option<BTreeSet<Change>> {
+    match watcher {
+        Some(watcher) => watcher.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The limits a subscriber's instances run under.
@@ -140,28 +423,27 @@ pub fn limits(settings: &SubscriberConfig) -> Limits {
     }
 }
 
-/// Compiles (or loads from the cache) every plugin the config names, each
-/// file once; every refusal is reported, not just the first.
+/// Compiles (or loads from the cache) one plugin, off the async threads.
+async fn load(runtime: &Arc<PluginRuntime>, path: &Path) -> anyhow::Result<Arc<CompiledPlugin>> {
+    let rt = runtime.clone();
+    let file = path.to_path_buf();
+    let plugin = tokio::task::spawn_blocking(move || rt.load(&file))
+        .await
+        .context("plugin loader crashed")??;
+    Ok(Arc::new(plugin))
+}
+
+/// Loads every plugin `subscribers` use, each file once; every refusal is
+/// reported, not just the first.
 pub async fn load_plugins(
     runtime: &Arc<PluginRuntime>,
-    config: &Config,
+    subscribers: &[SubscriberConfig],
 ) -> anyhow::Result<BTreeMap<PathBuf, Arc<CompiledPlugin>>> {
-    let mut paths: Vec<PathBuf> = config
-        .subscribers
-        .iter()
-        .map(|s| s.plugin.clone())
-        .collect();
-    paths.sort();
-    paths.dedup();
+    let paths: BTreeSet<PathBuf> = subscribers.iter().map(|s| s.plugin.clone()).collect();
     let mut loaded = BTreeMap::new();
     let mut refused = Vec::new();
     for path in paths {
-        let rt = runtime.clone();
-        let file = path.clone();
-        let result = tokio::task::spawn_blocking(move || rt.load(&file))
-            .await
-            .context("plugin loader crashed")?;
-        match result {
+        match load(runtime, &path).await {
             Ok(plugin) => {
                 tracing::info!(
                     plugin = %path.display(),
@@ -170,9 +452,9 @@ pub async fn load_plugins(
                     plugin.load_time,
                     if plugin.cached { " (compiled cache)" } else { "" }
                 );
-                loaded.insert(path, Arc::new(plugin));
+                loaded.insert(path, plugin);
             }
-            Err(err) => refused.push(err.to_string()),
+            Err(err) => refused.push(format!("{err:#}")),
         }
     }
     if !refused.is_empty() {

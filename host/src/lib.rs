@@ -13,5 +13,6 @@ pub mod config;
 pub mod daemon;
 pub mod handler;
 pub mod plugin;
+pub mod reload;
 pub mod shutdown;
 pub mod telemetry;

@@ -9,7 +9,9 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
@@ -64,6 +66,58 @@ pub fn plugins() -> &'static Path {
         );
         root().join("target/wasm32-wasip2/plugin")
     })
+}
+
+/// A second build of the probe, which records `build:<id>` = "b" instead
+/// of "a": hot-reload tests swap between the two. Built once, into its own
+/// target folder so it never overwrites the first.
+pub fn probe_b() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let target = root().join("target/probe-b");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(root())
+            .args([
+                "build",
+                "--profile",
+                "plugin",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                "probe",
+            ])
+            .env("PROBE_BUILD", "b")
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .expect("running cargo to build probe b");
+        assert!(
+            out.status.success(),
+            "building probe b failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("wasm32-wasip2/plugin/probe.wasm")
+    })
+}
+
+/// The text of a Prometheus endpoint at `addr`.
+pub fn scrape(addr: &str) -> String {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The value of the counter `name{labels}` in a scrape, 0 if absent.
+pub fn counter(scrape: &str, name_and_labels: &str) -> u64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Compiled components shared by every test, so each plugin compiles once.
@@ -352,6 +406,52 @@ impl Drop for Host {
                 self.log()
             );
         }
+    }
+}
+
+/// Publishes `Ping`s at about `per_second` until stopped; remembers when
+/// each was published.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<Mutex<Vec<(String, Instant)>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(world: &World, per_second: u32) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let mut conn = world.conn();
+        let thread = {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let gap = Duration::from_secs(1) / per_second;
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let id = publish(&mut conn, "Ping", serde_json::json!({}));
+                    sent.lock().unwrap().push((id, Instant::now()));
+                    next += gap;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+            })
+        };
+        Load {
+            stop,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    /// The events sent so far and when.
+    pub fn sent(&self) -> Vec<(String, Instant)> {
+        self.sent.lock().unwrap().clone()
+    }
+
+    /// Stops publishing; returns every event sent and when.
+    pub fn finish(mut self) -> Vec<(String, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        std::mem::take(&mut *self.sent.lock().unwrap())
     }
 }
 

@@ -1,0 +1,413 @@
+//! Hot reload end to end: plugins and subscriptions change under a running
+//! host while events flow, and no event is lost, handled twice, or handled
+//! by a half-loaded plugin.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A world whose host watches its files, with the probe (build a) as
+/// subscriber `probe`.
+fn watched(extra: &str) -> World {
+    let world = World::new(&["probe.wasm"], "");
+    world.write_config(&watched_config(
+        &world,
+        &format!("[subscribers.probe]\nplugin = \"probe.wasm\"\n{extra}"),
+    ));
+    world
+}
+
+fn watched_config(world: &World, subscribers: &str) -> String {
+    world.header().replace("watch = false", "watch = true") + subscribers
+}
+
+/// How the new file reaches the plugins folder.
+#[derive(Clone, Copy, Debug)]
+enum Write {
+    /// Written beside it, then renamed over it (what deploy tools do).
+    AtomicRename,
+    /// Truncated and rewritten in place (what `cp` does).
+    InPlace,
+    /// Written in place in small chunks with pauses (a slow copy).
+    SlowChunks,
+}
+
+fn put(source: &Path, target: &Path, how: Write) {
+    let bytes = std::fs::read(source).unwrap();
+    match how {
+        Write::AtomicRename => {
+            let tmp = target.with_extension("wasm.tmp");
+            std::fs::write(&tmp, &bytes).unwrap();
+            std::fs::rename(&tmp, target).unwrap();
+        }
+        Write::InPlace => std::fs::write(target, &bytes).unwrap(),
+        Write::SlowChunks => {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(target).unwrap();
+            for chunk in bytes.chunks(bytes.len() / 8 + 1) {
+                file.write_all(chunk).unwrap();
+                file.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(80));
+            }
+        }
+    }
+}
+
+fn builds() -> (PathBuf, PathBuf) {
+    (plugins().join("probe.wasm"), probe_b().to_path_buf())
+}
+
+/// Waits until the host has logged `n` reloads.
+fn wait_reloads(host: &Host, n: usize) {
+    eventually(&format!("{n} reloads are logged"), WAIT, || {
+        host.log().matches("reloaded: build").count() >= n
+    });
+}
+
+#[test]
+fn swapping_builds_under_load_handles_every_event_once_by_the_right_build() {
+    let world = watched("");
+    let host = world.host();
+    let target = world.dir.path().join("plugins/probe.wasm");
+    let (a, b) = builds();
+    let load = Load::start(&world, 300);
+
+    // Windows (build, from, until) in which a published event must run on
+    // `build`: from the moment a reload was seen done until the next file
+    // is written.
+    let mut windows: Vec<(&str, Instant, Instant)> = Vec::new();
+    let swaps = [
+        (&b, "b", Write::AtomicRename),
+        (&a, "a", Write::InPlace),
+        (&b, "b", Write::SlowChunks),
+        (&a, "a", Write::AtomicRename),
+        (&b, "b", Write::InPlace),
+    ];
+    let mut since = Instant::now();
+    let mut running = "a";
+    std::thread::sleep(Duration::from_millis(500));
+    for (n, (file, build, how)) in swaps.iter().enumerate() {
+        windows.push((running, since, Instant::now()));
+        put(file, &target, *how);
+        wait_reloads(&host, n + 1);
+        (running, since) = (build, Instant::now());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    windows.push((running, since, Instant::now()));
+    let sent = load.finish();
+    assert!(sent.len() > 600, "only {} events were sent", sent.len());
+
+    let mut conn = world.conn();
+    eventually("every event is handled", WAIT, || {
+        state(&mut conn, "probe").get("count").map(String::as_str) == Some(&sent.len().to_string())
+    });
+    assert!(settled(&mut conn, &["probe"]));
+    assert_eq!(len(&mut conn, "events:sub:probe:dlq"), 0);
+    let probe = state(&mut conn, "probe");
+    let mut checked = 0;
+    for (id, at) in &sent {
+        assert_eq!(
+            probe.get(&format!("seen:{id}")).map(String::as_str),
+            Some("1"),
+            "{id} handled once"
+        );
+        let build = probe[&format!("build:{id}")].as_str();
+        assert!(build == "a" || build == "b", "{id} ran on build {build}");
+        if let Some((expected, ..)) = windows
+            .iter()
+            .find(|(_, from, until)| from <= at && at < until)
+        {
+            assert_eq!(
+                build, *expected,
+                "{id} was published while {expected} was the build"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 600, "the check covered {checked} events");
+    assert_eq!(
+        host.log().matches("reloaded: build").count(),
+        swaps.len(),
+        "one reload per swap"
+    );
+    host.stop();
+}
+
+#[test]
+fn broken_builds_are_refused_and_the_running_build_keeps_serving() {
+    let world = World::new(&["probe.wasm"], "");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    world.write_config(&format!(
+        "{}[telemetry]\nmetrics = \"{metrics}\"\n\n[subscribers.probe]\nplugin = \"probe.wasm\"\n",
+        world.header().replace("watch = false", "watch = true")
+    ));
+    let mut host = world.host();
+    let target = world.dir.path().join("plugins/probe.wasm");
+    let load = Load::start(&world, 200);
+
+    std::fs::write(&target, "not a component at all").unwrap();
+    host.wait_for_log("not a WebAssembly file");
+    std::fs::write(&target, b"\0asm\x01\0\0\0").unwrap();
+    host.wait_for_log("is a core WebAssembly module");
+    std::fs::copy(plugins().join("not_a_plugin.wasm"), &target).unwrap();
+    host.wait_for_log("no exported function `handle`");
+    std::fs::remove_file(&target).unwrap();
+    host.wait_for_log("plugin file removed");
+
+    let sent = load.finish();
+    let mut conn = world.conn();
+    eventually("every event is handled", WAIT, || {
+        state(&mut conn, "probe").get("count").map(String::as_str) == Some(&sent.len().to_string())
+    });
+    let probe = state(&mut conn, "probe");
+    for (id, _) in &sent {
+        assert_eq!(
+            probe[&format!("build:{id}")],
+            "a",
+            "the loaded build kept serving {id}"
+        );
+    }
+    let log = host.log();
+    assert_eq!(
+        log.matches("refused the new build").count(),
+        3,
+        "each refusal once:\n{log}"
+    );
+    assert!(log.contains("probe keep running the loaded build"));
+    assert_eq!(
+        counter(
+            &scrape(&metrics),
+            "eventhost_reload_refused_total{what=\"plugin\"}"
+        ),
+        3
+    );
+
+    // A good build after all that is taken.
+    std::fs::copy(probe_b(), &target).unwrap();
+    wait_reloads(&host, 1);
+    let after = publish(&mut conn, "Ping", json!({}));
+    eventually("the new build serves", WAIT, || {
+        state(&mut conn, "probe")
+            .get(&format!("build:{after}"))
+            .map(String::as_str)
+            == Some("b")
+    });
+    assert_eq!(
+        counter(
+            &scrape(&metrics),
+            "eventhost_reloads_total{what=\"plugin\"}"
+        ),
+        1
+    );
+}
+
+#[test]
+fn a_file_written_in_slow_chunks_is_never_loaded_half_way() {
+    let world = watched("");
+    let host = world.host();
+    let target = world.dir.path().join("plugins/probe.wasm");
+    let load = Load::start(&world, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let writing = Instant::now();
+    put(probe_b(), &target, Write::SlowChunks);
+    let written = Instant::now();
+    wait_reloads(&host, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = load.finish();
+
+    let mut conn = world.conn();
+    eventually("every event is handled", WAIT, || {
+        state(&mut conn, "probe").get("count").map(String::as_str) == Some(&sent.len().to_string())
+    });
+    let probe = state(&mut conn, "probe");
+    let during: Vec<_> = sent
+        .iter()
+        .filter(|(_, at)| *at >= writing && *at < written)
+        .collect();
+    assert!(
+        during.len() > 50,
+        "{} events were published while the file was written",
+        during.len()
+    );
+    // Handled within a few ms of publishing, these ran while the file was
+    // incomplete: the old build served them.
+    let early: Vec<_> = during
+        .iter()
+        .filter(|(_, at)| *at < written - Duration::from_millis(200))
+        .collect();
+    for (id, _) in &early {
+        assert_eq!(
+            probe[&format!("build:{id}")],
+            "a",
+            "{id} published while the file was half written"
+        );
+    }
+    assert_eq!(len(&mut conn, "events:sub:probe:dlq"), 0);
+    assert_eq!(
+        host.log().matches("reloaded: build").count(),
+        1,
+        "loaded once, when complete"
+    );
+}
+
+#[test]
+fn subscribers_come_and_go_and_change_through_the_config_while_events_flow() {
+    let world = watched("events = [\"Ping\"]\n");
+    let host = world.host();
+    let load = Load::start(&world, 200);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Add a second subscriber.
+    world.write_config(&watched_config(
+        &world,
+        "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n\n[subscribers.late]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n[subscribers.late.config]\ntag = \"one\"\n",
+    ));
+    eventually("the new subscriber starts", WAIT, || {
+        host.log().contains("subscriber added")
+    });
+    let added = Instant::now();
+    std::thread::sleep(Duration::from_millis(400));
+
+    // Change its config: the next events see the new value.
+    world.write_config(&watched_config(
+        &world,
+        "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n\n[subscribers.late]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\nconcurrency = 2\n[subscribers.late.config]\ntag = \"two\"\n",
+    ));
+    eventually("the change applies", WAIT, || {
+        host.log().contains("settings changed")
+    });
+    let mut conn = world.conn();
+    eventually("new events see the new config value", WAIT, || {
+        state(&mut conn, "late").get("tag").map(String::as_str) == Some("two")
+    });
+
+    // Remove the first one.
+    world.write_config(&watched_config(
+        &world,
+        "[subscribers.late]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n",
+    ));
+    eventually("the old subscriber stops", WAIT, || {
+        host.log().contains("subscriber removed")
+    });
+    let removed = Instant::now();
+    std::thread::sleep(Duration::from_millis(400));
+    let sent = load.finish();
+
+    eventually("the late subscriber is done", WAIT, || {
+        settled(&mut conn, &["late"])
+    });
+    let probe = state(&mut conn, "probe");
+    let late = state(&mut conn, "late");
+    // Everything routed to `probe` before it was removed was handled:
+    // its stream holds nothing unacknowledged.
+    assert_eq!(pending(&mut conn, "events:sub:probe", "sub:probe-group"), 0);
+    let routed_to_probe = len(&mut conn, "events:sub:probe");
+    assert_eq!(
+        probe["count"],
+        routed_to_probe.to_string(),
+        "every event in its stream, once"
+    );
+    for (id, at) in &sent {
+        if *at < added {
+            assert!(
+                probe.contains_key(&format!("seen:{id}")),
+                "{id} before the change"
+            );
+        }
+        if *at > added + Duration::from_millis(100) {
+            assert!(
+                late.contains_key(&format!("seen:{id}")),
+                "{id} after `late` was added"
+            );
+        }
+        if *at > removed + Duration::from_millis(100) {
+            assert!(
+                !probe.contains_key(&format!("seen:{id}")),
+                "{id} after `probe` was removed"
+            );
+        }
+    }
+    assert!(len(&mut conn, "events:sub:probe:dlq") + len(&mut conn, "events:sub:late:dlq") == 0);
+}
+
+#[test]
+fn an_invalid_config_edit_is_refused_and_the_running_config_stays() {
+    let world = watched("");
+    let mut host = world.host();
+    let good = std::fs::read_to_string(world.config()).unwrap();
+    world.write_config(&format!("{good}concurency = 4\n"));
+    host.wait_for_log("config change refused, the running config stays");
+    let file = world.config().display().to_string();
+    assert!(host.log().contains(&format!("{file}:")), "names the file");
+    assert!(host
+        .log()
+        .contains("subscribers.probe.concurency: unknown field"));
+
+    let mut conn = world.conn();
+    let id = publish(&mut conn, "Ping", json!({}));
+    eventually("the running config still serves", WAIT, || {
+        state(&mut conn, "probe").contains_key(&format!("seen:{id}"))
+    });
+
+    world.write_config(&format!(
+        "{good}[subscribers.probe.config]\ntag = \"fixed\"\n"
+    ));
+    host.wait_for_log("settings changed");
+    let id = publish(&mut conn, "Ping", json!({}));
+    eventually("the fixed config applies", WAIT, || {
+        state(&mut conn, "probe").get("tag").map(String::as_str) == Some("fixed")
+            && state(&mut conn, "probe").contains_key(&format!("seen:{id}"))
+    });
+}
+
+#[test]
+fn sighup_reloads_when_watching_is_off_and_known_builds_come_from_the_cache() {
+    let world = World::new(
+        &["probe.wasm"],
+        "[subscribers.probe]\nplugin = \"probe.wasm\"\n",
+    );
+    let mut host = world.host();
+    let target = world.dir.path().join("plugins/probe.wasm");
+    let (a, b) = builds();
+
+    put(&b, &target, Write::AtomicRename);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        host.log().matches("reloaded: build").count(),
+        0,
+        "not watching"
+    );
+    host.signal(libc::SIGHUP);
+    wait_reloads(&host, 1);
+
+    put(&a, &target, Write::AtomicRename);
+    host.signal(libc::SIGHUP);
+    wait_reloads(&host, 2);
+    let last = host
+        .log()
+        .lines()
+        .filter(|l| l.contains("reloaded: build"))
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(
+        last.contains("(compiled cache)"),
+        "a build seen before is not compiled again: {last}"
+    );
+
+    let mut conn = world.conn();
+    let id = publish(&mut conn, "Ping", json!({}));
+    eventually("build a serves again", WAIT, || {
+        state(&mut conn, "probe")
+            .get(&format!("build:{id}"))
+            .map(String::as_str)
+            == Some("a")
+    });
+    host.wait_for_log("SIGHUP: reloading");
+}
