@@ -712,3 +712,48 @@ fn host_api_errors_and_logs_reach_the_plugin_and_the_log() {
         "debug is below the default level"
     );
 }
+
+#[test]
+fn a_plugin_sees_the_event_as_published_without_leanmq_bookkeeping() {
+    let world = World::new(
+        &["probe.wasm"],
+        "[subscribers.probe]\nplugin = \"probe.wasm\"\n",
+    );
+    let _host = world.host();
+    let mut conn = world.conn();
+    // As a requeued dead letter looks: every kind of LeanMQ bookkeeping.
+    let published = json!({
+        "event_type": "Ping",
+        "event_id": "e-42",
+        "timestamp": 1700000000.25,
+        "act": "echo",
+        "nested": {"list": [1, 2.5, null, "ü"]},
+        "_metadata": {"id": "m-1", "timestamp": 1.0, "ttl": null},
+        "_failures": [{"timestamp": 2.0, "reason": "earlier"}],
+        "_requeues": [{"timestamp": 3.0, "from_dlq": "x", "to_queue": "y"}]
+    });
+    xadd(&mut conn, "events:all", &published.to_string());
+    eventually("the probe echoes it", WAIT, || {
+        state(&mut conn, "probe").contains_key("echo:e-42")
+    });
+
+    let echo: serde_json::Value =
+        serde_json::from_str(&state(&mut conn, "probe")["echo:e-42"]).unwrap();
+    let (stream_id, _) = entries(&mut conn, "events:sub:probe").remove(0);
+    assert_eq!(echo["id"], "e-42");
+    assert_eq!(echo["event_type"], "Ping");
+    assert_eq!(echo["stream_id"], stream_id.as_str());
+    assert_eq!(echo["timestamp"], 1700000000.25);
+    assert_eq!(echo["attempt"], 1);
+    let data: serde_json::Value = serde_json::from_str(echo["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        data,
+        json!({
+            "event_type": "Ping",
+            "event_id": "e-42",
+            "timestamp": 1700000000.25,
+            "act": "echo",
+            "nested": {"list": [1, 2.5, null, "ü"]}
+        })
+    );
+}

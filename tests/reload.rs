@@ -392,8 +392,7 @@ fn sighup_reloads_when_watching_is_off_and_known_builds_come_from_the_cache() {
     let last = host
         .log()
         .lines()
-        .filter(|l| l.contains("reloaded: build"))
-        .last()
+        .rfind(|l| l.contains("reloaded: build"))
         .unwrap()
         .to_string();
     assert!(

@@ -162,8 +162,7 @@ fn reloads(host: &Host) -> usize {
 fn last_load_ms(log: &str) -> f64 {
     let line = log
         .lines()
-        .filter(|l| l.contains("reloaded: build"))
-        .last()
+        .rfind(|l| l.contains("reloaded: build"))
         .unwrap_or("");
     let Some(after) = line.split(") in ").nth(1) else {
         return f64::NAN;

@@ -155,7 +155,10 @@ impl Fanout {
             let block = BLOCK.min(self.next_reclaim.saturating_duration_since(Instant::now()));
             let entries = self
                 .group
-                .read_new(self.bus.read_batch, block.max(Duration::from_millis(1)))
+                .read_new(
+                    self.bus.read_batch,
+                    Some(block.max(Duration::from_millis(1))),
+                )
                 .await?;
             work.extend(entries.into_iter().map(|e| (e, 1)));
         }

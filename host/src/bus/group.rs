@@ -71,20 +71,23 @@ impl GroupConsumer {
         layout::ensure_queue(&mut self.commands, &self.keys, &self.queue).await
     }
 
-    /// Entries never delivered to anyone, waiting up to `block` for some.
+    /// Entries never delivered to anyone, waiting up to `block` for some
+    /// (`None`: answer at once).
     pub async fn read_new(
         &mut self,
         count: usize,
-        block: Duration,
+        block: Option<Duration>,
     ) -> RedisResult<Vec<StreamEntry>> {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
             .arg(&self.queue.group)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
+            .arg(count);
+        if let Some(block) = block {
+            read.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        let reply: Value = read
             .arg("STREAMS")
             .arg(&self.queue.stream)
             .arg(">")

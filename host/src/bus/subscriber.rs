@@ -25,6 +25,9 @@ use crate::config::{BusConfig, SubscriberConfig};
 use crate::handler::{Failure, FailureKind, Handler, Outcome, StateReader};
 use crate::telemetry::metrics::SubscriberMetrics;
 
+/// How often to look for new entries while a retry is about to be due.
+const RETRY_POLL: Duration = Duration::from_millis(5);
+
 /// A subscriber as the bus runs it: settings that may change live, and the
 /// handler that runs its events.
 pub struct Subscription {
@@ -216,14 +219,31 @@ impl SubscriberLoop {
             }
         }
 
-        let mut block = BLOCK.min(self.next_reclaim.saturating_duration_since(now));
-        if let Some(Reverse(retry)) = self.retries.peek() {
-            block = block.min(retry.due.saturating_duration_since(now));
-        }
-        let entries = self
-            .group
-            .read_new(self.bus.read_batch, block.max(Duration::from_millis(1)))
-            .await?;
+        let block = BLOCK.min(self.next_reclaim.saturating_duration_since(now));
+        let retry_due = self
+            .retries
+            .peek()
+            .map(|Reverse(retry)| retry.due.saturating_duration_since(now));
+        // Redis times out a blocked read only on its cron tick (100 ms), so
+        // a read blocking until a retry is due would wake up to 100 ms late:
+        // poll instead while a retry is close.
+        let entries = match retry_due {
+            Some(due) if due < block => {
+                let entries = self.group.read_new(self.bus.read_batch, None).await?;
+                if entries.is_empty() {
+                    tokio::time::sleep(due.min(RETRY_POLL)).await;
+                }
+                entries
+            }
+            _ => {
+                self.group
+                    .read_new(
+                        self.bus.read_batch,
+                        Some(block.max(Duration::from_millis(1))),
+                    )
+                    .await?
+            }
+        };
         Ok(entries
             .into_iter()
             .map(|entry| Work { entry, attempt: 1 })

@@ -27,7 +27,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use eventhost::plugin::types::{Event as WitEvent, Failure as WitFailure, Level};
+pub use self::eventhost::plugin::types::{Event as WitEvent, Failure as WitFailure, Level};
 
 /// Largest key or value a plugin may write to its state, so one bad plugin
 /// cannot fill Redis in one call.
@@ -119,9 +119,9 @@ impl WasiView for StoreData {
     }
 }
 
-impl eventhost::plugin::types::Host for StoreData {}
+impl self::eventhost::plugin::types::Host for StoreData {}
 
-impl eventhost::plugin::host::Host for StoreData {
+impl self::eventhost::plugin::host::Host for StoreData {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let event_id = self.call.as_ref().map_or("", |c| c.event_id.as_str());
         let subscriber = &*self.subscriber;

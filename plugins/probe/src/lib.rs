@@ -17,7 +17,9 @@
 //! `"reject"`, `"panic"`, `"spin"`, `"hog"`, `"log"`, `"bad_publish"`,
 //! `"sleep"` (waits `"sleep_ms"`, then ok: a slow but healthy handler), and
 //! `"reject_unless_allowed"` (rejects until an operator sets the state key
-//! `allow:<event id>`: a poison message fixed by hand, then requeued).
+//! `allow:<event id>`: a poison message fixed by hand, then requeued), and
+//! `"echo"` (stores what it received under `echo:<event id>`, so tests see
+//! the event exactly as the plugin does).
 
 use eventhost_plugin::{Event, Failure, Guest, Level};
 use serde_json::{json, Value};
@@ -87,6 +89,18 @@ fn outcome(event: &Event) -> Result<(), Failure> {
             } else {
                 Err(Failure::Reject(format!("{} is not allowed yet", event.id)))
             }
+        }
+        "echo" => {
+            let seen = json!({
+                "id": event.id,
+                "event_type": event.event_type,
+                "stream_id": event.stream_id,
+                "timestamp": event.timestamp,
+                "attempt": event.attempt,
+                "data": event.data,
+            });
+            eventhost_plugin::state_set(&format!("echo:{}", event.id), &seen.to_string());
+            Ok(())
         }
         "sleep" => {
             let ms = data.get("sleep_ms").and_then(Value::as_u64).unwrap_or(100);
