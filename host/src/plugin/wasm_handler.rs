@@ -161,7 +161,7 @@ impl WasmHandler {
             Some(trap) => trap.to_string(),
             None => format!("{:#}", anyhow::Error::from(err)),
         };
-        let said = last_lines(&output, 3);
+        let said = output_summary(&output);
         let said = if said.is_empty() {
             String::new()
         } else {
@@ -249,24 +249,46 @@ fn log_output(subscriber: &str, event_id: &str, output: &str) {
     }
 }
 
-fn last_lines(text: &str, n: usize) -> String {
+/// What a crashed plugin printed, in a few hundred characters: its first
+/// and last lines, where runtimes put the error (JavaScript prints it first,
+/// a Rust panic last).
+fn output_summary(text: &str) -> String {
     // Rust's panic hook adds advice about RUST_BACKTRACE that only adds noise.
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
         .collect();
-    let start = lines.len().saturating_sub(n);
-    let joined = lines[start..].join(" | ");
-    if joined.len() > 600 {
-        let cut = joined.len() - 600;
-        let cut = (cut..joined.len())
-            .find(|i| joined.is_char_boundary(*i))
-            .unwrap_or(cut);
-        format!("…{}", &joined[cut..])
+    let picked: Vec<&str> = if lines.len() <= 4 {
+        lines
     } else {
-        joined
+        let mut picked = lines[..2].to_vec();
+        picked.push("…");
+        picked.extend_from_slice(&lines[lines.len() - 2..]);
+        picked
+    };
+    shorten(&picked.join(" | "), 600)
+}
+
+/// `text` cut in the middle to at most about `max` bytes.
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
+    let boundary = |i: usize, forward: bool| {
+        let mut i = i;
+        while !text.is_char_boundary(i) {
+            if forward {
+                i += 1
+            } else {
+                i -= 1
+            }
+        }
+        i
+    };
+    let head = boundary(max / 2, false);
+    let tail = boundary(text.len() - max / 2, true);
+    format!("{} … {}", &text[..head], &text[tail..])
 }
 
 #[cfg(test)]
@@ -274,10 +296,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn last_lines_keeps_the_end() {
-        assert_eq!(last_lines("a\n\nb\nc\nd\n", 3), "b | c | d");
-        assert_eq!(last_lines("", 3), "");
-        let long = "x".repeat(1000);
-        assert!(last_lines(&long, 1).starts_with('…'));
+    fn output_summaries_keep_the_first_and_last_lines() {
+        assert_eq!(output_summary("a\n\nb\nc\nd\n"), "a | b | c | d");
+        assert_eq!(
+            output_summary("e1\ne2\nx\ny\nz\nl1\nl2"),
+            "e1 | e2 | … | l1 | l2"
+        );
+        assert_eq!(
+            output_summary("panicked at x\nnote: run with `RUST_BACKTRACE=1` for a backtrace"),
+            "panicked at x"
+        );
+        assert_eq!(output_summary(""), "");
+        let long = format!("{}{}", "é".repeat(400), "end");
+        let short = output_summary(&long);
+        assert!(
+            short.len() <= 610 && short.ends_with("end") && short.contains(" … "),
+            "{short}"
+        );
     }
 }
