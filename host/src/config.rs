@@ -63,6 +63,9 @@ pub struct BusConfig {
     pub claim_idle: Duration,
     /// Larger `data` payloads are dead-lettered unread.
     pub max_payload_bytes: usize,
+    /// Acknowledged history kept in `events:all` and subscriber streams
+    /// (about; 0 keeps everything). DLQs are never trimmed.
+    pub stream_maxlen: usize,
     /// This process's consumer name in every group.
     pub consumer: String,
 }
@@ -260,6 +263,7 @@ struct RawBus {
     read_batch: Option<Spanned<i64>>,
     claim_idle_ms: Option<Spanned<i64>>,
     max_payload_bytes: Option<Spanned<i64>>,
+    stream_maxlen: Option<Spanned<i64>>,
     consumer: Option<Spanned<String>>,
 }
 
@@ -440,6 +444,12 @@ impl Checker<'_> {
                 "bus.max_payload_bytes",
                 1..=512 << 20,
                 1 << 20,
+            ),
+            stream_maxlen: self.int(
+                &raw.stream_maxlen,
+                "bus.stream_maxlen",
+                0..=1_000_000_000,
+                100_000,
             ),
             consumer,
         }

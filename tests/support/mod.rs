@@ -160,7 +160,8 @@ impl Redis {
         redis
     }
 
-    fn launch(&mut self) {
+    /// Starts the server (again) on its port and data folder.
+    pub fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -200,7 +201,8 @@ impl Redis {
         self.launch();
     }
 
-    fn kill(&mut self) {
+    /// Kills the server at once (SIGKILL): a crash.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -226,9 +228,14 @@ impl World {
     /// tables) under a `[redis]`/`[plugins]`/`[bus]` header pointing at its
     /// own Redis; `plugins` are copied in by name (e.g. `"probe.wasm"`).
     pub fn new(plugins_used: &[&str], subscribers: &str) -> World {
+        World::with_redis(Redis::start(), plugins_used, subscribers)
+    }
+
+    /// The same, on a Redis started by the caller (e.g. with persistence).
+    pub fn with_redis(redis: Redis, plugins_used: &[&str], subscribers: &str) -> World {
         let world = World {
             dir: tempfile::tempdir().unwrap(),
-            redis: Redis::start(),
+            redis,
         };
         fs::create_dir(world.dir.path().join("plugins")).unwrap();
         for p in plugins_used {
@@ -350,6 +357,11 @@ impl Host {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
     }
 
     /// The host's process id.

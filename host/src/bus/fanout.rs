@@ -162,11 +162,13 @@ impl Fanout {
                 .await?;
             work.extend(entries.into_iter().map(|e| (e, 1)));
         }
-        if work.is_empty() {
-            return Ok(());
+        if !work.is_empty() {
+            let (batch, streams) = self.plan(&work);
+            self.apply(&batch, &streams).await?;
         }
-        let (batch, streams) = self.plan(&work);
-        self.apply(&batch, &streams).await
+        self.group
+            .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
+            .await
     }
 
     /// Decides where each entry goes.

@@ -5,14 +5,19 @@
 //! crashes: an entry whose consumer died stays pending, goes idle, and is
 //! reclaimed here by whoever runs next, with its delivery count as attempt.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
+use redis::streams::StreamInfoConsumersReply;
 use redis::{ErrorKind, RedisError, RedisResult, Value};
 
 use super::entry::{self, StreamEntry};
 use super::keys::{Keys, QueueKeys};
 use super::layout;
+use super::scripts;
+
+/// How often housekeeping runs at most: half the claim window, within these.
+const TIDY_EVERY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(5));
 
 /// An entry taken over from another consumer, with how often it was
 /// delivered (the attempt it is on).
@@ -31,6 +36,8 @@ pub struct GroupConsumer {
     commands: ConnectionManager,
     /// Where the next reclaim scan continues.
     cursor: String,
+    /// When housekeeping is next due.
+    next_tidy: Instant,
 }
 
 fn parse_error(detail: String) -> RedisError {
@@ -53,6 +60,7 @@ impl GroupConsumer {
             reader,
             commands,
             cursor: "0-0".into(),
+            next_tidy: Instant::now() + TIDY_EVERY.0,
         }
     }
 
@@ -169,6 +177,42 @@ impl GroupConsumer {
             .into_iter()
             .filter(|e| !e.fields.is_empty())
             .collect())
+    }
+
+    /// Every few seconds (half of `idle`): trims the stream to about `keep` entries (never
+    /// past what a group still needs; 0 keeps all) and forgets consumers of
+    /// the group that hold nothing and have been idle past `idle`: processes
+    /// that are gone.
+    pub async fn tidy(&mut self, keep: usize, idle: Duration) -> RedisResult<()> {
+        if Instant::now() < self.next_tidy {
+            return Ok(());
+        }
+        self.next_tidy = Instant::now() + (idle / 2).clamp(TIDY_EVERY.0, TIDY_EVERY.1);
+        if keep > 0 {
+            let removed = scripts::trim(&mut self.commands, &self.queue.stream, keep).await?;
+            if removed > 0 {
+                tracing::debug!(stream = %self.queue.stream, "trimmed {removed} acknowledged entries");
+            }
+        }
+        let consumers: StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.queue.stream)
+            .arg(&self.queue.group)
+            .query_async(&mut self.commands)
+            .await?;
+        for gone in consumers.consumers.iter().filter(|c| {
+            c.name != self.consumer && c.pending == 0 && c.idle as u128 > idle.as_millis() * 2
+        }) {
+            redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(&self.queue.stream)
+                .arg(&self.queue.group)
+                .arg(&gone.name)
+                .query_async::<Value>(&mut self.commands)
+                .await?;
+            tracing::debug!(stream = %self.queue.stream, consumer = %gone.name, "forgot a consumer that is gone");
+        }
+        Ok(())
     }
 
     /// Resets the idle time of `ids` without counting a delivery, so entries

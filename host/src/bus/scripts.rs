@@ -17,6 +17,17 @@ use crate::handler::Effects;
 
 static FANOUT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fanout.lua")));
 static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
+static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("trim.lua")));
+
+/// Trims `stream` to about `keep` entries, never past an entry a consumer
+/// group has not acknowledged or read; returns how many were removed.
+pub async fn trim<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    keep: usize,
+) -> RedisResult<u64> {
+    TRIM.key(stream).arg(keep).invoke_async(conn).await
+}
 
 /// What a script call did with its records.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

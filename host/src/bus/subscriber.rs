@@ -158,10 +158,16 @@ impl SubscriberLoop {
         let settings = self.subscription.settings();
         let work = self.next_work(&settings).await?;
         if work.is_empty() {
-            return Ok(());
+            return self
+                .group
+                .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
+                .await;
         }
         let batch = self.process(&settings, work).await?;
-        self.commit(&batch).await
+        self.commit(&batch).await?;
+        self.group
+            .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
+            .await
     }
 
     /// Due retries first, then abandoned entries, then new ones.
