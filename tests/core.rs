@@ -569,6 +569,17 @@ plugin = "command.wasm"
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("ok: subscribers.good: probe.wasm"), "{text}");
+    let file = world.config().display().to_string();
+    let config = std::fs::read_to_string(world.config()).unwrap();
+    let line = config
+        .lines()
+        .position(|l| l == "plugin = \"text.wasm\"")
+        .unwrap()
+        + 1;
+    assert!(
+        text.contains(&format!("{file}:{line}:10: subscribers.text.plugin:")),
+        "a refused plugin is located in the config: {text}"
+    );
     assert!(
         text.contains("subscribers.text.plugin:") && text.contains("not a WebAssembly file"),
         "{text}"

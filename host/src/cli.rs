@@ -143,11 +143,8 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
             )),
             Err(err) => {
                 ok = false;
-                say(format_args!(
-                    "{}: subscribers.{}.plugin: {err}",
-                    config.path.display(),
-                    sub.name
-                ));
+                let key = format!("subscribers.{}.plugin", sub.name);
+                say(format_args!("{}: {key}: {err}", config.location(&key)));
             }
         }
     }

@@ -31,6 +31,19 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Sorted by name.
     pub subscribers: Vec<SubscriberConfig>,
+    /// Where some keys were written, `(line, column)` by dotted key, for
+    /// problems found after parsing (a plugin that does not load).
+    pub locations: BTreeMap<String, (usize, usize)>,
+}
+
+impl Config {
+    /// `file:line:column` of `key`, or just the file.
+    pub fn location(&self, key: &str) -> String {
+        match self.locations.get(key) {
+            Some((line, column)) => format!("{}:{line}:{column}", self.path.display()),
+            None => self.path.display().to_string(),
+        }
+    }
 }
 
 /// Where the bus lives.
@@ -192,6 +205,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         file: path.to_path_buf(),
         text,
         problems: Vec::new(),
+        locations: BTreeMap::new(),
     };
     let raw = match toml::de::Deserializer::parse(text) {
         Err(err) => Err((err.span(), String::new(), err.message().to_string())),
@@ -291,6 +305,7 @@ struct Checker<'a> {
     file: PathBuf,
     text: &'a str,
     problems: Vec<Problem>,
+    locations: BTreeMap<String, (usize, usize)>,
 }
 
 impl Checker<'_> {
@@ -369,6 +384,7 @@ impl Checker<'_> {
             bus,
             telemetry,
             subscribers,
+            locations: std::mem::take(&mut self.locations),
         }
     }
 
@@ -485,6 +501,10 @@ impl Checker<'_> {
         }
 
         let plugin_file = raw.plugin.get_ref().clone();
+        self.locations.insert(
+            key("plugin"),
+            line_and_column(self.text, raw.plugin.span().start),
+        );
         let relative = Path::new(&plugin_file);
         let inside = !plugin_file.is_empty()
             && relative

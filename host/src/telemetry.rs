@@ -34,7 +34,7 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// The counters eventhost keeps, in one place so their names stay consistent.
 pub mod metrics {
-    use metrics::{counter, Counter};
+    use metrics::{counter, histogram, Counter, Histogram};
 
     /// Entries of `events:all` copied to at least one subscriber.
     pub fn fanout_routed(targets: usize) {
@@ -71,6 +71,9 @@ pub mod metrics {
         pub retried: Counter,
         /// Results discarded because another consumer committed first.
         pub duplicates: Counter,
+        /// Seconds from an event's publication (its `timestamp`) to the
+        /// commit of its result.
+        pub latency: Histogram,
     }
 
     impl SubscriberMetrics {
@@ -82,6 +85,7 @@ pub mod metrics {
                 handled: counter!("eventhost_handled_total", &label),
                 retried: counter!("eventhost_retried_total", &label),
                 duplicates: counter!("eventhost_duplicate_results_total", &label),
+                latency: histogram!("eventhost_event_latency_seconds", &label),
             }
         }
 

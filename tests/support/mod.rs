@@ -28,11 +28,13 @@ pub fn root() -> PathBuf {
 /// Every plugin crate the tests use.
 const PLUGINS: &[&str] = &[
     "probe",
+    "noop",
     "spin",
     "hog",
     "panic",
     "snoop",
     "not-a-plugin",
+    "extra-import",
     "order-service",
     "payment-service",
     "shipping-service",

@@ -151,9 +151,22 @@ impl PluginRuntime {
             ));
         }
         let pre = self.linker.instantiate_pre(component).map_err(|err| {
+            let foreign: Vec<String> = ty
+                .imports(&self.engine)
+                .map(|(name, _)| name.to_string())
+                .filter(|name| !name.starts_with("wasi:") && !name.starts_with("eventhost:plugin/"))
+                .collect();
+            let what = if foreign.is_empty() {
+                "imports something eventhost does not provide".to_string()
+            } else {
+                format!(
+                    "imports {}, which eventhost does not provide",
+                    foreign.join(", ")
+                )
+            };
             format!(
-                "imports something eventhost does not provide: {err:#}; a plugin may import \
-                 only eventhost:plugin/host and WASI 0.2 (no HTTP, no custom interfaces)"
+                "{what}: a plugin may import only eventhost:plugin/host and WASI 0.2 (no HTTP, no \
+                 custom interfaces) [wasmtime: {err:#}]"
             )
         })?;
         SubscriberPre::new(pre).map_err(|err| {

@@ -18,6 +18,10 @@ use super::host_api::{Call, StoreData, Subscriber, WitEvent, WitFailure};
 use super::runtime::{CompiledPlugin, PluginRuntime};
 use crate::handler::{Effects, Event, Failure, FailureKind, Handler, Outcome, StateReader};
 
+/// How long past its limit a call blocked in a host function may take before
+/// it is abandoned (guest code is stopped by the epoch right at the limit).
+const BLOCKED_GRACE: Duration = Duration::from_millis(50);
+
 /// The limits and settings an instance is created with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -141,6 +145,17 @@ impl WasmHandler {
         }
     }
 
+    fn timed_out(&self, limit: Duration) -> Failure {
+        Failure::new(
+            FailureKind::Timeout,
+            format!(
+                "{} ran past its time limit of {} ms",
+                self.plugin_file,
+                limit.as_millis()
+            ),
+        )
+    }
+
     /// Turns a trap into a failure that says what happened and why.
     fn classify_trap(&self, data: &mut StoreData, call: &Call, err: wasmtime::Error) -> Failure {
         let output = data.output.drain();
@@ -148,14 +163,7 @@ impl WasmHandler {
             return Failure::new(FailureKind::Host, format!("host error: {message}"));
         }
         if call.timed_out {
-            return Failure::new(
-                FailureKind::Timeout,
-                format!(
-                    "{} ran past its time limit of {} ms",
-                    self.plugin_file,
-                    call.timeout.as_millis()
-                ),
-            );
+            return self.timed_out(call.timeout);
         }
         let trap = match err.downcast_ref::<wasmtime::Trap>() {
             Some(trap) => trap.to_string(),
@@ -214,10 +222,15 @@ impl Handler for WasmHandler {
             attempt: event.attempt,
             data: event.data,
         };
-        let result = instance
+        // Epochs stop guest code at the limit; a guest blocked in a host
+        // call (a WASI sleep, a state read on a stalled Redis) is stopped by
+        // this deadline instead. Either way the instance is thrown away.
+        let call = instance
             .bindings
-            .call_handle(&mut instance.store, &wit_event)
-            .await;
+            .call_handle(&mut instance.store, &wit_event);
+        let Ok(result) = tokio::time::timeout(timeout + BLOCKED_GRACE, call).await else {
+            return Outcome::Failed(self.timed_out(timeout));
+        };
         instance.store.set_epoch_deadline(u64::MAX / 2);
 
         let data = instance.store.data_mut();

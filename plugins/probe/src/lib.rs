@@ -6,6 +6,9 @@
 //! prove that the host discards them whenever the outcome is not `Ok`.
 //!
 //! Effects, in order:
+//! * `calls:<event id>` = how many times this instance's `handle` has been
+//!   called, this call included ([`CALLS`]): 1, 2, 3... while the host
+//!   reuses one instance, 1 again on a fresh one (e.g. after a trap);
 //! * `seen:<event id>` = the delivery attempt;
 //! * `count` incremented;
 //! * if config `follow_up` is set, one event of that type with data
@@ -14,15 +17,25 @@
 //! * if config `tag` is set, `tag` = its value.
 //!
 //! Outcomes by `"act"`: absent/`"ok"`, `"retry"` (honours `"succeed_on"`),
-//! `"reject"`, `"panic"`, `"spin"`, `"hog"`, `"log"`, `"bad_publish"`,
+//! `"reject"`, `"panic"`, `"spin"` (forever, or with `"spin_ms"` busy for
+//! that long, then ok), `"hog"` (allocates until stopped), `"alloc"`
+//! (allocates and touches `"mb"` MiB, then ok), `"log"`, `"bad_publish"`,
 //! `"sleep"` (waits `"sleep_ms"`, then ok: a slow but healthy handler), and
 //! `"reject_unless_allowed"` (rejects until an operator sets the state key
-//! `allow:<event id>`: a poison message fixed by hand, then requeued), and
+//! `allow:<event id>`: a poison message fixed by hand, then requeued),
 //! `"echo"` (stores what it received under `echo:<event id>`, so tests see
-//! the event exactly as the plugin does).
+//! the event exactly as the plugin does), and `"peek"` (reads the state key
+//! `"key"` and stores what it got under `peeked:<event id>`, `"<none>"` if
+//! absent, so tests see which state a plugin can read).
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use eventhost_plugin::{Event, Failure, Guest, Level};
 use serde_json::{json, Value};
+
+/// Calls of `handle` in this instance: its linear memory lives as long as
+/// the instance, so the count tells a reused instance from a fresh one.
+pub static CALLS: AtomicU32 = AtomicU32::new(0);
 
 /// Which build of the plugin handled the event; set `PROBE_BUILD` at compile
 /// time to tell two builds apart in hot-reload tests.
@@ -35,6 +48,8 @@ struct Probe;
 
 impl Guest for Probe {
     fn handle(event: Event) -> Result<(), Failure> {
+        let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+        eventhost_plugin::state_set(&format!("calls:{}", event.id), &calls.to_string());
         effects(&event)?;
         outcome(&event)
     }
@@ -102,14 +117,34 @@ fn outcome(event: &Event) -> Result<(), Failure> {
             eventhost_plugin::state_set(&format!("echo:{}", event.id), &seen.to_string());
             Ok(())
         }
+        "peek" => {
+            let key = match data.get("key") {
+                Some(Value::String(key)) => key,
+                _ => return Err(Failure::Reject("`peek` needs a string `key`".into())),
+            };
+            let value = eventhost_plugin::state_get(key).unwrap_or_else(|| "<none>".into());
+            eventhost_plugin::state_set(&format!("peeked:{}", event.id), &value);
+            Ok(())
+        }
         "sleep" => {
             let ms = data.get("sleep_ms").and_then(Value::as_u64).unwrap_or(100);
             std::thread::sleep(std::time::Duration::from_millis(ms));
             Ok(())
         }
         "panic" => panic!("asked to panic on {}", event.id),
-        "spin" => spin(),
+        "spin" => match data.get("spin_ms").and_then(Value::as_u64) {
+            Some(ms) => {
+                spin_for(std::time::Duration::from_millis(ms));
+                Ok(())
+            }
+            None => spin(),
+        },
         "hog" => hog(),
+        "alloc" => {
+            let mb = data.get("mb").and_then(Value::as_u64).unwrap_or(1);
+            alloc(mb as usize);
+            Ok(())
+        }
         "log" => {
             let levels = [
                 (Level::Trace, "trace"),
@@ -137,6 +172,26 @@ fn spin() -> ! {
     loop {
         n = std::hint::black_box(n.wrapping_add(1));
     }
+}
+
+/// Busy for `how_long` without calling the host in between (apart from
+/// reading the clock), as CPU-bound work is.
+fn spin_for(how_long: std::time::Duration) {
+    let started = std::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < how_long {
+        for _ in 0..10_000 {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
+    }
+}
+
+/// Allocates and touches `mb` chunks of 1 MiB, all alive at once.
+fn alloc(mb: usize) {
+    let chunks: Vec<Vec<u8>> = (0..mb)
+        .map(|_| std::hint::black_box(vec![1u8; 1 << 20]))
+        .collect();
+    std::hint::black_box(&chunks);
 }
 
 /// Allocates and touches 1 MiB chunks until the host's memory limit stops it.

@@ -3,9 +3,12 @@
 //! `"denied: <error>"`, so tests can assert what the host's WASI sandbox
 //! grants. Always returns `Ok` so the entries are committed.
 //!
-//! Entries: `fs` (read `/etc/hostname`), `fs_dir` (list `/`), `env` (any
-//! environment variables), `net` (TCP connect to config `connect`, default
-//! `127.0.0.1:6379`), `clock` (wall-clock time).
+//! Entries: `fs` (read `/etc/hostname`), `fs_dir` (list `/`), `fs_write`
+//! (create a file in the working folder), `env` (any environment
+//! variables), `net` (TCP connect to config `connect`, default
+//! `127.0.0.1:6379`), `net_listen` (a TCP listener on a loopback port),
+//! `udp` (a UDP datagram to the `connect` address), `dns` (resolve
+//! `localhost`), `clock` (wall-clock time).
 
 use std::fmt::Display;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,6 +31,10 @@ impl Guest for Snoop {
             "fs_dir",
             std::fs::read_dir("/").map(|entries| format!("{} entries", entries.count())),
         );
+        record(
+            "fs_write",
+            std::fs::write("snoop-was-here.txt", "x").map(|()| "wrote snoop-was-here.txt".into()),
+        );
         let vars = std::env::vars().count();
         record(
             "env",
@@ -42,6 +49,23 @@ impl Guest for Snoop {
         record(
             "net",
             std::net::TcpStream::connect(addr.as_str()).map(|_| format!("connected to {addr}")),
+        );
+        record(
+            "net_listen",
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| format!("listening on {a}")),
+        );
+        record(
+            "udp",
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.send_to(b"PING\r\n", addr.as_str()))
+                .map(|n| format!("sent {n} bytes to {addr}")),
+        );
+        record(
+            "dns",
+            std::net::ToSocketAddrs::to_socket_addrs("localhost:80")
+                .map(|found| format!("localhost is {:?}", found.collect::<Vec<_>>())),
         );
         record(
             "clock",
