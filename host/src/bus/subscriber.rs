@@ -163,8 +163,13 @@ impl SubscriberLoop {
                 .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
                 .await;
         }
-        let batch = self.process(&settings, work).await?;
+        let (batch, handled) = self.process(&settings, work).await?;
         self.commit(&batch).await?;
+        self.metrics.handled.increment(handled.len() as u64);
+        let now = crate::handler::unix_now();
+        for published in handled.into_iter().flatten() {
+            self.metrics.latency.record((now - published).max(0.0));
+        }
         self.group
             .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
             .await
@@ -257,14 +262,16 @@ impl SubscriberLoop {
     }
 
     /// Runs the batch through the handler and decides each entry's fate.
+    /// Returns the commit, and the publication time of each event handled.
     async fn process(
         &mut self,
         settings: &SubscriberConfig,
         work: Vec<Work>,
-    ) -> redis::RedisResult<CommitBatch> {
+    ) -> redis::RedisResult<(CommitBatch, Vec<Option<f64>>)> {
         let queue = self.group.queue().clone();
         let mut batch = CommitBatch::new(&queue.group);
         let mut jobs = Vec::with_capacity(work.len());
+        let mut published = vec![None; work.len()];
         for (index, item) in work.iter().enumerate() {
             if item.attempt > settings.max_attempts {
                 let reason = format!(
@@ -275,7 +282,10 @@ impl SubscriberLoop {
                 continue;
             }
             match entry::decode_event(&item.entry, item.attempt, self.bus.max_payload_bytes) {
-                Ok(event) => jobs.push((index, event)),
+                Ok(event) => {
+                    published[index] = event.timestamp;
+                    jobs.push((index, event));
+                }
                 Err(malformed) => {
                     let reason = format!("{}: malformed entry: {malformed}", settings.name);
                     self.dead_letter(&mut batch, settings, item, "malformed", &reason, None);
@@ -312,20 +322,21 @@ impl SubscriberLoop {
         };
 
         let now = crate::handler::unix_now();
+        let mut handled = Vec::with_capacity(outcomes.len());
         for (index, event_id, outcome) in outcomes {
             let item = &work[index];
             match outcome {
                 Outcome::Ok(effects) => {
                     tracing::debug!(subscriber = %settings.name, event_id, "handled");
                     batch.ok(&item.entry.id, &effects, now);
-                    self.metrics.handled.increment(1);
+                    handled.push(published[index]);
                 }
                 Outcome::Failed(failure) => {
                     self.failed(&mut batch, settings, item, &event_id, failure);
                 }
             }
         }
-        Ok(batch)
+        Ok((batch, handled))
     }
 
     fn failed(
