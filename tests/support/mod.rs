@@ -183,6 +183,11 @@ impl Redis {
         });
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// `redis://127.0.0.1:<port>/0`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
@@ -319,18 +324,23 @@ impl Host {
 
     /// Starts it with extra environment variables.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Host {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_eventhost"));
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .envs(env.iter().copied());
+        Host::spawn(command)
+    }
+
+    /// Starts `command` as the host; its stderr is the log.
+    pub fn spawn(mut command: Command) -> Host {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("host.log");
         let file = fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_eventhost"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("EVENTHOST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
+        if std::env::var_os("EVENTHOST_LOG").is_none() {
+            command.env("EVENTHOST_LOG", "info");
+        }
+        let child = command.stdout(Stdio::null()).stderr(file).spawn().unwrap();
         Host {
             child: Some(child),
             log,

@@ -24,8 +24,14 @@ pub struct Connector {
 impl Connector {
     /// A connector for `url`; nothing is connected yet.
     pub fn new(url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|err| anyhow::anyhow!("invalid Redis URL {}: {err}", redact(url)))?;
+        let invalid = |err| anyhow::anyhow!("invalid Redis URL {}: {err}", redact(url));
+        // Small commands go out at once: with Nagle's algorithm (redis-rs's
+        // default) a pipelined write waits for the previous one's ACK,
+        // adding milliseconds to every event.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(invalid)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(invalid)?;
         Ok(Connector {
             client,
             display: redact(url),

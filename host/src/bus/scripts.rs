@@ -115,8 +115,21 @@ impl FanoutBatch {
 /// One commit of a subscriber: acknowledgements with their effects, and dead
 /// letters.
 pub struct CommitBatch {
-    args: Vec<Vec<u8>>,
+    group: Vec<u8>,
+    /// Entries handled with no effects: just their ids.
+    quiet: Vec<Vec<u8>>,
+    /// Everything else, encoded as commit.lua reads it.
+    records: Vec<Vec<u8>>,
     entries: usize,
+}
+
+/// Counts as Lua reads them, without formatting the common small ones.
+fn count(n: usize) -> Vec<u8> {
+    match n {
+        0 => b"0".to_vec(),
+        1 => b"1".to_vec(),
+        n => n.to_string().into_bytes(),
+    }
 }
 
 /// Where a subscriber's commit writes.
@@ -132,20 +145,27 @@ impl CommitBatch {
     /// An empty batch for a subscriber's `group`.
     pub fn new(group: &str) -> Self {
         CommitBatch {
-            args: vec![group.as_bytes().to_vec()],
+            group: group.as_bytes().to_vec(),
+            quiet: Vec::new(),
+            records: Vec::new(),
             entries: 0,
         }
     }
 
     /// Acknowledges `id` and commits `effects` with it.
     pub fn ok(&mut self, id: &str, effects: &Effects, now: f64) {
-        self.args.push(b"ok".to_vec());
-        self.args.push(id.as_bytes().to_vec());
+        self.entries += 1;
+        if effects.is_empty() {
+            self.quiet.push(id.as_bytes().to_vec());
+            return;
+        }
+        self.records.push(b"ok".to_vec());
+        self.records.push(id.as_bytes().to_vec());
 
         let published = effects.published();
-        self.args.push(published.len().to_string().into_bytes());
+        self.records.push(count(published.len()));
         for p in published {
-            self.args
+            self.records
                 .push(entry::publish_payload(&p.data, &p.event_id, now).into_bytes());
         }
 
@@ -167,23 +187,22 @@ impl CommitBatch {
                 None => deletes.push(key),
             }
         }
-        self.args.push(sets.len().to_string().into_bytes());
+        self.records.push(count(sets.len()));
         for (key, value) in sets {
-            self.args.push(key.as_bytes().to_vec());
-            self.args.push(value.as_bytes().to_vec());
+            self.records.push(key.as_bytes().to_vec());
+            self.records.push(value.as_bytes().to_vec());
         }
-        self.args.push(deletes.len().to_string().into_bytes());
+        self.records.push(count(deletes.len()));
         for key in deletes {
-            self.args.push(key.as_bytes().to_vec());
+            self.records.push(key.as_bytes().to_vec());
         }
-        self.entries += 1;
     }
 
     /// Acknowledges `id` and writes `payload` to the DLQ.
     pub fn dead_letter(&mut self, id: &str, payload: String) {
-        self.args.push(b"dlq".to_vec());
-        self.args.push(id.as_bytes().to_vec());
-        self.args.push(payload.into_bytes());
+        self.records.push(b"dlq".to_vec());
+        self.records.push(id.as_bytes().to_vec());
+        self.records.push(payload.into_bytes());
         self.entries += 1;
     }
 
@@ -208,7 +227,12 @@ impl CommitBatch {
             .key(keys.dlq)
             .key(keys.state)
             .key(keys.all);
-        for arg in &self.args {
+        let quiet = count(self.quiet.len());
+        let args = [&self.group, &quiet]
+            .into_iter()
+            .chain(&self.quiet)
+            .chain(&self.records);
+        for arg in args {
             call.arg(arg.as_slice());
         }
         call.invoke_async(conn).await.map(Applied::from_reply)
@@ -260,10 +284,13 @@ mod tests {
         effects.delete("b".into());
         effects.delete("c".into());
         let mut batch = CommitBatch::new("g");
+        batch.ok("4-0", &Effects::default(), 1.0);
         batch.ok("5-0", &effects, 1.0);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(text(&batch.quiet), ["4-0"], "no effects: just the id");
         assert_eq!(
-            text(&batch.args),
-            ["g", "ok", "5-0", "0", "1", "a", "3", "2", "b", "c"]
+            text(&batch.records),
+            ["ok", "5-0", "0", "1", "a", "3", "2", "b", "c"]
         );
     }
 }

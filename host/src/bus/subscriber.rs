@@ -307,8 +307,11 @@ impl SubscriberLoop {
             tokio::pin!(running);
             // Renew the lease on the batch while it runs, so a long batch is
             // not mistaken for abandoned work and handled twice.
-            let mut lease = tokio::time::interval(self.bus.claim_idle / 3);
-            lease.tick().await;
+            // First renewal one period from now: awaiting an interval's
+            // immediate first tick costs a trip through the timer wheel,
+            // which rounds up to the next millisecond.
+            let period = self.bus.claim_idle / 3;
+            let mut lease = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
                 tokio::select! {
                     outcomes = &mut running => break outcomes,

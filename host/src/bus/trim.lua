@@ -37,12 +37,16 @@ for _, g in ipairs(groups) do
   if safe == nil or less(bound, safe) then safe = bound end
 end
 
--- Where the length limit would cut, estimated from the ids' timestamps.
+-- Where the length limit would cut, estimated from the ids' timestamps
+-- (finding it exactly would walk `keep` entries inside Redis). Batches are
+-- written within a millisecond, so cut a millisecond early: keep more
+-- rather than less.
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
 local first_ms = parse(first)
 local last_ms = parse(last)
-local cut_ms = first_ms + math.floor((last_ms - first_ms) * (len - keep) / len)
+local cut_ms = first_ms + math.floor((last_ms - first_ms) * (len - keep) / len) - 1
+if cut_ms <= first_ms then return 0 end
 local cut = string.format('%d-0', cut_ms)
 if less(safe, cut) then cut = safe end
 

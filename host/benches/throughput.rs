@@ -1,0 +1,562 @@
+//! How fast eventhost moves events, end to end, on this machine: its own
+//! redis-server, the host, and the publisher all on it.
+//!
+//!     cargo bench -p eventhost --bench throughput            # the full run
+//!     cargo bench -p eventhost --bench throughput -- quick   # smaller, faster
+//!     cargo bench -p eventhost --bench throughput -- latency # one section:
+//!         throughput, latency, start or leanmq (several may be named)
+//!
+//! Prints a table: deliveries/s with 3 subscribers (trivial and stateful
+//! plugins, each against the same loop with a native Rust handler), latency
+//! from publish to commit at fixed offered rates, host CPU and peak RSS,
+//! cold start with 10 plugins with and without the compiled cache, and the
+//! LeanMQ EventBus pattern (Python) on the same Redis. Figures, not
+//! assertions: see BENCHMARKS.md for a run and the targets.
+//!
+//! The native baseline runs this very binary as the host (`--serve-native`):
+//! the same bus code, with Rust handlers in place of wasm plugins.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use eventhost::bus::fanout::Routes;
+use eventhost::bus::subscriber::Subscription;
+use eventhost::bus::Bus;
+use eventhost::handler::{unix_now, Effects, Event, Handler, Outcome, StateReader};
+use serde_json::json;
+use support::*;
+
+const SUBSCRIBERS: [&str; 3] = ["s1", "s2", "s3"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
+    if args.get(1).map(String::as_str) == Some("--serve-native") {
+        return serve_native(Path::new(&args[2]));
+    }
+    let quick = args.iter().any(|a| a == "quick");
+    let sections = ["throughput", "latency", "start", "leanmq"];
+    let named: Vec<&str> = sections
+        .into_iter()
+        .filter(|s| args.iter().any(|a| a == s))
+        .collect();
+    let wanted = |section: &str| named.is_empty() || named.contains(&section);
+
+    println!(
+        "eventhost throughput and latency, {} cores, redis-server {}",
+        cores(),
+        redis_version()
+    );
+    println!("(the host, redis-server and the publisher share the machine)");
+    let mut trivial_wasm = None;
+    if wanted("throughput") {
+        trivial_wasm = Some(throughput_section(if quick { 30_000 } else { 150_000 }));
+    }
+    if wanted("latency") {
+        latency_section(Duration::from_secs(if quick { 2 } else { 5 }));
+    }
+    if wanted("start") {
+        start_section();
+    }
+    if wanted("leanmq") {
+        leanmq_section(if quick { 3_000 } else { 10_000 }, trivial_wasm);
+    }
+}
+
+/// Deliveries/s of each workload, wasm and native; returns the trivial
+/// wasm figure.
+fn throughput_section(events: usize) -> f64 {
+    println!(
+        "\nend to end, {events} events to 3 subscribers, published pipelined as fast as possible"
+    );
+    println!(
+        "{:<38} {:>12} {:>10} {:>10} {:>9} {:>9}",
+        "", "deliveries/s", "host CPU s", "µs CPU/dlv", "peak RSS", "redis CPU"
+    );
+    let mut rates = Vec::new();
+    for (label, workload, native) in [
+        ("wasm, trivial plugin (noop)", Workload::Trivial, false),
+        ("native Rust handler, trivial", Workload::Trivial, true),
+        (
+            "wasm, JSON + state + publish (probe)",
+            Workload::Stateful,
+            false,
+        ),
+        ("native Rust handler, same work", Workload::Stateful, true),
+    ] {
+        let run = throughput(workload, native, events);
+        println!(
+            "{label:<38} {:>12.0} {:>10.2} {:>10.1} {:>6.0} MB {:>7.2} s",
+            run.deliveries_per_second,
+            run.host_cpu,
+            run.host_cpu * 1e6 / (events * SUBSCRIBERS.len()) as f64,
+            run.peak_rss_mb,
+            run.redis_cpu
+        );
+        rates.push(run.deliveries_per_second);
+    }
+    println!(
+        "wasm / native throughput: trivial {:.2}, stateful {:.2}",
+        rates[0] / rates[1],
+        rates[2] / rates[3]
+    );
+    rates[0]
+}
+
+fn latency_section(duration: Duration) {
+    println!(
+        "\nlatency, publish → commit, 3 subscribers, trivial plugin, {} s at each offered rate",
+        duration.as_secs()
+    );
+    println!(
+        "{:<12} {:>10} {:>9} {:>9} {:>9}",
+        "offered/s", "achieved/s", "p50 ms", "p99 ms", "max ms"
+    );
+    for rate in [1_000, 10_000, 50_000] {
+        let run = latency(rate, duration);
+        println!(
+            "{rate:<12} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+            run.achieved, run.p50_ms, run.p99_ms, run.max_ms
+        );
+    }
+}
+
+fn start_section() {
+    println!("\ncold start with 10 plugins (spawn → serving)");
+    let start = cold_start();
+    println!("  without the compiled cache   {:>8.0} ms", start.cold_ms);
+    println!("  from the compiled cache      {:>8.0} ms", start.warm_ms);
+    println!(
+        "  peak RSS after 10k events    {:>8.0} MB",
+        start.peak_rss_mb
+    );
+}
+
+fn leanmq_section(events: usize, trivial_wasm: Option<f64>) {
+    println!("\nLeanMQ EventBus pattern (Python, LeanMQ 0.2), 3 services, same machine");
+    match (leanmq(events), trivial_wasm) {
+        (Some(rate), Some(ours)) => println!(
+            "  {rate:.0} deliveries/s; eventhost (wasm, trivial) is {:.0}× faster",
+            ours / rate
+        ),
+        (Some(rate), None) => println!("  {rate:.0} deliveries/s"),
+        (None, _) => println!(
+            "  (skipped: python3 with leanmq==0.2.0 and host/benches/leanmq_eventbus.py needed)"
+        ),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Workload {
+    Trivial,
+    Stateful,
+}
+
+struct Throughput {
+    deliveries_per_second: f64,
+    host_cpu: f64,
+    redis_cpu: f64,
+    peak_rss_mb: f64,
+}
+
+/// A world with 3 subscribers of `Ping` and a metrics endpoint.
+fn world(workload: Workload, native: bool, extra_bus: &str) -> (World, String) {
+    let world = World::new(&["noop.wasm", "probe.wasm"], "");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut config = world
+        .header()
+        .replace("[bus]\n", &format!("[bus]\n{extra_bus}"))
+        + &format!("[telemetry]\nmetrics = \"{metrics}\"\n\n");
+    for name in SUBSCRIBERS {
+        let plugin = match workload {
+            Workload::Trivial => "noop.wasm",
+            Workload::Stateful => "probe.wasm",
+        };
+        config += &format!("[subscribers.{name}]\nplugin = \"{plugin}\"\nevents = [\"Ping\"]\n");
+        config += &format!("[subscribers.{name}.config]\n");
+        if let Workload::Stateful = workload {
+            config += "follow_up = \"Pong\"\n";
+        }
+        if native {
+            let kind = match workload {
+                Workload::Trivial => "noop",
+                Workload::Stateful => "probe",
+            };
+            config += &format!("native = \"{kind}\"\n");
+        }
+        config += "\n";
+    }
+    world.write_config(&config);
+    (world, metrics)
+}
+
+fn start_host(world: &World, native: bool) -> Host {
+    let mut host = if native {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command.arg("--serve-native").arg(world.config());
+        Host::spawn(command)
+    } else {
+        Host::start(&world.config())
+    };
+    host.wait_for_log("eventhost running");
+    host
+}
+
+fn handled(metrics: &str) -> u64 {
+    let text = scrape(metrics);
+    SUBSCRIBERS
+        .iter()
+        .map(|s| {
+            counter(
+                &text,
+                &format!("eventhost_handled_total{{subscriber=\"{s}\"}}"),
+            )
+        })
+        .sum()
+}
+
+fn throughput(workload: Workload, native: bool, events: usize) -> Throughput {
+    let (world, metrics) = world(workload, native, "stream_maxlen = 0\n");
+    let host = start_host(&world, native);
+    let expected = (events * SUBSCRIBERS.len()) as u64;
+    let (host_cpu0, redis_cpu0) = (cpu_seconds(host.pid()), cpu_seconds(world.redis.pid()));
+    let started = Instant::now();
+    let publisher = publish_many(&world, events, None);
+    while handled(&metrics) < expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "stuck:\n{}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    publisher.join().unwrap();
+    let run = Throughput {
+        deliveries_per_second: expected as f64 / elapsed.as_secs_f64(),
+        host_cpu: cpu_seconds(host.pid()) - host_cpu0,
+        redis_cpu: cpu_seconds(world.redis.pid()) - redis_cpu0,
+        peak_rss_mb: peak_rss_mb(host.pid()),
+    };
+    host.stop();
+    run
+}
+
+/// Publishes `events` Pings like a LeanMQ producer, pipelined 500 at a time;
+/// at `rate` per second if given, else as fast as Redis takes them.
+fn publish_many(world: &World, events: usize, rate: Option<u32>) -> std::thread::JoinHandle<()> {
+    let mut conn = world.conn();
+    std::thread::spawn(move || {
+        const CHUNK: usize = 500;
+        let begin = Instant::now();
+        let mut sent = 0;
+        while sent < events {
+            // At a fixed rate, one chunk a millisecond: what a steady
+            // producer looks like, not bursts that are then waited for.
+            let chunk = match rate {
+                Some(rate) => ((rate / 1000) as usize).clamp(1, CHUNK),
+                None => CHUNK,
+            }
+            .min(events - sent);
+            let mut pipe = redis::pipe();
+            for n in sent..sent + chunk {
+                let now = unix_now();
+                let data = json!({
+                    "event_type": "Ping", "event_id": n.to_string(), "timestamp": now,
+                    "n": n, "_metadata": {"id": n.to_string(), "timestamp": now, "ttl": null}
+                });
+                pipe.cmd("XADD")
+                    .arg("events:all")
+                    .arg("*")
+                    .arg("data")
+                    .arg(data.to_string())
+                    .ignore();
+            }
+            pipe.query::<()>(&mut conn).unwrap();
+            sent += chunk;
+            if let Some(rate) = rate {
+                let due = begin + Duration::from_secs_f64(sent as f64 / rate as f64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        }
+    })
+}
+
+struct Latency {
+    achieved: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+fn latency(rate: u32, duration: Duration) -> Latency {
+    let (world, metrics) = world(Workload::Trivial, false, "");
+    let host = start_host(&world, false);
+    let events = (rate as f64 * duration.as_secs_f64()) as usize;
+    let started = Instant::now();
+    publish_many(&world, events, Some(rate)).join().unwrap();
+    let expected = (events * SUBSCRIBERS.len()) as u64;
+    while handled(&metrics) < expected {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let achieved = events as f64 / started.elapsed().as_secs_f64();
+    let text = scrape(&metrics);
+    // The worst subscriber at each quantile.
+    let quantile = |q: &str| {
+        SUBSCRIBERS
+            .iter()
+            .map(|s| {
+                gauge(
+                    &text,
+                    &format!(
+                        "eventhost_event_latency_seconds{{subscriber=\"{s}\",quantile=\"{q}\"}}"
+                    ),
+                ) * 1000.0
+            })
+            .fold(0.0, f64::max)
+    };
+    let run = Latency {
+        achieved,
+        p50_ms: quantile("0.5"),
+        p99_ms: quantile("0.99"),
+        max_ms: quantile("1"),
+    };
+    host.stop();
+    run
+}
+
+struct ColdStart {
+    cold_ms: f64,
+    warm_ms: f64,
+    peak_rss_mb: f64,
+}
+
+/// Ten subscribers, each with its own plugin build (a noop with a distinct
+/// custom section, so ten different files to compile).
+fn cold_start() -> ColdStart {
+    let world = World::new(&[], "");
+    let cache = tempfile::tempdir().unwrap();
+    let noop = std::fs::read(plugins().join("noop.wasm")).unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut config = world.header().replace(
+        &cache_dir().display().to_string(),
+        &cache.path().display().to_string(),
+    ) + &format!("[telemetry]\nmetrics = \"{metrics}\"\n\n");
+    for n in 0..10 {
+        let mut bytes = noop.clone();
+        let name = format!("variant-{n}");
+        // A custom section: id 0, size, name length, name.
+        bytes.extend([0, (name.len() + 1) as u8, name.len() as u8]);
+        bytes.extend(name.as_bytes());
+        std::fs::write(world.dir.path().join(format!("plugins/p{n}.wasm")), bytes).unwrap();
+        config += &format!("[subscribers.p{n}]\nplugin = \"p{n}.wasm\"\nevents = [\"Ping\"]\n\n");
+    }
+    world.write_config(&config);
+    let time_start = || {
+        let spawned = Instant::now();
+        let host = start_host(&world, false);
+        (spawned.elapsed().as_secs_f64() * 1000.0, host)
+    };
+    let (cold_ms, host) = time_start();
+    host.stop();
+    let (warm_ms, host) = time_start();
+    publish_many(&world, 10_000, None).join().unwrap();
+    let text = || scrape(&metrics);
+    while (0..10)
+        .map(|n| {
+            counter(
+                &text(),
+                &format!("eventhost_handled_total{{subscriber=\"p{n}\"}}"),
+            )
+        })
+        .sum::<u64>()
+        < 100_000
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peak_rss_mb = peak_rss_mb(host.pid());
+    host.stop();
+    ColdStart {
+        cold_ms,
+        warm_ms,
+        peak_rss_mb,
+    }
+}
+
+/// The LeanMQ EventBus pattern's deliveries/s, if python3 can run it.
+fn leanmq(events: usize) -> Option<f64> {
+    let script = root().join("host/benches/leanmq_eventbus.py");
+    let redis = Redis::start();
+    let out = Command::new("python3")
+        .arg("-B")
+        .arg(&script)
+        .args([
+            "--port",
+            &redis.port.to_string(),
+            "--events",
+            &events.to_string(),
+            "--services",
+            "3",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    result["deliveries_per_second"].as_f64()
+}
+
+/// The value of a gauge-like line `name{labels} value`.
+fn gauge(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(end) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat[end + 2..].split(' ').collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn redis_version() -> String {
+    let out = Command::new("redis-server").arg("--version").output();
+    out.map(|o| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.split_whitespace()
+            .find(|w| w.starts_with("v="))
+            .map(|w| w[2..].to_string())
+            .unwrap_or(text)
+    })
+    .unwrap_or_default()
+}
+
+// ---- the native host: the same bus, Rust handlers ------------------------
+
+/// Accepts every event and does nothing, like `plugins/noop`.
+struct NativeNoop;
+
+#[async_trait]
+impl Handler for NativeNoop {
+    async fn handle(&self, _event: Event, _state: Arc<dyn StateReader>) -> Outcome {
+        Outcome::Ok(Effects::default())
+    }
+}
+
+/// The work of `plugins/probe` for an `ok` event, in Rust: parse the data,
+/// write `seen:<id>`, increment `count`, publish a follow-up, write
+/// `build:<id>`.
+struct NativeProbe {
+    subscriber: String,
+    follow_up: Option<String>,
+}
+
+#[async_trait]
+impl Handler for NativeProbe {
+    async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome {
+        let mut effects = Effects::default();
+        effects.set(format!("seen:{}", event.id), event.attempt.to_string());
+        let count = match effects.pending("count") {
+            Some(value) => value.map(str::to_owned),
+            None => state.get("count").await.unwrap_or(None),
+        };
+        let count: u64 = count.and_then(|c| c.parse().ok()).unwrap_or(0);
+        effects.set("count".into(), (count + 1).to_string());
+        if let Some(follow_up) = &self.follow_up {
+            let data = json!({"source_id": event.id, "source_type": event.event_type}).to_string();
+            let seed = format!("{}/{}", self.subscriber, event.stream_id);
+            let _ = effects.publish(&seed, follow_up, &data, unix_now());
+        }
+        effects.set(format!("build:{}", event.id), "native".into());
+        // The probe decides on the data's `act`; the benchmark sends none.
+        let data: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
+        match data.get("act").and_then(|a| a.as_str()) {
+            None | Some("ok") => Outcome::Ok(effects),
+            Some(act) => Outcome::Failed(eventhost::handler::Failure::new(
+                eventhost::handler::FailureKind::Reject,
+                format!("the native probe does not do {act:?}"),
+            )),
+        }
+    }
+}
+
+/// `eventhost run` with native handlers: what the wasm numbers are compared
+/// with. Each subscriber's `config.native` says which handler.
+fn serve_native(path: &Path) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        eventhost::telemetry::init_logging();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        eventhost::shutdown::on_signals(shutdown.clone()).unwrap();
+        let config = eventhost::config::load(path).unwrap();
+        if let Some(addr) = config.telemetry.metrics {
+            eventhost::telemetry::serve_metrics(addr).unwrap();
+        }
+        let url = config.redis.url.clone().unwrap();
+        let bus = Bus::connect(&url, &config.redis.prefix, config.bus.clone(), &shutdown)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut loops = Vec::new();
+        for settings in &config.subscribers {
+            bus.prepare_subscriber(&settings.name).await.unwrap();
+            let handler: Arc<dyn Handler> = match settings.config.get("native").map(String::as_str)
+            {
+                Some("probe") => Arc::new(NativeProbe {
+                    subscriber: settings.name.clone(),
+                    follow_up: settings.config.get("follow_up").cloned(),
+                }),
+                _ => Arc::new(NativeNoop),
+            };
+            let subscription = Arc::new(Subscription::new(
+                settings.clone(),
+                handler,
+                shutdown.child_token(),
+            ));
+            loops.push(bus.spawn_subscriber(subscription).await.unwrap());
+        }
+        bus.set_routes(Routes::new(
+            bus.keys(),
+            config
+                .subscribers
+                .iter()
+                .map(|s| (s.name.as_str(), &s.events)),
+        ));
+        let fanout = bus.spawn_fanout(shutdown.clone()).await.unwrap();
+        tracing::info!("eventhost running (native handlers)");
+        shutdown.cancelled().await;
+        let _ = fanout.await;
+        for l in loops {
+            let _ = l.await;
+        }
+    });
+}
