@@ -75,10 +75,7 @@ fn events_reach_every_subscriber_of_their_type() {
 
 #[test]
 fn a_type_nobody_subscribes_to_is_acknowledged_not_left_pending() {
-    let world = World::new(
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n",
-    );
+    let world = World::probe();
     let _host = world.host();
     let mut conn = world.conn();
     for n in 0..5 {

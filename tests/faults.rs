@@ -49,10 +49,13 @@ fn streams_are_trimmed_only_past_what_every_group_has_acknowledged() {
         .query(&mut conn)
         .unwrap();
 
-    let total = 2000;
+    // A steady stream: the kept length is estimated from the entries'
+    // timestamps, which assumes one.
+    let total = 1000;
     for n in 0..total {
         let act = if n % 10 == 0 { "reject" } else { "ok" };
         publish(&mut conn, "Ping", json!({"act": act}));
+        std::thread::sleep(Duration::from_millis(2));
     }
     eventually("everything is handled", WAIT, || {
         settled(&mut conn, &["probe", "audited"])
@@ -68,9 +71,8 @@ fn streams_are_trimmed_only_past_what_every_group_has_acknowledged() {
         },
     );
     let probe_len = len(&mut conn, "events:sub:probe");
-    // The length is estimated from the entries' timestamps: about 200.
     assert!(
-        probe_len >= 100,
+        (150..=400).contains(&probe_len),
         "about 200 entries of history are kept, not {probe_len}"
     );
     assert_eq!(

@@ -109,14 +109,6 @@ fn groups(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
     names
 }
 
-/// The probe subscribed to `Ping`s.
-fn probe_world() -> World {
-    World::new(
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n",
-    )
-}
-
 /// What LeanMQ's `get_messages` returns from the probe's DLQ right now.
 fn read_probe_dlq(world: &World) -> Vec<Value> {
     let read = python(
@@ -218,7 +210,7 @@ fn leanmq_producers_events_are_handled() {
 /// match).
 #[test]
 fn leanmq_tools_see_eventhosts_queues() {
-    let world = probe_world();
+    let world = World::probe();
     let _host = world.host();
     let mut conn = world.conn();
     let expected = [
@@ -300,7 +292,7 @@ fn leanmq_tools_see_eventhosts_queues() {
 /// and eventhost handles it.
 #[test]
 fn a_dead_letter_is_requeued_with_leanmqs_tools_and_handled() {
-    let world = probe_world();
+    let world = World::probe();
     let _host = world.host();
     let mut conn = world.conn();
     let id = publish(
@@ -375,7 +367,7 @@ fn a_dead_letter_is_requeued_with_leanmqs_tools_and_handled() {
 /// after the fix succeeds.
 #[test]
 fn a_requeued_event_that_fails_again_keeps_every_failure() {
-    let world = probe_world();
+    let world = World::probe();
     let _host = world.host();
     let mut conn = world.conn();
     let id = publish(&mut conn, "Ping", json!({"act": "reject_unless_allowed"}));

@@ -536,10 +536,7 @@ fn a_component_importing_what_the_host_lacks_is_refused_on_reload() {
 /// requeued as is, and a payload over the default limit of 1 MiB.
 #[test]
 fn malformed_entries_in_a_subscriber_stream_are_dead_lettered_there() {
-    let world = World::new(
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n",
-    );
+    let world = World::probe();
     let host = world.host();
     let mut conn = world.conn();
     let stream = "events:sub:probe";
@@ -679,10 +676,7 @@ fn sized_event(id: &str, size: usize) -> Value {
 /// their reason, while the events around them flow.
 #[test]
 fn the_bus_enforces_the_default_payload_limit_and_every_shape_of_bad_data() {
-    let world = World::new(
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n",
-    );
+    let world = World::probe();
     let host = world.host();
     let mut conn = world.conn();
 

@@ -224,6 +224,18 @@ impl Daemon {
             );
             return;
         };
+        // Editors and copies raise several events for one write; compile a
+        // file only if it holds a build that is not running already.
+        let file_path = path.to_path_buf();
+        let digest = tokio::task::spawn_blocking(move || PluginRuntime::digest(&file_path))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let running_it =
+            |r: &Running| Some(&r.handler.current().plugin().digest) == digest.as_ref();
+        if users.iter().all(|name| running_it(&self.subscribers[name])) {
+            return;
+        }
         let started = Instant::now();
         match load(&self.runtime, path).await {
             Ok(plugin) => {

@@ -238,6 +238,14 @@ impl World {
         World::with_redis(Redis::start(), plugins_used, subscribers)
     }
 
+    /// The most common world: the probe, subscribed to `Ping`.
+    pub fn probe() -> World {
+        World::new(
+            &["probe.wasm"],
+            "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n",
+        )
+    }
+
     /// The same, on a Redis started by the caller (e.g. with persistence).
     pub fn with_redis(redis: Redis, plugins_used: &[&str], subscribers: &str) -> World {
         let world = World {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +76,6 @@ pub struct Fanout {
     routes: Arc<ArcSwap<Routes>>,
     bus: BusConfig,
     shutdown: CancellationToken,
-    next_reclaim: Instant,
 }
 
 impl Fanout {
@@ -92,7 +91,6 @@ impl Fanout {
             routes,
             bus,
             shutdown,
-            next_reclaim: Instant::now(),
         }
     }
 
@@ -127,32 +125,13 @@ impl Fanout {
 
     async fn step(&mut self) -> redis::RedisResult<()> {
         let mut work: Vec<(StreamEntry, u32)> = Vec::new();
-        if Instant::now() >= self.next_reclaim {
-            let (claimed, lost) = self
-                .group
-                .reclaim(self.bus.claim_idle, self.bus.read_batch)
-                .await?;
-            if !lost.is_empty() {
-                tracing::warn!(
-                    ids = ?lost,
-                    "{} pending entries of {} were deleted before they were routed (trimmed by a producer's MAXLEN?)",
-                    lost.len(),
-                    self.group.queue().stream
-                );
-            }
-            if claimed.len() < self.bus.read_batch {
-                self.next_reclaim = Instant::now() + self.bus.claim_idle / 2;
-            }
-            if !claimed.is_empty() {
-                tracing::info!(
-                    "fan-out reclaimed {} entries left pending by a stopped consumer",
-                    claimed.len()
-                );
-            }
-            work.extend(claimed.into_iter().map(|c| (c.entry, c.deliveries)));
-        }
+        let claimed = self
+            .group
+            .reclaim_due(self.bus.claim_idle, self.bus.read_batch)
+            .await?;
+        work.extend(claimed.into_iter().map(|c| (c.entry, c.deliveries)));
         if work.is_empty() {
-            let block = BLOCK.min(self.next_reclaim.saturating_duration_since(Instant::now()));
+            let block = BLOCK.min(self.group.until_reclaim());
             let entries = self
                 .group
                 .read_new(

@@ -38,6 +38,8 @@ pub struct GroupConsumer {
     cursor: String,
     /// When housekeeping is next due.
     next_tidy: Instant,
+    /// When the next scan for abandoned entries is due.
+    next_reclaim: Instant,
 }
 
 fn parse_error(detail: String) -> RedisError {
@@ -61,6 +63,7 @@ impl GroupConsumer {
             commands,
             cursor: "0-0".into(),
             next_tidy: Instant::now() + TIDY_EVERY.0,
+            next_reclaim: Instant::now(),
         }
     }
 
@@ -104,10 +107,46 @@ impl GroupConsumer {
         entry::read_reply(reply).map_err(parse_error)
     }
 
+    /// Every half of `idle` (and at start): takes over up to `count` entries
+    /// pending longer than `idle`, whose consumer is presumed dead. Empty
+    /// when no scan is due.
+    pub async fn reclaim_due(&mut self, idle: Duration, count: usize) -> RedisResult<Vec<Claimed>> {
+        if Instant::now() < self.next_reclaim {
+            return Ok(Vec::new());
+        }
+        let (claimed, lost) = self.reclaim(idle, count).await?;
+        if !lost.is_empty() {
+            tracing::warn!(
+                stream = %self.queue.stream,
+                ids = ?lost,
+                "{} pending entries were deleted from the stream before they were handled \
+                 (trimmed by a producer's MAXLEN?)",
+                lost.len()
+            );
+        }
+        // A full batch means there may be more: scan again at once.
+        if claimed.len() < count {
+            self.next_reclaim = Instant::now() + idle / 2;
+        }
+        if !claimed.is_empty() {
+            tracing::info!(
+                stream = %self.queue.stream,
+                "reclaimed {} entries left pending by a stopped consumer",
+                claimed.len()
+            );
+        }
+        Ok(claimed)
+    }
+
+    /// How long until the next reclaim scan is due.
+    pub fn until_reclaim(&self) -> Duration {
+        self.next_reclaim.saturating_duration_since(Instant::now())
+    }
+
     /// Takes over up to `count` entries that have been pending longer than
-    /// `min_idle` (their consumer is presumed dead). Returns the entries and
-    /// the ids that were pending but whose entry no longer exists.
-    pub async fn reclaim(
+    /// `min_idle`. Returns the entries and the ids that were pending but
+    /// whose entry no longer exists.
+    async fn reclaim(
         &mut self,
         min_idle: Duration,
         count: usize,

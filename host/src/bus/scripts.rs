@@ -222,6 +222,21 @@ impl CommitBatch {
         conn: &mut C,
         keys: &CommitKeys<'_>,
     ) -> RedisResult<Applied> {
+        if self.records.is_empty() {
+            // Nothing but results without effects: nothing to guard, no
+            // script needed.
+            let acked: u64 = redis::cmd("XACK")
+                .arg(keys.stream)
+                .arg(&self.group)
+                .arg(&self.quiet)
+                .query_async(conn)
+                .await?;
+            return Ok(Applied {
+                done: acked,
+                dead: 0,
+                skipped: self.quiet.len() as u64 - acked,
+            });
+        }
         let mut call = COMMIT.prepare_invoke();
         call.key(keys.stream)
             .key(keys.dlq)

@@ -86,7 +86,6 @@ pub struct SubscriberLoop {
     bus: BusConfig,
     metrics: SubscriberMetrics,
     retries: BinaryHeap<Reverse<Retry>>,
-    next_reclaim: Instant,
 }
 
 /// One entry in hand, with the attempt it is on.
@@ -116,7 +115,6 @@ impl SubscriberLoop {
             bus,
             metrics,
             retries: BinaryHeap::new(),
-            next_reclaim: Instant::now(),
         }
     }
 
@@ -156,7 +154,7 @@ impl SubscriberLoop {
 
     async fn step(&mut self) -> redis::RedisResult<()> {
         let settings = self.subscription.settings();
-        let work = self.next_work(&settings).await?;
+        let work = self.next_work().await?;
         if work.is_empty() {
             return self
                 .group
@@ -176,7 +174,7 @@ impl SubscriberLoop {
     }
 
     /// Due retries first, then abandoned entries, then new ones.
-    async fn next_work(&mut self, settings: &SubscriberConfig) -> redis::RedisResult<Vec<Work>> {
+    async fn next_work(&mut self) -> redis::RedisResult<Vec<Work>> {
         let now = Instant::now();
         let mut due = Vec::new();
         while let Some(Reverse(retry)) = self.retries.peek() {
@@ -198,39 +196,21 @@ impl SubscriberLoop {
                 .collect());
         }
 
-        if now >= self.next_reclaim {
-            let (claimed, lost) = self
-                .group
-                .reclaim(self.bus.claim_idle, self.bus.read_batch)
-                .await?;
-            if !lost.is_empty() {
-                tracing::warn!(
-                    subscriber = %settings.name,
-                    ids = ?lost,
-                    "{} pending entries were deleted from the stream before they were handled",
-                    lost.len()
-                );
-            }
-            if claimed.len() < self.bus.read_batch {
-                self.next_reclaim = now + self.bus.claim_idle / 2;
-            }
-            if !claimed.is_empty() {
-                tracing::info!(
-                    subscriber = %settings.name,
-                    "reclaimed {} events left pending by a stopped consumer",
-                    claimed.len()
-                );
-                return Ok(claimed
-                    .into_iter()
-                    .map(|c| Work {
-                        entry: c.entry,
-                        attempt: c.deliveries,
-                    })
-                    .collect());
-            }
+        let claimed = self
+            .group
+            .reclaim_due(self.bus.claim_idle, self.bus.read_batch)
+            .await?;
+        if !claimed.is_empty() {
+            return Ok(claimed
+                .into_iter()
+                .map(|c| Work {
+                    entry: c.entry,
+                    attempt: c.deliveries,
+                })
+                .collect());
         }
 
-        let block = BLOCK.min(self.next_reclaim.saturating_duration_since(now));
+        let block = BLOCK.min(self.group.until_reclaim());
         let retry_due = self
             .retries
             .peek()

@@ -94,6 +94,12 @@ impl PluginRuntime {
         &self.engine
     }
 
+    /// The digest [`load`](Self::load) would give the file at `path`, without
+    /// compiling it: tells whether a changed file is a new build at all.
+    pub fn digest(path: &Path) -> std::io::Result<String> {
+        Ok(hex(&Sha256::digest(std::fs::read(path)?)))
+    }
+
     /// Reads, compiles (or loads from the cache) and validates the plugin at
     /// `path`. Blocking: call it off the async runtime.
     pub fn load(&self, path: &Path) -> Result<CompiledPlugin, LoadError> {
