@@ -410,3 +410,39 @@ fn sighup_reloads_when_watching_is_off_and_known_builds_come_from_the_cache() {
     });
     host.wait_for_log("SIGHUP: reloading");
 }
+
+#[test]
+fn editor_and_copy_temp_files_beside_a_plugin_are_ignored() {
+    let world = watched("");
+    let mut host = world.host();
+    let dir = world.dir.path().join("plugins");
+    // What vim, emacs, rsync and cp leave around while they work.
+    for name in [
+        ".probe.wasm.swp",
+        "probe.wasm~",
+        "4913",
+        ".probe.wasm.XXXXXX",
+        "#probe.wasm#",
+    ] {
+        std::fs::write(dir.join(name), b"half a file").unwrap();
+    }
+    std::fs::copy(probe_b(), dir.join(".probe.wasm.partial")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut conn = world.conn();
+    let id = publish(&mut conn, "Ping", json!({}));
+    eventually("the loaded build still serves", WAIT, || {
+        state(&mut conn, "probe")
+            .get(&format!("build:{id}"))
+            .map(String::as_str)
+            == Some("a")
+    });
+    let log = host.log();
+    assert!(
+        !log.contains("refused"),
+        "nothing was read as a plugin:\n{log}"
+    );
+    assert!(!log.contains("reloaded"), "nothing was loaded:\n{log}");
+    // The rename that finishes such a copy is what counts.
+    std::fs::rename(dir.join(".probe.wasm.partial"), dir.join("probe.wasm")).unwrap();
+    host.wait_for_log("reloaded: build");
+}

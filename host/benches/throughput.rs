@@ -110,19 +110,25 @@ fn throughput_section(events: usize) -> f64 {
 
 fn latency_section(duration: Duration) {
     println!(
-        "\nlatency, publish → commit, 3 subscribers, trivial plugin, {} s at each offered rate",
+        "\nlatency, publish → commit, 3 subscribers, trivial handler, {} s at each offered rate",
         duration.as_secs()
     );
     println!(
-        "{:<12} {:>10} {:>9} {:>9} {:>9}",
-        "offered/s", "achieved/s", "p50 ms", "p99 ms", "max ms"
+        "{:<12} {:<8} {:>10} {:>9} {:>9} {:>9}",
+        "offered/s", "handler", "achieved/s", "p50 ms", "p99 ms", "max ms"
     );
     for rate in [1_000, 10_000, 50_000] {
-        let run = latency(rate, duration);
-        println!(
-            "{rate:<12} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
-            run.achieved, run.p50_ms, run.p99_ms, run.max_ms
-        );
+        for native in [false, true] {
+            let run = latency(rate, duration, native);
+            println!(
+                "{rate:<12} {:<8} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+                if native { "native" } else { "wasm" },
+                run.achieved,
+                run.p50_ms,
+                run.p99_ms,
+                run.max_ms
+            );
+        }
     }
 }
 
@@ -295,9 +301,9 @@ struct Latency {
     max_ms: f64,
 }
 
-fn latency(rate: u32, duration: Duration) -> Latency {
-    let (world, metrics) = world(Workload::Trivial, false, "");
-    let host = start_host(&world, false);
+fn latency(rate: u32, duration: Duration, native: bool) -> Latency {
+    let (world, metrics) = world(Workload::Trivial, native, "");
+    let host = start_host(&world, native);
     let events = (rate as f64 * duration.as_secs_f64()) as usize;
     let started = Instant::now();
     publish_many(&world, events, Some(rate)).join().unwrap();
