@@ -221,14 +221,16 @@ fn three_hosts_split_the_work_and_take_over_a_dead_ones() {
         settled(&mut conn, &["probe"])
     });
     for (_, metrics) in &configs[1..] {
-        let handled = counter(
-            &scrape(metrics),
-            "eventhost_handled_total{subscriber=\"probe\"}",
-        );
+        let text = scrape(metrics);
+        let handled = counter(&text, "eventhost_handled_total{subscriber=\"probe\"}");
         assert!(
             handled > 0,
             "every live host takes a share ({metrics}: {handled})"
         );
+        // One latency sample per handled event, in histogram buckets.
+        let latency = "eventhost_event_latency_seconds_bucket{subscriber=\"probe\",le=";
+        assert_eq!(counter(&text, &format!("{latency}\"+Inf\"}}")), handled);
+        assert!(counter(&text, &format!("{latency}\"0.005\"}}")) <= handled);
     }
     // Each event's effects once: one follow-up per event, even for those
     // the dead host had started.

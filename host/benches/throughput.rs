@@ -5,6 +5,7 @@
 //!     cargo bench -p eventhost --bench throughput -- quick   # smaller, faster
 //!     cargo bench -p eventhost --bench throughput -- latency # one section:
 //!         throughput, latency, start or leanmq (several may be named)
+//!     cargo bench -p eventhost --bench throughput -- latency 10000 # one rate
 //!
 //! Prints a table: deliveries/s with 3 subscribers (trivial and stateful
 //! plugins, each against the same loop with a native Rust handler), latency
@@ -58,7 +59,12 @@ fn main() {
         trivial_wasm = Some(throughput_section(if quick { 30_000 } else { 150_000 }));
     }
     if wanted("latency") {
-        latency_section(Duration::from_secs(if quick { 2 } else { 5 }));
+        // Offered rates named on the command line replace the default three.
+        let mut rates: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
+        if rates.is_empty() {
+            rates = vec![1_000, 10_000, 50_000];
+        }
+        latency_section(Duration::from_secs(if quick { 2 } else { 5 }), &rates);
     }
     if wanted("start") {
         start_section();
@@ -108,25 +114,27 @@ fn throughput_section(events: usize) -> f64 {
     rates[0]
 }
 
-fn latency_section(duration: Duration) {
+fn latency_section(duration: Duration, rates: &[u32]) {
     println!(
         "\nlatency, publish → commit, 3 subscribers, trivial handler, {} s at each offered rate",
         duration.as_secs()
     );
     println!(
-        "{:<12} {:<8} {:>10} {:>9} {:>9} {:>9}",
-        "offered/s", "handler", "achieved/s", "p50 ms", "p99 ms", "max ms"
+        "{:<12} {:<8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "offered/s", "handler", "achieved/s", "mean ms", "p50 ms", "p99 ms", "p99.9 ms", "≤ 5 ms"
     );
-    for rate in [1_000, 10_000, 50_000] {
+    for &rate in rates {
         for native in [false, true] {
             let run = latency(rate, duration, native);
             println!(
-                "{rate:<12} {:<8} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+                "{rate:<12} {:<8} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>7.2}%",
                 if native { "native" } else { "wasm" },
                 run.achieved,
+                run.mean_ms,
                 run.p50_ms,
                 run.p99_ms,
-                run.max_ms
+                run.p999_ms,
+                run.within_5ms * 100.0
             );
         }
     }
@@ -296,9 +304,87 @@ fn publish_many(world: &World, events: usize, rate: Option<u32>) -> std::thread:
 
 struct Latency {
     achieved: f64,
+    mean_ms: f64,
     p50_ms: f64,
     p99_ms: f64,
-    max_ms: f64,
+    p999_ms: f64,
+    within_5ms: f64,
+}
+
+/// `eventhost_event_latency_seconds` of every subscriber, merged: the
+/// cumulative count at each bucket bound, the sum and the count.
+struct LatencyHistogram {
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+impl LatencyHistogram {
+    fn parse(text: &str) -> Self {
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        let (mut sum, mut count) = (0.0, 0.0);
+        let value = |line: &str| -> f64 { line.rsplit(' ').next().unwrap().parse().unwrap() };
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("eventhost_event_latency_seconds") else {
+                continue;
+            };
+            if rest.starts_with("_bucket") {
+                let le = rest
+                    .split("le=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                match buckets.iter_mut().find(|(b, _)| *b == bound) {
+                    Some((_, n)) => *n += value(line),
+                    None => buckets.push((bound, value(line))),
+                }
+            } else if rest.starts_with("_sum") {
+                sum += value(line);
+            } else if rest.starts_with("_count") {
+                count += value(line);
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        LatencyHistogram {
+            buckets,
+            sum,
+            count,
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum / self.count
+    }
+
+    /// As Prometheus's `histogram_quantile`: linear within the bucket.
+    fn quantile(&self, q: f64) -> f64 {
+        let rank = q * self.count;
+        let mut below = (0.0, 0.0);
+        for &(bound, cumulative) in &self.buckets {
+            if cumulative >= rank {
+                if bound.is_infinite() {
+                    return below.0;
+                }
+                let share = (rank - below.1) / (cumulative - below.1).max(1.0);
+                return below.0 + (bound - below.0) * share;
+            }
+            below = (bound, cumulative);
+        }
+        f64::NAN
+    }
+
+    /// The share of events committed within `bound` seconds (a bucket bound).
+    fn share_within(&self, bound: f64) -> f64 {
+        let at = self.buckets.iter().find(|(b, _)| *b >= bound);
+        at.map_or(f64::NAN, |(_, n)| n / self.count)
+    }
 }
 
 fn latency(rate: u32, duration: Duration, native: bool) -> Latency {
@@ -312,26 +398,14 @@ fn latency(rate: u32, duration: Duration, native: bool) -> Latency {
         std::thread::sleep(Duration::from_millis(10));
     }
     let achieved = events as f64 / started.elapsed().as_secs_f64();
-    let text = scrape(&metrics);
-    // The worst subscriber at each quantile.
-    let quantile = |q: &str| {
-        SUBSCRIBERS
-            .iter()
-            .map(|s| {
-                gauge(
-                    &text,
-                    &format!(
-                        "eventhost_event_latency_seconds{{subscriber=\"{s}\",quantile=\"{q}\"}}"
-                    ),
-                ) * 1000.0
-            })
-            .fold(0.0, f64::max)
-    };
+    let histogram = LatencyHistogram::parse(&scrape(&metrics));
     let run = Latency {
         achieved,
-        p50_ms: quantile("0.5"),
-        p99_ms: quantile("0.99"),
-        max_ms: quantile("1"),
+        mean_ms: histogram.mean() * 1e3,
+        p50_ms: histogram.quantile(0.5) * 1e3,
+        p99_ms: histogram.quantile(0.99) * 1e3,
+        p999_ms: histogram.quantile(0.999) * 1e3,
+        within_5ms: histogram.share_within(0.005),
     };
     host.stop();
     run
@@ -421,14 +495,6 @@ fn leanmq(events: usize) -> Option<f64> {
 }
 
 /// The value of a gauge-like line `name{labels} value`.
-fn gauge(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some(end) = stat.rfind(')') else {

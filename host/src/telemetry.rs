@@ -22,10 +22,23 @@ pub fn init_logging() {
         .init();
 }
 
+/// Upper bounds (seconds) of the latency histogram's buckets: fine around
+/// the millisecond, where a healthy host is, coarse up to a backlog's seconds.
+pub const LATENCY_BUCKETS: [f64; 22] = [
+    0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.004, 0.005, 0.007_5, 0.01, 0.015,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Serves every counter at `http://<addr>/metrics`.
+///
+/// Distributions are Prometheus histograms, not summaries: they aggregate
+/// across hosts, and the exporter's rolling summaries drop samples that
+/// reach it out of order, which skewed their quantiles.
 pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
+        .set_buckets(&LATENCY_BUCKETS)
+        .context("invalid histogram buckets")?
         .install()
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
     tracing::info!("metrics at http://{addr}/metrics");
