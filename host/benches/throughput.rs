@@ -35,6 +35,11 @@ use support::*;
 
 const SUBSCRIBERS: [&str; 3] = ["s1", "s2", "s3"];
 
+/// The allocator of the `eventhost` binary, so the native baseline (this
+/// binary run as a host) differs from it only in the handler.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
     if args.get(1).map(String::as_str) == Some("--serve-native") {

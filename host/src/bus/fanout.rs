@@ -73,6 +73,8 @@ impl Routes {
 /// The fan-out loop of one process.
 pub struct Fanout {
     group: GroupConsumer,
+    /// New entries read while the last batch was being applied.
+    prefetched: Vec<StreamEntry>,
     routes: Arc<ArcSwap<Routes>>,
     bus: BusConfig,
     shutdown: CancellationToken,
@@ -88,6 +90,7 @@ impl Fanout {
     ) -> Self {
         Fanout {
             group,
+            prefetched: Vec::new(),
             routes,
             bus,
             shutdown,
@@ -98,9 +101,20 @@ impl Fanout {
     pub async fn run(mut self) {
         tracing::info!(stream = %self.group.queue().stream, "fan-out started");
         let mut backoff = Backoff::default();
-        while !self.shutdown.is_cancelled() {
+        loop {
+            let stopping = self.shutdown.is_cancelled();
+            if stopping && self.prefetched.is_empty() {
+                break;
+            }
             match self.step().await {
                 Ok(()) => backoff.reset(),
+                Err(err) if stopping => {
+                    tracing::warn!(
+                        "fan-out: stopping before the last entries read were routed ({err}); \
+                         they stay pending and are reclaimed on the next start"
+                    );
+                    break;
+                }
                 Err(err) if is_nogroup(&err) => {
                     tracing::warn!(
                         "the group of {} is gone; recreating it",
@@ -123,28 +137,52 @@ impl Fanout {
         tracing::info!("fan-out stopped");
     }
 
+    /// One batch: reclaimed entries first, else new ones. While stopping,
+    /// only what was already read is routed.
     async fn step(&mut self) -> redis::RedisResult<()> {
+        let stopping = self.shutdown.is_cancelled();
         let mut work: Vec<(StreamEntry, u32)> = Vec::new();
-        let claimed = self
-            .group
-            .reclaim_due(self.bus.claim_idle, self.bus.read_batch)
-            .await?;
-        work.extend(claimed.into_iter().map(|c| (c.entry, c.deliveries)));
-        if work.is_empty() {
-            let block = BLOCK.min(self.group.until_reclaim());
-            let entries = self
+        if !stopping {
+            let claimed = self
                 .group
-                .read_new(
-                    self.bus.read_batch,
-                    Some(block.max(Duration::from_millis(1))),
-                )
+                .reclaim_due(self.bus.claim_idle, self.bus.read_batch)
                 .await?;
+            work.extend(claimed.into_iter().map(|c| (c.entry, c.deliveries)));
+        }
+        if work.is_empty() {
+            let mut entries = std::mem::take(&mut self.prefetched);
+            if entries.is_empty() && !stopping {
+                let block = BLOCK.min(self.group.until_reclaim());
+                entries = self
+                    .group
+                    .read_new(
+                        self.bus.read_batch,
+                        Some(block.max(Duration::from_millis(1))),
+                    )
+                    .await?;
+            }
             work.extend(entries.into_iter().map(|e| (e, 1)));
         }
-        if !work.is_empty() {
-            let (batch, streams) = self.plan(&work);
-            self.apply(&batch, &streams).await?;
+        if work.is_empty() {
+            return Ok(());
         }
+        let (batch, streams) = self.plan(&work);
+        if stopping || work.len() < self.bus.read_batch {
+            self.apply(&batch, &streams).await?;
+            return self
+                .group
+                .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
+                .await;
+        }
+        // A full batch: there is a backlog. Read the next batch while this
+        // one is applied, so Redis and the host work at the same time
+        // instead of taking turns. What is read here is applied strictly
+        // after this batch, so order is kept; if anything fails it stays
+        // pending and is reclaimed.
+        let next = self.group.read_new_detached(self.bus.read_batch, None);
+        let (applied, next) = tokio::join!(self.apply(&batch, &streams), next);
+        self.prefetched = next.unwrap_or_default();
+        applied?;
         self.group
             .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
             .await

@@ -89,6 +89,17 @@ impl GroupConsumer {
         count: usize,
         block: Option<Duration>,
     ) -> RedisResult<Vec<StreamEntry>> {
+        self.read_new_detached(count, block).await
+    }
+
+    /// [`read_new`](Self::read_new) without holding on to this consumer, so
+    /// the next batch can be read while the last one is committed. At most
+    /// one read may be under way at a time: they share a connection.
+    pub fn read_new_detached(
+        &self,
+        count: usize,
+        block: Option<Duration>,
+    ) -> impl std::future::Future<Output = RedisResult<Vec<StreamEntry>>> + Send + 'static {
         let mut read = redis::cmd("XREADGROUP");
         read.arg("GROUP")
             .arg(&self.queue.group)
@@ -98,13 +109,12 @@ impl GroupConsumer {
         if let Some(block) = block {
             read.arg("BLOCK").arg(block.as_millis() as u64);
         }
-        let reply: Value = read
-            .arg("STREAMS")
-            .arg(&self.queue.stream)
-            .arg(">")
-            .query_async(&mut self.reader)
-            .await?;
-        entry::read_reply(reply).map_err(parse_error)
+        read.arg("STREAMS").arg(&self.queue.stream).arg(">");
+        let mut reader = self.reader.clone();
+        async move {
+            let reply: Value = read.query_async(&mut reader).await?;
+            entry::read_reply(reply).map_err(parse_error)
+        }
     }
 
     /// Every half of `idle` (and at start): takes over up to `count` entries
