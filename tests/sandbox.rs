@@ -139,6 +139,53 @@ events = ["Ping"]
     assert_eq!(host.stop().code(), Some(0));
 }
 
+/// What a subscriber's `grants` table opens, and nothing more: the granted
+/// variable is all of its environment (not the host's `SECRET`); the granted
+/// folder can be read but not written, nor left through `..`; the rest of
+/// the file system stays closed.
+#[test]
+fn grants_open_exactly_what_they_name() {
+    let world = World::new(&["snoop.wasm"], "");
+    std::fs::create_dir(world.dir.path().join("rates")).unwrap();
+    std::fs::write(world.dir.path().join("rates/eur.txt"), "1.08").unwrap();
+    std::fs::write(world.dir.path().join("secret.txt"), "s3cr3t").unwrap();
+    world.configure(
+        r#"
+[subscribers.snoop]
+plugin = "snoop.wasm"
+events = ["Snoop"]
+[subscribers.snoop.config]
+read = "/rates/eur.txt"
+escape = "/rates/../secret.txt"
+write = "/rates/new.txt"
+var = "REGION"
+[subscribers.snoop.grants]
+env = { REGION = "eu-west" }
+dirs = { "/rates" = "rates" }
+"#,
+    );
+    let mut host = Host::start_with_env(&world.config(), &[("SECRET", "1")]);
+    host.wait_for_log("eventhost running");
+    let mut conn = world.conn();
+
+    publish(&mut conn, "Snoop", json!({}));
+    eventually("the snoop's event is handled", WAIT, || {
+        state(&mut conn, "snoop").contains_key("clock") && settled(&mut conn, &["snoop"])
+    });
+    let snoop = state(&mut conn, "snoop");
+    assert_eq!(snoop["granted_read"], "allowed: 1.08", "{snoop:#?}");
+    assert_eq!(snoop["granted_env"], "allowed: eu-west", "{snoop:#?}");
+    assert_eq!(snoop["env"], "allowed: 1 variables", "{snoop:#?}");
+    for key in ["granted_escape", "granted_write", "fs", "fs_dir"] {
+        assert!(
+            snoop[key].starts_with("denied: "),
+            "{key} must be denied: {snoop:#?}"
+        );
+    }
+    assert!(!world.dir.path().join("rates/new.txt").exists());
+    assert_eq!(host.stop().code(), Some(0));
+}
+
 /// A plugin reads and writes only its own state: subscriber `b` cannot see
 /// a key `a` committed through an event nor one an operator set in `a`'s
 /// hash, not even by naming `a`'s Redis key; what `b` writes lands in

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::plugin::{DirGrant, Grants};
+
 /// Name of the folder, beside the config file, that holds the compiled-plugin
 /// cache and the private Redis data.
 pub const STATE_DIR: &str = ".eventhost";
@@ -107,6 +109,8 @@ pub struct SubscriberConfig {
     pub retry_backoff: Duration,
     /// What the plugin reads with `config-get`.
     pub config: BTreeMap<String, String>,
+    /// Environment variables and folders the plugin may read.
+    pub grants: Grants,
 }
 
 /// Longest wait between two attempts of one event.
@@ -299,6 +303,17 @@ struct RawSubscriber {
     retry_backoff_ms: Option<Spanned<i64>>,
     #[serde(default)]
     config: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    grants: RawGrants,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    dirs: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 struct Checker<'a> {
@@ -373,7 +388,7 @@ impl Checker<'_> {
                     .iter()
                     .find(|n| n.get_ref() == &name)
                     .map(Spanned::span);
-                self.check_subscriber(name, span, sub, &plugins.dir, &bus)
+                self.check_subscriber(name, span, sub, &base, &plugins.dir, &bus)
             })
             .collect();
         Config {
@@ -492,6 +507,7 @@ impl Checker<'_> {
         name: String,
         name_span: Option<Range<usize>>,
         raw: RawSubscriber,
+        base: &Path,
         plugin_dir: &Path,
         bus: &BusConfig,
     ) -> SubscriberConfig {
@@ -587,24 +603,12 @@ impl Checker<'_> {
 
         let mut config = BTreeMap::new();
         for (k, v) in raw.config {
-            let text = match v.get_ref() {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                toml::Value::Datetime(d) => d.to_string(),
-                toml::Value::Array(_) | toml::Value::Table(_) => {
-                    self.push(
-                        Some(v.span()),
-                        &format!("{}.{}", key("config"), k.get_ref()),
-                        "config values are strings, numbers or booleans (the plugin reads text)",
-                    );
-                    continue;
-                }
-            };
-            config.insert(k.into_inner(), text);
+            let field = format!("{}.{}", key("config"), k.get_ref());
+            if let Some(text) = self.text_value(&v, &field) {
+                config.insert(k.into_inner(), text);
+            }
         }
-
+        let grants = self.check_grants(raw.grants, &key("grants"), base);
         SubscriberConfig {
             name,
             plugin_file,
@@ -616,7 +620,66 @@ impl Checker<'_> {
             memory_bytes: memory_mb << 20,
             retry_backoff: Duration::from_millis(backoff_ms),
             config,
+            grants,
         }
+    }
+
+    /// A string, number or boolean as the text a plugin reads.
+    fn text_value(&mut self, value: &Spanned<toml::Value>, key: &str) -> Option<String> {
+        Some(match value.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Datetime(d) => d.to_string(),
+            toml::Value::Array(_) | toml::Value::Table(_) => {
+                self.push(
+                    Some(value.span()),
+                    key,
+                    "values are strings, numbers or booleans (the plugin reads text)",
+                );
+                return None;
+            }
+        })
+    }
+
+    /// `grants.env` (name = value) and `grants.dirs` (path in the plugin =
+    /// folder on the host, relative to the config file, read-only).
+    fn check_grants(&mut self, raw: RawGrants, key: &str, base: &Path) -> Grants {
+        let mut grants = Grants::default();
+        for (name, value) in raw.env {
+            let field = format!("{key}.env.{}", name.get_ref());
+            let bad_name = name.get_ref().is_empty() || name.get_ref().contains(['=', '\0']);
+            if bad_name {
+                self.push(Some(name.span()), &field, "not a usable variable name");
+            }
+            if let Some(text) = self.text_value(&value, &field) {
+                grants.env.push((name.into_inner(), text));
+            }
+        }
+        for (guest, host) in raw.dirs {
+            let field = format!("{key}.dirs.{}", guest.get_ref());
+            if !guest.get_ref().starts_with('/') {
+                self.push(
+                    Some(guest.span()),
+                    &field,
+                    "the path inside the plugin must be absolute, e.g. \"/data\"",
+                );
+            }
+            let folder = base.join(host.get_ref());
+            if !folder.is_dir() {
+                self.push(
+                    Some(host.span()),
+                    &field,
+                    format!("{} is not a folder", folder.display()),
+                );
+            }
+            grants.dirs.push(DirGrant {
+                guest: guest.into_inner(),
+                host: folder,
+            });
+        }
+        grants
     }
 }
 
@@ -817,6 +880,79 @@ list = [1, 2]
         );
         assert!(text.contains("eventhost.toml:4:15: subscribers.bad:name.concurrency: must be between 1 and 1024 (got 0)"), "{text}");
         assert!(text.contains("missing.wasm not found"), "{text}");
+    }
+
+    #[test]
+    fn grants_give_env_and_folders_to_read() {
+        let dir = dir_with_plugin();
+        std::fs::create_dir(dir.path().join("rates")).unwrap();
+        let config = parse_in(
+            dir.path(),
+            "[subscribers.a]\nplugin = \"pay.wasm\"\n[subscribers.a.grants]\n\
+             env = { REGION = \"eu\", RETRIES = 3 }\ndirs = { \"/rates\" = \"rates\" }\n",
+        )
+        .unwrap();
+        let grants = &config.subscribers[0].grants;
+        assert_eq!(
+            grants.env,
+            [
+                ("REGION".into(), "eu".into()),
+                ("RETRIES".into(), "3".into())
+            ]
+        );
+        assert_eq!(
+            grants.dirs,
+            [DirGrant {
+                guest: "/rates".into(),
+                host: dir.path().join("rates")
+            }]
+        );
+        assert_eq!(
+            parse_in(dir.path(), "[subscribers.a]\nplugin = \"pay.wasm\"\n")
+                .unwrap()
+                .subscribers[0]
+                .grants,
+            Grants::default(),
+            "nothing is granted unless asked for"
+        );
+    }
+
+    #[test]
+    fn bad_grants_name_the_key() {
+        let dir = dir_with_plugin();
+        let err = parse_in(
+            dir.path(),
+            "[subscribers.a]\nplugin = \"pay.wasm\"\n[subscribers.a.grants]\n\
+             env = { \"A=B\" = \"x\" }\ndirs = { \"data\" = \"nowhere\" }\nnetwork = true\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 1, "unknown keys stop the check: {text}");
+        assert!(
+            text.contains("eventhost.toml:6:1: subscribers.a.grants"),
+            "{text}"
+        );
+        assert!(text.contains("network"), "{text}");
+
+        let err = parse_in(
+            dir.path(),
+            "[subscribers.a]\nplugin = \"pay.wasm\"\n[subscribers.a.grants]\n\
+             env = { \"A=B\" = \"x\" }\ndirs = { \"data\" = \"nowhere\" }\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "subscribers.a.grants.env.A=B",
+                "subscribers.a.grants.dirs.data",
+                "subscribers.a.grants.dirs.data",
+            ],
+            "{text}"
+        );
+        assert!(text.contains("must be absolute"), "{text}");
+        assert!(text.contains("nowhere is not a folder"), "{text}");
     }
 
     #[test]

@@ -432,6 +432,7 @@ pub fn limits(settings: &SubscriberConfig) -> Limits {
         timeout: settings.timeout,
         memory_bytes: settings.memory_bytes,
         concurrency: settings.concurrency,
+        grants: settings.grants.clone(),
     }
 }
 

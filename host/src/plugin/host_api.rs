@@ -6,12 +6,14 @@
 //! call's [`Effects`] and is committed by the bus only if `handle` returns ok.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::output::OutputTail;
 use crate::handler::{Effects, StateReader};
@@ -34,6 +36,28 @@ pub use self::eventhost::plugin::types::{Event as WitEvent, Failure as WitFailur
 const MAX_STATE_VALUE: usize = 1 << 20;
 /// Most events one call may publish.
 const MAX_PUBLISHES: usize = 10_000;
+
+/// What a plugin may see beyond the bare sandbox, from its `grants` table.
+///
+/// Only what cannot duplicate an effect: environment variables and folders
+/// to read. Writes and sockets would be effects outside the commit that
+/// makes a handler's effects happen once, so they are not grantable.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grants {
+    /// Environment variables, name and value, in order.
+    pub env: Vec<(String, String)>,
+    /// Host folders the plugin may read.
+    pub dirs: Vec<DirGrant>,
+}
+
+/// A host folder visible, read-only, at a path inside the plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirGrant {
+    /// Where the plugin sees it, e.g. `/data`.
+    pub guest: String,
+    /// The folder on the host.
+    pub host: PathBuf,
+}
 
 /// Everything one instance's store owns.
 pub struct StoreData {
@@ -65,22 +89,30 @@ pub struct Call {
 }
 
 impl StoreData {
-    /// A sandbox with no files, sockets, environment or arguments; stdout
-    /// and stderr go to `output`.
+    /// A sandbox with no files, sockets, environment or arguments but what
+    /// `grants` gives; stdout and stderr go to `output`. Fails when a granted
+    /// folder cannot be opened.
     pub fn new(
         subscriber: Arc<str>,
         config: Arc<BTreeMap<String, String>>,
         memory_limit: usize,
-    ) -> Self {
+        grants: &Grants,
+    ) -> anyhow::Result<Self> {
         let output = OutputTail::default();
-        let wasi = WasiCtx::builder()
-            .stdout(output.clone())
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(output.clone())
             .stderr(output.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .build();
-        StoreData {
+            .envs(&grants.env);
+        for dir in &grants.dirs {
+            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot open granted folder {}", dir.host.display()))?;
+        }
+        let wasi = wasi.build();
+        Ok(StoreData {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_limit),
@@ -88,7 +120,7 @@ impl StoreData {
             subscriber,
             config,
             call: None,
-        }
+        })
     }
 
     fn call(&mut self) -> wasmtime::Result<&mut Call> {

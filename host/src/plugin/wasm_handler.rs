@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use wasmtime::Store;
 
-use super::host_api::{Call, StoreData, Subscriber, WitEvent, WitFailure};
+use super::host_api::{Call, Grants, StoreData, Subscriber, WitEvent, WitFailure};
 use super::runtime::{CompiledPlugin, PluginRuntime};
 use crate::handler::{Effects, Event, Failure, FailureKind, Handler, Outcome, StateReader};
 
@@ -22,13 +22,14 @@ use crate::handler::{Effects, Event, Failure, FailureKind, Handler, Outcome, Sta
 /// it is abandoned (guest code is stopped by the epoch right at the limit).
 const BLOCKED_GRACE: Duration = Duration::from_millis(50);
 
-/// The limits and settings an instance is created with.
+/// The limits and grants an instance is created with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub timeout: Duration,
     pub memory_bytes: usize,
     /// Instances kept for reuse; more than this are dropped on return.
     pub concurrency: usize,
+    pub grants: Grants,
 }
 
 /// A plugin build with the settings it runs under.
@@ -111,7 +112,9 @@ impl WasmHandler {
             self.subscriber.clone(),
             version.config.clone(),
             version.limits.memory_bytes,
-        );
+            &version.limits.grants,
+        )
+        .map_err(|err| Failure::new(FailureKind::Host, format!("{err:#}")))?;
         let mut store = Store::new(self.runtime.engine(), data);
         store.limiter(|data| &mut data.limiter);
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().on_epoch()));

@@ -9,6 +9,10 @@
 //! `127.0.0.1:6379`), `net_listen` (a TCP listener on a loopback port),
 //! `udp` (a UDP datagram to the `connect` address), `dns` (resolve
 //! `localhost`), `clock` (wall-clock time).
+//!
+//! With grants, config names what to try inside them: `read` and `escape`
+//! (files to read: `granted_read`, `granted_escape`), `write` (a file to
+//! create: `granted_write`) and `var` (a variable: `granted_env`).
 
 use std::fmt::Display;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -67,6 +71,20 @@ impl Guest for Snoop {
             std::net::ToSocketAddrs::to_socket_addrs("localhost:80")
                 .map(|found| format!("localhost is {:?}", found.collect::<Vec<_>>())),
         );
+        for (key, setting) in [("granted_read", "read"), ("granted_escape", "escape")] {
+            if let Some(path) = eventhost_plugin::config_get(setting) {
+                record(key, std::fs::read_to_string(&path));
+            }
+        }
+        if let Some(path) = eventhost_plugin::config_get("write") {
+            record(
+                "granted_write",
+                std::fs::write(&path, "x").map(|()| format!("wrote {path}")),
+            );
+        }
+        if let Some(name) = eventhost_plugin::config_get("var") {
+            record("granted_env", std::env::var(&name));
+        }
         record(
             "clock",
             SystemTime::now()
