@@ -550,18 +550,23 @@ impl Handler for NativeNoop {
     }
 }
 
-/// The work of `plugins/probe` for an `ok` event, in Rust: parse the data,
-/// write `seen:<id>`, increment `count`, publish a follow-up, write
-/// `build:<id>`.
+/// The work of `plugins/probe` for an `ok` event, in Rust: write
+/// `calls:<id>` (its count of calls), `seen:<id>`, increment `count`,
+/// publish a follow-up, write `build:<id>`, parse the data.
 struct NativeProbe {
     subscriber: String,
     follow_up: Option<String>,
+    calls: std::sync::atomic::AtomicU64,
 }
 
 #[async_trait]
 impl Handler for NativeProbe {
     async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome {
         let mut effects = Effects::default();
+        let calls = 1 + self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        effects.set(format!("calls:{}", event.id), calls.to_string());
         effects.set(format!("seen:{}", event.id), event.attempt.to_string());
         let count = match effects.pending("count") {
             Some(value) => value.map(str::to_owned),
@@ -612,6 +617,7 @@ fn serve_native(path: &Path) {
                 Some("probe") => Arc::new(NativeProbe {
                     subscriber: settings.name.clone(),
                     follow_up: settings.config.get("follow_up").cloned(),
+                    calls: Default::default(),
                 }),
                 _ => Arc::new(NativeNoop),
             };
