@@ -216,13 +216,15 @@ impl Daemon {
             return;
         }
         let file = path.display();
-        let Some(stamp) = reload::settled(path, reload::PLUGIN_QUIET).await else {
+        let gone = || {
             tracing::warn!(
                 plugin = %file,
                 "plugin file removed or still changing; {} keep running the loaded build",
                 users.join(", ")
             );
-            return;
+        };
+        let Some(before) = reload::stamp(path) else {
+            return gone();
         };
         // Editors and copies raise several events for one write; compile a
         // file only if it holds a build that is not running already.
@@ -236,8 +238,22 @@ impl Daemon {
         if users.iter().all(|name| running_it(&self.subscribers[name])) {
             return;
         }
+        // Compile while making sure the file stays as it was read: a file
+        // still being written changes its stamp, and its next change notice
+        // reloads it once it is done.
         let started = Instant::now();
-        match load(&self.runtime, path).await {
+        let (stamp, loaded) = tokio::join!(
+            reload::settled(path, reload::PLUGIN_QUIET),
+            load(&self.runtime, path)
+        );
+        let Some(stamp) = stamp else {
+            return gone();
+        };
+        if stamp != before {
+            tracing::debug!(plugin = %file, "changed while it was read; waiting for the next change notice");
+            return;
+        }
+        match loaded {
             Ok(plugin) => {
                 self.refused.remove(path);
                 let mut swapped = Vec::new();

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, SubscriberConfig};
 
 /// How long a path must be quiet before its change is reported.
-const DEBOUNCE: Duration = Duration::from_millis(40);
+const DEBOUNCE: Duration = Duration::from_millis(20);
 /// How long a plugin file must keep its size and mtime to count as fully
 /// written.
 pub const PLUGIN_QUIET: Duration = Duration::from_millis(25);
