@@ -23,7 +23,7 @@ use crate::bus::private_redis::PrivateRedis;
 use crate::bus::subscriber::Subscription;
 use crate::bus::Bus;
 use crate::config::{self, Config, SubscriberConfig};
-use crate::plugin::{CompiledPlugin, Limits, PluginRuntime, WasmHandler};
+use crate::plugin::{CompiledPlugin, Limits, LoadError, PluginFile, PluginRuntime, WasmHandler};
 use crate::reload::{self, Change, Stamp, Watcher};
 use crate::shutdown;
 use crate::telemetry::{self, metrics};
@@ -226,26 +226,30 @@ impl Daemon {
         let Some(before) = reload::stamp(path) else {
             return gone();
         };
+        let file_path = path.to_path_buf();
+        let read = off_thread(move || PluginFile::read(&file_path)).await;
         // Editors and copies raise several events for one write; compile a
         // file only if it holds a build that is not running already.
-        let file_path = path.to_path_buf();
-        let digest = tokio::task::spawn_blocking(move || PluginRuntime::digest(&file_path))
-            .await
-            .ok()
-            .and_then(Result::ok);
-        let running_it =
-            |r: &Running| Some(&r.handler.current().plugin().digest) == digest.as_ref();
-        if users.iter().all(|name| running_it(&self.subscribers[name])) {
-            return;
+        if let Ok(file) = &read {
+            let running_it = |name: &String| {
+                self.subscribers[name].handler.current().plugin().digest == file.digest
+            };
+            if users.iter().all(running_it) {
+                return;
+            }
         }
         // Compile while making sure the file stays as it was read: a file
         // still being written changes its stamp, and its next change notice
         // reloads it once it is done.
         let started = Instant::now();
-        let (stamp, loaded) = tokio::join!(
-            reload::settled(path, reload::PLUGIN_QUIET),
-            load(&self.runtime, path)
-        );
+        let runtime = self.runtime.clone();
+        let compile = async move {
+            let file = read?;
+            off_thread(move || runtime.compile(file))
+                .await
+                .map(Arc::new)
+        };
+        let (stamp, loaded) = tokio::join!(reload::settled(path, reload::PLUGIN_QUIET), compile);
         let Some(stamp) = stamp else {
             return gone();
         };
@@ -454,12 +458,19 @@ pub fn limits(settings: &SubscriberConfig) -> Limits {
 
 /// Compiles (or loads from the cache) one plugin, off the async threads.
 async fn load(runtime: &Arc<PluginRuntime>, path: &Path) -> anyhow::Result<Arc<CompiledPlugin>> {
-    let rt = runtime.clone();
-    let file = path.to_path_buf();
-    let plugin = tokio::task::spawn_blocking(move || rt.load(&file))
+    let runtime = runtime.clone();
+    let path = path.to_path_buf();
+    off_thread(move || runtime.load(&path)).await.map(Arc::new)
+}
+
+/// Runs blocking plugin file work (reading, compiling) on tokio's blocking
+/// threads.
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LoadError> + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(work)
         .await
-        .context("plugin loader crashed")??;
-    Ok(Arc::new(plugin))
+        .context("plugin loader crashed")??)
 }
 
 /// Loads every plugin `subscribers` use, each file once; every refusal is

@@ -10,5 +10,5 @@ mod runtime;
 mod wasm_handler;
 
 pub use host_api::{DirGrant, Grants};
-pub use runtime::{CompiledPlugin, LoadError, PluginRuntime, EPOCH_TICK};
+pub use runtime::{CompiledPlugin, LoadError, PluginFile, PluginRuntime, EPOCH_TICK};
 pub use wasm_handler::{Limits, PluginVersion, WasmHandler};

@@ -50,6 +50,30 @@ pub struct CompiledPlugin {
     pub load_time: Duration,
 }
 
+/// A plugin file's bytes as read once, with their digest: a reload checks
+/// the digest against the running build and compiles the same bytes.
+pub struct PluginFile {
+    pub path: PathBuf,
+    /// SHA-256 of `bytes`, hex.
+    pub digest: String,
+    bytes: Vec<u8>,
+}
+
+impl PluginFile {
+    /// Reads the file at `path`. Blocking.
+    pub fn read(path: &Path) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|err| LoadError {
+            path: path.to_path_buf(),
+            reason: format!("cannot read: {err}"),
+        })?;
+        Ok(PluginFile {
+            path: path.to_path_buf(),
+            digest: hex(&Sha256::digest(&bytes)),
+            bytes,
+        })
+    }
+}
+
 impl CompiledPlugin {
     /// The first 12 hex digits of the digest, for logs.
     pub fn short_digest(&self) -> &str {
@@ -94,31 +118,28 @@ impl PluginRuntime {
         &self.engine
     }
 
-    /// The digest [`load`](Self::load) would give the file at `path`, without
-    /// compiling it: tells whether a changed file is a new build at all.
-    pub fn digest(path: &Path) -> std::io::Result<String> {
-        Ok(hex(&Sha256::digest(std::fs::read(path)?)))
-    }
-
     /// Reads, compiles (or loads from the cache) and validates the plugin at
     /// `path`. Blocking: call it off the async runtime.
     pub fn load(&self, path: &Path) -> Result<CompiledPlugin, LoadError> {
+        self.compile(PluginFile::read(path)?)
+    }
+
+    /// Compiles (or loads from the cache) and validates a plugin file that
+    /// was read already. Blocking: call it off the async runtime.
+    pub fn compile(&self, file: PluginFile) -> Result<CompiledPlugin, LoadError> {
         let refuse = |reason: String| LoadError {
-            path: path.to_path_buf(),
+            path: file.path.clone(),
             reason,
         };
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|err| refuse(format!("cannot read: {err}")))?;
-        check_header(&bytes).map_err(refuse)?;
-        let digest = hex(&Sha256::digest(&bytes));
-
-        let cache_file = self
-            .cache_dir
-            .join(format!("{digest}-{}.cwasm", self.engine_key()));
+        check_header(&file.bytes).map_err(refuse)?;
+        let cache_file =
+            self.cache_dir
+                .join(format!("{}-{}.cwasm", file.digest, self.engine_key()));
         let (component, cached) = match self.load_cached(&cache_file) {
             Some(component) => (component, true),
             None => {
-                let component = Component::new(&self.engine, &bytes)
+                let component = Component::new(&self.engine, &file.bytes)
                     .map_err(|err| refuse(format!("not a valid component: {err:#}")))?;
                 self.store_cached(&cache_file, &component);
                 (component, false)
@@ -126,8 +147,8 @@ impl PluginRuntime {
         };
         let pre = self.validate(&component).map_err(refuse)?;
         Ok(CompiledPlugin {
-            path: path.to_path_buf(),
-            digest,
+            path: file.path,
+            digest: file.digest,
             pre,
             cached,
             load_time: started.elapsed(),
