@@ -163,26 +163,22 @@ impl Fanout {
             }
             work.extend(entries.into_iter().map(|e| (e, 1)));
         }
-        if work.is_empty() {
-            return Ok(());
+        if !work.is_empty() {
+            let (batch, streams) = self.plan(&work);
+            if stopping || work.len() < self.bus.read_batch {
+                self.apply(&batch, &streams).await?;
+            } else {
+                // A full batch: there is a backlog. Read the next batch while
+                // this one is applied, so Redis and the host work at the same
+                // time instead of taking turns. What is read here is applied
+                // strictly after this batch, so order is kept; if anything
+                // fails it stays pending and is reclaimed.
+                let next = self.group.read_new(self.bus.read_batch, None);
+                let (applied, next) = tokio::join!(self.apply(&batch, &streams), next);
+                self.prefetched = next.unwrap_or_default();
+                applied?;
+            }
         }
-        let (batch, streams) = self.plan(&work);
-        if stopping || work.len() < self.bus.read_batch {
-            self.apply(&batch, &streams).await?;
-            return self
-                .group
-                .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
-                .await;
-        }
-        // A full batch: there is a backlog. Read the next batch while this
-        // one is applied, so Redis and the host work at the same time
-        // instead of taking turns. What is read here is applied strictly
-        // after this batch, so order is kept; if anything fails it stays
-        // pending and is reclaimed.
-        let next = self.group.read_new_detached(self.bus.read_batch, None);
-        let (applied, next) = tokio::join!(self.apply(&batch, &streams), next);
-        self.prefetched = next.unwrap_or_default();
-        applied?;
         self.group
             .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
             .await

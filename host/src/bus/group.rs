@@ -83,19 +83,10 @@ impl GroupConsumer {
     }
 
     /// Entries never delivered to anyone, waiting up to `block` for some
-    /// (`None`: answer at once).
-    pub async fn read_new(
-        &mut self,
-        count: usize,
-        block: Option<Duration>,
-    ) -> RedisResult<Vec<StreamEntry>> {
-        self.read_new_detached(count, block).await
-    }
-
-    /// [`read_new`](Self::read_new) without holding on to this consumer, so
-    /// the next batch can be read while the last one is committed. At most
-    /// one read may be under way at a time: they share a connection.
-    pub fn read_new_detached(
+    /// (`None`: answer at once). The read does not hold on to this consumer,
+    /// so the next batch can be read while the last one is committed; at
+    /// most one read may be under way at a time: they share a connection.
+    pub fn read_new(
         &self,
         count: usize,
         block: Option<Duration>,

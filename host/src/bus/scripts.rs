@@ -123,13 +123,9 @@ pub struct CommitBatch {
     entries: usize,
 }
 
-/// Counts as Lua reads them, without formatting the common small ones.
+/// A count as Lua reads it.
 fn count(n: usize) -> Vec<u8> {
-    match n {
-        0 => b"0".to_vec(),
-        1 => b"1".to_vec(),
-        n => n.to_string().into_bytes(),
-    }
+    n.to_string().into_bytes()
 }
 
 /// Where a subscriber's commit writes.

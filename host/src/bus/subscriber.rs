@@ -155,18 +155,14 @@ impl SubscriberLoop {
     async fn step(&mut self) -> redis::RedisResult<()> {
         let settings = self.subscription.settings();
         let work = self.next_work().await?;
-        if work.is_empty() {
-            return self
-                .group
-                .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
-                .await;
-        }
-        let (batch, handled) = self.process(&settings, work).await?;
-        self.commit(&batch).await?;
-        self.metrics.handled.increment(handled.len() as u64);
-        let now = crate::handler::unix_now();
-        for published in handled.into_iter().flatten() {
-            self.metrics.latency.record((now - published).max(0.0));
+        if !work.is_empty() {
+            let (batch, handled) = self.process(&settings, work).await?;
+            self.commit(&batch).await?;
+            self.metrics.handled.increment(handled.len() as u64);
+            let now = crate::handler::unix_now();
+            for published in handled.into_iter().flatten() {
+                self.metrics.latency.record((now - published).max(0.0));
+            }
         }
         self.group
             .tidy(self.bus.stream_maxlen, self.bus.claim_idle)

@@ -291,19 +291,8 @@ fn shorten(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let boundary = |i: usize, forward: bool| {
-        let mut i = i;
-        while !text.is_char_boundary(i) {
-            if forward {
-                i += 1
-            } else {
-                i -= 1
-            }
-        }
-        i
-    };
-    let head = boundary(max / 2, false);
-    let tail = boundary(text.len() - max / 2, true);
+    let head = text.floor_char_boundary(max / 2);
+    let tail = text.ceil_char_boundary(text.len() - max / 2);
     format!("{} … {}", &text[..head], &text[tail..])
 }
 
