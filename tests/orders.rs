@@ -88,7 +88,7 @@ fn order_id(n: usize) -> String {
 fn command(n: usize) -> Value {
     let mut items =
         vec![json!({"product_id": "prod-1", "name": "Laptop", "price": 1299.99, "quantity": 1})];
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         items.push(json!({"product_id": "prod-2", "name": "Mouse", "price": 29.99, "quantity": 2}));
     }
     json!({"order_id": order_id(n), "user_id": format!("user-{}", n % 7), "items": items})
