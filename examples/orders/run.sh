@@ -20,7 +20,8 @@ LOG="$STATE/host.log"
 PID_FILE="$STATE/host.pid"
 HOST_BIN="$ROOT/target/release/eventhost"
 SERVICES=(order payment shipping notification)
-SUBSCRIBERS=(order-service payment-service shipping-service notification-service)
+# Each service's crate and subscriber are named <service>-service.
+SUBSCRIBERS=("${SERVICES[@]/%/-service}")
 
 N="${1:-1000}"
 if ! [[ "$N" =~ ^[1-9][0-9]*$ ]]; then
@@ -130,7 +131,7 @@ say "building eventhost (release; the first build takes several minutes)"
 
 say "building the four services as WebAssembly components"
 packages=()
-for s in "${SERVICES[@]}"; do packages+=(-p "$s-service"); done
+for sub in "${SUBSCRIBERS[@]}"; do packages+=(-p "$sub"); done
 (cd "$ROOT" && cargo build --profile plugin --target wasm32-wasip2 "${packages[@]}")
 
 mkdir -p "$EXAMPLE/plugins" "$STATE"
@@ -269,11 +270,12 @@ status_shipped="$(count_status shipped)"
 paid="$(rc HLEN events:state:payment-service)"
 shipments="$(rc HLEN events:state:shipping-service)"
 declined="$(rc XLEN events:sub:payment-service:dlq)"
-first_dead="$(rc XRANGE events:sub:payment-service:dlq - + COUNT 1)"
-example_reason="$(json_field reason <<<"$first_dead")"
-example_order="$(json_field order_id <<<"$first_dead")"
+# One read of the DLQ; json_field takes the first entry's reason and order.
+dead="$(rc XRANGE events:sub:payment-service:dlq - +)"
+example_reason="$(json_field reason <<<"$dead")"
+example_order="$(json_field order_id <<<"$dead")"
 retried="$(grep -c "payment provider timed out" "$LOG" || true)"
-retries_dead="$(rc XRANGE events:sub:payment-service:dlq - + | grep -c "retry exhausted" || true)"
+retries_dead="$(grep -c "retry exhausted" <<<"$dead" || true)"
 notified="$(counter events:state:notification-service notified)"
 deliveries=0
 for sub in "${SUBSCRIBERS[@]}"; do

@@ -22,8 +22,8 @@ const RATE: u32 = 500;
 
 fn main() {
     let (a, b) = (plugins().join("probe.wasm"), probe_b().to_path_buf());
-    let mut plugins_to_measure: Vec<(&str, PathBuf, PathBuf, &str, &str)> =
-        vec![("Rust probe", a, b, "a", "b")];
+    let mut plugins_to_measure: Vec<(&str, PathBuf, PathBuf, &str, &str, usize)> =
+        vec![("Rust probe", a, b, "a", "b", SWAPS)];
     // Larger plugins, when their builds exist (plugins/python-probe,
     // plugins/js-probe build them as <name>.wasm and <name>_b.wasm).
     for (label, name, builds) in [
@@ -33,7 +33,7 @@ fn main() {
         let first = plugins().join(format!("{name}.wasm"));
         let second = plugins().join(format!("{name}_b.wasm"));
         if first.exists() && second.exists() {
-            plugins_to_measure.push((label, first, second, builds.0, builds.1));
+            plugins_to_measure.push((label, first, second, builds.0, builds.1, SWAPS_LARGE));
         } else {
             println!("({label}: {} not built; skipped)", first.display());
         }
@@ -43,13 +43,8 @@ fn main() {
     println!(
         "steady load {RATE} events/s, {SWAPS} swaps per case ({SWAPS_LARGE} for Python and JS), median / max\n"
     );
-    for (label, first, second, first_build, second_build) in plugins_to_measure {
+    for (label, first, second, first_build, second_build, swaps) in plugins_to_measure {
         for cached in [false, true] {
-            let swaps = if label == "Rust probe" {
-                SWAPS
-            } else {
-                SWAPS_LARGE
-            };
             let (latencies, host_times) =
                 measure(&first, &second, first_build, second_build, cached, swaps);
             println!(
@@ -63,7 +58,7 @@ fn main() {
     }
 }
 
-/// Swaps between two builds `SWAPS` times; returns write→first-event times
+/// Swaps between two builds `swaps` times; returns write→first-event times
 /// and the load times the host logged, in milliseconds.
 fn measure(
     first: &Path,

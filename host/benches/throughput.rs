@@ -191,21 +191,15 @@ fn world(workload: Workload, native: bool, extra_bus: &str) -> (World, String) {
         .header()
         .replace("[bus]\n", &format!("[bus]\n{extra_bus}"))
         + &format!("[telemetry]\nmetrics = \"{metrics}\"\n\n");
+    // The plugin, its native stand-in and its config, by workload.
+    let (plugin, kind, plugin_config) = match workload {
+        Workload::Trivial => ("noop.wasm", "noop", ""),
+        Workload::Stateful => ("probe.wasm", "probe", "follow_up = \"Pong\"\n"),
+    };
     for name in SUBSCRIBERS {
-        let plugin = match workload {
-            Workload::Trivial => "noop.wasm",
-            Workload::Stateful => "probe.wasm",
-        };
         config += &format!("[subscribers.{name}]\nplugin = \"{plugin}\"\nevents = [\"Ping\"]\n");
-        config += &format!("[subscribers.{name}.config]\n");
-        if let Workload::Stateful = workload {
-            config += "follow_up = \"Pong\"\n";
-        }
+        config += &format!("[subscribers.{name}.config]\n{plugin_config}");
         if native {
-            let kind = match workload {
-                Workload::Trivial => "noop",
-                Workload::Stateful => "probe",
-            };
             config += &format!("native = \"{kind}\"\n");
         }
         config += "\n";
@@ -215,25 +209,25 @@ fn world(workload: Workload, native: bool, extra_bus: &str) -> (World, String) {
 }
 
 fn start_host(world: &World, native: bool) -> Host {
-    let mut host = if native {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command.arg("--serve-native").arg(world.config());
-        Host::spawn(command)
-    } else {
-        Host::start(&world.config())
-    };
+    if !native {
+        return world.host();
+    }
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.arg("--serve-native").arg(world.config());
+    let mut host = Host::spawn(command);
     host.wait_for_log("eventhost running");
     host
 }
 
-fn handled(metrics: &str) -> u64 {
+/// Events handled by `subscribers`, summed from one scrape.
+fn handled(metrics: &str, subscribers: &[impl AsRef<str>]) -> u64 {
     let text = scrape(metrics);
-    SUBSCRIBERS
+    subscribers
         .iter()
         .map(|s| {
             counter(
                 &text,
-                &format!("eventhost_handled_total{{subscriber=\"{s}\"}}"),
+                &format!("eventhost_handled_total{{subscriber=\"{}\"}}", s.as_ref()),
             )
         })
         .sum()
@@ -246,7 +240,7 @@ fn throughput(workload: Workload, native: bool, events: usize) -> Throughput {
     let (host_cpu0, redis_cpu0) = (cpu_seconds(host.pid()), cpu_seconds(world.redis.pid()));
     let started = Instant::now();
     let publisher = publish_many(&world, events, None);
-    while handled(&metrics) < expected {
+    while handled(&metrics, &SUBSCRIBERS) < expected {
         assert!(
             started.elapsed() < Duration::from_secs(600),
             "stuck:\n{}",
@@ -399,7 +393,7 @@ fn latency(rate: u32, duration: Duration, native: bool) -> Latency {
     let started = Instant::now();
     publish_many(&world, events, Some(rate)).join().unwrap();
     let expected = (events * SUBSCRIBERS.len()) as u64;
-    while handled(&metrics) < expected {
+    while handled(&metrics, &SUBSCRIBERS) < expected {
         std::thread::sleep(Duration::from_millis(10));
     }
     let achieved = events as f64 / started.elapsed().as_secs_f64();
@@ -433,14 +427,16 @@ fn cold_start() -> ColdStart {
         &cache_dir().display().to_string(),
         &cache.path().display().to_string(),
     ) + &format!("[telemetry]\nmetrics = \"{metrics}\"\n\n");
-    for n in 0..10 {
+    let names: Vec<String> = (0..10).map(|n| format!("p{n}")).collect();
+    for (n, name) in names.iter().enumerate() {
         let mut bytes = noop.clone();
-        let name = format!("variant-{n}");
+        let variant = format!("variant-{n}");
         // A custom section: id 0, size, name length, name.
-        bytes.extend([0, (name.len() + 1) as u8, name.len() as u8]);
-        bytes.extend(name.as_bytes());
-        std::fs::write(world.dir.path().join(format!("plugins/p{n}.wasm")), bytes).unwrap();
-        config += &format!("[subscribers.p{n}]\nplugin = \"p{n}.wasm\"\nevents = [\"Ping\"]\n\n");
+        bytes.extend([0, (variant.len() + 1) as u8, variant.len() as u8]);
+        bytes.extend(variant.as_bytes());
+        std::fs::write(world.dir.path().join(format!("plugins/{name}.wasm")), bytes).unwrap();
+        config +=
+            &format!("[subscribers.{name}]\nplugin = \"{name}.wasm\"\nevents = [\"Ping\"]\n\n");
     }
     world.write_config(&config);
     let time_start = || {
@@ -452,17 +448,7 @@ fn cold_start() -> ColdStart {
     host.stop();
     let (warm_ms, host) = time_start();
     publish_many(&world, 10_000, None).join().unwrap();
-    let text = || scrape(&metrics);
-    while (0..10)
-        .map(|n| {
-            counter(
-                &text(),
-                &format!("eventhost_handled_total{{subscriber=\"p{n}\"}}"),
-            )
-        })
-        .sum::<u64>()
-        < 100_000
-    {
+    while handled(&metrics, &names) < 100_000 {
         std::thread::sleep(Duration::from_millis(20));
     }
     let peak_rss_mb = peak_rss_mb(host.pid());
@@ -499,7 +485,7 @@ fn leanmq(events: usize) -> Option<f64> {
     result["deliveries_per_second"].as_f64()
 }
 
-/// The value of a gauge-like line `name{labels} value`.
+/// CPU seconds (user + system) process `pid` has used; 0 once it is gone.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some(end) = stat.rfind(')') else {

@@ -188,9 +188,7 @@ fn spin_for(how_long: std::time::Duration) {
 
 /// Allocates and touches `mb` chunks of 1 MiB, all alive at once.
 fn alloc(mb: usize) {
-    let chunks: Vec<Vec<u8>> = (0..mb)
-        .map(|_| std::hint::black_box(vec![1u8; 1 << 20]))
-        .collect();
+    let chunks: Vec<Vec<u8>> = (0..mb).map(|_| mib()).collect();
     std::hint::black_box(&chunks);
 }
 
@@ -198,7 +196,12 @@ fn alloc(mb: usize) {
 fn hog() -> ! {
     let mut chunks: Vec<Vec<u8>> = Vec::new();
     loop {
-        // Non-zero fill writes every page, so the memory is really used.
-        chunks.push(std::hint::black_box(vec![1u8; 1 << 20]));
+        chunks.push(mib());
     }
+}
+
+/// 1 MiB, allocated and touched: the non-zero fill writes every page, so
+/// the memory is really used.
+fn mib() -> Vec<u8> {
+    std::hint::black_box(vec![1u8; 1 << 20])
 }
