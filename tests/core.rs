@@ -96,22 +96,11 @@ fn a_type_nobody_subscribes_to_is_acknowledged_not_left_pending() {
 fn unroutable_entries_go_to_the_bus_dlq_with_the_reason() {
     let world = World::new(&["probe.wasm"], "");
     // A payload limit of 2000 bytes, in the [bus] table of the header.
-    world.write_config(
-        &(world
-            .header()
-            .replace("[bus]\n", "[bus]\nmax_payload_bytes = 2000\n")
-            + "[subscribers.probe]\nplugin = \"probe.wasm\"\n"),
-    );
+    world.configure_bus("max_payload_bytes = 2000\n", PROBE);
     let _host = world.host();
     let mut conn = world.conn();
 
-    let _: String = redis::cmd("XADD")
-        .arg("events:all")
-        .arg("*")
-        .arg("payload")
-        .arg("{}")
-        .query(&mut conn)
-        .unwrap();
+    xadd_field(&mut conn, "events:all", "payload", b"{}");
     xadd(&mut conn, "events:all", "not json");
     xadd(&mut conn, "events:all", "[1, 2, 3]");
     xadd(&mut conn, "events:all", r#"{"no_type": true}"#);
@@ -120,13 +109,12 @@ fn unroutable_entries_go_to_the_bus_dlq_with_the_reason() {
         "events:all",
         &json!({"event_type": "Big", "pad": "x".repeat(3000)}).to_string(),
     );
-    let _: String = redis::cmd("XADD")
-        .arg("events:all")
-        .arg("*")
-        .arg("data")
-        .arg(&b"{\"event_type\": \"\xff\"}"[..])
-        .query(&mut conn)
-        .unwrap();
+    xadd_field(
+        &mut conn,
+        "events:all",
+        "data",
+        b"{\"event_type\": \"\xff\"}",
+    );
     let good = publish(&mut conn, "Ping", json!({}));
 
     eventually("the good event is handled after the bad ones", WAIT, || {
@@ -205,17 +193,6 @@ events = ["Panic"]
         settled(&mut conn, &["probe", "spinner", "hog", "panicky"])
     });
 
-    let reason_of = |conn: &mut redis::Connection, dlq: &str, id: &str| -> String {
-        let dead = data_of(conn, dlq);
-        let entry = dead
-            .iter()
-            .find(|d| d["event_id"] == id)
-            .unwrap_or_else(|| panic!("{id} is not in {dlq}: {dead:#?}"));
-        entry["_failures"][0]["reason"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
     let r = reason_of(&mut conn, "events:sub:spinner:dlq", &spin);
     assert!(
         r.starts_with("spinner: timeout: spin.wasm ran past its time limit of 300 ms"),
@@ -369,10 +346,7 @@ fn a_stalled_hosts_late_result_is_discarded() {
 
 #[test]
 fn events_published_while_no_host_runs_are_handled() {
-    let world = World::new(
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\n",
-    );
+    let world = World::new(&["probe.wasm"], PROBE);
     let mut conn = world.conn();
     // Before the host ever ran: no stream, no group exists yet.
     let early = publish(&mut conn, "Ping", json!({}));
@@ -387,9 +361,7 @@ fn events_published_while_no_host_runs_are_handled() {
         .collect();
     let _host = world.host();
     eventually("every event is handled", WAIT, || {
-        let probe = state(&mut conn, "probe");
-        ids.iter()
-            .all(|id| probe.contains_key(&format!("seen:{id}")))
+        seen_all(&mut conn, "probe", &ids)
     });
     assert_eq!(state(&mut conn, "probe")["count"], "21");
 }
@@ -446,10 +418,7 @@ fn graceful_restarts_under_load_lose_nothing_and_repeat_nothing() {
 
 #[test]
 fn vanished_groups_are_recreated_not_fatal() {
-    let mut world = World::new(
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\n",
-    );
+    let mut world = World::new(&["probe.wasm"], PROBE);
     let host = world.host();
     let mut conn = world.conn();
     let first = publish(&mut conn, "Ping", json!({}));
@@ -562,17 +531,10 @@ plugin = "core.wasm"
 plugin = "command.wasm"
 "#,
     );
-    let out = world.eventhost(&["check"]);
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (text, err) = world.refused();
     assert!(text.contains("ok: subscribers.good: probe.wasm"), "{text}");
     let file = world.config().display().to_string();
-    let config = std::fs::read_to_string(world.config()).unwrap();
-    let line = config
-        .lines()
-        .position(|l| l == "plugin = \"text.wasm\"")
-        .unwrap()
-        + 1;
+    let line = world.line_of("plugin = \"text.wasm\"");
     assert!(
         text.contains(&format!("{file}:{line}:10: subscribers.text.plugin:")),
         "a refused plugin is located in the config: {text}"
@@ -589,10 +551,6 @@ plugin = "command.wasm"
         text.contains("no exported function `handle` (it exports: wasi:cli/run@0.2"),
         "names what is missing and what is there: {text}"
     );
-
-    let out = world.eventhost(&["run"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("3 plugins were refused"), "{err}");
 }
 
@@ -603,8 +561,7 @@ fn a_private_redis_server_runs_when_no_url_is_set() {
         "[plugins]\ncache_dir = \"{}\"\n\n[subscribers.probe]\nplugin = \"probe.wasm\"\n",
         cache_dir().display()
     ));
-    let mut host = Host::start(&world.config());
-    host.wait_for_log("eventhost running");
+    let host = world.host();
     assert!(host
         .log()
         .contains("started a private redis-server at redis://127.0.0.1:"));
@@ -634,8 +591,7 @@ fn a_private_redis_server_runs_when_no_url_is_set() {
     assert!(!world.dir.path().join(".eventhost/redis/url").exists());
 
     // Its data survives: the next run starts with the committed state.
-    let mut host = Host::start(&world.config());
-    host.wait_for_log("eventhost running");
+    let host = world.host();
     let url = std::fs::read_to_string(world.dir.path().join(".eventhost/redis/url")).unwrap();
     let mut conn = redis::Client::open(url.trim())
         .unwrap()
@@ -655,10 +611,7 @@ fn a_private_redis_server_runs_when_no_url_is_set() {
 
 #[test]
 fn publish_writes_a_leanmq_event() {
-    let world = World::new(
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\n",
-    );
+    let world = World::new(&["probe.wasm"], PROBE);
     let out = world.eventhost(&[
         "publish",
         "OrderCreatedEvent",
@@ -690,10 +643,7 @@ fn publish_writes_a_leanmq_event() {
 
 #[test]
 fn host_api_errors_and_logs_reach_the_plugin_and_the_log() {
-    let world = World::new(
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\n",
-    );
+    let world = World::new(&["probe.wasm"], PROBE);
     let mut host = world.host();
     let mut conn = world.conn();
     let bad = publish(&mut conn, "Ping", json!({"act": "bad_publish"}));
@@ -723,10 +673,7 @@ fn host_api_errors_and_logs_reach_the_plugin_and_the_log() {
 
 #[test]
 fn a_plugin_sees_the_event_as_published_without_leanmq_bookkeeping() {
-    let world = World::new(
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\n",
-    );
+    let world = World::new(&["probe.wasm"], PROBE);
     let _host = world.host();
     let mut conn = world.conn();
     // As a requeued dead letter looks: every kind of LeanMQ bookkeeping.

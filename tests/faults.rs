@@ -16,15 +16,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// CPU seconds (user + system) process `pid` has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// A Redis that survives a crash: every write is on disk before its reply.
 fn durable_redis() -> Redis {
     Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
@@ -33,10 +24,10 @@ fn durable_redis() -> Redis {
 #[test]
 fn streams_are_trimmed_only_past_what_every_group_has_acknowledged() {
     let world = World::new(&["probe.wasm"], "");
-    world.write_config(&format!(
-        "{}[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n\n[subscribers.audited]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n",
-        world.header().replace("[bus]\n", "[bus]\nstream_maxlen = 200\n")
-    ));
+    world.configure_bus(
+        "stream_maxlen = 200\n",
+        "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n\n[subscribers.audited]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n",
+    );
     let _host = world.host();
     let mut conn = world.conn();
     // A LeanMQ reader with its own group on one subscriber stream, which
@@ -109,11 +100,7 @@ fn streams_are_trimmed_only_past_what_every_group_has_acknowledged() {
 
 #[test]
 fn a_redis_outage_loses_nothing_and_the_host_neither_crashes_nor_spins() {
-    let mut world = World::with_redis(
-        durable_redis(),
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\n",
-    );
+    let mut world = World::with_redis(durable_redis(), &["probe.wasm"], PROBE);
     let mut host = world.host();
     let mut conn = world.conn();
     let mut ids: Vec<String> = (0..200)
@@ -150,9 +137,7 @@ fn a_redis_outage_loses_nothing_and_the_host_neither_crashes_nor_spins() {
     let mut conn = world.conn();
     ids.extend((0..200).map(|_| publish(&mut conn, "Ping", json!({}))));
     eventually("every event is handled after the outage", WAIT, || {
-        let probe = state(&mut conn, "probe");
-        ids.iter()
-            .all(|id| probe.contains_key(&format!("seen:{id}")))
+        seen_all(&mut conn, "probe", &ids)
     });
     eventually("nothing is pending", WAIT, || {
         settled(&mut conn, &["probe"])
@@ -213,9 +198,7 @@ fn three_hosts_split_the_work_and_take_over_a_dead_ones() {
         }
     }
     eventually("every event is handled", Duration::from_secs(60), || {
-        let probe = state(&mut conn, "probe");
-        ids.iter()
-            .all(|id| probe.contains_key(&format!("seen:{id}")))
+        seen_all(&mut conn, "probe", &ids)
     });
     eventually("nothing is pending", WAIT, || {
         settled(&mut conn, &["probe"])
@@ -234,16 +217,9 @@ fn three_hosts_split_the_work_and_take_over_a_dead_ones() {
     }
     // Each event's effects once: one follow-up per event, even for those
     // the dead host had started.
-    let mut follow_ups: HashMap<String, usize> = HashMap::new();
-    for data in data_of(&mut conn, "events:all") {
-        if data["event_type"] == "Done" {
-            *follow_ups
-                .entry(data["source_id"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
-    }
+    let per_source = follow_ups(&mut conn, "Done");
     for id in &ids {
-        assert_eq!(follow_ups.get(id), Some(&1), "{id}: one follow-up");
+        assert_eq!(per_source.get(id), Some(&1), "{id}: one follow-up");
     }
     let reclaimed = hosts
         .iter()
@@ -265,6 +241,20 @@ fn three_hosts_split_the_work_and_take_over_a_dead_ones() {
             .unwrap();
         consumers.consumers.len() == 2
     });
+}
+
+/// How many follow-ups of type `kind` each event caused, by its id (the
+/// follow-up's `source_id`).
+fn follow_ups(conn: &mut redis::Connection, kind: &str) -> HashMap<String, usize> {
+    let mut per_source: HashMap<String, usize> = HashMap::new();
+    for data in data_of(conn, "events:all") {
+        if data["event_type"] == kind {
+            *per_source
+                .entry(data["source_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    per_source
 }
 
 /// The consumer name a host announced in its log.
@@ -327,14 +317,12 @@ fn torture_long() {
 fn torture(events: usize, kills: usize) {
     const BATCH: usize = 128;
     let mut world = World::with_redis(durable_redis(), &["probe.wasm"], "");
-    world.write_config(&format!(
-        "{}[subscribers.a]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\nmax_attempts = 20\n[subscribers.a.config]\nfollow_up = \"FromA\"\n\n\
+    world.configure_bus(
+        &format!("read_batch = {BATCH}\nstream_maxlen = 0\n"),
+        "[subscribers.a]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\nmax_attempts = 20\n[subscribers.a.config]\nfollow_up = \"FromA\"\n\n\
          [subscribers.b]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\nconcurrency = 4\nmax_attempts = 20\n[subscribers.b.config]\nfollow_up = \"FromB\"\n\n\
          [subscribers.c]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\nmax_attempts = 20\n",
-        world
-            .header()
-            .replace("[bus]\n", &format!("[bus]\nread_batch = {BATCH}\nstream_maxlen = 0\n"))
-    ));
+    );
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -468,14 +456,7 @@ fn torture(events: usize, kills: usize) {
     }
     // Follow-ups, published through the commit: exactly one per handled event.
     for (s, kind) in [("a", "FromA"), ("b", "FromB")] {
-        let mut per_source: HashMap<String, usize> = HashMap::new();
-        for data in data_of(&mut conn, "events:all") {
-            if data["event_type"] == kind {
-                *per_source
-                    .entry(data["source_id"].as_str().unwrap().to_string())
-                    .or_default() += 1;
-            }
-        }
+        let per_source = follow_ups(&mut conn, kind);
         let st = state(&mut conn, s);
         for id in &ids {
             let expected = usize::from(st.contains_key(&format!("seen:{id}")));

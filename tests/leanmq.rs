@@ -164,10 +164,7 @@ fn leanmq_producers_events_are_handled() {
         .collect();
     assert_eq!(ids.len(), 10);
     eventually("every LeanMQ event is handled", WAIT, || {
-        let probe = state(&mut conn, "probe");
-        ids.iter()
-            .all(|id| probe.contains_key(&format!("seen:{id}")))
-            && settled(&mut conn, &["probe"])
+        seen_all(&mut conn, "probe", &ids) && settled(&mut conn, &["probe"])
     });
 
     let probe = state(&mut conn, "probe");

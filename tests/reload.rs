@@ -12,21 +12,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A world whose host watches its files, with the probe (build a) as
-/// subscriber `probe`.
-fn watched(extra: &str) -> World {
-    let world = World::new(&["probe.wasm"], "");
-    world.write_config(&watched_config(
-        &world,
-        &format!("[subscribers.probe]\nplugin = \"probe.wasm\"\n{extra}"),
-    ));
-    world
-}
-
-fn watched_config(world: &World, subscribers: &str) -> String {
-    world.header().replace("watch = false", "watch = true") + subscribers
-}
-
 /// How the new file reaches the plugins folder.
 #[derive(Clone, Copy, Debug)]
 enum Write {
@@ -63,6 +48,18 @@ fn builds() -> (PathBuf, PathBuf) {
     (plugins().join("probe.wasm"), probe_b().to_path_buf())
 }
 
+/// Waits until the probe has counted `n` events: all that were sent.
+fn wait_all_handled(conn: &mut redis::Connection, n: usize) {
+    eventually("every event is handled", WAIT, || {
+        state(conn, "probe").get("count").map(String::as_str) == Some(&n.to_string())
+    });
+}
+
+/// The build of the probe that handled event `id`, once it has.
+fn build_of(conn: &mut redis::Connection, id: &str) -> Option<String> {
+    state(conn, "probe").remove(&format!("build:{id}"))
+}
+
 /// Waits until the host has logged `n` reloads.
 fn wait_reloads(host: &Host, n: usize) {
     eventually(&format!("{n} reloads are logged"), WAIT, || {
@@ -72,7 +69,7 @@ fn wait_reloads(host: &Host, n: usize) {
 
 #[test]
 fn swapping_builds_under_load_handles_every_event_once_by_the_right_build() {
-    let world = watched("");
+    let world = World::watched("");
     let host = world.host();
     let target = world.dir.path().join("plugins/probe.wasm");
     let (a, b) = builds();
@@ -104,9 +101,7 @@ fn swapping_builds_under_load_handles_every_event_once_by_the_right_build() {
     assert!(sent.len() > 600, "only {} events were sent", sent.len());
 
     let mut conn = world.conn();
-    eventually("every event is handled", WAIT, || {
-        state(&mut conn, "probe").get("count").map(String::as_str) == Some(&sent.len().to_string())
-    });
+    wait_all_handled(&mut conn, sent.len());
     assert!(settled(&mut conn, &["probe"]));
     assert_eq!(len(&mut conn, "events:sub:probe:dlq"), 0);
     let probe = state(&mut conn, "probe");
@@ -143,10 +138,7 @@ fn swapping_builds_under_load_handles_every_event_once_by_the_right_build() {
 fn broken_builds_are_refused_and_the_running_build_keeps_serving() {
     let world = World::new(&["probe.wasm"], "");
     let metrics = format!("127.0.0.1:{}", free_port());
-    world.write_config(&format!(
-        "{}[telemetry]\nmetrics = \"{metrics}\"\n\n[subscribers.probe]\nplugin = \"probe.wasm\"\n",
-        world.header().replace("watch = false", "watch = true")
-    ));
+    world.configure_watched(&format!("[telemetry]\nmetrics = \"{metrics}\"\n\n{PROBE}"));
     let mut host = world.host();
     let target = world.dir.path().join("plugins/probe.wasm");
     let load = Load::start(&world, 200);
@@ -155,16 +147,14 @@ fn broken_builds_are_refused_and_the_running_build_keeps_serving() {
     host.wait_for_log("not a WebAssembly file");
     std::fs::write(&target, b"\0asm\x01\0\0\0").unwrap();
     host.wait_for_log("is a core WebAssembly module");
-    std::fs::copy(plugins().join("not_a_plugin.wasm"), &target).unwrap();
+    world.install("not_a_plugin.wasm", "probe.wasm");
     host.wait_for_log("no exported function `handle`");
     std::fs::remove_file(&target).unwrap();
     host.wait_for_log("plugin file removed");
 
     let sent = load.finish();
     let mut conn = world.conn();
-    eventually("every event is handled", WAIT, || {
-        state(&mut conn, "probe").get("count").map(String::as_str) == Some(&sent.len().to_string())
-    });
+    wait_all_handled(&mut conn, sent.len());
     let probe = state(&mut conn, "probe");
     for (id, _) in &sent {
         assert_eq!(
@@ -193,10 +183,7 @@ fn broken_builds_are_refused_and_the_running_build_keeps_serving() {
     wait_reloads(&host, 1);
     let after = publish(&mut conn, "Ping", json!({}));
     eventually("the new build serves", WAIT, || {
-        state(&mut conn, "probe")
-            .get(&format!("build:{after}"))
-            .map(String::as_str)
-            == Some("b")
+        build_of(&mut conn, &after).as_deref() == Some("b")
     });
     assert_eq!(
         counter(
@@ -209,7 +196,7 @@ fn broken_builds_are_refused_and_the_running_build_keeps_serving() {
 
 #[test]
 fn a_file_written_in_slow_chunks_is_never_loaded_half_way() {
-    let world = watched("");
+    let world = World::watched("");
     let host = world.host();
     let target = world.dir.path().join("plugins/probe.wasm");
     let load = Load::start(&world, 200);
@@ -222,9 +209,7 @@ fn a_file_written_in_slow_chunks_is_never_loaded_half_way() {
     let sent = load.finish();
 
     let mut conn = world.conn();
-    eventually("every event is handled", WAIT, || {
-        state(&mut conn, "probe").get("count").map(String::as_str) == Some(&sent.len().to_string())
-    });
+    wait_all_handled(&mut conn, sent.len());
     let probe = state(&mut conn, "probe");
     let during: Vec<_> = sent
         .iter()
@@ -258,43 +243,32 @@ fn a_file_written_in_slow_chunks_is_never_loaded_half_way() {
 
 #[test]
 fn subscribers_come_and_go_and_change_through_the_config_while_events_flow() {
-    let world = watched("events = [\"Ping\"]\n");
-    let host = world.host();
+    let world = World::watched("events = [\"Ping\"]\n");
+    let mut host = world.host();
     let load = Load::start(&world, 200);
     std::thread::sleep(Duration::from_millis(300));
 
     // Add a second subscriber.
-    world.write_config(&watched_config(
-        &world,
+    world.configure_watched(
         "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n\n[subscribers.late]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n[subscribers.late.config]\ntag = \"one\"\n",
-    ));
-    eventually("the new subscriber starts", WAIT, || {
-        host.log().contains("subscriber added")
-    });
+    );
+    host.wait_for_log("subscriber added");
     let added = Instant::now();
     std::thread::sleep(Duration::from_millis(400));
 
     // Change its config: the next events see the new value.
-    world.write_config(&watched_config(
-        &world,
+    world.configure_watched(
         "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n\n[subscribers.late]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\nconcurrency = 2\n[subscribers.late.config]\ntag = \"two\"\n",
-    ));
-    eventually("the change applies", WAIT, || {
-        host.log().contains("settings changed")
-    });
+    );
+    host.wait_for_log("settings changed");
     let mut conn = world.conn();
     eventually("new events see the new config value", WAIT, || {
         state(&mut conn, "late").get("tag").map(String::as_str) == Some("two")
     });
 
     // Remove the first one.
-    world.write_config(&watched_config(
-        &world,
-        "[subscribers.late]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n",
-    ));
-    eventually("the old subscriber stops", WAIT, || {
-        host.log().contains("subscriber removed")
-    });
+    world.configure_watched("[subscribers.late]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n");
+    host.wait_for_log("subscriber removed");
     let removed = Instant::now();
     std::thread::sleep(Duration::from_millis(400));
     let sent = load.finish();
@@ -338,7 +312,7 @@ fn subscribers_come_and_go_and_change_through_the_config_while_events_flow() {
 
 #[test]
 fn an_invalid_config_edit_is_refused_and_the_running_config_stays() {
-    let world = watched("");
+    let world = World::watched("");
     let mut host = world.host();
     let good = std::fs::read_to_string(world.config()).unwrap();
     world.write_config(&format!("{good}concurency = 4\n"));
@@ -368,10 +342,7 @@ fn an_invalid_config_edit_is_refused_and_the_running_config_stays() {
 
 #[test]
 fn sighup_reloads_when_watching_is_off_and_known_builds_come_from_the_cache() {
-    let world = World::new(
-        &["probe.wasm"],
-        "[subscribers.probe]\nplugin = \"probe.wasm\"\n",
-    );
+    let world = World::new(&["probe.wasm"], PROBE);
     let mut host = world.host();
     let target = world.dir.path().join("plugins/probe.wasm");
     let (a, b) = builds();
@@ -403,17 +374,14 @@ fn sighup_reloads_when_watching_is_off_and_known_builds_come_from_the_cache() {
     let mut conn = world.conn();
     let id = publish(&mut conn, "Ping", json!({}));
     eventually("build a serves again", WAIT, || {
-        state(&mut conn, "probe")
-            .get(&format!("build:{id}"))
-            .map(String::as_str)
-            == Some("a")
+        build_of(&mut conn, &id).as_deref() == Some("a")
     });
     host.wait_for_log("SIGHUP: reloading");
 }
 
 #[test]
 fn editor_and_copy_temp_files_beside_a_plugin_are_ignored() {
-    let world = watched("");
+    let world = World::watched("");
     let mut host = world.host();
     let dir = world.dir.path().join("plugins");
     // What vim, emacs, rsync and cp leave around while they work.
@@ -431,10 +399,7 @@ fn editor_and_copy_temp_files_beside_a_plugin_are_ignored() {
     let mut conn = world.conn();
     let id = publish(&mut conn, "Ping", json!({}));
     eventually("the loaded build still serves", WAIT, || {
-        state(&mut conn, "probe")
-            .get(&format!("build:{id}"))
-            .map(String::as_str)
-            == Some("a")
+        build_of(&mut conn, &id).as_deref() == Some("a")
     });
     let log = host.log();
     assert!(

@@ -21,39 +21,12 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The last failure record of the dead letter of event `id` in `dlq`.
-fn failure_of(conn: &mut redis::Connection, dlq: &str, id: &str) -> Value {
-    let dead = data_of(conn, dlq);
-    let entry = dead
-        .iter()
-        .find(|d| d["event_id"] == id)
-        .unwrap_or_else(|| panic!("{id} is not in {dlq}: {dead:#?}"));
-    entry["_failures"]
-        .as_array()
-        .and_then(|f| f.last())
-        .cloned()
-        .unwrap_or_else(|| panic!("{id} in {dlq} has no failure record: {entry:#}"))
-}
-
-/// The reason of the last failure of event `id` in `dlq`.
-fn reason_of(conn: &mut redis::Connection, dlq: &str, id: &str) -> String {
-    failure_of(conn, dlq, id)["reason"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// Publishes `data` as an event of type `Ping`; returns its id.
-fn ping(conn: &mut redis::Connection, data: Value) -> String {
-    publish(conn, "Ping", data)
-}
-
 /// Publishes a plain event to each of `subscribers` (each subscribed to
 /// `Ping`) and waits until every one of them has handled it: the host
 /// still serves.
 fn still_serves(world: &World, subscribers: &[&str]) {
     let mut conn = world.conn();
-    let id = ping(&mut conn, json!({}));
+    let id = publish(&mut conn, "Ping", json!({}));
     eventually("the host still handles events", WAIT, || {
         subscribers
             .iter()
@@ -88,11 +61,7 @@ plugin = "probe.wasm"
 events = ["Ping"]
 "#
     ));
-    let mut host = Host::start_with_env(
-        &world.config(),
-        &[("SECRET", "1"), ("EVENTHOST_SANDBOX_TEST", "visible?")],
-    );
-    host.wait_for_log("eventhost running");
+    let host = world.host_with_env(&[("SECRET", "1"), ("EVENTHOST_SANDBOX_TEST", "visible?")]);
     let mut conn = world.conn();
 
     let id = publish(&mut conn, "Snoop", json!({}));
@@ -164,8 +133,7 @@ env = { REGION = "eu-west" }
 dirs = { "/rates" = "rates" }
 "#,
     );
-    let mut host = Host::start_with_env(&world.config(), &[("SECRET", "1")]);
-    host.wait_for_log("eventhost running");
+    let host = world.host_with_env(&[("SECRET", "1")]);
     let mut conn = world.conn();
 
     publish(&mut conn, "Snoop", json!({}));
@@ -241,16 +209,12 @@ events = ["ForB"]
     // b's writes are in b's hash only; a's hash holds a's event and the
     // operator's key, nothing else.
     let a = state(&mut conn, "a");
-    let a_keys: BTreeSet<&str> = a.keys().map(String::as_str).collect();
+    let a_keys: BTreeSet<String> = a.keys().cloned().collect();
     let expected: BTreeSet<String> = ["secret".to_string(), "count".to_string()]
         .into_iter()
         .chain(["seen", "build", "calls"].map(|k| format!("{k}:{a_event}")))
         .collect();
-    assert_eq!(
-        a_keys,
-        expected.iter().map(String::as_str).collect(),
-        "a's hash: {a:#?}"
-    );
+    assert_eq!(a_keys, expected, "a's hash: {a:#?}");
     assert_eq!(a["secret"], "s3cret");
     assert_eq!(a["count"], "1");
     for (_, id) in &peeks {
@@ -303,7 +267,7 @@ memory_mb = 16
     ];
     let ids: Vec<String> = script
         .iter()
-        .map(|(act, _)| ping(&mut conn, json!({ "act": act })))
+        .map(|(act, _)| publish(&mut conn, "Ping", json!({ "act": act })))
         .collect();
     eventually("every event is handled or dead-lettered", WAIT, || {
         len(&mut conn, "events:sub:probe:dlq") == 4 && settled(&mut conn, &["probe"])
@@ -357,23 +321,20 @@ memory_mb = 64
 
     let mem = publish(&mut conn, "Mem", json!({"act": "alloc", "mb": 24}));
     let hog = publish(&mut conn, "Hog", json!({"act": "hog"}));
-    let after = ping(&mut conn, json!({}));
+    let after = publish(&mut conn, "Ping", json!({}));
     eventually("both are done", WAIT, || {
         len(&mut conn, "events:sub:small:dlq") == 2
             && state(&mut conn, "big").contains_key(&format!("seen:{after}"))
             && settled(&mut conn, &["small", "big"])
     });
 
-    let r = reason_of(&mut conn, "events:sub:small:dlq", &mem);
-    assert!(
-        r.starts_with("small: out of memory: probe.wasm ran past its memory limit of 8 MiB"),
-        "{r}"
-    );
-    let r = reason_of(&mut conn, "events:sub:small:dlq", &hog);
-    assert!(
-        r.starts_with("small: out of memory: probe.wasm ran past its memory limit of 8 MiB"),
-        "{r}"
-    );
+    for id in [&mem, &hog] {
+        let r = reason_of(&mut conn, "events:sub:small:dlq", id);
+        assert!(
+            r.starts_with("small: out of memory: probe.wasm ran past its memory limit of 8 MiB"),
+            "{r}"
+        );
+    }
     let big = state(&mut conn, "big");
     assert!(
         big.contains_key(&format!("seen:{mem}")),
@@ -465,7 +426,11 @@ timeout_ms = 200
     still_serves(&world, &["sleepy"]);
 
     let published = Instant::now();
-    let slow = ping(&mut conn, json!({"act": "sleep", "sleep_ms": 5_000}));
+    let slow = publish(
+        &mut conn,
+        "Ping",
+        json!({"act": "sleep", "sleep_ms": 5_000}),
+    );
     let took = time_until_dead_lettered(&mut conn, "events:sub:sleepy:dlq", published);
     assert!(
         took < Duration::from_secs(2),
@@ -488,11 +453,7 @@ timeout_ms = 200
 #[test]
 fn a_component_importing_what_the_host_lacks_is_refused_naming_the_import() {
     let world = World::new(&["probe.wasm"], "");
-    std::fs::copy(
-        plugins().join("extra_import.wasm"),
-        world.dir.path().join("plugins/ledger.wasm"),
-    )
-    .unwrap();
+    world.install("extra_import.wasm", "ledger.wasm");
     world.configure(
         r#"
 [subscribers.good]
@@ -502,9 +463,7 @@ plugin = "probe.wasm"
 plugin = "ledger.wasm"
 "#,
     );
-    let out = world.eventhost(&["check"]);
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (text, err) = world.refused();
     assert!(text.contains("ok: subscribers.good: probe.wasm"), "{text}");
     let line = text
         .lines()
@@ -519,10 +478,6 @@ plugin = "ledger.wasm"
         line.contains("acme:ledger/api"),
         "names the missing import: {line}"
     );
-
-    let out = world.eventhost(&["run"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("1 plugin was refused"), "{err}");
     assert!(err.contains("acme:ledger/api"), "{err}");
     let keys: Vec<String> = world.conn().keys("*").unwrap();
@@ -533,20 +488,15 @@ plugin = "ledger.wasm"
 /// is refused, the log names the import, and the old build keeps serving.
 #[test]
 fn a_component_importing_what_the_host_lacks_is_refused_on_reload() {
-    let world = World::new(&["probe.wasm"], "");
-    world.write_config(&format!(
-        "{}[subscribers.probe]\nplugin = \"probe.wasm\"\n",
-        world.header().replace("watch = false", "watch = true")
-    ));
+    let world = World::watched("");
     let mut host = world.host();
     let mut conn = world.conn();
-    let before = ping(&mut conn, json!({}));
+    let before = publish(&mut conn, "Ping", json!({}));
     eventually("the probe serves", WAIT, || {
         state(&mut conn, "probe").contains_key(&format!("seen:{before}"))
     });
 
-    let target = world.dir.path().join("plugins/probe.wasm");
-    std::fs::copy(plugins().join("extra_import.wasm"), &target).unwrap();
+    world.install("extra_import.wasm", "probe.wasm");
     host.wait_for_log("refused the new build");
     let log = host.log();
     let line = log
@@ -559,7 +509,7 @@ fn a_component_importing_what_the_host_lacks_is_refused_on_reload() {
         "{line}"
     );
 
-    let after = ping(&mut conn, json!({}));
+    let after = publish(&mut conn, "Ping", json!({}));
     eventually("the loaded build still serves", WAIT, || {
         state(&mut conn, "probe").contains_key(&format!("seen:{after}"))
     });
@@ -597,13 +547,7 @@ fn malformed_entries_in_a_subscriber_stream_are_dead_lettered_there() {
     let mut requeued = data_of(&mut conn, "events:all:dlq").remove(0);
     requeued["_requeues"] = json!([{"timestamp": 2.0, "from_dlq": "all", "to_queue": "sub:probe"}]);
 
-    let _: String = redis::cmd("XADD")
-        .arg(stream)
-        .arg("*")
-        .arg("payload")
-        .arg("{}")
-        .query(&mut conn)
-        .unwrap();
+    xadd_field(&mut conn, stream, "payload", b"{}");
     xadd(&mut conn, stream, "{not json");
     xadd(&mut conn, stream, "[1, 2]");
     xadd(&mut conn, stream, "42");
@@ -619,13 +563,12 @@ fn malformed_entries_in_a_subscriber_stream_are_dead_lettered_there() {
         stream,
         r#"{"event_type": "", "event_id": "empty-type"}"#,
     );
-    let _: String = redis::cmd("XADD")
-        .arg(stream)
-        .arg("*")
-        .arg("data")
-        .arg(&b"{\"event_type\": \"Ping\", \"x\": \"\xc3\x28\"}"[..])
-        .query(&mut conn)
-        .unwrap();
+    xadd_field(
+        &mut conn,
+        stream,
+        "data",
+        b"{\"event_type\": \"Ping\", \"x\": \"\xc3\x28\"}",
+    );
     xadd(
         &mut conn,
         stream,
@@ -743,7 +686,7 @@ fn the_bus_enforces_the_default_payload_limit_and_every_shape_of_bad_data() {
     ] {
         xadd(&mut conn, "events:all", text);
     }
-    let last = ping(&mut conn, json!({}));
+    let last = publish(&mut conn, "Ping", json!({}));
 
     eventually("the good events are handled", WAIT, || {
         let probe = state(&mut conn, "probe");
@@ -792,16 +735,13 @@ fn the_bus_enforces_the_default_payload_limit_and_every_shape_of_bad_data() {
 #[test]
 fn every_out_of_range_limit_is_reported_with_file_line_and_key() {
     let world = World::new(&["probe.wasm"], "");
-    let header = world
-        .header()
-        .replace("[bus]\n", "[bus]\nread_batch = 0\nmax_payload_bytes = 0\n");
-    let header_lines = header.lines().count();
-    world.write_config(&format!(
-        "{header}[subscribers.probe]\nplugin = \"probe.wasm\"\nconcurrency = 0\nmax_attempts = 0\nmemory_mb = 4097\ntimeout_ms = 1001\nretry_backoff_ms = -1\n"
-    ));
+    world.configure_bus(
+        "read_batch = 0\nmax_payload_bytes = 0\n",
+        "[subscribers.probe]\nplugin = \"probe.wasm\"\nconcurrency = 0\nmax_attempts = 0\nmemory_mb = 4097\ntimeout_ms = 1001\nretry_backoff_ms = -1\n",
+    );
     let file = world.config().display().to_string();
-    let bus_line = header.lines().position(|l| l == "read_batch = 0").unwrap() + 1;
-    let sub = header_lines + 1; // the line of `[subscribers.probe]`
+    let bus_line = world.line_of("read_batch = 0");
+    let sub = world.line_of("[subscribers.probe]");
     let expected = [
         format!("{file}:{bus_line}:14: bus.read_batch: must be between 1 and 10000 (got 0)"),
         format!(
@@ -829,28 +769,19 @@ fn every_out_of_range_limit_is_reported_with_file_line_and_key() {
             sub + 6
         ),
     ];
-    let out = world.eventhost(&["check"]);
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    for line in &expected {
-        assert!(
-            text.lines().any(|l| l == line),
-            "no line {line:?} in:\n{text}"
-        );
-    }
-    let out = world.eventhost(&["run"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    for line in &expected {
-        assert!(
-            err.lines().any(|l| l == line),
-            "no line {line:?} in:\n{err}"
-        );
+    let (check, run) = world.refused();
+    for text in [&check, &run] {
+        for line in &expected {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in:\n{text}"
+            );
+        }
     }
 
     // A value of the wrong type is a problem with a position too.
     world.configure("[subscribers.probe]\nplugin = \"probe.wasm\"\nmemory_mb = \"64\"\n");
-    let line = world.header().lines().count() + 3;
+    let line = world.line_of("memory_mb = \"64\"");
     let text = String::from_utf8_lossy(&world.eventhost(&["check"]).stdout).into_owned();
     assert!(
         text.starts_with(&format!("{file}:{line}:13: subscribers.probe.memory_mb:")),
@@ -865,28 +796,21 @@ fn every_out_of_range_limit_is_reported_with_file_line_and_key() {
 fn run_refuses_a_syntax_error_and_a_missing_plugin_like_check() {
     let world = World::new(&["probe.wasm"], "");
     let file = world.config().display().to_string();
-    let header_lines = world.header().lines().count();
     let mut conn = world.conn();
     let keys_before: Vec<String> = conn.keys("*").unwrap();
 
     world.configure("[subscribers.probe\nplugin = \"probe.wasm\"\n");
-    let check = String::from_utf8_lossy(&world.eventhost(&["check"]).stdout).into_owned();
-    let out = world.eventhost(&["run"]);
-    assert_eq!(out.status.code(), Some(1));
-    let run = String::from_utf8_lossy(&out.stderr).into_owned();
-    let at = format!("{file}:{}:", header_lines + 1);
+    let (check, run) = world.refused();
+    let at = format!("{file}:{}:", world.line_of("[subscribers.probe"));
     assert!(check.starts_with(&at), "{check}");
     assert!(run.starts_with(&at), "{run}");
     assert_eq!(run.trim(), check.trim(), "the same message");
 
     world.configure("[subscribers.probe]\nplugin = \"gone.wasm\"\n");
-    let check = String::from_utf8_lossy(&world.eventhost(&["check"]).stdout).into_owned();
-    let out = world.eventhost(&["run"]);
-    assert_eq!(out.status.code(), Some(1));
-    let run = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (check, run) = world.refused();
     let expected = format!(
         "{file}:{}:10: subscribers.probe.plugin: plugin file",
-        header_lines + 2
+        world.line_of("plugin = \"gone.wasm\"")
     );
     assert!(check.starts_with(&expected), "{check}");
     assert!(run.starts_with(&expected), "{run}");

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -45,27 +46,7 @@ const PLUGINS: &[&str] = &[
 pub fn plugins() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = Command::new(cargo);
-        command.current_dir(root()).args([
-            "build",
-            "--profile",
-            "plugin",
-            "--target",
-            "wasm32-wasip2",
-        ]);
-        for p in PLUGINS {
-            command.args(["-p", p]);
-        }
-        let out = command
-            .output()
-            .expect("running cargo to build the plugins");
-        assert!(
-            out.status.success(),
-            "building the plugins failed (is the wasm32-wasip2 target installed? \
-             `rustup target add wasm32-wasip2`):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        build_plugins("the plugins", PLUGINS, &[]);
         root().join("target/wasm32-wasip2/plugin")
     })
 }
@@ -77,29 +58,50 @@ pub fn probe_b() -> &'static Path {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
     FILE.get_or_init(|| {
         let target = root().join("target/probe-b");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(root())
-            .args([
-                "build",
-                "--profile",
-                "plugin",
-                "--target",
-                "wasm32-wasip2",
-                "-p",
-                "probe",
-            ])
-            .env("PROBE_BUILD", "b")
-            .env("CARGO_TARGET_DIR", &target)
-            .output()
-            .expect("running cargo to build probe b");
-        assert!(
-            out.status.success(),
-            "building probe b failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        build_plugins(
+            "probe b",
+            &["probe"],
+            &[
+                ("PROBE_BUILD", OsStr::new("b")),
+                ("CARGO_TARGET_DIR", target.as_os_str()),
+            ],
         );
         target.join("wasm32-wasip2/plugin/probe.wasm")
     })
+}
+
+/// Runs `cargo build --profile plugin --target wasm32-wasip2` in the
+/// workspace for `packages`, with `env`; fails the test, naming `what`,
+/// with cargo's errors.
+fn build_plugins(what: &str, packages: &[&str], env: &[(&str, &OsStr)]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root())
+        .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
+        .envs(env.iter().copied());
+    for p in packages {
+        command.args(["-p", p]);
+    }
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("running cargo to build {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "building {what} failed (is the wasm32-wasip2 target installed? \
+         `rustup target add wasm32-wasip2`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// CPU time (user + system, seconds) the live process `pid` has used.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends with the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// The text of a Prometheus endpoint at `addr`.
@@ -223,6 +225,10 @@ impl Drop for Redis {
     }
 }
 
+/// The probe as subscriber `probe`, of every event type: the config of
+/// most worlds, or the start of it.
+pub const PROBE: &str = "[subscribers.probe]\nplugin = \"probe.wasm\"\n";
+
 /// A folder with an `eventhost.toml`, a `plugins/` folder and its own
 /// Redis: one test's world.
 pub struct World {
@@ -240,10 +246,15 @@ impl World {
 
     /// The most common world: the probe, subscribed to `Ping`.
     pub fn probe() -> World {
-        World::new(
-            &["probe.wasm"],
-            "[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n",
-        )
+        World::new(&["probe.wasm"], &format!("{PROBE}events = [\"Ping\"]\n"))
+    }
+
+    /// The probe as subscriber `probe`, its table ending with `extra`, in
+    /// a world whose host watches its files (hot reload).
+    pub fn watched(extra: &str) -> World {
+        let world = World::new(&["probe.wasm"], "");
+        world.configure_watched(&format!("{PROBE}{extra}"));
+        world
     }
 
     /// The same, on a Redis started by the caller (e.g. with persistence).
@@ -275,6 +286,32 @@ impl World {
         self.write_config(&format!("{}{subscribers}", self.header()));
     }
 
+    /// The same with file watching on.
+    pub fn configure_watched(&self, subscribers: &str) {
+        let header = self.header().replace("watch = false", "watch = true");
+        self.write_config(&format!("{header}{subscribers}"));
+    }
+
+    /// The same with `settings` (lines such as `"read_batch = 0\n"`) added
+    /// to the `[bus]` table.
+    pub fn configure_bus(&self, settings: &str, subscribers: &str) {
+        let header = self
+            .header()
+            .replace("[bus]\n", &format!("[bus]\n{settings}"));
+        self.write_config(&format!("{header}{subscribers}"));
+    }
+
+    /// The number (from 1) of the config's line that reads exactly `text`,
+    /// to locate a problem the host reports.
+    pub fn line_of(&self, text: &str) -> usize {
+        let config = fs::read_to_string(self.config()).unwrap();
+        config
+            .lines()
+            .position(|l| l == text)
+            .unwrap_or_else(|| panic!("no line {text:?} in the config:\n{config}"))
+            + 1
+    }
+
     /// Writes the config file as given.
     pub fn write_config(&self, text: &str) {
         fs::write(self.config(), text).unwrap();
@@ -296,7 +333,12 @@ impl World {
 
     /// Starts `eventhost run` on this world and waits until it serves.
     pub fn host(&self) -> Host {
-        let mut host = Host::start(&self.config());
+        self.host_with_env(&[])
+    }
+
+    /// The same with extra environment variables.
+    pub fn host_with_env(&self, env: &[(&str, &str)]) -> Host {
+        let mut host = Host::start_with_env(&self.config(), env);
         host.wait_for_log("eventhost running");
         host
     }
@@ -313,6 +355,20 @@ impl World {
             .current_dir(self.dir.path())
             .output()
             .unwrap()
+    }
+
+    /// Runs `check` and then `run`, which must both refuse the config
+    /// (exit 1); returns what `check` printed (stdout) and what `run`
+    /// printed (stderr).
+    pub fn refused(&self) -> (String, String) {
+        let check = self.eventhost(&["check"]);
+        assert_eq!(check.status.code(), Some(1), "check refuses the config");
+        let run = self.eventhost(&["run"]);
+        assert_eq!(run.status.code(), Some(1), "run refuses the config");
+        (
+            String::from_utf8_lossy(&check.stdout).into_owned(),
+            String::from_utf8_lossy(&run.stderr).into_owned(),
+        )
     }
 }
 
@@ -450,6 +506,7 @@ pub struct Load {
 }
 
 impl Load {
+    /// Starts publishing on a connection of its own to `world`'s Redis.
     pub fn start(world: &World, per_second: u32) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(Mutex::new(Vec::new()));
@@ -518,7 +575,13 @@ pub fn publish(conn: &mut redis::Connection, event_type: &str, data: Value) -> S
 
 /// Adds one raw entry `data=<text>` to `stream`.
 pub fn xadd(conn: &mut redis::Connection, stream: &str, text: &str) -> String {
-    conn.xadd(stream, "*", &[("data", text)]).unwrap()
+    xadd_field(conn, stream, "data", text.as_bytes())
+}
+
+/// Adds one entry of a single field, any bytes (a field other than `data`,
+/// or data that is not UTF-8), to `stream`.
+pub fn xadd_field(conn: &mut redis::Connection, stream: &str, field: &str, value: &[u8]) -> String {
+    conn.xadd(stream, "*", &[(field, value)]).unwrap()
 }
 
 /// The entries of `stream`, their `data` parsed as JSON (or a string if it
@@ -578,6 +641,28 @@ pub fn state(conn: &mut redis::Connection, subscriber: &str) -> HashMap<String, 
     conn.hgetall(format!("events:state:{subscriber}")).unwrap()
 }
 
+/// The last failure record of the dead letter of event `id` in `dlq`.
+pub fn failure_of(conn: &mut redis::Connection, dlq: &str, id: &str) -> Value {
+    let dead = data_of(conn, dlq);
+    let entry = dead
+        .iter()
+        .find(|d| d["event_id"] == id)
+        .unwrap_or_else(|| panic!("{id} is not in {dlq}: {dead:#?}"));
+    entry["_failures"]
+        .as_array()
+        .and_then(|f| f.last())
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} in {dlq} has no failure record: {entry:#}"))
+}
+
+/// The reason of the last failure of event `id` in `dlq`.
+pub fn reason_of(conn: &mut redis::Connection, dlq: &str, id: &str) -> String {
+    failure_of(conn, dlq, id)["reason"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// The reasons of the last failure of every entry in a DLQ.
 pub fn dlq_reasons(conn: &mut redis::Connection, dlq: &str) -> Vec<String> {
     data_of(conn, dlq)
@@ -591,6 +676,14 @@ pub fn dlq_reasons(conn: &mut redis::Connection, dlq: &str) -> Vec<String> {
                 .to_string()
         })
         .collect()
+}
+
+/// Whether `subscriber` has handled every event of `ids` (committed its
+/// `seen:<id>`).
+pub fn seen_all(conn: &mut redis::Connection, subscriber: &str, ids: &[String]) -> bool {
+    let state = state(conn, subscriber);
+    ids.iter()
+        .all(|id| state.contains_key(&format!("seen:{id}")))
 }
 
 /// Whether everything the bus read has been acknowledged: no entry pending
