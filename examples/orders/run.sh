@@ -43,7 +43,13 @@ fail() {
 # The value of a string or number member of a flat JSON object read from
 # stdin (the first one of that name); enough for the entries this example
 # writes.
-json_field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p" | head -n 1; }
+# (All of sed's output is read: a `| head` would stop sed with SIGPIPE, which
+# pipefail turns into a failure.)
+json_field() {
+  local all
+  all="$(sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p")"
+  printf '%s\n' "${all%%$'\n'*}"
+}
 
 # Seconds since the epoch, with microseconds.
 now() {
