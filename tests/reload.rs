@@ -135,6 +135,34 @@ fn swapping_builds_under_load_handles_every_event_once_by_the_right_build() {
 }
 
 #[test]
+fn a_build_written_while_the_host_starts_is_reloaded_once_it_serves() {
+    let mut world = World::watched("");
+    // With Redis down the host loads its plugins and then waits: the file
+    // changes after it was loaded and before the host serves.
+    world.redis.kill();
+    let mut host = Host::start(&world.config());
+    host.wait_for_log("cannot reach Redis");
+    assert!(
+        host.log().contains("loaded in"),
+        "loaded before Redis is up"
+    );
+    put(
+        probe_b(),
+        &world.dir.path().join("plugins/probe.wasm"),
+        Write::AtomicRename,
+    );
+    world.redis.launch();
+    host.wait_for_log("eventhost running");
+    wait_reloads(&host, 1);
+
+    let mut conn = world.conn();
+    let id = publish(&mut conn, "Ping", json!({}));
+    eventually("the build written during the start serves", WAIT, || {
+        build_of(&mut conn, &id).as_deref() == Some("b")
+    });
+}
+
+#[test]
 fn broken_builds_are_refused_and_the_running_build_keeps_serving() {
     let world = World::new(&["probe.wasm"], "");
     let metrics = format!("127.0.0.1:{}", free_port());

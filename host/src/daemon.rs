@@ -38,6 +38,15 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     if let Some(addr) = config.telemetry.metrics {
         telemetry::serve_metrics(addr)?;
     }
+    // Watch before loading: a file changed while the host starts is then
+    // reloaded once it serves, never missed.
+    let watcher = if config.plugins.watch {
+        Watcher::start(&config.path, &config.plugins.dir)
+            .inspect_err(|err| tracing::warn!("hot reload is off: {err:#}; SIGHUP still reloads"))
+            .ok()
+    } else {
+        None
+    };
     let runtime = PluginRuntime::new(&config.plugins.cache_dir)?;
     let plugins = load_plugins(&runtime, &config.subscribers).await?;
 
@@ -56,7 +65,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         let bus = Bus::connect(&url, &config.redis.prefix, config.bus.clone(), &shutdown).await?;
         let Some(bus) = bus else { return Ok(()) };
         let mut daemon = Daemon::start(config, runtime, bus, plugins, shutdown).await?;
-        daemon.serve(hangups).await;
+        daemon.serve(hangups, watcher).await;
         daemon.stop().await;
         Ok(())
     }
@@ -126,18 +135,7 @@ impl Daemon {
     }
 
     /// Serves until shutdown, applying changes as they come.
-    async fn serve(&mut self, mut hangups: mpsc::Receiver<()>) {
-        let mut watcher = if self.config.plugins.watch {
-            match Watcher::start(&self.config.path, &self.config.plugins.dir) {
-                Ok(watcher) => Some(watcher),
-                Err(err) => {
-                    tracing::warn!("hot reload is off: {err:#}; SIGHUP still reloads");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+    async fn serve(&mut self, mut hangups: mpsc::Receiver<()>, mut watcher: Option<Watcher>) {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
