@@ -304,4 +304,142 @@ mod tests {
             ["ok", "5-0", "0", "1", "a", "3", "2", "b", "c"]
         );
     }
+
+    /// Trimming against a real redis-server (a private one, in a temp dir).
+    mod trim {
+        use redis::aio::MultiplexedConnection;
+        use redis::AsyncCommands;
+
+        use crate::bus::private_redis::PrivateRedis;
+
+        struct Server {
+            _dir: tempfile::TempDir,
+            redis: PrivateRedis,
+            conn: MultiplexedConnection,
+        }
+
+        async fn server() -> Server {
+            let dir = tempfile::tempdir().unwrap();
+            let redis = PrivateRedis::start(dir.path()).await.unwrap();
+            let client = redis::Client::open(redis.url()).unwrap();
+            let conn = client.get_multiplexed_async_connection().await.unwrap();
+            Server {
+                _dir: dir,
+                redis,
+                conn,
+            }
+        }
+
+        /// Adds `n` entries at once; returns their ids.
+        async fn add(conn: &mut MultiplexedConnection, n: usize) -> Vec<String> {
+            let mut pipe = redis::pipe();
+            for i in 0..n {
+                pipe.xadd("s", "*", &[("data", format!("{{\"n\":{i}}}"))]);
+            }
+            pipe.query_async(conn).await.unwrap()
+        }
+
+        /// A group `g` that has read every entry so far; it acknowledges
+        /// all but `unacked`.
+        async fn read_all(conn: &mut MultiplexedConnection, ids: &[String], unacked: &[&str]) {
+            let () = redis::cmd("XGROUP")
+                .arg(&["CREATE", "s", "g", "0"])
+                .query_async(conn)
+                .await
+                .unwrap();
+            let _: redis::Value = redis::cmd("XREADGROUP")
+                .arg(&["GROUP", "g", "c", "STREAMS", "s", ">"])
+                .query_async(conn)
+                .await
+                .unwrap();
+            let acked: Vec<&String> = ids
+                .iter()
+                .filter(|id| !unacked.contains(&id.as_str()))
+                .collect();
+            for chunk in acked.chunks(10_000) {
+                let _: usize = conn.xack("s", "g", chunk).await.unwrap();
+            }
+        }
+
+        async fn len(conn: &mut MultiplexedConnection) -> usize {
+            conn.xlen("s").await.unwrap()
+        }
+
+        async fn trim(conn: &mut MultiplexedConnection, keep: usize) -> u64 {
+            super::super::trim(conn, "s", keep).await.unwrap()
+        }
+
+        async fn exists(conn: &mut MultiplexedConnection, id: &str) -> bool {
+            let found: Vec<(String, Vec<(String, String)>)> =
+                conn.xrange("s", id, id).await.unwrap();
+            !found.is_empty()
+        }
+
+        #[tokio::test]
+        async fn removes_everything_over_the_limit_in_one_call() {
+            // XTRIM's `~` stops at 10,000 entries unless told otherwise: a
+            // busy stream would outgrow the trims.
+            let mut s = server().await;
+            let ids = add(&mut s.conn, 50_000).await;
+            read_all(&mut s.conn, &ids, &[]).await;
+            trim(&mut s.conn, 1000).await;
+            let kept = len(&mut s.conn).await;
+            assert!((1000..=1100).contains(&kept), "kept {kept}");
+            s.redis.stop().await;
+        }
+
+        #[tokio::test]
+        async fn keeps_the_limit_however_bursty_the_stream() {
+            // 800 entries in one go, then 200 slowly: a cut estimated from
+            // the ids' times would keep a fraction of the 200.
+            let mut s = server().await;
+            let mut ids = add(&mut s.conn, 800).await;
+            for _ in 0..200 {
+                ids.extend(add(&mut s.conn, 1).await);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            read_all(&mut s.conn, &ids, &[]).await;
+            trim(&mut s.conn, 200).await;
+            let kept = len(&mut s.conn).await;
+            assert!((200..=300).contains(&kept), "kept {kept}");
+            s.redis.stop().await;
+        }
+
+        #[tokio::test]
+        async fn never_cuts_what_a_group_has_not_read_or_acknowledged() {
+            let mut s = server().await;
+            let ids = add(&mut s.conn, 5000).await;
+
+            // Pending near the end: the limit applies and the entry stays.
+            read_all(&mut s.conn, &ids, &[&ids[4500]]).await;
+            trim(&mut s.conn, 1000).await;
+            let kept = len(&mut s.conn).await;
+            assert!((1000..=1100).contains(&kept), "kept {kept}");
+            assert!(exists(&mut s.conn, &ids[4500]).await);
+
+            // Pending far back (more than a short walk away): everything
+            // from it on stays.
+            let more = add(&mut s.conn, 3000).await;
+            let _: redis::Value = redis::cmd("XREADGROUP")
+                .arg(&["GROUP", "g", "c", "STREAMS", "s", ">"])
+                .query_async(&mut s.conn)
+                .await
+                .unwrap();
+            let _: usize = s.conn.xack("s", "g", &more).await.unwrap();
+            trim(&mut s.conn, 1000).await;
+            assert!(exists(&mut s.conn, &ids[4500]).await);
+            assert!(exists(&mut s.conn, &ids[4501]).await);
+
+            // Unread: a second group that has read nothing keeps it all.
+            let () = redis::cmd("XGROUP")
+                .arg(&["CREATE", "s", "late", "0"])
+                .query_async(&mut s.conn)
+                .await
+                .unwrap();
+            let before = len(&mut s.conn).await;
+            assert_eq!(trim(&mut s.conn, 10).await, 0);
+            assert_eq!(len(&mut s.conn).await, before);
+            s.redis.stop().await;
+        }
+    }
 }
