@@ -322,7 +322,14 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let redis = PrivateRedis::start(dir.path()).await.unwrap();
             let client = redis::Client::open(redis.url()).unwrap();
-            let conn = client.get_multiplexed_async_connection().await.unwrap();
+            // Replies of 50,000 entries on a loaded machine take longer
+            // than the default 500 ms.
+            let config = redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(std::time::Duration::from_secs(30)));
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .unwrap();
             Server {
                 _dir: dir,
                 redis,
