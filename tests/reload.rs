@@ -339,6 +339,46 @@ fn subscribers_come_and_go_and_change_through_the_config_while_events_flow() {
 }
 
 #[test]
+fn a_removed_subscriber_first_handles_what_was_routed_to_it() {
+    let world = World::watched("events = [\"Ping\"]\n");
+    let mut host = world.host();
+    let mut conn = world.conn();
+    // About 2 s of work queued in its stream when it is removed.
+    let ids: Vec<String> = (0..40)
+        .map(|_| publish(&mut conn, "Ping", json!({"act": "sleep", "sleep_ms": 50})))
+        .collect();
+    eventually("the first is handled", WAIT, || {
+        state(&mut conn, "probe").contains_key("count")
+    });
+    world.configure_watched("[subscribers.other]\nplugin = \"probe.wasm\"\nevents = [\"Other\"]\n");
+    host.wait_for_log("subscriber removed");
+    assert!(
+        host.log()
+            .contains("subscriber removed after handling what was routed to it"),
+        "{}",
+        host.log()
+    );
+    assert!(
+        seen_all(&mut conn, "probe", &ids),
+        "every event routed to it was handled"
+    );
+    assert_eq!(pending(&mut conn, "events:sub:probe", "sub:probe-group"), 0);
+    assert_eq!(state(&mut conn, "probe")["count"], "40");
+    // Nothing more reaches it: the fan-out routes in order, so once the
+    // `Other` published after a `Ping` is handled, the `Ping` was routed.
+    publish(&mut conn, "Ping", json!({}));
+    let marker = publish(&mut conn, "Other", json!({}));
+    eventually("the marker is handled", WAIT, || {
+        seen_all(&mut conn, "other", std::slice::from_ref(&marker))
+    });
+    assert_eq!(
+        len(&mut conn, "events:sub:probe"),
+        40,
+        "nothing routed after"
+    );
+}
+
+#[test]
 fn an_invalid_config_edit_is_refused_and_the_running_config_stays() {
     let world = World::watched("");
     let mut host = world.host();

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
@@ -27,6 +27,10 @@ use crate::plugin::{CompiledPlugin, Limits, LoadError, PluginFile, PluginRuntime
 use crate::reload::{self, Change, Stamp, Watcher};
 use crate::shutdown;
 use crate::telemetry::{self, metrics};
+
+/// How long a subscriber removed from the config may take to handle what
+/// was routed to it before it is stopped.
+const FINISH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs the host for the config at `path` until SIGINT/SIGTERM.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
@@ -117,7 +121,7 @@ impl Daemon {
             let plugin = plugins[&settings.plugin].clone();
             daemon.start_subscriber(settings, plugin).await?;
         }
-        daemon.route();
+        daemon.route().await;
         daemon.fanout = Some(daemon.bus.spawn_fanout(daemon.shutdown.clone()).await?);
         tracing::info!(
             config = %daemon.config.path.display(),
@@ -190,15 +194,16 @@ impl Daemon {
         Ok(())
     }
 
-    /// Points the fan-out at the running subscribers.
-    fn route(&self) {
+    /// Points the fan-out at the running subscribers; returns once nothing
+    /// is routed by the old table any more.
+    async fn route(&self) {
         let routes = Routes::new(
             self.bus.keys(),
             self.subscribers
                 .values()
                 .map(|r| (r.settings.name.as_str(), &r.settings.events)),
         );
-        self.bus.set_routes(routes);
+        self.bus.set_routes(routes).await;
     }
 
     /// Loads a changed plugin file and swaps it in for every subscriber
@@ -390,21 +395,38 @@ impl Daemon {
             running.settings = settings.clone();
             tracing::info!(subscriber = %settings.name, "settings changed; they apply from the next event");
         }
-        // Stop routing to removed subscribers before their loops stop, so
-        // what was routed to them stays in their streams, not in flight.
+        // Stop routing to removed subscribers, then let them handle what
+        // was routed to them (for a while: a long backlog stays in the
+        // stream, handled if the subscriber is added back).
         let removed: Vec<Running> = plan
             .removed
             .iter()
             .filter_map(|name| self.subscribers.remove(name))
             .collect();
-        self.route();
-        for running in removed {
-            running.subscription.stop();
-            let _ = running.task.await;
-            tracing::info!(
-                subscriber = %running.settings.name,
-                "subscriber removed; its stream and DLQ stay in Redis"
-            );
+        self.route().await;
+        for running in &removed {
+            running.subscription.finish();
+        }
+        let deadline = tokio::time::Instant::now() + FINISH_LIMIT;
+        for mut running in removed {
+            let name = running.settings.name;
+            if tokio::time::timeout_at(deadline, &mut running.task)
+                .await
+                .is_ok()
+            {
+                tracing::info!(
+                    subscriber = %name,
+                    "subscriber removed after handling what was routed to it; its stream and DLQ stay in Redis"
+                );
+            } else {
+                running.subscription.stop();
+                let _ = running.task.await;
+                tracing::warn!(
+                    subscriber = %name,
+                    "subscriber removed with events left in its stream (more than {FINISH_LIMIT:?} of work); \
+                     they are handled if it is added back"
+                );
+            }
         }
 
         // Settings that need a restart keep their running values.

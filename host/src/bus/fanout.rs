@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{is_nogroup, Backoff};
@@ -70,12 +71,30 @@ impl Routes {
     }
 }
 
+/// The routing table the fan-out reads, shared with whoever changes it.
+#[derive(Clone, Default)]
+pub struct RouteTable {
+    current: Arc<ArcSwap<Routes>>,
+    /// Read-held by the fan-out from planning a batch until it is written.
+    in_use: Arc<RwLock<()>>,
+}
+
+impl RouteTable {
+    /// Replaces the table; returns once no batch routed by the old one is
+    /// still being written, so a subscriber no longer routed to receives
+    /// nothing more from this process.
+    pub async fn replace(&self, routes: Routes) {
+        self.current.store(Arc::new(routes));
+        drop(self.in_use.write().await);
+    }
+}
+
 /// The fan-out loop of one process.
 pub struct Fanout {
     group: GroupConsumer,
     /// New entries read while the last batch was being applied.
     prefetched: Vec<StreamEntry>,
-    routes: Arc<ArcSwap<Routes>>,
+    routes: RouteTable,
     bus: BusConfig,
     shutdown: CancellationToken,
 }
@@ -84,7 +103,7 @@ impl Fanout {
     /// A fan-out reading `events:all` through `group`, routing by `routes`.
     pub(super) fn new(
         group: GroupConsumer,
-        routes: Arc<ArcSwap<Routes>>,
+        routes: RouteTable,
         bus: BusConfig,
         shutdown: CancellationToken,
     ) -> Self {
@@ -164,6 +183,8 @@ impl Fanout {
             work.extend(entries.into_iter().map(|e| (e, 1)));
         }
         if !work.is_empty() {
+            let in_use = self.routes.in_use.clone();
+            let _routing = in_use.read().await;
             let (batch, streams) = self.plan(&work);
             if stopping || work.len() < self.bus.read_batch {
                 self.apply(&batch, &streams).await?;
@@ -186,7 +207,7 @@ impl Fanout {
 
     /// Decides where each entry goes.
     fn plan(&self, work: &[(StreamEntry, u32)]) -> (FanoutBatch, Vec<String>) {
-        let routes = self.routes.load();
+        let routes = self.routes.current.load();
         let queue = self.group.queue();
         let mut batch = FanoutBatch::new(&queue.group);
         let now = crate::handler::unix_now();

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use redis::aio::ConnectionManager;
 use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
@@ -29,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BusConfig;
 use crate::handler::StateReader;
 use connection::Connector;
-use fanout::{Fanout, Routes};
+use fanout::{Fanout, RouteTable, Routes};
 use group::GroupConsumer;
 use keys::Keys;
 use subscriber::{SubscriberLoop, Subscription};
@@ -44,7 +43,7 @@ pub struct Bus {
     commands: ConnectionManager,
     keys: Keys,
     config: BusConfig,
-    routes: Arc<ArcSwap<Routes>>,
+    routes: RouteTable,
 }
 
 impl Bus {
@@ -76,7 +75,7 @@ impl Bus {
             commands,
             keys,
             config,
-            routes: Arc::default(),
+            routes: RouteTable::default(),
         }))
     }
 
@@ -94,9 +93,10 @@ impl Bus {
             .with_context(|| format!("cannot set up {}", queue.stream))
     }
 
-    /// Replaces the routing table of the fan-out, from the next batch on.
-    pub fn set_routes(&self, routes: Routes) {
-        self.routes.store(Arc::new(routes));
+    /// Replaces the routing table of the fan-out, from the next batch on;
+    /// returns once the batch in flight, routed by the old one, is written.
+    pub async fn set_routes(&self, routes: Routes) {
+        self.routes.replace(routes).await;
     }
 
     /// Starts the fan-out loop.

@@ -9,6 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ pub struct Subscription {
     settings: ArcSwap<SubscriberConfig>,
     handler: Arc<dyn Handler>,
     stop: CancellationToken,
+    /// Set when the subscriber is removed: handle what the stream holds,
+    /// then stop.
+    finishing: AtomicBool,
 }
 
 impl Subscription {
@@ -49,6 +53,7 @@ impl Subscription {
             settings: ArcSwap::from_pointee(settings),
             handler,
             stop,
+            finishing: AtomicBool::new(false),
         }
     }
 
@@ -65,6 +70,17 @@ impl Subscription {
     /// Makes the loop finish its batch and stop.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Makes the loop handle every entry its stream holds, then stop: for
+    /// a subscriber removed from the config, once nothing is routed to it.
+    /// Events waiting for a retry stay pending, as with [`Self::stop`].
+    pub fn finish(&self) {
+        self.finishing.store(true, Ordering::Relaxed);
+    }
+
+    fn is_finishing(&self) -> bool {
+        self.finishing.load(Ordering::Relaxed)
     }
 }
 
@@ -126,8 +142,14 @@ impl SubscriberLoop {
         let stop = self.subscription.stop.clone();
         let mut backoff = Backoff::default();
         while !stop.is_cancelled() {
-            match self.step().await {
-                Ok(()) => backoff.reset(),
+            let finishing = self.subscription.is_finishing();
+            match self.step(finishing).await {
+                Ok(worked) => {
+                    backoff.reset();
+                    if finishing && !worked {
+                        break;
+                    }
+                }
                 Err(err) if is_nogroup(&err) => {
                     tracing::warn!(subscriber = %name, "the group of {} is gone; recreating it", self.group.queue().stream);
                     self.retries.clear();
@@ -152,10 +174,13 @@ impl SubscriberLoop {
         tracing::info!(subscriber = %name, "subscriber stopped");
     }
 
-    async fn step(&mut self) -> redis::RedisResult<()> {
+    /// One batch; returns whether there was any work. A `finishing` loop
+    /// does not wait for new entries.
+    async fn step(&mut self, finishing: bool) -> redis::RedisResult<bool> {
         let settings = self.subscription.settings();
-        let work = self.next_work().await?;
-        if !work.is_empty() {
+        let work = self.next_work(finishing).await?;
+        let worked = !work.is_empty();
+        if worked {
             let (batch, handled) = self.process(&settings, work).await?;
             self.commit(&batch).await?;
             self.metrics.handled.increment(handled.len() as u64);
@@ -166,11 +191,12 @@ impl SubscriberLoop {
         }
         self.group
             .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
-            .await
+            .await?;
+        Ok(worked)
     }
 
     /// Due retries first, then abandoned entries, then new ones.
-    async fn next_work(&mut self) -> redis::RedisResult<Vec<Work>> {
+    async fn next_work(&mut self, finishing: bool) -> redis::RedisResult<Vec<Work>> {
         let now = Instant::now();
         let mut due = Vec::new();
         while let Some(Reverse(retry)) = self.retries.peek() {
@@ -223,12 +249,8 @@ impl SubscriberLoop {
                 entries
             }
             _ => {
-                self.group
-                    .read_new(
-                        self.bus.read_batch,
-                        Some(block.max(Duration::from_millis(1))),
-                    )
-                    .await?
+                let block = (!finishing).then(|| block.max(Duration::from_millis(1)));
+                self.group.read_new(self.bus.read_batch, block).await?
             }
         };
         Ok(entries
