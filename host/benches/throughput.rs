@@ -609,7 +609,8 @@ fn serve_native(path: &Path) {
                 .subscribers
                 .iter()
                 .map(|s| (s.name.as_str(), &s.events)),
-        ));
+        ))
+        .await;
         let fanout = bus.spawn_fanout(shutdown.clone()).await.unwrap();
         tracing::info!("eventhost running (native handlers)");
         shutdown.cancelled().await;
