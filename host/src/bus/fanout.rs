@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::RwLock;
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{is_nogroup, Backoff};
@@ -87,6 +87,23 @@ impl RouteTable {
         self.current.store(Arc::new(routes));
         drop(self.in_use.write().await);
     }
+
+    /// The current table, held for one batch. Held before it is read, so a
+    /// [`replace`](Self::replace) either waits for this batch or is seen
+    /// by it.
+    async fn hold(&self) -> HeldRoutes {
+        let in_use = self.in_use.clone().read_owned().await;
+        HeldRoutes {
+            routes: self.current.load_full(),
+            _in_use: in_use,
+        }
+    }
+}
+
+/// A routing table in use by one batch, until the batch is written.
+struct HeldRoutes {
+    routes: Arc<Routes>,
+    _in_use: OwnedRwLockReadGuard<()>,
 }
 
 /// The fan-out loop of one process.
@@ -125,7 +142,7 @@ impl Fanout {
             if stopping && self.prefetched.is_empty() {
                 break;
             }
-            match self.step().await {
+            match self.step(stopping).await {
                 Ok(()) => backoff.reset(),
                 Err(err) if stopping => {
                     tracing::warn!(
@@ -158,8 +175,7 @@ impl Fanout {
 
     /// One batch: reclaimed entries first, else new ones. While stopping,
     /// only what was already read is routed.
-    async fn step(&mut self) -> redis::RedisResult<()> {
-        let stopping = self.shutdown.is_cancelled();
+    async fn step(&mut self, stopping: bool) -> redis::RedisResult<()> {
         let mut work: Vec<(StreamEntry, u32)> = Vec::new();
         if !stopping {
             let claimed = self
@@ -183,11 +199,11 @@ impl Fanout {
             work.extend(entries.into_iter().map(|e| (e, 1)));
         }
         if !work.is_empty() {
-            let in_use = self.routes.in_use.clone();
-            let _routing = in_use.read().await;
-            let (batch, streams) = self.plan(&work);
+            let held = self.routes.hold().await;
+            let batch = self.plan(&work, &held.routes);
+            let streams = &held.routes.streams;
             if stopping || work.len() < self.bus.read_batch {
-                self.apply(&batch, &streams).await?;
+                self.apply(&batch, streams).await?;
             } else {
                 // A full batch: there is a backlog. Read the next batch while
                 // this one is applied, so Redis and the host work at the same
@@ -195,7 +211,7 @@ impl Fanout {
                 // strictly after this batch, so order is kept; if anything
                 // fails it stays pending and is reclaimed.
                 let next = self.group.read_new(self.bus.read_batch, None);
-                let (applied, next) = tokio::join!(self.apply(&batch, &streams), next);
+                let (applied, next) = tokio::join!(self.apply(&batch, streams), next);
                 self.prefetched = next.unwrap_or_default();
                 applied?;
             }
@@ -206,8 +222,7 @@ impl Fanout {
     }
 
     /// Decides where each entry goes.
-    fn plan(&self, work: &[(StreamEntry, u32)]) -> (FanoutBatch, Vec<String>) {
-        let routes = self.routes.current.load();
+    fn plan(&self, work: &[(StreamEntry, u32)], routes: &Routes) -> FanoutBatch {
         let queue = self.group.queue();
         let mut batch = FanoutBatch::new(&queue.group);
         let now = crate::handler::unix_now();
@@ -248,7 +263,7 @@ impl Fanout {
                 }
             }
         }
-        (batch, routes.streams.clone())
+        batch
     }
 
     /// Applies a batch; a lost connection is retried (the script is
