@@ -733,6 +733,11 @@ mod tests {
         dir
     }
 
+    /// The keys of the problems reported, in order.
+    fn problem_keys(err: &ConfigError) -> Vec<&str> {
+        err.problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
     fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
         parse(&dir.join("eventhost.toml"), text)
     }
@@ -865,9 +870,8 @@ list = [1, 2]
         )
         .unwrap_err();
         let text = err.to_string();
-        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
-            keys,
+            problem_keys(&err),
             [
                 "subscribers.bad:name",
                 "subscribers.bad:name.plugin",
@@ -941,9 +945,8 @@ list = [1, 2]
         )
         .unwrap_err();
         let text = err.to_string();
-        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
-            keys,
+            problem_keys(&err),
             [
                 "subscribers.a.grants.env.A=B",
                 "subscribers.a.grants.dirs.data",

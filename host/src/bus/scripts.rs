@@ -346,19 +346,29 @@ mod tests {
             pipe.query_async(conn).await.unwrap()
         }
 
-        /// A group `g` that has read every entry so far; it acknowledges
-        /// all but `unacked`.
-        async fn read_all(conn: &mut MultiplexedConnection, ids: &[String], unacked: &[&str]) {
+        /// A group `name` that has read nothing yet.
+        async fn group(conn: &mut MultiplexedConnection, name: &str) {
             let () = redis::cmd("XGROUP")
-                .arg(&["CREATE", "s", "g", "0"])
+                .arg(&["CREATE", "s", name, "0"])
                 .query_async(conn)
                 .await
                 .unwrap();
+        }
+
+        /// Delivers every new entry to group `g`.
+        async fn deliver(conn: &mut MultiplexedConnection) {
             let _: redis::Value = redis::cmd("XREADGROUP")
                 .arg(&["GROUP", "g", "c", "STREAMS", "s", ">"])
                 .query_async(conn)
                 .await
                 .unwrap();
+        }
+
+        /// A group `g` that has read every entry so far; it acknowledges
+        /// all but `unacked`.
+        async fn read_all(conn: &mut MultiplexedConnection, ids: &[String], unacked: &[&str]) {
+            group(conn, "g").await;
+            deliver(conn).await;
             let acked: Vec<&String> = ids
                 .iter()
                 .filter(|id| !unacked.contains(&id.as_str()))
@@ -370,6 +380,12 @@ mod tests {
 
         async fn len(conn: &mut MultiplexedConnection) -> usize {
             conn.xlen("s").await.unwrap()
+        }
+
+        /// The length after one trim to `keep`.
+        async fn kept_after_trim(conn: &mut MultiplexedConnection, keep: usize) -> usize {
+            trim(conn, keep).await;
+            len(conn).await
         }
 
         async fn trim(conn: &mut MultiplexedConnection, keep: usize) -> u64 {
@@ -389,8 +405,7 @@ mod tests {
             let mut s = server().await;
             let ids = add(&mut s.conn, 50_000).await;
             read_all(&mut s.conn, &ids, &[]).await;
-            trim(&mut s.conn, 1000).await;
-            let kept = len(&mut s.conn).await;
+            let kept = kept_after_trim(&mut s.conn, 1000).await;
             assert!((1000..=1100).contains(&kept), "kept {kept}");
             s.redis.stop().await;
         }
@@ -406,8 +421,7 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
             read_all(&mut s.conn, &ids, &[]).await;
-            trim(&mut s.conn, 200).await;
-            let kept = len(&mut s.conn).await;
+            let kept = kept_after_trim(&mut s.conn, 200).await;
             assert!((200..=300).contains(&kept), "kept {kept}");
             s.redis.stop().await;
         }
@@ -419,30 +433,21 @@ mod tests {
 
             // Pending near the end: the limit applies and the entry stays.
             read_all(&mut s.conn, &ids, &[&ids[4500]]).await;
-            trim(&mut s.conn, 1000).await;
-            let kept = len(&mut s.conn).await;
+            let kept = kept_after_trim(&mut s.conn, 1000).await;
             assert!((1000..=1100).contains(&kept), "kept {kept}");
             assert!(exists(&mut s.conn, &ids[4500]).await);
 
             // Pending far back (more than a short walk away): everything
             // from it on stays.
             let more = add(&mut s.conn, 3000).await;
-            let _: redis::Value = redis::cmd("XREADGROUP")
-                .arg(&["GROUP", "g", "c", "STREAMS", "s", ">"])
-                .query_async(&mut s.conn)
-                .await
-                .unwrap();
+            deliver(&mut s.conn).await;
             let _: usize = s.conn.xack("s", "g", &more).await.unwrap();
             trim(&mut s.conn, 1000).await;
             assert!(exists(&mut s.conn, &ids[4500]).await);
             assert!(exists(&mut s.conn, &ids[4501]).await);
 
             // Unread: a second group that has read nothing keeps it all.
-            let () = redis::cmd("XGROUP")
-                .arg(&["CREATE", "s", "late", "0"])
-                .query_async(&mut s.conn)
-                .await
-                .unwrap();
+            group(&mut s.conn, "late").await;
             let before = len(&mut s.conn).await;
             assert_eq!(trim(&mut s.conn, 10).await, 0);
             assert_eq!(len(&mut s.conn).await, before);
