@@ -187,10 +187,7 @@ struct Throughput {
 fn world(workload: Workload, native: bool, extra_bus: &str) -> (World, String) {
     let world = World::new(&["noop.wasm", "probe.wasm"], "");
     let metrics = format!("127.0.0.1:{}", free_port());
-    let mut config = world
-        .header()
-        .replace("[bus]\n", &format!("[bus]\n{extra_bus}"))
-        + &format!("[telemetry]\nmetrics = \"{metrics}\"\n\n");
+    let mut config = format!("[telemetry]\nmetrics = \"{metrics}\"\n\n");
     // The plugin, its native stand-in and its config, by workload.
     let (plugin, kind, plugin_config) = match workload {
         Workload::Trivial => ("noop.wasm", "noop", ""),
@@ -204,7 +201,7 @@ fn world(workload: Workload, native: bool, extra_bus: &str) -> (World, String) {
         }
         config += "\n";
     }
-    world.write_config(&config);
+    world.configure_bus(extra_bus, &config);
     (world, metrics)
 }
 
