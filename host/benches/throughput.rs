@@ -15,7 +15,8 @@
 //! assertions: see BENCHMARKS.md for a run and the targets.
 //!
 //! The native baseline runs this very binary as the host (`--serve-native`):
-//! the same bus code, with Rust handlers in place of wasm plugins.
+//! the daemon's own wiring, with a factory of Rust handlers in place of wasm
+//! plugins.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -26,10 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use eventhost::bus::fanout::Routes;
-use eventhost::bus::subscriber::Subscription;
-use eventhost::bus::Bus;
-use eventhost::handler::{unix_now, Effects, Event, Handler, Outcome, StateReader};
+use eventhost::config::{Config, SubscriberConfig};
+use eventhost::handler::{
+    unix_now, Effects, Event, Handler, HandlerFactory, Outcome, Reload, StateReader,
+};
 use serde_json::json;
 use support::*;
 
@@ -549,7 +550,7 @@ impl Handler for NativeProbe {
         if let Some(follow_up) = &self.follow_up {
             let data = json!({"source_id": event.id, "source_type": event.event_type}).to_string();
             let seed = format!("{}/{}", self.subscriber, event.stream_id);
-            let _ = effects.publish(&seed, follow_up, &data, unix_now());
+            let _ = effects.publish(&seed, follow_up, &data);
         }
         effects.set(format!("build:{}", event.id), "native".into());
         // The probe decides on the data's `act`; the benchmark sends none.
@@ -564,56 +565,45 @@ impl Handler for NativeProbe {
     }
 }
 
-/// `eventhost run` with native handlers: what the wasm numbers are compared
-/// with. Each subscriber's `config.native` says which handler.
+/// Native handlers by each subscriber's `config.native`: `probe`, else noop.
+struct NativeHandlers;
+
+#[async_trait]
+impl HandlerFactory for NativeHandlers {
+    async fn load(&self, _: &Config, _: &[SubscriberConfig]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn handler(&self, settings: &SubscriberConfig) -> Arc<dyn Handler> {
+        match settings.config.get("native").map(String::as_str) {
+            Some("probe") => Arc::new(NativeProbe {
+                subscriber: settings.name.clone(),
+                follow_up: settings.config.get("follow_up").cloned(),
+                calls: Default::default(),
+            }),
+            _ => Arc::new(NativeNoop),
+        }
+    }
+
+    async fn reload(&self, _: &Path) -> Reload {
+        Reload::Unchanged
+    }
+}
+
+/// `eventhost run` with native handlers: the daemon's own wiring, what the
+/// wasm numbers are compared with.
 fn serve_native(path: &Path) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         eventhost::telemetry::init_logging();
         let shutdown = tokio_util::sync::CancellationToken::new();
-        eventhost::shutdown::on_signals(shutdown.clone()).unwrap();
-        let config = eventhost::config::load(path).unwrap();
+        eventhost::signals::on_signals(shutdown.clone()).unwrap();
+        let config = eventhost::preflight::config(path).unwrap();
         if let Some(addr) = config.telemetry.metrics {
             eventhost::telemetry::serve_metrics(addr).unwrap();
         }
-        let url = config.redis.url.clone().unwrap();
-        let bus = Bus::connect(&url, &config.redis.prefix, config.bus.clone(), &shutdown)
+        eventhost::daemon::run(config, Arc::new(NativeHandlers), shutdown.cancelled_owned())
             .await
-            .unwrap()
             .unwrap();
-        let mut loops = Vec::new();
-        for settings in &config.subscribers {
-            bus.prepare_subscriber(&settings.name).await.unwrap();
-            let handler: Arc<dyn Handler> = match settings.config.get("native").map(String::as_str)
-            {
-                Some("probe") => Arc::new(NativeProbe {
-                    subscriber: settings.name.clone(),
-                    follow_up: settings.config.get("follow_up").cloned(),
-                    calls: Default::default(),
-                }),
-                _ => Arc::new(NativeNoop),
-            };
-            let subscription = Arc::new(Subscription::new(
-                settings.clone(),
-                handler,
-                shutdown.child_token(),
-            ));
-            loops.push(bus.spawn_subscriber(subscription).await.unwrap());
-        }
-        bus.set_routes(Routes::new(
-            bus.keys(),
-            config
-                .subscribers
-                .iter()
-                .map(|s| (s.name.as_str(), &s.events)),
-        ))
-        .await;
-        let fanout = bus.spawn_fanout(shutdown.clone()).await.unwrap();
-        tracing::info!("eventhost running (native handlers)");
-        shutdown.cancelled().await;
-        let _ = fanout.await;
-        for l in loops {
-            let _ = l.await;
-        }
     });
 }

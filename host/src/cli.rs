@@ -1,17 +1,22 @@
-//! The command line: `run`, `check`, `publish`.
+//! The command line: `run`, `check`, `publish`. Thin: each command parses
+//! its arguments, calls into the library, and prints.
 
 use std::fmt::Display;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
-use crate::bus::{self, connection::Connector, keys::Keys, private_redis};
+use crate::bus::{self, connection::Connector, keys::Keys};
 use crate::config::{self, ConfigError};
+use crate::daemon::{self, WasmPlugins};
 use crate::plugin::PluginRuntime;
+use crate::{preflight, private_redis, signals, telemetry};
 
 /// Runs event handlers as sandboxed WebAssembly components on Redis Streams.
 #[derive(Parser)]
@@ -82,7 +87,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => crate::daemon::run(&config).await.map(|()| true),
+            Command::Run { config } => run(&config).await.map(|()| true),
             Command::Check { config } => check(&config).await,
             Command::Publish {
                 event_type,
@@ -115,9 +120,22 @@ fn say(line: impl Display) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
+/// `eventhost run`: the daemon with wasm plugins, until SIGINT/SIGTERM.
+async fn run(path: &Path) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    signals::on_signals(shutdown.clone()).context("cannot listen for signals")?;
+    let config = preflight::config(path)?;
+    if let Some(addr) = config.telemetry.metrics {
+        telemetry::serve_metrics(addr)?;
+    }
+    let runtime = PluginRuntime::new(&config.plugins.cache_dir)?;
+    let plugins = Arc::new(WasmPlugins::new(runtime));
+    daemon::run(config, plugins, shutdown.cancelled_owned()).await
+}
+
 /// Prints every problem in the config and its plugins; `false` if any.
 async fn check(path: &Path) -> anyhow::Result<bool> {
-    let config = match config::load(path) {
+    let config = match preflight::config(path) {
         Ok(config) => config,
         Err(err) => {
             match err.downcast_ref::<ConfigError>() {
@@ -128,12 +146,13 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
         }
     };
     let runtime = PluginRuntime::new(&config.plugins.cache_dir)?;
-    let mut ok = true;
+    let loaded = preflight::load_plugins(&runtime, &config.subscribers).await;
     for sub in &config.subscribers {
-        let rt = runtime.clone();
-        let file = sub.plugin.clone();
-        match tokio::task::spawn_blocking(move || rt.load(&file)).await? {
-            Ok(plugin) => say(format_args!(
+        match (
+            loaded.plugins.get(&sub.plugin),
+            loaded.refused.get(&sub.plugin),
+        ) {
+            (Some(plugin), _) => say(format_args!(
                 "ok: subscribers.{}: {} (build {}, {:?}{})",
                 sub.name,
                 sub.plugin_file,
@@ -141,13 +160,13 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
                 plugin.load_time,
                 if plugin.cached { ", cached" } else { "" }
             )),
-            Err(err) => {
-                ok = false;
-                let key = format!("subscribers.{}.plugin", sub.name);
-                say(format_args!("{}: {key}: {err}", config.location(&key)));
+            (None, Some(err)) => {
+                say(config.problem(&["subscribers", &sub.name, "plugin"], err.to_string()))
             }
+            (None, None) => unreachable!("every subscriber's plugin is loaded or refused"),
         }
     }
+    let ok = loaded.refused.is_empty();
     if ok {
         say(format_args!(
             "{}: ok, {} subscriber{}",

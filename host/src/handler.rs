@@ -4,14 +4,18 @@
 //! produces [`Event`]s and commits [`Outcome`]s; a [`Handler`] (a wasm plugin,
 //! or a native one in benchmarks) turns one into the other. Neither side sees
 //! the other's machinery: a handler reads state through [`StateReader`] and
-//! never touches Redis, the bus never touches wasmtime.
+//! never touches Redis, the bus never touches wasmtime. A [`HandlerFactory`]
+//! is what the daemon makes handlers with.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
+
+use crate::config::{Config, SubscriberConfig};
 
 /// One event, as delivered to one subscriber.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,12 +102,15 @@ impl fmt::Display for FailureKind {
     }
 }
 
-/// An event a handler published, waiting for the commit.
+/// An event a handler published, waiting for the commit. The bus wraps it
+/// in the wire format (see `bus::leanmq`) when it commits it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
+    pub event_type: String,
+    /// Derived from the delivery and the publish's position in the call, so
+    /// a re-run publishes the same id.
     pub event_id: String,
-    /// The complete object: the handler's fields plus `event_type`,
-    /// `event_id` and `timestamp`.
+    /// The handler's object, as it gave it.
     pub data: Map<String, Value>,
 }
 
@@ -139,8 +146,8 @@ impl Effects {
         self.writes.push((key, None));
     }
 
-    /// Buffers an event to publish: `data` must be a JSON object;
-    /// `event_type`, `event_id` and `timestamp` are filled in.
+    /// Buffers an event to publish: `data` must be a JSON object. Returns
+    /// its event id.
     ///
     /// The id is derived from `id_seed` and the publish's position in the
     /// call, so a re-run of the same delivery publishes the same ids.
@@ -149,12 +156,11 @@ impl Effects {
         id_seed: &str,
         event_type: &str,
         data: &str,
-        now: f64,
     ) -> Result<String, String> {
         if event_type.is_empty() {
             return Err("event type must not be empty".into());
         }
-        let mut object = match serde_json::from_str::<Value>(data) {
+        let object = match serde_json::from_str::<Value>(data) {
             Ok(Value::Object(object)) => object,
             Ok(other) => {
                 return Err(format!(
@@ -166,10 +172,8 @@ impl Effects {
         };
         let name = format!("{id_seed}/{}", self.published.len());
         let event_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string();
-        object.insert("event_type".into(), Value::from(event_type));
-        object.insert("event_id".into(), Value::from(event_id.clone()));
-        object.insert("timestamp".into(), Value::from(now));
         self.published.push(Published {
+            event_type: event_type.to_string(),
             event_id: event_id.clone(),
             data: object,
         });
@@ -225,6 +229,39 @@ pub trait Handler: Send + Sync {
     async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome;
 }
 
+/// Makes the handlers of subscribers: wasm plugins for `eventhost run`,
+/// native Rust handlers in the throughput benchmark. The daemon's only
+/// dependency on what runs events.
+#[async_trait]
+pub trait HandlerFactory: Send + Sync + 'static {
+    /// Loads what `subscribers` need before they start or change (their
+    /// plugins), all or nothing: the error names every refusal, located in
+    /// `config`.
+    async fn load(&self, config: &Config, subscribers: &[SubscriberConfig]) -> anyhow::Result<()>;
+
+    /// A handler for a subscriber with `settings`, from what was loaded.
+    fn handler(&self, settings: &SubscriberConfig) -> Arc<dyn Handler>;
+
+    /// The plugin file at `path` changed on disk: loads it again, for the
+    /// handlers made from now on.
+    async fn reload(&self, path: &Path) -> Reload;
+}
+
+/// What reloading a changed plugin file came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// It holds the build already in use (editors write a file in steps),
+    /// or no handler uses it.
+    Unchanged,
+    /// A new build is in use for handlers made from now on; `what` says
+    /// which, for the log (e.g. `build 1a2b → 3c4d (compiled) in 180ms`).
+    Loaded { what: String },
+    /// It is not a usable plugin; the build in use stays.
+    Refused { reason: String },
+    /// It is gone or still being written; the build in use stays.
+    Unsettled,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,32 +286,31 @@ mod tests {
     }
 
     #[test]
-    fn publish_fills_in_the_envelope_with_stable_ids() {
+    fn publish_keeps_the_type_and_object_with_stable_ids() {
         let mut first = Effects::default();
         let id = first
-            .publish("sub/1-0", "Shipped", r#"{"order":7}"#, 12.5)
+            .publish("sub/1-0", "Shipped", r#"{"order":7}"#)
             .unwrap();
-        let data = &first.published()[0].data;
-        assert_eq!(data["event_type"], "Shipped");
-        assert_eq!(data["event_id"], id.as_str());
-        assert_eq!(data["timestamp"], 12.5);
-        assert_eq!(data["order"], 7);
+        let published = &first.published()[0];
+        assert_eq!(published.event_type, "Shipped");
+        assert_eq!(published.event_id, id);
+        assert_eq!(published.data["order"], 7);
 
         let mut rerun = Effects::default();
-        let again = rerun.publish("sub/1-0", "Shipped", "{}", 99.0).unwrap();
+        let again = rerun.publish("sub/1-0", "Shipped", "{}").unwrap();
         assert_eq!(id, again, "a re-run publishes the same id");
-        let second = rerun.publish("sub/1-0", "Shipped", "{}", 99.0).unwrap();
+        let second = rerun.publish("sub/1-0", "Shipped", "{}").unwrap();
         assert_ne!(again, second);
     }
 
     #[test]
     fn publish_refuses_what_is_not_an_object() {
         let mut effects = Effects::default();
-        let err = effects.publish("s", "T", "[1]", 0.0).unwrap_err();
+        let err = effects.publish("s", "T", "[1]").unwrap_err();
         assert!(err.contains("an array"), "{err}");
-        let err = effects.publish("s", "T", "nope", 0.0).unwrap_err();
+        let err = effects.publish("s", "T", "nope").unwrap_err();
         assert!(err.contains("not valid JSON"), "{err}");
-        let err = effects.publish("s", "", "{}", 0.0).unwrap_err();
+        let err = effects.publish("s", "", "{}").unwrap_err();
         assert!(err.contains("must not be empty"), "{err}");
         assert!(effects.is_empty());
     }

@@ -1,18 +1,25 @@
 //! eventhost: an event bus on Redis Streams whose subscribers are sandboxed
 //! WebAssembly components.
 //!
-//! Data flows one way: [`config`] is parsed at the edge into typed settings;
-//! the [`bus`] reads events from Redis and hands each to a
-//! [`handler::Handler`]; the [`plugin`] module provides the wasm handler; the
-//! bus commits, retries or dead-letters what the handler returns. The
-//! [`daemon`] wires them together for `eventhost run`.
+//! Data flows one way. [`config`] turns the TOML into typed settings; the
+//! [`preflight`] checks the files they name and loads the plugins; the
+//! [`daemon`] wires the rest: the [`bus`] reads events from Redis and hands
+//! each to a [`handler::Handler`], which the [`plugin`] module provides for
+//! wasm components; the bus commits, retries or dead-letters what the
+//! handler returns. [`reload`] applies changes on disk while it runs.
+//! Around them: [`cli`] (the binary's commands), [`signals`],
+//! [`telemetry`], [`private_redis`] (a server of our own when none is
+//! configured) and [`backoff`].
 
+pub mod backoff;
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod handler;
 pub mod plugin;
+pub mod preflight;
+pub mod private_redis;
 pub mod reload;
-pub mod shutdown;
+pub mod signals;
 pub mod telemetry;

@@ -3,12 +3,17 @@
 //! Every loop gets its own connection for blocking reads (a blocked
 //! `XREADGROUP` holds its connection), and shares one multiplexed connection
 //! for everything else. Both reconnect by themselves; callers only back off
-//! and retry a failed command.
+//! and retry a failed command. The bus talks to Redis only through
+//! [`RedisConn`], so what stands behind it (one server today) can change
+//! without touching the loops.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
 
 /// How long a non-blocking command may take before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,30 +49,29 @@ impl Connector {
     }
 
     /// A connection for ordinary commands.
-    pub async fn commands(&self) -> redis::RedisResult<ConnectionManager> {
+    pub async fn commands(&self) -> redis::RedisResult<RedisConn> {
         self.open(COMMAND_TIMEOUT).await
     }
 
     /// A connection for reads that block up to `block`.
-    pub async fn reader(&self, block: Duration) -> redis::RedisResult<ConnectionManager> {
+    pub async fn reader(&self, block: Duration) -> redis::RedisResult<RedisConn> {
         self.open(block + COMMAND_TIMEOUT).await
     }
 
-    async fn open(&self, response_timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+    async fn open(&self, response_timeout: Duration) -> redis::RedisResult<RedisConn> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        ConnectionManager::new_with_config(self.client.clone(), config).await
+        ConnectionManager::new_with_config(self.client.clone(), config)
+            .await
+            .map(RedisConn)
     }
 
     /// Connects for commands, retrying with backoff until it works or
     /// `shutdown` fires (then `None`).
-    pub async fn commands_when_up(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Option<ConnectionManager> {
+    pub async fn commands_when_up(&self, shutdown: &CancellationToken) -> Option<RedisConn> {
         let mut backoff = Backoff::default();
         loop {
             match self.commands().await {
@@ -87,42 +91,27 @@ impl Connector {
     }
 }
 
-/// Exponential backoff between retries of a failing operation.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
+/// A connection the bus sends commands on: cheap to clone (clones share
+/// one multiplexed connection), reconnecting by itself.
+#[derive(Clone)]
+pub struct RedisConn(ConnectionManager);
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-        }
-    }
-}
-
-impl Backoff {
-    const MAX: Duration = Duration::from_secs(5);
-
-    /// The delay the next `wait` will take.
-    pub fn peek(&self) -> Duration {
-        self.next
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
     }
 
-    /// Sleeps for the current delay and doubles it; `false` if `shutdown`
-    /// fired meanwhile.
-    pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = shutdown.cancelled() => false,
-        }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
     }
 
-    /// Starts over after a success.
-    pub fn reset(&mut self) {
-        *self = Backoff::default();
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
     }
 }
 
@@ -167,19 +156,5 @@ mod tests {
         );
         assert_eq!(redact("redis://:s3cret@db"), "redis://:***@db");
         assert_eq!(redact("rediss://token@db"), "rediss://***@db");
-    }
-
-    #[tokio::test]
-    async fn backoff_doubles_and_stops_on_shutdown() {
-        let shutdown = CancellationToken::new();
-        let mut backoff = Backoff::default();
-        assert_eq!(backoff.peek(), Duration::from_millis(100));
-        tokio::time::pause();
-        assert!(backoff.wait(&shutdown).await);
-        assert_eq!(backoff.peek(), Duration::from_millis(200));
-        shutdown.cancel();
-        assert!(!backoff.wait(&shutdown).await);
-        backoff.reset();
-        assert_eq!(backoff.peek(), Duration::from_millis(100));
     }
 }

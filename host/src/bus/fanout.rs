@@ -5,106 +5,24 @@
 //! moves it to `events:all:dlq` when it cannot be routed. A type nobody
 //! subscribes to is acknowledged and counted, never left pending.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+use async_trait::async_trait;
+use redis::RedisResult;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{is_nogroup, Backoff};
-use super::entry::{self, FailureRecord, StreamEntry};
-use super::group::GroupConsumer;
-use super::keys::Keys;
+use super::group::{GroupConsumer, StreamEntry};
+use super::leanmq::{self, FailureRecord};
+use super::routes::{RouteTable, Routes};
 use super::scripts::FanoutBatch;
+use super::worker::{self, Patience, Round, Worker};
 use super::BLOCK;
-use crate::config::{BusConfig, EventFilter};
+use crate::config::BusConfig;
 use crate::telemetry::metrics;
 
 /// An entry of `events:all` delivered this often without being routed is
 /// dead-lettered: something keeps failing the batch it is in.
 const MAX_FANOUT_DELIVERIES: u32 = 5;
-
-/// Which subscriber streams each event type goes to.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Routes {
-    /// The subscriber streams; targets are indexes into this list.
-    pub streams: Vec<String>,
-    by_type: HashMap<String, Vec<usize>>,
-    /// Subscribers of every type: the targets of a type nobody names.
-    everything: Vec<usize>,
-}
-
-impl Routes {
-    /// Routes for `subscribers` (name and filter) under `keys`.
-    pub fn new<'a>(
-        keys: &Keys,
-        subscribers: impl IntoIterator<Item = (&'a str, &'a EventFilter)>,
-    ) -> Self {
-        let mut routes = Routes::default();
-        let mut named: Vec<(&str, usize)> = Vec::new();
-        for (i, (name, filter)) in subscribers.into_iter().enumerate() {
-            routes.streams.push(keys.subscriber(name).stream);
-            match filter {
-                EventFilter::All => routes.everything.push(i),
-                EventFilter::Types(types) => named.extend(types.iter().map(|t| (t.as_str(), i))),
-            }
-        }
-        for (event_type, i) in named {
-            routes
-                .by_type
-                .entry(event_type.to_string())
-                .or_insert_with(|| routes.everything.clone())
-                .push(i);
-        }
-        for targets in routes.by_type.values_mut() {
-            targets.sort_unstable();
-            targets.dedup();
-        }
-        routes
-    }
-
-    /// The streams (as indexes) an event of `event_type` is copied to.
-    pub fn targets(&self, event_type: &str) -> &[usize] {
-        self.by_type.get(event_type).unwrap_or(&self.everything)
-    }
-}
-
-/// The routing table the fan-out reads, shared with whoever changes it.
-#[derive(Clone, Default)]
-pub struct RouteTable {
-    current: Arc<ArcSwap<Routes>>,
-    /// Read-held by the fan-out from planning a batch until it is written.
-    in_use: Arc<RwLock<()>>,
-}
-
-impl RouteTable {
-    /// Replaces the table; returns once no batch routed by the old one is
-    /// still being written, so a subscriber no longer routed to receives
-    /// nothing more from this process.
-    pub async fn replace(&self, routes: Routes) {
-        self.current.store(Arc::new(routes));
-        drop(self.in_use.write().await);
-    }
-
-    /// The current table, held for one batch. Held before it is read, so a
-    /// [`replace`](Self::replace) either waits for this batch or is seen
-    /// by it.
-    async fn hold(&self) -> HeldRoutes {
-        let in_use = self.in_use.clone().read_owned().await;
-        HeldRoutes {
-            routes: self.current.load_full(),
-            _in_use: in_use,
-        }
-    }
-}
-
-/// A routing table in use by one batch, until the batch is written.
-struct HeldRoutes {
-    routes: Arc<Routes>,
-    _in_use: OwnedRwLockReadGuard<()>,
-}
 
 /// The fan-out loop of one process.
 pub struct Fanout {
@@ -134,48 +52,16 @@ impl Fanout {
     }
 
     /// Routes until shutdown; Redis errors are retried with backoff.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
         tracing::info!(stream = %self.group.queue().stream, "fan-out started");
-        let mut backoff = Backoff::default();
-        loop {
-            let stopping = self.shutdown.is_cancelled();
-            if stopping && self.prefetched.is_empty() {
-                break;
-            }
-            match self.step(stopping).await {
-                Ok(()) => backoff.reset(),
-                Err(err) if stopping => {
-                    tracing::warn!(
-                        "fan-out: stopping before the last entries read were routed ({err}); \
-                         they stay pending and are reclaimed on the next start"
-                    );
-                    break;
-                }
-                Err(err) if is_nogroup(&err) => {
-                    tracing::warn!(
-                        "the group of {} is gone; recreating it",
-                        self.group.queue().stream
-                    );
-                    if let Err(err) = self.group.recreate().await {
-                        tracing::warn!("cannot recreate it yet: {err}");
-                        backoff.wait(&self.shutdown).await;
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(
-                        "fan-out: Redis error ({err}); retrying in {:?}",
-                        backoff.peek()
-                    );
-                    backoff.wait(&self.shutdown).await;
-                }
-            }
-        }
+        let shutdown = self.shutdown.clone();
+        worker::run(self, shutdown).await;
         tracing::info!("fan-out stopped");
     }
 
     /// One batch: reclaimed entries first, else new ones. While stopping,
     /// only what was already read is routed.
-    async fn step(&mut self, stopping: bool) -> redis::RedisResult<()> {
+    async fn route_batch(&mut self, stopping: bool) -> RedisResult<()> {
         let mut work: Vec<(StreamEntry, u32)> = Vec::new();
         if !stopping {
             let claimed = self
@@ -227,26 +113,27 @@ impl Fanout {
         let mut batch = FanoutBatch::new(&queue.group);
         let now = crate::handler::unix_now();
         for (entry, deliveries) in work {
-            let dead = |reason: String| {
+            let dead = |kind: &str, reason: String| {
                 metrics::fanout_dead_lettered();
                 tracing::warn!(stream_id = %entry.id, "{reason}; moved to {}", queue.dlq);
                 let record = FailureRecord {
                     timestamp: now,
                     reason: &reason,
-                    kind: "malformed",
+                    kind,
                     subscriber: None,
                     attempt: Some(*deliveries),
                 };
-                entry::dead_letter(entry, &record)
+                leanmq::dead_letter(entry, &record)
             };
             if *deliveries > MAX_FANOUT_DELIVERIES {
-                let payload = dead(format!(
-                    "fan-out: could not be routed after {deliveries} deliveries"
-                ));
+                let payload = dead(
+                    "abandoned",
+                    format!("fan-out: could not be routed after {deliveries} deliveries"),
+                );
                 batch.dead_letter(&entry.id, payload);
                 continue;
             }
-            match entry::event_type(entry, self.bus.max_payload_bytes) {
+            match leanmq::event_type(entry, self.bus.max_payload_bytes) {
                 Ok(event_type) => {
                     let targets = routes.targets(&event_type);
                     if targets.is_empty() {
@@ -258,7 +145,10 @@ impl Fanout {
                     batch.route(&entry.id, targets, entry.data().unwrap_or_default());
                 }
                 Err(malformed) => {
-                    let payload = dead(format!("fan-out: cannot route entry: {malformed}"));
+                    let payload = dead(
+                        "malformed",
+                        format!("fan-out: cannot route entry: {malformed}"),
+                    );
                     batch.dead_letter(&entry.id, payload);
                 }
             }
@@ -266,71 +156,42 @@ impl Fanout {
         batch
     }
 
-    /// Applies a batch; a lost connection is retried (the script is
-    /// idempotent), anything else leaves the entries pending for reclaim.
-    async fn apply(&mut self, batch: &FanoutBatch, streams: &[String]) -> redis::RedisResult<()> {
+    /// Applies a batch, with the loops' give-up policy.
+    async fn apply(&mut self, batch: &FanoutBatch, streams: &[String]) -> RedisResult<()> {
         let queue = self.group.queue().clone();
-        let mut backoff = Backoff::default();
-        loop {
+        let mut patience = Patience::new("fan-out", &self.shutdown);
+        let skipped = loop {
+            let commands = self.group.commands();
             match batch
-                .apply(self.group.commands(), &queue.stream, &queue.dlq, streams)
+                .apply(commands, &queue.stream, &queue.dlq, streams)
                 .await
             {
-                Ok(applied) => {
-                    if applied.skipped > 0 {
-                        tracing::info!(
-                            "fan-out skipped {} entries another consumer had already routed",
-                            applied.skipped
-                        );
-                    }
-                    return Ok(());
-                }
-                Err(err)
-                    if (err.is_io_error() || err.is_timeout() || err.is_connection_dropped())
-                        && !self.shutdown.is_cancelled() =>
-                {
-                    tracing::warn!(
-                        "fan-out: cannot commit a batch of {} ({err}); retrying",
-                        batch.len()
-                    );
-                    backoff.wait(&self.shutdown).await;
-                }
-                Err(err) => return Err(err),
+                Ok(skipped) => break skipped,
+                Err(err) => patience.failed(err).await?,
             }
+        };
+        if skipped > 0 {
+            tracing::info!("fan-out skipped {skipped} entries another consumer had already routed");
         }
+        Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn types(list: &[&str]) -> EventFilter {
-        EventFilter::Types(list.iter().map(|s| s.to_string()).collect())
+#[async_trait]
+impl Worker for Fanout {
+    fn name(&self) -> &str {
+        "fan-out"
     }
 
-    #[test]
-    fn routes_by_type_and_wildcard() {
-        let keys = Keys::new("events:");
-        let pay = types(&["OrderCreatedEvent"]);
-        let ship = types(&["PaymentProcessedEvent"]);
-        let order = types(&["PaymentProcessedEvent", "OrderShippedEvent"]);
-        let notify = EventFilter::All;
-        let routes = Routes::new(
-            &keys,
-            [
-                ("pay", &pay),
-                ("ship", &ship),
-                ("order", &order),
-                ("notify", &notify),
-            ],
-        );
-        assert_eq!(routes.streams[0], "events:sub:pay");
-        assert_eq!(routes.targets("OrderCreatedEvent"), &[0, 3]);
-        assert_eq!(routes.targets("PaymentProcessedEvent"), &[1, 2, 3]);
-        assert_eq!(routes.targets("OrderShippedEvent"), &[2, 3]);
-        assert_eq!(routes.targets("SomethingElse"), &[3]);
-        let none = Routes::new(&keys, [("pay", &pay)]);
-        assert!(none.targets("Other").is_empty());
+    fn group(&mut self) -> &mut GroupConsumer {
+        &mut self.group
+    }
+
+    async fn step(&mut self, stopping: bool) -> RedisResult<Round> {
+        if stopping && self.prefetched.is_empty() {
+            return Ok(Round::Done);
+        }
+        self.route_batch(stopping).await?;
+        Ok(Round::Continue)
     }
 }

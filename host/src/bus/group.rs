@@ -1,4 +1,5 @@
-//! One consumer in one consumer group: the reads and claims both loops use.
+//! One consumer in one consumer group: the reads and claims both loops use,
+//! and the parsing of their replies.
 //!
 //! An entry is *pending* from the moment a read hands it to a consumer until
 //! it is acknowledged. The group's pending list is the bus's memory across
@@ -7,11 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use redis::streams::StreamInfoConsumersReply;
-use redis::{ErrorKind, RedisError, RedisResult, Value};
+use redis::{FromRedisValue, ParsingError, RedisResult, Value};
 
-use super::entry::{self, StreamEntry};
+use super::connection::RedisConn;
 use super::keys::{Keys, QueueKeys};
 use super::layout;
 use super::scripts;
@@ -32,8 +32,8 @@ pub struct GroupConsumer {
     keys: Keys,
     queue: QueueKeys,
     consumer: String,
-    reader: ConnectionManager,
-    commands: ConnectionManager,
+    reader: RedisConn,
+    commands: RedisConn,
     /// Where the next reclaim scan continues.
     cursor: String,
     /// When housekeeping is next due.
@@ -42,18 +42,14 @@ pub struct GroupConsumer {
     next_reclaim: Instant,
 }
 
-fn parse_error(detail: String) -> RedisError {
-    RedisError::from((ErrorKind::Parse, "unexpected stream reply", detail))
-}
-
 impl GroupConsumer {
     /// `reader` is used only for blocking reads; `commands` may be shared.
     pub fn new(
         keys: Keys,
         queue: QueueKeys,
         consumer: String,
-        reader: ConnectionManager,
-        commands: ConnectionManager,
+        reader: RedisConn,
+        commands: RedisConn,
     ) -> Self {
         GroupConsumer {
             keys,
@@ -73,7 +69,7 @@ impl GroupConsumer {
     }
 
     /// The shared connection, for commits.
-    pub fn commands(&mut self) -> &mut ConnectionManager {
+    pub fn commands(&mut self) -> &mut RedisConn {
         &mut self.commands
     }
 
@@ -103,8 +99,8 @@ impl GroupConsumer {
         read.arg("STREAMS").arg(&self.queue.stream).arg(">");
         let mut reader = self.reader.clone();
         async move {
-            let reply: Value = read.query_async(&mut reader).await?;
-            entry::read_reply(reply).map_err(parse_error)
+            let Read(entries) = read.query_async(&mut reader).await?;
+            Ok(entries)
         }
     }
 
@@ -152,7 +148,11 @@ impl GroupConsumer {
         min_idle: Duration,
         count: usize,
     ) -> RedisResult<(Vec<Claimed>, Vec<String>)> {
-        let reply: Value = redis::cmd("XAUTOCLAIM")
+        let AutoClaimed {
+            cursor,
+            entries,
+            deleted,
+        } = redis::cmd("XAUTOCLAIM")
             .arg(&self.queue.stream)
             .arg(&self.queue.group)
             .arg(&self.consumer)
@@ -162,7 +162,6 @@ impl GroupConsumer {
             .arg(count)
             .query_async(&mut self.commands)
             .await?;
-        let (cursor, entries, deleted) = entry::autoclaim_reply(reply).map_err(parse_error)?;
         self.cursor = cursor;
         let entries: Vec<StreamEntry> = entries
             .into_iter()
@@ -204,7 +203,7 @@ impl GroupConsumer {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let reply: Value = redis::cmd("XCLAIM")
+        let entries: Vec<StreamEntry> = redis::cmd("XCLAIM")
             .arg(&self.queue.stream)
             .arg(&self.queue.group)
             .arg(&self.consumer)
@@ -212,7 +211,6 @@ impl GroupConsumer {
             .arg(ids)
             .query_async(&mut self.commands)
             .await?;
-        let entries = entry::entries(reply).map_err(parse_error)?;
         Ok(entries
             .into_iter()
             .filter(|e| !e.fields.is_empty())
@@ -271,5 +269,177 @@ impl GroupConsumer {
             .query_async::<Value>(&mut self.commands)
             .await
             .map(drop)
+    }
+}
+
+/// One stream entry as Redis returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: String,
+    /// Empty for an entry deleted while pending (`XCLAIM` says so with nil).
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StreamEntry {
+    /// The `data` field, if present.
+    pub fn data(&self) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(name, _)| name == b"data")
+            .map(|(_, value)| value.as_slice())
+    }
+}
+
+/// `[id, [field, value, ...]]`, as `XRANGE`, `XCLAIM` and reads give it.
+impl FromRedisValue for StreamEntry {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        let Value::Array(pair) = value else {
+            return Err("entry is not an [id, fields] pair".into());
+        };
+        let mut pair = pair.into_iter();
+        let id = pair.next().and_then(text).ok_or("entry has no id")?;
+        let fields = match pair.next() {
+            None | Some(Value::Nil) => Vec::new(),
+            Some(Value::Array(flat)) => {
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                let mut flat = flat.into_iter();
+                while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                    fields.push((bytes(k), bytes(v)));
+                }
+                fields
+            }
+            Some(Value::Map(map)) => map.into_iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
+            Some(other) => return Err(format!("entry fields are not an array: {other:?}").into()),
+        };
+        Ok(StreamEntry { id, fields })
+    }
+}
+
+/// The entries of an `XREADGROUP` reply (of one stream; nil when none).
+struct Read(Vec<StreamEntry>);
+
+impl FromRedisValue for Read {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        let lists: Vec<Value> = match value {
+            Value::Nil => return Ok(Read(Vec::new())),
+            Value::Map(streams) => streams.into_iter().map(|(_, list)| list).collect(),
+            Value::Array(streams) => streams
+                .into_iter()
+                .map(|stream| match stream {
+                    Value::Array(mut pair) if pair.len() == 2 => {
+                        Ok(pair.pop().unwrap_or(Value::Nil))
+                    }
+                    _ => Err(ParsingError::from(
+                        "stream reply is not a [name, entries] pair",
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            other => return Err(format!("unexpected stream reply {other:?}").into()),
+        };
+        let mut entries = Vec::new();
+        for list in lists {
+            entries.extend(entry_list(list)?);
+        }
+        Ok(Read(entries))
+    }
+}
+
+/// An `XAUTOCLAIM` reply: the next cursor, the claimed entries and the ids
+/// that were pending but no longer exist in the stream.
+struct AutoClaimed {
+    cursor: String,
+    entries: Vec<StreamEntry>,
+    deleted: Vec<String>,
+}
+
+impl FromRedisValue for AutoClaimed {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        let Value::Array(parts) = value else {
+            return Err("XAUTOCLAIM reply is not an array".into());
+        };
+        let mut parts = parts.into_iter();
+        let cursor = parts
+            .next()
+            .and_then(text)
+            .ok_or("XAUTOCLAIM reply has no cursor")?;
+        let entries = entry_list(parts.next().unwrap_or(Value::Nil))?;
+        let deleted = match parts.next() {
+            Some(Value::Array(ids)) => ids.into_iter().filter_map(text).collect(),
+            _ => Vec::new(),
+        };
+        Ok(AutoClaimed {
+            cursor,
+            entries,
+            deleted,
+        })
+    }
+}
+
+fn entry_list(list: Value) -> Result<Vec<StreamEntry>, ParsingError> {
+    match list {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(items) => items
+            .into_iter()
+            .map(StreamEntry::from_redis_value)
+            .collect(),
+        other => Err(format!("entry list is not an array: {other:?}").into()),
+    }
+}
+
+fn bytes(value: Value) -> Vec<u8> {
+    match value {
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
+        Value::Int(i) => i.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_into_entries() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"events:all".to_vec()),
+            Value::Array(vec![Value::Array(vec![
+                Value::BulkString(b"1-1".to_vec()),
+                Value::Array(vec![
+                    Value::BulkString(b"data".to_vec()),
+                    Value::BulkString(b"{}".to_vec()),
+                ]),
+            ])]),
+        ])]);
+        let Read(entries) = Read::from_redis_value(reply).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].id, "1-1");
+        assert_eq!(entries[0].data(), Some(&b"{}"[..]));
+        assert!(Read::from_redis_value(Value::Nil).unwrap().0.is_empty());
+        assert!(Read::from_redis_value(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn a_claim_reports_deleted_entries() {
+        let reply = Value::Array(vec![
+            Value::BulkString(b"0-0".to_vec()),
+            Value::Array(vec![Value::Array(vec![
+                Value::BulkString(b"2-0".to_vec()),
+                Value::Nil,
+            ])]),
+            Value::Array(vec![Value::BulkString(b"1-0".to_vec())]),
+        ]);
+        let claimed = AutoClaimed::from_redis_value(reply).unwrap();
+        assert_eq!(claimed.cursor, "0-0");
+        assert_eq!(claimed.entries[0].fields, vec![]);
+        assert_eq!(claimed.deleted, ["1-0"]);
     }
 }

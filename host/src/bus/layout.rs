@@ -2,8 +2,9 @@
 //!
 //! Groups start at `0`, not `$`: every entry already in a stream when its
 //! group is first created is delivered, so an event published before the
-//! host ever ran is not missed (invariant 4). Creation is idempotent, and is
-//! repeated whenever Redis says a group is gone.
+//! host ever ran is not missed (the README's "every event reaches every
+//! subscriber of its type"). Creation is idempotent, and is repeated
+//! whenever Redis says a group is gone.
 
 use redis::aio::ConnectionLike;
 

@@ -1,36 +1,42 @@
 //! The event bus on Redis Streams, in LeanMQ's layout.
 //!
 //! Producers `XADD` to `events:all`; the [`fanout`] loop copies each entry to
-//! the stream of every subscriber of its type; one [`subscriber`] loop per
-//! subscriber hands its entries to a [`Handler`](crate::handler::Handler) and
-//! commits the results. This module knows Redis and nothing of wasmtime.
+//! the stream of every subscriber of its type ([`routes`]); one
+//! [`subscriber`] loop per subscriber hands its entries to a
+//! [`Handler`](crate::handler::Handler) and commits the results. Both loops
+//! share one skeleton ([`worker`]): how they wait out outages, recreate lost
+//! groups and give up. Below them: [`group`] (reads and claims in a consumer
+//! group), [`scripts`] (the atomic writes), [`leanmq`] (the entries' wire
+//! format), [`keys`] and [`layout`] (LeanMQ's names and bookkeeping),
+//! [`connection`]. This module knows Redis and nothing of wasmtime.
 
 pub mod connection;
-pub mod entry;
 pub mod fanout;
-mod group;
+pub mod group;
 pub mod keys;
-mod layout;
-pub mod private_redis;
-mod scripts;
+pub mod layout;
+pub mod leanmq;
+pub mod routes;
+pub mod scripts;
 mod state;
 pub mod subscriber;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use redis::aio::ConnectionManager;
 use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BusConfig;
 use crate::handler::StateReader;
-use connection::Connector;
-use fanout::{Fanout, RouteTable, Routes};
+use connection::{Connector, RedisConn};
+use fanout::Fanout;
 use group::GroupConsumer;
 use keys::Keys;
+use routes::{RouteTable, Routes};
 use subscriber::{SubscriberLoop, Subscription};
 
 /// Longest a read waits for new entries: also how quickly a loop notices
@@ -40,7 +46,7 @@ pub(crate) const BLOCK: Duration = Duration::from_millis(500);
 /// A connection to the bus and the means to run loops on it.
 pub struct Bus {
     connector: Connector,
-    commands: ConnectionManager,
+    commands: RedisConn,
     keys: Keys,
     config: BusConfig,
     routes: RouteTable,
@@ -121,7 +127,7 @@ impl Bus {
             self.commands.clone(),
             state_key.clone(),
         ));
-        let run = SubscriberLoop::new(
+        let subscriber = SubscriberLoop::new(
             subscription,
             group,
             state,
@@ -129,7 +135,7 @@ impl Bus {
             self.keys.all().stream,
             self.config.clone(),
         );
-        Ok(tokio::spawn(run.run()))
+        Ok(tokio::spawn(subscriber.run()))
     }
 
     async fn consumer(&self, queue: keys::QueueKeys) -> anyhow::Result<GroupConsumer> {
@@ -152,19 +158,16 @@ impl Bus {
 /// plus `event_type`, `event_id`, `timestamp` and `_metadata`. Returns the
 /// stream id and the event id.
 pub async fn publish(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &Keys,
     event_type: &str,
-    mut data: Map<String, Value>,
+    data: Map<String, Value>,
 ) -> anyhow::Result<(String, String)> {
     let all = keys.all();
     layout::ensure_queue(conn, keys, &all).await?;
     let now = crate::handler::unix_now();
     let event_id = uuid::Uuid::new_v4().to_string();
-    data.insert("event_type".into(), Value::from(event_type));
-    data.insert("event_id".into(), Value::from(event_id.clone()));
-    data.insert("timestamp".into(), Value::from(now));
-    let payload = entry::publish_payload(&data, &event_id, now);
+    let payload = leanmq::envelope(data, event_type, &event_id, now);
     let stream_id: String = redis::cmd("XADD")
         .arg(&all.stream)
         .arg("*")

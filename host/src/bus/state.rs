@@ -1,20 +1,20 @@
 //! A subscriber's committed state, read from its Redis hash.
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
+use super::connection::RedisConn;
 use crate::handler::StateReader;
 
 /// Reads `events:state:<name>`; writes go through the commit script only.
 pub struct RedisState {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
 }
 
 impl RedisState {
     /// A reader of the hash at `key`.
-    pub fn new(conn: ConnectionManager, key: String) -> Self {
+    pub fn new(conn: RedisConn, key: String) -> Self {
         RedisState { conn, key }
     }
 }

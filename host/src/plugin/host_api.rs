@@ -6,16 +6,17 @@
 //! call's [`Effects`] and is committed by the bus only if `handle` returns ok.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, UpdateDeadline};
+use wasmtime::UpdateDeadline;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use super::limiter::MemoryLimiter;
 use super::output::OutputTail;
+use crate::config::Grants;
 use crate::handler::{Effects, StateReader};
 
 wasmtime::component::bindgen!({
@@ -36,28 +37,6 @@ pub use self::eventhost::plugin::types::{Event as WitEvent, Failure as WitFailur
 const MAX_STATE_VALUE: usize = 1 << 20;
 /// Most events one call may publish.
 const MAX_PUBLISHES: usize = 10_000;
-
-/// What a plugin may see beyond the bare sandbox, from its `grants` table.
-///
-/// Only what cannot duplicate an effect: environment variables and folders
-/// to read. Writes and sockets would be effects outside the commit that
-/// makes a handler's effects happen once, so they are not grantable.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Grants {
-    /// Environment variables, name and value, in order.
-    pub env: Vec<(String, String)>,
-    /// Host folders the plugin may read.
-    pub dirs: Vec<DirGrant>,
-}
-
-/// A host folder visible, read-only, at a path inside the plugin.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DirGrant {
-    /// Where the plugin sees it, e.g. `/data`.
-    pub guest: String,
-    /// The folder on the host.
-    pub host: PathBuf,
-}
 
 /// Everything one instance's store owns.
 pub struct StoreData {
@@ -178,8 +157,7 @@ impl self::eventhost::plugin::host::Host for StoreData {
                 "one call may publish at most {MAX_PUBLISHES} events"
             )));
         }
-        let now = crate::handler::unix_now();
-        Ok(call.effects.publish(&call.id_seed, &event_type, &data, now))
+        Ok(call.effects.publish(&call.id_seed, &event_type, &data))
     }
 
     async fn state_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
@@ -213,89 +191,5 @@ impl self::eventhost::plugin::host::Host for StoreData {
 
     fn config_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         Ok(self.config.get(&key).cloned())
-    }
-}
-
-/// Enforces `memory_mb` on everything an instance can grow, all its linear
-/// memories and tables together, and remembers that it did, so a trap that
-/// follows is reported as running out of memory rather than as a crash.
-pub struct MemoryLimiter {
-    limit: usize,
-    /// Bytes granted so far: memories, and tables at 8 bytes an element.
-    used: usize,
-    /// A growth was refused since the last reset.
-    pub hit: bool,
-}
-
-/// What a table element costs against the budget.
-const TABLE_ELEMENT_BYTES: usize = 8;
-
-impl MemoryLimiter {
-    fn new(limit: usize) -> Self {
-        MemoryLimiter {
-            limit,
-            used: 0,
-            hit: false,
-        }
-    }
-
-    /// The limit in bytes.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
-    /// Grants growing something from `current` to `desired` bytes if the
-    /// instance stays within its budget.
-    fn grow(&mut self, current: usize, desired: usize) -> bool {
-        let used = self.used - current.min(self.used) + desired;
-        if used > self.limit {
-            self.hit = true;
-            return false;
-        }
-        self.used = used;
-        true
-    }
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(self.grow(current, desired))
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(self.grow(
-            current.saturating_mul(TABLE_ELEMENT_BYTES),
-            desired.saturating_mul(TABLE_ELEMENT_BYTES),
-        ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_covers_every_memory_and_table_together() {
-        let mut limiter = MemoryLimiter::new(100 << 20);
-        // Two memories of 40 MiB fit; a third does not.
-        assert!(limiter.memory_growing(0, 40 << 20, None).unwrap());
-        assert!(limiter.memory_growing(0, 40 << 20, None).unwrap());
-        assert!(!limiter.memory_growing(0, 40 << 20, None).unwrap());
-        assert!(limiter.hit);
-        // Growing one of them counts only the difference.
-        assert!(limiter.memory_growing(40 << 20, 50 << 20, None).unwrap());
-        // Tables draw on the same budget (90 MiB used): 2M elements are 16 MB.
-        assert!(!limiter.table_growing(0, 2_000_000, None).unwrap());
-        assert!(limiter.table_growing(0, 1000, None).unwrap());
     }
 }

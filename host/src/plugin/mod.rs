@@ -3,12 +3,20 @@
 //! This module knows wasmtime and the WIT contract, and nothing of Redis: it
 //! turns an [`Event`](crate::handler::Event) into an
 //! [`Outcome`](crate::handler::Outcome) through the [`WasmHandler`].
+//!
+//! - [`runtime`]: the engine, compiling and validating components, the
+//!   compiled cache;
+//! - [`wasm_handler`]: running one subscriber's events in reused instances,
+//!   swapped atomically on reload;
+//! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
+//! - [`limiter`] and [`output`]: an instance's memory budget and the tail of
+//!   what it printed.
 
 mod host_api;
+mod limiter;
 mod output;
 mod runtime;
 mod wasm_handler;
 
-pub use host_api::{DirGrant, Grants};
-pub use runtime::{CompiledPlugin, LoadError, PluginFile, PluginRuntime, EPOCH_TICK};
-pub use wasm_handler::{Limits, PluginVersion, WasmHandler};
+pub use runtime::{CompiledPlugin, LoadError, PluginFile, PluginRuntime};
+pub use wasm_handler::{Limits, WasmHandler};

@@ -19,7 +19,7 @@ use super::host_api::{StoreData, Subscriber, SubscriberPre};
 
 /// How often the epoch advances: the resolution of time limits, and how
 /// often a long-running call yields to other work.
-pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// The wasmtime engine and linker shared by every plugin.
 pub struct PluginRuntime {

@@ -1,21 +1,21 @@
 //! Runs one subscriber's events in instances of its plugin.
 //!
-//! Instances are reused across events (a fresh one costs ten times a call)
-//! and thrown away after any trap, so a crashed plugin never sees its broken
-//! memory again. A reload swaps in a new [`PluginVersion`] atomically: calls
-//! in flight finish on the version they started with, the next call takes the
-//! new one, and instances of the old version are dropped as they come back.
+//! A [`WasmHandler`] is one build of a plugin under one subscriber's
+//! settings. Instances are reused across events (a fresh one costs ten times
+//! a call) and thrown away after any trap, so a crashed plugin never sees its
+//! broken memory again. A reload or a settings change makes a new handler:
+//! calls in flight finish on the old one, whose instances go with it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use wasmtime::Store;
+use wasmtime::{PoolConcurrencyLimitError, Store};
 
-use super::host_api::{Call, Grants, StoreData, Subscriber, WitEvent, WitFailure};
+use super::host_api::{Call, StoreData, Subscriber, WitEvent, WitFailure};
 use super::runtime::{CompiledPlugin, PluginRuntime};
+use crate::config::{Grants, SubscriberConfig};
 use crate::handler::{Effects, Event, Failure, FailureKind, Handler, Outcome, StateReader};
 
 /// How long past its limit a call blocked in a host function may take before
@@ -32,18 +32,14 @@ pub struct Limits {
     pub grants: Grants,
 }
 
-/// A plugin build with the settings it runs under.
-pub struct PluginVersion {
-    plugin: Arc<CompiledPlugin>,
-    limits: Limits,
-    config: Arc<BTreeMap<String, String>>,
-    idle: Mutex<Vec<Instance>>,
-}
-
-impl PluginVersion {
-    /// The build this version runs.
-    pub fn plugin(&self) -> &Arc<CompiledPlugin> {
-        &self.plugin
+impl From<&SubscriberConfig> for Limits {
+    fn from(settings: &SubscriberConfig) -> Self {
+        Limits {
+            timeout: settings.timeout,
+            memory_bytes: settings.memory_bytes,
+            concurrency: settings.concurrency,
+            grants: settings.grants.clone(),
+        }
     }
 }
 
@@ -52,67 +48,50 @@ struct Instance {
     bindings: Subscriber,
 }
 
-/// A [`Handler`] backed by a wasm component.
+/// A [`Handler`] backed by one build of a wasm component.
 pub struct WasmHandler {
     runtime: Arc<PluginRuntime>,
     subscriber: Arc<str>,
     /// Shown in failure messages: the plugin file as configured.
     plugin_file: String,
-    current: ArcSwap<PluginVersion>,
+    plugin: Arc<CompiledPlugin>,
+    limits: Limits,
+    config: Arc<BTreeMap<String, String>>,
+    idle: Mutex<Vec<Instance>>,
 }
 
 impl WasmHandler {
-    /// A handler for `subscriber` running `plugin`.
+    /// A handler running `plugin` for the subscriber with `settings`.
     pub fn new(
         runtime: Arc<PluginRuntime>,
-        subscriber: &str,
-        plugin_file: &str,
+        settings: &SubscriberConfig,
         plugin: Arc<CompiledPlugin>,
-        limits: Limits,
-        config: BTreeMap<String, String>,
     ) -> Self {
         WasmHandler {
             runtime,
-            subscriber: subscriber.into(),
-            plugin_file: plugin_file.to_string(),
-            current: ArcSwap::from_pointee(PluginVersion {
-                plugin,
-                limits,
-                config: Arc::new(config),
-                idle: Mutex::new(Vec::new()),
-            }),
+            subscriber: settings.name.as_str().into(),
+            plugin_file: settings.plugin_file.clone(),
+            plugin,
+            limits: Limits::from(settings),
+            config: Arc::new(settings.config.clone()),
+            idle: Mutex::new(Vec::new()),
         }
     }
 
-    /// The version new calls run on.
-    pub fn current(&self) -> Arc<PluginVersion> {
-        self.current.load_full()
+    /// The build this handler runs.
+    pub fn plugin(&self) -> &Arc<CompiledPlugin> {
+        &self.plugin
     }
 
-    /// Makes the next calls run `plugin` under `limits` and `config`.
-    pub fn swap(
-        &self,
-        plugin: Arc<CompiledPlugin>,
-        limits: Limits,
-        config: BTreeMap<String, String>,
-    ) {
-        self.current.store(Arc::new(PluginVersion {
-            plugin,
-            limits,
-            config: Arc::new(config),
-            idle: Mutex::new(Vec::new()),
-        }));
-    }
-
-    async fn instance(&self, version: &PluginVersion) -> Result<Instance, Failure> {
-        if let Some(instance) = version.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+    async fn instance(&self) -> Result<Instance, Failure> {
+        if let Some(instance) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(instance);
         }
         let data = StoreData::new(
             self.subscriber.clone(),
-            version.config.clone(),
-            version.limits.memory_bytes,
-            &version.limits.grants,
+            self.config.clone(),
+            self.limits.memory_bytes,
+            &self.limits.grants,
         )
         .map_err(|err| Failure::new(FailureKind::Host, format!("{err:#}")))?;
         let mut store = Store::new(self.runtime.engine(), data);
@@ -121,18 +100,20 @@ impl WasmHandler {
         // No deadline outside calls: instantiation runs start functions,
         // which get the call's limit below.
         store.set_epoch_deadline(u64::MAX / 2);
-        let bindings = version
+        let bindings = self
             .plugin
             .pre
             .instantiate_async(&mut store)
             .await
             .map_err(|err| {
-                let err = anyhow::Error::from(err);
-                let kind = if format!("{err:#}").contains("concurrency limit") {
+                // Every pooled slot in use is the host's shortage, not the
+                // plugin's fault.
+                let kind = if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
                     FailureKind::Host
                 } else {
                     FailureKind::Trap
                 };
+                let err = anyhow::Error::from(err);
                 Failure::new(
                     kind,
                     format!("{} failed to start: {err:#}", self.plugin_file),
@@ -141,9 +122,9 @@ impl WasmHandler {
         Ok(Instance { store, bindings })
     }
 
-    fn give_back(&self, version: &PluginVersion, instance: Instance) {
-        let mut idle = version.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < version.limits.concurrency {
+    fn give_back(&self, instance: Instance) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.limits.concurrency {
             idle.push(instance);
         }
     }
@@ -198,12 +179,11 @@ impl WasmHandler {
 #[async_trait]
 impl Handler for WasmHandler {
     async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome {
-        let version = self.current.load_full();
-        let mut instance = match self.instance(&version).await {
+        let mut instance = match self.instance().await {
             Ok(instance) => instance,
             Err(failure) => return Outcome::Failed(failure),
         };
-        let timeout = version.limits.timeout;
+        let timeout = self.limits.timeout;
         let data = instance.store.data_mut();
         data.limiter.hit = false;
         data.call = Some(Call {
@@ -253,7 +233,7 @@ impl Handler for WasmHandler {
             }
         };
         log_output(&self.subscriber, &wit_event.id, &data.output.drain());
-        self.give_back(&version, instance);
+        self.give_back(instance);
         outcome
     }
 }

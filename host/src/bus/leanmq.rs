@@ -1,41 +1,26 @@
-//! The wire format of stream entries, apart from what the bus does with them.
+//! LeanMQ's envelope: the wire format of stream entries, both directions,
+//! apart from what the bus does with them.
 //!
 //! A LeanMQ entry has one field, `data`: a JSON object. Producers add
-//! `_metadata: {id, timestamp, ttl}`; the DLQ adds `_failures`; LeanMQ's
-//! requeue adds `_requeues`. This module reads replies into [`StreamEntry`],
-//! decodes `data` into an [`Event`], and writes DLQ and publish payloads the
-//! way LeanMQ does, so its tools read ours.
+//! `event_type`, `event_id`, `timestamp` and `_metadata: {id, timestamp,
+//! ttl}`; the DLQ adds `_failures`; LeanMQ's requeue adds `_requeues`. This
+//! module alone knows those keys: it decodes an entry into the [`Event`] a
+//! handler sees (without the bookkeeping), and writes published events and
+//! dead letters the way LeanMQ does, so its tools read ours.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use redis::Value as RedisValue;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::handler::{json_kind, Event};
+use super::group::StreamEntry;
+use crate::handler::{json_kind, Event, Published};
 
 /// Keys LeanMQ adds for its own bookkeeping; a handler never sees them.
 const BOOKKEEPING: [&str; 3] = ["_metadata", "_failures", "_requeues"];
-
-/// One stream entry as Redis returned it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamEntry {
-    pub id: String,
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl StreamEntry {
-    /// The `data` field, if present.
-    pub fn data(&self) -> Option<&[u8]> {
-        self.fields
-            .iter()
-            .find(|(name, _)| name == b"data")
-            .map(|(_, value)| value.as_slice())
-    }
-}
 
 /// Why an entry cannot become an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,113 +288,30 @@ fn metadata(id: &str, timestamp: f64) -> Value {
     Value::Object(meta)
 }
 
-/// The `data` of a published event, as a LeanMQ producer writes it: the
-/// object plus `_metadata: {id, timestamp, ttl}`.
-pub fn publish_payload(object: &Map<String, Value>, event_id: &str, now: f64) -> String {
-    let mut object = object.clone();
-    object.insert("_metadata".into(), metadata(event_id, now));
-    Value::Object(object).to_string()
+/// The `data` of an event published at `now`, as a LeanMQ producer writes
+/// it: the object plus `event_type`, `event_id`, `timestamp` and
+/// `_metadata: {id, timestamp, ttl}`.
+pub fn publish_payload(published: &Published, now: f64) -> String {
+    envelope(
+        published.data.clone(),
+        &published.event_type,
+        &published.event_id,
+        now,
+    )
 }
 
-/// Reads the entries of an `XREADGROUP`/`XREAD` reply (one stream).
-pub fn read_reply(reply: RedisValue) -> Result<Vec<StreamEntry>, String> {
-    match reply {
-        RedisValue::Nil => Ok(Vec::new()),
-        RedisValue::Array(streams) => {
-            let mut out = Vec::new();
-            for stream in streams {
-                let RedisValue::Array(mut pair) = stream else {
-                    return Err("stream reply is not a [name, entries] pair".into());
-                };
-                if pair.len() != 2 {
-                    return Err("stream reply is not a [name, entries] pair".into());
-                }
-                out.extend(entries(pair.pop().unwrap_or(RedisValue::Nil))?);
-            }
-            Ok(out)
-        }
-        RedisValue::Map(streams) => {
-            let mut out = Vec::new();
-            for (_, list) in streams {
-                out.extend(entries(list)?);
-            }
-            Ok(out)
-        }
-        other => Err(format!("unexpected stream reply {other:?}")),
-    }
-}
-
-/// Reads an `XAUTOCLAIM` reply: the next cursor, the claimed entries and the
-/// ids that were pending but no longer exist in the stream.
-pub fn autoclaim_reply(
-    reply: RedisValue,
-) -> Result<(String, Vec<StreamEntry>, Vec<String>), String> {
-    let RedisValue::Array(parts) = reply else {
-        return Err("XAUTOCLAIM reply is not an array".into());
-    };
-    let mut parts = parts.into_iter();
-    let cursor = parts
-        .next()
-        .and_then(text)
-        .ok_or("XAUTOCLAIM reply has no cursor")?;
-    let claimed = entries(parts.next().unwrap_or(RedisValue::Nil))?;
-    let deleted = match parts.next() {
-        Some(RedisValue::Array(ids)) => ids.into_iter().filter_map(text).collect(),
-        _ => Vec::new(),
-    };
-    Ok((cursor, claimed, deleted))
-}
-
-/// Reads a list of `[id, [field, value, ...]]` entries (`XRANGE`, `XCLAIM`).
-pub fn entries(list: RedisValue) -> Result<Vec<StreamEntry>, String> {
-    let items = match list {
-        RedisValue::Nil => return Ok(Vec::new()),
-        RedisValue::Array(items) => items,
-        other => return Err(format!("entry list is not an array: {other:?}")),
-    };
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let RedisValue::Array(pair) = item else {
-            return Err("entry is not an [id, fields] pair".into());
-        };
-        let mut pair = pair.into_iter();
-        let id = pair.next().and_then(text).ok_or("entry has no id")?;
-        let fields = match pair.next() {
-            // XCLAIM/XAUTOCLAIM report an entry deleted meanwhile with nil fields.
-            None | Some(RedisValue::Nil) => Vec::new(),
-            Some(RedisValue::Array(flat)) => {
-                let mut fields = Vec::with_capacity(flat.len() / 2);
-                let mut flat = flat.into_iter();
-                while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
-                    fields.push((bytes(k), bytes(v)));
-                }
-                fields
-            }
-            Some(RedisValue::Map(map)) => {
-                map.into_iter().map(|(k, v)| (bytes(k), bytes(v))).collect()
-            }
-            Some(other) => return Err(format!("entry fields are not an array: {other:?}")),
-        };
-        out.push(StreamEntry { id, fields });
-    }
-    Ok(out)
-}
-
-fn bytes(value: RedisValue) -> Vec<u8> {
-    match value {
-        RedisValue::BulkString(b) => b,
-        RedisValue::SimpleString(s) => s.into_bytes(),
-        RedisValue::Int(i) => i.to_string().into_bytes(),
-        _ => Vec::new(),
-    }
-}
-
-fn text(value: RedisValue) -> Option<String> {
-    match value {
-        RedisValue::BulkString(b) => String::from_utf8(b).ok(),
-        RedisValue::SimpleString(s) => Some(s),
-        _ => None,
-    }
+/// `data` as a LeanMQ producer writes an event of `event_type`.
+pub fn envelope(
+    mut data: Map<String, Value>,
+    event_type: &str,
+    event_id: &str,
+    now: f64,
+) -> String {
+    data.insert("event_type".into(), Value::from(event_type));
+    data.insert("event_id".into(), Value::from(event_id));
+    data.insert("timestamp".into(), Value::from(now));
+    data.insert("_metadata".into(), metadata(event_id, now));
+    Value::Object(data).to_string()
 }
 
 #[cfg(test)]
@@ -523,6 +425,22 @@ mod tests {
     }
 
     #[test]
+    fn published_events_get_the_producers_envelope() {
+        let mut effects = crate::handler::Effects::default();
+        let id = effects
+            .publish("sub/1-0", "Shipped", r#"{"order":7}"#)
+            .unwrap();
+        let data: Value =
+            serde_json::from_str(&publish_payload(&effects.published()[0], 12.5)).unwrap();
+        assert_eq!(data["event_type"], "Shipped");
+        assert_eq!(data["event_id"], id.as_str());
+        assert_eq!(data["timestamp"], 12.5);
+        assert_eq!(data["order"], 7);
+        assert_eq!(data["_metadata"]["id"], id.as_str());
+        assert_eq!(data["_metadata"]["timestamp"], 12.5);
+    }
+
+    #[test]
     fn dead_letters_keep_what_is_not_json() {
         let record = FailureRecord {
             timestamp: 1.0,
@@ -546,24 +464,5 @@ mod tests {
         let v: Value = serde_json::from_str(&dead_letter(&other, &record)).unwrap();
         assert_eq!(v["_fields"]["body"], "hi");
         assert_eq!(v["_failures"][0]["kind"], "malformed");
-    }
-
-    #[test]
-    fn replies_parse_into_entries() {
-        let reply = RedisValue::Array(vec![RedisValue::Array(vec![
-            RedisValue::BulkString(b"events:all".to_vec()),
-            RedisValue::Array(vec![RedisValue::Array(vec![
-                RedisValue::BulkString(b"1-1".to_vec()),
-                RedisValue::Array(vec![
-                    RedisValue::BulkString(b"data".to_vec()),
-                    RedisValue::BulkString(b"{}".to_vec()),
-                ]),
-            ])]),
-        ])]);
-        let entries = read_reply(reply).unwrap();
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].id, "1-1");
-        assert_eq!(entries[0].data(), Some(&b"{}"[..]));
-        assert!(read_reply(RedisValue::Nil).unwrap().is_empty());
     }
 }

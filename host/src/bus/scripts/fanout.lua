@@ -8,6 +8,8 @@
 -- Each entry is acknowledged first and copied only if it was still pending:
 -- an entry that another consumer reclaimed and routed meanwhile is skipped,
 -- so no event is ever fanned out twice.
+--
+-- Returns how many entries were skipped that way.
 
 -- Refuse before writing anything rather than fail half-way.
 for k = 2, #KEYS do
@@ -18,7 +20,7 @@ for k = 2, #KEYS do
 end
 
 local group = ARGV[1]
-local routed, dead, skipped = 0, 0, 0
+local skipped = 0
 local i = 2
 while i <= #ARGV do
   local id, n = ARGV[i], tonumber(ARGV[i + 1])
@@ -30,7 +32,6 @@ while i <= #ARGV do
       for t = 0, n - 1 do
         redis.call('XADD', KEYS[tonumber(ARGV[i + t])], '*', 'data', data)
       end
-      routed = routed + 1
     else
       skipped = skipped + 1
     end
@@ -38,11 +39,10 @@ while i <= #ARGV do
   else
     if acked then
       redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])
-      dead = dead + 1
     else
       skipped = skipped + 1
     end
     i = i + 1
   end
 end
-return {routed, dead, skipped}
+return skipped

@@ -12,6 +12,9 @@
 -- twice for one entry (a crash, a reclaim) therefore commits its effects
 -- exactly once. Results without effects have nothing to guard: one XACK
 -- takes them all.
+--
+-- Returns how many entries were skipped: already acknowledged by another
+-- consumer, nothing of theirs written.
 
 for k = 2, 4 do
   local t = redis.call('TYPE', KEYS[k])['ok']
@@ -23,13 +26,12 @@ end
 
 local group = ARGV[1]
 local quiet = tonumber(ARGV[2])
-local committed, dead, skipped = 0, 0, 0
+local skipped = 0
 
 -- Lua's unpack takes a few thousand values at most.
 for from = 3, 2 + quiet, 4000 do
   local to = math.min(from + 3999, 2 + quiet)
   local acked = redis.call('XACK', KEYS[1], group, unpack(ARGV, from, to))
-  committed = committed + acked
   skipped = skipped + (to - from + 1) - acked
 end
 
@@ -61,15 +63,14 @@ while i <= #ARGV do
       redis.call('HDEL', KEYS[3], unpack(ARGV, i, i + d - 1))
     end
     i = i + d
-    if acked then committed = committed + 1 else skipped = skipped + 1 end
+    if not acked then skipped = skipped + 1 end
   else
     if acked then
       redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])
-      dead = dead + 1
     else
       skipped = skipped + 1
     end
     i = i + 1
   end
 end
-return {committed, dead, skipped}
+return skipped

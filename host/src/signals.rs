@@ -1,4 +1,5 @@
-//! Turning SIGINT/SIGTERM into a graceful stop, and SIGHUP into a reload.
+//! The signals the host answers: SIGINT/SIGTERM stop it gracefully, SIGHUP
+//! reloads it.
 //!
 //! The first SIGINT or SIGTERM cancels the process-wide token: loops stop
 //! reading, finish and commit what they hold, and the process exits 0. A

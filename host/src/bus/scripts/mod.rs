@@ -1,0 +1,22 @@
+//! The bus's atomic writes, as Lua scripts beside their Rust encoders.
+//!
+//! A MULTI/EXEC cannot make a write depend on whether an `XACK` found its
+//! entry still pending; a script can. So the fan-out ([`fanout`]) and a
+//! subscriber's commit ([`commit`]) acknowledge each entry first and write
+//! its copies, effects or dead letter only if that acknowledgement counted:
+//! an entry handled twice (a slow consumer and the one that reclaimed its
+//! work) is committed once. [`trim`] bounds streams without cutting what a
+//! group still needs. Each is tested against a real redis-server in
+//! `tests/scripts.rs`.
+
+pub mod commit;
+pub mod fanout;
+pub mod trim;
+
+pub use commit::{CommitBatch, CommitKeys};
+pub use fanout::FanoutBatch;
+pub use trim::trim;
+
+/// Entries of a batch that were already acknowledged by someone else, so
+/// nothing of theirs was written.
+pub type Skipped = u64;

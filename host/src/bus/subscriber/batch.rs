@@ -1,0 +1,147 @@
+//! Running one batch of a subscriber's events through its handler: at most
+//! `concurrency` at once, each seeing the writes of those that succeeded
+//! before it, with the lease on the batch renewed while it runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::Subscription;
+use crate::bus::group::GroupConsumer;
+use crate::handler::{Event, Outcome, StateReader};
+
+/// One event's outcome: its index in the batch, its event id, what the
+/// handler returned.
+pub type Ran = (usize, String, Outcome);
+
+/// Runs `jobs` (index in the batch, event) and returns their outcomes.
+/// Every `renew_every` the entries `ids` are claimed again without counting
+/// a delivery, so a long batch is not mistaken for abandoned work and run
+/// twice.
+pub async fn run(
+    subscription: &Arc<Subscription>,
+    state: Arc<dyn StateReader>,
+    jobs: Vec<(usize, Event)>,
+    concurrency: usize,
+    group: &mut GroupConsumer,
+    ids: &[String],
+    renew_every: Duration,
+) -> Vec<Ran> {
+    let running = run_all(
+        subscription.clone(),
+        Arc::new(BatchState::new(state)),
+        jobs,
+        concurrency,
+    );
+    tokio::pin!(running);
+    // First renewal one period from now: awaiting an interval's immediate
+    // first tick costs a trip through the timer wheel, which rounds up to
+    // the next millisecond.
+    let mut lease =
+        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    loop {
+        tokio::select! {
+            outcomes = &mut running => return outcomes,
+            _ = lease.tick() => {
+                if let Err(err) = group.renew(ids).await {
+                    tracing::warn!(subscriber = %subscription.name, "cannot renew the lease on a batch: {err}");
+                }
+            }
+        }
+    }
+}
+
+/// The state a batch's events read: what is committed, plus the writes of
+/// the batch's events that already succeeded. Their commit comes at the end
+/// of the batch, but an event handled after another must see its writes, as
+/// if each had been committed on its own.
+struct BatchState {
+    committed: Arc<dyn StateReader>,
+    written: Mutex<HashMap<String, Option<String>>>,
+}
+
+impl BatchState {
+    fn new(committed: Arc<dyn StateReader>) -> Self {
+        BatchState {
+            committed,
+            written: Mutex::default(),
+        }
+    }
+
+    /// Makes a successful event's writes visible to the events after it.
+    fn absorb(&self, outcome: &Outcome) {
+        if let Outcome::Ok(effects) = outcome {
+            let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, value) in effects.writes() {
+                written.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl StateReader for BatchState {
+    async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        match written {
+            Some(value) => Ok(value),
+            None => self.committed.get(key).await,
+        }
+    }
+}
+
+/// Runs every job, at most `concurrency` at once, each on the handler in
+/// use when it starts (a reload applies from the next event). With
+/// `concurrency` 1 the events run in stream order and each sees the state
+/// the ones before it left.
+async fn run_all(
+    subscription: Arc<Subscription>,
+    state: Arc<BatchState>,
+    jobs: Vec<(usize, Event)>,
+    concurrency: usize,
+) -> Vec<Ran> {
+    let mut results = Vec::with_capacity(jobs.len());
+    if concurrency <= 1 || jobs.len() <= 1 {
+        for (index, event) in jobs {
+            let id = event.id.clone();
+            let outcome = subscription.handler().handle(event, state.clone()).await;
+            state.absorb(&outcome);
+            results.push((index, id, outcome));
+        }
+        return results;
+    }
+    let mut running = JoinSet::new();
+    let mut collect = |joined: Result<Ran, tokio::task::JoinError>| match joined {
+        Ok(result) => {
+            state.absorb(&result.2);
+            results.push(result);
+        }
+        // A panic in the host's own code: the event stays pending and is
+        // reclaimed, rather than being blamed on the plugin.
+        Err(err) => tracing::error!("a handler task failed: {err}"),
+    };
+    for (index, event) in jobs {
+        if running.len() >= concurrency {
+            if let Some(joined) = running.join_next().await {
+                collect(joined);
+            }
+        }
+        let handler = subscription.handler();
+        let state = state.clone();
+        running.spawn(async move {
+            let id = event.id.clone();
+            (index, id, handler.handle(event, state).await)
+        });
+    }
+    while let Some(joined) = running.join_next().await {
+        collect(joined);
+    }
+    results
+}

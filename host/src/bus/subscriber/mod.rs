@@ -1,0 +1,444 @@
+//! A subscriber loop: its stream → its handler → one commit per batch.
+//!
+//! Per batch: take due retries, else entries left by a dead consumer, else
+//! new entries; run them through the handler ([`batch`]); decide the fate of
+//! each that failed ([`verdict`]); then commit every result in one script
+//! call: acknowledgements with their effects, and dead letters. A `retry`
+//! failure stays pending and is claimed again after its backoff, which bumps
+//! its delivery count: the attempt number survives a crash.
+
+mod batch;
+pub mod verdict;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use redis::RedisResult;
+use tokio_util::sync::CancellationToken;
+
+use super::group::{GroupConsumer, StreamEntry};
+use super::leanmq::{self, FailureRecord};
+use super::scripts::{CommitBatch, CommitKeys};
+use super::worker::{self, Patience, Round, Worker};
+use super::BLOCK;
+use crate::config::{BusConfig, SubscriberConfig};
+use crate::handler::{Handler, Outcome, StateReader};
+use crate::telemetry::metrics::SubscriberMetrics;
+use verdict::Verdict;
+
+/// How often to look for new entries while a retry is about to be due.
+const RETRY_POLL: Duration = Duration::from_millis(5);
+
+/// A subscriber as the bus runs it: its settings and the handler made for
+/// them, both replaceable live, and the means to stop it.
+pub struct Subscription {
+    pub name: String,
+    settings: ArcSwap<SubscriberConfig>,
+    handler: ArcSwap<Arc<dyn Handler>>,
+    stop: CancellationToken,
+    /// Set when the subscriber is removed: handle what the stream holds,
+    /// then stop.
+    finishing: AtomicBool,
+}
+
+impl Subscription {
+    /// A subscription whose loop stops when `stop` fires.
+    pub fn new(
+        settings: SubscriberConfig,
+        handler: Arc<dyn Handler>,
+        stop: CancellationToken,
+    ) -> Self {
+        Subscription {
+            name: settings.name.clone(),
+            settings: ArcSwap::from_pointee(settings),
+            handler: ArcSwap::from_pointee(handler),
+            stop,
+            finishing: AtomicBool::new(false),
+        }
+    }
+
+    /// The settings the next batch uses.
+    pub fn settings(&self) -> Arc<SubscriberConfig> {
+        self.settings.load_full()
+    }
+
+    /// The handler the next event runs on.
+    pub fn handler(&self) -> Arc<dyn Handler> {
+        self.handler.load().as_ref().clone()
+    }
+
+    /// New settings, and the handler made for them: the next batch uses
+    /// the settings, the next event the handler. Events in flight finish
+    /// on the handler they started with.
+    pub fn update(&self, settings: SubscriberConfig, handler: Arc<dyn Handler>) {
+        self.handler.store(Arc::new(handler));
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// Makes the loop finish its batch and stop.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Makes the loop handle every entry its stream holds, then stop: for
+    /// a subscriber removed from the config, once nothing is routed to it.
+    /// Events waiting for a retry stay pending, as with [`Self::stop`].
+    pub fn finish(&self) {
+        self.finishing.store(true, Ordering::Relaxed);
+    }
+
+    fn is_finishing(&self) -> bool {
+        self.finishing.load(Ordering::Relaxed)
+    }
+}
+
+/// An event waiting for its next attempt.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Retry {
+    due: Instant,
+    id: String,
+    attempt: u32,
+}
+
+/// The loop of one subscriber in this process.
+pub struct SubscriberLoop {
+    subscription: Arc<Subscription>,
+    group: GroupConsumer,
+    state: Arc<dyn StateReader>,
+    state_key: String,
+    all_stream: String,
+    bus: BusConfig,
+    metrics: SubscriberMetrics,
+    retries: BinaryHeap<Reverse<Retry>>,
+    /// Entries to run again at once, without a new delivery.
+    again: Vec<Work>,
+}
+
+/// One entry in hand, with the attempt it is on.
+struct Work {
+    entry: StreamEntry,
+    attempt: u32,
+}
+
+impl SubscriberLoop {
+    /// A loop for `subscription`, reading through `group`; its state hash
+    /// is `state_key` and it publishes to `all_stream`.
+    pub(in crate::bus) fn new(
+        subscription: Arc<Subscription>,
+        group: GroupConsumer,
+        state: Arc<dyn StateReader>,
+        state_key: String,
+        all_stream: String,
+        bus: BusConfig,
+    ) -> Self {
+        let metrics = SubscriberMetrics::new(&subscription.name);
+        SubscriberLoop {
+            subscription,
+            group,
+            state,
+            state_key,
+            all_stream,
+            bus,
+            metrics,
+            retries: BinaryHeap::new(),
+            again: Vec::new(),
+        }
+    }
+
+    /// Handles events until the subscription stops; Redis errors are
+    /// retried with backoff.
+    pub async fn run(self) {
+        let name = self.subscription.name.clone();
+        tracing::info!(subscriber = %name, stream = %self.group.queue().stream, "subscriber started");
+        let stop = self.subscription.stop.clone();
+        let waiting = worker::run(self, stop).await.retries.len();
+        if waiting > 0 {
+            tracing::info!(
+                subscriber = %name,
+                "stopping with {waiting} events waiting to be retried; they stay pending and are reclaimed on the next start"
+            );
+        }
+        tracing::info!(subscriber = %name, "subscriber stopped");
+    }
+
+    /// One batch; returns whether there was any work. A `finishing` loop
+    /// does not wait for new entries.
+    async fn handle_batch(&mut self, finishing: bool) -> RedisResult<bool> {
+        let settings = self.subscription.settings();
+        let work = self.next_work(finishing).await?;
+        let worked = !work.is_empty();
+        if worked {
+            let (batch, handled) = self.process(&settings, work).await;
+            self.commit(&batch).await?;
+            self.metrics.handled.increment(handled.len() as u64);
+            let now = crate::handler::unix_now();
+            for published in handled.into_iter().flatten() {
+                self.metrics.latency.record((now - published).max(0.0));
+            }
+        }
+        self.group
+            .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
+            .await?;
+        Ok(worked)
+    }
+
+    /// Events to run again first, then due retries, then abandoned entries,
+    /// then new ones.
+    async fn next_work(&mut self, finishing: bool) -> RedisResult<Vec<Work>> {
+        if !self.again.is_empty() {
+            return Ok(std::mem::take(&mut self.again));
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(Reverse(retry)) = self.retries.peek() {
+            if retry.due > now || due.len() >= self.bus.read_batch {
+                break;
+            }
+            let Reverse(retry) = self.retries.pop().expect("peeked");
+            due.push(retry);
+        }
+        if !due.is_empty() {
+            let ids: Vec<String> = due.iter().map(|r| r.id.clone()).collect();
+            let entries = self.group.claim(&ids).await?;
+            return Ok(entries
+                .into_iter()
+                .filter_map(|entry| {
+                    let attempt = due.iter().find(|r| r.id == entry.id)?.attempt;
+                    Some(Work { entry, attempt })
+                })
+                .collect());
+        }
+
+        let claimed = self
+            .group
+            .reclaim_due(self.bus.claim_idle, self.bus.read_batch)
+            .await?;
+        if !claimed.is_empty() {
+            return Ok(claimed
+                .into_iter()
+                .map(|c| Work {
+                    entry: c.entry,
+                    attempt: c.deliveries,
+                })
+                .collect());
+        }
+
+        let block = BLOCK.min(self.group.until_reclaim());
+        let retry_due = self
+            .retries
+            .peek()
+            .map(|Reverse(retry)| retry.due.saturating_duration_since(now));
+        // Redis times out a blocked read only on its cron tick (100 ms), so
+        // a read blocking until a retry is due would wake up to 100 ms late:
+        // poll instead while a retry is close.
+        let entries = match retry_due {
+            Some(due) if due < block => {
+                let entries = self.group.read_new(self.bus.read_batch, None).await?;
+                if entries.is_empty() {
+                    tokio::time::sleep(due.min(RETRY_POLL)).await;
+                }
+                entries
+            }
+            _ => {
+                let block = (!finishing).then(|| block.max(Duration::from_millis(1)));
+                self.group.read_new(self.bus.read_batch, block).await?
+            }
+        };
+        Ok(entries
+            .into_iter()
+            .map(|entry| Work { entry, attempt: 1 })
+            .collect())
+    }
+
+    /// Runs the batch through the handler and decides each entry's fate.
+    /// Returns the commit, and the publication time of each event handled.
+    async fn process(
+        &mut self,
+        settings: &SubscriberConfig,
+        work: Vec<Work>,
+    ) -> (CommitBatch, Vec<Option<f64>>) {
+        let queue = self.group.queue().clone();
+        let mut batch = CommitBatch::new(&queue.group);
+        let mut jobs = Vec::with_capacity(work.len());
+        let mut published = vec![None; work.len()];
+        // The entries that run, by index; the others are decided already.
+        let mut held: Vec<Option<Work>> = Vec::with_capacity(work.len());
+        for (index, item) in work.into_iter().enumerate() {
+            let decided = match verdict::before_running(item.attempt, settings) {
+                Some(verdict) => Some(verdict),
+                None => {
+                    match leanmq::decode_event(
+                        &item.entry,
+                        item.attempt,
+                        self.bus.max_payload_bytes,
+                    ) {
+                        Ok(event) => {
+                            published[index] = event.timestamp;
+                            jobs.push((index, event));
+                            None
+                        }
+                        Err(malformed) => Some(verdict::malformed(settings, malformed)),
+                    }
+                }
+            };
+            match decided {
+                Some(verdict) => {
+                    self.apply(&mut batch, settings, item, "", verdict);
+                    held.push(None);
+                }
+                None => held.push(Some(item)),
+            }
+        }
+
+        let ids: Vec<String> = held.iter().flatten().map(|w| w.entry.id.clone()).collect();
+        let outcomes = batch::run(
+            &self.subscription,
+            self.state.clone(),
+            jobs,
+            settings.concurrency,
+            &mut self.group,
+            &ids,
+            self.bus.claim_idle / 3,
+        )
+        .await;
+
+        let now = crate::handler::unix_now();
+        let mut handled = Vec::with_capacity(outcomes.len());
+        for (index, event_id, outcome) in outcomes {
+            let item = held[index].take().expect("one outcome per job");
+            match outcome {
+                Outcome::Ok(effects) => {
+                    tracing::debug!(subscriber = %settings.name, event_id, "handled");
+                    batch.ok(&item.entry.id, &effects, now);
+                    handled.push(published[index]);
+                }
+                Outcome::Failed(failure) => {
+                    let verdict = verdict::after_failure(
+                        item.attempt,
+                        &failure,
+                        settings,
+                        self.bus.claim_idle / 2,
+                    );
+                    if let Verdict::Retry { next, delay } = &verdict {
+                        tracing::info!(
+                            subscriber = %settings.name,
+                            event_id,
+                            attempt = item.attempt,
+                            "{}: {}; attempt {next} of {} in {delay:?}",
+                            failure.kind,
+                            failure.message,
+                            settings.max_attempts
+                        );
+                    }
+                    self.apply(&mut batch, settings, item, &event_id, verdict);
+                }
+            }
+        }
+        (batch, handled)
+    }
+
+    /// Carries out a verdict: a retry scheduled, a run again queued, or a
+    /// dead letter added to the commit.
+    fn apply(
+        &mut self,
+        batch: &mut CommitBatch,
+        settings: &SubscriberConfig,
+        item: Work,
+        event_id: &str,
+        verdict: Verdict,
+    ) {
+        match verdict {
+            Verdict::Retry { next, delay } => {
+                self.metrics.retried.increment(1);
+                self.retries.push(Reverse(Retry {
+                    due: Instant::now() + delay,
+                    id: item.entry.id.clone(),
+                    attempt: next,
+                }));
+            }
+            Verdict::RunAgain => self.again.push(item),
+            Verdict::DeadLetter { kind, reason } => {
+                tracing::warn!(
+                    subscriber = %settings.name,
+                    event_id,
+                    stream_id = %item.entry.id,
+                    attempt = item.attempt,
+                    "dead-lettered: {reason}"
+                );
+                self.metrics.dead_lettered(kind);
+                let record = FailureRecord {
+                    timestamp: crate::handler::unix_now(),
+                    reason: &reason,
+                    kind,
+                    subscriber: Some(&settings.name),
+                    attempt: Some(item.attempt),
+                };
+                batch.dead_letter(&item.entry.id, leanmq::dead_letter(&item.entry, &record));
+            }
+        }
+    }
+
+    /// Commits a batch, with the loops' give-up policy.
+    async fn commit(&mut self, batch: &CommitBatch) -> RedisResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let queue = self.group.queue().clone();
+        let keys = CommitKeys {
+            stream: &queue.stream,
+            dlq: &queue.dlq,
+            state: &self.state_key,
+            all: &self.all_stream,
+        };
+        let name = &self.subscription.name;
+        let mut patience = Patience::new(name, &self.subscription.stop);
+        let skipped = loop {
+            match batch.apply(self.group.commands(), &keys).await {
+                Ok(skipped) => break skipped,
+                Err(err) => patience.failed(err).await?,
+            }
+        };
+        if skipped > 0 {
+            self.metrics.duplicates.increment(skipped);
+            tracing::info!(
+                subscriber = %name,
+                "{skipped} results discarded: another consumer committed those events first"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Worker for SubscriberLoop {
+    fn name(&self) -> &str {
+        &self.subscription.name
+    }
+
+    fn group(&mut self) -> &mut GroupConsumer {
+        &mut self.group
+    }
+
+    async fn step(&mut self, stopping: bool) -> RedisResult<Round> {
+        if stopping {
+            return Ok(Round::Done);
+        }
+        let finishing = self.subscription.is_finishing();
+        let worked = self.handle_batch(finishing).await?;
+        Ok(if finishing && !worked {
+            Round::Done
+        } else {
+            Round::Continue
+        })
+    }
+
+    fn group_lost(&mut self) {
+        self.retries.clear();
+        self.again.clear();
+    }
+}

@@ -1,0 +1,195 @@
+//! What becomes of an event that did not succeed: retried later, run again
+//! at once, or dead-lettered. A pure decision, so every rule is tested here.
+
+use std::time::Duration;
+
+use crate::config::SubscriberConfig;
+use crate::handler::{Failure, FailureKind};
+
+/// The fate of one delivery that did not end in `ok`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stays pending; attempt `next` runs after `delay`.
+    Retry { next: u32, delay: Duration },
+    /// Runs again at once, and it does not count as an attempt: it failed
+    /// for no fault of its own (the state it read changed under it).
+    RunAgain,
+    /// Goes to the DLQ with a record of this kind and reason.
+    DeadLetter { kind: &'static str, reason: String },
+}
+
+/// The decision for a handler's `failure` on `attempt` (from 1) of an event
+/// of the subscriber with `settings`. A retry never waits longer than
+/// `longest_wait`: past half the claim window another process would take
+/// the entry for abandoned.
+pub fn after_failure(
+    attempt: u32,
+    failure: &Failure,
+    settings: &SubscriberConfig,
+    longest_wait: Duration,
+) -> Verdict {
+    let kind = failure.kind;
+    if kind.is_retryable() && attempt < settings.max_attempts {
+        let next = attempt + 1;
+        return Verdict::Retry {
+            next,
+            delay: settings.backoff_before(next).min(longest_wait),
+        };
+    }
+    let what = match kind {
+        FailureKind::Retry => format!("retry exhausted after {attempt} attempts"),
+        FailureKind::Host => format!("host error after {attempt} attempts"),
+        FailureKind::Reject => "rejected".into(),
+        FailureKind::Trap => "trap".into(),
+        FailureKind::Timeout => "timeout".into(),
+        FailureKind::OutOfMemory => "out of memory".into(),
+    };
+    Verdict::DeadLetter {
+        kind: kind.as_str(),
+        reason: format!("{}: {what}: {}", settings.name, failure.message),
+    }
+}
+
+/// The decision before running an event on delivery `attempt`: an event
+/// delivered more often than it may be attempted kept dying with the
+/// process that ran it, and is dead-lettered instead of run again.
+pub fn before_running(attempt: u32, settings: &SubscriberConfig) -> Option<Verdict> {
+    (attempt > settings.max_attempts).then(|| Verdict::DeadLetter {
+        kind: "abandoned",
+        reason: format!(
+            "{}: abandoned after {attempt} deliveries without a result (the host stopped or \
+             crashed while handling it)",
+            settings.name
+        ),
+    })
+}
+
+/// The decision for an entry that is not an event at all.
+pub fn malformed(settings: &SubscriberConfig, what: impl std::fmt::Display) -> Verdict {
+    Verdict::DeadLetter {
+        kind: "malformed",
+        reason: format!("{}: malformed entry: {what}", settings.name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EventFilter, Grants};
+
+    fn settings(max_attempts: u32) -> SubscriberConfig {
+        SubscriberConfig {
+            name: "pay".into(),
+            plugin_file: "pay.wasm".into(),
+            plugin: "/p/pay.wasm".into(),
+            events: EventFilter::All,
+            concurrency: 1,
+            max_attempts,
+            timeout: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+            retry_backoff: Duration::from_millis(100),
+            config: Default::default(),
+            grants: Grants::default(),
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    fn failure(kind: FailureKind) -> Failure {
+        Failure::new(kind, "boom")
+    }
+
+    #[test]
+    fn a_retry_waits_longer_each_attempt_then_goes_to_the_dlq() {
+        let s = settings(3);
+        let retry = failure(FailureKind::Retry);
+        assert_eq!(
+            after_failure(1, &retry, &s, LONG),
+            Verdict::Retry {
+                next: 2,
+                delay: Duration::from_millis(100)
+            }
+        );
+        assert_eq!(
+            after_failure(2, &retry, &s, LONG),
+            Verdict::Retry {
+                next: 3,
+                delay: Duration::from_millis(200)
+            }
+        );
+        assert_eq!(
+            after_failure(3, &retry, &s, LONG),
+            Verdict::DeadLetter {
+                kind: "retry",
+                reason: "pay: retry exhausted after 3 attempts: boom".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_retry_never_waits_past_the_claim_window() {
+        let verdict = after_failure(
+            1,
+            &failure(FailureKind::Retry),
+            &settings(3),
+            Duration::from_millis(30),
+        );
+        assert_eq!(
+            verdict,
+            Verdict::Retry {
+                next: 2,
+                delay: Duration::from_millis(30)
+            }
+        );
+    }
+
+    #[test]
+    fn host_errors_are_retried_like_retries() {
+        let s = settings(2);
+        let host = failure(FailureKind::Host);
+        assert!(matches!(
+            after_failure(1, &host, &s, LONG),
+            Verdict::Retry { next: 2, .. }
+        ));
+        assert!(matches!(
+            after_failure(2, &host, &s, LONG),
+            Verdict::DeadLetter {
+                kind: "host-error",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn what_will_never_succeed_goes_to_the_dlq_at_once() {
+        let s = settings(5);
+        for (kind, word, what) in [
+            (FailureKind::Reject, "reject", "rejected"),
+            (FailureKind::Trap, "trap", "trap"),
+            (FailureKind::Timeout, "timeout", "timeout"),
+            (FailureKind::OutOfMemory, "out-of-memory", "out of memory"),
+        ] {
+            assert_eq!(
+                after_failure(1, &failure(kind), &s, LONG),
+                Verdict::DeadLetter {
+                    kind: word,
+                    reason: format!("pay: {what}: boom")
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn an_event_delivered_past_its_attempts_is_abandoned() {
+        let s = settings(3);
+        assert_eq!(before_running(3, &s), None);
+        assert!(matches!(
+            before_running(4, &s),
+            Some(Verdict::DeadLetter { kind: "abandoned", reason }) if reason.contains("after 4 deliveries")
+        ));
+        assert!(matches!(
+            malformed(&s, "no data"),
+            Verdict::DeadLetter { kind: "malformed", reason } if reason == "pay: malformed entry: no data"
+        ));
+    }
+}

@@ -1,0 +1,206 @@
+//! `eventhost.toml` → validated, typed settings, and nothing more.
+//!
+//! The TOML is deserialized into raw structs that keep every value's
+//! position ([`raw`]), then checked as a whole ([`check`]), so one run reports
+//! every problem, each as `file:line:column: key: what is wrong`
+//! ([`problem`]). Nothing past this module sees TOML, and this module sees
+//! nothing past the text: whether files exist and plugins load is the
+//! [preflight](crate::preflight)'s job.
+
+mod check;
+mod problem;
+mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use problem::{line_and_column, ConfigError, Problem};
+
+/// Name of the folder, beside the config file, that holds the compiled-plugin
+/// cache and the private Redis data.
+pub const STATE_DIR: &str = ".eventhost";
+
+/// The whole configuration of one eventhost process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    /// The file's text, to locate problems found later (a plugin that does
+    /// not load) at the line that names them.
+    pub text: Arc<str>,
+    /// `.eventhost` beside the config file.
+    pub state_dir: PathBuf,
+    pub redis: RedisConfig,
+    pub plugins: PluginsConfig,
+    pub bus: BusConfig,
+    pub telemetry: TelemetryConfig,
+    /// Sorted by name.
+    pub subscribers: Vec<SubscriberConfig>,
+}
+
+impl Config {
+    /// A problem with the key at `path` (e.g. `["subscribers", name,
+    /// "plugin"]`), located where the file writes it.
+    pub fn problem(&self, path: &[&str], message: impl Into<String>) -> Problem {
+        Problem::at_span(
+            &self.path,
+            &self.text,
+            problem::span_of(&self.text, path),
+            &path.join("."),
+            message,
+        )
+    }
+}
+
+/// Where the bus lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `None`: start a private `redis-server`.
+    pub url: Option<String>,
+    /// Key prefix, LeanMQ's `prefix` (default `events:`).
+    pub prefix: String,
+}
+
+/// Where plugins come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginsConfig {
+    /// Absolute folder of the `.wasm` files.
+    pub dir: PathBuf,
+    /// Reload changed plugins and config live.
+    pub watch: bool,
+    /// Compiled components, keyed by content and engine.
+    pub cache_dir: PathBuf,
+}
+
+/// How the bus reads and recovers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusConfig {
+    /// Entries fetched per read.
+    pub read_batch: usize,
+    /// A pending entry idle this long belongs to a dead consumer and is
+    /// reclaimed.
+    pub claim_idle: Duration,
+    /// Larger `data` payloads are dead-lettered unread.
+    pub max_payload_bytes: usize,
+    /// Acknowledged history kept in `events:all` and subscriber streams
+    /// (about; 0 keeps everything). DLQs are never trimmed.
+    pub stream_maxlen: usize,
+    /// This process's consumer name in every group.
+    pub consumer: String,
+}
+
+/// What the process exposes about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// One subscriber: a plugin and the events it receives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriberConfig {
+    pub name: String,
+    /// The file name as written in the config, for messages.
+    pub plugin_file: String,
+    /// Absolute path of the `.wasm` file.
+    pub plugin: PathBuf,
+    pub events: EventFilter,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    /// First retry delay; doubles per attempt up to [`MAX_RETRY_BACKOFF`].
+    pub retry_backoff: Duration,
+    /// What the plugin reads with `config-get`.
+    pub config: BTreeMap<String, String>,
+    /// Environment variables and folders the plugin may read.
+    pub grants: Grants,
+}
+
+/// Longest wait between two attempts of one event.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+
+impl SubscriberConfig {
+    /// How long to wait before attempt `next_attempt` (2 or more).
+    pub fn backoff_before(&self, next_attempt: u32) -> Duration {
+        let doublings = next_attempt.saturating_sub(2).min(16);
+        (self.retry_backoff * (1u32 << doublings)).min(MAX_RETRY_BACKOFF)
+    }
+}
+
+/// Which event types a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventFilter {
+    All,
+    Types(BTreeSet<String>),
+}
+
+impl EventFilter {
+    /// Whether an event of `event_type` is for this subscriber.
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            EventFilter::All => true,
+            EventFilter::Types(types) => types.contains(event_type),
+        }
+    }
+}
+
+/// What a plugin may see beyond the bare sandbox, from its `grants` table.
+///
+/// Only what cannot duplicate an effect: environment variables and folders
+/// to read. Writes and sockets would be effects outside the commit that
+/// makes a handler's effects happen once, so they are not grantable.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grants {
+    /// Environment variables, name and value, in order.
+    pub env: Vec<(String, String)>,
+    /// Host folders the plugin may read.
+    pub dirs: Vec<DirGrant>,
+}
+
+/// A host folder visible, read-only, at a path inside the plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirGrant {
+    /// Where the plugin sees it, e.g. `/data`.
+    pub guest: String,
+    /// The folder on the host.
+    pub host: PathBuf,
+}
+
+/// Reads the config file at `path` and checks its text (not the files it
+/// names: see [`crate::preflight`]).
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    let (path, text) = read(path)?;
+    Ok(parse(&path, &text)?)
+}
+
+/// The text of the config file at `path`, with the absolute path.
+pub fn read(path: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot read config file {}: {err} (pass --config PATH or create eventhost.toml)",
+            path.display()
+        )
+    })?;
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok((path, text))
+}
+
+/// Validates config `text` as if read from `path`; relative paths in it are
+/// resolved against `path`'s folder.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    match check(path, text) {
+        (Some(config), problems) if problems.is_empty() => Ok(config),
+        (_, problems) => Err(ConfigError::new(problems)),
+    }
+}
+
+/// Like [`parse`], but keeps going: the settings (with defaults where a
+/// value was refused; `None` if the text is not a config at all) and every
+/// problem, so a caller can add its own and report them all at once.
+pub fn check(path: &Path, text: &str) -> (Option<Config>, Vec<Problem>) {
+    check::check(path, text)
+}

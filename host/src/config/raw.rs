@@ -1,0 +1,78 @@
+//! The config file as written: raw TOML structs that keep every value's
+//! position, so a problem found while checking them points at its line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub redis: RawRedis,
+    #[serde(default)]
+    pub plugins: RawPlugins,
+    #[serde(default)]
+    pub bus: RawBus,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub subscribers: BTreeMap<String, RawSubscriber>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugins {
+    pub dir: Option<Spanned<String>>,
+    pub watch: Option<bool>,
+    pub cache_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBus {
+    pub read_batch: Option<Spanned<i64>>,
+    pub claim_idle_ms: Option<Spanned<i64>>,
+    pub max_payload_bytes: Option<Spanned<i64>>,
+    pub stream_maxlen: Option<Spanned<i64>>,
+    pub consumer: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub metrics: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubscriber {
+    pub plugin: Spanned<String>,
+    pub events: Option<Spanned<Vec<Spanned<String>>>>,
+    pub concurrency: Option<Spanned<i64>>,
+    pub max_attempts: Option<Spanned<i64>>,
+    pub timeout_ms: Option<Spanned<i64>>,
+    pub memory_mb: Option<Spanned<i64>>,
+    pub retry_backoff_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub config: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub grants: RawGrants,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrants {
+    #[serde(default)]
+    pub env: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    pub dirs: BTreeMap<Spanned<String>, Spanned<String>>,
+}

@@ -1,0 +1,185 @@
+//! Hot reload: noticing a change on disk ([`watch`]), working out what it
+//! means ([`plan`]), and applying it to the running daemon, all or nothing.
+//!
+//! A new plugin build is loaded off the event path and swapped in between
+//! two events; a config change starts, changes and stops subscribers. What
+//! is refused is logged and counted, and leaves what runs untouched.
+
+pub mod plan;
+pub mod watch;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::config::SubscriberConfig;
+use crate::daemon::runner::FINISH_LIMIT;
+use crate::daemon::{Daemon, Runner};
+use crate::handler::Reload;
+use crate::preflight;
+use crate::telemetry::metrics;
+pub use watch::{Change, Watcher};
+
+/// The next changes the watcher saw; never, without a watcher.
+pub async fn next_changes(watcher: &mut Option<Watcher>) -> Option<BTreeSet<Change>> {
+    match watcher {
+        Some(watcher) => watcher.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies what changed on disk.
+pub async fn apply(daemon: &mut Daemon, changes: BTreeSet<Change>) {
+    for change in changes {
+        match change {
+            Change::Config => config_changed(daemon).await,
+            Change::Plugin(path) => plugin_changed(daemon, &path).await,
+        }
+    }
+}
+
+/// SIGHUP: the config and every plugin in use, read again.
+pub async fn everything(daemon: &mut Daemon) {
+    tracing::info!("SIGHUP: reloading the config and every plugin");
+    config_changed(daemon).await;
+    let paths: BTreeSet<PathBuf> = daemon
+        .runners
+        .values()
+        .map(|r| r.settings().plugin.clone())
+        .collect();
+    for path in paths {
+        plugin_changed(daemon, &path).await;
+    }
+}
+
+/// Loads a changed plugin file and swaps the new build in for every
+/// subscriber that runs it.
+async fn plugin_changed(daemon: &mut Daemon, path: &Path) {
+    let users: Vec<&Runner> = daemon
+        .runners
+        .values()
+        .filter(|r| r.settings().plugin == path)
+        .collect();
+    if users.is_empty() {
+        return;
+    }
+    let names = users
+        .iter()
+        .map(|r| r.settings().name.clone())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let file = path.display();
+    match daemon.handlers.reload(path).await {
+        Reload::Unchanged => {}
+        Reload::Loaded { what } => {
+            for runner in &users {
+                runner.swap(daemon.handlers.handler(&runner.settings()));
+            }
+            metrics::reloaded("plugin");
+            tracing::info!(plugin = %file, "reloaded: {what}; {names} run it from the next event");
+        }
+        Reload::Refused { reason } => {
+            metrics::reload_refused("plugin");
+            tracing::error!(
+                plugin = %file,
+                "refused the new build: {reason}; {names} keep running the loaded build"
+            );
+        }
+        Reload::Unsettled => tracing::warn!(
+            plugin = %file,
+            "plugin file removed or still changing; {names} keep running the loaded build"
+        ),
+    }
+}
+
+/// Reads the config again and applies what changed, all or nothing.
+async fn config_changed(daemon: &mut Daemon) {
+    let path = daemon.config.path.clone();
+    if watch::settled(&path, watch::CONFIG_QUIET).await.is_none() {
+        tracing::warn!(
+            config = %path.display(),
+            "config file removed or still changing; the running config stays"
+        );
+        return;
+    }
+    let refused = |err: anyhow::Error| {
+        metrics::reload_refused("config");
+        tracing::error!("config change refused, the running config stays:\n{err:#}");
+    };
+    let new = match preflight::config(&path) {
+        Ok(new) => new,
+        Err(err) => return refused(err),
+    };
+    let plan = plan::plan(&daemon.config, &new);
+    if !plan.needs_restart.is_empty() {
+        tracing::warn!(
+            "{} changed; those settings apply after a restart",
+            plan.needs_restart.join(", ")
+        );
+    }
+    if plan.is_empty() {
+        return;
+    }
+    // Every new plugin must load before anything changes.
+    let needed: Vec<SubscriberConfig> = plan.added.iter().chain(&plan.changed).cloned().collect();
+    if let Err(err) = daemon.handlers.load(&new, &needed).await {
+        return refused(err);
+    }
+
+    for settings in &plan.added {
+        match daemon.start_subscriber(settings.clone()).await {
+            Ok(()) => tracing::info!(subscriber = %settings.name, "subscriber added"),
+            Err(err) => tracing::error!(subscriber = %settings.name, "cannot start: {err:#}"),
+        }
+    }
+    for settings in &plan.changed {
+        if let Some(runner) = daemon.runners.get(&settings.name) {
+            runner.apply(settings.clone(), daemon.handlers.handler(settings));
+            tracing::info!(subscriber = %settings.name, "settings changed; they apply from the next event");
+        }
+    }
+    remove(daemon, &plan.removed).await;
+
+    // Settings that need a restart keep their running values.
+    let mut applied = new;
+    applied.redis = daemon.config.redis.clone();
+    applied.plugins = daemon.config.plugins.clone();
+    applied.bus = daemon.config.bus.clone();
+    applied.telemetry = daemon.config.telemetry.clone();
+    daemon.config = applied;
+    metrics::reloaded("config");
+    tracing::info!(
+        "config reloaded: {} added, {} removed, {} changed",
+        plan.added.len(),
+        plan.removed.len(),
+        plan.changed.len()
+    );
+}
+
+/// Stops routing to the subscribers `names`, then lets them handle what
+/// was routed to them, for a while: a longer backlog stays in the stream,
+/// handled if the subscriber is added back.
+async fn remove(daemon: &mut Daemon, names: &[String]) {
+    let removed: Vec<(String, Runner)> = names
+        .iter()
+        .filter_map(|name| daemon.runners.remove_entry(name))
+        .collect();
+    daemon.route().await;
+    for (_, runner) in &removed {
+        runner.finish();
+    }
+    let deadline = tokio::time::Instant::now() + FINISH_LIMIT;
+    for (name, runner) in removed {
+        if runner.finished_within(deadline).await {
+            tracing::info!(
+                subscriber = %name,
+                "subscriber removed after handling what was routed to it; its stream and DLQ stay in Redis"
+            );
+        } else {
+            tracing::warn!(
+                subscriber = %name,
+                "subscriber removed with events left in its stream (more than {FINISH_LIMIT:?} of work); \
+                 they are handled if it is added back"
+            );
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Each of the bus's Lua scripts against a real redis-server: what it writes,
+//! and that it writes it once.
+
+mod support;
+
+use eventhost::bus::connection::{Connector, RedisConn};
+use eventhost::bus::scripts::{self, CommitBatch, CommitKeys, FanoutBatch};
+use eventhost::handler::Effects;
+use redis::AsyncCommands;
+use support::Redis;
+
+/// Entries of `stream`: id and `data`.
+async fn stream(conn: &mut RedisConn, stream: &str) -> Vec<(String, String)> {
+    let entries: Vec<(String, Vec<(String, String)>)> =
+        conn.xrange(stream, "-", "+").await.unwrap();
+    entries
+        .into_iter()
+        .map(|(id, fields)| (id, fields.into_iter().find(|(k, _)| k == "data").unwrap().1))
+        .collect()
+}
+
+/// A stream `s` with group `g` that has read `n` new entries.
+async fn delivered(conn: &mut RedisConn, n: usize) -> Vec<String> {
+    let () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "s", "g", "0", "MKSTREAM"])
+        .query_async(conn)
+        .await
+        .unwrap();
+    let ids = add(conn, n).await;
+    deliver(conn).await;
+    ids
+}
+
+#[tokio::test]
+async fn the_fanout_copies_each_pending_entry_once_and_dead_letters_the_rest() {
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 3).await;
+    let mut batch = FanoutBatch::new("g");
+    batch.route(&ids[0], &[0, 1], b"{\"event_type\":\"A\"}");
+    batch.route(&ids[1], &[], b"{\"event_type\":\"B\"}");
+    batch.dead_letter(&ids[2], "{\"_raw\":\"x\"}".into());
+    let streams = ["sub:1".to_string(), "sub:2".to_string()];
+    let skipped = batch
+        .apply(&mut s.conn, "s", "s:dlq", &streams)
+        .await
+        .unwrap();
+    assert_eq!(skipped, 0);
+    for sub in &streams {
+        let copied = stream(&mut s.conn, sub).await;
+        assert_eq!(copied.len(), 1, "{sub}");
+        assert_eq!(copied[0].1, "{\"event_type\":\"A\"}");
+    }
+    assert_eq!(stream(&mut s.conn, "s:dlq").await[0].1, "{\"_raw\":\"x\"}");
+    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&["s", "g"])
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0, "every entry acknowledged");
+
+    // The same batch again (a retry after a lost reply, or another
+    // consumer that reclaimed it): nothing is written twice.
+    let skipped = batch
+        .apply(&mut s.conn, "s", "s:dlq", &streams)
+        .await
+        .unwrap();
+    assert_eq!(skipped, 3);
+    assert_eq!(stream(&mut s.conn, "sub:1").await.len(), 1);
+    assert_eq!(stream(&mut s.conn, "s:dlq").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_commit_writes_effects_once_and_only_for_pending_entries() {
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 3).await;
+    let mut effects = Effects::default();
+    effects.set("a".into(), "1".into());
+    effects.set("gone".into(), "x".into());
+    effects.delete("gone".into());
+    effects
+        .publish("sub/1-0", "Shipped", "{\"order\":7}")
+        .unwrap();
+    let mut batch = CommitBatch::new("g");
+    batch.ok(&ids[0], &Effects::default(), 1.0);
+    batch.ok(&ids[1], &effects, 2.0);
+    batch.dead_letter(&ids[2], "{\"dead\":true}".into());
+    let keys = CommitKeys {
+        stream: "s",
+        dlq: "s:dlq",
+        state: "state",
+        all: "all",
+    };
+    let () = s.conn.hset("state", "gone", "before").await.unwrap();
+    assert_eq!(batch.apply(&mut s.conn, &keys).await.unwrap(), 0);
+    let state: std::collections::HashMap<String, String> = s.conn.hgetall("state").await.unwrap();
+    assert_eq!(state, [("a".to_string(), "1".to_string())].into());
+    let published = stream(&mut s.conn, "all").await;
+    assert_eq!(published.len(), 1);
+    let data: serde_json::Value = serde_json::from_str(&published[0].1).unwrap();
+    assert_eq!(
+        (data["event_type"].as_str(), data["order"].as_i64()),
+        (Some("Shipped"), Some(7))
+    );
+    assert_eq!(stream(&mut s.conn, "s:dlq").await[0].1, "{\"dead\":true}");
+
+    // Committed again (a stalled host's late result): nothing is written.
+    let () = s.conn.hset("state", "a", "later").await.unwrap();
+    assert_eq!(batch.apply(&mut s.conn, &keys).await.unwrap(), 3);
+    assert_eq!(stream(&mut s.conn, "all").await.len(), 1);
+    assert_eq!(stream(&mut s.conn, "s:dlq").await.len(), 1);
+    let a: String = s.conn.hget("state", "a").await.unwrap();
+    assert_eq!(a, "later");
+}
+
+/// A redis-server (stopped when dropped) and a connection to it.
+struct Server {
+    _redis: Redis,
+    conn: RedisConn,
+}
+
+/// A redis-server of the test's own, and the bus's kind of connection to
+/// it (whose response timeout allows replies of 50,000 entries on a loaded
+/// machine).
+async fn server() -> Server {
+    let redis = Redis::start();
+    let conn = Connector::new(&redis.url())
+        .unwrap()
+        .commands()
+        .await
+        .unwrap();
+    Server {
+        _redis: redis,
+        conn,
+    }
+}
+
+/// Adds `n` entries at once; returns their ids.
+async fn add(conn: &mut RedisConn, n: usize) -> Vec<String> {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.xadd("s", "*", &[("data", format!("{{\"n\":{i}}}"))]);
+    }
+    pipe.query_async(conn).await.unwrap()
+}
+
+/// A group `name` that has read nothing yet.
+async fn group(conn: &mut RedisConn, name: &str) {
+    let () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "s", name, "0"])
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// Delivers every new entry to group `g`.
+async fn deliver(conn: &mut RedisConn) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "g", "c", "STREAMS", "s", ">"])
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// A group `g` that has read every entry so far; it acknowledges
+/// all but `unacked`.
+async fn read_all(conn: &mut RedisConn, ids: &[String], unacked: &[&str]) {
+    group(conn, "g").await;
+    deliver(conn).await;
+    let acked: Vec<&String> = ids
+        .iter()
+        .filter(|id| !unacked.contains(&id.as_str()))
+        .collect();
+    for chunk in acked.chunks(10_000) {
+        let _: usize = conn.xack("s", "g", chunk).await.unwrap();
+    }
+}
+
+async fn len(conn: &mut RedisConn) -> usize {
+    conn.xlen("s").await.unwrap()
+}
+
+/// The length after one trim to `keep`.
+async fn kept_after_trim(conn: &mut RedisConn, keep: usize) -> usize {
+    trim(conn, keep).await;
+    len(conn).await
+}
+
+async fn trim(conn: &mut RedisConn, keep: usize) -> u64 {
+    scripts::trim(conn, "s", keep).await.unwrap()
+}
+
+async fn exists(conn: &mut RedisConn, id: &str) -> bool {
+    let found: Vec<(String, Vec<(String, String)>)> = conn.xrange("s", id, id).await.unwrap();
+    !found.is_empty()
+}
+
+#[tokio::test]
+async fn removes_everything_over_the_limit_in_one_call() {
+    // XTRIM's `~` stops at 10,000 entries unless told otherwise: a
+    // busy stream would outgrow the trims.
+    let mut s = server().await;
+    let ids = add(&mut s.conn, 50_000).await;
+    read_all(&mut s.conn, &ids, &[]).await;
+    let kept = kept_after_trim(&mut s.conn, 1000).await;
+    assert!((1000..=1100).contains(&kept), "kept {kept}");
+}
+
+#[tokio::test]
+async fn keeps_the_limit_however_bursty_the_stream() {
+    // 800 entries in one go, then 200 slowly: a cut estimated from
+    // the ids' times would keep a fraction of the 200.
+    let mut s = server().await;
+    let mut ids = add(&mut s.conn, 800).await;
+    for _ in 0..200 {
+        ids.extend(add(&mut s.conn, 1).await);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    read_all(&mut s.conn, &ids, &[]).await;
+    let kept = kept_after_trim(&mut s.conn, 200).await;
+    assert!((200..=300).contains(&kept), "kept {kept}");
+}
+
+#[tokio::test]
+async fn never_cuts_what_a_group_has_not_read_or_acknowledged() {
+    let mut s = server().await;
+    let ids = add(&mut s.conn, 5000).await;
+
+    // Pending near the end: the limit applies and the entry stays.
+    read_all(&mut s.conn, &ids, &[&ids[4500]]).await;
+    let kept = kept_after_trim(&mut s.conn, 1000).await;
+    assert!((1000..=1100).contains(&kept), "kept {kept}");
+    assert!(exists(&mut s.conn, &ids[4500]).await);
+
+    // Pending far back (more than a short walk away): everything
+    // from it on stays.
+    let more = add(&mut s.conn, 3000).await;
+    deliver(&mut s.conn).await;
+    let _: usize = s.conn.xack("s", "g", &more).await.unwrap();
+    trim(&mut s.conn, 1000).await;
+    assert!(exists(&mut s.conn, &ids[4500]).await);
+    assert!(exists(&mut s.conn, &ids[4501]).await);
+
+    // Unread: a second group that has read nothing keeps it all.
+    group(&mut s.conn, "late").await;
+    let before = len(&mut s.conn).await;
+    assert_eq!(trim(&mut s.conn, 10).await, 0);
+    assert_eq!(len(&mut s.conn).await, before);
+}
