@@ -4,7 +4,7 @@
 mod support;
 
 use eventhost::bus::connection::{Connector, RedisConn};
-use eventhost::bus::scripts::{self, CommitBatch, CommitKeys, FanoutBatch};
+use eventhost::bus::scripts::{self, CommitBatch, CommitKeys, Committed, FanoutBatch};
 use eventhost::handler::Effects;
 use redis::AsyncCommands;
 use support::Redis;
@@ -80,18 +80,16 @@ async fn a_commit_writes_effects_once_and_only_for_pending_entries() {
     effects
         .publish("sub/1-0", "Shipped", "{\"order\":7}")
         .unwrap();
-    let mut batch = CommitBatch::new("g");
+    let mut batch = CommitBatch::new("g", false);
     batch.ok(&ids[0], &Effects::default(), 1.0);
     batch.ok(&ids[1], &effects, 2.0);
-    batch.dead_letter(&ids[2], "{\"dead\":true}".into());
-    let keys = CommitKeys {
-        stream: "s",
-        dlq: "s:dlq",
-        state: "state",
-        all: "all",
-    };
+    batch.dead_letter(&ids[2], "{\"dead\":true}".into(), &Vec::new());
+    let keys = KEYS;
     let () = s.conn.hset("state", "gone", "before").await.unwrap();
-    assert_eq!(batch.apply(&mut s.conn, &keys).await.unwrap(), 0);
+    assert_eq!(
+        batch.apply(&mut s.conn, &keys).await.unwrap(),
+        Committed::default()
+    );
     let state: std::collections::HashMap<String, String> = s.conn.hgetall("state").await.unwrap();
     assert_eq!(state, [("a".to_string(), "1".to_string())].into());
     let published = stream(&mut s.conn, "all").await;
@@ -105,11 +103,96 @@ async fn a_commit_writes_effects_once_and_only_for_pending_entries() {
 
     // Committed again (a stalled host's late result): nothing is written.
     let () = s.conn.hset("state", "a", "later").await.unwrap();
-    assert_eq!(batch.apply(&mut s.conn, &keys).await.unwrap(), 3);
+    assert_eq!(batch.apply(&mut s.conn, &keys).await.unwrap().skipped, 3);
     assert_eq!(stream(&mut s.conn, "all").await.len(), 1);
     assert_eq!(stream(&mut s.conn, "s:dlq").await.len(), 1);
     let a: String = s.conn.hget("state", "a").await.unwrap();
     assert_eq!(a, "later");
+}
+
+/// What one subscriber's commit needs, for the stream `s`.
+const KEYS: CommitKeys<'static> = CommitKeys {
+    stream: "s",
+    dlq: "s:dlq",
+    state: "state",
+    all: "all",
+};
+
+/// Effects that read `reads` and set `key` to `value`.
+fn read_then_set(reads: &[(&str, Option<&str>)], key: &str, value: &str) -> Effects {
+    let mut effects = Effects::default();
+    for (k, v) in reads {
+        effects.read(k, *v);
+    }
+    effects.set(key.into(), value.into());
+    effects
+}
+
+#[tokio::test]
+async fn a_commit_applies_a_result_only_if_what_it_read_still_holds() {
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 4).await;
+    let () = s.conn.hset("state", "count", "5").await.unwrap();
+    let mut batch = CommitBatch::new("g", false);
+    // Saw 5, still 5: applied; and the next record sees its write.
+    batch.ok(
+        &ids[0],
+        &read_then_set(&[("count", Some("5"))], "count", "6"),
+        1.0,
+    );
+    batch.ok(
+        &ids[1],
+        &read_then_set(&[("count", Some("6")), ("new", None)], "count", "7"),
+        1.0,
+    );
+    // Saw 5, but the record before made it 7: a conflict, nothing written.
+    batch.ok(
+        &ids[2],
+        &read_then_set(&[("count", Some("5"))], "count", "99"),
+        1.0,
+    );
+    // A dead letter resting on a read that no longer holds: not written.
+    batch.dead_letter(&ids[3], "{}".into(), &vec![("count".into(), None)]);
+    let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
+    assert_eq!(committed.conflicts, [ids[2].clone(), ids[3].clone()]);
+    let count: String = s.conn.hget("state", "count").await.unwrap();
+    assert_eq!(count, "7");
+    assert_eq!(stream(&mut s.conn, "s:dlq").await.len(), 0);
+    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&["s", "g"])
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.0, 2,
+        "the conflicting entries stay pending, to run again"
+    );
+}
+
+#[tokio::test]
+async fn in_an_ordered_batch_nothing_commits_after_a_conflict() {
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 3).await;
+    let () = s.conn.hset("state", "a", "changed by hand").await.unwrap();
+    let mut batch = CommitBatch::new("g", true);
+    batch.ok(&ids[0], &read_then_set(&[], "x", "1"), 1.0);
+    batch.ok(
+        &ids[1],
+        &read_then_set(&[("a", Some("before"))], "a", "after"),
+        1.0,
+    );
+    // Reads nothing that changed, but comes after the conflict.
+    batch.ok(&ids[2], &read_then_set(&[("b", None)], "b", "1"), 1.0);
+    let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
+    assert_eq!(committed.conflicts, [ids[1].clone(), ids[2].clone()]);
+    let state: std::collections::HashMap<String, String> = s.conn.hgetall("state").await.unwrap();
+    assert_eq!(
+        state.get("x").map(String::as_str),
+        Some("1"),
+        "before the conflict: committed"
+    );
+    assert_eq!(state.get("a").map(String::as_str), Some("changed by hand"));
+    assert_eq!(state.get("b"), None);
 }
 
 /// A redis-server (stopped when dropped) and a connection to it.

@@ -47,6 +47,9 @@ pub enum Outcome {
 pub struct Failure {
     pub kind: FailureKind,
     pub message: String,
+    /// What the handler read before it decided to fail: a `retry` or a
+    /// `reject` may rest on it, so it is checked like an `ok`'s reads.
+    pub reads: Reads,
 }
 
 impl Failure {
@@ -55,9 +58,20 @@ impl Failure {
         Failure {
             kind,
             message: message.into(),
+            reads: Reads::new(),
         }
     }
+
+    /// The same failure, decided on what was read in `reads`.
+    pub fn with_reads(mut self, reads: Reads) -> Self {
+        self.reads = reads;
+        self
+    }
 }
+
+/// The state a call read, each key once with the value it saw (`None`:
+/// absent), in the order first read: what its result rests on.
+pub type Reads = Vec<(String, Option<String>)>;
 
 /// The kinds of failure a DLQ reason names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,15 +134,37 @@ pub type StateWrite = (String, Option<String>);
 /// Everything a call did through the host API, buffered until the commit.
 ///
 /// Reads see the call's own writes first, so a handler behaves as if it
-/// wrote through; nothing reaches Redis unless the call returns `ok`.
+/// wrote through; nothing reaches Redis unless the call returns `ok`. What
+/// it read of the committed state is kept too: the commit applies the
+/// result only if that still holds, which makes state serializable.
 #[derive(Debug, Default)]
 pub struct Effects {
     published: Vec<Published>,
     writes: Vec<StateWrite>,
     overlay: HashMap<String, Option<String>>,
+    reads: Reads,
 }
 
 impl Effects {
+    /// Remembers that the call saw `value` for `key` in the committed state
+    /// (reads of its own writes are not asked for: see [`Self::pending`]).
+    /// Only the first read of a key counts: later ones saw the same.
+    pub fn read(&mut self, key: &str, value: Option<&str>) {
+        if !self.reads.iter().any(|(k, _)| k == key) {
+            self.reads.push((key.to_string(), value.map(str::to_owned)));
+        }
+    }
+
+    /// What the call read of the committed state.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
+    }
+
+    /// Takes what the call read, for a failure that rests on it.
+    pub fn take_reads(&mut self) -> Reads {
+        std::mem::take(&mut self.reads)
+    }
+
     /// A state value this call wrote or deleted, if it touched `key`.
     pub fn pending(&self, key: &str) -> Option<Option<&str>> {
         self.overlay.get(key).map(|v| v.as_deref())
@@ -190,9 +226,10 @@ impl Effects {
         &self.writes
     }
 
-    /// Whether the call did nothing but succeed.
+    /// Whether the call did nothing but succeed: no writes, no publishes,
+    /// nothing read that its result could rest on.
     pub fn is_empty(&self) -> bool {
-        self.published.is_empty() && self.writes.is_empty()
+        self.published.is_empty() && self.writes.is_empty() && self.reads.is_empty()
     }
 }
 
@@ -283,6 +320,27 @@ mod tests {
                 ("k".to_string(), None)
             ]
         );
+    }
+
+    #[test]
+    fn only_the_first_read_of_a_key_is_kept() {
+        let mut effects = Effects::default();
+        effects.read("k", Some("1"));
+        effects.read("gone", None);
+        effects.read("k", Some("2"));
+        assert_eq!(
+            effects.reads(),
+            &vec![
+                ("k".to_string(), Some("1".to_string())),
+                ("gone".to_string(), None)
+            ]
+        );
+        assert!(
+            !effects.is_empty(),
+            "a result that rests on reads is checked"
+        );
+        assert_eq!(effects.take_reads().len(), 2);
+        assert!(effects.is_empty());
     }
 
     #[test]

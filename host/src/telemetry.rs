@@ -84,6 +84,9 @@ pub mod metrics {
         pub retried: Counter,
         /// Results discarded because another consumer committed first.
         pub duplicates: Counter,
+        /// Results not committed because state they read changed first;
+        /// their events ran again.
+        pub conflicts: Counter,
         /// Seconds from an event's publication (its `timestamp`) to the
         /// commit of its result.
         pub latency: Histogram,
@@ -98,6 +101,7 @@ pub mod metrics {
                 handled: counter!("eventhost_handled_total", &label),
                 retried: counter!("eventhost_retried_total", &label),
                 duplicates: counter!("eventhost_duplicate_results_total", &label),
+                conflicts: counter!("eventhost_state_conflicts_total", &label),
                 latency: histogram!("eventhost_event_latency_seconds", &label),
             }
         }

@@ -29,6 +29,7 @@ pub fn root() -> PathBuf {
 /// Every plugin crate the tests use.
 const PLUGINS: &[&str] = &[
     "probe",
+    "counter",
     "noop",
     "spin",
     "hog",

@@ -167,7 +167,10 @@ impl self::eventhost::plugin::host::Host for StoreData {
         }
         let state = call.state.clone();
         match state.get(&key).await {
-            Ok(value) => Ok(value),
+            Ok(value) => {
+                self.call()?.effects.read(&key, value.as_deref());
+                Ok(value)
+            }
             Err(err) => {
                 let message = format!("state-get {key:?} failed: {err:#}");
                 self.call()?.host_error = Some(message.clone());

@@ -217,15 +217,15 @@ impl Handler for WasmHandler {
         instance.store.set_epoch_deadline(u64::MAX / 2);
 
         let data = instance.store.data_mut();
-        let call = data.call.take().expect("the call state is set above");
+        let mut call = data.call.take().expect("the call state is set above");
         let outcome = match result {
             Ok(Ok(())) => Outcome::Ok(call.effects),
-            Ok(Err(WitFailure::Retry(message))) => {
-                Outcome::Failed(Failure::new(FailureKind::Retry, message))
-            }
-            Ok(Err(WitFailure::Reject(message))) => {
-                Outcome::Failed(Failure::new(FailureKind::Reject, message))
-            }
+            Ok(Err(WitFailure::Retry(message))) => Outcome::Failed(
+                Failure::new(FailureKind::Retry, message).with_reads(call.effects.take_reads()),
+            ),
+            Ok(Err(WitFailure::Reject(message))) => Outcome::Failed(
+                Failure::new(FailureKind::Reject, message).with_reads(call.effects.take_reads()),
+            ),
             Err(err) => {
                 let failure = self.classify_trap(data, &call, err);
                 // The instance is dropped here: its memory may be corrupt.

@@ -4,20 +4,22 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use redis::{RedisResult, Script};
+use redis::{FromRedisValue, ParsingError, RedisResult, Script, Value};
 
-use super::Skipped;
 use crate::bus::connection::RedisConn;
 use crate::bus::leanmq;
-use crate::handler::Effects;
+use crate::handler::{Effects, Reads};
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
 
 /// One commit of a subscriber: acknowledgements with their effects, and dead
-/// letters.
+/// letters, each applied only if what it read still holds.
 pub struct CommitBatch {
     group: Vec<u8>,
-    /// Entries handled with no effects: just their ids.
+    /// Events ran one at a time, in stream order: a conflict holds back
+    /// every record after it.
+    ordered: bool,
+    /// Entries handled with no effects and no reads: just their ids.
     quiet: Vec<Vec<u8>>,
     /// Everything else, encoded as commit.lua reads it.
     records: Vec<Vec<u8>>,
@@ -38,11 +40,41 @@ pub struct CommitKeys<'a> {
     pub all: &'a str,
 }
 
+/// What a commit came to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Entries already acknowledged by another consumer: nothing of theirs
+    /// was written.
+    pub skipped: u64,
+    /// Entries whose reads no longer held (or, in an ordered batch, that
+    /// came after one): nothing of theirs was written, they stay pending.
+    pub conflicts: Vec<String>,
+}
+
+impl FromRedisValue for Committed {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        let Value::Array(items) = value else {
+            return Err("commit reply is not an array".into());
+        };
+        let mut items = items.into_iter();
+        let skipped = match items.next() {
+            Some(Value::Int(n)) => n as u64,
+            _ => return Err("commit reply has no count".into()),
+        };
+        let conflicts = items
+            .map(String::from_redis_value)
+            .collect::<Result<_, _>>()?;
+        Ok(Committed { skipped, conflicts })
+    }
+}
+
 impl CommitBatch {
-    /// An empty batch for a subscriber's `group`.
-    pub fn new(group: &str) -> Self {
+    /// An empty batch for a subscriber's `group`; `ordered` if its events
+    /// ran one at a time, in stream order.
+    pub fn new(group: &str, ordered: bool) -> Self {
         CommitBatch {
             group: group.as_bytes().to_vec(),
+            ordered,
             quiet: Vec::new(),
             records: Vec::new(),
             entries: 0,
@@ -56,8 +88,7 @@ impl CommitBatch {
             self.quiet.push(id.as_bytes().to_vec());
             return;
         }
-        self.records.push(b"ok".to_vec());
-        self.records.push(id.as_bytes().to_vec());
+        self.record(b"ok", id, effects.reads());
 
         let published = effects.published();
         self.records.push(count(published.len()));
@@ -95,12 +126,36 @@ impl CommitBatch {
         }
     }
 
-    /// Acknowledges `id` and writes `payload` to the DLQ.
-    pub fn dead_letter(&mut self, id: &str, payload: String) {
-        self.records.push(b"dlq".to_vec());
-        self.records.push(id.as_bytes().to_vec());
+    /// Acknowledges `id` and writes `payload` to the DLQ, if what the
+    /// failure rests on, `reads`, still holds.
+    pub fn dead_letter(&mut self, id: &str, payload: String, reads: &Reads) {
+        self.record(b"dlq", id, reads);
         self.records.push(payload.into_bytes());
         self.entries += 1;
+    }
+
+    /// Checks that `reads` still hold for `id`, which stays pending (a
+    /// retry that rests on what it read).
+    pub fn check(&mut self, id: &str, reads: &Reads) {
+        self.record(b"check", id, reads);
+        self.entries += 1;
+    }
+
+    /// A record's head: its kind, its entry, what it read.
+    fn record(&mut self, kind: &[u8], id: &str, reads: &Reads) {
+        self.records.push(kind.to_vec());
+        self.records.push(id.as_bytes().to_vec());
+        self.records.push(count(reads.len()));
+        for (key, value) in reads {
+            self.records.push(key.as_bytes().to_vec());
+            match value {
+                Some(value) => {
+                    self.records.push(b"1".to_vec());
+                    self.records.push(value.as_bytes().to_vec());
+                }
+                None => self.records.push(b"0".to_vec()),
+            }
+        }
     }
 
     /// Number of entries in the batch.
@@ -114,17 +169,24 @@ impl CommitBatch {
     }
 
     /// Runs the batch as one atomic script.
-    pub async fn apply(&self, conn: &mut RedisConn, keys: &CommitKeys<'_>) -> RedisResult<Skipped> {
+    pub async fn apply(
+        &self,
+        conn: &mut RedisConn,
+        keys: &CommitKeys<'_>,
+    ) -> RedisResult<Committed> {
         if self.records.is_empty() {
-            // Nothing but results without effects: nothing to guard, no
-            // script needed.
+            // Nothing but results without effects or reads: nothing to
+            // guard, no script needed.
             let acked: u64 = redis::cmd("XACK")
                 .arg(keys.stream)
                 .arg(&self.group)
                 .arg(&self.quiet)
                 .query_async(conn)
                 .await?;
-            return Ok(self.quiet.len() as u64 - acked);
+            return Ok(Committed {
+                skipped: self.quiet.len() as u64 - acked,
+                conflicts: Vec::new(),
+            });
         }
         let mut call = SCRIPT.prepare_invoke();
         call.key(keys.stream)
@@ -132,7 +194,12 @@ impl CommitBatch {
             .key(keys.state)
             .key(keys.all);
         let quiet = count(self.quiet.len());
-        let args = [&self.group, &quiet]
+        let ordered = if self.ordered {
+            b"1".to_vec()
+        } else {
+            b"0".to_vec()
+        };
+        let args = [&self.group, &ordered, &quiet]
             .into_iter()
             .chain(&self.quiet)
             .chain(&self.records);
@@ -161,14 +228,14 @@ mod tests {
         effects.set("a".into(), "3".into());
         effects.delete("b".into());
         effects.delete("c".into());
-        let mut batch = CommitBatch::new("g");
+        let mut batch = CommitBatch::new("g", false);
         batch.ok("4-0", &Effects::default(), 1.0);
         batch.ok("5-0", &effects, 1.0);
         assert_eq!(batch.len(), 2);
         assert_eq!(text(&batch.quiet), ["4-0"], "no effects: just the id");
         assert_eq!(
             text(&batch.records),
-            ["ok", "5-0", "0", "1", "a", "3", "2", "b", "c"]
+            ["ok", "5-0", "0", "0", "1", "a", "3", "2", "b", "c"]
         );
     }
 }

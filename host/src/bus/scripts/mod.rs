@@ -13,7 +13,7 @@ pub mod commit;
 pub mod fanout;
 pub mod trim;
 
-pub use commit::{CommitBatch, CommitKeys};
+pub use commit::{CommitBatch, CommitKeys, Committed};
 pub use fanout::FanoutBatch;
 pub use trim::trim;
 

@@ -27,7 +27,7 @@ use super::scripts::{CommitBatch, CommitKeys};
 use super::worker::{self, Patience, Round, Worker};
 use super::BLOCK;
 use crate::config::{BusConfig, SubscriberConfig};
-use crate::handler::{Handler, Outcome, StateReader};
+use crate::handler::{Handler, Outcome, Reads, StateReader};
 use crate::telemetry::metrics::SubscriberMetrics;
 use verdict::Verdict;
 
@@ -125,6 +125,28 @@ struct Work {
     attempt: u32,
 }
 
+/// An entry whose fate is decided, to carry out once its commit landed.
+struct Decided {
+    work: Work,
+    event_id: String,
+    fate: Fate,
+}
+
+/// What becomes of an entry once its batch is committed.
+enum Fate {
+    /// Committed; when it was published, if known.
+    Handled(Option<f64>),
+    Retry {
+        next: u32,
+        delay: Duration,
+    },
+    RunAgain,
+    DeadLettered {
+        kind: &'static str,
+        reason: String,
+    },
+}
+
 impl SubscriberLoop {
     /// A loop for `subscription`, reading through `group`; its state hash
     /// is `state_key` and it publishes to `all_stream`.
@@ -170,16 +192,17 @@ impl SubscriberLoop {
     /// does not wait for new entries.
     async fn handle_batch(&mut self, finishing: bool) -> RedisResult<bool> {
         let settings = self.subscription.settings();
+        // Events that ran again after a conflict run one at a time: under
+        // contention for one key, concurrent re-runs would only conflict
+        // again.
+        let again = !self.again.is_empty();
         let work = self.next_work(finishing).await?;
         let worked = !work.is_empty();
         if worked {
-            let (batch, handled) = self.process(&settings, work).await;
-            self.commit(&batch).await?;
-            self.metrics.handled.increment(handled.len() as u64);
-            let now = crate::handler::unix_now();
-            for published in handled.into_iter().flatten() {
-                self.metrics.latency.record((now - published).max(0.0));
-            }
+            let concurrency = if again { 1 } else { settings.concurrency };
+            let (batch, decided) = self.process(&settings, work, concurrency).await;
+            let conflicts = self.commit(&batch).await?;
+            self.settle(&settings, decided, conflicts);
         }
         self.group
             .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
@@ -191,7 +214,9 @@ impl SubscriberLoop {
     /// then new ones.
     async fn next_work(&mut self, finishing: bool) -> RedisResult<Vec<Work>> {
         if !self.again.is_empty() {
-            return Ok(std::mem::take(&mut self.again));
+            let mut again = std::mem::take(&mut self.again);
+            again.sort_by_key(|w| stream_order(&w.entry.id));
+            return Ok(again);
         }
         let now = Instant::now();
         let mut due = Vec::new();
@@ -255,21 +280,23 @@ impl SubscriberLoop {
             .collect())
     }
 
-    /// Runs the batch through the handler and decides each entry's fate.
-    /// Returns the commit, and the publication time of each event handled.
+    /// Runs the batch through the handler and decides each entry's fate;
+    /// returns the commit, and the decisions to carry out once it landed.
     async fn process(
         &mut self,
         settings: &SubscriberConfig,
         work: Vec<Work>,
-    ) -> (CommitBatch, Vec<Option<f64>>) {
+        concurrency: usize,
+    ) -> (CommitBatch, Vec<Decided>) {
         let queue = self.group.queue().clone();
-        let mut batch = CommitBatch::new(&queue.group);
+        let mut batch = CommitBatch::new(&queue.group, concurrency <= 1);
         let mut jobs = Vec::with_capacity(work.len());
         let mut published = vec![None; work.len()];
+        let mut decided = Vec::with_capacity(work.len());
         // The entries that run, by index; the others are decided already.
         let mut held: Vec<Option<Work>> = Vec::with_capacity(work.len());
         for (index, item) in work.into_iter().enumerate() {
-            let decided = match verdict::before_running(item.attempt, settings) {
+            let verdict = match verdict::before_running(item.attempt, settings) {
                 Some(verdict) => Some(verdict),
                 None => {
                     match leanmq::decode_event(
@@ -286,9 +313,16 @@ impl SubscriberLoop {
                     }
                 }
             };
-            match decided {
+            match verdict {
                 Some(verdict) => {
-                    self.apply(&mut batch, settings, item, "", verdict);
+                    decided.push(self.decide(
+                        &mut batch,
+                        settings,
+                        item,
+                        String::new(),
+                        verdict,
+                        &Vec::new(),
+                    ));
                     held.push(None);
                 }
                 None => held.push(Some(item)),
@@ -300,7 +334,7 @@ impl SubscriberLoop {
             &self.subscription,
             self.state.clone(),
             jobs,
-            settings.concurrency,
+            concurrency,
             &mut self.group,
             &ids,
             self.bus.claim_idle / 3,
@@ -308,14 +342,16 @@ impl SubscriberLoop {
         .await;
 
         let now = crate::handler::unix_now();
-        let mut handled = Vec::with_capacity(outcomes.len());
         for (index, event_id, outcome) in outcomes {
             let item = held[index].take().expect("one outcome per job");
             match outcome {
                 Outcome::Ok(effects) => {
-                    tracing::debug!(subscriber = %settings.name, event_id, "handled");
                     batch.ok(&item.entry.id, &effects, now);
-                    handled.push(published[index]);
+                    decided.push(Decided {
+                        work: item,
+                        event_id,
+                        fate: Fate::Handled(published[index]),
+                    });
                 }
                 Outcome::Failed(failure) => {
                     let verdict = verdict::after_failure(
@@ -335,58 +371,122 @@ impl SubscriberLoop {
                             settings.max_attempts
                         );
                     }
-                    self.apply(&mut batch, settings, item, &event_id, verdict);
+                    decided.push(self.decide(
+                        &mut batch,
+                        settings,
+                        item,
+                        event_id,
+                        verdict,
+                        &failure.reads,
+                    ));
                 }
             }
         }
-        (batch, handled)
+        (batch, decided)
     }
 
-    /// Carries out a verdict: a retry scheduled, a run again queued, or a
-    /// dead letter added to the commit.
-    fn apply(
-        &mut self,
+    /// Adds what a verdict writes (a dead letter, or the check of a retry's
+    /// reads) to the commit; the rest waits for the commit to land.
+    fn decide(
+        &self,
         batch: &mut CommitBatch,
         settings: &SubscriberConfig,
-        item: Work,
-        event_id: &str,
+        work: Work,
+        event_id: String,
         verdict: Verdict,
-    ) {
-        match verdict {
+        reads: &Reads,
+    ) -> Decided {
+        let fate = match verdict {
             Verdict::Retry { next, delay } => {
-                self.metrics.retried.increment(1);
-                self.retries.push(Reverse(Retry {
-                    due: Instant::now() + delay,
-                    id: item.entry.id.clone(),
-                    attempt: next,
-                }));
+                if !reads.is_empty() {
+                    batch.check(&work.entry.id, reads);
+                }
+                Fate::Retry { next, delay }
             }
-            Verdict::RunAgain => self.again.push(item),
+            Verdict::RunAgain => Fate::RunAgain,
             Verdict::DeadLetter { kind, reason } => {
-                tracing::warn!(
-                    subscriber = %settings.name,
-                    event_id,
-                    stream_id = %item.entry.id,
-                    attempt = item.attempt,
-                    "dead-lettered: {reason}"
-                );
-                self.metrics.dead_lettered(kind);
                 let record = FailureRecord {
                     timestamp: crate::handler::unix_now(),
                     reason: &reason,
                     kind,
                     subscriber: Some(&settings.name),
-                    attempt: Some(item.attempt),
+                    attempt: Some(work.attempt),
                 };
-                batch.dead_letter(&item.entry.id, leanmq::dead_letter(&item.entry, &record));
+                let payload = leanmq::dead_letter(&work.entry, &record);
+                batch.dead_letter(&work.entry.id, payload, reads);
+                Fate::DeadLettered { kind, reason }
+            }
+        };
+        Decided {
+            work,
+            event_id,
+            fate,
+        }
+    }
+
+    /// Carries out the decisions of a committed batch. An entry in
+    /// `conflicts` read state that changed before its commit: nothing of it
+    /// was written, and it runs again at once, not as a new attempt.
+    fn settle(
+        &mut self,
+        settings: &SubscriberConfig,
+        decided: Vec<Decided>,
+        conflicts: Vec<String>,
+    ) {
+        let now = crate::handler::unix_now();
+        for Decided {
+            work,
+            event_id,
+            fate,
+        } in decided
+        {
+            if conflicts.contains(&work.entry.id) {
+                tracing::debug!(
+                    subscriber = %settings.name,
+                    event_id,
+                    stream_id = %work.entry.id,
+                    "state it read changed before its commit; running it again"
+                );
+                self.metrics.conflicts.increment(1);
+                self.again.push(work);
+                continue;
+            }
+            match fate {
+                Fate::Handled(published) => {
+                    tracing::debug!(subscriber = %settings.name, event_id, "handled");
+                    self.metrics.handled.increment(1);
+                    if let Some(published) = published {
+                        self.metrics.latency.record((now - published).max(0.0));
+                    }
+                }
+                Fate::Retry { next, delay } => {
+                    self.metrics.retried.increment(1);
+                    self.retries.push(Reverse(Retry {
+                        due: Instant::now() + delay,
+                        id: work.entry.id,
+                        attempt: next,
+                    }));
+                }
+                Fate::RunAgain => self.again.push(work),
+                Fate::DeadLettered { kind, reason } => {
+                    tracing::warn!(
+                        subscriber = %settings.name,
+                        event_id,
+                        stream_id = %work.entry.id,
+                        attempt = work.attempt,
+                        "dead-lettered: {reason}"
+                    );
+                    self.metrics.dead_lettered(kind);
+                }
             }
         }
     }
 
-    /// Commits a batch, with the loops' give-up policy.
-    async fn commit(&mut self, batch: &CommitBatch) -> RedisResult<()> {
+    /// Commits a batch, with the loops' give-up policy; returns the
+    /// entries that conflicted.
+    async fn commit(&mut self, batch: &CommitBatch) -> RedisResult<Vec<String>> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let queue = self.group.queue().clone();
         let keys = CommitKeys {
@@ -397,21 +497,28 @@ impl SubscriberLoop {
         };
         let name = &self.subscription.name;
         let mut patience = Patience::new(name, &self.subscription.stop);
-        let skipped = loop {
+        let committed = loop {
             match batch.apply(self.group.commands(), &keys).await {
-                Ok(skipped) => break skipped,
+                Ok(committed) => break committed,
                 Err(err) => patience.failed(err).await?,
             }
         };
-        if skipped > 0 {
-            self.metrics.duplicates.increment(skipped);
+        if committed.skipped > 0 {
+            self.metrics.duplicates.increment(committed.skipped);
             tracing::info!(
                 subscriber = %name,
-                "{skipped} results discarded: another consumer committed those events first"
+                "{} results discarded: another consumer committed those events first",
+                committed.skipped
             );
         }
-        Ok(())
+        Ok(committed.conflicts)
     }
+}
+
+/// A stream id's place in its stream: `<ms>-<seq>`, compared as numbers.
+fn stream_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 #[async_trait]
