@@ -166,13 +166,7 @@ pub async fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn dir_with_plugin() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("plugins")).unwrap();
-        std::fs::write(dir.path().join("plugins/pay.wasm"), b"\0asm").unwrap();
-        dir
-    }
+    use crate::config::dir_with_plugin;
 
     /// The keys of the problems reported, in order.
     fn problem_keys(err: &ConfigError) -> Vec<&str> {

@@ -403,14 +403,7 @@ fn clean_key_path(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, ConfigError};
-
-    fn dir_with_plugin() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("plugins")).unwrap();
-        std::fs::write(dir.path().join("plugins/pay.wasm"), b"\0asm").unwrap();
-        dir
-    }
+    use crate::config::{dir_with_plugin, parse, ConfigError};
 
     fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
         parse(&dir.join("eventhost.toml"), text)

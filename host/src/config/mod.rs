@@ -204,3 +204,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 pub fn check(path: &Path, text: &str) -> (Option<Config>, Vec<Problem>) {
     check::check(path, text)
 }
+
+/// A folder with `plugins/pay.wasm` in it, for tests of configs that name
+/// it.
+#[cfg(test)]
+pub(crate) fn dir_with_plugin() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    std::fs::write(dir.path().join("plugins/pay.wasm"), b"\0asm").unwrap();
+    dir
+}
