@@ -532,10 +532,13 @@ impl Worker for SubscriberLoop {
     }
 
     async fn step(&mut self, stopping: bool) -> RedisResult<Round> {
-        if stopping {
+        // Stopping commits what the loop holds: an event to run again after
+        // a conflict is in hand, not abandoned to a reclaim (which would
+        // count an attempt).
+        if stopping && self.again.is_empty() {
             return Ok(Round::Done);
         }
-        let finishing = self.subscription.is_finishing();
+        let finishing = stopping || self.subscription.is_finishing();
         let worked = self.handle_batch(finishing).await?;
         Ok(if finishing && !worked {
             Round::Done
