@@ -1,0 +1,29 @@
+import type { Host, Level, RawEvent } from "./core.js";
+
+export interface RunResult {
+  outcome: "ok" | "retry" | "reject" | "crash";
+  reason: string | null;
+  error?: unknown;
+}
+
+/** An in-memory host for unit tests in plain Node. */
+export declare class FakeHost implements Host {
+  constructor(init?: { state?: Record<string, string>; config?: Record<string, string>; refusePublish?: string | null });
+  state: Record<string, string>;
+  config: Record<string, string>;
+  logs: { level: Level; message: string }[];
+  published: { eventType: string; data: Record<string, unknown> }[];
+  refusePublish: string | null;
+  log(level: Level, message: string): void;
+  publish(eventType: string, data: string): string;
+  stateGet(key: string): string | undefined;
+  stateSet(key: string, value: string): void;
+  stateDelete(key: string): void;
+  configGet(key: string): string | undefined;
+  run(
+    handle: (raw: RawEvent) => void,
+    eventType: string,
+    data: object | string,
+    options?: { id?: string; streamId?: string; timestamp?: number; attempt?: number },
+  ): RunResult;
+}
