@@ -286,3 +286,16 @@ def test_uncaught_exceptions_propagate_out_of_the_component(wit: FakeWitHost) ->
     ((kind, level, message),) = wit.calls
     assert (kind, level) == ("log", Level.ERROR)
     assert message.startswith("uncaught RuntimeError handling Demo event e-1: boom\n")
+
+
+def test_export_works_outside_the_component() -> None:
+    assert "wit_world" not in sys.modules
+    world_class = sdk.export(counting)
+    assert world_class.__bases__ == (object,)
+    host = FakeHost(state={"count": "1"})
+    previous = sdk.use_binding(host)
+    try:
+        world_class().handle(raw())
+    finally:
+        sdk.use_binding(previous)
+    assert host.state == {"count": "2"}
