@@ -1,5 +1,5 @@
-//! The command line: `run`, `check`, `publish`. Thin: each command parses
-//! its arguments, calls into the library, and prints.
+//! The command line: `run`, `check`, `publish`, `invoke`. Thin: each
+//! command parses its arguments, calls into the library, and prints.
 
 use std::fmt::Display;
 use std::io::Write as _;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{self, connection::Connector, keys::Keys};
 use crate::config::{self, ConfigError};
 use crate::daemon::{self, WasmPlugins};
+use crate::invoke::{self, Invocation, LogCollector, Report};
 use crate::plugin::PluginRuntime;
 use crate::{preflight, private_redis, signals, telemetry};
 
@@ -69,12 +70,64 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Run one event through a plugin, in the sandbox `run` uses, with state
+    /// in memory and no Redis; print what the bus would commit.
+    ///
+    /// Exit status: 0 ok, 3 retry, 4 reject, 5 trap, 6 timeout,
+    /// 7 out-of-memory, 8 host-error; 1 if the event could not run (a bad
+    /// argument, a plugin refused).
+    Invoke(InvokeArgs),
+}
+
+#[derive(clap::Args)]
+struct InvokeArgs {
+    /// The plugin, a `.wasm` component.
+    plugin: PathBuf,
+    /// The event type (else the `event_type` of --event).
+    #[arg(long = "type", short = 't')]
+    event_type: Option<String>,
+    /// The event's fields, a JSON object.
+    #[arg(long, conflicts_with = "event")]
+    data: Option<String>,
+    /// A file holding the event's fields as a JSON object; `-` reads stdin.
+    #[arg(long)]
+    event: Option<PathBuf>,
+    /// A committed state value the plugin reads, `key=value`; repeatable.
+    #[arg(long = "state", value_name = "KEY=VALUE")]
+    state: Vec<String>,
+    /// A value the plugin reads with `config-get`, `key=value`; repeatable.
+    #[arg(long = "plugin-config", value_name = "KEY=VALUE")]
+    plugin_config: Vec<String>,
+    /// The delivery attempt the plugin sees.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    attempt: u32,
+    /// The time limit, as a subscriber's `timeout_ms`.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// The memory limit, as a subscriber's `memory_mb`.
+    #[arg(long, default_value_t = 64)]
+    memory_mb: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The config file, for its compiled-plugin cache (optional).
+    #[arg(
+        long,
+        short,
+        default_value = "eventhost.toml",
+        env = "EVENTHOST_CONFIG"
+    )]
+    config: PathBuf,
 }
 
 /// Parses the command line, runs the command, and maps failure to exit 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init_logging();
+    let logs = LogCollector::default();
+    match &cli.command {
+        Command::Invoke(_) => telemetry::init_invoke_logging(logs.clone()),
+        _ => telemetry::init_logging(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,6 +140,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Invoke(args) => return invoke(args, &logs).await.map(Some),
             Command::Run { config } => run(&config).await.map(|()| true),
             Command::Check { config } => check(&config).await,
             Command::Publish {
@@ -98,12 +152,13 @@ pub fn main() -> ExitCode {
                 .await
                 .map(|()| true),
         }
+        .map(|ok| if ok { None } else { Some(1) })
     });
     // Do not wait for tasks still blocked on Redis at exit.
     runtime.shutdown_background();
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(code)) => ExitCode::from(code),
         Err(err) => {
             match err.downcast_ref::<ConfigError>() {
                 Some(config_error) => eprintln!("{config_error}"),
@@ -131,6 +186,97 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let runtime = PluginRuntime::new(&config.plugins.cache_dir)?;
     let plugins = Arc::new(WasmPlugins::new(runtime));
     daemon::run(config, plugins, shutdown.cancelled_owned()).await
+}
+
+/// `eventhost invoke`: prints the report; the exit status says the outcome.
+async fn invoke(args: InvokeArgs, logs: &LogCollector) -> anyhow::Result<u8> {
+    let mut data = match (&args.data, &args.event) {
+        (Some(json), _) => json_object(json, "--data")?,
+        (None, Some(file)) => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .context("cannot read the event from stdin")?
+            } else {
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read the event file {}", file.display()))?
+            };
+            json_object(&text, "the event")?
+        }
+        (None, None) => serde_json::Map::new(),
+    };
+    let event_type = match args.event_type {
+        Some(event_type) => event_type,
+        None => match data.remove("event_type") {
+            Some(Value::String(event_type)) if !event_type.is_empty() => event_type,
+            _ => anyhow::bail!("say the event type with --type, e.g. --type OrderCreatedEvent"),
+        },
+    };
+    let cache_dir = match config::load(&args.config) {
+        Ok(config) => config.plugins.cache_dir,
+        Err(_) => user_cache_dir(),
+    };
+    let invocation = Invocation {
+        plugin: std::path::absolute(&args.plugin).unwrap_or(args.plugin),
+        event_type,
+        data,
+        state: invoke::pairs("--state", &args.state)?,
+        config: invoke::pairs("--plugin-config", &args.plugin_config)?,
+        attempt: args.attempt,
+        timeout: std::time::Duration::from_millis(args.timeout_ms),
+        memory_bytes: args.memory_mb << 20,
+    };
+    let runtime = PluginRuntime::new(&cache_dir)?;
+    let report = invoke::invoke(runtime, invocation, logs).await?;
+    if args.json {
+        say(serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(report.exit_code())
+}
+
+/// The report for a person.
+fn print_report(report: &Report) {
+    say(format_args!(
+        "outcome: {} ({:.2} ms)",
+        report.outcome, report.duration_ms
+    ));
+    if let Some(reason) = &report.reason {
+        say(format_args!("reason: {reason}"));
+    }
+    for line in &report.logs {
+        say(format_args!("log {}: {}", line.level, line.message));
+    }
+    for (key, value) in &report.state.set {
+        say(format_args!("state set: {key} = {value:?}"));
+    }
+    for key in &report.state.deleted {
+        say(format_args!("state deleted: {key}"));
+    }
+    for event in &report.published {
+        say(format_args!(
+            "published: {} {}",
+            event.event_type, event.data
+        ));
+    }
+}
+
+fn json_object(text: &str, what: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(data)) => Ok(data),
+        Ok(_) => anyhow::bail!("{what} must be a JSON object, e.g. '{{\"order_id\": \"o-1\"}}'"),
+        Err(err) => anyhow::bail!("{what} is not valid JSON: {err}"),
+    }
+}
+
+/// Where `invoke` caches compiled plugins when no config says: the user's
+/// cache folder.
+fn user_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("eventhost").join("compiled")
 }
 
 /// Prints every problem in the config and its plugins; `false` if any.
@@ -188,11 +334,7 @@ async fn publish(
     event_type: &str,
     json: &str,
 ) -> anyhow::Result<()> {
-    let data = match serde_json::from_str::<Value>(json) {
-        Ok(Value::Object(data)) => data,
-        Ok(_) => anyhow::bail!("the event must be a JSON object, e.g. '{{\"order_id\": \"o-1\"}}'"),
-        Err(err) => anyhow::bail!("the event is not valid JSON: {err}"),
-    };
+    let data = json_object(json, "the event")?;
     let (url, prefix) = match url {
         Some(url) => (url, prefix_of(path)?),
         None => {

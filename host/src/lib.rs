@@ -6,7 +6,8 @@
 //! [`daemon`] wires the rest: the [`bus`] reads events from Redis and hands
 //! each to a [`handler::Handler`], which the [`plugin`] module provides for
 //! wasm components; the bus commits, retries or dead-letters what the
-//! handler returns. [`reload`] applies changes on disk while it runs.
+//! handler returns. [`reload`] applies changes on disk while it runs;
+//! [`invoke`] runs one event through a plugin without any of it.
 //! Around them: [`cli`] (the binary's commands), [`signals`],
 //! [`telemetry`], [`private_redis`] (a server of our own when none is
 //! configured) and [`backoff`].
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod handler;
+pub mod invoke;
 pub mod plugin;
 pub mod preflight;
 pub mod private_redis;

@@ -7,19 +7,38 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use crate::invoke::LogCollector;
 
 /// Sets up logging for the process; call once, first.
 pub fn init_logging() {
+    stderr_logs("info").init();
+}
+
+/// Logging for `eventhost invoke`: what plugins log goes to `collector`
+/// (into the report), the host's own warnings to stderr.
+pub fn init_invoke_logging(collector: LogCollector) {
+    stderr_logs("warn,eventhost::plugin=off")
+        .with(collector)
+        .init();
+}
+
+/// Logs to stderr, filtered by `EVENTHOST_LOG` (or `RUST_LOG`, else
+/// `default`).
+fn stderr_logs(default: &str) -> impl tracing::Subscriber + Send + Sync {
     let filter = EnvFilter::try_from_env("EVENTHOST_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .with_filter(filter),
+    )
 }
 
 /// Upper bounds (seconds) of the latency histogram's buckets: fine around
