@@ -5,7 +5,8 @@ mod support;
 
 use eventhost::bus::connection::{Connector, RedisConn};
 use eventhost::bus::scripts::{self, CommitBatch, CommitKeys, Committed, FanoutBatch};
-use eventhost::handler::Effects;
+use eventhost::bus::state::stamp_field;
+use eventhost::handler::{Effects, Seen, COMPARED_BYTES};
 use redis::AsyncCommands;
 use support::Redis;
 
@@ -122,7 +123,7 @@ const KEYS: CommitKeys<'static> = CommitKeys {
 fn read_then_set(reads: &[(&str, Option<&str>)], key: &str, value: &str) -> Effects {
     let mut effects = Effects::default();
     for (k, v) in reads {
-        effects.read(k, *v);
+        effects.read(k, &Seen::value(v.map(str::to_owned)));
     }
     effects.set(key.into(), value.into());
     effects
@@ -152,7 +153,11 @@ async fn a_commit_applies_a_result_only_if_what_it_read_still_holds() {
         1.0,
     );
     // A dead letter resting on a read that no longer holds: not written.
-    batch.dead_letter(&ids[3], "{}".into(), &vec![("count".into(), None)]);
+    batch.dead_letter(
+        &ids[3],
+        "{}".into(),
+        &vec![("count".into(), Seen::default())],
+    );
     let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
     assert_eq!(committed.conflicts, [ids[2].clone(), ids[3].clone()]);
     let count: String = s.conn.hget("state", "count").await.unwrap();
@@ -193,6 +198,66 @@ async fn in_an_ordered_batch_nothing_commits_after_a_conflict() {
     );
     assert_eq!(state.get("a").map(String::as_str), Some("changed by hand"));
     assert_eq!(state.get("b"), None);
+}
+
+#[tokio::test]
+async fn a_large_value_read_is_checked_by_its_length_and_stamp() {
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 4).await;
+    let large = "v".repeat(COMPARED_BYTES + 1);
+    // Written by eventhost: the commit stamps it with the writing entry.
+    let mut batch = CommitBatch::new("g", false);
+    batch.ok(&ids[0], &read_then_set(&[], "doc", &large), 1.0);
+    batch.apply(&mut s.conn, &KEYS).await.unwrap();
+    let stamp: String = s.conn.hget("state", stamp_field("doc")).await.unwrap();
+    assert_eq!(stamp, ids[0]);
+
+    let seen = Seen {
+        value: Some(large.clone()),
+        stamp: Some(ids[0].clone()),
+    };
+    let reads_doc = |key: &str, value: &str| {
+        let mut effects = Effects::default();
+        effects.read("doc", &seen);
+        effects.set(key.into(), value.into());
+        effects
+    };
+    // Unchanged: applied.
+    let mut batch = CommitBatch::new("g", false);
+    batch.ok(&ids[1], &reads_doc("a", "1"), 1.0);
+    assert!(batch
+        .apply(&mut s.conn, &KEYS)
+        .await
+        .unwrap()
+        .conflicts
+        .is_empty());
+    // Rewritten by eventhost, same length: a new stamp, so a conflict.
+    let mut batch = CommitBatch::new("g", false);
+    batch.ok(
+        &ids[2],
+        &read_then_set(&[], "doc", &"w".repeat(large.len())),
+        1.0,
+    );
+    batch.ok(&ids[3], &reads_doc("b", "1"), 1.0);
+    let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
+    assert_eq!(committed.conflicts, [ids[3].clone()]);
+    // Changed by hand to another length: a conflict too.
+    let () = s.conn.hset("state", "doc", "short").await.unwrap();
+    let mut batch = CommitBatch::new("g", false);
+    batch.check(
+        &ids[3],
+        &vec![(
+            "doc".into(),
+            Seen {
+                value: Some("w".repeat(large.len())),
+                stamp: Some(ids[2].clone()),
+            },
+        )],
+    );
+    assert_eq!(
+        batch.apply(&mut s.conn, &KEYS).await.unwrap().conflicts,
+        [ids[3].clone()]
+    );
 }
 
 /// A redis-server (stopped when dropped) and a connection to it.

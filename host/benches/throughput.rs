@@ -4,7 +4,7 @@
 //!     cargo bench -p eventhost --bench throughput            # the full run
 //!     cargo bench -p eventhost --bench throughput -- quick   # smaller, faster
 //!     cargo bench -p eventhost --bench throughput -- latency # one section:
-//!         throughput, latency, start or leanmq (several may be named)
+//!         throughput, latency, start, reads or leanmq (several may be named)
 //!     cargo bench -p eventhost --bench throughput -- latency 10000 # one rate
 //!
 //! Prints a table: deliveries/s with 3 subscribers (trivial and stateful
@@ -47,7 +47,7 @@ fn main() {
         return serve_native(Path::new(&args[2]));
     }
     let quick = args.iter().any(|a| a == "quick");
-    let sections = ["throughput", "latency", "start", "leanmq"];
+    let sections = ["throughput", "latency", "start", "reads", "leanmq"];
     let named: Vec<&str> = sections
         .into_iter()
         .filter(|s| args.iter().any(|a| a == s))
@@ -75,8 +75,72 @@ fn main() {
     if wanted("start") {
         start_section();
     }
+    if wanted("reads") {
+        reads_section(if quick { 100 } else { 300 });
+    }
     if wanted("leanmq") {
         leanmq_section(if quick { 3_000 } else { 10_000 }, trivial_wasm);
+    }
+}
+
+/// What checking a result's reads costs Redis: each event reads one value
+/// (the probe's `read`, which writes only its length), whose size varies;
+/// the commit checks it inside Redis before it writes.
+fn reads_section(events: usize) {
+    println!("\nthe commit's check of what an event read: Redis CPU per event, {events} events each reading one value");
+    println!(
+        "{:<16} {:>14} {:>18}",
+        "value read", "Redis µs/event", "EVALSHA µs/call"
+    );
+    for size in [10usize, 64 << 10, 1 << 20] {
+        let world = World::new(
+            &["probe.wasm"],
+            &format!("{PROBE}events = [\"Peek\"]\nconcurrency = 4\n"),
+        );
+        let mut conn = world.conn();
+        let () = redis::cmd("HSET")
+            .arg("events:state:probe")
+            .arg("big")
+            .arg("x".repeat(size))
+            .query(&mut conn)
+            .unwrap();
+        let host = world.host();
+        let redis_cpu = cpu_seconds(world.redis.pid());
+        let () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut conn)
+            .unwrap();
+        let ids: Vec<String> = (0..events)
+            .map(|_| publish(&mut conn, "Peek", json!({"act": "read", "key": "big"})))
+            .collect();
+        let started = Instant::now();
+        while !seen_all(&mut conn, "probe", &ids) {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "stuck:\n{}",
+                host.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let redis_cpu = cpu_seconds(world.redis.pid()) - redis_cpu;
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .unwrap();
+        let evalsha = stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .and_then(|l| l.split("usec_per_call=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .unwrap_or("-")
+            .to_string();
+        println!(
+            "{:<16} {:>14.0} {:>18}",
+            format!("{size} bytes"),
+            redis_cpu * 1e6 / events as f64,
+            evalsha
+        );
+        host.stop();
     }
 }
 

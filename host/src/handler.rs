@@ -69,9 +69,31 @@ impl Failure {
     }
 }
 
-/// The state a call read, each key once with the value it saw (`None`:
-/// absent), in the order first read: what its result rests on.
-pub type Reads = Vec<(String, Option<String>)>;
+/// The state a call read, each key once with what it saw, in the order
+/// first read: what its result rests on.
+pub type Reads = Vec<(String, Seen)>;
+
+/// Values up to this size are checked at commit by comparing them; larger
+/// ones by their length and [stamp](Seen::stamp), so checking a read never
+/// costs Redis a copy of a large value.
+pub const COMPARED_BYTES: usize = 1024;
+
+/// What a read saw of one key of a subscriber's state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Seen {
+    /// The value; `None`: absent.
+    pub value: Option<String>,
+    /// For a value over [`COMPARED_BYTES`]: the stamp eventhost's last
+    /// write of it left beside it (the entry that wrote it), if any.
+    pub stamp: Option<String>,
+}
+
+impl Seen {
+    /// A value as read, without a stamp.
+    pub fn value(value: Option<String>) -> Self {
+        Seen { value, stamp: None }
+    }
+}
 
 /// The kinds of failure a DLQ reason names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,12 +168,12 @@ pub struct Effects {
 }
 
 impl Effects {
-    /// Remembers that the call saw `value` for `key` in the committed state
+    /// Remembers that the call saw `seen` for `key` in the committed state
     /// (reads of its own writes are not asked for: see [`Self::pending`]).
     /// Only the first read of a key counts: later ones saw the same.
-    pub fn read(&mut self, key: &str, value: Option<&str>) {
+    pub fn read(&mut self, key: &str, seen: &Seen) {
         if !self.reads.iter().any(|(k, _)| k == key) {
-            self.reads.push((key.to_string(), value.map(str::to_owned)));
+            self.reads.push((key.to_string(), seen.clone()));
         }
     }
 
@@ -256,7 +278,12 @@ pub fn unix_now() -> f64 {
 #[async_trait]
 pub trait StateReader: Send + Sync {
     /// The committed value of `key`, if any.
-    async fn get(&self, key: &str) -> anyhow::Result<Option<String>>;
+    async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.read(key).await?.value)
+    }
+
+    /// What is committed for `key`: its value, and its stamp if it has one.
+    async fn read(&self, key: &str) -> anyhow::Result<Seen>;
 }
 
 /// Runs events for one subscriber.
@@ -325,14 +352,15 @@ mod tests {
     #[test]
     fn only_the_first_read_of_a_key_is_kept() {
         let mut effects = Effects::default();
-        effects.read("k", Some("1"));
-        effects.read("gone", None);
-        effects.read("k", Some("2"));
+        let one = Seen::value(Some("1".into()));
+        effects.read("k", &one);
+        effects.read("gone", &Seen::default());
+        effects.read("k", &Seen::value(Some("2".into())));
         assert_eq!(
             effects.reads(),
             &vec![
-                ("k".to_string(), Some("1".to_string())),
-                ("gone".to_string(), None)
+                ("k".to_string(), one),
+                ("gone".to_string(), Seen::default())
             ]
         );
         assert!(

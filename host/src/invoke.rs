@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::{EventFilter, Grants, SubscriberConfig};
-use crate::handler::{Effects, Event, Handler, Outcome, StateReader};
+use crate::handler::{Effects, Event, Handler, Outcome, Seen, StateReader};
 use crate::plugin::{PluginRuntime, WasmHandler};
 
 /// One event to run and how.
@@ -221,8 +221,8 @@ struct MemoryState(HashMap<String, String>);
 
 #[async_trait]
 impl StateReader for MemoryState {
-    async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
-        Ok(self.0.get(key).cloned())
+    async fn read(&self, key: &str) -> anyhow::Result<Seen> {
+        Ok(Seen::value(self.0.get(key).cloned()))
     }
 }
 

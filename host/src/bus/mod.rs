@@ -18,7 +18,7 @@ pub mod layout;
 pub mod leanmq;
 pub mod routes;
 pub mod scripts;
-mod state;
+pub mod state;
 pub mod subscriber;
 pub mod worker;
 

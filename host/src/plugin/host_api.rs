@@ -166,10 +166,11 @@ impl self::eventhost::plugin::host::Host for StoreData {
             return Ok(pending.map(str::to_owned));
         }
         let state = call.state.clone();
-        match state.get(&key).await {
-            Ok(value) => {
-                self.call()?.effects.read(&key, value.as_deref());
-                Ok(value)
+        match state.read(&key).await {
+            Ok(seen) => {
+                let call = self.call()?;
+                call.effects.read(&key, &seen);
+                Ok(seen.value)
             }
             Err(err) => {
                 let message = format!("state-get {key:?} failed: {err:#}");

@@ -26,7 +26,9 @@
 //! `"echo"` (stores what it received under `echo:<event id>`, so tests see
 //! the event exactly as the plugin does), and `"peek"` (reads the state key
 //! `"key"` and stores what it got under `peeked:<event id>`, `"<none>"` if
-//! absent, so tests see which state a plugin can read).
+//! absent, so tests see which state a plugin can read), and `"read"` (reads
+//! the state key `"key"` and stores only its length under `read:<event id>`:
+//! a large read with a small write).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -115,6 +117,15 @@ fn outcome(event: &Event) -> Result<(), Failure> {
                 "data": event.data,
             });
             eventhost_plugin::state_set(&format!("echo:{}", event.id), &seen.to_string());
+            Ok(())
+        }
+        "read" => {
+            let key = match data.get("key") {
+                Some(Value::String(key)) => key,
+                _ => return Err(Failure::Reject("`read` needs a string `key`".into())),
+            };
+            let len = eventhost_plugin::state_get(key).map_or(0, |v| v.len());
+            eventhost_plugin::state_set(&format!("read:{}", event.id), &len.to_string());
             Ok(())
         }
         "peek" => {

@@ -5,14 +5,21 @@
 -- ARGV[1] the subscriber's group, ARGV[2] '1' if the batch is ordered (one
 -- event at a time), ARGV[3] q, then q ids handled ok with no effects and no
 -- reads, then one record per other entry, each starting with what its
--- result read (r reads: field, '1', value -- it held value; field, '0' --
--- it was absent):
+-- result read, r reads of:
+--   field, '0'                 -- it was absent
+--   field, '1', value          -- it held this value (1 KiB at most)
+--   field, '2', length, stamp  -- it held a larger value, of this length,
+--                                 stamped so ('' no stamp): see below
 --   'ok', id, r, reads, p, p payloads, s, s (field, value) pairs, d, d fields
 --   'dlq', id, r, reads, payload
 --   'check', id, r, reads          -- a retry: only checked, stays pending
 --
 -- Serializable: a record is applied only if every key it read still holds
--- what it saw, checked after the records before it were applied. If not,
+-- what it saw, checked after the records before it were applied. A value
+-- over 1 KiB is not compared (that would copy it into Lua, milliseconds per
+-- MiB while Redis serves no one else): its length is, and the stamp its
+-- last write by eventhost left in the field '\0stamp:<field>' (the entry
+-- id of that write, set by the 'ok' record's encoder). If not,
 -- nothing of it is written, its entry stays pending, and its id is
 -- returned as a conflict, to run again on fresh state. In an ordered batch
 -- every record after a conflict is a conflict too, so no later event
@@ -56,6 +63,13 @@ local function holds(i, r)
     if present == '1' then
       if fresh and redis.call('HGET', KEYS[3], field) ~= ARGV[i + 2] then fresh = false end
       i = i + 3
+    elseif present == '2' then
+      if fresh then
+        local stamp = redis.call('HGET', KEYS[3], '\0stamp:' .. field) or ''
+        fresh = redis.call('HSTRLEN', KEYS[3], field) == tonumber(ARGV[i + 2])
+          and stamp == ARGV[i + 3]
+      end
+      i = i + 4
     else
       if fresh and redis.call('HEXISTS', KEYS[3], field) == 1 then fresh = false end
       i = i + 2

@@ -8,7 +8,8 @@ use redis::{FromRedisValue, ParsingError, RedisResult, Script, Value};
 
 use crate::bus::connection::RedisConn;
 use crate::bus::leanmq;
-use crate::handler::{Effects, Reads};
+use crate::bus::state::stamp_field;
+use crate::handler::{Effects, Reads, COMPARED_BYTES};
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
 
@@ -115,14 +116,26 @@ impl CommitBatch {
                 None => deletes.push(key),
             }
         }
-        self.records.push(count(sets.len()));
+        // A large value is stamped with the entry that wrote it, so a read
+        // of it is checked by its stamp and length (see `state.rs`).
+        let stamps: Vec<(String, &str)> = sets
+            .iter()
+            .filter(|(_, value)| value.len() > COMPARED_BYTES)
+            .map(|(key, _)| (stamp_field(key), id))
+            .collect();
+        self.records.push(count(sets.len() + stamps.len()));
         for (key, value) in sets {
             self.records.push(key.as_bytes().to_vec());
             self.records.push(value.as_bytes().to_vec());
         }
-        self.records.push(count(deletes.len()));
+        for (field, id) in stamps {
+            self.records.push(field.into_bytes());
+            self.records.push(id.as_bytes().to_vec());
+        }
+        self.records.push(count(deletes.len() * 2));
         for key in deletes {
             self.records.push(key.as_bytes().to_vec());
+            self.records.push(stamp_field(key).into_bytes());
         }
     }
 
@@ -146,14 +159,20 @@ impl CommitBatch {
         self.records.push(kind.to_vec());
         self.records.push(id.as_bytes().to_vec());
         self.records.push(count(reads.len()));
-        for (key, value) in reads {
+        for (key, seen) in reads {
             self.records.push(key.as_bytes().to_vec());
-            match value {
-                Some(value) => {
+            match &seen.value {
+                None => self.records.push(b"0".to_vec()),
+                Some(value) if value.len() <= COMPARED_BYTES => {
                     self.records.push(b"1".to_vec());
                     self.records.push(value.as_bytes().to_vec());
                 }
-                None => self.records.push(b"0".to_vec()),
+                Some(value) => {
+                    self.records.push(b"2".to_vec());
+                    self.records.push(count(value.len()));
+                    let stamp = seen.stamp.as_deref().unwrap_or_default();
+                    self.records.push(stamp.as_bytes().to_vec());
+                }
             }
         }
     }
@@ -235,7 +254,20 @@ mod tests {
         assert_eq!(text(&batch.quiet), ["4-0"], "no effects: just the id");
         assert_eq!(
             text(&batch.records),
-            ["ok", "5-0", "0", "0", "1", "a", "3", "2", "b", "c"]
+            [
+                "ok",
+                "5-0",
+                "0",
+                "0",
+                "1",
+                "a",
+                "3",
+                "4",
+                "b",
+                "\0stamp:b",
+                "c",
+                "\0stamp:c"
+            ]
         );
     }
 }

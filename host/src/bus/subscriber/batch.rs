@@ -10,11 +10,14 @@ use tokio::task::JoinSet;
 
 use super::Subscription;
 use crate::bus::group::GroupConsumer;
-use crate::handler::{Event, Outcome, StateReader};
+use crate::handler::{Event, Outcome, Seen, StateReader, COMPARED_BYTES};
 
 /// One event's outcome: its index in the batch, its event id, what the
 /// handler returned.
 pub type Ran = (usize, String, Outcome);
+
+/// A [`Ran`] with the entry id it ran for.
+type RanEntry = (String, Ran);
 
 /// Runs `jobs` (index in the batch, event) and returns their outcomes.
 /// Every `renew_every` the entries `ids` are claimed again without counting
@@ -59,7 +62,10 @@ pub async fn run(
 /// if each had been committed on its own.
 struct BatchState {
     committed: Arc<dyn StateReader>,
-    written: Mutex<HashMap<String, Option<String>>>,
+    /// What the batch's successful events wrote, as a later read sees it:
+    /// a large value stamped with the entry that wrote it, as its commit
+    /// will stamp it.
+    written: Mutex<HashMap<String, Seen>>,
 }
 
 impl BatchState {
@@ -70,12 +76,18 @@ impl BatchState {
         }
     }
 
-    /// Makes a successful event's writes visible to the events after it.
-    fn absorb(&self, outcome: &Outcome) {
+    /// Makes the writes of a successful event, of entry `stream_id`,
+    /// visible to the events after it.
+    fn absorb(&self, stream_id: &str, outcome: &Outcome) {
         if let Outcome::Ok(effects) = outcome {
             let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
             for (key, value) in effects.writes() {
-                written.insert(key.clone(), value.clone());
+                let large = value.as_ref().is_some_and(|v| v.len() > COMPARED_BYTES);
+                let seen = Seen {
+                    value: value.clone(),
+                    stamp: large.then(|| stream_id.to_string()),
+                };
+                written.insert(key.clone(), seen);
             }
         }
     }
@@ -83,7 +95,7 @@ impl BatchState {
 
 #[async_trait::async_trait]
 impl StateReader for BatchState {
-    async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
+    async fn read(&self, key: &str) -> anyhow::Result<Seen> {
         let written = self
             .written
             .lock()
@@ -91,8 +103,8 @@ impl StateReader for BatchState {
             .get(key)
             .cloned();
         match written {
-            Some(value) => Ok(value),
-            None => self.committed.get(key).await,
+            Some(seen) => Ok(seen),
+            None => self.committed.read(key).await,
         }
     }
 }
@@ -111,16 +123,17 @@ async fn run_all(
     if concurrency <= 1 || jobs.len() <= 1 {
         for (index, event) in jobs {
             let id = event.id.clone();
+            let stream_id = event.stream_id.clone();
             let outcome = subscription.handler().handle(event, state.clone()).await;
-            state.absorb(&outcome);
+            state.absorb(&stream_id, &outcome);
             results.push((index, id, outcome));
         }
         return results;
     }
     let mut running = JoinSet::new();
-    let mut collect = |joined: Result<Ran, tokio::task::JoinError>| match joined {
-        Ok(result) => {
-            state.absorb(&result.2);
+    let mut collect = |joined: Result<RanEntry, tokio::task::JoinError>| match joined {
+        Ok((stream_id, result)) => {
+            state.absorb(&stream_id, &result.2);
             results.push(result);
         }
         // A panic in the host's own code: the event stays pending and is
@@ -137,7 +150,8 @@ async fn run_all(
         let state = state.clone();
         running.spawn(async move {
             let id = event.id.clone();
-            (index, id, handler.handle(event, state).await)
+            let stream_id = event.stream_id.clone();
+            (stream_id, (index, id, handler.handle(event, state).await))
         });
     }
     while let Some(joined) = running.join_next().await {
