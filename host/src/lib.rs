@@ -7,11 +7,13 @@
 //! each to a [`handler::Handler`], which the [`plugin`] module provides for
 //! wasm components; the bus commits, retries or dead-letters what the
 //! handler returns. [`reload`] applies changes on disk while it runs;
-//! [`invoke`] runs one event through a plugin without any of it.
+//! [`invoke`] runs one event through a plugin without any of it, and
+//! [`author`] writes and builds plugin projects for it.
 //! Around them: [`cli`] (the binary's commands), [`signals`],
 //! [`telemetry`], [`private_redis`] (a server of our own when none is
 //! configured) and [`backoff`].
 
+pub mod author;
 pub mod backoff;
 pub mod bus;
 pub mod cli;
