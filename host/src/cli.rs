@@ -1,5 +1,6 @@
-//! The command line: `run`, `check`, `publish`, `invoke`. Thin: each
-//! command parses its arguments, calls into the library, and prints.
+//! The command line: `run`, `check`, `publish`; for plugin authors `new`,
+//! `build` and `invoke`. Thin: each command parses its arguments, calls
+//! into the library, and prints.
 
 use std::fmt::Display;
 use std::io::Write as _;
@@ -77,6 +78,29 @@ enum Command {
     /// 7 out-of-memory, 8 host-error; 1 if the event could not run (a bad
     /// argument, a plugin refused).
     Invoke(InvokeArgs),
+    /// Write a new plugin project: a handler, a test, a README, and the
+    /// table to paste into eventhost.toml.
+    New {
+        /// The plugin's name (letters, digits, `-`, `_`); also the folder.
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: crate::author::Lang,
+        /// The event types it subscribes to, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Where to create the project folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build a plugin project (Rust, Python or JavaScript) with its own
+    /// toolchain at pinned versions; the last line printed is the
+    /// component's path.
+    Build {
+        /// The project folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -141,6 +165,13 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Invoke(args) => return invoke(args, &logs).await.map(Some),
+            Command::New {
+                name,
+                lang,
+                events,
+                dir,
+            } => new(&dir, &name, lang, &events).map(|()| true),
+            Command::Build { dir } => build(dir).await.map(|()| true),
             Command::Run { config } => run(&config).await.map(|()| true),
             Command::Check { config } => check(&config).await,
             Command::Publish {
@@ -186,6 +217,26 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let runtime = PluginRuntime::new(&config.plugins.cache_dir)?;
     let plugins = Arc::new(WasmPlugins::new(runtime));
     daemon::run(config, plugins, shutdown.cancelled_owned()).await
+}
+
+/// `eventhost new`: writes the project and says what to do next.
+fn new(dir: &Path, name: &str, lang: crate::author::Lang, events: &[String]) -> anyhow::Result<()> {
+    let project = crate::author::new_project(dir, name, lang, events)?;
+    say(format_args!("created {}", project.display()));
+    say(format_args!(
+        "next: eventhost build {0}, then eventhost invoke <the path it prints> --type Demo --data '{{}}' (see {0}/README.md)",
+        project.display()
+    ));
+    Ok(())
+}
+
+/// `eventhost build`: the component's path is the last line printed.
+async fn build(dir: PathBuf) -> anyhow::Result<()> {
+    let component = tokio::task::spawn_blocking(move || crate::author::build_project(&dir))
+        .await
+        .context("the build crashed")??;
+    say(component.display());
+    Ok(())
 }
 
 /// `eventhost invoke`: prints the report; the exit status says the outcome.

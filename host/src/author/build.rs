@@ -60,7 +60,11 @@ fn build_rust(dir: &Path) -> anyhow::Result<PathBuf> {
     let manifest = dir.join("Cargo.toml");
     let out = Command::new(cargo)
         .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .args(["--message-format", "json-render-diagnostics", "--manifest-path"])
+        .args([
+            "--message-format",
+            "json-render-diagnostics",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -82,7 +86,9 @@ fn build_rust(dir: &Path) -> anyhow::Result<PathBuf> {
 /// The `.wasm` a cargo build (`--message-format json`) made for the package
 /// of `manifest`: its last `compiler-artifact` of kind `cdylib`.
 fn cargo_component(messages: &str, manifest: &Path) -> Option<PathBuf> {
-    let manifest = manifest.canonicalize().unwrap_or_else(|_| manifest.to_owned());
+    let manifest = manifest
+        .canonicalize()
+        .unwrap_or_else(|_| manifest.to_owned());
     messages
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -119,7 +125,13 @@ fn stem(manifest_name: Option<&str>, dir: &Path) -> String {
         .unwrap_or_else(|| "plugin".to_owned());
     let stem: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if stem.is_empty() {
         "plugin".to_owned()
@@ -142,7 +154,11 @@ fn wit_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Builds into `dir/build/<stem>.wasm` through a temporary file, so a failed
 /// build leaves no half-written component where a watching host could see it.
-fn build_into(dir: &Path, stem: &str, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<PathBuf> {
+fn build_into(
+    dir: &Path,
+    stem: &str,
+    write: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<PathBuf> {
     let out_dir = dir.join("build");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let out = out_dir.join(format!("{stem}.wasm"));
@@ -153,8 +169,13 @@ fn build_into(dir: &Path, stem: &str, write: impl FnOnce(&Path) -> anyhow::Resul
         let _ = fs::remove_file(&partial);
         return Err(err);
     }
-    ensure!(partial.is_file(), "the build tool wrote no {}", partial.display());
-    fs::rename(&partial, &out).with_context(|| format!("moving the component to {}", out.display()))?;
+    ensure!(
+        partial.is_file(),
+        "the build tool wrote no {}",
+        partial.display()
+    );
+    fs::rename(&partial, &out)
+        .with_context(|| format!("moving the component to {}", out.display()))?;
     Ok(out)
 }
 
@@ -176,7 +197,11 @@ fn build_python(dir: &Path) -> anyhow::Result<PathBuf> {
     let name = match fs::read_to_string(dir.join("pyproject.toml")) {
         Ok(text) => {
             let table: toml::Table = toml::from_str(&text).context("parsing pyproject.toml")?;
-            table.get("project").and_then(|p| p.get("name")).and_then(|n| n.as_str()).map(str::to_owned)
+            table
+                .get("project")
+                .and_then(|p| p.get("name"))
+                .and_then(|n| n.as_str())
+                .map(str::to_owned)
         }
         Err(_) => None,
     };
@@ -205,7 +230,11 @@ fn build_js(dir: &Path) -> anyhow::Result<PathBuf> {
     let text = fs::read_to_string(dir.join("package.json")).context("reading package.json")?;
     let package: serde_json::Value = serde_json::from_str(&text).context("parsing package.json")?;
     let entry = package["main"].as_str().unwrap_or("app.js").to_owned();
-    ensure!(dir.join(&entry).is_file(), "{} has no {entry} (package.json `main`)", dir.display());
+    ensure!(
+        dir.join(&entry).is_file(),
+        "{} has no {entry} (package.json `main`)",
+        dir.display()
+    );
     let wit = wit_dir(dir)?;
     let node = tools::node()?;
     let cli = tools::componentize_js()?;
@@ -252,9 +281,15 @@ mod tests {
             (&["package.json", "app.js"], Lang::Js),
         ];
         for (files, lang) in cases {
-            assert_eq!(detect_lang(project(files).path()).unwrap(), *lang, "{files:?}");
+            assert_eq!(
+                detect_lang(project(files).path()).unwrap(),
+                *lang,
+                "{files:?}"
+            );
         }
-        let err = detect_lang(project(&["README.md"]).path()).unwrap_err().to_string();
+        let err = detect_lang(project(&["README.md"]).path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is not a plugin project"), "{err}");
         assert!(detect_lang(Path::new("/no/such/folder")).is_err());
     }
@@ -282,16 +317,24 @@ mod tests {
             r#"{"reason":"build-finished","success":true}"#.to_owned(),
         ]
         .join("\n");
-        assert_eq!(cargo_component(&messages, &manifest), Some(PathBuf::from("/t/release/demo.wasm")));
+        assert_eq!(
+            cargo_component(&messages, &manifest),
+            Some(PathBuf::from("/t/release/demo.wasm"))
+        );
         assert_eq!(cargo_component(&messages[..0], &manifest), None);
-        let lib_only = format!(r#"{{"reason":"compiler-artifact","manifest_path":"{m}","target":{{"kind":["lib"]}},"filenames":["/t/libdemo.rlib"]}}"#);
+        let lib_only = format!(
+            r#"{{"reason":"compiler-artifact","manifest_path":"{m}","target":{{"kind":["lib"]}},"filenames":["/t/libdemo.rlib"]}}"#
+        );
         assert_eq!(cargo_component(&lib_only, &manifest), None);
     }
 
     #[test]
     fn component_names_come_from_the_manifest_else_the_folder() {
         assert_eq!(stem(Some("order-audit"), Path::new("/x/y")), "order_audit");
-        assert_eq!(stem(Some("@acme/order.audit"), Path::new("/x/y")), "order_audit");
+        assert_eq!(
+            stem(Some("@acme/order.audit"), Path::new("/x/y")),
+            "order_audit"
+        );
         assert_eq!(stem(None, Path::new("/x/my-plugin")), "my_plugin");
         assert_eq!(stem(Some(""), Path::new("/")), "plugin");
     }

@@ -14,12 +14,18 @@ use super::Lang;
 /// this is what all of them accept.
 pub fn validate_name(name: &str) -> anyhow::Result<()> {
     ensure!(!name.is_empty(), "the project name is empty");
-    ensure!(name.len() <= 64, "the project name `{name}` is longer than 64 characters");
+    ensure!(
+        name.len() <= 64,
+        "the project name `{name}` is longer than 64 characters"
+    );
     ensure!(
         name.starts_with(|c: char| c.is_ascii_alphabetic()),
         "the project name `{name}` must start with a letter"
     );
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
         bail!("the project name `{name}` has `{bad}`: use letters, digits, `-` and `_`");
     }
     Ok(())
@@ -47,7 +53,12 @@ pub fn validate_event_type(event_type: &str) -> anyhow::Result<()> {
 /// returns its path (absolute). The project subscribes to `events` (every
 /// type when empty). It refuses a `dir/name` that exists and is not an
 /// empty folder, so it never overwrites an author's work.
-pub fn new_project(dir: &Path, name: &str, lang: Lang, events: &[String]) -> anyhow::Result<PathBuf> {
+pub fn new_project(
+    dir: &Path,
+    name: &str,
+    lang: Lang,
+    events: &[String],
+) -> anyhow::Result<PathBuf> {
     validate_name(name)?;
     let events: Vec<String> = events.iter().map(|e| e.trim().to_owned()).collect();
     for event_type in &events {
@@ -55,16 +66,26 @@ pub fn new_project(dir: &Path, name: &str, lang: Lang, events: &[String]) -> any
     }
     let project = dir.join(name);
     if project.exists() {
-        ensure!(project.is_dir(), "{} exists and is not a folder", project.display());
-        let mut entries = fs::read_dir(&project)
-            .with_context(|| format!("reading {}", project.display()))?;
+        ensure!(
+            project.is_dir(),
+            "{} exists and is not a folder",
+            project.display()
+        );
+        let mut entries =
+            fs::read_dir(&project).with_context(|| format!("reading {}", project.display()))?;
         ensure!(
             entries.next().is_none(),
             "{} exists and is not empty: refusing to overwrite it",
             project.display()
         );
     }
-    let files = templates::files(lang, &Vars { name: name.to_owned(), events })?;
+    let files = templates::files(
+        lang,
+        &Vars {
+            name: name.to_owned(),
+            events,
+        },
+    )?;
     for (relative, contents) in files {
         let path = project.join(relative);
         if let Some(parent) = path.parent() {
@@ -102,7 +123,12 @@ mod tests {
 
     #[test]
     fn event_types_need_no_escaping() {
-        for good in ["*", "OrderCreatedEvent", "order.created", "orders/v1:created-2"] {
+        for good in [
+            "*",
+            "OrderCreatedEvent",
+            "order.created",
+            "orders/v1:created-2",
+        ] {
             validate_event_type(good).unwrap();
         }
         for bad in ["", "a\"b", "a b", "a\\b", "a{{b}}", "**"] {
@@ -116,13 +142,18 @@ mod tests {
         let events = ["OrderCreated".to_owned()];
         let project = new_project(dir.path(), "demo", Lang::Python, &events).unwrap();
         assert!(project.is_absolute());
-        assert_eq!(project, std::path::absolute(dir.path().join("demo")).unwrap());
+        assert_eq!(
+            project,
+            std::path::absolute(dir.path().join("demo")).unwrap()
+        );
         let app = fs::read_to_string(project.join("src/app.py")).unwrap();
         assert!(app.contains("state.increment(\"count\")"));
         assert!(project.join("src/eventhost_plugin/__init__.py").is_file());
         assert!(project.join("wit/eventhost.wit").is_file());
 
-        let err = new_project(dir.path(), "demo", Lang::Rust, &[]).unwrap_err().to_string();
+        let err = new_project(dir.path(), "demo", Lang::Rust, &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not empty: refusing to overwrite"), "{err}");
         assert!(!project.join("Cargo.toml").exists());
 

@@ -19,7 +19,11 @@ const COMPLETE: &str = ".eventhost-complete";
 /// eventhost's cache folder: `$EVENTHOST_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/eventhost`, else `~/.cache/eventhost`.
 pub(crate) fn cache_dir() -> anyhow::Result<PathBuf> {
-    let non_empty = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let non_empty = |key: &str| {
+        std::env::var_os(key)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = non_empty("EVENTHOST_CACHE_DIR") {
         return Ok(dir);
     }
@@ -34,9 +38,16 @@ pub(crate) fn cache_dir() -> anyhow::Result<PathBuf> {
 
 /// Runs `program --version`-like `args` quietly: its trimmed stdout, or
 /// None when the program is missing or fails.
-pub(crate) fn probe(program: impl AsRef<std::ffi::OsStr>, args: &[&str], cwd: Option<&Path>) -> Option<String> {
+pub(crate) fn probe(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    cwd: Option<&Path>,
+) -> Option<String> {
     let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null()).stderr(Stdio::null());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
     }
@@ -86,26 +97,44 @@ pub(crate) fn python3() -> anyhow::Result<&'static str> {
 /// componentize-py at [`COMPONENTIZE_PY_VERSION`], installed on first use
 /// with pip into `<cache>/tools/componentize-py-<version>` (a venv).
 pub(crate) fn componentize_py() -> anyhow::Result<PathBuf> {
-    let venv = cache_dir()?.join("tools").join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
+    let venv = cache_dir()?
+        .join("tools")
+        .join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
     let tool = bin(&venv, "componentize-py");
     let wanted = format!("componentize-py {COMPONENTIZE_PY_VERSION}");
-    if venv.join(COMPLETE).is_file() && probe(&tool, &["--version"], None).as_deref() == Some(&wanted) {
+    if venv.join(COMPLETE).is_file()
+        && probe(&tool, &["--version"], None).as_deref() == Some(&wanted)
+    {
         return Ok(tool);
     }
     let python = python3()?;
-    eprintln!("installing componentize-py {COMPONENTIZE_PY_VERSION} into {} (once)", venv.display());
+    eprintln!(
+        "installing componentize-py {COMPONENTIZE_PY_VERSION} into {} (once)",
+        venv.display()
+    );
     if venv.exists() {
-        fs::remove_dir_all(&venv).with_context(|| format!("removing the unfinished {}", venv.display()))?;
+        fs::remove_dir_all(&venv)
+            .with_context(|| format!("removing the unfinished {}", venv.display()))?;
     }
     fs::create_dir_all(venv.parent().expect("a tools folder"))
         .with_context(|| format!("creating {}", venv.display()))?;
-    run(Command::new(python).arg("-m").arg("venv").arg(&venv), "creating a Python venv").context(
+    run(
+        Command::new(python).arg("-m").arg("venv").arg(&venv),
+        "creating a Python venv",
+    )
+    .context(
         "`python3 -m venv` failed: install Python's venv module (Debian/Ubuntu: `apt-get install \
          python3-venv`)",
     )?;
     run(
         Command::new(bin(&venv, "python"))
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
             .arg(format!("componentize-py=={COMPONENTIZE_PY_VERSION}")),
         &format!("pip install componentize-py=={COMPONENTIZE_PY_VERSION}"),
     )
@@ -142,7 +171,9 @@ pub(crate) fn node() -> anyhow::Result<&'static str> {
 /// [`COMPONENTIZE_JS_VERSION`], installed on first use with npm into
 /// `<cache>/tools/componentize-js-<version>` from the embedded lock file.
 pub(crate) fn componentize_js() -> anyhow::Result<PathBuf> {
-    let dir = cache_dir()?.join("tools").join(format!("componentize-js-{COMPONENTIZE_JS_VERSION}"));
+    let dir = cache_dir()?
+        .join("tools")
+        .join(format!("componentize-js-{COMPONENTIZE_JS_VERSION}"));
     let package = dir.join("node_modules/@bytecodealliance/componentize-js");
     let cli = package.join("src/cli.js");
     let installed = || -> Option<String> {
@@ -150,7 +181,10 @@ pub(crate) fn componentize_js() -> anyhow::Result<PathBuf> {
         let json: serde_json::Value = serde_json::from_str(&text).ok()?;
         json["version"].as_str().map(str::to_owned)
     };
-    if dir.join(COMPLETE).is_file() && cli.is_file() && installed().as_deref() == Some(COMPONENTIZE_JS_VERSION) {
+    if dir.join(COMPLETE).is_file()
+        && cli.is_file()
+        && installed().as_deref() == Some(COMPONENTIZE_JS_VERSION)
+    {
         return Ok(cli);
     }
     node()?;
@@ -160,25 +194,39 @@ pub(crate) fn componentize_js() -> anyhow::Result<PathBuf> {
              Debian/Ubuntu: `apt-get install npm`), then run `eventhost build` again"
         );
     }
-    eprintln!("installing componentize-js {COMPONENTIZE_JS_VERSION} into {} (once)", dir.display());
+    eprintln!(
+        "installing componentize-js {COMPONENTIZE_JS_VERSION} into {} (once)",
+        dir.display()
+    );
     if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("removing the unfinished {}", dir.display()))?;
+        fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing the unfinished {}", dir.display()))?;
     }
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    fs::write(dir.join("package.json"), JS_TOOL_PACKAGE).context("writing the tool's package.json")?;
-    fs::write(dir.join("package-lock.json"), JS_TOOL_LOCK).context("writing the tool's package-lock.json")?;
+    fs::write(dir.join("package.json"), JS_TOOL_PACKAGE)
+        .context("writing the tool's package.json")?;
+    fs::write(dir.join("package-lock.json"), JS_TOOL_LOCK)
+        .context("writing the tool's package-lock.json")?;
     // Not `npm ci`: npm 11 refuses this lock file (optional packages of other
     // platforms); `install --no-save` follows the lock and never rewrites it.
     run(
         Command::new(npm())
-            .args(["install", "--no-save", "--no-audit", "--no-fund", "--loglevel=error"])
+            .args([
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ])
             .current_dir(&dir),
         &format!("npm install componentize-js {COMPONENTIZE_JS_VERSION}"),
     )
     .context("installing componentize-js from npm (needs the network once)")?;
     match installed() {
         Some(version) if version == COMPONENTIZE_JS_VERSION => {}
-        other => bail!("npm installed componentize-js {other:?}, expected {COMPONENTIZE_JS_VERSION}"),
+        other => {
+            bail!("npm installed componentize-js {other:?}, expected {COMPONENTIZE_JS_VERSION}")
+        }
     }
     fs::write(dir.join(COMPLETE), "").with_context(|| format!("writing {}", dir.display()))?;
     Ok(cli)
@@ -200,8 +248,12 @@ pub(crate) fn cargo(project: &Path) -> anyhow::Result<&'static str> {
 pub(crate) fn wasm32_wasip2(project: &Path) -> anyhow::Result<()> {
     const TARGET: &str = "wasm32-wasip2";
     let has_target = || {
-        probe("rustc", &["--print", "target-libdir", "--target", TARGET], Some(project))
-            .is_some_and(|dir| Path::new(&dir).is_dir())
+        probe(
+            "rustc",
+            &["--print", "target-libdir", "--target", TARGET],
+            Some(project),
+        )
+        .is_some_and(|dir| Path::new(&dir).is_dir())
     };
     if has_target() {
         return Ok(());
@@ -214,7 +266,9 @@ pub(crate) fn wasm32_wasip2(project: &Path) -> anyhow::Result<()> {
     }
     eprintln!("adding the {TARGET} target with rustup (once)");
     run(
-        Command::new("rustup").args(["target", "add", TARGET]).current_dir(project),
+        Command::new("rustup")
+            .args(["target", "add", TARGET])
+            .current_dir(project),
         &format!("rustup target add {TARGET}"),
     )?;
     if !has_target() {
@@ -240,6 +294,9 @@ mod tests {
     fn probe_reports_missing_and_failing_programs_as_none() {
         assert_eq!(probe("eventhost-no-such-program", &[], None), None);
         assert_eq!(probe("sh", &["-c", "exit 3"], None), None);
-        assert_eq!(probe("sh", &["-c", "echo ' hi '"], None).as_deref(), Some("hi"));
+        assert_eq!(
+            probe("sh", &["-c", "echo ' hi '"], None).as_deref(),
+            Some("hi")
+        );
     }
 }
