@@ -97,14 +97,37 @@ class Binding(Protocol):
     def reject(self, reason: str) -> BaseException: ...
 
 
+# The componentize-py generated modules exist only inside the component,
+# and there only if imported while componentize-py builds it: it snapshots
+# the interpreter after importing the app, and a module first imported
+# later is not found. So they are imported here, at import time.
+try:
+    from componentize_py_types import Err as _Err
+    from wit_world.imports import host as _wit_host
+    from wit_world.imports import types as _wit_types
+except ImportError:  # plain Python: tests install a fake binding
+    _Err = None
+    _wit_host = None
+    _wit_types = None
+
+
 class _WitBinding:
     """The binding inside the component: the componentize-py generated
-    modules, imported on first use (they exist only inside the component)."""
+    modules."""
 
     def __init__(self) -> None:
-        from componentize_py_types import Err
-        from wit_world.imports import host
-        from wit_world.imports.types import Failure_Reject, Failure_Retry, Level
+        if _wit_host is not None and _wit_types is not None:
+            Err, host, types = _Err, _wit_host, _wit_types
+        else:
+            # Modules installed after this one was imported (tests do that).
+            from componentize_py_types import Err
+            from wit_world.imports import host
+            from wit_world.imports import types
+        Failure_Reject, Failure_Retry, Level = (
+            types.Failure_Reject,
+            types.Failure_Retry,
+            types.Level,
+        )
 
         self._err = Err
         self._host = host
