@@ -27,8 +27,13 @@ throws the instance away, exactly like a panic in a Rust plugin.
 Everything a handler publishes or writes to state is buffered by the host and
 committed only if it returns ``ok``.
 
+Import everything the handler needs at the top of its module: inside the
+component, modules can be imported only while componentize-py builds it, not
+while an event is handled.
+
 The host functions are reached through a *binding*. Inside the component it
-is built lazily from the componentize-py bindings (``wit_world``); outside,
+is built, when this module is imported, from the componentize-py bindings
+(``wit_world``); outside,
 tests install another one with :func:`use_binding` (see
 :mod:`eventhost_plugin.testing` for an in-memory host).
 """
@@ -97,37 +102,16 @@ class Binding(Protocol):
     def reject(self, reason: str) -> BaseException: ...
 
 
-# The componentize-py generated modules exist only inside the component,
-# and there only if imported while componentize-py builds it: it snapshots
-# the interpreter after importing the app, and a module first imported
-# later is not found. So they are imported here, at import time.
-try:
-    from componentize_py_types import Err as _Err
-    from wit_world.imports import host as _wit_host
-    from wit_world.imports import types as _wit_types
-except ImportError:  # plain Python: tests install a fake binding
-    _Err = None
-    _wit_host = None
-    _wit_types = None
-
-
 class _WitBinding:
     """The binding inside the component: the componentize-py generated
-    modules."""
+    modules (they exist only inside the component, and only import while
+    componentize-py builds it: this module creates the binding when it is
+    imported)."""
 
     def __init__(self) -> None:
-        if _wit_host is not None and _wit_types is not None:
-            Err, host, types = _Err, _wit_host, _wit_types
-        else:
-            # Modules installed after this one was imported (tests do that).
-            from componentize_py_types import Err
-            from wit_world.imports import host
-            from wit_world.imports import types
-        Failure_Reject, Failure_Retry, Level = (
-            types.Failure_Reject,
-            types.Failure_Retry,
-            types.Level,
-        )
+        from componentize_py_types import Err
+        from wit_world.imports import host
+        from wit_world.imports.types import Failure_Reject, Failure_Retry, Level
 
         self._err = Err
         self._host = host
@@ -164,6 +148,14 @@ class _WitBinding:
 
 
 _binding: Optional[Binding] = None
+
+# Inside the component, bind now: componentize-py only lets modules be
+# imported while it builds the component (it runs this import then), not
+# later while an event is handled. Outside, there is nothing to bind.
+try:
+    _binding = _WitBinding()
+except ImportError:
+    pass
 
 
 def use_binding(binding: Optional[Binding]) -> Optional[Binding]:

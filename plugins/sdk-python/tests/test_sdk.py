@@ -299,3 +299,21 @@ def test_export_works_outside_the_component() -> None:
     finally:
         sdk.use_binding(previous)
     assert host.state == {"count": "2"}
+
+
+def test_inside_the_component_the_binding_is_made_at_import(wit: FakeWitHost) -> None:
+    # componentize-py allows imports only while it builds the component, so
+    # the SDK must bind when it is imported, not on the first event.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sdk_copy", sdk.__file__)
+    assert spec is not None and spec.loader is not None
+    copy = importlib.util.module_from_spec(spec)
+    sys.modules["sdk_copy"] = copy  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(copy)
+    finally:
+        del sys.modules["sdk_copy"]
+    assert type(copy._binding).__name__ == "_WitBinding"
+    copy.state.set("k", "v")
+    assert wit.store == {"k": "v"}
