@@ -41,6 +41,7 @@ tests install another one with :func:`use_binding` (see
 from __future__ import annotations
 
 import json
+import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol
@@ -235,11 +236,11 @@ def dispatch(handler: Handler, raw_event: Any, binding: Optional[Binding] = None
             raise b.reject(failure.reason) from None
         except Exception as crash:
             what = f"{getattr(raw_event, 'event_type', '?')} event {getattr(raw_event, 'id', '?')}"
-            b.log(
-                "error",
-                f"uncaught {type(crash).__name__} handling {what}: {crash}\n"
-                + "".join(traceback.format_exception(crash)).rstrip(),
-            )
+            summary = f"uncaught {type(crash).__name__} handling {what}: {crash}"
+            b.log("error", summary + "\n" + "".join(traceback.format_exception(crash)).rstrip())
+            # Printed first, so it leads what the host quotes from a crashed
+            # plugin's output in the trap's DLQ reason.
+            print(summary, file=sys.stderr, flush=True)
             raise
     finally:
         if binding is not None:

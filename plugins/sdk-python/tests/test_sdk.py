@@ -64,12 +64,13 @@ def test_retry_and_reject_map_to_failures() -> None:
     assert FakeHost().run(rejecting, "T", {}).outcome == "reject"
 
 
-def test_an_uncaught_exception_is_logged_then_propagates() -> None:
+def test_an_uncaught_exception_is_logged_then_propagates(capsys: pytest.CaptureFixture[str]) -> None:
     def buggy(event: Event) -> None:
         {}["missing"]
 
     host = FakeHost()
     out = host.run(buggy, "T", {}, id="e-9")
+    assert capsys.readouterr().err == "uncaught KeyError handling T event e-9: 'missing'\n"
     assert out.outcome == "crash" and isinstance(out.exception, KeyError)
     ((level, message),) = host.logs
     assert level == "error"
