@@ -18,5 +18,5 @@ mod output;
 mod runtime;
 mod wasm_handler;
 
-pub use runtime::{CompiledPlugin, LoadError, PluginFile, PluginRuntime};
+pub use runtime::{check_plugin_file, CompiledPlugin, LoadError, PluginFile, PluginRuntime};
 pub use wasm_handler::{Limits, WasmHandler};
