@@ -10,10 +10,13 @@
 //!   swapped atomically on reload;
 //! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
 //! - [`limiter`] and [`output`]: an instance's memory budget and the tail of
-//!   what it printed.
+//!   what it printed;
+//! - [`logs`]: what a plugin writes to the host's log, escaped, bounded and
+//!   rate-limited.
 
 mod host_api;
 mod limiter;
+mod logs;
 mod output;
 mod runtime;
 mod wasm_handler;
