@@ -167,6 +167,17 @@ impl StoreData {
     /// host's log, escaped and within the call's and the subscriber's
     /// limits (see [`logs`]).
     pub fn log_line(&mut self, level: Level, message: &str) {
+        // Lines the log filter drops cost nothing and take no one's budget.
+        let enabled = match level {
+            Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        };
+        if !enabled {
+            return;
+        }
         let event_id = self.call.as_ref().map_or("", |c| c.event_id.as_str());
         let subscriber = &*self.subscriber;
         let Some(admitted) = self.log_gate.admit(&mut self.call_log, message) else {
