@@ -456,7 +456,7 @@ fn the_private_redis_requires_a_password_kept_private() {
     let url = std::fs::read_to_string(state_dir.join("redis/url")).unwrap();
     let url = url.trim();
     let (password, address) = url
-        .strip_prefix("redis://:")
+        .strip_prefix("redis://default:")
         .and_then(|rest| rest.split_once('@'))
         .unwrap_or_else(|| panic!("no password in {url}"));
     assert_eq!(password.len(), 64, "{url}");
@@ -480,7 +480,17 @@ fn the_private_redis_requires_a_password_kept_private() {
         .and_then(|mut c| redis::cmd("GET").arg("x").query::<Option<String>>(&mut c))
         .expect_err("a connection without the password is refused");
     assert!(err.to_string().contains("NOAUTH"), "{err}");
-    let wrong = format!("redis://:guess@{address}");
+    // What the orders example does with the URL file.
+    let cli = std::process::Command::new("redis-cli")
+        .args(["--no-auth-warning", "-u", url, "PING"])
+        .output()
+        .expect("redis-cli comes with redis-server");
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stdout).trim(),
+        "PONG",
+        "{cli:?}"
+    );
+    let wrong = format!("redis://default:guess@{address}");
     assert!(redis::Client::open(wrong.as_str())
         .unwrap()
         .get_connection()

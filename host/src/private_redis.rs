@@ -22,7 +22,8 @@ use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
 
 /// File, in the data folder, holding the URL of the running server, with
-/// its password: `redis://:<password>@127.0.0.1:<port>/0`. Mode 0600.
+/// its password: `redis://default:<password>@127.0.0.1:<port>/0`. Mode
+/// 0600. The user is named: `redis-cli -u` ignores a password without one.
 const URL_FILE: &str = "url";
 /// The server's own config file, in the data folder: its password. Mode
 /// 0600.
@@ -139,7 +140,7 @@ impl PrivateRedis {
                 anyhow::anyhow!("cannot start redis-server: {err}")
             }
         })?;
-        let url = format!("redis://:{password}@127.0.0.1:{port}/0");
+        let url = format!("redis://default:{password}@127.0.0.1:{port}/0");
         let mut server = PrivateRedis {
             child,
             url,
@@ -302,7 +303,7 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert_ne!(a, b);
         assert_eq!(
-            redacted("redis://:s3cret@127.0.0.1:6379/0"),
+            redacted("redis://default:s3cret@127.0.0.1:6379/0"),
             "redis://127.0.0.1:6379/0"
         );
         assert_eq!(
