@@ -5,7 +5,6 @@
 //! time (the `wasm32-wasip2` target, componentize-py, componentize-js) and
 //! from eventhost's cache after that.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
@@ -45,7 +44,10 @@ fn author_loop(lang: &str, test: &[&str]) {
     assert!(out.status.success(), "build: {}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let component = PathBuf::from(stdout.lines().last().unwrap().trim());
-    assert!(component.is_file(), "build printed the component last: {stdout}");
+    assert!(
+        component.is_file(),
+        "build printed the component last: {stdout}"
+    );
 
     let started = Instant::now();
     let out = eventhost(
@@ -81,7 +83,10 @@ fn author_loop(lang: &str, test: &[&str]) {
         .output()
         .unwrap_or_else(|e| panic!("running {test:?}: {e}"));
     let said = text(&out);
-    assert!(out.status.success(), "the project's own tests failed: {said}");
+    assert!(
+        out.status.success(),
+        "the project's own tests failed: {said}"
+    );
     assert!(
         !skipped(&said),
         "the project's tests ran against eventhost, none skipped: {said}"

@@ -215,6 +215,7 @@ async fn a_large_value_read_is_checked_by_its_length_and_stamp() {
     let seen = Seen {
         value: Some(large.clone()),
         stamp: Some(ids[0].clone()),
+        earlier_in_batch: false,
     };
     let reads_doc = |key: &str, value: &str| {
         let mut effects = Effects::default();
@@ -251,6 +252,7 @@ async fn a_large_value_read_is_checked_by_its_length_and_stamp() {
             Seen {
                 value: Some("w".repeat(large.len())),
                 stamp: Some(ids[2].clone()),
+                earlier_in_batch: false,
             },
         )],
     );

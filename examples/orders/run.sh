@@ -107,7 +107,7 @@ clean_previous_run() {
   local pid candidates=() redis_pid
   [[ -s "$PID_FILE" ]] && candidates+=("$(<"$PID_FILE")")
   if [[ -s "$URL_FILE" ]]; then
-    redis_pid="$(redis-cli -u "$(<"$URL_FILE")" INFO server 2>/dev/null |
+    redis_pid="$(redis-cli --no-auth-warning -u "$(<"$URL_FILE")" INFO server 2>/dev/null |
       tr -d '\r' | sed -n 's/^process_id://p')" || true
     if [[ -n "$redis_pid" ]]; then
       candidates+=("$(ps -o ppid= -p "$redis_pid" 2>/dev/null | tr -d ' ')") || true
@@ -120,7 +120,7 @@ clean_previous_run() {
       stop_host
     fi
   done
-  if [[ -s "$URL_FILE" ]] && redis-cli -u "$(<"$URL_FILE")" PING >/dev/null 2>&1; then
+  if [[ -s "$URL_FILE" ]] && redis-cli --no-auth-warning -u "$(<"$URL_FILE")" PING >/dev/null 2>&1; then
     fail "a redis-server for $CONFIG still answers at $(<"$URL_FILE"); stop the eventhost that runs it and try again"
   fi
   rm -rf "$STATE/redis" "$PID_FILE" "$LOG"
@@ -177,7 +177,7 @@ done
 URL="$(<"$URL_FILE")"
 grep "eventhost running" "$LOG" | sed 's/^/    /'
 
-rc() { redis-cli -u "$URL" "$@"; }
+rc() { redis-cli --no-auth-warning -u "$URL" "$@"; }
 
 # --- 3. place the orders -----------------------------------------------------
 

@@ -86,12 +86,19 @@ pub struct Seen {
     /// For a value over [`COMPARED_BYTES`]: the stamp eventhost's last
     /// write of it left beside it (the entry that wrote it), if any.
     pub stamp: Option<String>,
+    /// Written by an earlier event of a batch that runs and commits one
+    /// event at a time: it holds at commit exactly when that event's result
+    /// is applied (else the batch stops there), so it needs no check.
+    pub earlier_in_batch: bool,
 }
 
 impl Seen {
     /// A value as read, without a stamp.
     pub fn value(value: Option<String>) -> Self {
-        Seen { value, stamp: None }
+        Seen {
+            value,
+            ..Seen::default()
+        }
     }
 }
 
@@ -159,20 +166,59 @@ pub type StateWrite = (String, Option<String>);
 /// wrote through; nothing reaches Redis unless the call returns `ok`. What
 /// it read of the committed state is kept too: the commit applies the
 /// result only if that still holds, which makes state serializable.
+///
+/// A key written many times keeps one buffered value, its last, and
+/// [`Self::bytes`] says what the buffers hold, so the host can bound what a
+/// call makes it keep (`effects_mb`): a plugin's own memory is limited, the
+/// host's copy of its effects must be too.
 #[derive(Debug, Default)]
 pub struct Effects {
     published: Vec<Published>,
+    /// One write per key, at the position of its first write.
     writes: Vec<StateWrite>,
-    overlay: HashMap<String, Option<String>>,
+    /// Where each written key is in `writes`.
+    written: HashMap<String, usize>,
     reads: Reads,
+    /// What the buffers hold, about: see [`Self::bytes`].
+    bytes: usize,
 }
 
+/// What a buffered entry costs beyond its text: the allocations and
+/// bookkeeping around it, so a flood of empty writes is not free.
+pub const EFFECT_OVERHEAD_BYTES: usize = 64;
+
 impl Effects {
+    /// About how many bytes of host memory the buffered effects take: keys
+    /// (held twice, in the writes and their index), values, published
+    /// events' text and what was read, each with [`EFFECT_OVERHEAD_BYTES`].
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// What [`Self::bytes`] would be after a write of `key` with a value of
+    /// `value_len` bytes (`None`: a delete), before making it.
+    pub fn bytes_after_write(&self, key: &str, value_len: Option<usize>) -> usize {
+        let new = value_len.unwrap_or(0);
+        match self.written.get(key) {
+            Some(&i) => {
+                let old = self.writes[i].1.as_ref().map_or(0, String::len);
+                self.bytes - old + new
+            }
+            None => self.bytes + write_cost(key) + new,
+        }
+    }
+
+    /// What [`Self::bytes`] would be after publishing `data` as `event_type`.
+    pub fn bytes_after_publish(&self, event_type: &str, data: &str) -> usize {
+        self.bytes + publish_cost(event_type, data)
+    }
+
     /// Remembers that the call saw `seen` for `key` in the committed state
     /// (reads of its own writes are not asked for: see [`Self::pending`]).
     /// Only the first read of a key counts: later ones saw the same.
     pub fn read(&mut self, key: &str, seen: &Seen) {
-        if !self.reads.iter().any(|(k, _)| k == key) {
+        if !seen.earlier_in_batch && !self.reads.iter().any(|(k, _)| k == key) {
+            self.bytes += read_cost(key, seen);
             self.reads.push((key.to_string(), seen.clone()));
         }
     }
@@ -184,24 +230,36 @@ impl Effects {
 
     /// Takes what the call read, for a failure that rests on it.
     pub fn take_reads(&mut self) -> Reads {
+        for (key, seen) in &self.reads {
+            self.bytes -= read_cost(key, seen);
+        }
         std::mem::take(&mut self.reads)
     }
 
     /// A state value this call wrote or deleted, if it touched `key`.
     pub fn pending(&self, key: &str) -> Option<Option<&str>> {
-        self.overlay.get(key).map(|v| v.as_deref())
+        self.written.get(key).map(|&i| self.writes[i].1.as_deref())
     }
 
-    /// Buffers a write of `key`.
+    /// Buffers a write of `key`; a key written before keeps one value.
     pub fn set(&mut self, key: String, value: String) {
-        self.overlay.insert(key.clone(), Some(value.clone()));
-        self.writes.push((key, Some(value)));
+        self.write(key, Some(value));
     }
 
     /// Buffers a deletion of `key`.
     pub fn delete(&mut self, key: String) {
-        self.overlay.insert(key.clone(), None);
-        self.writes.push((key, None));
+        self.write(key, None);
+    }
+
+    fn write(&mut self, key: String, value: Option<String>) {
+        self.bytes = self.bytes_after_write(&key, value.as_ref().map(String::len));
+        match self.written.get(&key) {
+            Some(&i) => self.writes[i].1 = value,
+            None => {
+                self.written.insert(key.clone(), self.writes.len());
+                self.writes.push((key, value));
+            }
+        }
     }
 
     /// Buffers an event to publish: `data` must be a JSON object. Returns
@@ -228,6 +286,7 @@ impl Effects {
             }
             Err(err) => return Err(format!("data is not valid JSON: {err}")),
         };
+        self.bytes += publish_cost(event_type, data);
         let name = format!("{id_seed}/{}", self.published.len());
         let event_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string();
         self.published.push(Published {
@@ -243,7 +302,8 @@ impl Effects {
         &self.published
     }
 
-    /// The state writes, in the order they were made.
+    /// The state writes, one per key (its last value), in the order of
+    /// each key's first write.
     pub fn writes(&self) -> &[StateWrite] {
         &self.writes
     }
@@ -253,6 +313,25 @@ impl Effects {
     pub fn is_empty(&self) -> bool {
         self.published.is_empty() && self.writes.is_empty() && self.reads.is_empty()
     }
+}
+
+/// What buffering a write of a new `key` costs beyond its value: the key
+/// is held twice (the write and its index).
+/// What remembering a read of `key` that saw `seen` costs the budget.
+pub fn read_cost(key: &str, seen: &Seen) -> usize {
+    key.len()
+        + seen.value.as_ref().map_or(0, String::len)
+        + seen.stamp.as_ref().map_or(0, String::len)
+        + EFFECT_OVERHEAD_BYTES
+}
+
+fn write_cost(key: &str) -> usize {
+    2 * key.len() + EFFECT_OVERHEAD_BYTES
+}
+
+/// What buffering a published event costs: its text, parsed.
+fn publish_cost(event_type: &str, data: &str) -> usize {
+    event_type.len() + data.len() + EFFECT_OVERHEAD_BYTES
 }
 
 /// How a JSON value is described in error messages.
@@ -341,11 +420,47 @@ mod tests {
         assert_eq!(effects.pending("k"), Some(None));
         assert_eq!(
             effects.writes(),
+            &[("k".to_string(), None)],
+            "a key written many times keeps one buffered write, its last"
+        );
+    }
+
+    #[test]
+    fn rewriting_a_key_keeps_one_value_and_its_cost() {
+        let mut effects = Effects::default();
+        effects.set("a".into(), "x".repeat(1000));
+        let once = effects.bytes();
+        assert!(once >= 1000, "{once}");
+        for _ in 0..1000 {
+            effects.set("a".into(), "y".repeat(1000));
+        }
+        assert_eq!(effects.bytes(), once, "1000 rewrites cost nothing more");
+        assert_eq!(effects.writes().len(), 1);
+        assert_eq!(effects.bytes_after_write("a", None), once - 1000);
+        effects.delete("a".into());
+        assert_eq!(effects.bytes(), once - 1000);
+        effects.set("b".into(), "z".into());
+        assert_eq!(
+            effects.writes(),
             &[
-                ("k".to_string(), Some("1".to_string())),
-                ("k".to_string(), Some("2".to_string())),
-                ("k".to_string(), None)
-            ]
+                ("a".to_string(), None),
+                ("b".to_string(), Some("z".to_string()))
+            ],
+            "keys keep the order of their first write"
+        );
+        let before = effects.bytes();
+        assert_eq!(
+            effects.bytes_after_publish("T", "{}"),
+            before + 3 + EFFECT_OVERHEAD_BYTES
+        );
+        effects.publish("s", "T", "{}").unwrap();
+        assert_eq!(effects.bytes(), before + 3 + EFFECT_OVERHEAD_BYTES);
+        effects.read("r", &Seen::value(Some("12345".into())));
+        effects.take_reads();
+        assert_eq!(
+            effects.bytes(),
+            before + 3 + EFFECT_OVERHEAD_BYTES,
+            "taken reads are freed"
         );
     }
 

@@ -127,6 +127,7 @@ pub async fn invoke(
         max_attempts: invocation.attempt.max(1),
         timeout: invocation.timeout,
         memory_bytes: invocation.memory_bytes,
+        effects_bytes: crate::config::DEFAULT_EFFECTS_MB << 20,
         retry_backoff: Duration::ZERO,
         config: invocation.config.clone(),
         grants: Grants::default(),

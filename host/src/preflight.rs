@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::config::{self, Config, ConfigError, Problem, SubscriberConfig};
-use crate::plugin::{CompiledPlugin, LoadError, PluginRuntime};
+use crate::plugin::{check_plugin_file, CompiledPlugin, LoadError, PluginRuntime};
 
 /// Reads the config at `path` and checks it and the files it names; every
 /// problem is in the [`ConfigError`].
@@ -48,25 +48,93 @@ fn missing_files(config: &Config) -> Vec<Problem> {
         let named_well = Path::new(&sub.plugin_file)
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if named_well && !sub.plugin.is_file() {
-            problems.push(config.problem(
-                &["subscribers", &sub.name, "plugin"],
-                format!(
+        if named_well {
+            // Followed if a symlink: mounted config maps are made of them.
+            let problem = match std::fs::metadata(&sub.plugin) {
+                Err(_) => Some(format!(
                     "plugin file {} not found; build it or fix the name",
                     sub.plugin.display()
-                ),
-            ));
+                )),
+                Ok(meta) => check_plugin_file(&meta, config.plugins.max_file_bytes)
+                    .err()
+                    .map(|reason| format!("plugin file {} {reason}", sub.plugin.display())),
+            };
+            if let Some(problem) = problem {
+                problems.push(config.problem(&["subscribers", &sub.name, "plugin"], problem));
+            }
         }
         for dir in &sub.grants.dirs {
+            let key = ["subscribers", &sub.name, "grants", "dirs", &dir.guest];
             if !dir.host.is_dir() {
-                problems.push(config.problem(
-                    &["subscribers", &sub.name, "grants", "dirs", &dir.guest],
-                    format!("{} is not a folder", dir.host.display()),
-                ));
+                problems
+                    .push(config.problem(&key, format!("{} is not a folder", dir.host.display())));
+            } else if let Some(problem) = exposed_by_grant(config, &dir.host) {
+                problems.push(config.problem(&key, problem));
             }
         }
     }
     problems
+}
+
+/// What a plugin granted the folder `host` could read that it must not:
+/// the config (Redis password, other subscribers' grants), the plugins, the
+/// compiled cache (native code the host loads) or the state folder (the
+/// private Redis's data and password). Symlinks are resolved first, so a
+/// link cannot dress one of them up as an innocent folder.
+fn exposed_by_grant(config: &Config, host: &Path) -> Option<String> {
+    let granted = host.canonicalize().ok()?;
+    let config_dir = config.path.parent().unwrap_or(Path::new("/"));
+    let protected = [
+        ("the config's folder", config_dir.to_path_buf()),
+        (
+            "the config's folder",
+            resolve(&config.path).parent()?.to_path_buf(),
+        ),
+        ("the plugins folder", config.plugins.dir.clone()),
+        ("the compiled cache", config.plugins.cache_dir.clone()),
+        ("the state folder", config.state_dir.clone()),
+    ];
+    let protected: Vec<(&str, PathBuf)> = protected
+        .into_iter()
+        .map(|(what, path)| (what, resolve(&path)))
+        .collect();
+    // What the grant is, before what it holds: the clearer message.
+    let is = protected.iter().find(|(_, path)| *path == granted);
+    let holds = protected
+        .iter()
+        .find(|(_, path)| path.starts_with(&granted));
+    is.or(holds).map(|(what, path)| {
+        let how = if *path == granted { "is" } else { "holds" };
+        format!(
+            "{} {how} {what} ({}), which a plugin must not read; grant a folder of its own, \
+             e.g. \"data\"",
+            if granted == Path::new("/") {
+                "/ (the whole file system)".to_string()
+            } else {
+                granted.display().to_string()
+            },
+            path.display()
+        )
+    })
+}
+
+/// `path` with symlinks resolved as far as it exists (a cache folder may
+/// not exist yet): its nearest existing ancestor, canonical, and the rest.
+fn resolve(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
 }
 
 /// The plugins of some subscribers, each file loaded once: those that
@@ -252,5 +320,79 @@ list = [1, 2]
         );
         assert!(text.contains("must be absolute"), "{text}");
         assert!(text.contains("nowhere is not a folder"), "{text}");
+    }
+
+    #[test]
+    fn a_grant_of_what_holds_the_config_plugins_cache_or_state_is_refused() {
+        let dir = dir_with_plugin();
+        std::fs::create_dir(dir.path().join("rates")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".eventhost/cache")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("rates/up")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("plugins"), dir.path().join("innocent"))
+            .unwrap();
+        let grant = |host: &str| {
+            format!(
+                "[subscribers.a]\nplugin = \"pay.wasm\"\n[subscribers.a.grants]\n\
+                 dirs = {{ \"/x\" = \"{host}\" }}\n"
+            )
+        };
+        for (host, says) in [
+            ("/", "/ (the whole file system) holds the config's folder"),
+            (".", "is the config's folder"),
+            ("", "is the config's folder"),
+            ("plugins", "is the plugins folder"),
+            ("innocent", "is the plugins folder"),
+            ("rates/up", "is the config's folder"),
+            (".eventhost", "is the state folder"),
+            (".eventhost/cache", "is the compiled cache"),
+            ("..", "holds the config's folder"),
+        ] {
+            let err = parse_in(dir.path(), &grant(host)).unwrap_err();
+            assert_eq!(
+                problem_keys(&err),
+                ["subscribers.a.grants.dirs./x"],
+                "{host}: {err}"
+            );
+            assert_eq!(err.problems[0].line, 4, "{host}: {err}");
+            assert!(err.to_string().contains(says), "{host}: {err}");
+        }
+        parse_in(dir.path(), &grant("rates")).expect("a folder of its own is fine");
+        // A cache elsewhere is protected where it is, existing or not.
+        let err = parse_in(
+            dir.path(),
+            &format!("[plugins]\ncache_dir = \"rates/cache\"\n{}", grant("rates")),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("holds the compiled cache"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_plugin_that_is_no_regular_file_or_too_big_is_a_problem() {
+        let dir = dir_with_plugin();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("plugins/zero.wasm")).unwrap();
+        std::fs::File::create(dir.path().join("plugins/big.wasm"))
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        let err = parse_in(
+            dir.path(),
+            "[plugins]\nmax_file_mb = 1\n[subscribers.a]\nplugin = \"zero.wasm\"\n\
+             [subscribers.b]\nplugin = \"big.wasm\"\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(
+            problem_keys(&err),
+            ["subscribers.a.plugin", "subscribers.b.plugin"],
+            "{text}"
+        );
+        assert!(text.contains("zero.wasm is not a regular file"), "{text}");
+        assert!(
+            text.contains("big.wasm is 2.0 MiB, over the limit of 1 MiB"),
+            "{text}"
+        );
     }
 }

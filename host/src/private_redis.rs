@@ -4,7 +4,16 @@
 //! `.eventhost/redis` beside the config so events survive restarts, and
 //! writes its URL there so `eventhost publish` finds it. It dies with us:
 //! stopped cleanly on shutdown, and killed by the kernel if we are.
+//!
+//! A loopback port is open to every local user, so the server requires a
+//! random password, given to it in a config file (not on its command line,
+//! which `ps` shows to everyone) and kept in the URL file; both, its data
+//! and everything under `.eventhost` are readable by our user only (0700
+//! folders, 0600 files). A unix socket would lock out LeanMQ clients and
+//! `redis-cli -u`.
 
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -12,8 +21,52 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
 
-/// File, in the data folder, holding the URL of the running server.
+/// File, in the data folder, holding the URL of the running server, with
+/// its password: `redis://default:<password>@127.0.0.1:<port>/0`. Mode
+/// 0600. The user is named: `redis-cli -u` ignores a password without one.
 const URL_FILE: &str = "url";
+/// The server's own config file, in the data folder: its password. Mode
+/// 0600.
+const CONF_FILE: &str = "redis.conf";
+
+/// Creates `dir` and its missing parents readable by our user only, and
+/// makes `dir` itself 0700 if it existed with a wider mode.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))
+}
+
+/// Writes `text` to `path` readable by our user only (0600), replacing
+/// what was there through a rename, so no reader ever sees it half-written
+/// or with a wider mode.
+pub fn write_private_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    drop(file);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A random password: 256 bits from the OS, hex.
+fn random_password() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
 
 /// A running private `redis-server`.
 pub struct PrivateRedis {
@@ -28,18 +81,28 @@ impl PrivateRedis {
     /// Call it from the thread that outlives the server (the main thread):
     /// the kernel stops the child when the thread that started it exits.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
+        if let Some(parent) = dir.parent() {
+            create_private_dir(parent)?;
+        }
+        create_private_dir(dir)
             .with_context(|| format!("cannot create the Redis data folder {}", dir.display()))?;
         if let Some(url) = running_url(dir).await {
             bail!(
-                "a private redis-server for this config is already running at {url}; is another \
-                 `eventhost run` using this config? Stop it, or set [redis] url to share a server"
+                "a private redis-server for this config is already running at {}; is another \
+                 `eventhost run` using this config? Stop it, or set [redis] url to share a server",
+                redacted(&url)
             );
         }
+        // Data written by an older version, before files were private.
+        tighten_files(dir);
         let port = free_port()?;
+        let password = random_password();
+        let conf = dir.join(CONF_FILE);
+        write_private_file(&conf, &format!("requirepass {password}\n"))?;
         let log = dir.join("redis.log");
         let mut command = Command::new("redis-server");
         command
+            .arg(&conf)
             .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
@@ -55,11 +118,14 @@ impl PrivateRedis {
             .kill_on_drop(true);
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to
         // send SIGTERM to the child when its parent thread exits.
+        // umask is too; the server's files (append-only file, log) are then
+        // created readable by our user only.
         unsafe {
             command.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                libc::umask(0o077);
                 Ok(())
             });
         }
@@ -74,19 +140,20 @@ impl PrivateRedis {
                 anyhow::anyhow!("cannot start redis-server: {err}")
             }
         })?;
-        let url = format!("redis://127.0.0.1:{port}/0");
+        let url = format!("redis://default:{password}@127.0.0.1:{port}/0");
         let mut server = PrivateRedis {
             child,
             url,
             dir: dir.to_path_buf(),
         };
         server.wait_ready(&log).await?;
-        std::fs::write(dir.join(URL_FILE), &server.url)
-            .with_context(|| format!("cannot write {}", dir.join(URL_FILE).display()))?;
+        write_private_file(&dir.join(URL_FILE), &server.url)?;
         tracing::info!(
-            "started a private redis-server at {} with its data in {} (set [redis] url to use your own)",
-            server.url,
-            dir.display()
+            "started a private redis-server at {} with its data in {} (password in {}, readable \
+             by this user only; set [redis] url to use your own)",
+            redacted(&server.url),
+            dir.display(),
+            dir.join(URL_FILE).display()
         );
         Ok(server)
     }
@@ -167,7 +234,81 @@ pub async fn running_url(dir: &Path) -> Option<String> {
     Some(url)
 }
 
+/// `url` without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Makes the files in `dir` readable by our user only.
+fn tighten_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let mode = if path.is_dir() { 0o700 } else { 0o600 };
+        if let Err(err) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(file = %path.display(), "cannot make it private: {err}");
+        }
+        if path.is_dir() {
+            tighten_files(&path);
+        }
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
     Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_files_and_folders_are_ours_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join(".eventhost/redis");
+        create_private_dir(&state).unwrap();
+        create_private_dir(&state).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&dir.path().join(".eventhost")), 0o700);
+        let file = state.join("url");
+        write_private_file(&file, "redis://:pw@127.0.0.1:1/0").unwrap();
+        write_private_file(&file, "redis://:pw2@127.0.0.1:1/0").unwrap();
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "redis://:pw2@127.0.0.1:1/0"
+        );
+        std::fs::write(state.join("old.aof"), "x").unwrap();
+        std::fs::set_permissions(
+            state.join("old.aof"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        tighten_files(&state);
+        assert_eq!(mode(&state.join("old.aof")), 0o600);
+    }
+
+    #[test]
+    fn passwords_are_random_and_kept_out_of_logs() {
+        let (a, b) = (random_password(), random_password());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_eq!(
+            redacted("redis://default:s3cret@127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redacted("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+    }
 }

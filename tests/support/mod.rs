@@ -37,6 +37,8 @@ const PLUGINS: &[&str] = &[
     "snoop",
     "not-a-plugin",
     "extra-import",
+    "startloop",
+    "hostile",
     "order-service",
     "payment-service",
     "shipping-service",

@@ -28,11 +28,17 @@ struct Entry {
 }
 
 const fn t(path: &'static str, text: &'static str) -> Entry {
-    Entry { path, body: Body::Template(text) }
+    Entry {
+        path,
+        body: Body::Template(text),
+    }
 }
 
 const fn v(path: &'static str, text: &'static str) -> Entry {
-    Entry { path, body: Body::Verbatim(text) }
+    Entry {
+        path,
+        body: Body::Verbatim(text),
+    }
 }
 
 /// The contract, which every project carries.
@@ -53,14 +59,32 @@ pub(crate) const RUST_SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib
 pub(crate) const JS_TOOL_PACKAGE: &str = include_str!("../../../plugins/js-probe/package.json");
 pub(crate) const JS_TOOL_LOCK: &str = include_str!("../../../plugins/js-probe/package-lock.json");
 
-const SUBSCRIBER: Entry = t("subscriber.toml", include_str!("../../templates/common/subscriber.toml.tmpl"));
+const SUBSCRIBER: Entry = t(
+    "subscriber.toml",
+    include_str!("../../templates/common/subscriber.toml.tmpl"),
+);
 
 const RUST: &[Entry] = &[
-    t("Cargo.toml", include_str!("../../templates/rust/Cargo.toml.tmpl")),
-    t("src/lib.rs", include_str!("../../templates/rust/src/lib.rs.tmpl")),
-    t("tests/invoke.rs", include_str!("../../templates/rust/tests/invoke.rs.tmpl")),
-    t("README.md", include_str!("../../templates/rust/README.md.tmpl")),
-    t(".gitignore", include_str!("../../templates/rust/gitignore.tmpl")),
+    t(
+        "Cargo.toml",
+        include_str!("../../templates/rust/Cargo.toml.tmpl"),
+    ),
+    t(
+        "src/lib.rs",
+        include_str!("../../templates/rust/src/lib.rs.tmpl"),
+    ),
+    t(
+        "tests/invoke.rs",
+        include_str!("../../templates/rust/tests/invoke.rs.tmpl"),
+    ),
+    t(
+        "README.md",
+        include_str!("../../templates/rust/README.md.tmpl"),
+    ),
+    t(
+        ".gitignore",
+        include_str!("../../templates/rust/gitignore.tmpl"),
+    ),
     SUBSCRIBER,
     v("wit/eventhost.wit", WIT),
     v("vendor/eventhost-plugin/Cargo.toml", RUST_SDK_MANIFEST),
@@ -68,11 +92,26 @@ const RUST: &[Entry] = &[
 ];
 
 const PYTHON: &[Entry] = &[
-    t("pyproject.toml", include_str!("../../templates/python/pyproject.toml.tmpl")),
-    t("src/app.py", include_str!("../../templates/python/src/app.py.tmpl")),
-    t("tests/test_app.py", include_str!("../../templates/python/tests/test_app.py.tmpl")),
-    t("README.md", include_str!("../../templates/python/README.md.tmpl")),
-    t(".gitignore", include_str!("../../templates/python/gitignore.tmpl")),
+    t(
+        "pyproject.toml",
+        include_str!("../../templates/python/pyproject.toml.tmpl"),
+    ),
+    t(
+        "src/app.py",
+        include_str!("../../templates/python/src/app.py.tmpl"),
+    ),
+    t(
+        "tests/test_app.py",
+        include_str!("../../templates/python/tests/test_app.py.tmpl"),
+    ),
+    t(
+        "README.md",
+        include_str!("../../templates/python/README.md.tmpl"),
+    ),
+    t(
+        ".gitignore",
+        include_str!("../../templates/python/gitignore.tmpl"),
+    ),
     SUBSCRIBER,
     v("wit/eventhost.wit", WIT),
     v(
@@ -90,19 +129,49 @@ const PYTHON: &[Entry] = &[
 ];
 
 const JS: &[Entry] = &[
-    t("package.json", include_str!("../../templates/js/package.json.tmpl")),
+    t(
+        "package.json",
+        include_str!("../../templates/js/package.json.tmpl"),
+    ),
     t("app.js", include_str!("../../templates/js/app.js.tmpl")),
-    t("test/app.test.js", include_str!("../../templates/js/test/app.test.js.tmpl")),
-    t("README.md", include_str!("../../templates/js/README.md.tmpl")),
-    t(".gitignore", include_str!("../../templates/js/gitignore.tmpl")),
+    t(
+        "test/app.test.js",
+        include_str!("../../templates/js/test/app.test.js.tmpl"),
+    ),
+    t(
+        "README.md",
+        include_str!("../../templates/js/README.md.tmpl"),
+    ),
+    t(
+        ".gitignore",
+        include_str!("../../templates/js/gitignore.tmpl"),
+    ),
     SUBSCRIBER,
     v("wit/eventhost.wit", WIT),
-    v("sdk/index.js", include_str!("../../../plugins/sdk-js/index.js")),
-    v("sdk/core.js", include_str!("../../../plugins/sdk-js/core.js")),
-    v("sdk/testing.js", include_str!("../../../plugins/sdk-js/testing.js")),
-    v("sdk/index.d.ts", include_str!("../../../plugins/sdk-js/index.d.ts")),
-    v("sdk/core.d.ts", include_str!("../../../plugins/sdk-js/core.d.ts")),
-    v("sdk/testing.d.ts", include_str!("../../../plugins/sdk-js/testing.d.ts")),
+    v(
+        "sdk/index.js",
+        include_str!("../../../plugins/sdk-js/index.js"),
+    ),
+    v(
+        "sdk/core.js",
+        include_str!("../../../plugins/sdk-js/core.js"),
+    ),
+    v(
+        "sdk/testing.js",
+        include_str!("../../../plugins/sdk-js/testing.js"),
+    ),
+    v(
+        "sdk/index.d.ts",
+        include_str!("../../../plugins/sdk-js/index.d.ts"),
+    ),
+    v(
+        "sdk/core.d.ts",
+        include_str!("../../../plugins/sdk-js/core.d.ts"),
+    ),
+    v(
+        "sdk/testing.d.ts",
+        include_str!("../../../plugins/sdk-js/testing.d.ts"),
+    ),
 ];
 
 fn entries(lang: Lang) -> &'static [Entry] {
@@ -138,14 +207,27 @@ impl Vars {
         };
         let events_toml = format!(
             "[{}]",
-            events.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ")
+            events
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let events_text = if events.contains(&"*") {
             "every event type".to_owned()
         } else {
-            events.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+            events
+                .iter()
+                .map(|e| format!("`{e}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        let first_event = events.iter().find(|e| **e != "*").copied().unwrap_or("Demo").to_owned();
+        let first_event = events
+            .iter()
+            .find(|e| **e != "*")
+            .copied()
+            .unwrap_or("Demo")
+            .to_owned();
         let wasm_path = match lang {
             Lang::Rust => format!("target/wasm32-wasip2/release/{crate_name}.wasm"),
             Lang::Python | Lang::Js => format!("build/{crate_name}.wasm"),
@@ -162,8 +244,14 @@ impl Vars {
             ("first_event", first_event),
             ("wasm_path", wasm_path),
             ("workspace_package", workspace_package),
-            ("componentize_py_version", COMPONENTIZE_PY_VERSION.to_owned()),
-            ("componentize_js_version", COMPONENTIZE_JS_VERSION.to_owned()),
+            (
+                "componentize_py_version",
+                COMPONENTIZE_PY_VERSION.to_owned(),
+            ),
+            (
+                "componentize_js_version",
+                COMPONENTIZE_JS_VERSION.to_owned(),
+            ),
         ])
     }
 }
@@ -194,7 +282,9 @@ pub(crate) fn render(template: &str, pairs: &[(&str, String)]) -> anyhow::Result
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let key = after.find("}}").map(|end| &after[..end]).filter(|k| {
-            !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         });
         match key {
             Some(key) => {
@@ -235,7 +325,10 @@ mod tests {
     use super::*;
 
     fn vars(events: &[&str]) -> Vars {
-        Vars { name: "order-audit".into(), events: events.iter().map(|e| e.to_string()).collect() }
+        Vars {
+            name: "order-audit".into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+        }
     }
 
     fn file(lang: Lang, vars: &Vars, path: &str) -> String {
@@ -251,7 +344,10 @@ mod tests {
     fn render_substitutes_known_keys_and_leaves_code_alone() {
         let pairs = [("name", "x".to_owned())];
         assert_eq!(render("a {{name}} b {{name}}", &pairs).unwrap(), "a x b x");
-        assert_eq!(render("f\"{{\" {{ x }} {{A}}", &pairs).unwrap(), "f\"{{\" {{ x }} {{A}}");
+        assert_eq!(
+            render("f\"{{\" {{ x }} {{A}}", &pairs).unwrap(),
+            "f\"{{\" {{ x }} {{A}}"
+        );
         assert_eq!(render("{{", &pairs).unwrap(), "{{");
         let err = render("{{nmae}}", &pairs).unwrap_err().to_string();
         assert!(err.contains("unknown placeholder {{nmae}}"), "{err}");
@@ -265,11 +361,23 @@ mod tests {
                     .iter()
                     .any(|e| PathBuf::from(e.path) == path && matches!(e.body, Body::Template(_)));
                 if is_template {
-                    for key in ["name", "crate_name", "events_toml", "first_event", "wasm_path"] {
-                        assert!(!text.contains(&format!("{{{{{key}}}}}")), "{lang} {path:?} kept {key}");
+                    for key in [
+                        "name",
+                        "crate_name",
+                        "events_toml",
+                        "first_event",
+                        "wasm_path",
+                    ] {
+                        assert!(
+                            !text.contains(&format!("{{{{{key}}}}}")),
+                            "{lang} {path:?} kept {key}"
+                        );
                     }
                 }
-                assert!(!text.is_empty() || path.ends_with("py.typed"), "{lang} {path:?} is empty");
+                assert!(
+                    !text.is_empty() || path.ends_with("py.typed"),
+                    "{lang} {path:?} is empty"
+                );
             }
         }
     }
@@ -293,7 +401,10 @@ mod tests {
                 Lang::Python => file(lang, &v, "tests/test_app.py"),
                 Lang::Js => file(lang, &v, "test/app.test.js"),
             };
-            assert!(test.contains("count=41") && test.contains("\"OrderCreated\""), "{lang}");
+            assert!(
+                test.contains("count=41") && test.contains("\"OrderCreated\""),
+                "{lang}"
+            );
         }
     }
 
@@ -307,7 +418,8 @@ mod tests {
 
     #[test]
     fn the_rust_project_is_its_own_workspace_and_the_vendored_sdk_finds_the_wit() {
-        let manifest: toml::Table = toml::from_str(&file(Lang::Rust, &vars(&[]), "Cargo.toml")).unwrap();
+        let manifest: toml::Table =
+            toml::from_str(&file(Lang::Rust, &vars(&[]), "Cargo.toml")).unwrap();
         assert_eq!(manifest["package"]["name"].as_str(), Some("order-audit"));
         let package = manifest["workspace"]["package"].as_table().unwrap();
         // Whatever the SDK inherits, the template's workspace provides.

@@ -46,6 +46,7 @@ impl StateReader for RedisState {
         Ok(Seen {
             value,
             stamp: if large { stamp } else { None },
+            earlier_in_batch: false,
         })
     }
 }

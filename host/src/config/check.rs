@@ -17,7 +17,7 @@ use super::problem::{span_of, Problem};
 use super::raw::{RawBus, RawConfig, RawGrants, RawPlugins, RawRedis, RawSubscriber, RawTelemetry};
 use super::{
     BusConfig, Config, DirGrant, EventFilter, Grants, PluginsConfig, RedisConfig, SubscriberConfig,
-    TelemetryConfig, MAX_RETRY_BACKOFF, STATE_DIR,
+    TelemetryConfig, DEFAULT_EFFECTS_MB, DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF, STATE_DIR,
 };
 
 /// Checks config `text` read from `path`: the settings (`None` if the text
@@ -152,10 +152,17 @@ impl Checker<'_> {
         let cache_dir = raw
             .cache_dir
             .map_or_else(|| state_dir.join("cache"), |d| base.join(d.get_ref()));
+        let max_file_mb = self.int(
+            &raw.max_file_mb,
+            "plugins.max_file_mb",
+            1..=4096,
+            DEFAULT_MAX_FILE_MB,
+        );
         PluginsConfig {
             dir,
             watch: raw.watch.unwrap_or(true),
             cache_dir,
+            max_file_bytes: max_file_mb << 20,
         }
     }
 
@@ -273,6 +280,12 @@ impl Checker<'_> {
         let max_attempts = self.int(&raw.max_attempts, &key("max_attempts"), 1..=1000, 3u32);
         let timeout_ms = self.int(&raw.timeout_ms, &key("timeout_ms"), 1..=600_000, 1000u64);
         let memory_mb = self.int(&raw.memory_mb, &key("memory_mb"), 1..=4096, 64usize);
+        let effects_mb = self.int(
+            &raw.effects_mb,
+            &key("effects_mb"),
+            1..=1024,
+            DEFAULT_EFFECTS_MB,
+        );
         let backoff_ms = self.int(
             &raw.retry_backoff_ms,
             &key("retry_backoff_ms"),
@@ -311,6 +324,7 @@ impl Checker<'_> {
             max_attempts,
             timeout: Duration::from_millis(timeout_ms),
             memory_bytes: memory_mb << 20,
+            effects_bytes: effects_mb << 20,
             retry_backoff: Duration::from_millis(backoff_ms),
             config,
             grants,
@@ -483,6 +497,8 @@ decline_percent = 10
             ),
             (1, 3, Duration::from_secs(1), 64 << 20)
         );
+        assert_eq!(sub.effects_bytes, 16 << 20);
+        assert_eq!(config.plugins.max_file_bytes, 64 << 20);
         assert_eq!(config.bus.claim_idle, Duration::from_secs(30));
     }
 

@@ -73,7 +73,18 @@ pub struct PluginsConfig {
     pub watch: bool,
     /// Compiled components, keyed by content and engine.
     pub cache_dir: PathBuf,
+    /// Largest plugin file read, in bytes: a file is read whole, so a huge
+    /// one (or a device like `/dev/zero`) must be refused before.
+    pub max_file_bytes: u64,
 }
+
+/// Default of `[subscribers.*] effects_mb`: far more than any handler's
+/// commit needs (a commit is one Redis script), far less than a host has.
+pub const DEFAULT_EFFECTS_MB: usize = 16;
+
+/// Default of `[plugins] max_file_mb`: Python and JavaScript components are
+/// 12 to 18 MB; this leaves them room to grow.
+pub const DEFAULT_MAX_FILE_MB: u64 = 64;
 
 /// How the bus reads and recovers.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +123,9 @@ pub struct SubscriberConfig {
     pub max_attempts: u32,
     pub timeout: Duration,
     pub memory_bytes: usize,
+    /// What one call may make the host buffer (state writes and deletes,
+    /// reads, publishes), in bytes: past it the call fails.
+    pub effects_bytes: usize,
     /// First retry delay; doubles per attempt up to [`MAX_RETRY_BACKOFF`].
     pub retry_backoff: Duration,
     /// What the plugin reads with `config-get`.

@@ -34,6 +34,7 @@ pub struct RawPlugins {
     pub dir: Option<Spanned<String>>,
     pub watch: Option<bool>,
     pub cache_dir: Option<Spanned<String>>,
+    pub max_file_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -61,6 +62,7 @@ pub struct RawSubscriber {
     pub max_attempts: Option<Spanned<i64>>,
     pub timeout_ms: Option<Spanned<i64>>,
     pub memory_mb: Option<Spanned<i64>>,
+    pub effects_mb: Option<Spanned<i64>>,
     pub retry_backoff_ms: Option<Spanned<i64>>,
     #[serde(default)]
     pub config: BTreeMap<Spanned<String>, Spanned<toml::Value>>,

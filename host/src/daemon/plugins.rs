@@ -90,7 +90,9 @@ impl HandlerFactory for WasmPlugins {
             return Reload::Unsettled;
         };
         let file_path = path.to_path_buf();
-        let read = tokio::task::spawn_blocking(move || PluginFile::read(&file_path)).await;
+        let max_bytes = self.runtime.max_file_bytes();
+        let read =
+            tokio::task::spawn_blocking(move || PluginFile::read(&file_path, max_bytes)).await;
         let read = match read {
             Ok(read) => read,
             Err(err) => {

@@ -15,6 +15,7 @@ use wasmtime::UpdateDeadline;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::limiter::MemoryLimiter;
+use super::logs::{self, CallLog, LogGate};
 use super::output::OutputTail;
 use crate::config::Grants;
 use crate::handler::{Effects, StateReader};
@@ -50,6 +51,15 @@ pub struct StoreData {
     config: Arc<BTreeMap<String, String>>,
     /// Set for the duration of one `handle` call.
     pub call: Option<Call>,
+    /// The subscriber's log rate, shared by its instances.
+    pub log_gate: LogGate,
+    /// What the current call logged.
+    pub call_log: CallLog,
+    /// While the instance starts (its start functions run): when it must
+    /// be done, the event's time limit.
+    pub start_deadline: Option<Instant>,
+    /// Set when the epoch callback interrupted a start function.
+    pub start_timed_out: bool,
 }
 
 /// The state of one `handle` call.
@@ -65,6 +75,29 @@ pub struct Call {
     pub timed_out: bool,
     /// Set when the host, not the plugin, failed the call.
     pub host_error: Option<String>,
+    /// Bytes of effects the call may buffer (`effects_mb`).
+    pub effects_budget: usize,
+    /// Set, with what was asked, when the call went over `effects_budget`.
+    pub over_budget: Option<String>,
+}
+
+impl Call {
+    /// Stops the call if its buffered effects would reach `after` bytes,
+    /// over its budget; `what` says what it asked for.
+    fn charge(&mut self, after: usize, what: impl FnOnce() -> String) -> wasmtime::Result<()> {
+        if after <= self.effects_budget {
+            return Ok(());
+        }
+        let what = format!(
+            "{} with {} KiB buffered already",
+            what(),
+            self.effects.bytes() >> 10
+        );
+        self.over_budget = Some(what.clone());
+        Err(wasmtime::format_err!(
+            "over the budget of buffered effects: {what}"
+        ))
+    }
 }
 
 impl StoreData {
@@ -76,6 +109,7 @@ impl StoreData {
         config: Arc<BTreeMap<String, String>>,
         memory_limit: usize,
         grants: &Grants,
+        log_gate: LogGate,
     ) -> anyhow::Result<Self> {
         let output = OutputTail::default();
         let mut wasi = WasiCtx::builder();
@@ -99,6 +133,10 @@ impl StoreData {
             subscriber,
             config,
             call: None,
+            log_gate,
+            call_log: CallLog::default(),
+            start_deadline: None,
+            start_timed_out: false,
         })
     }
 
@@ -109,14 +147,62 @@ impl StoreData {
     }
 
     /// The epoch callback: yield to other tasks every tick, and stop the
-    /// call once it has run past its time limit.
+    /// call, or the start functions of a new instance, once they have run
+    /// past the event's time limit.
     pub fn on_epoch(&mut self) -> UpdateDeadline {
-        match &mut self.call {
-            Some(call) if call.started.elapsed() >= call.timeout => {
+        match (&mut self.call, self.start_deadline) {
+            (Some(call), _) if call.started.elapsed() >= call.timeout => {
                 call.timed_out = true;
                 UpdateDeadline::Interrupt
             }
+            (None, Some(deadline)) if Instant::now() >= deadline => {
+                self.start_timed_out = true;
+                UpdateDeadline::Interrupt
+            }
             _ => UpdateDeadline::Yield(1),
+        }
+    }
+
+    /// Writes a plugin's log line (a message or a printed line) to the
+    /// host's log, escaped and within the call's and the subscriber's
+    /// limits (see [`logs`]).
+    pub fn log_line(&mut self, level: Level, message: &str) {
+        // Lines the log filter drops cost nothing and take no one's budget.
+        let enabled = match level {
+            Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        };
+        if !enabled {
+            return;
+        }
+        let event_id = self.call.as_ref().map_or("", |c| c.event_id.as_str());
+        let subscriber = &*self.subscriber;
+        let Some(admitted) = self.log_gate.admit(&mut self.call_log, message) else {
+            return;
+        };
+        if let Some(dropped) = admitted.dropped_before {
+            logs::say_rate_dropped(subscriber, event_id, dropped);
+        }
+        let line = admitted.line;
+        match level {
+            Level::Trace => tracing::trace!(subscriber, event_id, "{line}"),
+            Level::Debug => tracing::debug!(subscriber, event_id, "{line}"),
+            Level::Info => tracing::info!(subscriber, event_id, "{line}"),
+            Level::Warn => tracing::warn!(subscriber, event_id, "{line}"),
+            Level::Error => tracing::error!(subscriber, event_id, "{line}"),
+        }
+    }
+
+    /// Says how much of the call's log was dropped, if any; the end of a
+    /// call.
+    pub fn finish_log(&mut self) {
+        let mut call_log = std::mem::take(&mut self.call_log);
+        if let Some(dropped) = call_log.take_dropped() {
+            let event_id = self.call.as_ref().map_or("", |c| c.event_id.as_str());
+            logs::say_call_dropped(&self.subscriber, event_id, dropped);
         }
     }
 }
@@ -134,15 +220,7 @@ impl self::eventhost::plugin::types::Host for StoreData {}
 
 impl self::eventhost::plugin::host::Host for StoreData {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        let event_id = self.call.as_ref().map_or("", |c| c.event_id.as_str());
-        let subscriber = &*self.subscriber;
-        match level {
-            Level::Trace => tracing::trace!(subscriber, event_id, "{message}"),
-            Level::Debug => tracing::debug!(subscriber, event_id, "{message}"),
-            Level::Info => tracing::info!(subscriber, event_id, "{message}"),
-            Level::Warn => tracing::warn!(subscriber, event_id, "{message}"),
-            Level::Error => tracing::error!(subscriber, event_id, "{message}"),
-        }
+        self.log_line(level, &message);
         Ok(())
     }
 
@@ -157,6 +235,8 @@ impl self::eventhost::plugin::host::Host for StoreData {
                 "one call may publish at most {MAX_PUBLISHES} events"
             )));
         }
+        let after = call.effects.bytes_after_publish(&event_type, &data);
+        call.charge(after, || format!("a publish of {} KiB", data.len() >> 10))?;
         Ok(call.effects.publish(&call.id_seed, &event_type, &data))
     }
 
@@ -169,6 +249,15 @@ impl self::eventhost::plugin::host::Host for StoreData {
         match state.read(&key).await {
             Ok(seen) => {
                 let call = self.call()?;
+                // Only a key's first read is kept (see `Effects::read`).
+                let value_len = seen.value.as_ref().map_or(0, String::len);
+                let known = call.effects.reads().iter().any(|(k, _)| *k == key);
+                let after = if known {
+                    call.effects.bytes()
+                } else {
+                    call.effects.bytes() + crate::handler::read_cost(&key, &seen)
+                };
+                call.charge(after, || format!("a state-get of {} KiB", value_len >> 10))?;
                 call.effects.read(&key, &seen);
                 Ok(seen.value)
             }
@@ -184,12 +273,23 @@ impl self::eventhost::plugin::host::Host for StoreData {
         if key.len() > MAX_STATE_VALUE || value.len() > MAX_STATE_VALUE {
             wasmtime::bail!("state-set: keys and values are limited to {MAX_STATE_VALUE} bytes");
         }
-        self.call()?.effects.set(key, value);
+        let call = self.call()?;
+        let after = call.effects.bytes_after_write(&key, Some(value.len()));
+        call.charge(after, || {
+            format!("a state-set of {} KiB", (key.len() + value.len()) >> 10)
+        })?;
+        call.effects.set(key, value);
         Ok(())
     }
 
     fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.call()?.effects.delete(key);
+        if key.len() > MAX_STATE_VALUE {
+            wasmtime::bail!("state-delete: keys are limited to {MAX_STATE_VALUE} bytes");
+        }
+        let call = self.call()?;
+        let after = call.effects.bytes_after_write(&key, None);
+        call.charge(after, || "a state-delete".to_string())?;
+        call.effects.delete(key);
         Ok(())
     }
 

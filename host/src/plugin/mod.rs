@@ -10,13 +10,16 @@
 //!   swapped atomically on reload;
 //! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
 //! - [`limiter`] and [`output`]: an instance's memory budget and the tail of
-//!   what it printed.
+//!   what it printed;
+//! - [`logs`]: what a plugin writes to the host's log, escaped, bounded and
+//!   rate-limited.
 
 mod host_api;
 mod limiter;
+mod logs;
 mod output;
 mod runtime;
 mod wasm_handler;
 
-pub use runtime::{CompiledPlugin, LoadError, PluginFile, PluginRuntime};
+pub use runtime::{check_plugin_file, CompiledPlugin, LoadError, PluginFile, PluginRuntime};
 pub use wasm_handler::{Limits, WasmHandler};

@@ -6,6 +6,8 @@
 //! reload of a known build does not compile again.
 
 use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,8 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<StoreData>,
     cache_dir: PathBuf,
+    /// Largest plugin file read (`[plugins] max_file_mb`).
+    max_file_bytes: u64,
 }
 
 /// Why a plugin file was refused; the message says what to do.
@@ -60,18 +64,68 @@ pub struct PluginFile {
 }
 
 impl PluginFile {
-    /// Reads the file at `path`. Blocking.
-    pub fn read(path: &Path) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(path).map_err(|err| LoadError {
+    /// Reads the file at `path`, if it is a regular file (a symlink to one
+    /// is fine) of at most `max_bytes`: a plugin is read whole, so a device
+    /// (`/dev/zero`), a FIFO or a huge file is refused before. Blocking.
+    pub fn read(path: &Path, max_bytes: u64) -> Result<Self, LoadError> {
+        use std::io::Read as _;
+        let refuse = |reason: String| LoadError {
             path: path.to_path_buf(),
-            reason: format!("cannot read: {err}"),
-        })?;
+            reason,
+        };
+        // Opened without blocking, so a FIFO cannot hold the loader; the
+        // checks are made on what was opened, not on the name again.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|err| refuse(format!("cannot read: {err}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|err| refuse(format!("cannot read: {err}")))?;
+        check_plugin_file(&meta, max_bytes).map_err(refuse)?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        // A file that grows while it is read stops at the limit.
+        file.take(max_bytes + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|err| refuse(format!("cannot read: {err}")))?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(refuse(too_big(bytes.len() as u64, max_bytes)));
+        }
         Ok(PluginFile {
             path: path.to_path_buf(),
             digest: hex(&Sha256::digest(&bytes)),
             bytes,
         })
     }
+}
+
+/// Whether a file with `meta` may be read as a plugin: a regular file of at
+/// most `max_bytes`.
+pub fn check_plugin_file(meta: &std::fs::Metadata, max_bytes: u64) -> Result<(), String> {
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a folder"
+        } else {
+            "a device, FIFO or socket"
+        };
+        return Err(format!(
+            "is not a regular file (it is {what}); a plugin must be a .wasm file"
+        ));
+    }
+    if meta.len() > max_bytes {
+        return Err(too_big(meta.len(), max_bytes));
+    }
+    Ok(())
+}
+
+fn too_big(len: u64, max_bytes: u64) -> String {
+    format!(
+        "is {:.1} MiB, over the limit of {} MiB for a plugin file; raise [plugins] max_file_mb \
+         if it really is a plugin",
+        len as f64 / (1u64 << 20) as f64,
+        max_bytes >> 20
+    )
 }
 
 impl CompiledPlugin {
@@ -83,8 +137,9 @@ impl CompiledPlugin {
 
 impl PluginRuntime {
     /// Builds the engine and starts its epoch clock; compiled components are
-    /// cached under `cache_dir`.
-    pub fn new(cache_dir: &Path) -> anyhow::Result<Arc<Self>> {
+    /// cached under `cache_dir`; plugin files over `max_file_bytes` are
+    /// refused unread.
+    pub fn new(cache_dir: &Path, max_file_bytes: u64) -> anyhow::Result<Arc<Self>> {
         let engine = match Engine::new(&engine_config(true)) {
             Ok(engine) => engine,
             // A restricted address space (ulimit -v) cannot hold the pool's
@@ -110,7 +165,13 @@ impl PluginRuntime {
             engine,
             linker,
             cache_dir: cache_dir.to_path_buf(),
+            max_file_bytes,
         }))
+    }
+
+    /// The largest plugin file this runtime reads, in bytes.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
     }
 
     /// The engine, for creating stores.
@@ -121,7 +182,7 @@ impl PluginRuntime {
     /// Reads, compiles (or loads from the cache) and validates the plugin at
     /// `path`. Blocking: call it off the async runtime.
     pub fn load(&self, path: &Path) -> Result<CompiledPlugin, LoadError> {
-        self.compile(PluginFile::read(path)?)
+        self.compile(PluginFile::read(path, self.max_file_bytes)?)
     }
 
     /// Compiles (or loads from the cache) and validates a plugin file that
@@ -221,10 +282,21 @@ impl PluginRuntime {
 
     fn store_cached(&self, file: &Path, component: &Component) {
         let write = || -> anyhow::Result<()> {
-            std::fs::create_dir_all(&self.cache_dir)?;
+            // Native code the host loads: ours to read and write only.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.cache_dir)?;
             let bytes = component.serialize().map_err(anyhow::Error::from)?;
             let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, bytes)?;
+            let _ = std::fs::remove_file(&tmp);
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            out.write_all(&bytes)?;
+            drop(out);
             std::fs::rename(&tmp, file)?;
             Ok(())
         };
@@ -324,7 +396,7 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_component() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = PluginRuntime::new(&dir.path().join("cache")).unwrap();
+        let runtime = PluginRuntime::new(&dir.path().join("cache"), 1 << 20).unwrap();
         let text = dir.path().join("notes.wasm");
         std::fs::write(&text, "just text").unwrap();
         let err = runtime.load(&text).err().unwrap();
@@ -339,5 +411,37 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("exports: nothing"), "{err}");
+    }
+
+    #[test]
+    fn devices_folders_and_big_files_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = PluginRuntime::new(&dir.path().join("cache"), 1 << 20).unwrap();
+        let zero = dir.path().join("zero.wasm");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = runtime.load(&zero).err().unwrap().to_string();
+        assert!(err.contains("is not a regular file"), "{err}");
+        let folder = dir.path().join("folder.wasm");
+        std::fs::create_dir(&folder).unwrap();
+        let err = runtime.load(&folder).err().unwrap().to_string();
+        assert!(err.contains("it is a folder"), "{err}");
+        // Sparse: 3 GiB that take no disk.
+        let big = dir.path().join("big.wasm");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(3 << 30)
+            .unwrap();
+        let err = runtime.load(&big).err().unwrap().to_string();
+        assert!(
+            err.contains("is 3072.0 MiB, over the limit of 1 MiB"),
+            "{err}"
+        );
+        // A symlink to a regular file is followed (mounted config maps).
+        let real = dir.path().join("real.wasm");
+        std::fs::write(&real, "just text").unwrap();
+        let link = dir.path().join("link.wasm");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = runtime.load(&link).err().unwrap().to_string();
+        assert!(err.contains("not a WebAssembly file"), "{err}");
     }
 }

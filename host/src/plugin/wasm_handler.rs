@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use wasmtime::{PoolConcurrencyLimitError, Store};
 
-use super::host_api::{Call, StoreData, Subscriber, WitEvent, WitFailure};
+use super::host_api::{Call, Level, StoreData, Subscriber, WitEvent, WitFailure};
+use super::logs::{self, LogGate};
 use super::runtime::{CompiledPlugin, PluginRuntime};
 use crate::config::{Grants, SubscriberConfig};
 use crate::handler::{Effects, Event, Failure, FailureKind, Handler, Outcome, StateReader};
@@ -27,6 +28,8 @@ const BLOCKED_GRACE: Duration = Duration::from_millis(50);
 pub struct Limits {
     pub timeout: Duration,
     pub memory_bytes: usize,
+    /// Bytes of effects one call may buffer on the host.
+    pub effects_bytes: usize,
     /// Instances kept for reuse; more than this are dropped on return.
     pub concurrency: usize,
     pub grants: Grants,
@@ -37,6 +40,7 @@ impl From<&SubscriberConfig> for Limits {
         Limits {
             timeout: settings.timeout,
             memory_bytes: settings.memory_bytes,
+            effects_bytes: settings.effects_bytes,
             concurrency: settings.concurrency,
             grants: settings.grants.clone(),
         }
@@ -58,6 +62,8 @@ pub struct WasmHandler {
     limits: Limits,
     config: Arc<BTreeMap<String, String>>,
     idle: Mutex<Vec<Instance>>,
+    /// The log rate of this subscriber's instances.
+    log_gate: LogGate,
 }
 
 impl WasmHandler {
@@ -75,6 +81,7 @@ impl WasmHandler {
             limits: Limits::from(settings),
             config: Arc::new(settings.config.clone()),
             idle: Mutex::new(Vec::new()),
+            log_gate: LogGate::default(),
         }
     }
 
@@ -83,7 +90,11 @@ impl WasmHandler {
         &self.plugin
     }
 
-    async fn instance(&self) -> Result<Instance, Failure> {
+    /// An idle instance, or a new one. A new instance's start functions
+    /// (a component's core `start`, a reactor's `_initialize`) are plugin
+    /// code like `handle`: they run under the event's time limit, counted
+    /// from `started`, and yield to other tasks every epoch tick.
+    async fn instance(&self, started: Instant) -> Result<Instance, Failure> {
         if let Some(instance) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(instance);
         }
@@ -92,33 +103,47 @@ impl WasmHandler {
             self.config.clone(),
             self.limits.memory_bytes,
             &self.limits.grants,
+            self.log_gate.clone(),
         )
         .map_err(|err| Failure::new(FailureKind::Host, format!("{err:#}")))?;
         let mut store = Store::new(self.runtime.engine(), data);
         store.limiter(|data| &mut data.limiter);
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().on_epoch()));
-        // No deadline outside calls: instantiation runs start functions,
-        // which get the call's limit below.
-        store.set_epoch_deadline(u64::MAX / 2);
-        let bindings = self
-            .plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|err| {
+        let timeout = self.limits.timeout;
+        store.data_mut().start_deadline = Some(started + timeout);
+        store.set_epoch_deadline(1);
+        // Epochs stop start functions at the limit; one blocked in a host
+        // call is stopped by this deadline instead.
+        let remaining = timeout.saturating_sub(started.elapsed()) + BLOCKED_GRACE;
+        let instantiated =
+            tokio::time::timeout(remaining, self.plugin.pre.instantiate_async(&mut store)).await;
+        let bindings = match instantiated {
+            Err(_) => return Err(self.timed_out_starting(timeout)),
+            Ok(Ok(bindings)) => bindings,
+            Ok(Err(err)) => {
+                let data = store.data_mut();
+                if data.start_timed_out {
+                    return Err(self.timed_out_starting(timeout));
+                }
                 // Every pooled slot in use is the host's shortage, not the
                 // plugin's fault.
                 let kind = if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
                     FailureKind::Host
+                } else if data.limiter.hit {
+                    FailureKind::OutOfMemory
                 } else {
                     FailureKind::Trap
                 };
                 let err = anyhow::Error::from(err);
-                Failure::new(
+                return Err(Failure::new(
                     kind,
                     format!("{} failed to start: {err:#}", self.plugin_file),
-                )
-            })?;
+                ));
+            }
+        };
+        // No deadline between calls: each call sets its own.
+        store.data_mut().start_deadline = None;
+        store.set_epoch_deadline(u64::MAX / 2);
         Ok(Instance { store, bindings })
     }
 
@@ -140,11 +165,41 @@ impl WasmHandler {
         )
     }
 
+    fn timed_out_starting(&self, limit: Duration) -> Failure {
+        Failure::new(
+            FailureKind::Timeout,
+            format!(
+                "{} ran past its time limit of {} ms while starting (in its start function, \
+                 e.g. `_initialize`, before `handle`)",
+                self.plugin_file,
+                limit.as_millis()
+            ),
+        )
+    }
+
+    /// A call's buffered effects went over `effects_mb`. The call is
+    /// stopped there and dead-lettered at once, as a `reject`: it will go
+    /// over again on every attempt, so retrying only wastes them.
+    fn over_budget(&self, what: &str) -> Failure {
+        Failure::new(
+            FailureKind::Reject,
+            format!(
+                "{} is over its budget of {} MiB of buffered effects (state writes, deletes and \
+                 reads, publishes) at {what}; raise effects_mb or write less per event",
+                self.plugin_file,
+                self.limits.effects_bytes >> 20
+            ),
+        )
+    }
+
     /// Turns a trap into a failure that says what happened and why.
     fn classify_trap(&self, data: &mut StoreData, call: &Call, err: wasmtime::Error) -> Failure {
         let output = data.output.drain();
         if let Some(message) = &call.host_error {
             return Failure::new(FailureKind::Host, format!("host error: {message}"));
+        }
+        if let Some(what) = &call.over_budget {
+            return self.over_budget(what);
         }
         if call.timed_out {
             return self.timed_out(call.timeout);
@@ -179,7 +234,8 @@ impl WasmHandler {
 #[async_trait]
 impl Handler for WasmHandler {
     async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome {
-        let mut instance = match self.instance().await {
+        let started = Instant::now();
+        let mut instance = match self.instance(started).await {
             Ok(instance) => instance,
             Err(failure) => return Outcome::Failed(failure),
         };
@@ -191,10 +247,12 @@ impl Handler for WasmHandler {
             state,
             id_seed: format!("{}/{}", self.subscriber, event.stream_id),
             event_id: event.id.clone(),
-            started: Instant::now(),
+            started,
             timeout,
             timed_out: false,
             host_error: None,
+            effects_budget: self.limits.effects_bytes,
+            over_budget: None,
         });
         instance.store.set_epoch_deadline(1);
         let wit_event = WitEvent {
@@ -211,20 +269,27 @@ impl Handler for WasmHandler {
         let call = instance
             .bindings
             .call_handle(&mut instance.store, &wit_event);
-        let Ok(result) = tokio::time::timeout(timeout + BLOCKED_GRACE, call).await else {
+        let remaining = timeout.saturating_sub(started.elapsed()) + BLOCKED_GRACE;
+        let Ok(result) = tokio::time::timeout(remaining, call).await else {
             return Outcome::Failed(self.timed_out(timeout));
         };
         instance.store.set_epoch_deadline(u64::MAX / 2);
 
         let data = instance.store.data_mut();
+        if result.is_ok() {
+            log_output(data);
+        }
+        data.finish_log();
         let mut call = data.call.take().expect("the call state is set above");
         let outcome = match result {
             Ok(Ok(())) => Outcome::Ok(call.effects),
             Ok(Err(WitFailure::Retry(message))) => Outcome::Failed(
-                Failure::new(FailureKind::Retry, message).with_reads(call.effects.take_reads()),
+                Failure::new(FailureKind::Retry, plugin_reason(&message))
+                    .with_reads(call.effects.take_reads()),
             ),
             Ok(Err(WitFailure::Reject(message))) => Outcome::Failed(
-                Failure::new(FailureKind::Reject, message).with_reads(call.effects.take_reads()),
+                Failure::new(FailureKind::Reject, plugin_reason(&message))
+                    .with_reads(call.effects.take_reads()),
             ),
             Err(err) => {
                 let failure = self.classify_trap(data, &call, err);
@@ -232,16 +297,27 @@ impl Handler for WasmHandler {
                 return Outcome::Failed(failure);
             }
         };
-        log_output(&self.subscriber, &wit_event.id, &data.output.drain());
         self.give_back(instance);
         outcome
     }
 }
 
-/// Forwards what a healthy call printed to the log, one line per line.
-fn log_output(subscriber: &str, event_id: &str, output: &str) {
+/// Longest reason a plugin's `retry` or `reject` may give, in bytes: it
+/// goes into logs and every dead letter of the event.
+const MAX_REASON_BYTES: usize = 4096;
+
+/// A plugin's failure reason as the host repeats it: control characters
+/// escaped (it is logged), cut at [`MAX_REASON_BYTES`].
+fn plugin_reason(message: &str) -> String {
+    logs::escape(message, MAX_REASON_BYTES)
+}
+
+/// Forwards what a healthy call printed to the log, one line per line,
+/// escaped and within the plugin's log limits.
+fn log_output(data: &mut StoreData) {
+    let output = data.output.drain();
     for line in output.lines().filter(|l| !l.trim().is_empty()) {
-        tracing::info!(subscriber, event_id, "plugin output: {line}");
+        data.log_line(Level::Info, &format!("plugin output: {line}"));
     }
 }
 

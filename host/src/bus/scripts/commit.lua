@@ -23,7 +23,9 @@
 -- nothing of it is written, its entry stays pending, and its id is
 -- returned as a conflict, to run again on fresh state. In an ordered batch
 -- every record after a conflict is a conflict too, so no later event
--- commits before the conflicting one has run again.
+-- commits before the conflicting one has run again; and so is every record
+-- after one skipped (below): in an ordered batch, reads of an earlier
+-- record's writes are not checked, they hold exactly when it is applied.
 --
 -- Exactly once: each record's entry is acknowledged first; its effects (or
 -- its dead letter) are written only if it was still pending. A handler that
@@ -92,7 +94,12 @@ while i <= #ARGV do
   local acked = false
   if apply and kind ~= 'check' then
     acked = redis.call('XACK', KEYS[1], group, id) == 1
-    if not acked then skipped = skipped + 1 end
+    if not acked then
+      skipped = skipped + 1
+      -- Another consumer committed it: what later events of an ordered
+      -- batch read of its writes, unchecked, may not be what it wrote.
+      if ordered then blocked = true end
+    end
   end
   if kind == 'ok' then
     local p = tonumber(ARGV[i])

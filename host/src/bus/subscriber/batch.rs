@@ -34,7 +34,7 @@ pub async fn run(
 ) -> Vec<Ran> {
     let running = run_all(
         subscription.clone(),
-        Arc::new(BatchState::new(state)),
+        Arc::new(BatchState::new(state, concurrency <= 1)),
         jobs,
         concurrency,
     );
@@ -66,13 +66,16 @@ struct BatchState {
     /// a large value stamped with the entry that wrote it, as its commit
     /// will stamp it.
     written: Mutex<HashMap<String, Seen>>,
+    /// Events run one at a time and commit in that order.
+    sequential: bool,
 }
 
 impl BatchState {
-    fn new(committed: Arc<dyn StateReader>) -> Self {
+    fn new(committed: Arc<dyn StateReader>, sequential: bool) -> Self {
         BatchState {
             committed,
             written: Mutex::default(),
+            sequential,
         }
     }
 
@@ -86,6 +89,7 @@ impl BatchState {
                 let seen = Seen {
                     value: value.clone(),
                     stamp: large.then(|| stream_id.to_string()),
+                    earlier_in_batch: self.sequential,
                 };
                 written.insert(key.clone(), seen);
             }

@@ -87,6 +87,7 @@ mod tests {
             max_attempts,
             timeout: Duration::from_secs(1),
             memory_bytes: 64 << 20,
+            effects_bytes: 16 << 20,
             retry_backoff: Duration::from_millis(100),
             config: Default::default(),
             grants: Grants::default(),

@@ -1,0 +1,89 @@
+//! Hostile test plugin: does what the event's data asks, as an attacker
+//! would, to make the host buffer, log or keep more than it should.
+//!
+//! Acts (`"act"`), each with `"n"` (how many times) and `"size"` (bytes):
+//! - `"flood_state"`: writes `n` distinct keys of `size` bytes, then ok;
+//! - `"rewrite"`: writes one key `n` times with `size` bytes, then ok;
+//! - `"flood_delete"`: deletes `n` distinct keys of `size` bytes, then ok;
+//! - `"flood_publish"`: publishes `n` events of about `size` bytes, then
+//!   ok; the results are stored under `published` and `publish_refused`
+//!   (the last refusal's message under `publish_error`);
+//! - `"flood_log"`: logs `n` messages of `size` bytes, then ok;
+//! - `"flood_print"`: prints `n` lines of `size` bytes, then ok;
+//! - `"forge"`: logs and prints `"text"` (with its newlines and escapes),
+//!   then rejects with it as the reason;
+//! - `"set"`: writes `"key"` with a value of `size` bytes, then ok.
+//!
+//! Every act stores `done:<event id>` when it returns ok.
+
+use eventhost_plugin::{Event, Failure, Guest, Level};
+use serde_json::Value;
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn handle(event: Event) -> Result<(), Failure> {
+        let data: Value = eventhost_plugin::data(&event)?;
+        let act = data.get("act").and_then(Value::as_str).unwrap_or("");
+        let n = data.get("n").and_then(Value::as_u64).unwrap_or(1);
+        let size = data.get("size").and_then(Value::as_u64).unwrap_or(16) as usize;
+        let text = data.get("text").and_then(Value::as_str).unwrap_or("");
+        let filler = "x".repeat(size);
+        match act {
+            "flood_state" => {
+                for i in 0..n {
+                    eventhost_plugin::state_set(&format!("k{i}"), &filler);
+                }
+            }
+            "rewrite" => {
+                for _ in 0..n {
+                    eventhost_plugin::state_set("same", &filler);
+                }
+            }
+            "flood_delete" => {
+                for i in 0..n {
+                    eventhost_plugin::state_delete(&format!("{i}{filler}"));
+                }
+            }
+            "flood_publish" => {
+                let body = format!("{{\"filler\":\"{filler}\"}}");
+                let (mut ok, mut refused) = (0u64, 0u64);
+                for _ in 0..n {
+                    match eventhost_plugin::publish("HostileFlood", &body) {
+                        Ok(_) => ok += 1,
+                        Err(err) => {
+                            refused += 1;
+                            eventhost_plugin::state_set("publish_error", &err);
+                        }
+                    }
+                }
+                eventhost_plugin::state_set("published", &ok.to_string());
+                eventhost_plugin::state_set("publish_refused", &refused.to_string());
+            }
+            "flood_log" => {
+                for _ in 0..n {
+                    eventhost_plugin::log(Level::Error, &filler);
+                }
+            }
+            "flood_print" => {
+                for _ in 0..n {
+                    println!("{filler}");
+                }
+            }
+            "forge" => {
+                eventhost_plugin::log(Level::Info, text);
+                println!("{text}");
+                return Err(Failure::Reject(text.to_string()));
+            }
+            "set" => {
+                let key = data.get("key").and_then(Value::as_str).unwrap_or("big");
+                eventhost_plugin::state_set(key, &filler);
+            }
+            other => return Err(Failure::Reject(format!("unknown act {other:?}"))),
+        }
+        eventhost_plugin::state_set(&format!("done:{}", event.id), "1");
+        Ok(())
+    }
+}
+
+eventhost_plugin::export!(Hostile);
