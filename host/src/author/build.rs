@@ -112,7 +112,7 @@ fn cargo_component(messages: &str, manifest: &Path) -> Option<PathBuf> {
                 .find(|f| f.ends_with(".wasm"))
                 .map(PathBuf::from)
         })
-        .last()
+        .next_back()
 }
 
 /// The component's file name stem: the manifest's name with everything but
