@@ -232,12 +232,7 @@ impl CommitBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn text(args: &[Vec<u8>]) -> Vec<String> {
-        args.iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect()
-    }
+    use crate::bus::scripts::text;
 
     #[test]
     fn commits_keep_only_the_last_write_of_each_key() {

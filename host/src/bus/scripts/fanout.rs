@@ -80,12 +80,7 @@ impl FanoutBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn text(args: &[Vec<u8>]) -> Vec<String> {
-        args.iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect()
-    }
+    use crate::bus::scripts::text;
 
     #[test]
     fn fanout_records_point_past_the_fixed_keys() {

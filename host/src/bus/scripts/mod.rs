@@ -20,3 +20,11 @@ pub use trim::trim;
 /// Entries of a batch that were already acknowledged by someone else, so
 /// nothing of theirs was written.
 pub type Skipped = u64;
+
+/// A script's arguments as text, for tests of the encoders.
+#[cfg(test)]
+fn text(args: &[Vec<u8>]) -> Vec<String> {
+    args.iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
