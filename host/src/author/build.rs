@@ -191,29 +191,73 @@ fn python_app(dir: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// What `pyproject.toml` says about the build: the project's name, and
+/// `[tool.eventhost] python-path`, folders (relative to the project) whose
+/// modules go into the component too, e.g. an SDK or a library shared by
+/// several plugins of one repository.
+#[derive(Debug, Default, PartialEq)]
+struct PyProject {
+    name: Option<String>,
+    python_path: Vec<PathBuf>,
+}
+
+fn py_project(dir: &Path) -> anyhow::Result<PyProject> {
+    let Ok(text) = fs::read_to_string(dir.join("pyproject.toml")) else {
+        return Ok(PyProject::default());
+    };
+    let table: toml::Table = toml::from_str(&text).context("parsing pyproject.toml")?;
+    let name = table
+        .get("project")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
+    let paths = table
+        .get("tool")
+        .and_then(|t| t.get("eventhost"))
+        .and_then(|e| e.get("python-path"));
+    let python_path = match paths {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                let folder = item.as_str().context(
+                    "pyproject.toml: tool.eventhost.python-path: expected a list of folder names",
+                )?;
+                let path = dir.join(folder);
+                ensure!(
+                    path.is_dir(),
+                    "pyproject.toml: tool.eventhost.python-path: {folder} is not a folder \
+                     (relative to {})",
+                    dir.display()
+                );
+                Ok(path)
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Some(_) => {
+            bail!("pyproject.toml: tool.eventhost.python-path: expected a list of folder names")
+        }
+    };
+    Ok(PyProject { name, python_path })
+}
+
 fn build_python(dir: &Path) -> anyhow::Result<PathBuf> {
     let source = python_app(dir)?;
     let wit = wit_dir(dir)?;
-    let name = match fs::read_to_string(dir.join("pyproject.toml")) {
-        Ok(text) => {
-            let table: toml::Table = toml::from_str(&text).context("parsing pyproject.toml")?;
-            table
-                .get("project")
-                .and_then(|p| p.get("name"))
-                .and_then(|n| n.as_str())
-                .map(str::to_owned)
-        }
-        Err(_) => None,
-    };
+    let project = py_project(dir)?;
     let tool = tools::componentize_py()?;
-    build_into(dir, &stem(name.as_deref(), dir), |out| {
+    build_into(dir, &stem(project.name.as_deref(), dir), |out| {
+        let mut command = Command::new(&tool);
+        command
+            .arg("-q")
+            .arg("-d")
+            .arg(&wit)
+            .args(["-w", "subscriber", "componentize", "-p"])
+            .arg(&source);
+        for path in &project.python_path {
+            command.arg("-p").arg(path);
+        }
         tools::run(
-            Command::new(&tool)
-                .arg("-q")
-                .arg("-d")
-                .arg(&wit)
-                .args(["-w", "subscriber", "componentize", "-p"])
-                .arg(&source)
+            command
                 .arg("-o")
                 .arg(out)
                 .arg("app")
@@ -226,7 +270,20 @@ fn build_python(dir: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
-fn build_js(dir: &Path) -> anyhow::Result<PathBuf> {
+/// What `package.json` says about the build: the name, the entry module
+/// (`main`, default `app.js`), and `eventhost.root`, a folder above the
+/// project (relative to it) that the build may read modules from: the
+/// component's module loader sees only that folder, so imports that leave
+/// the project (`../shared/lib.js`, a linked SDK) need it. Default: the
+/// project itself.
+#[derive(Debug, PartialEq)]
+struct Package {
+    name: Option<String>,
+    entry: String,
+    root: PathBuf,
+}
+
+fn package(dir: &Path) -> anyhow::Result<Package> {
     let text = fs::read_to_string(dir.join("package.json")).context("reading package.json")?;
     let package: serde_json::Value = serde_json::from_str(&text).context("parsing package.json")?;
     let entry = package["main"].as_str().unwrap_or("app.js").to_owned();
@@ -235,14 +292,42 @@ fn build_js(dir: &Path) -> anyhow::Result<PathBuf> {
         "{} has no {entry} (package.json `main`)",
         dir.display()
     );
+    let root = match &package["eventhost"]["root"] {
+        serde_json::Value::Null => dir.to_owned(),
+        serde_json::Value::String(root) => {
+            let path = dir.join(root).canonicalize().with_context(|| {
+                format!(
+                    "package.json: eventhost.root: {root} is not a folder (relative to {})",
+                    dir.display()
+                )
+            })?;
+            ensure!(
+                dir.starts_with(&path),
+                "package.json: eventhost.root: {root} is not a folder that contains the project"
+            );
+            path
+        }
+        _ => bail!("package.json: eventhost.root: expected a folder name"),
+    };
+    Ok(Package {
+        name: package["name"].as_str().map(str::to_owned),
+        entry,
+        root,
+    })
+}
+
+fn build_js(dir: &Path) -> anyhow::Result<PathBuf> {
+    let package = package(dir)?;
     let wit = wit_dir(dir)?;
     let node = tools::node()?;
     let cli = tools::componentize_js()?;
-    build_into(dir, &stem(package["name"].as_str(), dir), |out| {
+    build_into(dir, &stem(package.name.as_deref(), dir), |out| {
         tools::run(
             Command::new(node)
                 .arg(&cli)
-                .arg(&entry)
+                // componentize-js maps the working folder as the module
+                // loader's root when the entry is inside it.
+                .arg(dir.join(&package.entry))
                 .arg("--wit")
                 .arg(&wit)
                 .args(["--world-name", "subscriber"])
@@ -250,7 +335,7 @@ fn build_js(dir: &Path) -> anyhow::Result<PathBuf> {
                 .args(["--disable", "http", "fetch-event"])
                 .arg("-o")
                 .arg(out)
-                .current_dir(dir),
+                .current_dir(&package.root),
             "componentize-js",
         )
     })
@@ -346,6 +431,61 @@ mod tests {
         let top = project(&["app.py"]);
         assert_eq!(python_app(top.path()).unwrap(), top.path());
         assert!(python_app(project(&["pyproject.toml"]).path()).is_err());
+    }
+
+    #[test]
+    fn pyproject_gives_the_name_and_extra_python_paths() {
+        let dir = project(&["lib/shared.py"]);
+        let write = |text: &str| fs::write(dir.path().join("pyproject.toml"), text).unwrap();
+        assert_eq!(py_project(dir.path()).unwrap(), PyProject::default());
+        write("[project]\nname = \"demo\"\n[tool.eventhost]\npython-path = [\"lib\"]\n");
+        assert_eq!(
+            py_project(dir.path()).unwrap(),
+            PyProject {
+                name: Some("demo".into()),
+                python_path: vec![dir.path().join("lib")],
+            }
+        );
+        write("[tool.eventhost]\npython-path = [\"missing\"]\n");
+        let err = py_project(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("missing is not a folder"), "{err}");
+        write("[tool.eventhost]\npython-path = \"lib\"\n");
+        let err = py_project(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("expected a list"), "{err}");
+    }
+
+    #[test]
+    fn package_json_gives_the_entry_and_the_module_root() {
+        let top = project(&["plugin/app.js", "plugin/main.js"]);
+        let dir = top.path().join("plugin").canonicalize().unwrap();
+        let write = |text: &str| fs::write(dir.join("package.json"), text).unwrap();
+        write(r#"{"name": "demo"}"#);
+        assert_eq!(
+            package(&dir).unwrap(),
+            Package {
+                name: Some("demo".into()),
+                entry: "app.js".into(),
+                root: dir.clone(),
+            }
+        );
+        write(r#"{"main": "main.js", "eventhost": {"root": ".."}}"#);
+        let found = package(&dir).unwrap();
+        assert_eq!((found.entry.as_str(), found.name), ("main.js", None));
+        assert_eq!(found.root, top.path().canonicalize().unwrap());
+        write(r#"{"eventhost": {"root": "elsewhere"}}"#);
+        assert!(package(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("is not a folder"));
+        fs::create_dir(dir.join("inner")).unwrap();
+        write(r#"{"eventhost": {"root": "inner"}}"#);
+        let err = package(&dir).unwrap_err().to_string();
+        assert!(err.contains("contains the project"), "{err}");
+        write(r#"{"main": "nope.js"}"#);
+        assert!(package(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("has no nope.js"));
     }
 
     #[test]
