@@ -4,14 +4,16 @@
 //!     cargo bench -p eventhost --bench throughput            # the full run
 //!     cargo bench -p eventhost --bench throughput -- quick   # smaller, faster
 //!     cargo bench -p eventhost --bench throughput -- latency # one section:
-//!         throughput, latency, start, reads or leanmq (several may be named)
+//!         throughput, latency, start, reads, languages or leanmq (several
+//!         may be named)
 //!     cargo bench -p eventhost --bench throughput -- latency 10000 # one rate
 //!
 //! Prints a table: deliveries/s with 3 subscribers (trivial and stateful
 //! plugins, each against the same loop with a native Rust handler), latency
 //! from publish to commit at fixed offered rates, host CPU and peak RSS,
 //! cold start with 10 plugins with and without the compiled cache, and the
-//! LeanMQ EventBus pattern (Python) on the same Redis. Figures, not
+//! LeanMQ EventBus pattern (Python) on the same Redis, and what a plugin
+//! written in Rust, Python or JavaScript costs per event. Figures, not
 //! assertions: see BENCHMARKS.md for a run and the targets.
 //!
 //! The native baseline runs this very binary as the host (`--serve-native`):
@@ -47,7 +49,14 @@ fn main() {
         return serve_native(Path::new(&args[2]));
     }
     let quick = args.iter().any(|a| a == "quick");
-    let sections = ["throughput", "latency", "start", "reads", "leanmq"];
+    let sections = [
+        "throughput",
+        "latency",
+        "start",
+        "reads",
+        "languages",
+        "leanmq",
+    ];
     let named: Vec<&str> = sections
         .into_iter()
         .filter(|s| args.iter().any(|a| a == s))
@@ -78,9 +87,138 @@ fn main() {
     if wanted("reads") {
         reads_section(if quick { 100 } else { 300 });
     }
+    if wanted("languages") {
+        languages_section(if quick { 3_000 } else { 20_000 });
+    }
     if wanted("leanmq") {
         leanmq_section(if quick { 3_000 } else { 10_000 }, trivial_wasm);
     }
+}
+
+/// A plugin of each language as an author makes it (`eventhost new`, then
+/// `eventhost build`): its size, build time, first compile and start from
+/// the compiled cache, and its cost per event on the real bus, one
+/// subscriber handling one event at a time with a reused instance. Each
+/// language runs twice: the template's handler (parse the data, log at
+/// info, count in state) and an empty one, so the SDK's and the handler's
+/// shares are apart.
+fn languages_section(events: usize) {
+    println!("\nplugins by language: `eventhost new` + `eventhost build`, one subscriber, concurrency 1, {events} events");
+    println!(
+        "{:<20} {:>8} {:>9} {:>10} {:>9} {:>12} {:>10} {:>10}",
+        "", "size", "build s", "compile s", "cached ms", "deliveries/s", "µs/event", "µs CPU/ev"
+    );
+    let projects = tempfile::tempdir().unwrap();
+    for lang in ["rust", "python", "js"] {
+        for (variant, handler) in [("template", None), ("empty", Some(empty_handler(lang)))] {
+            let name = format!("{lang}-{variant}");
+            let out = eventhost_in(
+                projects.path(),
+                &["new", &name, "--lang", lang, "--events", "Ping"],
+            );
+            assert!(
+                out.status.success(),
+                "new: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let dir = projects.path().join(&name);
+            if let Some((file, source)) = handler {
+                std::fs::write(dir.join(file), source).unwrap();
+            }
+            let built = Instant::now();
+            let out = eventhost_in(projects.path(), &["build", &name]);
+            let build_s = built.elapsed().as_secs_f64();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "build {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let component = std::path::PathBuf::from(stdout.lines().last().unwrap().trim());
+            let run = language_run(&component, events);
+            println!(
+                "{:<20} {:>5.1} MB {:>9.1} {:>10.1} {:>9.0} {:>12.0} {:>10.1} {:>10.1}",
+                name,
+                std::fs::metadata(&component).unwrap().len() as f64 / 1e6,
+                build_s,
+                run.compile_s,
+                run.cached_ms,
+                run.deliveries_per_second,
+                1e6 / run.deliveries_per_second,
+                run.host_cpu * 1e6 / events as f64,
+            );
+        }
+    }
+}
+
+/// A handler that does nothing, through each language's SDK: the file of a
+/// project from `eventhost new` to replace, and its text.
+fn empty_handler(lang: &str) -> (&'static str, &'static str) {
+    match lang {
+        "rust" => (
+            "src/lib.rs",
+            "use eventhost_plugin::{Event, Failure, Guest};\nstruct Plugin;\nimpl Guest for Plugin {\n    fn handle(_: Event) -> Result<(), Failure> {\n        Ok(())\n    }\n}\neventhost_plugin::export!(Plugin);\n",
+        ),
+        "python" => (
+            "src/app.py",
+            "from eventhost_plugin import Event, export\n\ndef handle(event: Event) -> None:\n    pass\n\nWitWorld = export(handle)\n",
+        ),
+        _ => (
+            "app.js",
+            "import { handler } from \"./sdk/index.js\";\nexport const handle = handler(() => {});\n",
+        ),
+    }
+}
+
+/// Runs `eventhost args…` in `dir`.
+fn eventhost_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_eventhost"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+struct LanguageRun {
+    compile_s: f64,
+    cached_ms: f64,
+    deliveries_per_second: f64,
+    host_cpu: f64,
+}
+
+/// One subscriber of `component`: its start with an empty compiled cache
+/// and from the cache, then `events` Pings through it.
+fn language_run(component: &Path, events: usize) -> LanguageRun {
+    let world = World::new(&[], "");
+    world.install_file(component, "plugin.wasm");
+    let cache = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    world.write_config(
+        &(world.header().replace(
+            &cache_dir().display().to_string(),
+            &cache.path().display().to_string(),
+        ) + &format!(
+            "[telemetry]\nmetrics = \"{metrics}\"\n\n[subscribers.lang]\nplugin = \"plugin.wasm\"\nevents = [\"Ping\"]\nconcurrency = 1\n"
+        )),
+    );
+    let time_start = || {
+        let spawned = Instant::now();
+        let host = start_host(&world, false);
+        (spawned.elapsed().as_secs_f64(), host)
+    };
+    let (compile_s, host) = time_start();
+    host.stop();
+    let (cached_s, host) = time_start();
+    let host_cpu0 = cpu_seconds(host.pid());
+    let elapsed = publish_and_wait(&world, &host, &metrics, &["lang"], events);
+    let run = LanguageRun {
+        compile_s,
+        cached_ms: cached_s * 1000.0,
+        deliveries_per_second: events as f64 / elapsed.as_secs_f64(),
+        host_cpu: cpu_seconds(host.pid()) - host_cpu0,
+    };
+    host.stop();
+    run
 }
 
 /// What checking a result's reads costs Redis: each event reads one value
@@ -302,18 +440,7 @@ fn throughput(workload: Workload, native: bool, events: usize) -> Throughput {
     let host = start_host(&world, native);
     let expected = (events * SUBSCRIBERS.len()) as u64;
     let (host_cpu0, redis_cpu0) = (cpu_seconds(host.pid()), cpu_seconds(world.redis.pid()));
-    let started = Instant::now();
-    let publisher = publish_many(&world, events, None);
-    while handled(&metrics, &SUBSCRIBERS) < expected {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "stuck:\n{}",
-            host.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let elapsed = started.elapsed();
-    publisher.join().unwrap();
+    let elapsed = publish_and_wait(&world, &host, &metrics, &SUBSCRIBERS, events);
     let run = Throughput {
         deliveries_per_second: expected as f64 / elapsed.as_secs_f64(),
         host_cpu: cpu_seconds(host.pid()) - host_cpu0,
@@ -322,6 +449,30 @@ fn throughput(workload: Workload, native: bool, events: usize) -> Throughput {
     };
     host.stop();
     run
+}
+
+/// Publishes `events` Pings as fast as Redis takes them and waits until
+/// each of `subscribers` has handled them all; returns how long that took.
+fn publish_and_wait(
+    world: &World,
+    host: &Host,
+    metrics: &str,
+    subscribers: &[&str],
+    events: usize,
+) -> Duration {
+    let expected = (events * subscribers.len()) as u64;
+    let started = Instant::now();
+    let publisher = publish_many(world, events, None);
+    while handled(metrics, subscribers) < expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "stuck:\n{}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    publisher.join().unwrap();
+    started.elapsed()
 }
 
 /// Publishes `events` Pings like a LeanMQ producer, pipelined 500 at a time;
