@@ -1,5 +1,6 @@
-//! The orders example end to end: its four services (order, payment,
-//! shipping, notification) as the real plugins, configured as in
+//! The orders example end to end: its four services (order and payment in
+//! Rust, shipping in Python, notification in JavaScript) as the real
+//! plugins, configured as in
 //! `examples/orders/eventhost.toml`, run by the real binary against a real
 //! `redis-server`; the assertions are on what ends up in Redis.
 
@@ -23,7 +24,24 @@ const PLUGINS: [&str; 4] = [
     "shipping_service.wasm",
     "notification_service.wasm",
 ];
+/// The services built by cargo with the other plugins; the rest are built
+/// by `eventhost build` from these projects, in the order of `PLUGINS`.
+const RUST_PLUGINS: usize = 2;
+const OTHER_PROJECTS: [&str; 2] = [
+    "examples/orders/services/shipping",
+    "examples/orders/services/notification",
+];
 const ORDERS: usize = 200;
+
+/// A world with the example's four services installed and `subscribers`
+/// as its config.
+fn example_world(subscribers: &str) -> World {
+    let world = World::new(&PLUGINS[..RUST_PLUGINS], subscribers);
+    for (project, name) in OTHER_PROJECTS.iter().zip(&PLUGINS[RUST_PLUGINS..]) {
+        world.install_file(&built_with_eventhost(project), name);
+    }
+    world
+}
 
 /// The example's config file, as shipped.
 fn example_config() -> String {
@@ -147,8 +165,8 @@ fn every_order_ends_shipped_or_declined_and_every_service_agrees() {
     );
     let (n, s) = (ORDERS, shipped.len());
 
-    let world = World::new(&PLUGINS, &example_subscribers());
-    let host = world.host();
+    let world = example_world(&example_subscribers());
+    let host = world.host_within(Duration::from_secs(300));
     let mut conn = world.conn();
     let started = Instant::now();
     for i in 1..=ORDERS {
@@ -313,7 +331,7 @@ fn every_order_ends_shipped_or_declined_and_every_service_agrees() {
 
 #[test]
 fn the_examples_config_passes_check() {
-    let world = World::new(&PLUGINS, "");
+    let world = example_world("");
     // As shipped: no [redis] url, plugins in `plugins` beside it.
     world.write_config(&example_config());
     let out = world.eventhost(&["check"]);

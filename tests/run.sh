@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds the plugins, and runs
-# every test: unit tests beside the code, the plugins' own tests, and the
-# end-to-end tests in tests/ (real binary, one redis-server per test).
+# every test: unit tests beside the code, the plugins' own tests, the SDKs'
+# and the example services' tests in their own languages, the end-to-end
+# tests in tests/ (real binary, one redis-server per test), and the orders
+# example's script end to end with the binary the tests built.
+#
+#   tests/run.sh [ARGS]   ARGS go to `cargo test` (e.g. a test's name); with
+#                         ARGS, only cargo's tests run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .ci/setup
@@ -9,3 +14,13 @@ cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo build --profile plugin --target wasm32-wasip2 --workspace --exclude eventhost
 cargo test --workspace "$@"
+(($# == 0)) || exit 0
+
+echo "==> the Python SDK and the Python example service (pytest)"
+for project in plugins/sdk-python examples/orders/services/shipping; do
+  (cd "$project" && python3 -m pytest -q)
+done
+echo "==> the JavaScript SDK and the JavaScript example service (node --test)"
+node --test plugins/sdk-js/test/ examples/orders/services/notification/test/
+echo "==> the orders example, end to end (examples/orders/run.sh 200)"
+EVENTHOST_BIN="$PWD/target/debug/eventhost" examples/orders/run.sh 200

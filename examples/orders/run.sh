@@ -6,7 +6,8 @@
 #
 #   examples/orders/run.sh [N]
 #
-# Environment: TIMEOUT, seconds to wait for the orders (default 60 + N/200);
+# Environment: EVENTHOST_BIN, an eventhost binary to use (default: build
+# target/release/eventhost); TIMEOUT, seconds to wait for the orders (default 60 + N/200);
 # EVENTHOST_LOG, the host's log filter (default info; e.g.
 # info,eventhost::plugin=warn leaves the services' own lines out).
 set -euo pipefail
@@ -18,8 +19,12 @@ STATE="$EXAMPLE/.eventhost"
 URL_FILE="$STATE/redis/url"
 LOG="$STATE/host.log"
 PID_FILE="$STATE/host.pid"
-HOST_BIN="$ROOT/target/release/eventhost"
+# EVENTHOST_BIN: an eventhost binary to use instead of building the release
+# one (CI passes the one its tests built, so wasmtime is built once).
+HOST_BIN="${EVENTHOST_BIN:-$ROOT/target/release/eventhost}"
 SERVICES=(order payment shipping notification)
+RUST_SERVICES=(order payment)
+OTHER_SERVICES=(shipping notification) # Python, JavaScript
 # Each service's crate and subscriber are named <service>-service.
 SUBSCRIBERS=("${SERVICES[@]/%/-service}")
 
@@ -132,17 +137,30 @@ say "installing what is missing (redis-server, the wasm32-wasip2 target, LeanMQ)
 "$ROOT/.ci/setup"
 command -v redis-cli >/dev/null 2>&1 || fail "redis-cli is missing (it comes with redis-server; Debian/Ubuntu: apt-get install redis-tools)"
 
-say "building eventhost (release; the first build takes several minutes)"
-(cd "$ROOT" && cargo build --release -p eventhost)
+if [[ -n "${EVENTHOST_BIN:-}" ]]; then
+  [[ -x "$HOST_BIN" ]] || fail "EVENTHOST_BIN=$HOST_BIN is not an executable"
+  say "using eventhost at $HOST_BIN"
+else
+  say "building eventhost (release; the first build takes several minutes)"
+  (cd "$ROOT" && cargo build --release -p eventhost)
+fi
 
 say "building the four services as WebAssembly components"
-packages=()
-for sub in "${SUBSCRIBERS[@]}"; do packages+=(-p "$sub"); done
-(cd "$ROOT" && cargo build --profile plugin --target wasm32-wasip2 "${packages[@]}")
-
+# order and payment are Rust crates of the workspace; shipping is Python and
+# notification JavaScript, built by `eventhost build` with componentize-py
+# and componentize-js (fetched into eventhost's cache on first use).
 mkdir -p "$EXAMPLE/plugins" "$STATE"
-for s in "${SERVICES[@]}"; do
+packages=()
+for s in "${RUST_SERVICES[@]}"; do packages+=(-p "$s-service"); done
+(cd "$ROOT" && cargo build --profile plugin --target wasm32-wasip2 "${packages[@]}")
+for s in "${RUST_SERVICES[@]}"; do
   cp "$ROOT/target/wasm32-wasip2/plugin/${s}_service.wasm" "$EXAMPLE/plugins/"
+done
+for s in "${OTHER_SERVICES[@]}"; do
+  echo "    \$ eventhost build services/$s"
+  built="$("$HOST_BIN" build "$EXAMPLE/services/$s" 2> >(sed 's/^/    /' >&2) | tail -n 1)"
+  [[ -f "$built" ]] || fail "eventhost build services/$s printed no component"
+  cp "$built" "$EXAMPLE/plugins/${s}_service.wasm"
 done
 
 # --- 2. start the host -------------------------------------------------------

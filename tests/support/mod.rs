@@ -41,8 +41,6 @@ const PLUGINS: &[&str] = &[
     "hostile",
     "order-service",
     "payment-service",
-    "shipping-service",
-    "notification-service",
 ];
 
 /// Builds the plugins once per test binary; returns the folder of `.wasm`s.
@@ -95,6 +93,38 @@ fn build_plugins(what: &str, packages: &[&str], env: &[(&str, &OsStr)]) {
          `rustup target add wasm32-wasip2`):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Builds the plugin project at `project` (relative to the workspace root,
+/// e.g. a Python or JavaScript service of the orders example) with
+/// `eventhost build`, once per test binary, and returns the component's
+/// path, the last line `build` prints.
+pub fn built_with_eventhost(project: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(path) = built.get(project) {
+        return path.clone();
+    }
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_eventhost"))
+        .arg("build")
+        .arg(root().join(project))
+        .output()
+        .unwrap_or_else(|e| panic!("running eventhost build {project}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "eventhost build {project} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(path.is_file(), "eventhost build printed {stdout:?}");
+    eprintln!("built {project} in {:.1?}", started.elapsed());
+    built.insert(project.to_owned(), path.clone());
+    path
 }
 
 /// CPU time (user + system, seconds) the live process `pid` has used.
@@ -322,11 +352,13 @@ impl World {
 
     /// Copies the built plugin `built` into the plugins folder as `name`.
     pub fn install(&self, built: &str, name: &str) {
-        fs::copy(
-            plugins().join(built),
-            self.dir.path().join("plugins").join(name),
-        )
-        .unwrap_or_else(|e| panic!("copying {built}: {e}"));
+        self.install_file(&plugins().join(built), name);
+    }
+
+    /// Copies the component at `path` into the plugins folder as `name`.
+    pub fn install_file(&self, path: &Path, name: &str) {
+        fs::copy(path, self.dir.path().join("plugins").join(name))
+            .unwrap_or_else(|e| panic!("copying {}: {e}", path.display()));
     }
 
     /// The config file's path.
@@ -343,6 +375,15 @@ impl World {
     pub fn host_with_env(&self, env: &[(&str, &str)]) -> Host {
         let mut host = Host::start_with_env(&self.config(), env);
         host.wait_for_log("eventhost running");
+        host
+    }
+
+    /// Starts `eventhost run` and gives it `limit` to serve: Python and
+    /// JavaScript components take 10–40 s each to compile the first time,
+    /// more on a busy machine.
+    pub fn host_within(&self, limit: Duration) -> Host {
+        let mut host = Host::start_with_env(&self.config(), &[]);
+        host.wait_for_log_within("eventhost running", limit);
         host
     }
 
@@ -423,7 +464,12 @@ impl Host {
     /// Waits until the log contains `text`; fails at once if the host
     /// exits first.
     pub fn wait_for_log(&mut self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_for_log_within(text, Duration::from_secs(60));
+    }
+
+    /// The same, with another time limit.
+    pub fn wait_for_log_within(&mut self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
         while !self.log().contains(text) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
@@ -432,7 +478,10 @@ impl Host {
                 );
             }
             if Instant::now() > deadline {
-                panic!("the host did not log {text:?} within 60 s:\n{}", self.log());
+                panic!(
+                    "the host did not log {text:?} within {limit:?}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }
