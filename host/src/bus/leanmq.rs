@@ -207,21 +207,55 @@ pub struct FailureRecord<'a> {
     pub attempt: Option<u32>,
 }
 
+/// Bytes of an oversized entry kept in its dead letter: enough to tell what
+/// it was, bounded whatever the entry.
+pub const PREFIX_BYTES: usize = 1024;
+
 /// The DLQ payload for `entry`: its object with the failure appended to
 /// `_failures` and `_metadata` refreshed, as LeanMQ's `move_to_dlq` does.
 /// An entry that is not a JSON object is kept whole under `_raw`/`_fields`.
-pub fn dead_letter(entry: &StreamEntry, failure: &FailureRecord<'_>) -> String {
+/// An entry over `limit` bytes is not copied (a dead letter several times
+/// its size is what an attacker wants): see [`quarantine`].
+pub fn dead_letter(entry: &StreamEntry, failure: &FailureRecord<'_>, limit: usize) -> String {
+    if entry.bytes() > limit {
+        return quarantine(entry, failure);
+    }
     let parsed = entry
         .data()
         .and_then(|data| match serde_json::from_slice::<Value>(data) {
             Ok(Value::Object(object)) => Some(object),
             _ => None,
         });
-    let mut object = match parsed {
+    let object = match parsed {
         Some(object) => object,
         None => preserve_malformed(entry),
     };
+    with_failure(object, failure)
+}
 
+/// A dead letter that keeps only what identifies `entry`, whatever its
+/// size: `_oversized: {stream_id, bytes, prefix}` (the first
+/// [`PREFIX_BYTES`] of its `data`, or of its first field, as text), with
+/// `_failures` and `_metadata` like any dead letter, so LeanMQ's tools
+/// read it.
+pub fn quarantine(entry: &StreamEntry, failure: &FailureRecord<'_>) -> String {
+    let head = entry
+        .data()
+        .or_else(|| entry.fields.first().map(|(_, v)| v.as_slice()))
+        .unwrap_or_default();
+    let prefix = String::from_utf8_lossy(&head[..head.len().min(PREFIX_BYTES)]);
+    let mut oversized = Map::new();
+    oversized.insert("stream_id".into(), Value::from(entry.id.as_str()));
+    oversized.insert("bytes".into(), Value::from(entry.bytes()));
+    oversized.insert("prefix".into(), Value::from(prefix.as_ref()));
+    let mut object = Map::new();
+    object.insert("_oversized".into(), Value::Object(oversized));
+    with_failure(object, failure)
+}
+
+/// `object` with `failure` appended to its `_failures` and `_metadata`
+/// refreshed, as text.
+fn with_failure(mut object: Map<String, Value>, failure: &FailureRecord<'_>) -> String {
     let mut record = Map::new();
     record.insert("timestamp".into(), Value::from(failure.timestamp));
     record.insert("reason".into(), Value::from(failure.reason));
@@ -415,6 +449,7 @@ mod tests {
                 subscriber: Some("pay"),
                 attempt: Some(1),
             },
+            1 << 20,
         );
         let v: Value = serde_json::from_str(&payload).unwrap();
         assert_eq!(v["event_type"], "T");
@@ -449,20 +484,57 @@ mod tests {
             subscriber: None,
             attempt: None,
         };
-        let v: Value = serde_json::from_str(&dead_letter(&entry("not json"), &record)).unwrap();
+        let v: Value =
+            serde_json::from_str(&dead_letter(&entry("not json"), &record, 100)).unwrap();
         assert_eq!(v["_raw"], "not json");
         let binary = StreamEntry {
             id: "1-0".into(),
             fields: vec![(b"data".to_vec(), vec![0xff, 0x00])],
         };
-        let v: Value = serde_json::from_str(&dead_letter(&binary, &record)).unwrap();
+        let v: Value = serde_json::from_str(&dead_letter(&binary, &record, 100)).unwrap();
         assert_eq!(v["_raw_hex"], "ff00");
         let other = StreamEntry {
             id: "1-0".into(),
             fields: vec![(b"body".to_vec(), b"hi".to_vec())],
         };
-        let v: Value = serde_json::from_str(&dead_letter(&other, &record)).unwrap();
+        let v: Value = serde_json::from_str(&dead_letter(&other, &record, 100)).unwrap();
         assert_eq!(v["_fields"]["body"], "hi");
         assert_eq!(v["_failures"][0]["kind"], "malformed");
+    }
+
+    #[test]
+    fn an_oversized_entry_is_dead_lettered_by_its_id_size_and_prefix() {
+        let record = FailureRecord {
+            timestamp: 1.0,
+            reason: "too big",
+            kind: "malformed",
+            subscriber: None,
+            attempt: Some(1),
+        };
+        // Quotes and control characters: escaped whole, this would be up
+        // to six times its size.
+        let huge = format!(
+            "{{\"event_type\":\"T\",\"x\":\"{}\"}}",
+            "\"\u{1}".repeat(1 << 20)
+        );
+        let payload = dead_letter(&entry(&huge), &record, 1 << 20);
+        assert!(payload.len() < 8 * PREFIX_BYTES, "{} bytes", payload.len());
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(v["_oversized"]["stream_id"], "5-0");
+        assert_eq!(v["_oversized"]["bytes"], 4 + huge.len());
+        let prefix = v["_oversized"]["prefix"].as_str().unwrap();
+        assert!(huge.starts_with(prefix) && prefix.len() == PREFIX_BYTES);
+        assert_eq!(v["_failures"][0]["reason"], "too big");
+        assert!(v["_metadata"]["id"].is_string());
+        // A prefix cut inside a character stays text.
+        let v: Value = serde_json::from_str(&quarantine(
+            &entry(&format!("a{}", "é".repeat(600))),
+            &record,
+        ))
+        .unwrap();
+        assert!(v["_oversized"]["prefix"]
+            .as_str()
+            .unwrap()
+            .ends_with('\u{fffd}'));
     }
 }

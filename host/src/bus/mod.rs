@@ -150,7 +150,8 @@ impl Bus {
             self.config.consumer.clone(),
             reader,
             self.commands.clone(),
-        ))
+        )
+        .reopens_with(self.connector.clone(), BLOCK))
     }
 }
 

@@ -1,4 +1,9 @@
+#!lua
 -- Commit of one batch of a subscriber's results, atomically.
+--
+-- The shebang line makes Redis (7.0+) check its memory before the script
+-- runs: over `maxmemory` it is refused whole (-OOM) instead of being let
+-- through to write past the limit, as a script without one is.
 --
 -- KEYS[1] the subscriber stream   KEYS[2] its DLQ   KEYS[3] its state hash
 -- KEYS[4] events:all (where published events go)
@@ -13,6 +18,12 @@
 --   'ok', id, r, reads, p, p payloads, s, s (field, value) pairs, d, d fields
 --   'dlq', id, r, reads, payload
 --   'check', id, r, reads          -- a retry: only checked, stays pending
+--
+-- All or nothing: a script does not roll back, so everything that could
+-- fail is checked before the first write (the shape of every record, the
+-- types of the keys they touch), and no write depends on a Lua limit (`unpack` takes about
+-- 8,000 values: long lists go in chunks). Refused, it has written nothing
+-- and every entry stays pending.
 --
 -- Serializable: a record is applied only if every key it read still holds
 -- what it saw, checked after the records before it were applied. A value
@@ -33,10 +44,75 @@
 -- effects once. Results without effects or reads have nothing to guard:
 -- one XACK takes them all.
 --
--- Returns {skipped, conflict ids...}: skipped counts entries already
--- acknowledged by another consumer, nothing of theirs written.
+-- Returns {skipped, blocked, conflict ids...}: skipped counts entries
+-- already acknowledged by another consumer, nothing of theirs written;
+-- blocked is 1 if an ordered batch stopped committing (a conflict or a
+-- skip), so a caller that split a batch holds back what comes after.
 
-for k = 2, 4 do
+local n = #ARGV
+
+-- The count at ARGV[i], or nil if it is not one or runs past the end.
+local function count(i, each)
+  local c = tonumber(ARGV[i])
+  if c == nil or c < 0 or c ~= math.floor(c) or i + c * each > n then return nil end
+  return c
+end
+
+-- Pass 1: the shape of every record, before anything is written.
+local quiet = count(3, 1)
+if ARGV[1] == nil or quiet == nil then
+  return redis.error_reply('ERR commit: malformed header')
+end
+local records = {}
+local used = {[1] = true}
+local i = 4 + quiet
+while i <= n do
+  local kind, id = ARGV[i], ARGV[i + 1]
+  local r = count(i + 2, 2)
+  if id == nil or r == nil then
+    return redis.error_reply('ERR commit: malformed record at argument ' .. i)
+  end
+  local rec = {kind = kind, id = id, reads = i + 3, r = r}
+  if r > 0 then used[3] = true end
+  i = i + 3
+  for _ = 1, r do
+    local present = ARGV[i + 1]
+    if present == '0' then i = i + 2
+    elseif present == '1' then i = i + 3
+    elseif present == '2' then i = i + 4
+    else return redis.error_reply('ERR commit: malformed read in the record of ' .. id) end
+  end
+  if kind == 'ok' then
+    local p = count(i, 1)
+    if p == nil then return redis.error_reply('ERR commit: malformed publishes of ' .. id) end
+    rec.p, rec.pat = p, i + 1
+    i = i + 1 + p
+    local s = count(i, 2)
+    if s == nil then return redis.error_reply('ERR commit: malformed writes of ' .. id) end
+    rec.s, rec.sat = s, i + 1
+    i = i + 1 + 2 * s
+    local d = count(i, 1)
+    if d == nil then return redis.error_reply('ERR commit: malformed deletes of ' .. id) end
+    rec.d, rec.dat = d, i + 1
+    i = i + 1 + d
+    if p > 0 then used[4] = true end
+    if s > 0 or d > 0 then used[3] = true end
+  elseif kind == 'dlq' then
+    rec.payload = i
+    i = i + 1
+    used[2] = true
+  elseif kind ~= 'check' then
+    return redis.error_reply('ERR commit: unknown record kind for ' .. id)
+  end
+  if i > n + 1 then
+    return redis.error_reply('ERR commit: the record of ' .. id .. ' runs past the arguments')
+  end
+  records[#records + 1] = rec
+end
+
+-- Only the keys this batch touches: a broken state hash refuses the
+-- records that use it, not a dead letter.
+for k in pairs(used) do
   local t = redis.call('TYPE', KEYS[k])['ok']
   local want = (k == 3) and 'hash' or 'stream'
   if t ~= want and t ~= 'none' then
@@ -44,56 +120,51 @@ for k = 2, 4 do
   end
 end
 
+-- Pass 2: the writes. `unpack` takes a few thousand values at most.
+local CHUNK = 1000
 local group = ARGV[1]
 local ordered = ARGV[2] == '1'
-local quiet = tonumber(ARGV[3])
 local skipped = 0
-local result = {0}
+local result = {0, 0}
 
--- Lua's unpack takes a few thousand values at most.
-for from = 4, 3 + quiet, 4000 do
-  local to = math.min(from + 3999, 3 + quiet)
+for from = 4, 3 + quiet, CHUNK do
+  local to = math.min(from + CHUNK - 1, 3 + quiet)
   local acked = redis.call('XACK', KEYS[1], group, unpack(ARGV, from, to))
   skipped = skipped + (to - from + 1) - acked
 end
 
--- Whether the r reads from ARGV[i] still hold; and where the record goes on.
+-- Whether the r reads from ARGV[i] still hold.
 local function holds(i, r)
-  local fresh = true
   for _ = 1, r do
     local field, present = ARGV[i], ARGV[i + 1]
     if present == '1' then
-      if fresh and redis.call('HGET', KEYS[3], field) ~= ARGV[i + 2] then fresh = false end
+      if redis.call('HGET', KEYS[3], field) ~= ARGV[i + 2] then return false end
       i = i + 3
     elseif present == '2' then
-      if fresh then
-        local stamp = redis.call('HGET', KEYS[3], '\0stamp:' .. field) or ''
-        fresh = redis.call('HSTRLEN', KEYS[3], field) == tonumber(ARGV[i + 2])
-          and stamp == ARGV[i + 3]
+      local stamp = redis.call('HGET', KEYS[3], '\0stamp:' .. field) or ''
+      if redis.call('HSTRLEN', KEYS[3], field) ~= tonumber(ARGV[i + 2])
+        or stamp ~= ARGV[i + 3] then
+        return false
       end
       i = i + 4
     else
-      if fresh and redis.call('HEXISTS', KEYS[3], field) == 1 then fresh = false end
+      if redis.call('HEXISTS', KEYS[3], field) == 1 then return false end
       i = i + 2
     end
   end
-  return fresh, i
+  return true
 end
 
 local blocked = false
-local i = 4 + quiet
-while i <= #ARGV do
-  local kind, id = ARGV[i], ARGV[i + 1]
-  local fresh
-  fresh, i = holds(i + 3, tonumber(ARGV[i + 2]))
-  local apply = fresh and not blocked
+for _, rec in ipairs(records) do
+  local apply = not blocked and holds(rec.reads, rec.r)
   if not apply then
-    result[#result + 1] = id
+    result[#result + 1] = rec.id
     if ordered then blocked = true end
   end
   local acked = false
-  if apply and kind ~= 'check' then
-    acked = redis.call('XACK', KEYS[1], group, id) == 1
+  if apply and rec.kind ~= 'check' then
+    acked = redis.call('XACK', KEYS[1], group, rec.id) == 1
     if not acked then
       skipped = skipped + 1
       -- Another consumer committed it: what later events of an ordered
@@ -101,35 +172,22 @@ while i <= #ARGV do
       if ordered then blocked = true end
     end
   end
-  if kind == 'ok' then
-    local p = tonumber(ARGV[i])
-    i = i + 1
-    if acked then
-      for j = i, i + p - 1 do
-        redis.call('XADD', KEYS[4], '*', 'data', ARGV[j])
-      end
+  if acked and rec.kind == 'ok' then
+    for j = rec.pat, rec.pat + rec.p - 1 do
+      redis.call('XADD', KEYS[4], '*', 'data', ARGV[j])
     end
-    i = i + p
-    local s = tonumber(ARGV[i])
-    i = i + 1
-    if acked then
-      for j = i, i + 2 * s - 1, 2 do
-        redis.call('HSET', KEYS[3], ARGV[j], ARGV[j + 1])
-      end
+    local last = rec.sat + 2 * rec.s - 1
+    for from = rec.sat, last, CHUNK do
+      redis.call('HSET', KEYS[3], unpack(ARGV, from, math.min(from + CHUNK - 1, last)))
     end
-    i = i + 2 * s
-    local d = tonumber(ARGV[i])
-    i = i + 1
-    if acked and d > 0 then
-      redis.call('HDEL', KEYS[3], unpack(ARGV, i, i + d - 1))
+    last = rec.dat + rec.d - 1
+    for from = rec.dat, last, CHUNK do
+      redis.call('HDEL', KEYS[3], unpack(ARGV, from, math.min(from + CHUNK - 1, last)))
     end
-    i = i + d
-  elseif kind == 'dlq' then
-    if acked then
-      redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])
-    end
-    i = i + 1
+  elseif acked and rec.kind == 'dlq' then
+    redis.call('XADD', KEYS[2], '*', 'data', ARGV[rec.payload])
   end
 end
 result[1] = skipped
+result[2] = blocked and 1 or 0
 return result
