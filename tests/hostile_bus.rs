@@ -1,7 +1,7 @@
-//! End-to-end tests of hostile input on the bus (issue 10, classes 2 and
-//! 3): an entry of ~90 MB in `events:all` or in a subscriber's stream, a
-//! subscriber stream Redis refuses to write, a call with 9,000 state
-//! deletes.
+//! End-to-end tests of hostile input on the bus (issue 10, classes 2, 3
+//! and 10): an entry of ~90 MB in `events:all` or in a subscriber's stream,
+//! a subscriber stream Redis refuses to write, a call with 9,000 state
+//! deletes, publishes over the payload limit, and a cycle of plugins.
 //!
 //! Each attack runs beside a bystander subscriber (the probe, on `Ping`);
 //! the test prints the host's peak RSS (VmHWM), the bystander's throughput
@@ -277,6 +277,125 @@ fn a_call_with_nine_thousand_deletes_commits_whole() {
     println!(
         "9,000 deletes: peak RSS {peak} MiB; bystander {baseline:.0} events/s alone, \
          {during:.0} during; SIGTERM → exit in {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+// ----- 10. publishes --------------------------------------------------------
+
+/// A publish over `bus.max_payload_bytes` (1 MiB by default) fails at the
+/// call, in the plugin, with a reason naming the limit: ten of 1.1 MB
+/// publish nothing, leave `events:all:dlq` empty, and the call itself
+/// (which ignores the refusals) commits.
+#[test]
+fn a_publish_over_the_payload_limit_fails_in_the_plugin() {
+    let world = World::new(
+        &["hostile.wasm", "probe.wasm"],
+        &format!(
+            "[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\n\n{BYSTANDER}"
+        ),
+    );
+    let host = world.host();
+    let mut conn = world.conn();
+    let baseline = bystander_rate(&world, 300, WAIT);
+    let start_peak = peak_mib(&host);
+    let ids: Vec<String> = (0..5)
+        .map(|_| {
+            publish(
+                &mut conn,
+                "Hostile",
+                json!({"act": "flood_publish", "n": 10, "size": 1_100_000}),
+            )
+        })
+        .collect();
+    let during = bystander_rate(&world, 300, WAIT);
+    eventually("the calls commit", WAIT, || {
+        let state = state(&mut conn, "hostile");
+        ids.iter()
+            .all(|id| state.contains_key(&format!("done:{id}")))
+    });
+    let hostile = state(&mut conn, "hostile");
+    assert_eq!(hostile["published"], "0");
+    assert_eq!(hostile["publish_refused"], "10");
+    assert!(
+        hostile["publish_error"].contains("over the limit of 1048576 (bus.max_payload_bytes)"),
+        "{}",
+        hostile["publish_error"]
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        len(&mut conn, "events:all:dlq"),
+        0,
+        "the bus DLQ stays empty"
+    );
+    let peak = peak_mib(&host);
+    let took = stop_timed(host);
+    println!(
+        "publishes over the limit (50 × 1.1 MB): peak RSS {peak} MiB (was {start_peak}); \
+         bystander {baseline:.0} events/s alone, {during:.0} during; SIGTERM → exit in {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(during > baseline / 2.0, "{during} vs {baseline}");
+}
+
+/// Events a plugin publishes carry a hop count kept by the host
+/// (`_metadata.hops`); a plugin that publishes its own event again, and
+/// ignores the refusal, runs `bus.max_hops` times, then the event is
+/// dead-lettered with a reason naming the limit. The DLQ's depth is a
+/// metric.
+#[test]
+fn a_cycle_of_plugins_ends_in_the_dlq_at_the_hop_limit() {
+    let world = World::new(&["hostile.wasm", "probe.wasm"], "");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    world.configure_bus(
+        "max_hops = 8\n",
+        &format!(
+            "[telemetry]\nmetrics = \"{metrics}\"\n\n[subscribers.hostile]\nplugin = \"hostile.wasm\"\n\
+             events = [\"Cycle\"]\n\n{BYSTANDER}"
+        ),
+    );
+    let host = world.host();
+    let mut conn = world.conn();
+    let baseline = bystander_rate(&world, 300, WAIT);
+    let cycles = 20;
+    for _ in 0..cycles {
+        publish(&mut conn, "Cycle", json!({"act": "cycle"}));
+    }
+    let during = bystander_rate(&world, 300, WAIT);
+    eventually("every cycle ends in the DLQ", WAIT, || {
+        len(&mut conn, "events:sub:hostile:dlq") == cycles
+    });
+    // Hops 0 to 7 published; the event 8 hops away was refused.
+    let counted = || state(&mut world.conn(), "hostile")["cycles"].clone();
+    assert_eq!(counted(), (8 * cycles).to_string());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(counted(), (8 * cycles).to_string(), "the cycles stopped");
+    for dead in data_of(&mut conn, "events:sub:hostile:dlq") {
+        let failure = &dead["_failures"][0];
+        assert_eq!(failure["kind"], "reject", "{failure}");
+        let reason = failure["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("8 publishes from its producer, the limit (bus.max_hops)"),
+            "{reason}"
+        );
+    }
+    let all: Vec<Value> = data_of(&mut conn, "events:all");
+    assert!(
+        all.iter().any(|e| e["_metadata"]["hops"] == 8),
+        "the host counts hops in _metadata"
+    );
+    assert_eq!(len(&mut conn, "events:all:dlq"), 0);
+    eventually("the DLQ depth is a metric", WAIT, || {
+        counter(
+            &scrape(&metrics),
+            "eventhost_dlq_depth{dlq=\"events:sub:hostile:dlq\"}",
+        ) == cycles as u64
+    });
+    let peak = peak_mib(&host);
+    let took = stop_timed(host);
+    println!(
+        "cycle of plugins ({cycles} cycles, max_hops 8): peak RSS {peak} MiB; bystander \
+         {baseline:.0} events/s alone, {during:.0} during; SIGTERM → exit in {took:?}"
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
 }

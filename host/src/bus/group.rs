@@ -260,7 +260,8 @@ impl GroupConsumer {
             .collect())
     }
 
-    /// Every few seconds (half of `idle`): trims the stream to about `keep` entries (never
+    /// Every few seconds (half of `idle`): reads the depth of the DLQ (a
+    /// metric), trims the stream to about `keep` entries (never
     /// past what a group still needs; 0 keeps all) and forgets consumers of
     /// the group that hold nothing and have been idle past `idle`: processes
     /// that are gone.
@@ -275,6 +276,11 @@ impl GroupConsumer {
                 tracing::debug!(stream = %self.queue.stream, "trimmed {removed} acknowledged entries");
             }
         }
+        let depth: u64 = redis::cmd("XLEN")
+            .arg(&self.queue.dlq)
+            .query_async(&mut self.commands)
+            .await?;
+        crate::telemetry::metrics::dlq_depth(&self.queue.dlq, depth);
         let consumers: StreamInfoConsumersReply = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&self.queue.stream)

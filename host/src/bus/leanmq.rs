@@ -106,6 +106,9 @@ struct Metadata {
     id: Option<Value>,
     #[serde(default)]
     timestamp: Option<Value>,
+    /// Kept by eventhost: publishes from the producer's event to this one.
+    #[serde(default)]
+    hops: Option<Value>,
 }
 
 /// The `event_type` of an entry, which is all the fan-out needs to route it.
@@ -156,6 +159,11 @@ pub fn decode_event(entry: &StreamEntry, attempt: u32, limit: usize) -> Result<E
         timestamp,
         attempt,
         data,
+        hops: metadata
+            .hops
+            .as_ref()
+            .and_then(Value::as_u64)
+            .map_or(0, |h| h.min(u32::MAX as u64) as u32),
     })
 }
 
@@ -315,36 +323,49 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn metadata(id: &str, timestamp: f64) -> Value {
+    metadata_with_hops(id, timestamp, None)
+}
+
+/// LeanMQ's `_metadata`, plus eventhost's `hops` (which LeanMQ ignores)
+/// on an event a handler published.
+fn metadata_with_hops(id: &str, timestamp: f64, hops: Option<u32>) -> Value {
     let mut meta = Map::new();
     meta.insert("id".into(), Value::from(id));
     meta.insert("timestamp".into(), Value::from(timestamp));
     meta.insert("ttl".into(), Value::Null);
+    if let Some(hops) = hops {
+        meta.insert("hops".into(), Value::from(hops));
+    }
     Value::Object(meta)
 }
 
 /// The `data` of an event published at `now`, as a LeanMQ producer writes
 /// it: the object plus `event_type`, `event_id`, `timestamp` and
-/// `_metadata: {id, timestamp, ttl}`.
+/// `_metadata: {id, timestamp, ttl}`, and the hops the host keeps in
+/// `_metadata.hops`.
 pub fn publish_payload(published: &Published, now: f64) -> String {
     envelope(
         published.data.clone(),
         &published.event_type,
         &published.event_id,
         now,
+        Some(published.hops),
     )
 }
 
-/// `data` as a LeanMQ producer writes an event of `event_type`.
+/// `data` as a LeanMQ producer writes an event of `event_type`; `hops`
+/// for an event a handler published.
 pub fn envelope(
     mut data: Map<String, Value>,
     event_type: &str,
     event_id: &str,
     now: f64,
+    hops: Option<u32>,
 ) -> String {
     data.insert("event_type".into(), Value::from(event_type));
     data.insert("event_id".into(), Value::from(event_id));
     data.insert("timestamp".into(), Value::from(now));
-    data.insert("_metadata".into(), metadata(event_id, now));
+    data.insert("_metadata".into(), metadata_with_hops(event_id, now, hops));
     Value::Object(data).to_string()
 }
 
@@ -473,6 +494,9 @@ mod tests {
         assert_eq!(data["order"], 7);
         assert_eq!(data["_metadata"]["id"], id.as_str());
         assert_eq!(data["_metadata"]["timestamp"], 12.5);
+        assert_eq!(data["_metadata"]["hops"], 1, "counted by the host");
+        let entry = entry(&publish_payload(&effects.published()[0], 12.5));
+        assert_eq!(decode_event(&entry, 1, 1 << 20).unwrap().hops, 1);
     }
 
     #[test]

@@ -168,7 +168,7 @@ pub async fn publish(
     layout::ensure_queue(conn, keys, &all).await?;
     let now = crate::handler::unix_now();
     let event_id = uuid::Uuid::new_v4().to_string();
-    let payload = leanmq::envelope(data, event_type, &event_id, now);
+    let payload = leanmq::envelope(data, event_type, &event_id, now, None);
     let stream_id: String = redis::cmd("XADD")
         .arg(&all.stream)
         .arg("*")
