@@ -348,7 +348,7 @@ async fn a_commit_refused_for_memory_writes_nothing() {
 }
 
 #[tokio::test]
-async fn a_malformed_commit_writes_nothing() {
+async fn a_malformed_batch_writes_nothing() {
     // A good record, then one cut short: the script refuses the batch
     // before its first write instead of failing half-way.
     let mut s = server().await;
@@ -367,6 +367,25 @@ async fn a_malformed_commit_writes_nothing() {
     assert!(scripts::is_refusal(&err));
     let exists: bool = s.conn.exists("state").await.unwrap();
     assert!(!exists, "the first record was not written");
+    assert_eq!(pending_count(&mut s.conn).await, 2, "nothing acknowledged");
+
+    // The same for the fan-out: a good copy, then a record cut short.
+    let script = redis::Script::new(include_str!("../host/src/bus/scripts/fanout.lua"));
+    let mut call = script.prepare_invoke();
+    call.key("s").key("s:dlq").key("sub:1");
+    call.arg("g");
+    call.arg(&[ids[0].as_str(), "1", "3", "{}"]);
+    call.arg(&[ids[1].as_str(), "2", "3"]);
+    let err = call
+        .invoke_async::<redis::Value>(&mut s.conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fan-out"), "{err}");
+    assert_eq!(
+        stream(&mut s.conn, "sub:1").await.len(),
+        0,
+        "nothing copied"
+    );
     assert_eq!(pending_count(&mut s.conn).await, 2, "nothing acknowledged");
 }
 

@@ -50,65 +50,55 @@
 -- skip), so a caller that split a batch holds back what comes after.
 
 local n = #ARGV
+local tonumber = tonumber
 
--- The count at ARGV[i], or nil if it is not one or runs past the end.
-local function count(i, each)
-  local c = tonumber(ARGV[i])
-  if c == nil or c < 0 or c ~= math.floor(c) or i + c * each > n then return nil end
-  return c
+local function malformed(what)
+  return redis.error_reply('ERR commit: malformed ' .. what)
 end
 
--- Pass 1: the shape of every record, before anything is written.
-local quiet = count(3, 1)
-if ARGV[1] == nil or quiet == nil then
-  return redis.error_reply('ERR commit: malformed header')
+-- Pass 1: the shape of every record, before anything is written. Nothing
+-- is kept (a table per record would cost more than walking twice), and a
+-- count that is not one ends the walk here, before any write.
+local quiet = tonumber(ARGV[3])
+if ARGV[1] == nil or ARGV[2] == nil or not quiet or quiet < 0 then
+  return malformed('header')
 end
-local records = {}
 local used = {[1] = true}
 local i = 4 + quiet
 while i <= n do
-  local kind, id = ARGV[i], ARGV[i + 1]
-  local r = count(i + 2, 2)
-  if id == nil or r == nil then
-    return redis.error_reply('ERR commit: malformed record at argument ' .. i)
-  end
-  local rec = {kind = kind, id = id, reads = i + 3, r = r}
-  if r > 0 then used[3] = true end
+  local kind, r = ARGV[i], tonumber(ARGV[i + 2])
+  if not r or r < 0 then return malformed('record at argument ' .. i) end
   i = i + 3
-  for _ = 1, r do
-    local present = ARGV[i + 1]
-    if present == '0' then i = i + 2
-    elseif present == '1' then i = i + 3
-    elseif present == '2' then i = i + 4
-    else return redis.error_reply('ERR commit: malformed read in the record of ' .. id) end
+  if r > 0 then
+    used[3] = true
+    for _ = 1, r do
+      local present = ARGV[i + 1]
+      if present == '0' then i = i + 2
+      elseif present == '1' then i = i + 3
+      elseif present == '2' then i = i + 4
+      else return malformed('read at argument ' .. i) end
+    end
   end
   if kind == 'ok' then
-    local p = count(i, 1)
-    if p == nil then return redis.error_reply('ERR commit: malformed publishes of ' .. id) end
-    rec.p, rec.pat = p, i + 1
+    local p = tonumber(ARGV[i])
+    if not p or p < 0 then return malformed('publishes at argument ' .. i) end
     i = i + 1 + p
-    local s = count(i, 2)
-    if s == nil then return redis.error_reply('ERR commit: malformed writes of ' .. id) end
-    rec.s, rec.sat = s, i + 1
+    local s = tonumber(ARGV[i])
+    if not s or s < 0 then return malformed('writes at argument ' .. i) end
     i = i + 1 + 2 * s
-    local d = count(i, 1)
-    if d == nil then return redis.error_reply('ERR commit: malformed deletes of ' .. id) end
-    rec.d, rec.dat = d, i + 1
+    local d = tonumber(ARGV[i])
+    if not d or d < 0 then return malformed('deletes at argument ' .. i) end
     i = i + 1 + d
     if p > 0 then used[4] = true end
-    if s > 0 or d > 0 then used[3] = true end
+    if s + d > 0 then used[3] = true end
   elseif kind == 'dlq' then
-    rec.payload = i
     i = i + 1
     used[2] = true
   elseif kind ~= 'check' then
-    return redis.error_reply('ERR commit: unknown record kind for ' .. id)
+    return malformed('record kind at argument ' .. i)
   end
-  if i > n + 1 then
-    return redis.error_reply('ERR commit: the record of ' .. id .. ' runs past the arguments')
-  end
-  records[#records + 1] = rec
 end
+if i ~= n + 1 then return malformed('batch: its last record runs past the arguments') end
 
 -- Only the keys this batch touches: a broken state hash refuses the
 -- records that use it, not a dead letter.
@@ -133,38 +123,50 @@ for from = 4, 3 + quiet, CHUNK do
   skipped = skipped + (to - from + 1) - acked
 end
 
--- Whether the r reads from ARGV[i] still hold.
+-- Whether the r reads from ARGV[i] still hold; and where the record goes on.
 local function holds(i, r)
+  local fresh = true
   for _ = 1, r do
     local field, present = ARGV[i], ARGV[i + 1]
     if present == '1' then
-      if redis.call('HGET', KEYS[3], field) ~= ARGV[i + 2] then return false end
+      if fresh and redis.call('HGET', KEYS[3], field) ~= ARGV[i + 2] then fresh = false end
       i = i + 3
     elseif present == '2' then
-      local stamp = redis.call('HGET', KEYS[3], '\0stamp:' .. field) or ''
-      if redis.call('HSTRLEN', KEYS[3], field) ~= tonumber(ARGV[i + 2])
-        or stamp ~= ARGV[i + 3] then
-        return false
+      if fresh then
+        local stamp = redis.call('HGET', KEYS[3], '\0stamp:' .. field) or ''
+        fresh = redis.call('HSTRLEN', KEYS[3], field) == tonumber(ARGV[i + 2])
+          and stamp == ARGV[i + 3]
       end
       i = i + 4
     else
-      if redis.call('HEXISTS', KEYS[3], field) == 1 then return false end
+      if fresh and redis.call('HEXISTS', KEYS[3], field) == 1 then fresh = false end
       i = i + 2
     end
   end
-  return true
+  return fresh, i
+end
+
+-- Writes ARGV[from..to] with `command` on the state hash, in chunks.
+local function chunked(command, from, to)
+  for c = from, to, CHUNK do
+    redis.call(command, KEYS[3], unpack(ARGV, c, math.min(c + CHUNK - 1, to)))
+  end
 end
 
 local blocked = false
-for _, rec in ipairs(records) do
-  local apply = not blocked and holds(rec.reads, rec.r)
+i = 4 + quiet
+while i <= n do
+  local kind, id = ARGV[i], ARGV[i + 1]
+  local fresh
+  fresh, i = holds(i + 3, tonumber(ARGV[i + 2]))
+  local apply = fresh and not blocked
   if not apply then
-    result[#result + 1] = rec.id
+    result[#result + 1] = id
     if ordered then blocked = true end
   end
   local acked = false
-  if apply and rec.kind ~= 'check' then
-    acked = redis.call('XACK', KEYS[1], group, rec.id) == 1
+  if apply and kind ~= 'check' then
+    acked = redis.call('XACK', KEYS[1], group, id) == 1
     if not acked then
       skipped = skipped + 1
       -- Another consumer committed it: what later events of an ordered
@@ -172,20 +174,25 @@ for _, rec in ipairs(records) do
       if ordered then blocked = true end
     end
   end
-  if acked and rec.kind == 'ok' then
-    for j = rec.pat, rec.pat + rec.p - 1 do
-      redis.call('XADD', KEYS[4], '*', 'data', ARGV[j])
+  if kind == 'ok' then
+    local p = tonumber(ARGV[i])
+    if acked then
+      for j = i + 1, i + p do
+        redis.call('XADD', KEYS[4], '*', 'data', ARGV[j])
+      end
     end
-    local last = rec.sat + 2 * rec.s - 1
-    for from = rec.sat, last, CHUNK do
-      redis.call('HSET', KEYS[3], unpack(ARGV, from, math.min(from + CHUNK - 1, last)))
+    i = i + 1 + p
+    local s = tonumber(ARGV[i])
+    if acked and s > 0 then chunked('HSET', i + 1, i + 2 * s) end
+    i = i + 1 + 2 * s
+    local d = tonumber(ARGV[i])
+    if acked and d > 0 then chunked('HDEL', i + 1, i + d) end
+    i = i + 1 + d
+  elseif kind == 'dlq' then
+    if acked then
+      redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])
     end
-    last = rec.dat + rec.d - 1
-    for from = rec.dat, last, CHUNK do
-      redis.call('HDEL', KEYS[3], unpack(ARGV, from, math.min(from + CHUNK - 1, last)))
-    end
-  elseif acked and rec.kind == 'dlq' then
-    redis.call('XADD', KEYS[2], '*', 'data', ARGV[rec.payload])
+    i = i + 1
   end
 end
 result[1] = skipped

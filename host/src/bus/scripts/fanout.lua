@@ -19,28 +19,29 @@
 
 -- Pass 1: the shape of every record, and the keys it writes.
 local n = #ARGV
+local tonumber = tonumber
 local used = {[1] = true}
 local i = 2
 while i <= n do
   local c = tonumber(ARGV[i + 1])
-  if ARGV[i + 1] == nil or c == nil or c < -1 or c ~= math.floor(c) then
+  if not c or c < -1 then
     return redis.error_reply('ERR fan-out: malformed record at argument ' .. i)
   end
   if c < 0 then
     used[2] = true
     c = 0
   end
-  for t = 0, c - 1 do
-    local k = tonumber(ARGV[i + 2 + t])
-    if k == nil or KEYS[k] == nil or k < 3 then
-      return redis.error_reply('ERR fan-out: bad stream index at argument ' .. (i + 2 + t))
+  for t = i + 2, i + 1 + c do
+    local k = tonumber(ARGV[t])
+    if not k or k < 3 or KEYS[k] == nil then
+      return redis.error_reply('ERR fan-out: bad stream index at argument ' .. t)
     end
     used[k] = true
   end
   i = i + 3 + c
-  if i > n + 1 then
-    return redis.error_reply('ERR fan-out: the last record runs past the arguments')
-  end
+end
+if i ~= n + 1 then
+  return redis.error_reply('ERR fan-out: the last record runs past the arguments')
 end
 
 -- Only the keys this batch writes: a broken subscriber stream refuses the
