@@ -1,7 +1,8 @@
 //! End-to-end tests of hostile input on the bus (issue 10, classes 2, 3
 //! and 10): an entry of ~90 MB in `events:all` or in a subscriber's stream,
-//! a subscriber stream Redis refuses to write, a call with 9,000 state
-//! deletes, publishes over the payload limit, and a cycle of plugins.
+//! a subscriber stream or state hash Redis refuses to write, a call with
+//! 9,000 state deletes, publishes over the payload limit, and a cycle of
+//! plugins.
 //!
 //! Each attack runs beside a bystander subscriber (the probe, on `Ping`);
 //! the test prints the host's peak RSS (VmHWM), the bystander's throughput
@@ -227,6 +228,52 @@ fn an_entry_redis_refuses_to_route_is_quarantined_and_the_rest_routed() {
     let took = stop_timed(host);
     println!(
         "refused route: peak RSS {peak} MiB; bystander {baseline:.0} events/s alone, \
+         {during:.0} during; SIGTERM → exit in {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// A subscriber's commit Redis refuses for a reason that will not change
+/// (its state hash replaced by a string) is not retried forever: each
+/// event whose result writes state is quarantined in its DLQ with Redis's
+/// reason, and nothing stays pending.
+#[test]
+fn a_result_redis_refuses_to_commit_is_quarantined() {
+    let world = World::new(
+        &["hostile.wasm", "probe.wasm"],
+        &format!(
+            "[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\n\n{BYSTANDER}"
+        ),
+    );
+    let host = world.host();
+    let mut conn = world.conn();
+    let baseline = bystander_rate(&world, 300, WAIT);
+    let () = conn.set("events:state:hostile", "not a hash").unwrap();
+    // `set` writes state and reads none: only its commit can fail.
+    let ids: Vec<String> = (0..20)
+        .map(|_| publish(&mut conn, "Hostile", json!({"act": "set", "size": 8})))
+        .collect();
+    let during = bystander_rate(&world, 300, WAIT);
+    eventually("every result is quarantined", WAIT, || {
+        len(&mut conn, "events:sub:hostile:dlq") == ids.len()
+    });
+    for id in &ids {
+        let failure = failure_of(&mut conn, "events:sub:hostile:dlq", id);
+        assert_eq!(failure["kind"], "refused", "{failure}");
+        let reason = failure["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("Redis refused its commit: WRONGTYPE events:state:hostile is a string"),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        pending(&mut conn, "events:sub:hostile", "sub:hostile-group"),
+        0
+    );
+    let peak = peak_mib(&host);
+    let took = stop_timed(host);
+    println!(
+        "refused commit: peak RSS {peak} MiB; bystander {baseline:.0} events/s alone, \
          {during:.0} during; SIGTERM → exit in {took:?}"
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
