@@ -44,7 +44,8 @@ async fn the_fanout_copies_each_pending_entry_once_and_dead_letters_the_rest() {
     let skipped = batch
         .apply(&mut s.conn, "s", "s:dlq", &streams)
         .await
-        .unwrap();
+        .unwrap()
+        .skipped;
     assert_eq!(skipped, 0);
     for sub in &streams {
         let copied = stream(&mut s.conn, sub).await;
@@ -64,7 +65,8 @@ async fn the_fanout_copies_each_pending_entry_once_and_dead_letters_the_rest() {
     let skipped = batch
         .apply(&mut s.conn, "s", "s:dlq", &streams)
         .await
-        .unwrap();
+        .unwrap()
+        .skipped;
     assert_eq!(skipped, 3);
     assert_eq!(stream(&mut s.conn, "sub:1").await.len(), 1);
     assert_eq!(stream(&mut s.conn, "s:dlq").await.len(), 1);
@@ -260,6 +262,219 @@ async fn a_large_value_read_is_checked_by_its_length_and_stamp() {
         batch.apply(&mut s.conn, &KEYS).await.unwrap().conflicts,
         [ids[3].clone()]
     );
+}
+
+/// Entries of `s` delivered to `g` and not acknowledged.
+async fn pending_count(conn: &mut RedisConn) -> u64 {
+    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&["s", "g"])
+        .query_async(conn)
+        .await
+        .unwrap();
+    pending.0
+}
+
+#[tokio::test]
+async fn a_commit_of_nine_thousand_deletes_is_whole() {
+    // Lua's unpack takes about 8,000 values: 9,000 deletes (and their
+    // stamps) once made the script fail after the ack and the sets.
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 1).await;
+    let fields: Vec<(String, String)> = (0..9000).map(|i| (format!("k{i}"), "v".into())).collect();
+    let () = s.conn.hset_multiple("state", &fields).await.unwrap();
+    let mut effects = Effects::default();
+    effects.set("kept".into(), "1".into());
+    for i in 0..9000 {
+        effects.delete(format!("k{i}"));
+    }
+    for i in 0..9000 {
+        effects.set(format!("n{i}"), "w".into());
+    }
+    let mut batch = CommitBatch::new("g", false);
+    batch.ok(&ids[0], &effects, 1.0);
+    let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
+    assert_eq!(committed, Committed::default());
+    let state: std::collections::HashMap<String, String> = s.conn.hgetall("state").await.unwrap();
+    assert_eq!(state.len(), 9001, "every delete and every set");
+    assert!(state.contains_key("kept") && state.contains_key("n8999"));
+    assert_eq!(pending_count(&mut s.conn).await, 0);
+}
+
+#[tokio::test]
+async fn a_commit_refused_for_memory_writes_nothing() {
+    // A script without a shebang runs past maxmemory once its first write
+    // (the XACK, not refused under OOM) is made; the flagged ones are
+    // refused whole before they start.
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 2).await;
+    let mut batch = CommitBatch::new("g", false);
+    batch.ok(&ids[0], &read_then_set(&[], "a", "1"), 1.0);
+    batch.dead_letter(&ids[1], "{}".into(), &Vec::new());
+    let mut fanout = FanoutBatch::new("g");
+    fanout.route(&ids[0], &[0], b"{}");
+    let streams = ["sub:1".to_string()];
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "1"])
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    let err = batch.apply(&mut s.conn, &KEYS).await.unwrap_err();
+    assert_eq!(err.code(), Some("OOM"), "{err}");
+    assert!(
+        !scripts::is_refusal(&err),
+        "memory may come back: not a refusal"
+    );
+    let err = fanout
+        .apply(&mut s.conn, "s", "s:dlq", &streams)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("OOM"), "{err}");
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "maxmemory", "0"])
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    assert_eq!(pending_count(&mut s.conn).await, 2, "nothing acknowledged");
+    let exists: bool = s.conn.exists("state").await.unwrap();
+    assert!(!exists, "nothing written");
+    assert_eq!(stream(&mut s.conn, "s:dlq").await.len(), 0);
+    assert_eq!(stream(&mut s.conn, "sub:1").await.len(), 0);
+    // With memory back, the same batch commits.
+    assert_eq!(
+        batch.apply(&mut s.conn, &KEYS).await.unwrap(),
+        Committed::default()
+    );
+    assert_eq!(pending_count(&mut s.conn).await, 0);
+}
+
+#[tokio::test]
+async fn a_malformed_batch_writes_nothing() {
+    // A good record, then one cut short: the script refuses the batch
+    // before its first write instead of failing half-way.
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 2).await;
+    let script = redis::Script::new(include_str!("../host/src/bus/scripts/commit.lua"));
+    let mut call = script.prepare_invoke();
+    call.key("s").key("s:dlq").key("state").key("all");
+    call.arg("g").arg("0").arg(0);
+    call.arg(&["ok", ids[0].as_str(), "0", "0", "1", "a", "1", "0"]);
+    call.arg(&["ok", ids[1].as_str(), "0", "0", "2", "b"]);
+    let err = call
+        .invoke_async::<redis::Value>(&mut s.conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("malformed"), "{err}");
+    assert!(scripts::is_refusal(&err));
+    let exists: bool = s.conn.exists("state").await.unwrap();
+    assert!(!exists, "the first record was not written");
+    assert_eq!(pending_count(&mut s.conn).await, 2, "nothing acknowledged");
+
+    // The same for the fan-out: a good copy, then a record cut short.
+    let script = redis::Script::new(include_str!("../host/src/bus/scripts/fanout.lua"));
+    let mut call = script.prepare_invoke();
+    call.key("s").key("s:dlq").key("sub:1");
+    call.arg("g");
+    call.arg(&[ids[0].as_str(), "1", "3", "{}"]);
+    call.arg(&[ids[1].as_str(), "2", "3"]);
+    let err = call
+        .invoke_async::<redis::Value>(&mut s.conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fan-out"), "{err}");
+    assert_eq!(
+        stream(&mut s.conn, "sub:1").await.len(),
+        0,
+        "nothing copied"
+    );
+    assert_eq!(pending_count(&mut s.conn).await, 2, "nothing acknowledged");
+}
+
+#[tokio::test]
+async fn a_record_redis_refuses_alone_is_returned_and_the_others_commit() {
+    // The state hash is not a hash: the record that writes it is refused,
+    // the quiet ack and the dead letters (which do not touch it) commit.
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 4).await;
+    let () = s.conn.set("state", "not a hash").await.unwrap();
+    let mut batch = CommitBatch::new("g", false);
+    batch.ok(&ids[0], &Effects::default(), 1.0);
+    batch.dead_letter(&ids[1], "{\"n\":1}".into(), &Vec::new());
+    batch.ok(&ids[2], &read_then_set(&[], "a", "1"), 1.0);
+    batch.dead_letter(&ids[3], "{\"n\":3}".into(), &Vec::new());
+    let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
+    assert_eq!(committed.refused.len(), 1, "{committed:?}");
+    assert_eq!(committed.refused[0].0, ids[2]);
+    assert!(
+        committed.refused[0]
+            .1
+            .contains("WRONGTYPE state is a string"),
+        "{committed:?}"
+    );
+    assert_eq!(stream(&mut s.conn, "s:dlq").await.len(), 2);
+    assert_eq!(pending_count(&mut s.conn).await, 1, "only the refused one");
+}
+
+#[tokio::test]
+async fn a_fanout_entry_redis_refuses_alone_is_returned_and_the_rest_routed() {
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 3).await;
+    let () = s.conn.set("sub:2", "not a stream").await.unwrap();
+    let mut batch = FanoutBatch::new("g");
+    batch.route(&ids[0], &[0], b"{\"n\":0}");
+    batch.route(&ids[1], &[1], b"{\"n\":1}");
+    batch.route(&ids[2], &[0], b"{\"n\":2}");
+    let streams = ["sub:1".to_string(), "sub:2".to_string()];
+    let routed = batch
+        .apply(&mut s.conn, "s", "s:dlq", &streams)
+        .await
+        .unwrap();
+    assert_eq!(routed.skipped, 0);
+    assert_eq!(routed.refused.len(), 1, "{routed:?}");
+    assert_eq!(routed.refused[0].0, ids[1]);
+    assert!(
+        routed.refused[0].1.contains("WRONGTYPE sub:2 is a string"),
+        "{routed:?}"
+    );
+    assert_eq!(stream(&mut s.conn, "sub:1").await.len(), 2);
+    assert_eq!(pending_count(&mut s.conn).await, 1);
+}
+
+#[tokio::test]
+async fn a_batch_over_the_call_limit_commits_in_parts_and_keeps_its_order() {
+    // Two records of 40 MiB do not go in one call; in an ordered batch a
+    // conflict in the first call holds back the second.
+    let mut s = server().await;
+    let ids = delivered(&mut s.conn, 3).await;
+    let big = "v".repeat(40 << 20);
+    let () = s.conn.hset("state", "seen", "changed").await.unwrap();
+    let mut batch = CommitBatch::new("g", true);
+    batch.ok(&ids[0], &read_then_set(&[], "big0", &big), 1.0);
+    batch.ok(
+        &ids[1],
+        &read_then_set(&[("seen", Some("before"))], "x", "1"),
+        1.0,
+    );
+    batch.ok(&ids[2], &read_then_set(&[], "big2", &big), 1.0);
+    let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
+    assert_eq!(committed.conflicts, [ids[1].clone(), ids[2].clone()]);
+    let len0: usize = redis::cmd("HSTRLEN")
+        .arg(&["state", "big0"])
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    assert_eq!(len0, big.len());
+    let has2: bool = s.conn.hexists("state", "big2").await.unwrap();
+    assert!(!has2, "held back behind the conflict");
+
+    // Unordered: both parts commit.
+    let mut batch = CommitBatch::new("g", false);
+    batch.ok(&ids[1], &read_then_set(&[], "x", "1"), 1.0);
+    batch.ok(&ids[2], &read_then_set(&[], "big2", &big), 1.0);
+    assert_eq!(
+        batch.apply(&mut s.conn, &KEYS).await.unwrap(),
+        Committed::default()
+    );
+    assert_eq!(pending_count(&mut s.conn).await, 0);
 }
 
 /// A redis-server (stopped when dropped) and a connection to it.

@@ -31,6 +31,10 @@ pub struct Event {
     pub attempt: u32,
     /// The JSON object as published, without LeanMQ's bookkeeping keys.
     pub data: String,
+    /// How many publishes by handlers led to this event (`_metadata.hops`;
+    /// 0 from a producer): what it publishes is one more, up to a limit,
+    /// so a cycle of plugins ends.
+    pub hops: u32,
 }
 
 /// How one call of a handler ended.
@@ -155,6 +159,71 @@ pub struct Published {
     pub event_id: String,
     /// The handler's object, as it gave it.
     pub data: Map<String, Value>,
+    /// Publishes from the producer's event to this one: the handled
+    /// event's hops plus one.
+    pub hops: u32,
+}
+
+/// Default of `[bus] max_payload_bytes`.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// Default of `[bus] max_hops`: far more than any honest chain of
+/// handlers publishing to one another, few enough that a cycle ends fast.
+pub const DEFAULT_MAX_HOPS: u32 = 32;
+
+/// What one publish may be, from the bus's limits: checked at the call, so
+/// a plugin learns of a refusal there, and never fills the bus's DLQ with
+/// events the fan-out would refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishLimits {
+    /// Largest `data` the fan-out routes (`bus.max_payload_bytes`), the
+    /// envelope included.
+    pub max_bytes: usize,
+    /// Most hops an event may be from its producer (`bus.max_hops`).
+    pub max_hops: u32,
+}
+
+impl Default for PublishLimits {
+    fn default() -> Self {
+        PublishLimits {
+            max_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_hops: DEFAULT_MAX_HOPS,
+        }
+    }
+}
+
+/// Room left for what the bus adds to a published object: `event_type`
+/// (counted apart), `event_id`, `timestamp` and `_metadata` with its hops.
+pub const ENVELOPE_BYTES: usize = 256;
+
+/// Why a publish was refused; the host decides by the kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishRefused {
+    /// Not an event: an empty type, data that is not a JSON object.
+    Invalid(String),
+    /// Its `data` would be over `bus.max_payload_bytes`.
+    TooLarge { bytes: usize, limit: usize },
+    /// The event handled is `hops` publishes from its producer, the limit:
+    /// a cycle of plugins, most likely. The call fails with it.
+    HopLimit { hops: u32 },
+}
+
+impl fmt::Display for PublishRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishRefused::Invalid(why) => f.write_str(why),
+            PublishRefused::TooLarge { bytes, limit } => write!(
+                f,
+                "the event would be {bytes} bytes, over the limit of {limit} \
+                 (bus.max_payload_bytes)"
+            ),
+            PublishRefused::HopLimit { hops } => write!(
+                f,
+                "publish refused: this event is {hops} publishes from its producer, the \
+                 limit (bus.max_hops); a cycle of plugins publishing to one another?"
+            ),
+        }
+    }
 }
 
 /// A buffered state write; `None` deletes the key.
@@ -181,6 +250,9 @@ pub struct Effects {
     reads: Reads,
     /// What the buffers hold, about: see [`Self::bytes`].
     bytes: usize,
+    /// Hops of the event the call handles.
+    hops: u32,
+    limits: PublishLimits,
 }
 
 /// What a buffered entry costs beyond its text: the allocations and
@@ -188,6 +260,16 @@ pub struct Effects {
 pub const EFFECT_OVERHEAD_BYTES: usize = 64;
 
 impl Effects {
+    /// The effects of a call handling an event `hops` publishes from its
+    /// producer, under `limits`.
+    pub fn for_event(hops: u32, limits: PublishLimits) -> Self {
+        Effects {
+            hops,
+            limits,
+            ..Effects::default()
+        }
+    }
+
     /// About how many bytes of host memory the buffered effects take: keys
     /// (held twice, in the writes and their index), values, published
     /// events' text and what was read, each with [`EFFECT_OVERHEAD_BYTES`].
@@ -262,8 +344,25 @@ impl Effects {
         }
     }
 
-    /// Buffers an event to publish: `data` must be a JSON object. Returns
-    /// its event id.
+    /// Why a publish of `data` as `event_type` is refused, if that shows
+    /// without parsing it: an empty type, the hop limit, text over the
+    /// size limit. The host asks before it charges the call's budget.
+    pub fn refuse_early(&self, event_type: &str, data: &str) -> Option<PublishRefused> {
+        if event_type.is_empty() {
+            return Some(PublishRefused::Invalid(
+                "event type must not be empty".into(),
+            ));
+        }
+        if self.hops >= self.limits.max_hops {
+            return Some(PublishRefused::HopLimit { hops: self.hops });
+        }
+        let bytes = data.len() + event_type.len();
+        let limit = self.limits.max_bytes;
+        (bytes > limit).then_some(PublishRefused::TooLarge { bytes, limit })
+    }
+
+    /// Buffers an event to publish: `data` must be a JSON object, and the
+    /// event within the limits. Returns its event id.
     ///
     /// The id is derived from `id_seed` and the publish's position in the
     /// call, so a re-run of the same delivery publishes the same ids.
@@ -272,20 +371,35 @@ impl Effects {
         id_seed: &str,
         event_type: &str,
         data: &str,
-    ) -> Result<String, String> {
-        if event_type.is_empty() {
-            return Err("event type must not be empty".into());
+    ) -> Result<String, PublishRefused> {
+        if let Some(refused) = self.refuse_early(event_type, data) {
+            return Err(refused);
         }
         let object = match serde_json::from_str::<Value>(data) {
             Ok(Value::Object(object)) => object,
             Ok(other) => {
-                return Err(format!(
+                return Err(PublishRefused::Invalid(format!(
                     "data must be a JSON object, got {}",
                     json_kind(&other)
-                ))
+                )))
             }
-            Err(err) => return Err(format!("data is not valid JSON: {err}")),
+            Err(err) => {
+                return Err(PublishRefused::Invalid(format!(
+                    "data is not valid JSON: {err}"
+                )))
+            }
         };
+        // The object is written back as serde_json writes it, which may be
+        // longer than the text given (`1e15` becomes `1000000000000000.0`),
+        // but never eight times longer: measure only when that could pass.
+        let envelope = ENVELOPE_BYTES + 2 * Value::from(event_type).to_string().len();
+        let limit = self.limits.max_bytes;
+        if data.len().saturating_mul(8) + envelope > limit {
+            let bytes = Value::Object(object.clone()).to_string().len() + envelope;
+            if bytes > limit {
+                return Err(PublishRefused::TooLarge { bytes, limit });
+            }
+        }
         self.bytes += publish_cost(event_type, data);
         let name = format!("{id_seed}/{}", self.published.len());
         let event_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string();
@@ -293,6 +407,7 @@ impl Effects {
             event_type: event_type.to_string(),
             event_id: event_id.clone(),
             data: object,
+            hops: self.hops + 1,
         });
         Ok(event_id)
     }
@@ -507,12 +622,40 @@ mod tests {
     #[test]
     fn publish_refuses_what_is_not_an_object() {
         let mut effects = Effects::default();
-        let err = effects.publish("s", "T", "[1]").unwrap_err();
+        let err = effects.publish("s", "T", "[1]").unwrap_err().to_string();
         assert!(err.contains("an array"), "{err}");
-        let err = effects.publish("s", "T", "nope").unwrap_err();
+        let err = effects.publish("s", "T", "nope").unwrap_err().to_string();
         assert!(err.contains("not valid JSON"), "{err}");
-        let err = effects.publish("s", "", "{}").unwrap_err();
+        let err = effects.publish("s", "", "{}").unwrap_err().to_string();
         assert!(err.contains("must not be empty"), "{err}");
         assert!(effects.is_empty());
+    }
+
+    #[test]
+    fn publish_refuses_what_the_fanout_would_refuse_and_counts_hops() {
+        let limits = PublishLimits {
+            max_bytes: 4096,
+            max_hops: 3,
+        };
+        let mut effects = Effects::for_event(2, limits);
+        let fits = format!("{{\"x\":\"{}\"}}", "a".repeat(4096 - 400));
+        effects.publish("s", "T", &fits).unwrap();
+        assert_eq!(effects.published()[0].hops, 3, "one more than the event's");
+        let over = format!("{{\"x\":\"{}\"}}", "a".repeat(4096));
+        assert!(matches!(
+            effects.publish("s", "T", &over),
+            Err(PublishRefused::TooLarge { limit: 4096, .. })
+        ));
+        // Short text, long once written back: measured, refused.
+        let numbers = format!("{{\"x\":[{}1e15]}}", "1e15,".repeat(300));
+        assert!(matches!(
+            effects.publish("s", "T", &numbers),
+            Err(PublishRefused::TooLarge { .. })
+        ));
+        let mut last = Effects::for_event(3, limits);
+        let refused = last.publish("s", "T", "{}").unwrap_err();
+        assert_eq!(refused, PublishRefused::HopLimit { hops: 3 });
+        assert!(refused.to_string().contains("bus.max_hops"), "{refused}");
+        assert!(last.published().is_empty());
     }
 }

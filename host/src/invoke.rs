@@ -128,6 +128,7 @@ pub async fn invoke(
         timeout: invocation.timeout,
         memory_bytes: invocation.memory_bytes,
         effects_bytes: crate::config::DEFAULT_EFFECTS_MB << 20,
+        publish: crate::handler::PublishLimits::default(),
         retry_backoff: Duration::ZERO,
         config: invocation.config.clone(),
         grants: Grants::default(),
@@ -185,6 +186,7 @@ fn event(invocation: &Invocation) -> Event {
         timestamp,
         attempt: invocation.attempt,
         data: Value::Object(data).to_string(),
+        hops: 0,
     }
 }
 

@@ -66,7 +66,7 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// The counters eventhost keeps, in one place so their names stay consistent.
 pub mod metrics {
-    use metrics::{counter, histogram, Counter, Histogram};
+    use metrics::{counter, gauge, histogram, Counter, Histogram};
 
     /// Entries of `events:all` copied to at least one subscriber.
     pub fn fanout_routed(targets: usize) {
@@ -82,6 +82,13 @@ pub mod metrics {
     /// Entries of `events:all` that could not be routed.
     pub fn fanout_dead_lettered() {
         counter!("eventhost_fanout_dead_lettered_total").increment(1);
+    }
+
+    /// Entries in a DLQ (`events:all:dlq`, `events:sub:<name>:dlq`), read
+    /// every few seconds: DLQs are never trimmed (operators replay them),
+    /// so their depth is what to watch.
+    pub fn dlq_depth(dlq: &str, entries: u64) {
+        gauge!("eventhost_dlq_depth", "dlq" => dlq.to_string()).set(entries as f64);
     }
 
     /// A plugin file or config change that was refused.

@@ -3,6 +3,8 @@
 //! look into Redis.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod attack;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;

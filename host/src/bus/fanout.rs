@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::group::{GroupConsumer, StreamEntry};
 use super::leanmq::{self, FailureRecord};
 use super::routes::{RouteTable, Routes};
-use super::scripts::FanoutBatch;
+use super::scripts::{FanoutBatch, Routed};
 use super::worker::{self, Patience, Round, Worker};
 use super::BLOCK;
 use crate::config::BusConfig;
@@ -81,6 +81,7 @@ impl Fanout {
                         Some(block.max(Duration::from_millis(1))),
                     )
                     .await?;
+                self.group.shed(&entries).await;
             }
             work.extend(entries.into_iter().map(|e| (e, 1)));
         }
@@ -89,7 +90,7 @@ impl Fanout {
             let batch = self.plan(&work, &held.routes);
             let streams = &held.routes.streams;
             if stopping || work.len() < self.bus.read_batch {
-                self.apply(&batch, streams).await?;
+                self.apply(&batch, streams, &work).await?;
             } else {
                 // A full batch: there is a backlog. Read the next batch while
                 // this one is applied, so Redis and the host work at the same
@@ -97,8 +98,9 @@ impl Fanout {
                 // strictly after this batch, so order is kept; if anything
                 // fails it stays pending and is reclaimed.
                 let next = self.group.read_new(self.bus.read_batch, None);
-                let (applied, next) = tokio::join!(self.apply(&batch, streams), next);
+                let (applied, next) = tokio::join!(self.apply(&batch, streams, &work), next);
                 self.prefetched = next.unwrap_or_default();
+                self.group.shed(&self.prefetched).await;
                 applied?;
             }
         }
@@ -123,7 +125,7 @@ impl Fanout {
                     subscriber: None,
                     attempt: Some(*deliveries),
                 };
-                leanmq::dead_letter(entry, &record)
+                leanmq::dead_letter(entry, &record, self.bus.max_payload_bytes)
             };
             if *deliveries > MAX_FANOUT_DELIVERIES {
                 let payload = dead(
@@ -156,24 +158,69 @@ impl Fanout {
         batch
     }
 
-    /// Applies a batch, with the loops' give-up policy.
-    async fn apply(&mut self, batch: &FanoutBatch, streams: &[String]) -> RedisResult<()> {
+    /// Applies a batch, with the loops' give-up policy. An entry whose
+    /// record Redis refuses on its own, for a reason that will not change,
+    /// is quarantined: acknowledged and dead-lettered with Redis's reason,
+    /// so it cannot hold back the entries after it.
+    async fn apply(
+        &mut self,
+        batch: &FanoutBatch,
+        streams: &[String],
+        work: &[(StreamEntry, u32)],
+    ) -> RedisResult<()> {
+        let routed = self.apply_once(batch, streams).await?;
+        if routed.skipped > 0 {
+            tracing::info!(
+                "fan-out skipped {} entries another consumer had already routed",
+                routed.skipped
+            );
+        }
+        if routed.refused.is_empty() {
+            return Ok(());
+        }
+        let queue = self.group.queue().clone();
+        let mut quarantine = FanoutBatch::new(&queue.group);
+        let now = crate::handler::unix_now();
+        for (id, err) in &routed.refused {
+            let Some((entry, deliveries)) = work.iter().find(|(e, _)| &e.id == id) else {
+                continue;
+            };
+            let reason = format!("fan-out: Redis refused to route the entry: {err}");
+            tracing::error!(stream_id = %id, "{reason}; quarantined in {}", queue.dlq);
+            metrics::fanout_dead_lettered();
+            let record = FailureRecord {
+                timestamp: now,
+                reason: &reason,
+                kind: "refused",
+                subscriber: None,
+                attempt: Some(*deliveries),
+            };
+            let payload = leanmq::dead_letter(entry, &record, self.bus.max_payload_bytes);
+            quarantine.dead_letter(id, payload);
+        }
+        let routed = self.apply_once(&quarantine, streams).await?;
+        for (id, err) in routed.refused {
+            tracing::error!(
+                stream_id = %id,
+                "Redis refused its quarantine too ({err}); it stays pending"
+            );
+        }
+        Ok(())
+    }
+
+    async fn apply_once(&mut self, batch: &FanoutBatch, streams: &[String]) -> RedisResult<Routed> {
         let queue = self.group.queue().clone();
         let mut patience = Patience::new("fan-out", &self.shutdown);
-        let skipped = loop {
+        loop {
             let commands = self.group.commands();
             match batch
                 .apply(commands, &queue.stream, &queue.dlq, streams)
                 .await
             {
-                Ok(skipped) => break skipped,
+                Ok(routed) => return Ok(routed),
                 Err(err) => patience.failed(err).await?,
             }
-        };
-        if skipped > 0 {
-            tracing::info!("fan-out skipped {skipped} entries another consumer had already routed");
         }
-        Ok(())
     }
 }
 

@@ -11,13 +11,19 @@ use std::time::{Duration, Instant};
 use redis::streams::StreamInfoConsumersReply;
 use redis::{FromRedisValue, ParsingError, RedisResult, Value};
 
-use super::connection::RedisConn;
+use super::connection::{Connector, RedisConn};
 use super::keys::{Keys, QueueKeys};
 use super::layout;
 use super::scripts;
 
 /// How often housekeeping runs at most: half the claim window, within these.
 const TIDY_EVERY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(5));
+
+/// A read that brought more than this leaves its connection holding a
+/// buffer as large (the client keeps its buffer's capacity): the reader is
+/// replaced, so an oversized entry costs its memory once, not for the life
+/// of the process.
+const LARGE_READ_BYTES: usize = 8 << 20;
 
 /// An entry taken over from another consumer, with how often it was
 /// delivered (the attempt it is on).
@@ -33,6 +39,8 @@ pub struct GroupConsumer {
     queue: QueueKeys,
     consumer: String,
     reader: RedisConn,
+    /// How to open a new reader (and its block time), to shed a large read.
+    reopen: Option<(Connector, Duration)>,
     commands: RedisConn,
     /// Where the next reclaim scan continues.
     cursor: String,
@@ -56,10 +64,45 @@ impl GroupConsumer {
             queue,
             consumer,
             reader,
+            reopen: None,
             commands,
             cursor: "0-0".into(),
             next_tidy: Instant::now() + TIDY_EVERY.0,
             next_reclaim: Instant::now(),
+        }
+    }
+
+    /// The same, opening a new reader from `connector` (for reads that
+    /// block up to `block`) after a large read: see [`Self::shed`].
+    pub fn reopens_with(mut self, connector: Connector, block: Duration) -> Self {
+        self.reopen = Some((connector, block));
+        self
+    }
+
+    /// After reading `entries`: if they weighed more than
+    /// [`LARGE_READ_BYTES`], replaces the reader, whose buffer kept their
+    /// size. A reader that cannot be opened now is kept.
+    pub async fn shed(&mut self, entries: &[StreamEntry]) {
+        let bytes: usize = entries.iter().map(StreamEntry::bytes).sum();
+        let Some((connector, block)) = &self.reopen else {
+            return;
+        };
+        if bytes <= LARGE_READ_BYTES {
+            return;
+        }
+        match connector.reader(*block).await {
+            Ok(reader) => {
+                self.reader = reader;
+                tracing::info!(
+                    stream = %self.queue.stream,
+                    "read {} MiB at once; replaced the reader to release its buffer",
+                    bytes >> 20
+                );
+            }
+            Err(err) => tracing::warn!(
+                stream = %self.queue.stream,
+                "cannot replace the reader after a large read: {err}"
+            ),
         }
     }
 
@@ -217,7 +260,8 @@ impl GroupConsumer {
             .collect())
     }
 
-    /// Every few seconds (half of `idle`): trims the stream to about `keep` entries (never
+    /// Every few seconds (half of `idle`): reads the depth of the DLQ (a
+    /// metric), trims the stream to about `keep` entries (never
     /// past what a group still needs; 0 keeps all) and forgets consumers of
     /// the group that hold nothing and have been idle past `idle`: processes
     /// that are gone.
@@ -232,6 +276,11 @@ impl GroupConsumer {
                 tracing::debug!(stream = %self.queue.stream, "trimmed {removed} acknowledged entries");
             }
         }
+        let depth: u64 = redis::cmd("XLEN")
+            .arg(&self.queue.dlq)
+            .query_async(&mut self.commands)
+            .await?;
+        crate::telemetry::metrics::dlq_depth(&self.queue.dlq, depth);
         let consumers: StreamInfoConsumersReply = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&self.queue.stream)
@@ -287,6 +336,11 @@ impl StreamEntry {
             .iter()
             .find(|(name, _)| name == b"data")
             .map(|(_, value)| value.as_slice())
+    }
+
+    /// What the entry weighs: its fields' names and values.
+    pub fn bytes(&self) -> usize {
+        self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
     }
 }
 

@@ -106,6 +106,9 @@ struct Metadata {
     id: Option<Value>,
     #[serde(default)]
     timestamp: Option<Value>,
+    /// Kept by eventhost: publishes from the producer's event to this one.
+    #[serde(default)]
+    hops: Option<Value>,
 }
 
 /// The `event_type` of an entry, which is all the fan-out needs to route it.
@@ -156,6 +159,11 @@ pub fn decode_event(entry: &StreamEntry, attempt: u32, limit: usize) -> Result<E
         timestamp,
         attempt,
         data,
+        hops: metadata
+            .hops
+            .as_ref()
+            .and_then(Value::as_u64)
+            .map_or(0, |h| h.min(u32::MAX as u64) as u32),
     })
 }
 
@@ -207,21 +215,55 @@ pub struct FailureRecord<'a> {
     pub attempt: Option<u32>,
 }
 
+/// Bytes of an oversized entry kept in its dead letter: enough to tell what
+/// it was, bounded whatever the entry.
+pub const PREFIX_BYTES: usize = 1024;
+
 /// The DLQ payload for `entry`: its object with the failure appended to
 /// `_failures` and `_metadata` refreshed, as LeanMQ's `move_to_dlq` does.
 /// An entry that is not a JSON object is kept whole under `_raw`/`_fields`.
-pub fn dead_letter(entry: &StreamEntry, failure: &FailureRecord<'_>) -> String {
+/// An entry over `limit` bytes is not copied (a dead letter several times
+/// its size is what an attacker wants): see [`quarantine`].
+pub fn dead_letter(entry: &StreamEntry, failure: &FailureRecord<'_>, limit: usize) -> String {
+    if entry.bytes() > limit {
+        return quarantine(entry, failure);
+    }
     let parsed = entry
         .data()
         .and_then(|data| match serde_json::from_slice::<Value>(data) {
             Ok(Value::Object(object)) => Some(object),
             _ => None,
         });
-    let mut object = match parsed {
+    let object = match parsed {
         Some(object) => object,
         None => preserve_malformed(entry),
     };
+    with_failure(object, failure)
+}
 
+/// A dead letter that keeps only what identifies `entry`, whatever its
+/// size: `_oversized: {stream_id, bytes, prefix}` (the first
+/// [`PREFIX_BYTES`] of its `data`, or of its first field, as text), with
+/// `_failures` and `_metadata` like any dead letter, so LeanMQ's tools
+/// read it.
+pub fn quarantine(entry: &StreamEntry, failure: &FailureRecord<'_>) -> String {
+    let head = entry
+        .data()
+        .or_else(|| entry.fields.first().map(|(_, v)| v.as_slice()))
+        .unwrap_or_default();
+    let prefix = String::from_utf8_lossy(&head[..head.len().min(PREFIX_BYTES)]);
+    let mut oversized = Map::new();
+    oversized.insert("stream_id".into(), Value::from(entry.id.as_str()));
+    oversized.insert("bytes".into(), Value::from(entry.bytes()));
+    oversized.insert("prefix".into(), Value::from(prefix.as_ref()));
+    let mut object = Map::new();
+    object.insert("_oversized".into(), Value::Object(oversized));
+    with_failure(object, failure)
+}
+
+/// `object` with `failure` appended to its `_failures` and `_metadata`
+/// refreshed, as text.
+fn with_failure(mut object: Map<String, Value>, failure: &FailureRecord<'_>) -> String {
     let mut record = Map::new();
     record.insert("timestamp".into(), Value::from(failure.timestamp));
     record.insert("reason".into(), Value::from(failure.reason));
@@ -281,36 +323,49 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn metadata(id: &str, timestamp: f64) -> Value {
+    metadata_with_hops(id, timestamp, None)
+}
+
+/// LeanMQ's `_metadata`, plus eventhost's `hops` (which LeanMQ ignores)
+/// on an event a handler published.
+fn metadata_with_hops(id: &str, timestamp: f64, hops: Option<u32>) -> Value {
     let mut meta = Map::new();
     meta.insert("id".into(), Value::from(id));
     meta.insert("timestamp".into(), Value::from(timestamp));
     meta.insert("ttl".into(), Value::Null);
+    if let Some(hops) = hops {
+        meta.insert("hops".into(), Value::from(hops));
+    }
     Value::Object(meta)
 }
 
 /// The `data` of an event published at `now`, as a LeanMQ producer writes
 /// it: the object plus `event_type`, `event_id`, `timestamp` and
-/// `_metadata: {id, timestamp, ttl}`.
+/// `_metadata: {id, timestamp, ttl}`, and the hops the host keeps in
+/// `_metadata.hops`.
 pub fn publish_payload(published: &Published, now: f64) -> String {
     envelope(
         published.data.clone(),
         &published.event_type,
         &published.event_id,
         now,
+        Some(published.hops),
     )
 }
 
-/// `data` as a LeanMQ producer writes an event of `event_type`.
+/// `data` as a LeanMQ producer writes an event of `event_type`; `hops`
+/// for an event a handler published.
 pub fn envelope(
     mut data: Map<String, Value>,
     event_type: &str,
     event_id: &str,
     now: f64,
+    hops: Option<u32>,
 ) -> String {
     data.insert("event_type".into(), Value::from(event_type));
     data.insert("event_id".into(), Value::from(event_id));
     data.insert("timestamp".into(), Value::from(now));
-    data.insert("_metadata".into(), metadata(event_id, now));
+    data.insert("_metadata".into(), metadata_with_hops(event_id, now, hops));
     Value::Object(data).to_string()
 }
 
@@ -415,6 +470,7 @@ mod tests {
                 subscriber: Some("pay"),
                 attempt: Some(1),
             },
+            1 << 20,
         );
         let v: Value = serde_json::from_str(&payload).unwrap();
         assert_eq!(v["event_type"], "T");
@@ -438,6 +494,9 @@ mod tests {
         assert_eq!(data["order"], 7);
         assert_eq!(data["_metadata"]["id"], id.as_str());
         assert_eq!(data["_metadata"]["timestamp"], 12.5);
+        assert_eq!(data["_metadata"]["hops"], 1, "counted by the host");
+        let entry = entry(&publish_payload(&effects.published()[0], 12.5));
+        assert_eq!(decode_event(&entry, 1, 1 << 20).unwrap().hops, 1);
     }
 
     #[test]
@@ -449,20 +508,57 @@ mod tests {
             subscriber: None,
             attempt: None,
         };
-        let v: Value = serde_json::from_str(&dead_letter(&entry("not json"), &record)).unwrap();
+        let v: Value =
+            serde_json::from_str(&dead_letter(&entry("not json"), &record, 100)).unwrap();
         assert_eq!(v["_raw"], "not json");
         let binary = StreamEntry {
             id: "1-0".into(),
             fields: vec![(b"data".to_vec(), vec![0xff, 0x00])],
         };
-        let v: Value = serde_json::from_str(&dead_letter(&binary, &record)).unwrap();
+        let v: Value = serde_json::from_str(&dead_letter(&binary, &record, 100)).unwrap();
         assert_eq!(v["_raw_hex"], "ff00");
         let other = StreamEntry {
             id: "1-0".into(),
             fields: vec![(b"body".to_vec(), b"hi".to_vec())],
         };
-        let v: Value = serde_json::from_str(&dead_letter(&other, &record)).unwrap();
+        let v: Value = serde_json::from_str(&dead_letter(&other, &record, 100)).unwrap();
         assert_eq!(v["_fields"]["body"], "hi");
         assert_eq!(v["_failures"][0]["kind"], "malformed");
+    }
+
+    #[test]
+    fn an_oversized_entry_is_dead_lettered_by_its_id_size_and_prefix() {
+        let record = FailureRecord {
+            timestamp: 1.0,
+            reason: "too big",
+            kind: "malformed",
+            subscriber: None,
+            attempt: Some(1),
+        };
+        // Quotes and control characters: escaped whole, this would be up
+        // to six times its size.
+        let huge = format!(
+            "{{\"event_type\":\"T\",\"x\":\"{}\"}}",
+            "\"\u{1}".repeat(1 << 20)
+        );
+        let payload = dead_letter(&entry(&huge), &record, 1 << 20);
+        assert!(payload.len() < 8 * PREFIX_BYTES, "{} bytes", payload.len());
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(v["_oversized"]["stream_id"], "5-0");
+        assert_eq!(v["_oversized"]["bytes"], 4 + huge.len());
+        let prefix = v["_oversized"]["prefix"].as_str().unwrap();
+        assert!(huge.starts_with(prefix) && prefix.len() == PREFIX_BYTES);
+        assert_eq!(v["_failures"][0]["reason"], "too big");
+        assert!(v["_metadata"]["id"].is_string());
+        // A prefix cut inside a character stays text.
+        let v: Value = serde_json::from_str(&quarantine(
+            &entry(&format!("a{}", "é".repeat(600))),
+            &record,
+        ))
+        .unwrap();
+        assert!(v["_oversized"]["prefix"]
+            .as_str()
+            .unwrap()
+            .ends_with('\u{fffd}'));
     }
 }

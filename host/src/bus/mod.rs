@@ -150,7 +150,8 @@ impl Bus {
             self.config.consumer.clone(),
             reader,
             self.commands.clone(),
-        ))
+        )
+        .reopens_with(self.connector.clone(), BLOCK))
     }
 }
 
@@ -167,7 +168,7 @@ pub async fn publish(
     layout::ensure_queue(conn, keys, &all).await?;
     let now = crate::handler::unix_now();
     let event_id = uuid::Uuid::new_v4().to_string();
-    let payload = leanmq::envelope(data, event_type, &event_id, now);
+    let payload = leanmq::envelope(data, event_type, &event_id, now, None);
     let stream_id: String = redis::cmd("XADD")
         .arg(&all.stream)
         .arg("*")

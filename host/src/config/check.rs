@@ -19,6 +19,7 @@ use super::{
     BusConfig, Config, DirGrant, EventFilter, Grants, PluginsConfig, RedisConfig, SubscriberConfig,
     TelemetryConfig, DEFAULT_EFFECTS_MB, DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF, STATE_DIR,
 };
+use crate::handler::{PublishLimits, DEFAULT_MAX_HOPS, DEFAULT_MAX_PAYLOAD_BYTES};
 
 /// Checks config `text` read from `path`: the settings (`None` if the text
 /// is not a config at all) and every problem found.
@@ -187,8 +188,9 @@ impl Checker<'_> {
                 &raw.max_payload_bytes,
                 "bus.max_payload_bytes",
                 1..=512 << 20,
-                1 << 20,
+                DEFAULT_MAX_PAYLOAD_BYTES,
             ),
+            max_hops: self.int(&raw.max_hops, "bus.max_hops", 1..=10_000, DEFAULT_MAX_HOPS),
             stream_maxlen: self.int(
                 &raw.stream_maxlen,
                 "bus.stream_maxlen",
@@ -325,6 +327,10 @@ impl Checker<'_> {
             timeout: Duration::from_millis(timeout_ms),
             memory_bytes: memory_mb << 20,
             effects_bytes: effects_mb << 20,
+            publish: PublishLimits {
+                max_bytes: bus.max_payload_bytes,
+                max_hops: bus.max_hops,
+            },
             retry_backoff: Duration::from_millis(backoff_ms),
             config,
             grants,
@@ -500,6 +506,39 @@ decline_percent = 10
         assert_eq!(sub.effects_bytes, 16 << 20);
         assert_eq!(config.plugins.max_file_bytes, 64 << 20);
         assert_eq!(config.bus.claim_idle, Duration::from_secs(30));
+        assert_eq!(
+            (config.bus.max_hops, config.bus.max_payload_bytes),
+            (32, 1 << 20)
+        );
+        assert_eq!(
+            sub.publish,
+            PublishLimits {
+                max_bytes: 1 << 20,
+                max_hops: 32
+            }
+        );
+    }
+
+    #[test]
+    fn the_hop_limit_is_checked_and_reaches_the_subscribers() {
+        let dir = dir_with_plugin();
+        let text = "[bus]\nmax_hops = 4\nmax_payload_bytes = 2048\n\n[subscribers.a]\nplugin = \"pay.wasm\"\n";
+        let config = parse_in(dir.path(), text).unwrap();
+        assert_eq!(
+            config.subscribers[0].publish,
+            PublishLimits {
+                max_bytes: 2048,
+                max_hops: 4
+            }
+        );
+        let err = parse_in(dir.path(), "[bus]\nmax_hops = 0\n").unwrap_err();
+        let problem = only_problem(err);
+        assert_eq!((problem.line, problem.key.as_str()), (2, "bus.max_hops"));
+        assert!(
+            problem.message.contains("between 1 and 10000"),
+            "{}",
+            problem.message
+        );
     }
 
     #[test]

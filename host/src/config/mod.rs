@@ -94,8 +94,12 @@ pub struct BusConfig {
     /// A pending entry idle this long belongs to a dead consumer and is
     /// reclaimed.
     pub claim_idle: Duration,
-    /// Larger `data` payloads are dead-lettered unread.
+    /// Larger `data` payloads are dead-lettered unread (by their id, size
+    /// and prefix), and a plugin's larger publishes refused at the call.
     pub max_payload_bytes: usize,
+    /// Most publishes from a producer's event to one a handler may still
+    /// publish from: past it the call fails (a cycle of plugins ends).
+    pub max_hops: u32,
     /// Acknowledged history kept in `events:all` and subscriber streams
     /// (about; 0 keeps everything). DLQs are never trimmed.
     pub stream_maxlen: usize,
@@ -126,6 +130,8 @@ pub struct SubscriberConfig {
     /// What one call may make the host buffer (state writes and deletes,
     /// reads, publishes), in bytes: past it the call fails.
     pub effects_bytes: usize,
+    /// What one publish may be: `bus.max_payload_bytes` and `bus.max_hops`.
+    pub publish: crate::handler::PublishLimits,
     /// First retry delay; doubles per attempt up to [`MAX_RETRY_BACKOFF`].
     pub retry_backoff: Duration,
     /// What the plugin reads with `config-get`.

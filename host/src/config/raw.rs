@@ -43,6 +43,7 @@ pub struct RawBus {
     pub read_batch: Option<Spanned<i64>>,
     pub claim_idle_ms: Option<Spanned<i64>>,
     pub max_payload_bytes: Option<Spanned<i64>>,
+    pub max_hops: Option<Spanned<i64>>,
     pub stream_maxlen: Option<Spanned<i64>>,
     pub consumer: Option<Spanned<String>>,
 }

@@ -18,7 +18,7 @@ use super::limiter::MemoryLimiter;
 use super::logs::{self, CallLog, LogGate};
 use super::output::OutputTail;
 use crate::config::Grants;
-use crate::handler::{Effects, StateReader};
+use crate::handler::{Effects, PublishRefused, StateReader};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -79,9 +79,22 @@ pub struct Call {
     pub effects_budget: usize,
     /// Set, with what was asked, when the call went over `effects_budget`.
     pub over_budget: Option<String>,
+    /// Set, with the reason, when a publish was refused for the hop limit:
+    /// the call fails with it, whatever the plugin does next.
+    pub hop_limited: Option<String>,
 }
 
 impl Call {
+    /// What the plugin is told of a refused publish; one refused for the
+    /// hop limit also fails the call.
+    fn refused(&mut self, refused: PublishRefused) -> String {
+        let message = refused.to_string();
+        if let PublishRefused::HopLimit { .. } = refused {
+            self.hop_limited.get_or_insert_with(|| message.clone());
+        }
+        message
+    }
+
     /// Stops the call if its buffered effects would reach `after` bytes,
     /// over its budget; `what` says what it asked for.
     fn charge(&mut self, after: usize, what: impl FnOnce() -> String) -> wasmtime::Result<()> {
@@ -235,9 +248,16 @@ impl self::eventhost::plugin::host::Host for StoreData {
                 "one call may publish at most {MAX_PUBLISHES} events"
             )));
         }
+        // A refusal costs the call nothing: checked before the budget.
+        if let Some(refused) = call.effects.refuse_early(&event_type, &data) {
+            return Ok(Err(call.refused(refused)));
+        }
         let after = call.effects.bytes_after_publish(&event_type, &data);
         call.charge(after, || format!("a publish of {} KiB", data.len() >> 10))?;
-        Ok(call.effects.publish(&call.id_seed, &event_type, &data))
+        match call.effects.publish(&call.id_seed, &event_type, &data) {
+            Ok(id) => Ok(Ok(id)),
+            Err(refused) => Ok(Err(call.refused(refused))),
+        }
     }
 
     async fn state_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {

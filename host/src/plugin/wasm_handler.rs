@@ -17,7 +17,9 @@ use super::host_api::{Call, Level, StoreData, Subscriber, WitEvent, WitFailure};
 use super::logs::{self, LogGate};
 use super::runtime::{CompiledPlugin, PluginRuntime};
 use crate::config::{Grants, SubscriberConfig};
-use crate::handler::{Effects, Event, Failure, FailureKind, Handler, Outcome, StateReader};
+use crate::handler::{
+    Effects, Event, Failure, FailureKind, Handler, Outcome, PublishLimits, StateReader,
+};
 
 /// How long past its limit a call blocked in a host function may take before
 /// it is abandoned (guest code is stopped by the epoch right at the limit).
@@ -30,6 +32,8 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Bytes of effects one call may buffer on the host.
     pub effects_bytes: usize,
+    /// What one publish may be (size, hops).
+    pub publish: PublishLimits,
     /// Instances kept for reuse; more than this are dropped on return.
     pub concurrency: usize,
     pub grants: Grants,
@@ -41,6 +45,7 @@ impl From<&SubscriberConfig> for Limits {
             timeout: settings.timeout,
             memory_bytes: settings.memory_bytes,
             effects_bytes: settings.effects_bytes,
+            publish: settings.publish,
             concurrency: settings.concurrency,
             grants: settings.grants.clone(),
         }
@@ -243,7 +248,7 @@ impl Handler for WasmHandler {
         let data = instance.store.data_mut();
         data.limiter.hit = false;
         data.call = Some(Call {
-            effects: Effects::default(),
+            effects: Effects::for_event(event.hops, self.limits.publish),
             state,
             id_seed: format!("{}/{}", self.subscriber, event.stream_id),
             event_id: event.id.clone(),
@@ -253,6 +258,7 @@ impl Handler for WasmHandler {
             host_error: None,
             effects_budget: self.limits.effects_bytes,
             over_budget: None,
+            hop_limited: None,
         });
         instance.store.set_epoch_deadline(1);
         let wit_event = WitEvent {
@@ -282,6 +288,15 @@ impl Handler for WasmHandler {
         data.finish_log();
         let mut call = data.call.take().expect("the call state is set above");
         let outcome = match result {
+            // A publish past the hop limit fails the call, whatever the
+            // plugin made of the refusal: a cycle must end in the DLQ.
+            Ok(_) if call.hop_limited.is_some() => {
+                let reason = call.hop_limited.take().unwrap_or_default();
+                tracing::warn!(subscriber = %self.subscriber, event_id = %call.event_id, "{reason}");
+                Outcome::Failed(
+                    Failure::new(FailureKind::Reject, reason).with_reads(call.effects.take_reads()),
+                )
+            }
             Ok(Ok(())) => Outcome::Ok(call.effects),
             Ok(Err(WitFailure::Retry(message))) => Outcome::Failed(
                 Failure::new(FailureKind::Retry, plugin_reason(&message))

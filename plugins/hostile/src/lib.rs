@@ -12,7 +12,10 @@
 //! - `"flood_print"`: prints `n` lines of `size` bytes, then ok;
 //! - `"forge"`: logs and prints `"text"` (with its newlines and escapes),
 //!   then rejects with it as the reason;
-//! - `"set"`: writes `"key"` with a value of `size` bytes, then ok.
+//! - `"set"`: writes `"key"` with a value of `size` bytes, then ok;
+//! - `"cycle"`: counts itself in `cycles` and publishes its own event again
+//!   (same type, same data), ignoring any refusal, then ok: a cycle of
+//!   plugins in one.
 //!
 //! Every act stores `done:<event id>` when it returns ok.
 
@@ -78,6 +81,11 @@ impl Guest for Hostile {
             "set" => {
                 let key = data.get("key").and_then(Value::as_str).unwrap_or("big");
                 eventhost_plugin::state_set(key, &filler);
+            }
+            "cycle" => {
+                eventhost_plugin::state_increment("cycles")?;
+                // A hostile plugin ignores what the host says.
+                let _ = eventhost_plugin::publish(&event.event_type, &event.data);
             }
             other => return Err(Failure::Reject(format!("unknown act {other:?}"))),
         }

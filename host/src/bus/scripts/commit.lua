@@ -1,4 +1,9 @@
+#!lua
 -- Commit of one batch of a subscriber's results, atomically.
+--
+-- The shebang line makes Redis (7.0+) check its memory before the script
+-- runs: over `maxmemory` it is refused whole (-OOM) instead of being let
+-- through to write past the limit, as a script without one is.
 --
 -- KEYS[1] the subscriber stream   KEYS[2] its DLQ   KEYS[3] its state hash
 -- KEYS[4] events:all (where published events go)
@@ -13,6 +18,12 @@
 --   'ok', id, r, reads, p, p payloads, s, s (field, value) pairs, d, d fields
 --   'dlq', id, r, reads, payload
 --   'check', id, r, reads          -- a retry: only checked, stays pending
+--
+-- All or nothing: a script does not roll back, so everything that could
+-- fail is checked before the first write (the shape of every record, the
+-- types of the keys they touch), and no write depends on a Lua limit (`unpack` takes about
+-- 8,000 values: long lists go in chunks). Refused, it has written nothing
+-- and every entry stays pending.
 --
 -- Serializable: a record is applied only if every key it read still holds
 -- what it saw, checked after the records before it were applied. A value
@@ -33,10 +44,65 @@
 -- effects once. Results without effects or reads have nothing to guard:
 -- one XACK takes them all.
 --
--- Returns {skipped, conflict ids...}: skipped counts entries already
--- acknowledged by another consumer, nothing of theirs written.
+-- Returns {skipped, blocked, conflict ids...}: skipped counts entries
+-- already acknowledged by another consumer, nothing of theirs written;
+-- blocked is 1 if an ordered batch stopped committing (a conflict or a
+-- skip), so a caller that split a batch holds back what comes after.
 
-for k = 2, 4 do
+local n = #ARGV
+local tonumber = tonumber
+
+local function malformed(what)
+  return redis.error_reply('ERR commit: malformed ' .. what)
+end
+
+-- Pass 1: the shape of every record, before anything is written. Nothing
+-- is kept (a table per record would cost more than walking twice), and a
+-- count that is not one ends the walk here, before any write.
+local quiet = tonumber(ARGV[3])
+if ARGV[1] == nil or ARGV[2] == nil or not quiet or quiet < 0 then
+  return malformed('header')
+end
+local used = {[1] = true}
+local i = 4 + quiet
+while i <= n do
+  local kind, r = ARGV[i], tonumber(ARGV[i + 2])
+  if not r or r < 0 then return malformed('record at argument ' .. i) end
+  i = i + 3
+  if r > 0 then
+    used[3] = true
+    for _ = 1, r do
+      local present = ARGV[i + 1]
+      if present == '0' then i = i + 2
+      elseif present == '1' then i = i + 3
+      elseif present == '2' then i = i + 4
+      else return malformed('read at argument ' .. i) end
+    end
+  end
+  if kind == 'ok' then
+    local p = tonumber(ARGV[i])
+    if not p or p < 0 then return malformed('publishes at argument ' .. i) end
+    i = i + 1 + p
+    local s = tonumber(ARGV[i])
+    if not s or s < 0 then return malformed('writes at argument ' .. i) end
+    i = i + 1 + 2 * s
+    local d = tonumber(ARGV[i])
+    if not d or d < 0 then return malformed('deletes at argument ' .. i) end
+    i = i + 1 + d
+    if p > 0 then used[4] = true end
+    if s + d > 0 then used[3] = true end
+  elseif kind == 'dlq' then
+    i = i + 1
+    used[2] = true
+  elseif kind ~= 'check' then
+    return malformed('record kind at argument ' .. i)
+  end
+end
+if i ~= n + 1 then return malformed('batch: its last record runs past the arguments') end
+
+-- Only the keys this batch touches: a broken state hash refuses the
+-- records that use it, not a dead letter.
+for k in pairs(used) do
   local t = redis.call('TYPE', KEYS[k])['ok']
   local want = (k == 3) and 'hash' or 'stream'
   if t ~= want and t ~= 'none' then
@@ -44,15 +110,15 @@ for k = 2, 4 do
   end
 end
 
+-- Pass 2: the writes. `unpack` takes a few thousand values at most.
+local CHUNK = 1000
 local group = ARGV[1]
 local ordered = ARGV[2] == '1'
-local quiet = tonumber(ARGV[3])
 local skipped = 0
-local result = {0}
+local result = {0, 0}
 
--- Lua's unpack takes a few thousand values at most.
-for from = 4, 3 + quiet, 4000 do
-  local to = math.min(from + 3999, 3 + quiet)
+for from = 4, 3 + quiet, CHUNK do
+  local to = math.min(from + CHUNK - 1, 3 + quiet)
   local acked = redis.call('XACK', KEYS[1], group, unpack(ARGV, from, to))
   skipped = skipped + (to - from + 1) - acked
 end
@@ -80,9 +146,16 @@ local function holds(i, r)
   return fresh, i
 end
 
+-- Writes ARGV[from..to] with `command` on the state hash, in chunks.
+local function chunked(command, from, to)
+  for c = from, to, CHUNK do
+    redis.call(command, KEYS[3], unpack(ARGV, c, math.min(c + CHUNK - 1, to)))
+  end
+end
+
 local blocked = false
-local i = 4 + quiet
-while i <= #ARGV do
+i = 4 + quiet
+while i <= n do
   local kind, id = ARGV[i], ARGV[i + 1]
   local fresh
   fresh, i = holds(i + 3, tonumber(ARGV[i + 2]))
@@ -103,27 +176,18 @@ while i <= #ARGV do
   end
   if kind == 'ok' then
     local p = tonumber(ARGV[i])
-    i = i + 1
     if acked then
-      for j = i, i + p - 1 do
+      for j = i + 1, i + p do
         redis.call('XADD', KEYS[4], '*', 'data', ARGV[j])
       end
     end
-    i = i + p
+    i = i + 1 + p
     local s = tonumber(ARGV[i])
-    i = i + 1
-    if acked then
-      for j = i, i + 2 * s - 1, 2 do
-        redis.call('HSET', KEYS[3], ARGV[j], ARGV[j + 1])
-      end
-    end
-    i = i + 2 * s
+    if acked and s > 0 then chunked('HSET', i + 1, i + 2 * s) end
+    i = i + 1 + 2 * s
     local d = tonumber(ARGV[i])
-    i = i + 1
-    if acked and d > 0 then
-      redis.call('HDEL', KEYS[3], unpack(ARGV, i, i + d - 1))
-    end
-    i = i + d
+    if acked and d > 0 then chunked('HDEL', i + 1, i + d) end
+    i = i + 1 + d
   elseif kind == 'dlq' then
     if acked then
       redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])
@@ -132,4 +196,5 @@ while i <= #ARGV do
   end
 end
 result[1] = skipped
+result[2] = blocked and 1 or 0
 return result

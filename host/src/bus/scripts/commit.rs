@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use redis::{FromRedisValue, ParsingError, RedisResult, Script, Value};
+use redis::{FromRedisValue, ParsingError, RedisError, RedisResult, Script, Value};
 
 use crate::bus::connection::RedisConn;
 use crate::bus::leanmq;
@@ -12,6 +12,12 @@ use crate::bus::state::stamp_field;
 use crate::handler::{Effects, Reads, COMPARED_BYTES};
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
+
+/// Most argument bytes sent in one script call. Redis buffers a call whole
+/// (and closes a connection whose query passes 1 GiB), and runs it without
+/// serving anyone else: a larger batch is committed in several calls, each
+/// atomic per entry, records never split.
+pub const MAX_CALL_BYTES: usize = 64 << 20;
 
 /// One commit of a subscriber: acknowledgements with their effects, and dead
 /// letters, each applied only if what it read still holds.
@@ -22,9 +28,23 @@ pub struct CommitBatch {
     ordered: bool,
     /// Entries handled with no effects and no reads: just their ids.
     quiet: Vec<Vec<u8>>,
-    /// Everything else, encoded as commit.lua reads it.
-    records: Vec<Vec<u8>>,
+    /// Everything else, one record per entry, encoded as commit.lua reads it.
+    records: Vec<Record>,
     entries: usize,
+}
+
+/// One entry's record: its id and its arguments to commit.lua.
+struct Record {
+    id: String,
+    args: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Record {
+    fn push(&mut self, arg: Vec<u8>) {
+        self.bytes += arg.len();
+        self.args.push(arg);
+    }
 }
 
 /// A count as Lua reads it.
@@ -50,22 +70,38 @@ pub struct Committed {
     /// Entries whose reads no longer held (or, in an ordered batch, that
     /// came after one): nothing of theirs was written, they stay pending.
     pub conflicts: Vec<String>,
+    /// Entries whose record Redis refused on its own, for a reason that
+    /// will not change (id, Redis's error): nothing of theirs was written,
+    /// they stay pending until the caller dead-letters them.
+    pub refused: Vec<(String, String)>,
 }
 
-impl FromRedisValue for Committed {
+/// One script call's reply: `{skipped, blocked, conflict ids...}`.
+struct Reply {
+    skipped: u64,
+    /// An ordered batch stopped committing: hold back what comes after.
+    blocked: bool,
+    conflicts: Vec<String>,
+}
+
+impl FromRedisValue for Reply {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
         let Value::Array(items) = value else {
             return Err("commit reply is not an array".into());
         };
         let mut items = items.into_iter();
-        let skipped = match items.next() {
-            Some(Value::Int(n)) => n as u64,
-            _ => return Err("commit reply has no count".into()),
+        let (Some(Value::Int(skipped)), Some(Value::Int(blocked))) = (items.next(), items.next())
+        else {
+            return Err("commit reply has no counts".into());
         };
         let conflicts = items
             .map(String::from_redis_value)
             .collect::<Result<_, _>>()?;
-        Ok(Committed { skipped, conflicts })
+        Ok(Reply {
+            skipped: skipped as u64,
+            blocked: blocked != 0,
+            conflicts,
+        })
     }
 }
 
@@ -89,13 +125,12 @@ impl CommitBatch {
             self.quiet.push(id.as_bytes().to_vec());
             return;
         }
-        self.record(b"ok", id, effects.reads());
+        let mut record = Self::record(b"ok", id, effects.reads());
 
         let published = effects.published();
-        self.records.push(count(published.len()));
+        record.push(count(published.len()));
         for p in published {
-            self.records
-                .push(leanmq::publish_payload(p, now).into_bytes());
+            record.push(leanmq::publish_payload(p, now).into_bytes());
         }
 
         // Only the last write of each key matters; keep the order of first
@@ -123,58 +158,66 @@ impl CommitBatch {
             .filter(|(_, value)| value.len() > COMPARED_BYTES)
             .map(|(key, _)| (stamp_field(key), id))
             .collect();
-        self.records.push(count(sets.len() + stamps.len()));
+        record.push(count(sets.len() + stamps.len()));
         for (key, value) in sets {
-            self.records.push(key.as_bytes().to_vec());
-            self.records.push(value.as_bytes().to_vec());
+            record.push(key.as_bytes().to_vec());
+            record.push(value.as_bytes().to_vec());
         }
         for (field, id) in stamps {
-            self.records.push(field.into_bytes());
-            self.records.push(id.as_bytes().to_vec());
+            record.push(field.into_bytes());
+            record.push(id.as_bytes().to_vec());
         }
-        self.records.push(count(deletes.len() * 2));
+        record.push(count(deletes.len() * 2));
         for key in deletes {
-            self.records.push(key.as_bytes().to_vec());
-            self.records.push(stamp_field(key).into_bytes());
+            record.push(key.as_bytes().to_vec());
+            record.push(stamp_field(key).into_bytes());
         }
+        self.records.push(record);
     }
 
     /// Acknowledges `id` and writes `payload` to the DLQ, if what the
     /// failure rests on, `reads`, still holds.
     pub fn dead_letter(&mut self, id: &str, payload: String, reads: &Reads) {
-        self.record(b"dlq", id, reads);
-        self.records.push(payload.into_bytes());
+        let mut record = Self::record(b"dlq", id, reads);
+        record.push(payload.into_bytes());
+        self.records.push(record);
         self.entries += 1;
     }
 
     /// Checks that `reads` still hold for `id`, which stays pending (a
     /// retry that rests on what it read).
     pub fn check(&mut self, id: &str, reads: &Reads) {
-        self.record(b"check", id, reads);
+        self.records.push(Self::record(b"check", id, reads));
         self.entries += 1;
     }
 
     /// A record's head: its kind, its entry, what it read.
-    fn record(&mut self, kind: &[u8], id: &str, reads: &Reads) {
-        self.records.push(kind.to_vec());
-        self.records.push(id.as_bytes().to_vec());
-        self.records.push(count(reads.len()));
+    fn record(kind: &[u8], id: &str, reads: &Reads) -> Record {
+        let mut record = Record {
+            id: id.to_string(),
+            args: Vec::new(),
+            bytes: 0,
+        };
+        record.push(kind.to_vec());
+        record.push(id.as_bytes().to_vec());
+        record.push(count(reads.len()));
         for (key, seen) in reads {
-            self.records.push(key.as_bytes().to_vec());
+            record.push(key.as_bytes().to_vec());
             match &seen.value {
-                None => self.records.push(b"0".to_vec()),
+                None => record.push(b"0".to_vec()),
                 Some(value) if value.len() <= COMPARED_BYTES => {
-                    self.records.push(b"1".to_vec());
-                    self.records.push(value.as_bytes().to_vec());
+                    record.push(b"1".to_vec());
+                    record.push(value.as_bytes().to_vec());
                 }
                 Some(value) => {
-                    self.records.push(b"2".to_vec());
-                    self.records.push(count(value.len()));
+                    record.push(b"2".to_vec());
+                    record.push(count(value.len()));
                     let stamp = seen.stamp.as_deref().unwrap_or_default();
-                    self.records.push(stamp.as_bytes().to_vec());
+                    record.push(stamp.as_bytes().to_vec());
                 }
             }
         }
+        record
     }
 
     /// Number of entries in the batch.
@@ -187,45 +230,169 @@ impl CommitBatch {
         self.entries == 0
     }
 
-    /// Runs the batch as one atomic script.
+    /// Commits the batch: one atomic script call, or one per
+    /// [`MAX_CALL_BYTES`] of records. If Redis refuses it for a reason that
+    /// will not change (see [`is_refusal`]), having written nothing, each
+    /// record is tried on its own and those refused alone are returned in
+    /// [`Committed::refused`], so one poison record cannot hold back the
+    /// others. Any other error is returned: what was not committed stays
+    /// pending.
     pub async fn apply(
         &self,
         conn: &mut RedisConn,
         keys: &CommitKeys<'_>,
     ) -> RedisResult<Committed> {
-        if self.records.is_empty() {
+        let records: Vec<&Record> = self.records.iter().collect();
+        match self.apply_in_chunks(conn, keys, &records).await {
+            Err(err) if is_refusal(&err) && !self.records.is_empty() => {
+                tracing::warn!(
+                    "Redis refused a commit of {} entries ({err}); committing them one by one",
+                    self.entries
+                );
+                self.apply_one_by_one(conn, keys).await
+            }
+            other => other,
+        }
+    }
+
+    /// The batch in calls of at most [`MAX_CALL_BYTES`] (a record larger
+    /// than that goes alone); the quiet ids with the first.
+    async fn apply_in_chunks(
+        &self,
+        conn: &mut RedisConn,
+        keys: &CommitKeys<'_>,
+        records: &[&Record],
+    ) -> RedisResult<Committed> {
+        let mut committed = Committed::default();
+        if records.is_empty() {
             // Nothing but results without effects or reads: nothing to
             // guard, no script needed.
+            committed.skipped = self.ack_quiet(conn, keys).await?;
+            return Ok(committed);
+        }
+        let mut quiet: &[Vec<u8>] = &self.quiet;
+        let mut rest = records;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let take = rest
+                .iter()
+                .take_while(|r| {
+                    bytes += r.bytes;
+                    bytes <= MAX_CALL_BYTES
+                })
+                .count()
+                .max(1);
+            let (chunk, later) = rest.split_at(take);
+            let reply = self.call(conn, keys, quiet, chunk).await?;
+            quiet = &[];
+            rest = later;
+            committed.skipped += reply.skipped;
+            committed.conflicts.extend(reply.conflicts);
+            if reply.blocked && self.ordered {
+                // Held back by a conflict or a skip in an earlier call.
+                committed
+                    .conflicts
+                    .extend(rest.iter().map(|r| r.id.clone()));
+                break;
+            }
+        }
+        Ok(committed)
+    }
+
+    /// After a refused batch: the quiet ids, then each record alone.
+    async fn apply_one_by_one(
+        &self,
+        conn: &mut RedisConn,
+        keys: &CommitKeys<'_>,
+    ) -> RedisResult<Committed> {
+        let mut committed = Committed {
+            skipped: self.ack_quiet(conn, keys).await?,
+            ..Committed::default()
+        };
+        let mut records = self.records.iter();
+        while let Some(record) = records.next() {
+            match self.call(conn, keys, &[], &[record]).await {
+                Ok(reply) => {
+                    committed.skipped += reply.skipped;
+                    committed.conflicts.extend(reply.conflicts);
+                    if reply.blocked && self.ordered {
+                        committed.conflicts.extend(records.map(|r| r.id.clone()));
+                        break;
+                    }
+                }
+                Err(err) if is_refusal(&err) => {
+                    committed
+                        .refused
+                        .push((record.id.clone(), refusal_text(&err)));
+                    if self.ordered {
+                        // Later events may have read what it wrote.
+                        committed.conflicts.extend(records.map(|r| r.id.clone()));
+                        break;
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(committed)
+    }
+
+    /// Acknowledges the quiet ids; how many were acknowledged already.
+    async fn ack_quiet(&self, conn: &mut RedisConn, keys: &CommitKeys<'_>) -> RedisResult<u64> {
+        let mut skipped = 0;
+        for chunk in self.quiet.chunks(10_000) {
             let acked: u64 = redis::cmd("XACK")
                 .arg(keys.stream)
                 .arg(&self.group)
-                .arg(&self.quiet)
+                .arg(chunk)
                 .query_async(conn)
                 .await?;
-            return Ok(Committed {
-                skipped: self.quiet.len() as u64 - acked,
-                conflicts: Vec::new(),
-            });
+            skipped += chunk.len() as u64 - acked;
         }
+        Ok(skipped)
+    }
+
+    /// One call of commit.lua with `quiet` ids and `records`.
+    async fn call(
+        &self,
+        conn: &mut RedisConn,
+        keys: &CommitKeys<'_>,
+        quiet: &[Vec<u8>],
+        records: &[&Record],
+    ) -> RedisResult<Reply> {
         let mut call = SCRIPT.prepare_invoke();
         call.key(keys.stream)
             .key(keys.dlq)
             .key(keys.state)
             .key(keys.all);
-        let quiet = count(self.quiet.len());
-        let ordered = if self.ordered {
-            b"1".to_vec()
-        } else {
-            b"0".to_vec()
-        };
-        let args = [&self.group, &ordered, &quiet]
-            .into_iter()
-            .chain(&self.quiet)
-            .chain(&self.records);
-        for arg in args {
-            call.arg(arg.as_slice());
+        call.arg(self.group.as_slice())
+            .arg(if self.ordered { "1" } else { "0" })
+            .arg(quiet.len());
+        for id in quiet {
+            call.arg(id.as_slice());
+        }
+        for record in records {
+            for arg in &record.args {
+                call.arg(arg.as_slice());
+            }
         }
         call.invoke_async(conn).await
+    }
+}
+
+/// Whether Redis refused a command for a reason that will not change by
+/// waiting: an `ERR` or `WRONGTYPE` reply (a script error, an argument it
+/// cannot take, a key of another type), not a lost connection, a full
+/// memory (`OOM`), a busy or loading server, a lost group (`NOGROUP`).
+pub fn is_refusal(err: &RedisError) -> bool {
+    matches!(err.code(), Some("ERR" | "WRONGTYPE"))
+}
+
+/// A refusal as Redis said it (`WRONGTYPE state is a string, not a hash`),
+/// for a dead letter's reason.
+pub fn refusal_text(err: &RedisError) -> String {
+    match (err.code(), err.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        _ => err.to_string(),
     }
 }
 
@@ -248,7 +415,13 @@ mod tests {
         assert_eq!(batch.len(), 2);
         assert_eq!(text(&batch.quiet), ["4-0"], "no effects: just the id");
         assert_eq!(
-            text(&batch.records),
+            text(
+                &batch
+                    .records
+                    .iter()
+                    .flat_map(|r| r.args.clone())
+                    .collect::<Vec<_>>()
+            ),
             [
                 "ok",
                 "5-0",

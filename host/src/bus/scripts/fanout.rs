@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 
 use redis::{RedisResult, Script};
 
+use super::commit::{is_refusal, refusal_text, MAX_CALL_BYTES};
 use super::Skipped;
 use crate::bus::connection::RedisConn;
 
@@ -13,65 +14,141 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fan
 /// One fan-out batch: for each entry of `events:all`, its copies or its
 /// dead letter.
 pub struct FanoutBatch {
+    group: Vec<u8>,
+    records: Vec<Record>,
+}
+
+/// One entry's record: its id and its arguments to fanout.lua.
+struct Record {
+    id: String,
     args: Vec<Vec<u8>>,
-    entries: usize,
+    bytes: usize,
+}
+
+/// What a fan-out batch came to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// Entries another consumer had routed already: nothing written.
+    pub skipped: Skipped,
+    /// Entries whose record Redis refused on its own, for a reason that
+    /// will not change (id, Redis's error): nothing written, still pending.
+    pub refused: Vec<(String, String)>,
 }
 
 impl FanoutBatch {
     /// An empty batch for the group of `events:all`.
     pub fn new(group: &str) -> Self {
         FanoutBatch {
-            args: vec![group.as_bytes().to_vec()],
-            entries: 0,
+            group: group.as_bytes().to_vec(),
+            records: Vec::new(),
         }
     }
 
     /// Copies `data` to the subscriber streams at `targets` (indexes into
     /// the streams given to [`FanoutBatch::apply`]); none just acknowledges.
     pub fn route(&mut self, id: &str, targets: &[usize], data: &[u8]) {
-        self.args.push(id.as_bytes().to_vec());
-        self.args.push(targets.len().to_string().into_bytes());
+        let mut args = vec![id.as_bytes().to_vec()];
+        args.push(targets.len().to_string().into_bytes());
         for t in targets {
             // KEYS[1] and KEYS[2] are events:all and its DLQ; Lua counts from 1.
-            self.args.push((t + 3).to_string().into_bytes());
+            args.push((t + 3).to_string().into_bytes());
         }
-        self.args.push(data.to_vec());
-        self.entries += 1;
+        args.push(data.to_vec());
+        self.push(id, args);
     }
 
     /// Moves the entry to `events:all:dlq` as `payload`.
     pub fn dead_letter(&mut self, id: &str, payload: String) {
-        self.args.push(id.as_bytes().to_vec());
-        self.args.push(b"-1".to_vec());
-        self.args.push(payload.into_bytes());
-        self.entries += 1;
+        let args = vec![id.as_bytes().to_vec(), b"-1".to_vec(), payload.into_bytes()];
+        self.push(id, args);
+    }
+
+    fn push(&mut self, id: &str, args: Vec<Vec<u8>>) {
+        let bytes = args.iter().map(Vec::len).sum();
+        self.records.push(Record {
+            id: id.to_string(),
+            args,
+            bytes,
+        });
     }
 
     /// Number of entries in the batch.
     pub fn len(&self) -> usize {
-        self.entries
+        self.records.len()
     }
 
     /// Whether the batch has no entries.
     pub fn is_empty(&self) -> bool {
-        self.entries == 0
+        self.records.is_empty()
     }
 
-    /// Runs the batch as one atomic script.
+    /// Runs the batch: one atomic script call, or one per
+    /// [`MAX_CALL_BYTES`] of records. If Redis refuses it for a reason that
+    /// will not change, having written nothing, each record is tried on its
+    /// own and those refused alone are returned in [`Routed::refused`].
     pub async fn apply(
         &self,
         conn: &mut RedisConn,
         all: &str,
         all_dlq: &str,
         streams: &[String],
+    ) -> RedisResult<Routed> {
+        let mut routed = Routed::default();
+        let mut rest: &[Record] = &self.records;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let take = rest
+                .iter()
+                .take_while(|r| {
+                    bytes += r.bytes;
+                    bytes <= MAX_CALL_BYTES
+                })
+                .count()
+                .max(1);
+            let (chunk, later) = rest.split_at(take);
+            match self.call(conn, all, all_dlq, streams, chunk).await {
+                Ok(skipped) => routed.skipped += skipped,
+                Err(err) if is_refusal(&err) => {
+                    tracing::warn!(
+                        "Redis refused a fan-out of {} entries ({err}); routing them one by one",
+                        chunk.len()
+                    );
+                    for record in chunk {
+                        let one = std::slice::from_ref(record);
+                        match self.call(conn, all, all_dlq, streams, one).await {
+                            Ok(skipped) => routed.skipped += skipped,
+                            Err(err) if is_refusal(&err) => {
+                                routed.refused.push((record.id.clone(), refusal_text(&err)))
+                            }
+                            Err(err) => return Err(err),
+                        }
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+            rest = later;
+        }
+        Ok(routed)
+    }
+
+    async fn call(
+        &self,
+        conn: &mut RedisConn,
+        all: &str,
+        all_dlq: &str,
+        streams: &[String],
+        records: &[Record],
     ) -> RedisResult<Skipped> {
         let mut call = SCRIPT.prepare_invoke();
         call.key(all).key(all_dlq);
         for stream in streams {
             call.key(stream);
         }
-        for arg in &self.args {
-            call.arg(arg.as_slice());
+        call.arg(self.group.as_slice());
+        for record in records {
+            for arg in &record.args {
+                call.arg(arg.as_slice());
+            }
         }
         call.invoke_async(conn).await
     }
@@ -89,8 +166,10 @@ mod tests {
         batch.route("1-1", &[], b"{}");
         batch.dead_letter("1-2", "{\"_raw\":\"x\"}".into());
         assert_eq!(batch.len(), 3);
+        let mut args = vec![batch.group.clone()];
+        args.extend(batch.records.iter().flat_map(|r| r.args.clone()));
         assert_eq!(
-            text(&batch.args),
+            text(&args),
             [
                 "all-group",
                 "1-0",

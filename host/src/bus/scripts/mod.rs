@@ -13,8 +13,8 @@ pub mod commit;
 pub mod fanout;
 pub mod trim;
 
-pub use commit::{CommitBatch, CommitKeys, Committed};
-pub use fanout::FanoutBatch;
+pub use commit::{is_refusal, CommitBatch, CommitKeys, Committed, MAX_CALL_BYTES};
+pub use fanout::{FanoutBatch, Routed};
 pub use trim::trim;
 
 /// Entries of a batch that were already acknowledged by someone else, so

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::group::{GroupConsumer, StreamEntry};
 use super::leanmq::{self, FailureRecord};
-use super::scripts::{CommitBatch, CommitKeys};
+use super::scripts::{CommitBatch, CommitKeys, Committed};
 use super::worker::{self, Patience, Round, Worker};
 use super::BLOCK;
 use crate::config::{BusConfig, SubscriberConfig};
@@ -145,6 +145,8 @@ enum Fate {
         kind: &'static str,
         reason: String,
     },
+    /// Redis refused its commit and its quarantine: it stays pending.
+    Stuck,
 }
 
 impl SubscriberLoop {
@@ -201,8 +203,11 @@ impl SubscriberLoop {
         if worked {
             let concurrency = if again { 1 } else { settings.concurrency };
             let (batch, decided) = self.process(&settings, work, concurrency).await;
-            let conflicts = self.commit(&batch).await?;
-            self.settle(&settings, decided, conflicts);
+            let committed = self.commit(&batch).await?;
+            let decided = self
+                .quarantine(&settings, decided, &committed.refused)
+                .await?;
+            self.settle(&settings, decided, committed.conflicts);
         }
         self.group
             .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
@@ -274,6 +279,7 @@ impl SubscriberLoop {
                 self.group.read_new(self.bus.read_batch, block).await?
             }
         };
+        self.group.shed(&entries).await;
         Ok(entries
             .into_iter()
             .map(|entry| Work { entry, attempt: 1 })
@@ -412,7 +418,7 @@ impl SubscriberLoop {
                     subscriber: Some(&settings.name),
                     attempt: Some(work.attempt),
                 };
-                let payload = leanmq::dead_letter(&work.entry, &record);
+                let payload = leanmq::dead_letter(&work.entry, &record, self.bus.max_payload_bytes);
                 batch.dead_letter(&work.entry.id, payload, reads);
                 Fate::DeadLettered { kind, reason }
             }
@@ -478,15 +484,15 @@ impl SubscriberLoop {
                     );
                     self.metrics.dead_lettered(kind);
                 }
+                Fate::Stuck => {}
             }
         }
     }
 
-    /// Commits a batch, with the loops' give-up policy; returns the
-    /// entries that conflicted.
-    async fn commit(&mut self, batch: &CommitBatch) -> RedisResult<Vec<String>> {
+    /// Commits a batch, with the loops' give-up policy.
+    async fn commit(&mut self, batch: &CommitBatch) -> RedisResult<Committed> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Committed::default());
         }
         let queue = self.group.queue().clone();
         let keys = CommitKeys {
@@ -511,7 +517,58 @@ impl SubscriberLoop {
                 committed.skipped
             );
         }
-        Ok(committed.conflicts)
+        Ok(committed)
+    }
+
+    /// The entries whose result Redis refused, on its own and for a reason
+    /// that will not change, are quarantined: acknowledged and
+    /// dead-lettered with Redis's reason, so one cannot block the
+    /// subscriber (or be retried forever). One refused even that stays
+    /// pending, logged.
+    async fn quarantine(
+        &mut self,
+        settings: &SubscriberConfig,
+        mut decided: Vec<Decided>,
+        refused: &[(String, String)],
+    ) -> RedisResult<Vec<Decided>> {
+        if refused.is_empty() {
+            return Ok(decided);
+        }
+        let queue = self.group.queue().clone();
+        let mut batch = CommitBatch::new(&queue.group, false);
+        let now = crate::handler::unix_now();
+        for (id, err) in refused {
+            let Some(d) = decided.iter_mut().find(|d| &d.work.entry.id == id) else {
+                continue;
+            };
+            let reason = format!("{}: Redis refused its commit: {err}", settings.name);
+            let record = FailureRecord {
+                timestamp: now,
+                reason: &reason,
+                kind: "refused",
+                subscriber: Some(&settings.name),
+                attempt: Some(d.work.attempt),
+            };
+            let payload = leanmq::dead_letter(&d.work.entry, &record, self.bus.max_payload_bytes);
+            batch.dead_letter(id, payload, &Vec::new());
+            d.fate = Fate::DeadLettered {
+                kind: "refused",
+                reason,
+            };
+        }
+        let committed = self.commit(&batch).await?;
+        for (id, err) in committed.refused {
+            if let Some(d) = decided.iter_mut().find(|d| d.work.entry.id == id) {
+                tracing::error!(
+                    subscriber = %settings.name,
+                    event_id = %d.event_id,
+                    stream_id = %id,
+                    "Redis refused its commit and its quarantine ({err}); it stays pending"
+                );
+                d.fate = Fate::Stuck;
+            }
+        }
+        Ok(decided)
     }
 }
 

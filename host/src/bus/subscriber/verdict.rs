@@ -88,6 +88,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             memory_bytes: 64 << 20,
             effects_bytes: 16 << 20,
+            publish: Default::default(),
             retry_backoff: Duration::from_millis(100),
             config: Default::default(),
             grants: Grants::default(),
