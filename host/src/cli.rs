@@ -17,7 +17,7 @@ use crate::bus::{self, connection::Connector, keys::Keys};
 use crate::config::{self, ConfigError};
 use crate::daemon::{self, WasmPlugins};
 use crate::invoke::{self, Invocation, LogCollector, Report};
-use crate::plugin::PluginRuntime;
+use crate::plugin::{PluginRuntime, RuntimeSettings};
 use crate::{preflight, private_redis, signals, telemetry};
 
 /// Runs event handlers as sandboxed WebAssembly components on Redis Streams.
@@ -214,7 +214,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     if let Some(addr) = config.telemetry.metrics {
         telemetry::serve_metrics(addr)?;
     }
-    let runtime = PluginRuntime::new(&config.plugins.cache_dir, config.plugins.max_file_bytes)?;
+    let runtime = PluginRuntime::new(RuntimeSettings::from_config(&config.plugins))?;
     let plugins = Arc::new(WasmPlugins::new(runtime));
     daemon::run(config, plugins, shutdown.cancelled_owned()).await
 }
@@ -276,7 +276,7 @@ async fn invoke(args: InvokeArgs, logs: &LogCollector) -> anyhow::Result<u8> {
         timeout: std::time::Duration::from_millis(args.timeout_ms),
         memory_bytes: args.memory_mb << 20,
     };
-    let runtime = PluginRuntime::new(&cache_dir, config::DEFAULT_MAX_FILE_MB << 20)?;
+    let runtime = PluginRuntime::new(RuntimeSettings::with_cache(&cache_dir))?;
     let report = invoke::invoke(runtime, invocation, logs).await?;
     if args.json {
         say(serde_json::to_string_pretty(&report)?);
@@ -342,7 +342,7 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
-    let runtime = PluginRuntime::new(&config.plugins.cache_dir, config.plugins.max_file_bytes)?;
+    let runtime = PluginRuntime::new(RuntimeSettings::from_config(&config.plugins))?;
     let loaded = preflight::load_plugins(&runtime, &config.subscribers).await;
     for sub in &config.subscribers {
         match (

@@ -17,7 +17,8 @@ use super::problem::{span_of, Problem};
 use super::raw::{RawBus, RawConfig, RawGrants, RawPlugins, RawRedis, RawSubscriber, RawTelemetry};
 use super::{
     BusConfig, Config, DirGrant, EventFilter, Grants, PluginsConfig, RedisConfig, SubscriberConfig,
-    TelemetryConfig, DEFAULT_EFFECTS_MB, DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF, STATE_DIR,
+    TelemetryConfig, DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES, DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF,
+    STATE_DIR,
 };
 
 /// Checks config `text` read from `path`: the settings (`None` if the text
@@ -158,11 +159,18 @@ impl Checker<'_> {
             1..=4096,
             DEFAULT_MAX_FILE_MB,
         );
+        let instances = self.int(
+            &raw.instances,
+            "plugins.instances",
+            4..=100_000,
+            DEFAULT_INSTANCES,
+        );
         PluginsConfig {
             dir,
             watch: raw.watch.unwrap_or(true),
             cache_dir,
             max_file_bytes: max_file_mb << 20,
+            instances,
         }
     }
 

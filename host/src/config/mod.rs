@@ -76,6 +76,9 @@ pub struct PluginsConfig {
     /// Largest plugin file read, in bytes: a file is read whole, so a huge
     /// one (or a device like `/dev/zero`) must be refused before.
     pub max_file_bytes: u64,
+    /// Plugin instances alive at once, all subscribers together: the slots
+    /// of the instance pool. One subscriber holds at most a quarter.
+    pub instances: usize,
 }
 
 /// Default of `[subscribers.*] effects_mb`: far more than any handler's
@@ -85,6 +88,10 @@ pub const DEFAULT_EFFECTS_MB: usize = 16;
 /// Default of `[plugins] max_file_mb`: Python and JavaScript components are
 /// 12 to 18 MB; this leaves them room to grow.
 pub const DEFAULT_MAX_FILE_MB: u64 = 64;
+
+/// Default of `[plugins] instances`: a fresh instance of a small plugin
+/// commits well under a megabyte, so a full pool stays within a host.
+pub const DEFAULT_INSTANCES: usize = 1000;
 
 /// How the bus reads and recovers.
 #[derive(Debug, Clone, PartialEq)]

@@ -35,6 +35,7 @@ pub struct RawPlugins {
     pub watch: Option<bool>,
     pub cache_dir: Option<Spanned<String>>,
     pub max_file_mb: Option<Spanned<i64>>,
+    pub instances: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -9,11 +9,13 @@
 //! - [`wasm_handler`]: running one subscriber's events in reused instances,
 //!   swapped atomically on reload;
 //! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
+//! - [`capacity`]: the instance pool, shared fairly between subscribers;
 //! - [`limiter`] and [`output`]: an instance's memory budget and the tail of
 //!   what it printed;
 //! - [`logs`]: what a plugin writes to the host's log, escaped, bounded and
 //!   rate-limited.
 
+mod capacity;
 mod host_api;
 mod limiter;
 mod logs;
@@ -21,5 +23,7 @@ mod output;
 mod runtime;
 mod wasm_handler;
 
-pub use runtime::{check_plugin_file, CompiledPlugin, LoadError, PluginFile, PluginRuntime};
+pub use runtime::{
+    check_plugin_file, CompiledPlugin, LoadError, PluginFile, PluginRuntime, RuntimeSettings,
+};
 pub use wasm_handler::{Limits, WasmHandler};

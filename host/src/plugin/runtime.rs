@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{types::ComponentItem, Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
+use super::capacity::InstanceCapacity;
 use super::host_api::{StoreData, Subscriber, SubscriberPre};
+use crate::config::PluginsConfig;
 
 /// How often the epoch advances: the resolution of time limits, and how
 /// often a long-running call yields to other work.
@@ -27,9 +29,41 @@ const EPOCH_TICK: Duration = Duration::from_millis(2);
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<StoreData>,
-    cache_dir: PathBuf,
+    settings: RuntimeSettings,
+    capacity: Arc<InstanceCapacity>,
+}
+
+/// What a runtime is built with: the `[plugins]` settings it uses.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Where compiled components are cached.
+    pub cache_dir: PathBuf,
     /// Largest plugin file read (`[plugins] max_file_mb`).
-    max_file_bytes: u64,
+    pub max_file_bytes: u64,
+    /// Instances alive at once, all plugins together (`[plugins]
+    /// instances`): the slots of the pooling allocator.
+    pub instances: usize,
+}
+
+impl RuntimeSettings {
+    /// The settings of a config's `[plugins]` table.
+    pub fn from_config(plugins: &PluginsConfig) -> Self {
+        RuntimeSettings {
+            cache_dir: plugins.cache_dir.clone(),
+            max_file_bytes: plugins.max_file_bytes,
+            instances: plugins.instances,
+        }
+    }
+
+    /// The defaults, with compiled components cached in `cache_dir`: for
+    /// commands that run without a config (`eventhost invoke`).
+    pub fn with_cache(cache_dir: &Path) -> Self {
+        RuntimeSettings {
+            cache_dir: cache_dir.to_path_buf(),
+            max_file_bytes: crate::config::DEFAULT_MAX_FILE_MB << 20,
+            instances: crate::config::DEFAULT_INSTANCES,
+        }
+    }
 }
 
 /// Why a plugin file was refused; the message says what to do.
@@ -136,11 +170,9 @@ impl CompiledPlugin {
 }
 
 impl PluginRuntime {
-    /// Builds the engine and starts its epoch clock; compiled components are
-    /// cached under `cache_dir`; plugin files over `max_file_bytes` are
-    /// refused unread.
-    pub fn new(cache_dir: &Path, max_file_bytes: u64) -> anyhow::Result<Arc<Self>> {
-        let engine = match Engine::new(&engine_config(true)) {
+    /// Builds the engine and starts its epoch clock, with `settings`.
+    pub fn new(settings: RuntimeSettings) -> anyhow::Result<Arc<Self>> {
+        let engine = match Engine::new(&engine_config(Some(settings.instances))) {
             Ok(engine) => engine,
             // A restricted address space (ulimit -v) cannot hold the pool's
             // reservations; on-demand allocation is slower but works.
@@ -148,7 +180,7 @@ impl PluginRuntime {
                 tracing::warn!(
                     "pooling allocator unavailable ({err}); instances will be allocated on demand"
                 );
-                Engine::new(&engine_config(false)).map_err(anyhow::Error::from)?
+                Engine::new(&engine_config(None)).map_err(anyhow::Error::from)?
             }
         };
         start_epoch_clock(&engine);
@@ -164,14 +196,24 @@ impl PluginRuntime {
         Ok(Arc::new(PluginRuntime {
             engine,
             linker,
-            cache_dir: cache_dir.to_path_buf(),
-            max_file_bytes,
+            capacity: InstanceCapacity::new(settings.instances),
+            settings,
         }))
     }
 
     /// The largest plugin file this runtime reads, in bytes.
     pub fn max_file_bytes(&self) -> u64 {
-        self.max_file_bytes
+        self.settings.max_file_bytes
+    }
+
+    /// How many instances may be alive at once.
+    pub fn instances(&self) -> usize {
+        self.settings.instances
+    }
+
+    /// The instance slots every handler draws on.
+    pub(super) fn capacity(&self) -> &Arc<InstanceCapacity> {
+        &self.capacity
     }
 
     /// The engine, for creating stores.
@@ -182,7 +224,7 @@ impl PluginRuntime {
     /// Reads, compiles (or loads from the cache) and validates the plugin at
     /// `path`. Blocking: call it off the async runtime.
     pub fn load(&self, path: &Path) -> Result<CompiledPlugin, LoadError> {
-        self.compile(PluginFile::read(path, self.max_file_bytes)?)
+        self.compile(PluginFile::read(path, self.settings.max_file_bytes)?)
     }
 
     /// Compiles (or loads from the cache) and validates a plugin file that
@@ -195,7 +237,8 @@ impl PluginRuntime {
         let started = Instant::now();
         check_header(&file.bytes).map_err(refuse)?;
         let cache_file =
-            self.cache_dir
+            self.settings
+                .cache_dir
                 .join(format!("{}-{}.cwasm", file.digest, self.engine_key()));
         let (component, cached) = match self.load_cached(&cache_file) {
             Some(component) => (component, true),
@@ -286,7 +329,7 @@ impl PluginRuntime {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(&self.cache_dir)?;
+                .create(&self.settings.cache_dir)?;
             let bytes = component.serialize().map_err(anyhow::Error::from)?;
             let tmp = file.with_extension(format!("tmp{}", std::process::id()));
             let _ = std::fs::remove_file(&tmp);
@@ -301,7 +344,7 @@ impl PluginRuntime {
             Ok(())
         };
         if let Err(err) = write() {
-            tracing::warn!(dir = %self.cache_dir.display(), "cannot cache compiled plugin: {err:#}");
+            tracing::warn!(dir = %self.settings.cache_dir.display(), "cannot cache compiled plugin: {err:#}");
         }
     }
 
@@ -315,20 +358,23 @@ impl PluginRuntime {
     }
 }
 
-fn engine_config(pooling: bool) -> Config {
+/// The engine's settings; `pooling`: a pooling allocator with slots for
+/// that many component instances.
+fn engine_config(pooling: Option<usize>) -> Config {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
         .cranelift_opt_level(OptLevel::Speed);
-    if pooling {
+    if let Some(instances) = pooling {
+        let instances = instances as u32;
         let mut pool = PoolingAllocationConfig::default();
         // Slots are virtual reservations; memory is committed only as used.
-        pool.total_component_instances(1000)
-            .total_core_instances(4000)
-            .total_memories(2000)
-            .total_tables(4000)
-            .total_stacks(1000)
+        pool.total_component_instances(instances)
+            .total_core_instances(4 * instances)
+            .total_memories(2 * instances)
+            .total_tables(4 * instances)
+            .total_stacks(instances)
             .max_core_instances_per_component(64)
             .max_memories_per_component(16)
             .max_tables_per_component(64)
@@ -396,7 +442,11 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_component() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = PluginRuntime::new(&dir.path().join("cache"), 1 << 20).unwrap();
+        let runtime = PluginRuntime::new(RuntimeSettings {
+            max_file_bytes: 1 << 20,
+            ..RuntimeSettings::with_cache(&dir.path().join("cache"))
+        })
+        .unwrap();
         let text = dir.path().join("notes.wasm");
         std::fs::write(&text, "just text").unwrap();
         let err = runtime.load(&text).err().unwrap();
@@ -416,7 +466,11 @@ mod tests {
     #[test]
     fn devices_folders_and_big_files_are_refused_unread() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = PluginRuntime::new(&dir.path().join("cache"), 1 << 20).unwrap();
+        let runtime = PluginRuntime::new(RuntimeSettings {
+            max_file_bytes: 1 << 20,
+            ..RuntimeSettings::with_cache(&dir.path().join("cache"))
+        })
+        .unwrap();
         let zero = dir.path().join("zero.wasm");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         let err = runtime.load(&zero).err().unwrap().to_string();

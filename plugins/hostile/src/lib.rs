@@ -12,7 +12,9 @@
 //! - `"flood_print"`: prints `n` lines of `size` bytes, then ok;
 //! - `"forge"`: logs and prints `"text"` (with its newlines and escapes),
 //!   then rejects with it as the reason;
-//! - `"set"`: writes `"key"` with a value of `size` bytes, then ok.
+//! - `"set"`: writes `"key"` with a value of `size` bytes, then ok;
+//! - `"sleep"`: holds its instance for `n` ms (a WASI sleep: no CPU),
+//!   then ok.
 //!
 //! Every act stores `done:<event id>` when it returns ok.
 
@@ -79,6 +81,7 @@ impl Guest for Hostile {
                 let key = data.get("key").and_then(Value::as_str).unwrap_or("big");
                 eventhost_plugin::state_set(key, &filler);
             }
+            "sleep" => std::thread::sleep(std::time::Duration::from_millis(n)),
             other => return Err(Failure::Reject(format!("unknown act {other:?}"))),
         }
         eventhost_plugin::state_set(&format!("done:{}", event.id), "1");
