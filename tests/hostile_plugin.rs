@@ -159,3 +159,105 @@ fn one_subscriber_cannot_take_every_instance() {
     assert!(during > baseline / 2.0, "{during} vs {baseline}");
     assert!(during_p99 < Duration::from_millis(100), "{during_p99:?}");
 }
+
+// ----- 9. the compiled cache ----------------------------------------------
+
+/// The cache entries in `dir` compiled from the file `wasm`: named by the
+/// SHA-256 of its bytes.
+fn entries_of(dir: &std::path::Path, wasm: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use sha2::Digest as _;
+    let digest: String = sha2::Sha256::digest(std::fs::read(wasm).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy();
+                    name.starts_with(&digest) && name.ends_with(".cwasm")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A cache entry copied over another plugin's entry is not loaded (it
+/// would run the other plugin's code, or a forged one's, as this plugin):
+/// its MAC binds it to its source bytes and engine, so the plugin is
+/// compiled again and runs as itself. A refused build leaves no entry, the
+/// cache is private (0700, 0600), and a cache inside the plugins folder is
+/// refused at its config line.
+#[test]
+fn a_cache_entry_is_loaded_only_for_the_bytes_it_was_compiled_from() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let world = World::new(&["probe.wasm", "hostile.wasm", "not_a_plugin.wasm"], "");
+    let cache = world.dir.path().join("own-cache");
+    let header = world.header().replace(
+        &format!("cache_dir = \"{}\"", cache_dir().display()),
+        "cache_dir = \"own-cache\"",
+    );
+    let subscribers = format!(
+        "{BYSTANDER}\n[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\n"
+    );
+    world.write_config(&format!("{header}{subscribers}"));
+    let check = world.eventhost(&["check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let plugins = world.dir.path().join("plugins");
+    let probe = entries_of(&cache, &plugins.join("probe.wasm"));
+    let hostile = entries_of(&cache, &plugins.join("hostile.wasm"));
+    assert_eq!((probe.len(), hostile.len()), (1, 1), "one entry per build");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(&probe[0]), 0o600);
+
+    // A build of another world is refused, and leaves nothing behind.
+    let refused = format!("{subscribers}\n[subscribers.command]\nplugin = \"not_a_plugin.wasm\"\n");
+    world.write_config(&format!("{header}{refused}"));
+    assert!(!world.eventhost(&["check"]).status.success());
+    assert_eq!(
+        entries_of(&cache, &plugins.join("not_a_plugin.wasm")),
+        Vec::<std::path::PathBuf>::new(),
+        "no entry for a refused build"
+    );
+
+    // The hostile plugin's compiled code under the probe's name.
+    world.write_config(&format!("{header}{subscribers}"));
+    std::fs::copy(&hostile[0], &probe[0]).unwrap();
+    let host = world.host();
+    let during = bystander_rate(&world, 300);
+    let p99 = bystander_p99(&world, 100);
+    let mut conn = world.conn();
+    assert_eq!(
+        dlq_reasons(&mut conn, "events:sub:bystander:dlq"),
+        Vec::<String>::new(),
+        "the bystander ran the probe, not the hostile plugin's code"
+    );
+    assert!(
+        host.log().contains("its MAC does not match"),
+        "the forged entry was seen and ignored"
+    );
+    let peak = peak_mib(&host);
+    let took = stop_timed(host);
+    println!(
+        "compiled cache: peak RSS {peak} MiB; bystander {during:.0} events/s (p99 {p99:?}) \
+         with a forged entry in the cache; SIGTERM → exit in {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // A cache inside the plugins folder is refused where the config says it.
+    world.write_config(&format!(
+        "{}{subscribers}",
+        header.replace("cache_dir = \"own-cache\"", "cache_dir = \"plugins/cache\"")
+    ));
+    let (checked, _) = world.refused();
+    assert!(
+        checked.contains("eventhost.toml:7:13: plugins.cache_dir: the compiled cache"),
+        "{checked}"
+    );
+}

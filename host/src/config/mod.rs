@@ -79,6 +79,9 @@ pub struct PluginsConfig {
     /// Plugin instances alive at once, all subscribers together: the slots
     /// of the instance pool. One subscriber holds at most a quarter.
     pub instances: usize,
+    /// Size limit of the compiled cache, in bytes: past it the entries used
+    /// least recently are removed.
+    pub cache_max_bytes: u64,
 }
 
 /// Default of `[subscribers.*] effects_mb`: far more than any handler's
@@ -88,6 +91,10 @@ pub const DEFAULT_EFFECTS_MB: usize = 16;
 /// Default of `[plugins] max_file_mb`: Python and JavaScript components are
 /// 12 to 18 MB; this leaves them room to grow.
 pub const DEFAULT_MAX_FILE_MB: u64 = 64;
+
+/// Default of `[plugins] cache_mb`: room for a few dozen Python or
+/// JavaScript builds (40 to 60 MB compiled each) and hundreds of Rust ones.
+pub const DEFAULT_CACHE_MB: u64 = 2048;
 
 /// Default of `[plugins] instances`: a fresh instance of a small plugin
 /// commits well under a megabyte, so a full pool stays within a host.

@@ -36,6 +36,7 @@ pub struct RawPlugins {
     pub cache_dir: Option<Spanned<String>>,
     pub max_file_mb: Option<Spanned<i64>>,
     pub instances: Option<Spanned<i64>>,
+    pub cache_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

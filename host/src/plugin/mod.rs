@@ -4,8 +4,8 @@
 //! turns an [`Event`](crate::handler::Event) into an
 //! [`Outcome`](crate::handler::Outcome) through the [`WasmHandler`].
 //!
-//! - [`runtime`]: the engine, compiling and validating components, the
-//!   compiled cache;
+//! - [`runtime`]: the engine, compiling and validating components;
+//! - [`cache`]: the compiled cache, trusted only as far as it is proven;
 //! - [`wasm_handler`]: running one subscriber's events in reused instances,
 //!   swapped atomically on reload;
 //! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
@@ -15,6 +15,7 @@
 //! - [`logs`]: what a plugin writes to the host's log, escaped, bounded and
 //!   rate-limited.
 
+mod cache;
 mod capacity;
 mod host_api;
 mod limiter;

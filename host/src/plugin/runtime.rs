@@ -6,8 +6,7 @@
 //! reload of a known build does not compile again.
 
 use std::hash::{Hash, Hasher};
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{types::ComponentItem, Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
+use super::cache::CompiledCache;
 use super::capacity::InstanceCapacity;
 use super::host_api::{StoreData, Subscriber, SubscriberPre};
 use crate::config::PluginsConfig;
@@ -29,6 +29,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(2);
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<StoreData>,
+    /// `None` when the cache folder cannot be made private: every load
+    /// compiles.
+    cache: Option<CompiledCache>,
     settings: RuntimeSettings,
     capacity: Arc<InstanceCapacity>,
 }
@@ -43,6 +46,8 @@ pub struct RuntimeSettings {
     /// Instances alive at once, all plugins together (`[plugins]
     /// instances`): the slots of the pooling allocator.
     pub instances: usize,
+    /// Size limit of the compiled cache (`[plugins] cache_mb`).
+    pub cache_max_bytes: u64,
 }
 
 impl RuntimeSettings {
@@ -52,6 +57,7 @@ impl RuntimeSettings {
             cache_dir: plugins.cache_dir.clone(),
             max_file_bytes: plugins.max_file_bytes,
             instances: plugins.instances,
+            cache_max_bytes: plugins.cache_max_bytes,
         }
     }
 
@@ -62,6 +68,7 @@ impl RuntimeSettings {
             cache_dir: cache_dir.to_path_buf(),
             max_file_bytes: crate::config::DEFAULT_MAX_FILE_MB << 20,
             instances: crate::config::DEFAULT_INSTANCES,
+            cache_max_bytes: crate::config::DEFAULT_CACHE_MB << 20,
         }
     }
 }
@@ -193,9 +200,21 @@ impl PluginRuntime {
             .map_err(anyhow::Error::from)
             .context("linking the eventhost host interface")?;
 
+        let cache = match CompiledCache::open(
+            &settings.cache_dir,
+            &engine_fingerprint(&engine),
+            settings.cache_max_bytes,
+        ) {
+            Ok(cache) => Some(cache),
+            Err(err) => {
+                tracing::warn!("compiled plugins will not be cached: {err:#}");
+                None
+            }
+        };
         Ok(Arc::new(PluginRuntime {
             engine,
             linker,
+            cache,
             capacity: InstanceCapacity::new(settings.instances),
             settings,
         }))
@@ -236,20 +255,38 @@ impl PluginRuntime {
         };
         let started = Instant::now();
         check_header(&file.bytes).map_err(refuse)?;
-        let cache_file =
-            self.settings
-                .cache_dir
-                .join(format!("{}-{}.cwasm", file.digest, self.engine_key()));
-        let (component, cached) = match self.load_cached(&cache_file) {
-            Some(component) => (component, true),
+        let from_cache = self.cache.as_ref().and_then(|cache| {
+            let code = cache.load(&file.digest)?;
+            // SAFETY: the code is what this host's engine compiled from these
+            // very bytes: the entry's MAC, under a key only this user can
+            // read, proves it (see `cache`).
+            match unsafe { Component::deserialize(&self.engine, &code) } {
+                Ok(component) => Some(component),
+                Err(err) => {
+                    tracing::warn!(plugin = %file.path.display(), "ignoring an unusable compiled cache entry: {err:#}");
+                    None
+                }
+            }
+        });
+        let (component, compiled) = match from_cache {
+            Some(component) => (component, None),
             None => {
-                let component = Component::new(&self.engine, &file.bytes)
+                let code = self
+                    .engine
+                    .precompile_component(&file.bytes)
                     .map_err(|err| refuse(format!("not a valid component: {err:#}")))?;
-                self.store_cached(&cache_file, &component);
-                (component, false)
+                // SAFETY: this engine compiled the code just now.
+                let component = unsafe { Component::deserialize(&self.engine, &code) }
+                    .map_err(|err| refuse(format!("cannot load its compiled code: {err:#}")))?;
+                (component, Some(code))
             }
         };
+        let cached = compiled.is_none();
         let pre = self.validate(&component).map_err(refuse)?;
+        // Only an accepted build is worth keeping.
+        if let (Some(cache), Some(code)) = (&self.cache, &compiled) {
+            cache.store(&file.digest, code);
+        }
         Ok(CompiledPlugin {
             path: file.path,
             digest: file.digest,
@@ -307,55 +344,6 @@ impl PluginRuntime {
             )
         })
     }
-
-    fn load_cached(&self, file: &Path) -> Option<Component> {
-        if !file.is_file() {
-            return None;
-        }
-        // SAFETY: the file is ours: written by `store_cached` from a component
-        // this engine compiled, under a name keyed by the engine's settings.
-        match unsafe { Component::deserialize_file(&self.engine, file) } {
-            Ok(component) => Some(component),
-            Err(err) => {
-                tracing::warn!(file = %file.display(), "ignoring unusable compiled cache entry: {err}");
-                None
-            }
-        }
-    }
-
-    fn store_cached(&self, file: &Path, component: &Component) {
-        let write = || -> anyhow::Result<()> {
-            // Native code the host loads: ours to read and write only.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.settings.cache_dir)?;
-            let bytes = component.serialize().map_err(anyhow::Error::from)?;
-            let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
-            let mut out = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            out.write_all(&bytes)?;
-            drop(out);
-            std::fs::rename(&tmp, file)?;
-            Ok(())
-        };
-        if let Err(err) = write() {
-            tracing::warn!(dir = %self.settings.cache_dir.display(), "cannot cache compiled plugin: {err:#}");
-        }
-    }
-
-    /// Distinguishes caches of engines with different settings or versions.
-    fn engine_key(&self) -> String {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        format!("{:016x}", hasher.finish())
-    }
 }
 
 /// The engine's settings; `pooling`: a pooling allocator with slots for
@@ -397,6 +385,25 @@ fn start_epoch_clock(engine: &Engine) {
             }
         })
         .expect("spawning the epoch clock thread");
+}
+
+/// Which engine compiles: a SHA-256 (hex) of everything that makes its code
+/// compatible or not (settings, version), so entries of another engine are
+/// never taken for this one's.
+fn engine_fingerprint(engine: &Engine) -> String {
+    /// Feeds what is hashed into SHA-256 instead of a 64-bit hash.
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut sha = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut sha);
+    hex(&sha.0.finalize())
 }
 
 /// Tells apart the files people actually drop into the folder by mistake.
