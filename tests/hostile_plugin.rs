@@ -261,3 +261,116 @@ fn a_cache_entry_is_loaded_only_for_the_bytes_it_was_compiled_from() {
         "{checked}"
     );
 }
+
+// ----- 4. file descriptors ------------------------------------------------
+
+/// Starts the host of `world` with its limit on open files at `nofile`.
+fn host_with_nofile(world: &World, nofile: u32) -> Host {
+    let mut command = std::process::Command::new("sh");
+    command.arg("-c").arg(format!(
+        "ulimit -n {nofile} && exec \"$0\" run --config \"$1\"",
+    ));
+    command
+        .arg(env!("CARGO_BIN_EXE_eventhost"))
+        .arg(world.config());
+    let mut host = Host::spawn(command);
+    host.wait_for_log("eventhost running");
+    host
+}
+
+/// A plugin granted a folder opens files without end, keeping them, in a
+/// host limited to 512 descriptors: it gets at most 64 per instance (then
+/// WASI `quota`), and the host keeps its reserve, so another subscriber's
+/// new instances still open their grants and read, and the bystander keeps
+/// its pace. On main the plugin took every descriptor of the host.
+#[test]
+fn a_plugin_cannot_take_the_hosts_file_descriptors() {
+    let world = World::new(&["probe.wasm", "hostile.wasm"], "");
+    let data = world.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("f.txt"), "contents").unwrap();
+    let grant = "[subscribers.{name}.grants]\ndirs = { \"/data\" = \"data\" }\n";
+    world.configure(&format!(
+        "[subscribers.opener]\nplugin = \"hostile.wasm\"\nevents = [\"Open\"]\n{}\n\
+         [subscribers.reader]\nplugin = \"hostile.wasm\"\nevents = [\"Read\"]\nconcurrency = 4\n{}\n{BYSTANDER}",
+        grant.replace("{name}", "opener"),
+        grant.replace("{name}", "reader"),
+    ));
+    let host = host_with_nofile(&world, 512);
+    let mut conn = world.conn();
+    let baseline = bystander_rate(&world, 1000);
+    let baseline_p99 = bystander_p99(&world, 100);
+
+    let opens: Vec<String> = (0..10)
+        .map(|_| {
+            publish(
+                &mut conn,
+                "Open",
+                json!({"act": "open", "n": 1000, "path": "/data/f.txt"}),
+            )
+        })
+        .collect();
+    eventually("the opener handled its events", WAIT, || {
+        seen_done(&mut conn, "opener", &opens)
+    });
+    let opener = state(&mut conn, "opener");
+    let held: usize = opener["held"].parse().unwrap();
+    assert!(
+        held > 0 && held < 64,
+        "one instance holds at most 64 descriptors: {held}"
+    );
+    assert!(
+        opener
+            .get("open_error")
+            .is_some_and(|e| e.contains("Quota exceeded")),
+        "{opener:?}"
+    );
+
+    // Another subscriber's new instances open their grants and read.
+    let reads: Vec<String> = (0..40)
+        .map(|_| {
+            publish(
+                &mut conn,
+                "Read",
+                json!({"act": "read", "path": "/data/f.txt"}),
+            )
+        })
+        .collect();
+    let during = bystander_rate(&world, 300);
+    let during_p99 = bystander_p99(&world, 100);
+    eventually("the reader handled its events", WAIT, || {
+        seen_done(&mut conn, "reader", &reads)
+    });
+    let reader = state(&mut conn, "reader");
+    for id in &reads {
+        assert_eq!(
+            reader.get(&format!("read:{id}")).map(String::as_str),
+            Some("contents")
+        );
+    }
+    assert_eq!(
+        dlq_reasons(&mut conn, "events:sub:reader:dlq"),
+        Vec::<String>::new()
+    );
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", host.pid()))
+        .unwrap()
+        .count();
+    let peak = peak_mib(&host);
+    let took = stop_timed(host);
+    println!(
+        "file descriptors: the opener holds {held}, the host {fds} of 512; peak RSS {peak} MiB; \
+         bystander {baseline:.0} events/s (p99 {baseline_p99:?}) alone, {during:.0} events/s \
+         (p99 {during_p99:?}) during the attack; SIGTERM → exit in {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(during > baseline / 2.0, "{during} vs {baseline}");
+    assert!(during_p99 < Duration::from_millis(100), "{during_p99:?}");
+}
+
+/// Whether the hostile plugin running as `subscriber` finished every event
+/// of `ids` (it stores `done:<event id>`).
+fn seen_done(conn: &mut redis::Connection, subscriber: &str, ids: &[String]) -> bool {
+    let state = state(conn, subscriber);
+    ids.iter()
+        .all(|id| state.contains_key(&format!("done:{id}")))
+}

@@ -10,6 +10,7 @@
 //!   swapped atomically on reload;
 //! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
 //! - [`capacity`]: the instance pool, shared fairly between subscribers;
+//! - [`files`]: the host's file descriptors a plugin may hold;
 //! - [`limiter`] and [`output`]: an instance's memory budget and the tail of
 //!   what it printed;
 //! - [`logs`]: what a plugin writes to the host's log, escaped, bounded and
@@ -17,6 +18,7 @@
 
 mod cache;
 mod capacity;
+mod files;
 mod host_api;
 mod limiter;
 mod logs;

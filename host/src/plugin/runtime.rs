@@ -18,6 +18,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllo
 
 use super::cache::CompiledCache;
 use super::capacity::InstanceCapacity;
+use super::files::FileBudget;
 use super::host_api::{StoreData, Subscriber, SubscriberPre};
 use crate::config::PluginsConfig;
 
@@ -34,6 +35,11 @@ pub struct PluginRuntime {
     cache: Option<CompiledCache>,
     settings: RuntimeSettings,
     capacity: Arc<InstanceCapacity>,
+    files: Arc<FileBudget>,
+    /// Descriptors each subscriber's instances hold, by subscriber: shared
+    /// by the handlers a reload makes.
+    files_by_subscriber:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>,
 }
 
 /// What a runtime is built with: the `[plugins]` settings it uses.
@@ -196,6 +202,7 @@ impl PluginRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
+        super::host_api::limit_open_files(&mut linker).context("limiting open files")?;
         Subscriber::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |data| data)
             .map_err(anyhow::Error::from)
             .context("linking the eventhost host interface")?;
@@ -211,11 +218,15 @@ impl PluginRuntime {
                 None
             }
         };
+        let files = FileBudget::new();
+        tracing::debug!("plugins may hold {} open files together", files.limit());
         Ok(Arc::new(PluginRuntime {
             engine,
             linker,
             cache,
             capacity: InstanceCapacity::new(settings.instances),
+            files,
+            files_by_subscriber: Default::default(),
             settings,
         }))
     }
@@ -228,6 +239,19 @@ impl PluginRuntime {
     /// How many instances may be alive at once.
     pub fn instances(&self) -> usize {
         self.settings.instances
+    }
+
+    /// The descriptors plugins may hold, and a new instance's part of them
+    /// as one of `subscriber`'s.
+    pub(super) fn files_for(&self, subscriber: &str) -> super::files::InstanceFiles {
+        let counter = self
+            .files_by_subscriber
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(subscriber.to_string())
+            .or_default()
+            .clone();
+        super::files::InstanceFiles::new(self.files.clone(), counter)
     }
 
     /// The instance slots every handler draws on.

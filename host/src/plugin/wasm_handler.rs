@@ -178,15 +178,29 @@ impl WasmHandler {
     /// A new instance in `slot`, its start functions run under the time
     /// limit counted from `started`.
     async fn instantiate(&self, slot: Slot, started: Instant) -> Result<Instance, Start> {
+        // Its granted folders are descriptors of the host: counted before
+        // they are opened. Out of descriptors is a shortage, like slots.
+        let mut files = self.runtime.files_for(&self.subscriber);
+        if let Err(refused) = files.hold(self.limits.grants.dirs.len()) {
+            return Err(Start::Failed(Failure::new(
+                FailureKind::Capacity,
+                format!(
+                    "{}: cannot open its granted folders now: {refused}",
+                    self.plugin_file
+                ),
+            )));
+        }
         let data = StoreData::new(
             self.subscriber.clone(),
             self.config.clone(),
             self.limits.memory_bytes,
             &self.limits.grants,
             self.log_gate.clone(),
+            files,
         )
         .map_err(|err| Start::Failed(Failure::new(FailureKind::Host, format!("{err:#}"))))?;
         let mut store = Store::new(self.runtime.engine(), data);
+        store.set_max_component_handles(super::host_api::MAX_HANDLES);
         store.limiter(|data| &mut data.limiter);
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().on_epoch()));
         let timeout = self.limits.timeout;
@@ -380,6 +394,7 @@ impl Handler for WasmHandler {
         if result.is_ok() {
             log_output(data);
         }
+        data.settle_files();
         data.finish_log();
         let mut call = data.call.take().expect("the call state is set above");
         let outcome = match result {
