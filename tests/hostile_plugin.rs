@@ -374,3 +374,119 @@ fn seen_done(conn: &mut redis::Connection, subscriber: &str, ids: &[String]) -> 
     ids.iter()
         .all(|id| state.contains_key(&format!("done:{id}")))
 }
+
+// ----- 8. compilation -----------------------------------------------------
+
+/// `n` as unsigned LEB128.
+fn leb(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A component holding one core module of `functions` functions of about
+/// 13 KB of arithmetic each: about 8 MB that take seconds to compile (an
+/// 18 MB Python component takes 10–16 s). `salt` makes builds differ.
+fn slow_component(functions: usize, salt: u8) -> Vec<u8> {
+    let section = |id: u8, body: &[u8]| {
+        let mut out = vec![id];
+        out.extend(leb(body.len()));
+        out.extend_from_slice(body);
+        out
+    };
+    let mut body = vec![0u8]; // no locals
+    for k in 0..1000usize {
+        // x = (x * c) + (x rotl 3)
+        body.extend([0x20, 0, 0x41]);
+        body.extend(leb(k % 60 + 1 + salt as usize));
+        body.extend([0x6c, 0x20, 0, 0x41, 3, 0x77, 0x6a, 0x21, 0]);
+    }
+    body.extend([0x20, 0, 0x0b]);
+    let mut sized = leb(body.len());
+    sized.extend(body);
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.extend(section(1, b"\x01\x60\x01\x7f\x01\x7f"));
+    let mut funcs = leb(functions);
+    funcs.extend(vec![0u8; functions]);
+    module.extend(section(3, &funcs));
+    let mut code = leb(functions);
+    for _ in 0..functions {
+        code.extend_from_slice(&sized);
+    }
+    module.extend(section(10, &code));
+    let mut component = b"\0asm\x0d\x00\x01\x00".to_vec();
+    component.extend(section(1, &module));
+    component
+}
+
+/// A plugin file that takes seconds to compile is compiled in a child
+/// process, stopped at `compile_timeout_s` and refused like any bad build
+/// (the build in use keeps running); meanwhile a config change applies at
+/// once, the bystander keeps its pace, and SIGTERM during a compile stops
+/// the host within 10 s. On main the compile ran in the host, without a
+/// limit, and held up config changes and shutdown.
+#[test]
+fn a_slow_compile_is_stopped_and_holds_up_nothing() {
+    let world = World::new(&["probe.wasm"], "");
+    world.install("probe.wasm", "victim.wasm");
+    let header = world
+        .header()
+        .replace("watch = false", "watch = true\ncompile_timeout_s = 1");
+    let victim = "[subscribers.victim]\nplugin = \"victim.wasm\"\nevents = [\"Victim\"]\n\n";
+    world.write_config(&format!("{header}{victim}{BYSTANDER}"));
+    let mut host = world.host();
+    let mut conn = world.conn();
+    let baseline = bystander_rate(&world, 1000);
+    let baseline_p99 = bystander_p99(&world, 100);
+    let plugins = world.dir.path().join("plugins");
+
+    let started = Instant::now();
+    std::fs::write(plugins.join("victim.wasm"), slow_component(600, 0)).unwrap();
+    // A config change while it compiles: a new subscriber, at once.
+    std::thread::sleep(Duration::from_millis(700));
+    let late = "[subscribers.late]\nplugin = \"probe.wasm\"\nevents = [\"Late\"]\n\n";
+    world.write_config(&format!("{header}{victim}{late}{BYSTANDER}"));
+    host.wait_for_log("config reloaded: 1 added");
+    let config_applied = started.elapsed();
+    let during = bystander_rate(&world, 1000);
+    let during_p99 = bystander_p99(&world, 100);
+    host.wait_for_log("compiling it took longer than the limit of 1 s");
+    let refused = started.elapsed();
+    let log = host.log();
+    assert!(log.contains("refused the new build"), "{log}");
+    // The build in use still runs.
+    let id = publish(&mut conn, "Victim", json!({}));
+    eventually("the victim runs its old build", WAIT, || {
+        state(&mut conn, "victim").contains_key(&format!("seen:{id}"))
+    });
+    let id = publish(&mut conn, "Late", json!({}));
+    eventually("the late subscriber runs", WAIT, || {
+        state(&mut conn, "late").contains_key(&format!("seen:{id}"))
+    });
+
+    // SIGTERM while another slow build compiles.
+    std::fs::write(plugins.join("victim.wasm"), slow_component(600, 1)).unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    let peak = peak_mib(&host);
+    let took = stop_timed(host);
+    println!(
+        "slow compile: config change applied after {config_applied:?}, compile refused after \
+         {refused:?}; host peak RSS {peak} MiB; bystander {baseline:.0} events/s (p99 \
+         {baseline_p99:?}) alone, {during:.0} events/s (p99 {during_p99:?}) during the compile; \
+         SIGTERM → exit in {took:?}"
+    );
+    assert!(
+        config_applied < Duration::from_secs(3),
+        "{config_applied:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(during > baseline / 2.0, "{during} vs {baseline}");
+    assert!(during_p99 < Duration::from_millis(100), "{during_p99:?}");
+}

@@ -17,8 +17,8 @@ use super::problem::{span_of, Problem};
 use super::raw::{RawBus, RawConfig, RawGrants, RawPlugins, RawRedis, RawSubscriber, RawTelemetry};
 use super::{
     BusConfig, Config, DirGrant, EventFilter, Grants, PluginsConfig, RedisConfig, SubscriberConfig,
-    TelemetryConfig, DEFAULT_CACHE_MB, DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES, DEFAULT_MAX_FILE_MB,
-    MAX_RETRY_BACKOFF, STATE_DIR,
+    TelemetryConfig, DEFAULT_CACHE_MB, DEFAULT_COMPILE_MEMORY_MB, DEFAULT_COMPILE_TIMEOUT_S,
+    DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES, DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF, STATE_DIR,
 };
 
 /// Checks config `text` read from `path`: the settings (`None` if the text
@@ -202,6 +202,18 @@ impl Checker<'_> {
             max_file_bytes: max_file_mb << 20,
             instances,
             cache_max_bytes: cache_mb << 20,
+            compile_timeout: Duration::from_secs(self.int(
+                &raw.compile_timeout_s,
+                "plugins.compile_timeout_s",
+                1..=3600,
+                DEFAULT_COMPILE_TIMEOUT_S,
+            )),
+            compile_memory_bytes: self.int(
+                &raw.compile_memory_mb,
+                "plugins.compile_memory_mb",
+                256..=1 << 20,
+                DEFAULT_COMPILE_MEMORY_MB,
+            ) << 20,
         }
     }
 

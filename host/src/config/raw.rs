@@ -37,6 +37,8 @@ pub struct RawPlugins {
     pub max_file_mb: Option<Spanned<i64>>,
     pub instances: Option<Spanned<i64>>,
     pub cache_mb: Option<Spanned<i64>>,
+    pub compile_timeout_s: Option<Spanned<i64>>,
+    pub compile_memory_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -5,6 +5,8 @@
 //! [`Outcome`](crate::handler::Outcome) through the [`WasmHandler`].
 //!
 //! - [`runtime`]: the engine, compiling and validating components;
+//! - [`compiler`]: compiling in a child process with limits of time and
+//!   memory;
 //! - [`cache`]: the compiled cache, trusted only as far as it is proven;
 //! - [`wasm_handler`]: running one subscriber's events in reused instances,
 //!   swapped atomically on reload;
@@ -18,6 +20,7 @@
 
 mod cache;
 mod capacity;
+mod compiler;
 mod files;
 mod host_api;
 mod limiter;
@@ -26,6 +29,7 @@ mod output;
 mod runtime;
 mod wasm_handler;
 
+pub use compiler::{serve_child as serve_compile_child, SUBCOMMAND as COMPILE_SUBCOMMAND};
 pub use runtime::{
     check_plugin_file, CompiledPlugin, LoadError, PluginFile, PluginRuntime, RuntimeSettings,
 };

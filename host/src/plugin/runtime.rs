@@ -18,6 +18,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllo
 
 use super::cache::CompiledCache;
 use super::capacity::InstanceCapacity;
+use super::compiler::{self, CompileLimits};
 use super::files::FileBudget;
 use super::host_api::{StoreData, Subscriber, SubscriberPre};
 use crate::config::PluginsConfig;
@@ -54,6 +55,9 @@ pub struct RuntimeSettings {
     pub instances: usize,
     /// Size limit of the compiled cache (`[plugins] cache_mb`).
     pub cache_max_bytes: u64,
+    /// Compile in a child process with these limits; `None`: in this
+    /// process, without limits (tests of the library, benchmarks).
+    pub compile_limits: Option<CompileLimits>,
 }
 
 impl RuntimeSettings {
@@ -64,7 +68,25 @@ impl RuntimeSettings {
             max_file_bytes: plugins.max_file_bytes,
             instances: plugins.instances,
             cache_max_bytes: plugins.cache_max_bytes,
+            compile_limits: None,
         }
+    }
+
+    /// The same, compiling in a child process: this binary run again, with
+    /// `timeout` and `memory_bytes` as its limits. What `eventhost` itself
+    /// does; a library user without the `compile-plugin` subcommand cannot.
+    pub fn compiling_in_child(
+        mut self,
+        timeout: Duration,
+        memory_bytes: u64,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find this program to compile with")?;
+        self.compile_limits = Some(CompileLimits {
+            exe,
+            timeout,
+            memory_bytes,
+        });
+        Ok(self)
     }
 
     /// The defaults, with compiled components cached in `cache_dir`: for
@@ -75,6 +97,7 @@ impl RuntimeSettings {
             max_file_bytes: crate::config::DEFAULT_MAX_FILE_MB << 20,
             instances: crate::config::DEFAULT_INSTANCES,
             cache_max_bytes: crate::config::DEFAULT_CACHE_MB << 20,
+            compile_limits: None,
         }
     }
 }
@@ -295,11 +318,16 @@ impl PluginRuntime {
         let (component, compiled) = match from_cache {
             Some(component) => (component, None),
             None => {
-                let code = self
-                    .engine
-                    .precompile_component(&file.bytes)
-                    .map_err(|err| refuse(format!("not a valid component: {err:#}")))?;
-                // SAFETY: this engine compiled the code just now.
+                let code = match &self.settings.compile_limits {
+                    Some(limits) => compiler::compile(limits, &file.bytes).map_err(refuse)?,
+                    None => self
+                        .engine
+                        .precompile_component(&file.bytes)
+                        .map_err(|err| refuse(format!("not a valid component: {err:#}")))?,
+                };
+                // SAFETY: this engine, or this very program with the same
+                // engine settings in a child, compiled the code just now;
+                // `deserialize` checks the settings are compatible.
                 let component = unsafe { Component::deserialize(&self.engine, &code) }
                     .map_err(|err| refuse(format!("cannot load its compiled code: {err:#}")))?;
                 (component, Some(code))
@@ -372,7 +400,7 @@ impl PluginRuntime {
 
 /// The engine's settings; `pooling`: a pooling allocator with slots for
 /// that many component instances.
-fn engine_config(pooling: Option<usize>) -> Config {
+pub(super) fn engine_config(pooling: Option<usize>) -> Config {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
