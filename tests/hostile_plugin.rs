@@ -490,3 +490,58 @@ fn a_slow_compile_is_stopped_and_holds_up_nothing() {
     assert!(during > baseline / 2.0, "{during} vs {baseline}");
     assert!(during_p99 < Duration::from_millis(100), "{during_p99:?}");
 }
+
+/// Checked by hand before, true on main, and now with a lower bound: a
+/// plugin that makes WASI handles (pollables) without end traps at the
+/// handle limit (10,000 per instance; wasmtime's default, 1,000,000, cost
+/// the host 45 MiB here),
+/// the event is dead-lettered as a trap, and the host's memory barely moves.
+#[test]
+fn wasi_handles_are_bounded_per_instance() {
+    let world = World::new(
+        &["probe.wasm", "hostile.wasm"],
+        &format!(
+            "[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\ntimeout_ms = 1000\n\n{BYSTANDER}"
+        ),
+    );
+    let host = world.host();
+    let mut conn = world.conn();
+    let baseline = bystander_rate(&world, 1000);
+    let before = peak_mib(&host);
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            publish(
+                &mut conn,
+                "Hostile",
+                json!({"act": "handles", "n": 5_000_000}),
+            )
+        })
+        .collect();
+    let during = bystander_rate(&world, 1000);
+    eventually("every flood is dead-lettered", WAIT, || {
+        len(&mut conn, "events:sub:hostile:dlq") == ids.len()
+    });
+    for id in &ids {
+        let failure = failure_of(&mut conn, "events:sub:hostile:dlq", id);
+        assert_eq!(failure["kind"], "trap", "{failure}");
+        let reason = failure["reason"].as_str().unwrap();
+        assert!(reason.contains("hostile.wasm trapped"), "{reason}");
+        assert!(
+            reason.contains("resource table has no free keys"),
+            "{reason}"
+        );
+    }
+    assert!(!state(&mut conn, "hostile").contains_key("handles"));
+    println!(
+        "WASI handles: {}",
+        reason_of(&mut conn, "events:sub:hostile:dlq", &ids[0])
+    );
+    let peak = peak_mib(&host);
+    let took = stop_timed(host);
+    println!(
+        "WASI handles: peak RSS {peak} MiB (before {before} MiB); bystander {baseline:.0} \
+         events/s alone, {during:.0} during; SIGTERM → exit in {took:?}"
+    );
+    assert!(peak < before + 32, "{peak} MiB vs {before} MiB before");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}

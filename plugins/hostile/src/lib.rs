@@ -18,7 +18,9 @@
 //! - `"open"`: opens the file `"path"` `n` times and keeps every file open
 //!   (in the instance, across events), then ok; stores how many it holds
 //!   under `held` and the last refusal under `open_error`;
-//! - `"read"`: reads the file `"path"` and stores it under `read:<event id>`.
+//! - `"read"`: reads the file `"path"` and stores it under `read:<event id>`;
+//! - `"handles"`: makes `n` WASI pollables and keeps them all, then ok
+//!   (the host's handle limit traps it first).
 //!
 //! Every act stores `done:<event id>` when it returns ok.
 
@@ -26,6 +28,11 @@ use std::sync::Mutex;
 
 use eventhost_plugin::{Event, Failure, Guest, Level};
 use serde_json::Value;
+
+/// WASI's monotonic clock, called directly to make handles.
+mod clocks {
+    wit_bindgen::generate!({ path: "wit", world: "handles", generate_all });
+}
 
 /// Files `"open"` keeps open, for as long as the instance lives.
 static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
@@ -104,6 +111,12 @@ impl Guest for Hostile {
                     }
                 }
                 eventhost_plugin::state_set("held", &held.len().to_string());
+            }
+            "handles" => {
+                let kept: Vec<_> = (0..n)
+                    .map(|_| clocks::wasi::clocks::monotonic_clock::subscribe_duration(1 << 40))
+                    .collect();
+                eventhost_plugin::state_set("handles", &kept.len().to_string());
             }
             "read" => {
                 let path = data.get("path").and_then(Value::as_str).unwrap_or("");
