@@ -281,22 +281,25 @@ fn host_with_nofile(world: &World, nofile: u32) -> Host {
 /// A plugin granted a folder opens files without end, keeping them, in a
 /// host limited to 512 descriptors: it gets at most 64 per instance (then
 /// WASI `quota`), and the host keeps its reserve, so another subscriber's
-/// new instances still open their grants and read, and the bystander keeps
-/// its pace. On main the plugin took every descriptor of the host.
+/// new instances still open their grants and read, a plugin reload still
+/// reads its file, and the bystander keeps its pace. On main the plugin
+/// took every descriptor of the host.
 #[test]
 fn a_plugin_cannot_take_the_hosts_file_descriptors() {
     let world = World::new(&["probe.wasm", "hostile.wasm"], "");
+    world.install("probe.wasm", "spare.wasm");
     let data = world.dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("f.txt"), "contents").unwrap();
     let grant = "[subscribers.{name}.grants]\ndirs = { \"/data\" = \"data\" }\n";
-    world.configure(&format!(
-        "[subscribers.opener]\nplugin = \"hostile.wasm\"\nevents = [\"Open\"]\n{}\n\
+    world.configure_watched(&format!(
+        "[subscribers.spare]\nplugin = \"spare.wasm\"\nevents = [\"Spare\"]\n\n\
+         [subscribers.opener]\nplugin = \"hostile.wasm\"\nevents = [\"Open\"]\n{}\n\
          [subscribers.reader]\nplugin = \"hostile.wasm\"\nevents = [\"Read\"]\nconcurrency = 4\n{}\n{BYSTANDER}",
         grant.replace("{name}", "opener"),
         grant.replace("{name}", "reader"),
     ));
-    let host = host_with_nofile(&world, 512);
+    let mut host = host_with_nofile(&world, 512);
     let mut conn = world.conn();
     let baseline = bystander_rate(&world, 1000);
     let baseline_p99 = bystander_p99(&world, 100);
@@ -341,6 +344,9 @@ fn a_plugin_cannot_take_the_hosts_file_descriptors() {
     eventually("the reader handled its events", WAIT, || {
         seen_done(&mut conn, "reader", &reads)
     });
+    // A plugin reload reads its file and compiles, with the host's reserve.
+    world.install("noop.wasm", "spare.wasm");
+    host.wait_for_log("spare run it from the next event");
     let reader = state(&mut conn, "reader");
     for id in &reads {
         assert_eq!(
