@@ -397,10 +397,12 @@ fn leb(mut n: usize) -> Vec<u8> {
     }
 }
 
-/// A component holding one core module of `functions` functions of about
-/// 13 KB of arithmetic each: about 8 MB that take seconds to compile (an
-/// 18 MB Python component takes 10–16 s). `salt` makes builds differ.
-fn slow_component(functions: usize, salt: u8) -> Vec<u8> {
+/// A component holding one core module of `functions` functions of `ops`
+/// operations (13 bytes each) of arithmetic: 600 of 1000 are about 8 MB
+/// that take seconds to compile (an 18 MB Python component takes 10–16 s);
+/// one of 300,000 needs more than 256 MiB to compile. `salt` makes builds
+/// differ.
+fn slow_component(functions: usize, ops: usize, salt: u8) -> Vec<u8> {
     let section = |id: u8, body: &[u8]| {
         let mut out = vec![id];
         out.extend(leb(body.len()));
@@ -408,7 +410,7 @@ fn slow_component(functions: usize, salt: u8) -> Vec<u8> {
         out
     };
     let mut body = vec![0u8]; // no locals
-    for k in 0..1000usize {
+    for k in 0..ops {
         // x = (x * c) + (x rotl 3)
         body.extend([0x20, 0, 0x41]);
         body.extend(leb(k % 60 + 1 + salt as usize));
@@ -454,7 +456,7 @@ fn a_slow_compile_is_stopped_and_holds_up_nothing() {
     let plugins = world.dir.path().join("plugins");
 
     let started = Instant::now();
-    std::fs::write(plugins.join("victim.wasm"), slow_component(600, 0)).unwrap();
+    std::fs::write(plugins.join("victim.wasm"), slow_component(600, 1000, 0)).unwrap();
     // A config change while it compiles: a new subscriber, at once.
     std::thread::sleep(Duration::from_millis(700));
     let late = "[subscribers.late]\nplugin = \"probe.wasm\"\nevents = [\"Late\"]\n\n";
@@ -478,7 +480,7 @@ fn a_slow_compile_is_stopped_and_holds_up_nothing() {
     });
 
     // SIGTERM while another slow build compiles.
-    std::fs::write(plugins.join("victim.wasm"), slow_component(600, 1)).unwrap();
+    std::fs::write(plugins.join("victim.wasm"), slow_component(600, 1000, 1)).unwrap();
     std::thread::sleep(Duration::from_millis(900));
     let peak = peak_mib(&host);
     let took = stop_timed(host);
@@ -550,4 +552,34 @@ fn wasi_handles_are_bounded_per_instance() {
     );
     assert!(peak < before + 32, "{peak} MiB vs {before} MiB before");
     assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// A component whose one huge function needs more than 256 MiB to compile
+/// is refused at `compile_memory_mb = 256`, at its config line, while a
+/// plugin of ordinary size compiles within the same limit.
+#[test]
+fn a_compile_over_its_memory_limit_is_refused() {
+    let world = World::new(&["probe.wasm"], "");
+    std::fs::write(
+        world.dir.path().join("plugins/huge.wasm"),
+        slow_component(1, 300_000, 0),
+    )
+    .unwrap();
+    let header = world.header().replace(
+        &format!("cache_dir = \"{}\"", cache_dir().display()),
+        "cache_dir = \"own-cache\"\ncompile_memory_mb = 256\ncompile_timeout_s = 600",
+    );
+    world.write_config(&format!(
+        "{header}[subscribers.huge]\nplugin = \"huge.wasm\"\n\n{BYSTANDER}"
+    ));
+    let started = Instant::now();
+    let (checked, _) = world.refused();
+    let took = started.elapsed();
+    println!("compile memory: refused in {took:?} (check and run)");
+    assert!(
+        checked.contains("compiling it needed more memory than the limit of 256 MiB"),
+        "{checked}"
+    );
+    assert!(checked.contains("ok: subscribers.bystander"), "{checked}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
 }
