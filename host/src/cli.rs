@@ -17,7 +17,7 @@ use crate::bus::{self, connection::Connector, keys::Keys};
 use crate::config::{self, ConfigError};
 use crate::daemon::{self, WasmPlugins};
 use crate::invoke::{self, Invocation, LogCollector, Report};
-use crate::plugin::PluginRuntime;
+use crate::plugin::{PluginRuntime, RuntimeSettings};
 use crate::{preflight, private_redis, signals, telemetry};
 
 /// Runs event handlers as sandboxed WebAssembly components on Redis Streams.
@@ -30,6 +30,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Internal: compile a component read on stdin, for the host that runs
+    /// this as a child with limits.
+    #[command(name = "compile-plugin", hide = true)]
+    CompilePlugin,
     /// Run the bus and every subscriber until SIGINT/SIGTERM.
     Run {
         /// The config file.
@@ -147,6 +151,10 @@ struct InvokeArgs {
 /// Parses the command line, runs the command, and maps failure to exit 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A compiling child does one thing: no logs, no async runtime.
+    if matches!(cli.command, Command::CompilePlugin) {
+        return crate::plugin::serve_compile_child();
+    }
     let logs = LogCollector::default();
     match &cli.command {
         Command::Invoke(_) => telemetry::init_invoke_logging(logs.clone()),
@@ -164,6 +172,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::CompilePlugin => unreachable!("served before the runtime starts"),
             Command::Invoke(args) => return invoke(args, &logs).await.map(Some),
             Command::New {
                 name,
@@ -214,9 +223,16 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     if let Some(addr) = config.telemetry.metrics {
         telemetry::serve_metrics(addr)?;
     }
-    let runtime = PluginRuntime::new(&config.plugins.cache_dir, config.plugins.max_file_bytes)?;
+    let runtime = PluginRuntime::new(runtime_settings(&config.plugins)?)?;
     let plugins = Arc::new(WasmPlugins::new(runtime));
     daemon::run(config, plugins, shutdown.cancelled_owned()).await
+}
+
+/// The plugin runtime's settings for a config: its `[plugins]` table,
+/// compiling in a child process under its limits.
+fn runtime_settings(plugins: &config::PluginsConfig) -> anyhow::Result<RuntimeSettings> {
+    RuntimeSettings::from_config(plugins)
+        .compiling_in_child(plugins.compile_timeout, plugins.compile_memory_bytes)
 }
 
 /// `eventhost new`: writes the project and says what to do next.
@@ -276,7 +292,10 @@ async fn invoke(args: InvokeArgs, logs: &LogCollector) -> anyhow::Result<u8> {
         timeout: std::time::Duration::from_millis(args.timeout_ms),
         memory_bytes: args.memory_mb << 20,
     };
-    let runtime = PluginRuntime::new(&cache_dir, config::DEFAULT_MAX_FILE_MB << 20)?;
+    let runtime = PluginRuntime::new(RuntimeSettings::with_cache(&cache_dir).compiling_in_child(
+        std::time::Duration::from_secs(config::DEFAULT_COMPILE_TIMEOUT_S),
+        config::DEFAULT_COMPILE_MEMORY_MB << 20,
+    )?)?;
     let report = invoke::invoke(runtime, invocation, logs).await?;
     if args.json {
         say(serde_json::to_string_pretty(&report)?);
@@ -342,7 +361,7 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
-    let runtime = PluginRuntime::new(&config.plugins.cache_dir, config.plugins.max_file_bytes)?;
+    let runtime = PluginRuntime::new(runtime_settings(&config.plugins)?)?;
     let loaded = preflight::load_plugins(&runtime, &config.subscribers).await;
     for sub in &config.subscribers {
         match (

@@ -122,6 +122,10 @@ pub enum FailureKind {
     /// The host could not serve the plugin (state unreadable, no instance
     /// slot); not the plugin's fault, so it is retried like `Retry`.
     Host,
+    /// No instance could be had in time: the instance pool is busy, or the
+    /// subscriber holds its share of it. Not the event's fault and not an
+    /// attempt: it waits and runs again, never to the DLQ.
+    Capacity,
 }
 
 impl FailureKind {
@@ -139,6 +143,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::OutOfMemory => "out-of-memory",
             FailureKind::Host => "host-error",
+            FailureKind::Capacity => "capacity",
         }
     }
 }

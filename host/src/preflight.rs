@@ -43,6 +43,21 @@ fn missing_files(config: &Config) -> Vec<Problem> {
             format!("folder {} does not exist", config.plugins.dir.display()),
         ));
     }
+    // The text's check compared the paths as written; this one follows
+    // symlinks, which may lead the cache into the plugins folder after all.
+    if config.plugins.dir.is_dir()
+        && resolve(&config.plugins.cache_dir).starts_with(resolve(&config.plugins.dir))
+    {
+        problems.push(config.problem(
+            &["plugins", "cache_dir"],
+            format!(
+                "the compiled cache ({}) leads inside plugins.dir ({}) through a symlink: \
+                 whoever can drop a plugin there could plant compiled code; put it elsewhere",
+                config.plugins.cache_dir.display(),
+                config.plugins.dir.display()
+            ),
+        ));
+    }
     for sub in &config.subscribers {
         // A name outside the folder is a problem of the text already.
         let named_well = Path::new(&sub.plugin_file)

@@ -17,7 +17,8 @@ use super::problem::{span_of, Problem};
 use super::raw::{RawBus, RawConfig, RawGrants, RawPlugins, RawRedis, RawSubscriber, RawTelemetry};
 use super::{
     BusConfig, Config, DirGrant, EventFilter, Grants, PluginsConfig, RedisConfig, SubscriberConfig,
-    TelemetryConfig, DEFAULT_EFFECTS_MB, DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF, STATE_DIR,
+    TelemetryConfig, DEFAULT_CACHE_MB, DEFAULT_COMPILE_MEMORY_MB, DEFAULT_COMPILE_TIMEOUT_S,
+    DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES, DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF, STATE_DIR,
 };
 use crate::handler::{PublishLimits, DEFAULT_MAX_HOPS, DEFAULT_MAX_PAYLOAD_BYTES};
 
@@ -147,23 +148,73 @@ impl Checker<'_> {
 
     fn check_plugins(&mut self, raw: RawPlugins, base: &Path, state_dir: &Path) -> PluginsConfig {
         let dir = match raw.dir {
-            Some(dir) => base.join(dir.get_ref()),
+            Some(ref dir) => base.join(dir.get_ref()),
             None => base.join("plugins"),
         };
         let cache_dir = raw
             .cache_dir
+            .as_ref()
             .map_or_else(|| state_dir.join("cache"), |d| base.join(d.get_ref()));
+        // Whoever may drop plugins into the folder must not be able to plant
+        // compiled code (a cache entry is native code the host runs), and
+        // the watcher must not take cache writes for plugin changes.
+        if normal(&cache_dir).starts_with(normal(&dir)) {
+            let span = raw.cache_dir.as_ref().map(Spanned::span);
+            let key = if span.is_some() {
+                "plugins.cache_dir"
+            } else {
+                "plugins.dir"
+            };
+            let span = span.or_else(|| raw.dir.as_ref().map(Spanned::span));
+            self.push(
+                span,
+                key,
+                format!(
+                    "the compiled cache ({}) must not be inside plugins.dir ({}): whoever can \
+                     drop a plugin there could plant compiled code; put it elsewhere, e.g. \
+                     cache_dir = \".eventhost/cache\"",
+                    cache_dir.display(),
+                    dir.display()
+                ),
+            );
+        }
+        let cache_mb = self.int(
+            &raw.cache_mb,
+            "plugins.cache_mb",
+            16..=1 << 20,
+            DEFAULT_CACHE_MB,
+        );
         let max_file_mb = self.int(
             &raw.max_file_mb,
             "plugins.max_file_mb",
             1..=4096,
             DEFAULT_MAX_FILE_MB,
         );
+        let instances = self.int(
+            &raw.instances,
+            "plugins.instances",
+            4..=100_000,
+            DEFAULT_INSTANCES,
+        );
         PluginsConfig {
             dir,
             watch: raw.watch.unwrap_or(true),
             cache_dir,
             max_file_bytes: max_file_mb << 20,
+            instances,
+            cache_max_bytes: cache_mb << 20,
+            compile_timeout: Duration::from_secs(self.int(
+                &raw.compile_timeout_s,
+                "plugins.compile_timeout_s",
+                1..=3600,
+                DEFAULT_COMPILE_TIMEOUT_S,
+            )),
+            compile_memory_bytes: self.int(
+                &raw.compile_memory_mb,
+                "plugins.compile_memory_mb",
+                256..=1 << 20,
+                DEFAULT_COMPILE_MEMORY_MB,
+            ) << 20,
         }
     }
 
@@ -388,6 +439,22 @@ impl Checker<'_> {
     }
 }
 
+/// `path` without `.` and `..` (resolved lexically): how it compares to
+/// another before either exists.
+fn normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 const NAME_RULE: &str = "names use only letters, digits, '-', '_' and '.'";
 
 /// Names end up inside Redis keys and group names, where `:` separates parts.
@@ -609,6 +676,30 @@ decline_percent = 10
             Grants::default(),
             "nothing is granted unless asked for"
         );
+    }
+
+    #[test]
+    fn the_cache_cannot_be_inside_the_plugins_folder() {
+        let dir = dir_with_plugin();
+        let problem = only_problem(
+            parse_in(
+                dir.path(),
+                "[plugins]\ndir = \"plugins\"\ncache_dir = \"./plugins/../plugins/cache\"\n",
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(problem.key, "plugins.cache_dir", "{problem}");
+        let text = problem.to_string();
+        assert!(
+            text.contains("eventhost.toml:3:13: plugins.cache_dir: the compiled cache"),
+            "{text}"
+        );
+        assert!(text.contains("must not be inside plugins.dir"), "{text}");
+        // The default cache (.eventhost/cache) is inside a plugins folder
+        // that is the config's own.
+        let problem = only_problem(parse_in(dir.path(), "[plugins]\ndir = \".\"\n").unwrap_err());
+        assert_eq!(problem.key, "plugins.dir", "{problem}");
+        assert!(parse_in(dir.path(), "[plugins]\ncache_dir = \"plugins-cache\"\n").is_ok());
     }
 
     #[test]

@@ -76,6 +76,16 @@ pub struct PluginsConfig {
     /// Largest plugin file read, in bytes: a file is read whole, so a huge
     /// one (or a device like `/dev/zero`) must be refused before.
     pub max_file_bytes: u64,
+    /// Plugin instances alive at once, all subscribers together: the slots
+    /// of the instance pool. One subscriber holds at most a quarter.
+    pub instances: usize,
+    /// Size limit of the compiled cache, in bytes: past it the entries used
+    /// least recently are removed.
+    pub cache_max_bytes: u64,
+    /// Longest a plugin may take to compile; past it, it is refused.
+    pub compile_timeout: Duration,
+    /// Memory (address space) a compile may use, in bytes.
+    pub compile_memory_bytes: u64,
 }
 
 /// Default of `[subscribers.*] effects_mb`: far more than any handler's
@@ -85,6 +95,24 @@ pub const DEFAULT_EFFECTS_MB: usize = 16;
 /// Default of `[plugins] max_file_mb`: Python and JavaScript components are
 /// 12 to 18 MB; this leaves them room to grow.
 pub const DEFAULT_MAX_FILE_MB: u64 = 64;
+
+/// Default of `[plugins] cache_mb`: room for a few dozen Python or
+/// JavaScript builds (40 to 60 MB compiled each) and hundreds of Rust ones.
+pub const DEFAULT_CACHE_MB: u64 = 2048;
+
+/// Default of `[plugins] compile_timeout_s`: an 18 MB Python component
+/// compiles in 10 to 16 s here; a busy CI machine may take several times
+/// that.
+pub const DEFAULT_COMPILE_TIMEOUT_S: u64 = 120;
+
+/// Default of `[plugins] compile_memory_mb`: the address space of the
+/// compiling child, binary and threads included; a Python component needs
+/// about a gigabyte.
+pub const DEFAULT_COMPILE_MEMORY_MB: u64 = 4096;
+
+/// Default of `[plugins] instances`: a fresh instance of a small plugin
+/// commits well under a megabyte, so a full pool stays within a host.
+pub const DEFAULT_INSTANCES: usize = 1000;
 
 /// How the bus reads and recovers.
 #[derive(Debug, Clone, PartialEq)]

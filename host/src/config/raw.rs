@@ -35,6 +35,10 @@ pub struct RawPlugins {
     pub watch: Option<bool>,
     pub cache_dir: Option<Spanned<String>>,
     pub max_file_mb: Option<Spanned<i64>>,
+    pub instances: Option<Spanned<i64>>,
+    pub cache_mb: Option<Spanned<i64>>,
+    pub compile_timeout_s: Option<Spanned<i64>>,
+    pub compile_memory_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -128,11 +128,22 @@ impl Daemon {
 
     /// Serves until shutdown, applying changes as they come.
     async fn serve(&mut self, mut hangups: mpsc::Receiver<()>, mut watcher: Option<Watcher>) {
+        let mut reloads = reload::PluginReloads::default();
+        // A config change that loads a slow plugin is cut short by
+        // shutdown: what it did not apply is read again on the next start.
+        let stop = self.stop.clone();
         loop {
             tokio::select! {
-                _ = self.stop.cancelled() => return,
-                Some(()) = hangups.recv() => reload::everything(self).await,
-                Some(changes) = reload::next_changes(&mut watcher) => reload::apply(self, changes).await,
+                _ = stop.cancelled() => return,
+                Some(()) = hangups.recv() => tokio::select! {
+                    _ = reload::everything(self, &mut reloads) => {}
+                    _ = stop.cancelled() => return,
+                },
+                Some(changes) = reload::next_changes(&mut watcher) => tokio::select! {
+                    _ = reload::apply(self, changes, &mut reloads) => {}
+                    _ = stop.cancelled() => return,
+                },
+                Some((path, reload)) = reloads.next() => reloads.finished(self, path, reload),
             }
         }
     }

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::UpdateDeadline;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use super::files::{InstanceFiles, Refused};
 use super::limiter::MemoryLimiter;
 use super::logs::{self, CallLog, LogGate};
 use super::output::OutputTail;
@@ -38,6 +39,10 @@ pub use self::eventhost::plugin::types::{Event as WitEvent, Failure as WitFailur
 const MAX_STATE_VALUE: usize = 1 << 20;
 /// Most events one call may publish.
 const MAX_PUBLISHES: usize = 10_000;
+/// Most WASI handles (files, streams, pollables, …) one instance may hold
+/// at once: each costs the host memory, and a plugin can make them in a
+/// loop. Past it, the call traps.
+pub const MAX_HANDLES: usize = 10_000;
 
 /// Everything one instance's store owns.
 pub struct StoreData {
@@ -60,6 +65,10 @@ pub struct StoreData {
     pub start_deadline: Option<Instant>,
     /// Set when the epoch callback interrupted a start function.
     pub start_timed_out: bool,
+    /// The host's file descriptors this instance holds.
+    files: InstanceFiles,
+    /// Descriptors of its granted folders, open as long as the instance.
+    grant_fds: usize,
 }
 
 /// The state of one `handle` call.
@@ -115,14 +124,16 @@ impl Call {
 
 impl StoreData {
     /// A sandbox with no files, sockets, environment or arguments but what
-    /// `grants` gives; stdout and stderr go to `output`. Fails when a granted
-    /// folder cannot be opened.
+    /// `grants` gives; stdout and stderr go to `output`; its granted folders
+    /// are counted in `files`, which must hold them already. Fails when a
+    /// granted folder cannot be opened.
     pub fn new(
         subscriber: Arc<str>,
         config: Arc<BTreeMap<String, String>>,
         memory_limit: usize,
         grants: &Grants,
         log_gate: LogGate,
+        files: InstanceFiles,
     ) -> anyhow::Result<Self> {
         let output = OutputTail::default();
         let mut wasi = WasiCtx::builder();
@@ -138,9 +149,11 @@ impl StoreData {
                 .with_context(|| format!("cannot open granted folder {}", dir.host.display()))?;
         }
         let wasi = wasi.build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         Ok(StoreData {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter::new(memory_limit),
             output,
             subscriber,
@@ -150,7 +163,47 @@ impl StoreData {
             call_log: CallLog::default(),
             start_deadline: None,
             start_timed_out: false,
+            files,
+            grant_fds: grants.dirs.len(),
         })
+    }
+
+    /// Descriptors the instance holds now: its granted folders, and the
+    /// files and folders it opened (a granted folder handed to it counts
+    /// again: an upper bound).
+    fn descriptors(&mut self) -> usize {
+        self.grant_fds
+            + self
+                .table
+                .iter_mut()
+                .filter(|entry| {
+                    (**entry)
+                        .downcast_ref::<wasmtime_wasi::filesystem::Descriptor>()
+                        .is_some()
+                })
+                .count()
+    }
+
+    /// Room for one more open file, or why not.
+    pub fn admit_open(&mut self) -> Result<(), Refused> {
+        let now = self.descriptors();
+        self.files.hold(now + 1)
+    }
+
+    /// Counts what the instance really holds, after it closed files.
+    pub fn settle_files(&mut self) {
+        let now = self.descriptors();
+        self.files.settle(now);
+    }
+
+    /// The subscriber this instance serves.
+    pub fn subscriber(&self) -> &str {
+        &self.subscriber
+    }
+
+    /// The id of the event being handled, if any.
+    pub fn event_id(&self) -> &str {
+        self.call.as_ref().map_or("", |c| c.event_id.as_str())
     }
 
     fn call(&mut self) -> wasmtime::Result<&mut Call> {
@@ -316,4 +369,60 @@ impl self::eventhost::plugin::host::Host for StoreData {
     fn config_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         Ok(self.config.get(&key).cloned())
     }
+}
+
+/// The WASI filesystem interface as the linker defines it.
+const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Puts the open-file limit in front of WASI's `open-at`: an instance asks
+/// [`StoreData::admit_open`] before each open, and a refusal is the plugin's
+/// `quota` error, logged once per call.
+pub fn limit_open_files(linker: &mut wasmtime::component::Linker<StoreData>) -> anyhow::Result<()> {
+    use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView as _};
+    use wasmtime_wasi::p2::bindings::filesystem::types::{
+        DescriptorFlags, ErrorCode, Host as _, HostDescriptor as _, OpenFlags, PathFlags,
+    };
+    type OpenAt = (
+        Resource<Descriptor>,
+        PathFlags,
+        String,
+        OpenFlags,
+        DescriptorFlags,
+    );
+
+    linker.allow_shadowing(true);
+    let mut types = linker
+        .instance(FILESYSTEM_TYPES)
+        .map_err(anyhow::Error::from)?;
+    types
+        .func_wrap_async(
+            "[method]descriptor.open-at",
+            |mut store: wasmtime::StoreContextMut<'_, StoreData>,
+             (dir, path_flags, path, open_flags, flags): OpenAt| {
+                Box::new(async move {
+                    let data = store.data_mut();
+                    if let Err(refused) = data.admit_open() {
+                        tracing::debug!(
+                            subscriber = data.subscriber(),
+                            event_id = data.event_id(),
+                            "open of {path:?} refused: {refused}"
+                        );
+                        let result: Result<Resource<Descriptor>, ErrorCode> = Err(ErrorCode::Quota);
+                        return Ok((result,));
+                    }
+                    let mut view = data.filesystem();
+                    let opened = view.open_at(dir, path_flags, path, open_flags, flags).await;
+                    let result = match opened {
+                        Ok(file) => Ok(file),
+                        Err(err) => Err(view.convert_error_code(err)?),
+                    };
+                    // A failed open holds nothing more.
+                    data.settle_files();
+                    Ok((result,))
+                })
+            },
+        )
+        .map_err(anyhow::Error::from)?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

@@ -4,16 +4,24 @@
 //! turns an [`Event`](crate::handler::Event) into an
 //! [`Outcome`](crate::handler::Outcome) through the [`WasmHandler`].
 //!
-//! - [`runtime`]: the engine, compiling and validating components, the
-//!   compiled cache;
+//! - [`runtime`]: the engine, compiling and validating components;
+//! - [`compiler`]: compiling in a child process with limits of time and
+//!   memory;
+//! - [`cache`]: the compiled cache, trusted only as far as it is proven;
 //! - [`wasm_handler`]: running one subscriber's events in reused instances,
 //!   swapped atomically on reload;
 //! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
+//! - [`capacity`]: the instance pool, shared fairly between subscribers;
+//! - [`files`]: the host's file descriptors a plugin may hold;
 //! - [`limiter`] and [`output`]: an instance's memory budget and the tail of
 //!   what it printed;
 //! - [`logs`]: what a plugin writes to the host's log, escaped, bounded and
 //!   rate-limited.
 
+mod cache;
+mod capacity;
+mod compiler;
+mod files;
 mod host_api;
 mod limiter;
 mod logs;
@@ -21,5 +29,8 @@ mod output;
 mod runtime;
 mod wasm_handler;
 
-pub use runtime::{check_plugin_file, CompiledPlugin, LoadError, PluginFile, PluginRuntime};
+pub use compiler::{serve_child as serve_compile_child, SUBCOMMAND as COMPILE_SUBCOMMAND};
+pub use runtime::{
+    check_plugin_file, CompiledPlugin, LoadError, PluginFile, PluginRuntime, RuntimeSettings,
+};
 pub use wasm_handler::{Limits, WasmHandler};

@@ -6,8 +6,7 @@
 //! reload of a known build does not compile again.
 
 use std::hash::{Hash, Hasher};
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +16,12 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{types::ComponentItem, Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
+use super::cache::CompiledCache;
+use super::capacity::InstanceCapacity;
+use super::compiler::{self, CompileLimits};
+use super::files::FileBudget;
 use super::host_api::{StoreData, Subscriber, SubscriberPre};
+use crate::config::PluginsConfig;
 
 /// How often the epoch advances: the resolution of time limits, and how
 /// often a long-running call yields to other work.
@@ -27,9 +31,75 @@ const EPOCH_TICK: Duration = Duration::from_millis(2);
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<StoreData>,
-    cache_dir: PathBuf,
+    /// `None` when the cache folder cannot be made private: every load
+    /// compiles.
+    cache: Option<CompiledCache>,
+    settings: RuntimeSettings,
+    capacity: Arc<InstanceCapacity>,
+    files: Arc<FileBudget>,
+    /// Descriptors each subscriber's instances hold, by subscriber: shared
+    /// by the handlers a reload makes.
+    files_by_subscriber:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>,
+}
+
+/// What a runtime is built with: the `[plugins]` settings it uses.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Where compiled components are cached.
+    pub cache_dir: PathBuf,
     /// Largest plugin file read (`[plugins] max_file_mb`).
-    max_file_bytes: u64,
+    pub max_file_bytes: u64,
+    /// Instances alive at once, all plugins together (`[plugins]
+    /// instances`): the slots of the pooling allocator.
+    pub instances: usize,
+    /// Size limit of the compiled cache (`[plugins] cache_mb`).
+    pub cache_max_bytes: u64,
+    /// Compile in a child process with these limits; `None`: in this
+    /// process, without limits (tests of the library, benchmarks).
+    pub compile_limits: Option<CompileLimits>,
+}
+
+impl RuntimeSettings {
+    /// The settings of a config's `[plugins]` table.
+    pub fn from_config(plugins: &PluginsConfig) -> Self {
+        RuntimeSettings {
+            cache_dir: plugins.cache_dir.clone(),
+            max_file_bytes: plugins.max_file_bytes,
+            instances: plugins.instances,
+            cache_max_bytes: plugins.cache_max_bytes,
+            compile_limits: None,
+        }
+    }
+
+    /// The same, compiling in a child process: this binary run again, with
+    /// `timeout` and `memory_bytes` as its limits. What `eventhost` itself
+    /// does; a library user without the `compile-plugin` subcommand cannot.
+    pub fn compiling_in_child(
+        mut self,
+        timeout: Duration,
+        memory_bytes: u64,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find this program to compile with")?;
+        self.compile_limits = Some(CompileLimits {
+            exe,
+            timeout,
+            memory_bytes,
+        });
+        Ok(self)
+    }
+
+    /// The defaults, with compiled components cached in `cache_dir`: for
+    /// commands that run without a config (`eventhost invoke`).
+    pub fn with_cache(cache_dir: &Path) -> Self {
+        RuntimeSettings {
+            cache_dir: cache_dir.to_path_buf(),
+            max_file_bytes: crate::config::DEFAULT_MAX_FILE_MB << 20,
+            instances: crate::config::DEFAULT_INSTANCES,
+            cache_max_bytes: crate::config::DEFAULT_CACHE_MB << 20,
+            compile_limits: None,
+        }
+    }
 }
 
 /// Why a plugin file was refused; the message says what to do.
@@ -136,11 +206,9 @@ impl CompiledPlugin {
 }
 
 impl PluginRuntime {
-    /// Builds the engine and starts its epoch clock; compiled components are
-    /// cached under `cache_dir`; plugin files over `max_file_bytes` are
-    /// refused unread.
-    pub fn new(cache_dir: &Path, max_file_bytes: u64) -> anyhow::Result<Arc<Self>> {
-        let engine = match Engine::new(&engine_config(true)) {
+    /// Builds the engine and starts its epoch clock, with `settings`.
+    pub fn new(settings: RuntimeSettings) -> anyhow::Result<Arc<Self>> {
+        let engine = match Engine::new(&engine_config(Some(settings.instances))) {
             Ok(engine) => engine,
             // A restricted address space (ulimit -v) cannot hold the pool's
             // reservations; on-demand allocation is slower but works.
@@ -148,7 +216,7 @@ impl PluginRuntime {
                 tracing::warn!(
                     "pooling allocator unavailable ({err}); instances will be allocated on demand"
                 );
-                Engine::new(&engine_config(false)).map_err(anyhow::Error::from)?
+                Engine::new(&engine_config(None)).map_err(anyhow::Error::from)?
             }
         };
         start_epoch_clock(&engine);
@@ -157,21 +225,61 @@ impl PluginRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
+        super::host_api::limit_open_files(&mut linker).context("limiting open files")?;
         Subscriber::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |data| data)
             .map_err(anyhow::Error::from)
             .context("linking the eventhost host interface")?;
 
+        let cache = match CompiledCache::open(
+            &settings.cache_dir,
+            &engine_fingerprint(&engine),
+            settings.cache_max_bytes,
+        ) {
+            Ok(cache) => Some(cache),
+            Err(err) => {
+                tracing::warn!("compiled plugins will not be cached: {err:#}");
+                None
+            }
+        };
+        let files = FileBudget::new();
+        tracing::debug!("plugins may hold {} open files together", files.limit());
         Ok(Arc::new(PluginRuntime {
             engine,
             linker,
-            cache_dir: cache_dir.to_path_buf(),
-            max_file_bytes,
+            cache,
+            capacity: InstanceCapacity::new(settings.instances),
+            files,
+            files_by_subscriber: Default::default(),
+            settings,
         }))
     }
 
     /// The largest plugin file this runtime reads, in bytes.
     pub fn max_file_bytes(&self) -> u64 {
-        self.max_file_bytes
+        self.settings.max_file_bytes
+    }
+
+    /// How many instances may be alive at once.
+    pub fn instances(&self) -> usize {
+        self.settings.instances
+    }
+
+    /// The descriptors plugins may hold, and a new instance's part of them
+    /// as one of `subscriber`'s.
+    pub(super) fn files_for(&self, subscriber: &str) -> super::files::InstanceFiles {
+        let counter = self
+            .files_by_subscriber
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(subscriber.to_string())
+            .or_default()
+            .clone();
+        super::files::InstanceFiles::new(self.files.clone(), counter)
+    }
+
+    /// The instance slots every handler draws on.
+    pub(super) fn capacity(&self) -> &Arc<InstanceCapacity> {
+        &self.capacity
     }
 
     /// The engine, for creating stores.
@@ -182,7 +290,7 @@ impl PluginRuntime {
     /// Reads, compiles (or loads from the cache) and validates the plugin at
     /// `path`. Blocking: call it off the async runtime.
     pub fn load(&self, path: &Path) -> Result<CompiledPlugin, LoadError> {
-        self.compile(PluginFile::read(path, self.max_file_bytes)?)
+        self.compile(PluginFile::read(path, self.settings.max_file_bytes)?)
     }
 
     /// Compiles (or loads from the cache) and validates a plugin file that
@@ -194,19 +302,43 @@ impl PluginRuntime {
         };
         let started = Instant::now();
         check_header(&file.bytes).map_err(refuse)?;
-        let cache_file =
-            self.cache_dir
-                .join(format!("{}-{}.cwasm", file.digest, self.engine_key()));
-        let (component, cached) = match self.load_cached(&cache_file) {
-            Some(component) => (component, true),
+        let from_cache = self.cache.as_ref().and_then(|cache| {
+            let code = cache.load(&file.digest)?;
+            // SAFETY: the code is what this host's engine compiled from these
+            // very bytes: the entry's MAC, under a key only this user can
+            // read, proves it (see `cache`).
+            match unsafe { Component::deserialize(&self.engine, &code) } {
+                Ok(component) => Some(component),
+                Err(err) => {
+                    tracing::warn!(plugin = %file.path.display(), "ignoring an unusable compiled cache entry: {err:#}");
+                    None
+                }
+            }
+        });
+        let (component, compiled) = match from_cache {
+            Some(component) => (component, None),
             None => {
-                let component = Component::new(&self.engine, &file.bytes)
-                    .map_err(|err| refuse(format!("not a valid component: {err:#}")))?;
-                self.store_cached(&cache_file, &component);
-                (component, false)
+                let code = match &self.settings.compile_limits {
+                    Some(limits) => compiler::compile(limits, &file.bytes).map_err(refuse)?,
+                    None => self
+                        .engine
+                        .precompile_component(&file.bytes)
+                        .map_err(|err| refuse(format!("not a valid component: {err:#}")))?,
+                };
+                // SAFETY: this engine, or this very program with the same
+                // engine settings in a child, compiled the code just now;
+                // `deserialize` checks the settings are compatible.
+                let component = unsafe { Component::deserialize(&self.engine, &code) }
+                    .map_err(|err| refuse(format!("cannot load its compiled code: {err:#}")))?;
+                (component, Some(code))
             }
         };
+        let cached = compiled.is_none();
         let pre = self.validate(&component).map_err(refuse)?;
+        // Only an accepted build is worth keeping.
+        if let (Some(cache), Some(code)) = (&self.cache, &compiled) {
+            cache.store(&file.digest, code);
+        }
         Ok(CompiledPlugin {
             path: file.path,
             digest: file.digest,
@@ -264,71 +396,25 @@ impl PluginRuntime {
             )
         })
     }
-
-    fn load_cached(&self, file: &Path) -> Option<Component> {
-        if !file.is_file() {
-            return None;
-        }
-        // SAFETY: the file is ours: written by `store_cached` from a component
-        // this engine compiled, under a name keyed by the engine's settings.
-        match unsafe { Component::deserialize_file(&self.engine, file) } {
-            Ok(component) => Some(component),
-            Err(err) => {
-                tracing::warn!(file = %file.display(), "ignoring unusable compiled cache entry: {err}");
-                None
-            }
-        }
-    }
-
-    fn store_cached(&self, file: &Path, component: &Component) {
-        let write = || -> anyhow::Result<()> {
-            // Native code the host loads: ours to read and write only.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.cache_dir)?;
-            let bytes = component.serialize().map_err(anyhow::Error::from)?;
-            let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
-            let mut out = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            out.write_all(&bytes)?;
-            drop(out);
-            std::fs::rename(&tmp, file)?;
-            Ok(())
-        };
-        if let Err(err) = write() {
-            tracing::warn!(dir = %self.cache_dir.display(), "cannot cache compiled plugin: {err:#}");
-        }
-    }
-
-    /// Distinguishes caches of engines with different settings or versions.
-    fn engine_key(&self) -> String {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        format!("{:016x}", hasher.finish())
-    }
 }
 
-fn engine_config(pooling: bool) -> Config {
+/// The engine's settings; `pooling`: a pooling allocator with slots for
+/// that many component instances.
+pub(super) fn engine_config(pooling: Option<usize>) -> Config {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
         .cranelift_opt_level(OptLevel::Speed);
-    if pooling {
+    if let Some(instances) = pooling {
+        let instances = instances as u32;
         let mut pool = PoolingAllocationConfig::default();
         // Slots are virtual reservations; memory is committed only as used.
-        pool.total_component_instances(1000)
-            .total_core_instances(4000)
-            .total_memories(2000)
-            .total_tables(4000)
-            .total_stacks(1000)
+        pool.total_component_instances(instances)
+            .total_core_instances(4 * instances)
+            .total_memories(2 * instances)
+            .total_tables(4 * instances)
+            .total_stacks(instances)
             .max_core_instances_per_component(64)
             .max_memories_per_component(16)
             .max_tables_per_component(64)
@@ -351,6 +437,25 @@ fn start_epoch_clock(engine: &Engine) {
             }
         })
         .expect("spawning the epoch clock thread");
+}
+
+/// Which engine compiles: a SHA-256 (hex) of everything that makes its code
+/// compatible or not (settings, version), so entries of another engine are
+/// never taken for this one's.
+fn engine_fingerprint(engine: &Engine) -> String {
+    /// Feeds what is hashed into SHA-256 instead of a 64-bit hash.
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut sha = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut sha);
+    hex(&sha.0.finalize())
 }
 
 /// Tells apart the files people actually drop into the folder by mistake.
@@ -396,7 +501,11 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_component() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = PluginRuntime::new(&dir.path().join("cache"), 1 << 20).unwrap();
+        let runtime = PluginRuntime::new(RuntimeSettings {
+            max_file_bytes: 1 << 20,
+            ..RuntimeSettings::with_cache(&dir.path().join("cache"))
+        })
+        .unwrap();
         let text = dir.path().join("notes.wasm");
         std::fs::write(&text, "just text").unwrap();
         let err = runtime.load(&text).err().unwrap();
@@ -416,7 +525,11 @@ mod tests {
     #[test]
     fn devices_folders_and_big_files_are_refused_unread() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = PluginRuntime::new(&dir.path().join("cache"), 1 << 20).unwrap();
+        let runtime = PluginRuntime::new(RuntimeSettings {
+            max_file_bytes: 1 << 20,
+            ..RuntimeSettings::with_cache(&dir.path().join("cache"))
+        })
+        .unwrap();
         let zero = dir.path().join("zero.wasm");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         let err = runtime.load(&zero).err().unwrap().to_string();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use wasmtime::{PoolConcurrencyLimitError, Store};
 
+use super::capacity::{CapacityError, Evict, Share, Slot};
 use super::host_api::{Call, Level, StoreData, Subscriber, WitEvent, WitFailure};
 use super::logs::{self, LogGate};
 use super::runtime::{CompiledPlugin, PluginRuntime};
@@ -24,6 +25,16 @@ use crate::handler::{
 /// How long past its limit a call blocked in a host function may take before
 /// it is abandoned (guest code is stopped by the epoch right at the limit).
 const BLOCKED_GRACE: Duration = Duration::from_millis(50);
+
+/// Longest an event waits for an instance before it is put back to run
+/// later (not as an attempt): short enough that a batch never holds its
+/// loop for long, long enough that a busy pool is a wait, not a failure.
+const CAPACITY_WAIT: Duration = Duration::from_secs(1);
+
+/// How long to wait before instantiating again after the pooling
+/// allocator ran out of something the permits do not count (core
+/// instances, memories, tables of large components).
+const POOL_RETRY: Duration = Duration::from_millis(5);
 
 /// The limits and grants an instance is created with.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +66,34 @@ impl From<&SubscriberConfig> for Limits {
 struct Instance {
     store: Store<StoreData>,
     bindings: Subscriber,
+    /// Dropped after the store: the slot is free once the instance is gone.
+    _slot: Slot,
+}
+
+/// A handler's idle instances, which others short of capacity may take
+/// away.
+#[derive(Default)]
+struct IdlePool(Mutex<Vec<Instance>>);
+
+impl IdlePool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Evict for IdlePool {
+    fn evict_one(&self) -> usize {
+        let mut idle = self.lock();
+        let n = idle.len();
+        let evicted = idle.pop();
+        drop(idle);
+        drop(evicted);
+        n
+    }
+
+    fn idle(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 /// A [`Handler`] backed by one build of a wasm component.
@@ -66,7 +105,9 @@ pub struct WasmHandler {
     plugin: Arc<CompiledPlugin>,
     limits: Limits,
     config: Arc<BTreeMap<String, String>>,
-    idle: Mutex<Vec<Instance>>,
+    idle: Arc<IdlePool>,
+    /// This subscriber's part of the instance pool.
+    share: Share,
     /// The log rate of this subscriber's instances.
     log_gate: LogGate,
 }
@@ -78,6 +119,10 @@ impl WasmHandler {
         settings: &SubscriberConfig,
         plugin: Arc<CompiledPlugin>,
     ) -> Self {
+        let idle = Arc::new(IdlePool::default());
+        let capacity = runtime.capacity();
+        capacity.register(Arc::downgrade(&idle) as std::sync::Weak<dyn Evict>);
+        let share = capacity.share_for(settings.concurrency);
         WasmHandler {
             runtime,
             subscriber: settings.name.as_str().into(),
@@ -85,7 +130,8 @@ impl WasmHandler {
             plugin,
             limits: Limits::from(settings),
             config: Arc::new(settings.config.clone()),
-            idle: Mutex::new(Vec::new()),
+            idle,
+            share,
             log_gate: LogGate::default(),
         }
     }
@@ -95,13 +141,59 @@ impl WasmHandler {
         &self.plugin
     }
 
-    /// An idle instance, or a new one. A new instance's start functions
-    /// (a component's core `start`, a reactor's `_initialize`) are plugin
-    /// code like `handle`: they run under the event's time limit, counted
-    /// from `started`, and yield to other tasks every epoch tick.
-    async fn instance(&self, started: Instant) -> Result<Instance, Failure> {
-        if let Some(instance) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(instance);
+    /// An idle instance, or a new one, and when it was had: the event's
+    /// time limit counts from then. A new instance needs a slot of the pool
+    /// (see [`super::capacity`]); waiting for one is not the event's time.
+    /// Its start functions (a component's core `start`, a reactor's
+    /// `_initialize`) are plugin code like `handle`: they run under the
+    /// event's time limit and yield to other tasks every epoch tick.
+    async fn instance(&self) -> Result<(Instance, Instant), Failure> {
+        if let Some(instance) = self.idle.lock().pop() {
+            return Ok((instance, Instant::now()));
+        }
+        let waited = Instant::now();
+        let capacity = self.runtime.capacity();
+        loop {
+            let slot = capacity
+                .acquire(&self.share, CAPACITY_WAIT.saturating_sub(waited.elapsed()))
+                .await
+                .map_err(|err| self.no_capacity(err))?;
+            let started = Instant::now();
+            match self.instantiate(slot, started).await {
+                Ok(instance) => return Ok((instance, started)),
+                // The pool ran out of something the permits do not count:
+                // make room and try again while the wait lasts.
+                Err(Start::PoolFull) if waited.elapsed() < CAPACITY_WAIT => {
+                    capacity.evict_idle();
+                    tokio::time::sleep(POOL_RETRY).await;
+                }
+                Err(Start::PoolFull) => {
+                    return Err(self.no_capacity(CapacityError {
+                        waited: waited.elapsed(),
+                        held: self.share.held(),
+                        share: capacity.share(),
+                        total: self.runtime.instances(),
+                    }))
+                }
+                Err(Start::Failed(failure)) => return Err(failure),
+            }
+        }
+    }
+
+    /// A new instance in `slot`, its start functions run under the time
+    /// limit counted from `started`.
+    async fn instantiate(&self, slot: Slot, started: Instant) -> Result<Instance, Start> {
+        // Its granted folders are descriptors of the host: counted before
+        // they are opened. Out of descriptors is a shortage, like slots.
+        let mut files = self.runtime.files_for(&self.subscriber);
+        if let Err(refused) = files.hold(self.limits.grants.dirs.len()) {
+            return Err(Start::Failed(Failure::new(
+                FailureKind::Capacity,
+                format!(
+                    "{}: cannot open its granted folders now: {refused}",
+                    self.plugin_file
+                ),
+            )));
         }
         let data = StoreData::new(
             self.subscriber.clone(),
@@ -109,9 +201,11 @@ impl WasmHandler {
             self.limits.memory_bytes,
             &self.limits.grants,
             self.log_gate.clone(),
+            files,
         )
-        .map_err(|err| Failure::new(FailureKind::Host, format!("{err:#}")))?;
+        .map_err(|err| Start::Failed(Failure::new(FailureKind::Host, format!("{err:#}"))))?;
         let mut store = Store::new(self.runtime.engine(), data);
+        store.set_max_component_handles(super::host_api::MAX_HANDLES);
         store.limiter(|data| &mut data.limiter);
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().on_epoch()));
         let timeout = self.limits.timeout;
@@ -123,37 +217,54 @@ impl WasmHandler {
         let instantiated =
             tokio::time::timeout(remaining, self.plugin.pre.instantiate_async(&mut store)).await;
         let bindings = match instantiated {
-            Err(_) => return Err(self.timed_out_starting(timeout)),
+            Err(_) => return Err(Start::Failed(self.timed_out_starting(timeout))),
             Ok(Ok(bindings)) => bindings,
             Ok(Err(err)) => {
                 let data = store.data_mut();
                 if data.start_timed_out {
-                    return Err(self.timed_out_starting(timeout));
+                    return Err(Start::Failed(self.timed_out_starting(timeout)));
                 }
                 // Every pooled slot in use is the host's shortage, not the
-                // plugin's fault.
-                let kind = if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
-                    FailureKind::Host
-                } else if data.limiter.hit {
+                // plugin's fault: told by its type, not its message.
+                if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+                    return Err(Start::PoolFull);
+                }
+                let kind = if data.limiter.hit {
                     FailureKind::OutOfMemory
                 } else {
                     FailureKind::Trap
                 };
                 let err = anyhow::Error::from(err);
-                return Err(Failure::new(
+                return Err(Start::Failed(Failure::new(
                     kind,
                     format!("{} failed to start: {err:#}", self.plugin_file),
-                ));
+                )));
             }
         };
         // No deadline between calls: each call sets its own.
         store.data_mut().start_deadline = None;
         store.set_epoch_deadline(u64::MAX / 2);
-        Ok(Instance { store, bindings })
+        Ok(Instance {
+            store,
+            bindings,
+            _slot: slot,
+        })
     }
 
+    fn no_capacity(&self, err: CapacityError) -> Failure {
+        Failure::new(
+            FailureKind::Capacity,
+            format!("{}: {err}", self.plugin_file),
+        )
+    }
+
+    /// Keeps `instance` for the next event, unless others wait for a slot:
+    /// then it is dropped and its slot goes to the first in line.
     fn give_back(&self, instance: Instance) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if self.runtime.capacity().contended() {
+            return;
+        }
+        let mut idle = self.idle.lock();
         if idle.len() < self.limits.concurrency {
             idle.push(instance);
         }
@@ -239,10 +350,14 @@ impl WasmHandler {
 #[async_trait]
 impl Handler for WasmHandler {
     async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome {
-        let started = Instant::now();
-        let mut instance = match self.instance(started).await {
-            Ok(instance) => instance,
-            Err(failure) => return Outcome::Failed(failure),
+        let (mut instance, started) = match self.instance().await {
+            Ok(had) => had,
+            Err(failure) => {
+                if failure.kind == FailureKind::Capacity {
+                    tracing::debug!(subscriber = %self.subscriber, event_id = %event.id, "{}", failure.message);
+                }
+                return Outcome::Failed(failure);
+            }
         };
         let timeout = self.limits.timeout;
         let data = instance.store.data_mut();
@@ -285,6 +400,7 @@ impl Handler for WasmHandler {
         if result.is_ok() {
             log_output(data);
         }
+        data.settle_files();
         data.finish_log();
         let mut call = data.call.take().expect("the call state is set above");
         let outcome = match result {
@@ -315,6 +431,14 @@ impl Handler for WasmHandler {
         self.give_back(instance);
         outcome
     }
+}
+
+/// Why a new instance did not start.
+enum Start {
+    /// The pooling allocator is out of slots: wait and try again.
+    PoolFull,
+    /// The event fails with this.
+    Failed(Failure),
 }
 
 /// Longest reason a plugin's `retry` or `reject` may give, in bytes: it

@@ -8,7 +8,7 @@
 pub mod plan;
 pub mod watch;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::config::SubscriberConfig;
@@ -27,18 +27,19 @@ pub async fn next_changes(watcher: &mut Option<Watcher>) -> Option<BTreeSet<Chan
     }
 }
 
-/// Applies what changed on disk.
-pub async fn apply(daemon: &mut Daemon, changes: BTreeSet<Change>) {
+/// Applies what changed on disk: a config change now, a plugin's in the
+/// background (see [`PluginReloads`]).
+pub async fn apply(daemon: &mut Daemon, changes: BTreeSet<Change>, reloads: &mut PluginReloads) {
     for change in changes {
         match change {
             Change::Config => config_changed(daemon).await,
-            Change::Plugin(path) => plugin_changed(daemon, &path).await,
+            Change::Plugin(path) => reloads.start(daemon, path),
         }
     }
 }
 
 /// SIGHUP: the config and every plugin in use, read again.
-pub async fn everything(daemon: &mut Daemon) {
+pub async fn everything(daemon: &mut Daemon, reloads: &mut PluginReloads) {
     tracing::info!("SIGHUP: reloading the config and every plugin");
     config_changed(daemon).await;
     let paths: BTreeSet<PathBuf> = daemon
@@ -47,13 +48,62 @@ pub async fn everything(daemon: &mut Daemon) {
         .map(|r| r.settings().plugin.clone())
         .collect();
     for path in paths {
-        plugin_changed(daemon, &path).await;
+        reloads.start(daemon, path);
     }
 }
 
-/// Loads a changed plugin file and swaps the new build in for every
-/// subscriber that runs it.
-async fn plugin_changed(daemon: &mut Daemon, path: &Path) {
+/// Plugin files being loaded again, each in a task of its own: a compile
+/// may take long (a large component, or a hostile one up to its time limit)
+/// and must delay neither another plugin's reload, nor a config change, nor
+/// shutdown. One file is loaded once at a time; a change while it loads
+/// loads it again after.
+#[derive(Default)]
+pub struct PluginReloads {
+    running: tokio::task::JoinSet<(PathBuf, Reload)>,
+    /// Files loading now; `true`: changed again meanwhile.
+    loading: HashMap<PathBuf, bool>,
+}
+
+impl PluginReloads {
+    /// Starts loading `path` again, or notes that it changed while it loads.
+    pub fn start(&mut self, daemon: &Daemon, path: PathBuf) {
+        if let Some(again) = self.loading.get_mut(&path) {
+            *again = true;
+            return;
+        }
+        self.loading.insert(path.clone(), false);
+        let handlers = daemon.handlers.clone();
+        self.running.spawn(async move {
+            let reload = handlers.reload(&path).await;
+            (path, reload)
+        });
+    }
+
+    /// The next file done loading; never, while none loads.
+    pub async fn next(&mut self) -> Option<(PathBuf, Reload)> {
+        loop {
+            match self.running.join_next().await {
+                None => return std::future::pending().await,
+                Some(Ok(done)) => return Some(done),
+                // A panic in the loader: the build in use stays.
+                Some(Err(err)) => tracing::error!("a plugin reload crashed: {err}"),
+            }
+        }
+    }
+
+    /// Applies what loading `path` came to, and loads it again if it
+    /// changed meanwhile.
+    pub fn finished(&mut self, daemon: &mut Daemon, path: PathBuf, reload: Reload) {
+        plugin_reloaded(daemon, &path, reload);
+        if self.loading.remove(&path) == Some(true) {
+            self.start(daemon, path);
+        }
+    }
+}
+
+/// Swaps the handlers of the subscribers running the plugin at `path` to
+/// its new build, or reports why not.
+fn plugin_reloaded(daemon: &mut Daemon, path: &Path, reload: Reload) {
     let users: Vec<&Runner> = daemon
         .runners
         .values()
@@ -68,7 +118,7 @@ async fn plugin_changed(daemon: &mut Daemon, path: &Path) {
         .collect::<Vec<_>>()
         .join(", ");
     let file = path.display();
-    match daemon.handlers.reload(path).await {
+    match reload {
         Reload::Unchanged => {}
         Reload::Loaded { what } => {
             for runner in &users {

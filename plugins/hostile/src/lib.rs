@@ -15,12 +15,30 @@
 //! - `"set"`: writes `"key"` with a value of `size` bytes, then ok;
 //! - `"cycle"`: counts itself in `cycles` and publishes its own event again
 //!   (same type, same data), ignoring any refusal, then ok: a cycle of
-//!   plugins in one.
+//!   plugins in one;
+//! - `"sleep"`: holds its instance for `n` ms (a WASI sleep: no CPU),
+//!   then ok;
+//! - `"open"`: opens the file `"path"` `n` times and keeps every file open
+//!   (in the instance, across events), then ok; stores how many it holds
+//!   under `held` and the last refusal under `open_error`;
+//! - `"read"`: reads the file `"path"` and stores it under `read:<event id>`;
+//! - `"handles"`: makes `n` WASI pollables and keeps them all, then ok
+//!   (the host's handle limit traps it first).
 //!
 //! Every act stores `done:<event id>` when it returns ok.
 
+use std::sync::Mutex;
+
 use eventhost_plugin::{Event, Failure, Guest, Level};
 use serde_json::Value;
+
+/// WASI's monotonic clock, called directly to make handles.
+mod clocks {
+    wit_bindgen::generate!({ path: "wit", world: "handles", generate_all });
+}
+
+/// Files `"open"` keeps open, for as long as the instance lives.
+static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
 
 struct Hostile;
 
@@ -86,6 +104,33 @@ impl Guest for Hostile {
                 eventhost_plugin::state_increment("cycles")?;
                 // A hostile plugin ignores what the host says.
                 let _ = eventhost_plugin::publish(&event.event_type, &event.data);
+            }
+            "sleep" => std::thread::sleep(std::time::Duration::from_millis(n)),
+            "open" => {
+                let path = data.get("path").and_then(Value::as_str).unwrap_or("");
+                let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+                for _ in 0..n {
+                    match std::fs::File::open(path) {
+                        Ok(file) => held.push(file),
+                        Err(err) => {
+                            eventhost_plugin::state_set("open_error", &err.to_string());
+                            break;
+                        }
+                    }
+                }
+                eventhost_plugin::state_set("held", &held.len().to_string());
+            }
+            "handles" => {
+                let kept: Vec<_> = (0..n)
+                    .map(|_| clocks::wasi::clocks::monotonic_clock::subscribe_duration(1 << 40))
+                    .collect();
+                eventhost_plugin::state_set("handles", &kept.len().to_string());
+            }
+            "read" => {
+                let path = data.get("path").and_then(Value::as_str).unwrap_or("");
+                let text = std::fs::read_to_string(path)
+                    .map_err(|err| Failure::Retry(format!("cannot read {path}: {err}")))?;
+                eventhost_plugin::state_set(&format!("read:{}", event.id), &text);
             }
             other => return Err(Failure::Reject(format!("unknown act {other:?}"))),
         }

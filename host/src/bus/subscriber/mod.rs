@@ -141,6 +141,10 @@ enum Fate {
         delay: Duration,
     },
     RunAgain,
+    /// No capacity: runs again after `delay`, on the same attempt.
+    Wait {
+        delay: Duration,
+    },
     DeadLettered {
         kind: &'static str,
         reason: String,
@@ -410,6 +414,7 @@ impl SubscriberLoop {
                 Fate::Retry { next, delay }
             }
             Verdict::RunAgain => Fate::RunAgain,
+            Verdict::Wait { delay } => Fate::Wait { delay },
             Verdict::DeadLetter { kind, reason } => {
                 let record = FailureRecord {
                     timestamp: crate::handler::unix_now(),
@@ -474,6 +479,11 @@ impl SubscriberLoop {
                     }));
                 }
                 Fate::RunAgain => self.again.push(work),
+                Fate::Wait { delay } => self.retries.push(Reverse(Retry {
+                    due: Instant::now() + delay,
+                    id: work.entry.id,
+                    attempt: work.attempt,
+                })),
                 Fate::DeadLettered { kind, reason } => {
                     tracing::warn!(
                         subscriber = %settings.name,

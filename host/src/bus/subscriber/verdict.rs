@@ -16,7 +16,14 @@ pub enum Verdict {
     RunAgain,
     /// Goes to the DLQ with a record of this kind and reason.
     DeadLetter { kind: &'static str, reason: String },
+    /// Stays pending and runs again after `delay` on the same attempt: the
+    /// host had no capacity for it (backpressure, not a failure).
+    Wait { delay: Duration },
 }
+
+/// How long an event that found no capacity waits before it runs again:
+/// its handler already waited for a slot, so this only spaces the tries.
+pub const CAPACITY_RETRY: Duration = Duration::from_millis(20);
 
 /// The decision for a handler's `failure` on `attempt` (from 1) of an event
 /// of the subscriber with `settings`. A retry never waits longer than
@@ -29,6 +36,11 @@ pub fn after_failure(
     longest_wait: Duration,
 ) -> Verdict {
     let kind = failure.kind;
+    if kind == FailureKind::Capacity {
+        return Verdict::Wait {
+            delay: CAPACITY_RETRY.min(longest_wait),
+        };
+    }
     if kind.is_retryable() && attempt < settings.max_attempts {
         let next = attempt + 1;
         return Verdict::Retry {
@@ -43,6 +55,7 @@ pub fn after_failure(
         FailureKind::Trap => "trap".into(),
         FailureKind::Timeout => "timeout".into(),
         FailureKind::OutOfMemory => "out of memory".into(),
+        FailureKind::Capacity => unreachable!("a capacity shortage waits"),
     };
     Verdict::DeadLetter {
         kind: kind.as_str(),
@@ -99,6 +112,19 @@ mod tests {
 
     fn failure(kind: FailureKind) -> Failure {
         Failure::new(kind, "boom")
+    }
+
+    #[test]
+    fn no_capacity_waits_on_the_same_attempt_whatever_the_attempt() {
+        let s = settings(3);
+        for attempt in [1, 3, 50] {
+            assert_eq!(
+                after_failure(attempt, &failure(FailureKind::Capacity), &s, LONG),
+                Verdict::Wait {
+                    delay: CAPACITY_RETRY
+                }
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,404 @@
+//! The compiled cache: components compiled to native code, kept on disk so a
+//! restart or a reload of a known build does not compile again.
+//!
+//! Loading an entry runs native code, so an entry is trusted only as far as
+//! it is proven: the folder and its files must be ours and writable by no
+//! one else, and each entry carries a MAC (HMAC-SHA256, with a key only this
+//! user can read, kept in the folder) over the digest of the source it was
+//! compiled from, the engine's fingerprint and the code itself. A file
+//! copied over another plugin's name, one from another engine, or one
+//! changed by anyone without the key is ignored and compiled again. Entries
+//! are written only for builds that were accepted, and the folder is kept
+//! under its size limit by removing the entries used least recently.
+
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{
+    DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+
+/// What an entry file starts with: the format, then the MAC.
+const MAGIC: &[u8; 8] = b"EHCACHE1";
+const MAC_LEN: usize = 32;
+/// The key's file in the cache folder.
+const KEY_FILE: &str = "key";
+const ENTRY_EXTENSION: &str = "cwasm";
+
+/// One cache folder, checked and keyed.
+pub struct CompiledCache {
+    dir: PathBuf,
+    key: [u8; 32],
+    /// Which engine compiled the entries: settings and version, hashed.
+    engine: String,
+    /// The folder's size limit, in bytes (`[plugins] cache_mb`).
+    max_bytes: u64,
+}
+
+impl CompiledCache {
+    /// Opens the cache at `dir` for entries of the engine with fingerprint
+    /// `engine`, making the folder and its key if needed. Fails when the
+    /// folder or the key is not private to this user: then nothing is
+    /// cached (every load compiles), which is slow but safe.
+    pub fn open(dir: &Path, engine: &str, max_bytes: u64) -> anyhow::Result<Self> {
+        private_dir(dir)?;
+        let key = key(&dir.join(KEY_FILE))?;
+        Ok(CompiledCache {
+            dir: dir.to_path_buf(),
+            key,
+            engine: engine.to_string(),
+            max_bytes,
+        })
+    }
+
+    fn entry(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join(format!("{digest}-{}.{ENTRY_EXTENSION}", &self.engine[..16]))
+    }
+
+    /// The compiled code of the source with SHA-256 `digest` (hex), if the
+    /// cache holds an entry that proves it is that: ours, private, and its
+    /// MAC right. A use makes the entry the most recently used.
+    pub fn load(&self, digest: &str) -> Option<Vec<u8>> {
+        let path = self.entry(digest);
+        let ignore = |why: String| {
+            tracing::warn!(file = %path.display(), "ignoring a compiled cache entry: {why}; compiling instead");
+        };
+        let mut file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(err) => {
+                ignore(format!("cannot open it ({err})"));
+                return None;
+            }
+        };
+        let meta = file.metadata().ok()?;
+        if let Err(why) = private_file(&meta) {
+            ignore(why);
+            return None;
+        }
+        if meta.len() > self.max_bytes {
+            ignore(format!(
+                "it is larger ({} bytes) than the cache may be",
+                meta.len()
+            ));
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        if let Err(err) = (&mut file).take(self.max_bytes).read_to_end(&mut bytes) {
+            ignore(format!("cannot read it ({err})"));
+            return None;
+        }
+        if bytes.len() < MAGIC.len() + MAC_LEN || &bytes[..MAGIC.len()] != MAGIC {
+            ignore("it is not an entry of this version of eventhost".into());
+            return None;
+        }
+        let (mac, code) = bytes[MAGIC.len()..].split_at(MAC_LEN);
+        if !constant_time_eq(mac, &self.mac(digest, code)) {
+            ignore("its MAC does not match (not compiled by this host from these bytes)".into());
+            return None;
+        }
+        let _ = file.set_modified(SystemTime::now());
+        bytes.drain(..MAGIC.len() + MAC_LEN);
+        Some(bytes)
+    }
+
+    /// Keeps `code`, compiled from the source with SHA-256 `digest`, then
+    /// removes the least recently used entries past the size limit. Call it
+    /// only for a build that was accepted. A failure is logged, not fatal.
+    pub fn store(&self, digest: &str, code: &[u8]) {
+        let write = || -> anyhow::Result<()> {
+            let size = (MAGIC.len() + MAC_LEN + code.len()) as u64;
+            if size > self.max_bytes {
+                anyhow::bail!(
+                    "the entry ({} MiB) is larger than the cache's limit ({} MiB)",
+                    size >> 20,
+                    self.max_bytes >> 20
+                );
+            }
+            let path = self.entry(digest);
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            out.write_all(MAGIC)?;
+            out.write_all(&self.mac(digest, code))?;
+            out.write_all(code)?;
+            drop(out);
+            std::fs::rename(&tmp, &path)?;
+            self.evict()
+        };
+        if let Err(err) = write() {
+            tracing::warn!(dir = %self.dir.display(), "cannot cache a compiled plugin: {err:#}");
+        }
+    }
+
+    /// Removes the least recently used entries until the folder is within
+    /// its limit.
+    fn evict(&self) -> anyhow::Result<()> {
+        let mut entries: Vec<(SystemTime, u64, PathBuf)> = std::fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == ENTRY_EXTENSION))
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        entries.sort();
+        for (_, len, path) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            tracing::info!(file = %path.display(), "compiled cache over its limit: removing the entry used least recently");
+            std::fs::remove_file(&path)?;
+            total -= len;
+        }
+        Ok(())
+    }
+
+    /// HMAC-SHA256 of what an entry proves: the source, the engine, the code.
+    fn mac(&self, digest: &str, code: &[u8]) -> [u8; MAC_LEN] {
+        hmac_sha256(
+            &self.key,
+            &[
+                b"eventhost compiled cache v1\0",
+                digest.as_bytes(),
+                b"\0",
+                self.engine.as_bytes(),
+                b"\0",
+                code,
+            ],
+        )
+    }
+}
+
+/// Makes `dir` (0700) if needed, and checks it is ours and writable by no
+/// one else; a folder of ours with looser modes is made private.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the compiled cache {}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a folder (a symlink?)", dir.display());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        anyhow::bail!(
+            "{} belongs to user {}, not to this user ({me}): its code cannot be trusted",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether an entry file with `meta` can be trusted as far as its owner and
+/// modes go: a regular file of ours that no one else may write.
+fn private_file(meta: &std::fs::Metadata) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "it belongs to user {}, not to this user",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "others may write it (mode {:o})",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// The cache's key at `path`: 32 random bytes, made once, readable by this
+/// user only.
+fn key(path: &Path) -> anyhow::Result<[u8; 32]> {
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut random| random.read_exact(&mut key))
+            .context("cannot read /dev/urandom for the cache's key")?;
+        // Written whole under another name, then linked into place: a
+        // concurrent reader never sees half a key, and the first writer wins.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        out.write_all(&key)?;
+        drop(out);
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        if let Err(err) = linked {
+            if err.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(err).context("cannot write the cache's key");
+            }
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot read the cache's key {}", path.display()))?;
+    let meta = file.metadata()?;
+    private_file(&meta)
+        .map_err(|why| anyhow::anyhow!("the cache's key {}: {why}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "the cache's key {} is readable by others (mode {:o}); remove it",
+            path.display(),
+            meta.mode() & 0o777
+        );
+    }
+    let mut key = [0u8; 32];
+    file.read_exact(&mut key)
+        .with_context(|| format!("the cache's key {} is too short; remove it", path.display()))?;
+    Ok(key)
+}
+
+/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts` under `key`.
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let mut inner = Sha256::new();
+    inner.update(pad(0x36));
+    for part in parts {
+        inner.update(part);
+    }
+    let mut outer = Sha256::new();
+    outer.update(pad(0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// Compares two MACs in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2.
+        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn an_entry_loads_only_for_its_source_engine_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        let cache = CompiledCache::open(&path, &"e".repeat(64), 1 << 20).unwrap();
+        assert_eq!(mode(&path), 0o700);
+        assert_eq!(mode(&path.join(KEY_FILE)), 0o600);
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        assert_eq!(cache.load(&a), None);
+        cache.store(&a, b"code of a");
+        cache.store(&b, b"code of b");
+        assert_eq!(mode(&cache.entry(&a)), 0o600);
+        assert_eq!(cache.load(&a).as_deref(), Some(&b"code of a"[..]));
+
+        // b's entry copied over a's name is not a's.
+        std::fs::copy(cache.entry(&b), cache.entry(&a)).unwrap();
+        assert_eq!(cache.load(&a), None);
+        // Nor is anything someone without the key wrote.
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(&[0; MAC_LEN]);
+        forged.extend_from_slice(b"forged code");
+        std::fs::write(cache.entry(&a), forged).unwrap();
+        assert_eq!(cache.load(&a), None);
+        // Another engine's cache, or another key, does not accept b's entry.
+        let other_engine = CompiledCache::open(&path, &"f".repeat(64), 1 << 20).unwrap();
+        std::fs::copy(cache.entry(&b), other_engine.entry(&b)).unwrap();
+        assert_eq!(other_engine.load(&b), None);
+        std::fs::remove_file(path.join(KEY_FILE)).unwrap();
+        let new_key = CompiledCache::open(&path, &"e".repeat(64), 1 << 20).unwrap();
+        assert_eq!(new_key.load(&b), None);
+    }
+
+    #[test]
+    fn entries_others_may_write_are_ignored_and_loose_folders_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let cache = CompiledCache::open(&path, &"e".repeat(64), 1 << 20).unwrap();
+        assert_eq!(mode(&path), 0o700);
+        let a = "a".repeat(64);
+        cache.store(&a, b"code");
+        std::fs::set_permissions(cache.entry(&a), std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(cache.load(&a), None);
+    }
+
+    #[test]
+    fn the_least_recently_used_entries_go_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompiledCache::open(dir.path(), &"e".repeat(64), 3200).unwrap();
+        let digests: Vec<String> = ["a", "b", "c"].iter().map(|d| d.repeat(64)).collect();
+        let old = SystemTime::now() - std::time::Duration::from_secs(100);
+        for (i, digest) in digests.iter().enumerate() {
+            cache.store(digest, &[0u8; 1000]);
+            let file = std::fs::File::options()
+                .write(true)
+                .open(cache.entry(digest))
+                .unwrap();
+            file.set_modified(old + std::time::Duration::from_secs(i as u64))
+                .unwrap();
+        }
+        // Using a makes b the least recently used; a fourth entry evicts it.
+        assert!(cache.load(&digests[0]).is_some());
+        cache.store(&"d".repeat(64), &[0u8; 1000]);
+        assert!(cache.entry(&digests[0]).exists());
+        assert!(
+            !cache.entry(&digests[1]).exists(),
+            "b was used least recently"
+        );
+        assert!(cache.entry(&digests[2]).exists());
+        // An entry larger than the whole cache is not kept.
+        cache.store(&"e".repeat(64), &[0u8; 4000]);
+        assert!(!cache.entry(&"e".repeat(64)).exists());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().mode() & 0o777
+    }
+}
