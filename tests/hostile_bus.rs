@@ -163,8 +163,11 @@ fn an_oversized_entry_is_dead_lettered_once_by_its_size_and_prefix() {
         peak < start_peak + 4 * entry_mib,
         "the host kept more than a small multiple of the entry: {start_peak} → {peak} MiB"
     );
+    // Two more cost no more than one entry's worth on top (two can be in
+    // flight at once: one read by the fan-out, one by the subscriber);
+    // kept, they would add twice that.
     assert!(
-        peak_again < peak + entry_mib / 2,
+        peak_again < peak + entry_mib,
         "more oversized entries cost more: {peak} → {peak_again} MiB"
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
