@@ -42,19 +42,30 @@ fn handled(conn: &mut redis::Connection, subscriber: &str) -> usize {
         .map_or(0, |c| c.parse().unwrap())
 }
 
-/// Publishes `n` `Ping`s and waits until the bystander has handled them
-/// all; returns its rate in events per second.
+/// The bystander's rate, in events per second: the best of three rounds
+/// of `n` `Ping`s. The best, with and without an attack alike, because on a
+/// busy 2-core machine one round can lose half its time to other processes.
 fn bystander_rate(world: &World, n: usize) -> f64 {
     let mut conn = world.conn();
-    let before = handled(&mut conn, "bystander");
-    let started = Instant::now();
-    for _ in 0..n {
-        publish(&mut conn, "Ping", json!({}));
-    }
-    eventually("the bystander handles its events", WAIT, || {
-        handled(&mut conn, "bystander") >= before + n
-    });
-    n as f64 / started.elapsed().as_secs_f64()
+    (0..3)
+        .map(|_| {
+            let before = handled(&mut conn, "bystander");
+            let started = Instant::now();
+            for _ in 0..n {
+                publish(&mut conn, "Ping", json!({}));
+            }
+            // Polled every millisecond: at a few thousand events/s, a coarser
+            // poll would be a large part of what is measured.
+            while handled(&mut conn, "bystander") < before + n {
+                assert!(
+                    started.elapsed() < WAIT,
+                    "the bystander never handled its events"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            n as f64 / started.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
 }
 
 /// Publishes `n` `Ping`s one at a time, each once the one before was
@@ -339,7 +350,7 @@ fn a_plugin_cannot_take_the_hosts_file_descriptors() {
             )
         })
         .collect();
-    let during = bystander_rate(&world, 300);
+    let during = bystander_rate(&world, 1000);
     let during_p99 = bystander_p99(&world, 100);
     eventually("the reader handled its events", WAIT, || {
         seen_done(&mut conn, "reader", &reads)
