@@ -8,9 +8,11 @@
 //! groups and give up. Below them: [`group`] (reads and claims in a consumer
 //! group), [`scripts`] (the atomic writes), [`leanmq`] (the entries' wire
 //! format), [`keys`] and [`layout`] (LeanMQ's names and bookkeeping),
-//! [`connection`]. This module knows Redis and nothing of wasmtime.
+//! [`connection`]. For operators: [`dlq`] (list, replay and purge dead
+//! letters). This module knows Redis and nothing of wasmtime.
 
 pub mod connection;
+pub mod dlq;
 pub mod fanout;
 pub mod group;
 pub mod keys;

@@ -1,6 +1,8 @@
-//! The command line: `run`, `check`, `publish`; for plugin authors `new`,
-//! `build` and `invoke`. Thin: each command parses its arguments, calls
-//! into the library, and prints.
+//! The command line: `run`, `check`, `publish`; for operators `dlq`; for
+//! plugin authors `new`, `build` and `invoke`. Thin: each
+//! command parses its arguments, calls into the library, and prints.
+
+mod dlq;
 
 use std::fmt::Display;
 use std::io::Write as _;
@@ -71,6 +73,11 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// List, inspect, replay and purge dead letters, from Redis alone.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// Run one event through a plugin, in the sandbox `run` uses, with state
     /// in memory and no Redis; print what the bus would commit.
     ///
@@ -101,6 +108,23 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+}
+
+/// Where an operator's command finds the bus: the config's Redis (its
+/// private one when it sets no URL, while `eventhost run` runs), or --url.
+#[derive(clap::Args)]
+struct RedisArgs {
+    /// The config file (for the Redis URL and prefix).
+    #[arg(
+        long,
+        short,
+        default_value = "eventhost.toml",
+        env = "EVENTHOST_CONFIG"
+    )]
+    config: PathBuf,
+    /// This Redis instead of the config's.
+    #[arg(long)]
+    url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -172,6 +196,7 @@ pub fn main() -> ExitCode {
                 dir,
             } => new(&dir, &name, lang, &events).map(|()| true),
             Command::Build { dir } => build(dir).await.map(|()| true),
+            Command::Dlq { command } => dlq::run(command).await.map(|()| true),
             Command::Run { config } => run(&config).await.map(|()| true),
             Command::Check { config } => check(&config).await,
             Command::Publish {
@@ -386,12 +411,43 @@ async fn publish(
     json: &str,
 ) -> anyhow::Result<()> {
     let data = json_object(json, "the event")?;
-    let (url, prefix) = match url {
-        Some(url) => (url, prefix_of(path)?),
+    let mut bus = connect(&RedisArgs {
+        config: path.to_path_buf(),
+        url,
+    })
+    .await?;
+    let (stream_id, event_id) = bus::publish(&mut bus.conn, &bus.keys, event_type, data).await?;
+    say(format_args!(
+        "published {event_type} {event_id} as {} {stream_id}",
+        bus.keys.all().stream
+    ));
+    Ok(())
+}
+
+/// A bus as an operator's command reaches it.
+struct BusAccess {
+    conn: crate::bus::connection::RedisConn,
+    keys: Keys,
+    /// The config, when there is one.
+    config: Option<config::Config>,
+}
+
+/// Connects to the bus `args` name: --url, else the config's Redis, else
+/// the private one a running `eventhost run` started for that config.
+async fn connect(args: &RedisArgs) -> anyhow::Result<BusAccess> {
+    let (url, config) = match &args.url {
+        Some(url) => {
+            let config = args
+                .config
+                .exists()
+                .then(|| config::load(&args.config))
+                .transpose()?;
+            (url.clone(), config)
+        }
         None => {
-            let config = config::load(path)?;
-            let url = match config.redis.url {
-                Some(url) => url,
+            let config = config::load(&args.config)?;
+            let url = match &config.redis.url {
+                Some(url) => url.clone(),
                 None => private_redis::running_url(&config.state_dir.join("redis"))
                     .await
                     .with_context(|| {
@@ -402,28 +458,34 @@ async fn publish(
                         )
                     })?,
             };
-            (url, config.redis.prefix)
+            (url, Some(config))
         }
     };
+    let prefix = config
+        .as_ref()
+        .map_or_else(|| "events:".to_string(), |c| c.redis.prefix.clone());
     let connector = Connector::new(&url)?;
-    let mut conn = connector
+    let conn = connector
         .commands()
         .await
         .with_context(|| format!("cannot connect to {}", connector.display()))?;
-    let keys = Keys::new(prefix);
-    let (stream_id, event_id) = bus::publish(&mut conn, &keys, event_type, data).await?;
-    say(format_args!(
-        "published {event_type} {event_id} as {} {stream_id}",
-        keys.all().stream
-    ));
-    Ok(())
+    Ok(BusAccess {
+        conn,
+        keys: Keys::new(prefix),
+        config,
+    })
 }
 
-/// The prefix from the config when it exists, else the default.
-fn prefix_of(path: &Path) -> anyhow::Result<String> {
-    if path.exists() {
-        Ok(config::load(path)?.redis.prefix)
-    } else {
-        Ok("events:".into())
+/// `text` with control characters escaped: what a producer or a plugin
+/// wrote cannot move the cursor or colour an operator's terminal.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    out
 }

@@ -1,0 +1,358 @@
+//! Operators' tools on a live bus, as the person on call uses them: the
+//! real binary's `dlq` commands against a real redis-server and a running
+//! host, and a replay of 10,000 dead letters killed with `kill -9` halfway
+//! and run again: every one handled exactly once.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use serde_json::{json, Value};
+use support::*;
+
+/// Two event types, so filters by type have something to tell apart.
+fn world() -> World {
+    World::new(
+        &["probe.wasm"],
+        &format!("{PROBE}events = [\"Ping\", \"Pong\"]\n"),
+    )
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `eventhost` with `args` and the world's config; it must succeed.
+fn ok(world: &World, args: &[&str]) -> String {
+    let out = eventhost(world, args);
+    assert!(
+        out.status.success(),
+        "eventhost {args:?} failed: {}{}",
+        text(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text(&out)
+}
+
+fn eventhost(world: &World, args: &[&str]) -> Output {
+    let config = world.config();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--config", config.to_str().unwrap()]);
+    world.eventhost(&all)
+}
+
+fn json_of(world: &World, args: &[&str]) -> Value {
+    let out = ok(world, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}):\n{out}"))
+}
+
+fn ids_of(list: &Value) -> Vec<String> {
+    list["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const DLQ: &str = "events:sub:probe:dlq";
+
+#[test]
+fn dlq_commands_list_filter_show_replay_and_purge_on_a_live_bus() {
+    let world = world();
+    let _host = world.host();
+    let mut conn = world.conn();
+    let blocked: Vec<String> = (0..3)
+        .map(|i| {
+            publish(
+                &mut conn,
+                "Ping",
+                json!({"act": "reject_unless_allowed", "n": i}),
+            )
+        })
+        .collect();
+    let pong = publish(&mut conn, "Pong", json!({"act": "reject_unless_allowed"}));
+    let trapped = publish(
+        &mut conn,
+        "Ping",
+        json!({"act": "panic", "note": "<script>alert(1)</script>"}),
+    );
+    eventually("five dead letters", Duration::from_secs(20), || {
+        len(&mut conn, DLQ) == 5
+    });
+
+    let all = json_of(&world, &["dlq", "list", "probe", "--json"]);
+    assert_eq!(all["dlq"], DLQ);
+    assert_eq!(all["stream"], "events:sub:probe");
+    assert_eq!(all["depth"], 5);
+    assert_eq!(ids_of(&all).len(), 5);
+    let first = &all["entries"][0];
+    assert_eq!(first["event_type"], "Ping");
+    assert_eq!(first["kind"], "reject");
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["data"]["act"], "reject_unless_allowed");
+    assert!(
+        first["data"].get("_failures").is_none(),
+        "failures are apart"
+    );
+    assert!(first["reason"]
+        .as_str()
+        .unwrap()
+        .contains("is not allowed yet"));
+
+    let traps = json_of(
+        &world,
+        &["dlq", "list", "probe", "--kind", "trap", "--json"],
+    );
+    assert_eq!(ids_of(&traps).len(), 1);
+    assert_eq!(traps["entries"][0]["event_id"], trapped.as_str());
+    let pongs = json_of(
+        &world,
+        &["dlq", "list", "probe", "--type", "Pong", "--json"],
+    );
+    assert_eq!(pongs["entries"][0]["event_id"], pong.as_str());
+    assert_eq!(ids_of(&pongs).len(), 1);
+    let recent = json_of(
+        &world,
+        &["dlq", "list", "probe", "--since", "10m", "--json"],
+    );
+    assert_eq!(ids_of(&recent).len(), 5);
+    let future = (std::time::SystemTime::now() + Duration::from_secs(3600))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let none = json_of(
+        &world,
+        &["dlq", "list", "probe", "--since", &future, "--json"],
+    );
+    assert_eq!(ids_of(&none).len(), 0);
+    let limited = json_of(&world, &["dlq", "list", "probe", "--limit", "2", "--json"]);
+    assert_eq!(ids_of(&limited), ids_of(&all)[..2]);
+
+    let table = ok(&world, &["dlq", "list", "probe"]);
+    assert!(
+        table.starts_with("events:sub:probe:dlq: 5 dead letters\n"),
+        "{table}"
+    );
+    assert!(table.contains("ID") && table.contains("REASON"), "{table}");
+    assert_eq!(table.matches("  reject  ").count(), 4, "{table}");
+
+    let trap_id = traps["entries"][0]["id"].as_str().unwrap().to_string();
+    let shown = ok(&world, &["dlq", "show", "probe", &trap_id]);
+    assert!(shown.contains("trap"), "{shown}");
+    assert!(
+        shown.contains(r#""note": "<script>alert(1)</script>""#),
+        "{shown}"
+    );
+    let shown = json_of(&world, &["dlq", "show", "probe", &trap_id, "--json"]);
+    assert_eq!(shown["failures"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["failures"][0]["subscriber"], "probe");
+    let missing = eventhost(&world, &["dlq", "show", "probe", "1-0"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("is not in events:sub:probe:dlq"));
+
+    // A dry run moves nothing.
+    let dry = ok(
+        &world,
+        &["dlq", "replay", "probe", "--kind", "reject", "--dry-run"],
+    );
+    assert!(dry.starts_with("would replay 4 dead letters"), "{dry}");
+    assert_eq!(len(&mut conn, DLQ), 5);
+
+    // The operator fixes what blocked the Pings, then replays one by id:
+    // it is handled from attempt 1.
+    for id in &blocked {
+        let _: () = conn
+            .hset("events:state:probe", format!("allow:{id}"), "1")
+            .unwrap();
+    }
+    let one = ids_of(&all)[0].clone();
+    let replayed = ok(&world, &["dlq", "replay", "probe", &one]);
+    assert!(
+        replayed
+            .starts_with("replayed 1 dead letter from events:sub:probe:dlq into events:sub:probe"),
+        "{replayed}"
+    );
+    eventually(
+        "the replayed event is handled",
+        Duration::from_secs(10),
+        || seen_all(&mut conn, "probe", &blocked[..1]),
+    );
+    assert_eq!(
+        state(&mut conn, "probe")[&format!("seen:{}", blocked[0])],
+        "1",
+        "attempt reset"
+    );
+    // Again: it is gone, nothing is doubled.
+    let again = ok(&world, &["dlq", "replay", "probe", &one]);
+    assert!(
+        again.contains("replayed 0 dead letters") && again.contains(&one),
+        "{again}"
+    );
+
+    // By filter: the two other Pings, not the Pong nor the trap.
+    let replayed = json_of(
+        &world,
+        &[
+            "dlq", "replay", "probe", "--type", "Ping", "--kind", "reject", "--json",
+        ],
+    );
+    assert_eq!(replayed["replayed"], 2);
+    eventually("the Pings are handled", Duration::from_secs(10), || {
+        seen_all(&mut conn, "probe", &blocked)
+    });
+    assert_eq!(state(&mut conn, "probe")["count"], "3", "each handled once");
+
+    // The Pong is still refused: back in the DLQ with both failures.
+    ok(&world, &["dlq", "replay", "probe", "--type", "Pong"]);
+    eventually("the Pong fails again", Duration::from_secs(10), || {
+        data_of(&mut conn, DLQ).iter().any(|d| {
+            d["event_id"] == pong.as_str() && d["_failures"].as_array().unwrap().len() == 2
+        })
+    });
+    assert_eq!(len(&mut conn, DLQ), 2, "the Pong and the trap");
+    assert!(settled(&mut conn, &["probe"]));
+
+    // Purge asks first.
+    let refused = eventhost(&world, &["dlq", "purge", "probe", "--kind", "trap"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("deletes 1 dead letter") && why.contains("--yes"),
+        "{why}"
+    );
+    assert_eq!(len(&mut conn, DLQ), 2);
+    let purged = ok(
+        &world,
+        &["dlq", "purge", "probe", "--kind", "trap", "--yes"],
+    );
+    assert_eq!(
+        purged.trim(),
+        "purged 1 dead letter from events:sub:probe:dlq"
+    );
+    assert_eq!(data_of(&mut conn, DLQ)[0]["event_id"], pong.as_str());
+
+    // Choosing nothing, or ids and filters at once, is refused.
+    for args in [
+        &["dlq", "replay", "probe"][..],
+        &["dlq", "replay", "probe", &one, "--all"],
+        &["dlq", "replay", "probe", "not-an-id"],
+    ] {
+        let out = eventhost(&world, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+    // A subscriber no host ever ran would never read what is replayed.
+    let ghost = eventhost(&world, &["dlq", "replay", "ghost", "--all"]);
+    assert_eq!(ghost.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ghost.stderr).contains("no consumer group sub:ghost-group"));
+}
+
+#[test]
+fn the_bus_dlq_replays_into_events_all() {
+    let world = world();
+    let _host = world.host();
+    let mut conn = world.conn();
+    xadd(&mut conn, "events:all", r#"{"no_type": true}"#);
+    eventually(
+        "the malformed entry is dead-lettered",
+        Duration::from_secs(10),
+        || len(&mut conn, "events:all:dlq") == 1,
+    );
+    let list = json_of(&world, &["dlq", "list", "all", "--json"]);
+    assert_eq!(list["dlq"], "events:all:dlq");
+    assert_eq!(list["entries"][0]["kind"], "malformed");
+
+    // An event the fan-out once could not route, fixed since: replayed
+    // into events:all, it is routed and handled.
+    let fixed = r#"{"event_type":"Ping","event_id":"fixed-1","_failures":[{"timestamp":1.0,"reason":"no route","kind":"malformed"}]}"#;
+    let id = xadd(&mut conn, "events:all:dlq", fixed);
+    ok(&world, &["dlq", "replay", "all", &id]);
+    eventually(
+        "the replayed entry is handled",
+        Duration::from_secs(10),
+        || seen_all(&mut conn, "probe", &["fixed-1".to_string()]),
+    );
+    assert_eq!(
+        len(&mut conn, "events:all:dlq"),
+        1,
+        "only the malformed one is left"
+    );
+}
+
+#[test]
+fn an_interrupted_replay_of_10000_dead_letters_loses_and_doubles_nothing() {
+    const N: usize = 10_000;
+    let world = world();
+    let _host = world.host();
+    let mut conn = world.conn();
+    let mut ids = Vec::with_capacity(N);
+    let mut pipe = redis::pipe();
+    for _ in 0..N {
+        let id = uuid::Uuid::new_v4().to_string();
+        let data = json!({"event_type": "Ping", "event_id": id, "act": "reject_unless_allowed"});
+        pipe.xadd("events:all", "*", &[("data", data.to_string())])
+            .ignore();
+        ids.push(id);
+    }
+    let _: () = pipe.query(&mut conn).unwrap();
+    eventually("10,000 dead letters", Duration::from_secs(120), || {
+        len(&mut conn, DLQ) == N
+    });
+    // The fix: every event is allowed now.
+    for chunk in ids.chunks(1000) {
+        let fields: Vec<(String, &str)> = chunk
+            .iter()
+            .map(|id| (format!("allow:{id}"), "1"))
+            .collect();
+        let _: () = conn.hset_multiple("events:state:probe", &fields).unwrap();
+    }
+
+    let config = world.config();
+    let mut replay = Command::new(env!("CARGO_BIN_EXE_eventhost"))
+        .args([
+            "dlq", "replay", "probe", "--all", "--rate", "4000", "--config",
+        ])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the replay is under way", Duration::from_secs(30), || {
+        len(&mut conn, DLQ) <= N * 3 / 4
+    });
+    replay.kill().unwrap(); // SIGKILL
+    replay.wait().unwrap();
+    let left = len(&mut conn, DLQ);
+    assert!(left > 0 && left < N, "killed halfway: {left} left");
+
+    let started = Instant::now();
+    let out = ok(&world, &["dlq", "replay", "probe", "--all"]);
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        out.starts_with(&format!("replayed {left} dead letters")),
+        "{out}"
+    );
+    assert_eq!(len(&mut conn, DLQ), 0);
+    eventually("every event is handled", Duration::from_secs(120), || {
+        state(&mut conn, "probe").get("count").map(String::as_str) == Some("10000")
+            && settled(&mut conn, &["probe"])
+    });
+    let state = state(&mut conn, "probe");
+    assert!(seen_all_in(&state, &ids), "every event handled");
+    assert_eq!(state["count"], N.to_string(), "and each once");
+    assert_eq!(len(&mut conn, DLQ), 0);
+    eprintln!(
+        "replay killed with {left} of {N} left; the rest replayed in {seconds:.2} s \
+         ({:.0}/s, the command's start included): {}",
+        left as f64 / seconds,
+        out.trim()
+    );
+}
+
+fn seen_all_in(state: &std::collections::HashMap<String, String>, ids: &[String]) -> bool {
+    ids.iter()
+        .all(|id| state.contains_key(&format!("seen:{id}")))
+}
