@@ -356,3 +356,118 @@ fn seen_all_in(state: &std::collections::HashMap<String, String>, ids: &[String]
     ids.iter()
         .all(|id| state.contains_key(&format!("seen:{id}")))
 }
+
+#[test]
+fn status_shows_hosts_builds_backlog_pending_and_rates_from_redis_alone() {
+    let world = world();
+    // Room for a handler that takes seconds: a pending entry to look at.
+    let header = world
+        .header()
+        .replace("claim_idle_ms = 2000", "claim_idle_ms = 20000");
+    world.write_config(&format!(
+        "{header}{PROBE}events = [\"Ping\", \"Pong\"]\ntimeout_ms = 10000\n"
+    ));
+    let first = world.host();
+    let second = world.host();
+    let mut conn = world.conn();
+    let load = Load::start(&world, 500);
+    publish(&mut conn, "Ping", json!({"act": "reject"}));
+    let mut status = Value::Null;
+    eventually(
+        "status sees both hosts at work",
+        Duration::from_secs(20),
+        || {
+            status = json_of(&world, &["status", "--json"]);
+            let probe = &status["subscribers"][0];
+            status["hosts"].as_array().unwrap().len() == 2
+                && probe["builds"].as_array().unwrap().len() == 2
+                && probe["handled_per_s"].as_f64().unwrap() > 100.0
+                && probe["dlq_depth"] == 1
+        },
+    );
+    load.finish();
+    let hosts = status["hosts"].as_array().unwrap();
+    assert!(hosts.iter().all(|h| h["alive"] == true));
+    let pids: Vec<u64> = hosts.iter().map(|h| h["pid"].as_u64().unwrap()).collect();
+    assert!(pids.contains(&(first.pid() as u64)) && pids.contains(&(second.pid() as u64)));
+    let probe = &status["subscribers"][0];
+    assert_eq!(probe["name"], "probe");
+    assert_eq!(probe["plugin"], "probe.wasm");
+    assert_eq!(probe["events"], json!(["Ping", "Pong"]));
+    let build = probe["builds"][0]["build"].as_str().unwrap().to_string();
+    assert_eq!(build.len(), 64, "a SHA-256 digest: {build}");
+    assert_eq!(
+        probe["builds"][1]["build"],
+        build.as_str(),
+        "both run the same build"
+    );
+    assert_eq!(probe["stream"], "events:sub:probe");
+    assert_eq!(probe["dlq"], "events:sub:probe:dlq");
+    assert!(probe["length"].as_u64().unwrap() > 0);
+    assert!(status["fanout"]["handled_per_s"].as_f64().unwrap() > 100.0);
+    assert_eq!(status["fanout"]["stream"], "events:all");
+
+    // A slow handler holds an entry: pending, by consumer, with its age.
+    publish(&mut conn, "Ping", json!({"act": "sleep", "sleep_ms": 4000}));
+    eventually(
+        "status sees the entry pending",
+        Duration::from_secs(10),
+        || {
+            status = json_of(&world, &["status", "--json"]);
+            let probe = &status["subscribers"][0];
+            probe["pending"] == 1
+                && probe["pending_by_consumer"][0]["oldest_ms"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    >= 500
+        },
+    );
+    let holder = status["subscribers"][0]["pending_by_consumer"][0]["consumer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        status["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["consumer"] == holder.as_str()),
+        "{holder} is one of the hosts"
+    );
+    let text = ok(&world, &["status"]);
+    assert!(text.starts_with("hosts: 2 alive\n"), "{text}");
+    assert!(
+        text.contains(&format!("pending on {holder}: 1 (oldest")),
+        "{text}"
+    );
+    assert!(
+        text.contains("probe.wasm") && text.contains(&build[..12]),
+        "{text}"
+    );
+
+    // With every host stopped: they are gone, and what is published waits
+    // as the fan-out's lag.
+    assert!(first.stop().success());
+    assert!(second.stop().success());
+    for _ in 0..5 {
+        publish(&mut conn, "Ping", json!({}));
+    }
+    let status = json_of(&world, &["status", "--json"]);
+    assert!(status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["alive"] == false));
+    assert_eq!(status["fanout"]["lag"], 5);
+    assert_eq!(
+        status["subscribers"][0]["name"], "probe",
+        "still listed from Redis"
+    );
+    assert_eq!(status["subscribers"][0]["plugin"], Value::Null);
+    let text = ok(&world, &["status"]);
+    assert!(
+        text.starts_with("hosts: 0 alive (no `eventhost run` is serving this bus)\n"),
+        "{text}"
+    );
+    assert!(text.contains("gone, last seen"), "{text}");
+}

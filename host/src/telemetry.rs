@@ -68,8 +68,73 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
 pub mod metrics {
     use metrics::{counter, histogram, Counter, Histogram};
 
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, LazyLock, Mutex};
+
+    /// Running totals of one subscriber (or of the fan-out) in this
+    /// process, beside its Prometheus counters: those cannot be read back,
+    /// and the heartbeat reports these so `eventhost status` can sum rates
+    /// over every host from Redis alone.
+    #[derive(Debug, Default)]
+    pub struct Tally {
+        /// Events handled (fan-out: entries routed).
+        pub handled: AtomicU64,
+        /// Events dead-lettered.
+        pub dead_lettered: AtomicU64,
+        /// Latencies counted by bucket of [`LATENCY_BUCKETS`](super::LATENCY_BUCKETS),
+        /// the last one for what is over every bound.
+        latency: [AtomicU64; super::LATENCY_BUCKETS.len() + 1],
+    }
+
+    impl Tally {
+        /// (handled, dead-lettered) so far.
+        pub fn read(&self) -> (u64, u64) {
+            (
+                self.handled.load(Ordering::Relaxed),
+                self.dead_lettered.load(Ordering::Relaxed),
+            )
+        }
+
+        /// Latencies so far, by bucket.
+        pub fn latency(&self) -> Vec<u64> {
+            self.latency
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect()
+        }
+
+        fn record_latency(&self, seconds: f64) {
+            let bucket = super::LATENCY_BUCKETS
+                .iter()
+                .position(|bound| seconds <= *bound)
+                .unwrap_or(super::LATENCY_BUCKETS.len());
+            self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    static TALLIES: LazyLock<Mutex<BTreeMap<String, Arc<Tally>>>> = LazyLock::new(Mutex::default);
+    static FANOUT: LazyLock<Arc<Tally>> = LazyLock::new(Arc::default);
+
+    /// The tally of subscriber `name`: one per name for the life of the
+    /// process, so a subscriber restarted by a reload keeps counting.
+    pub fn tally(name: &str) -> Arc<Tally> {
+        TALLIES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The fan-out's tally.
+    pub fn fanout_tally() -> Arc<Tally> {
+        FANOUT.clone()
+    }
+
     /// Entries of `events:all` copied to at least one subscriber.
     pub fn fanout_routed(targets: usize) {
+        FANOUT.handled.fetch_add(1, Ordering::Relaxed);
         counter!("eventhost_fanout_routed_total").increment(1);
         counter!("eventhost_deliveries_total").increment(targets as u64);
     }
@@ -81,6 +146,7 @@ pub mod metrics {
 
     /// Entries of `events:all` that could not be routed.
     pub fn fanout_dead_lettered() {
+        FANOUT.dead_lettered.fetch_add(1, Ordering::Relaxed);
         counter!("eventhost_fanout_dead_lettered_total").increment(1);
     }
 
@@ -99,7 +165,8 @@ pub mod metrics {
     #[derive(Clone)]
     pub struct SubscriberMetrics {
         name: String,
-        pub handled: Counter,
+        tally: Arc<Tally>,
+        handled: Counter,
         pub retried: Counter,
         /// Results discarded because another consumer committed first.
         pub duplicates: Counter,
@@ -108,7 +175,7 @@ pub mod metrics {
         pub conflicts: Counter,
         /// Seconds from an event's publication (its `timestamp`) to the
         /// commit of its result.
-        pub latency: Histogram,
+        latency: Histogram,
     }
 
     impl SubscriberMetrics {
@@ -117,6 +184,7 @@ pub mod metrics {
             let label = [("subscriber", name.to_string())];
             SubscriberMetrics {
                 name: name.to_string(),
+                tally: tally(name),
                 handled: counter!("eventhost_handled_total", &label),
                 retried: counter!("eventhost_retried_total", &label),
                 duplicates: counter!("eventhost_duplicate_results_total", &label),
@@ -125,8 +193,22 @@ pub mod metrics {
             }
         }
 
+        /// Records the seconds from an event's publication to the commit
+        /// of its result.
+        pub fn latency(&self, seconds: f64) {
+            self.tally.record_latency(seconds);
+            self.latency.record(seconds);
+        }
+
+        /// Counts an event handled.
+        pub fn handled(&self) {
+            self.tally.handled.fetch_add(1, Ordering::Relaxed);
+            self.handled.increment(1);
+        }
+
         /// Counts an event sent to the DLQ, by kind of failure.
         pub fn dead_lettered(&self, kind: &str) {
+            self.tally.dead_lettered.fetch_add(1, Ordering::Relaxed);
             counter!(
                 "eventhost_dead_lettered_total",
                 "subscriber" => self.name.clone(),

@@ -1,8 +1,9 @@
-//! The command line: `run`, `check`, `publish`; for operators `dlq`; for
-//! plugin authors `new`, `build` and `invoke`. Thin: each
+//! The command line: `run`, `check`, `publish`; for operators `status`
+//! and `dlq`; for plugin authors `new`, `build` and `invoke`. Thin: each
 //! command parses its arguments, calls into the library, and prints.
 
 mod dlq;
+mod status;
 
 use std::fmt::Display;
 use std::io::Write as _;
@@ -72,6 +73,15 @@ enum Command {
         /// Publish to this Redis instead of the config's.
         #[arg(long)]
         url: Option<String>,
+    },
+    /// Show the bus from Redis alone: hosts, the fan-out, and per
+    /// subscriber its build, backlog, lag, pending entries, DLQ and rates.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        redis: RedisArgs,
     },
     /// List, inspect, replay and purge dead letters, from Redis alone.
     Dlq {
@@ -197,6 +207,7 @@ pub fn main() -> ExitCode {
             } => new(&dir, &name, lang, &events).map(|()| true),
             Command::Build { dir } => build(dir).await.map(|()| true),
             Command::Dlq { command } => dlq::run(command).await.map(|()| true),
+            Command::Status { json, redis } => status::run(&redis, json).await.map(|()| true),
             Command::Run { config } => run(&config).await.map(|()| true),
             Command::Check { config } => check(&config).await,
             Command::Publish {

@@ -7,10 +7,11 @@
 //! every event. While it serves, changes on disk and SIGHUP are handed to
 //! [`reload`](crate::reload), which applies them through the runners.
 
+mod heartbeat;
 mod plugins;
 pub mod runner;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -19,8 +20,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::heartbeat::ReloadNote;
 use crate::bus::routes::Routes;
-use crate::bus::Bus;
+use crate::bus::{self, Bus};
 use crate::config::{Config, SubscriberConfig};
 use crate::handler::HandlerFactory;
 use crate::private_redis::PrivateRedis;
@@ -89,7 +91,17 @@ pub struct Daemon {
     pub stop: CancellationToken,
     pub runners: BTreeMap<String, Runner>,
     fanout: Option<JoinHandle<()>>,
+    /// Where this host's HTTP listener is, for its heartbeat.
+    pub listen: Option<String>,
+    /// Behind a lock only so that it can read the daemon while it
+    /// remembers the last readings; only the serve loop touches it.
+    heartbeat: std::sync::Mutex<heartbeat::Heartbeat>,
+    /// The last reloads and refusals, oldest first, for operators.
+    pub reloads: VecDeque<ReloadNote>,
 }
+
+/// Reloads kept for operators.
+const RELOADS_KEPT: usize = 20;
 
 impl Daemon {
     async fn start(
@@ -98,6 +110,7 @@ impl Daemon {
         bus: Bus,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let config_listen = config.telemetry.metrics.map(|addr| addr.to_string());
         let mut daemon = Daemon {
             config,
             handlers,
@@ -105,6 +118,9 @@ impl Daemon {
             stop,
             runners: BTreeMap::new(),
             fanout: None,
+            listen: config_listen,
+            heartbeat: std::sync::Mutex::new(heartbeat::Heartbeat::new()),
+            reloads: VecDeque::new(),
         };
         for settings in daemon.config.subscribers.clone() {
             daemon.start_subscriber(settings).await?;
@@ -128,9 +144,11 @@ impl Daemon {
 
     /// Serves until shutdown, applying changes as they come.
     async fn serve(&mut self, mut hangups: mpsc::Receiver<()>, mut watcher: Option<Watcher>) {
+        let mut beats = tokio::time::interval(bus::heartbeat::EVERY);
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
+                _ = beats.tick() => self.beat(),
                 Some(()) = hangups.recv() => reload::everything(self).await,
                 Some(changes) = reload::next_changes(&mut watcher) => reload::apply(self, changes).await,
             }
@@ -158,6 +176,30 @@ impl Daemon {
         self.bus.set_routes(routes).await;
     }
 
+    /// Writes this host's heartbeat, off the loop: an outage must not hold
+    /// up reloads.
+    fn beat(&mut self) {
+        let record = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(self);
+        let write = self.bus.beat(record);
+        tokio::spawn(async move {
+            if let Err(err) = write.await {
+                tracing::debug!("cannot write the heartbeat: {err}");
+            }
+        });
+    }
+
+    /// Remembers a reload or a refusal, for `status` and the console.
+    pub fn note_reload(&mut self, note: ReloadNote) {
+        if self.reloads.len() == RELOADS_KEPT {
+            self.reloads.pop_front();
+        }
+        self.reloads.push_back(note);
+    }
+
     /// Waits for every loop to finish and commit what it holds.
     async fn stop(self) {
         tracing::info!("finishing in-flight events");
@@ -166,6 +208,11 @@ impl Daemon {
         }
         for (_, runner) in self.runners {
             runner.stop().await;
+        }
+        // Gone at once for `status`, not when the heartbeat expires.
+        let leave = tokio::time::timeout(std::time::Duration::from_secs(1), self.bus.leave());
+        if let Ok(Err(err)) = leave.await {
+            tracing::debug!("cannot remove the heartbeat: {err}");
         }
         tracing::info!("stopped");
     }

@@ -454,9 +454,9 @@ impl SubscriberLoop {
             match fate {
                 Fate::Handled(published) => {
                     tracing::debug!(subscriber = %settings.name, event_id, "handled");
-                    self.metrics.handled.increment(1);
+                    self.metrics.handled();
                     if let Some(published) = published {
-                        self.metrics.latency.record((now - published).max(0.0));
+                        self.metrics.latency((now - published).max(0.0));
                     }
                 }
                 Fate::Retry { next, delay } => {
