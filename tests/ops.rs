@@ -471,3 +471,146 @@ fn status_shows_hosts_builds_backlog_pending_and_rates_from_redis_alone() {
     );
     assert!(text.contains("gone, last seen"), "{text}");
 }
+
+/// `GET path` on `addr`: the status code and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let code = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {reply}"));
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_string();
+    (code, body)
+}
+
+#[test]
+fn one_listener_serves_metrics_health_and_readiness() {
+    let mut world = world();
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let host = world.host();
+    let mut conn = world.conn();
+    let id = publish(&mut conn, "Ping", json!({}));
+    eventually("the event is handled", Duration::from_secs(10), || {
+        seen_all(&mut conn, "probe", std::slice::from_ref(&id))
+    });
+
+    let (code, body) = get(&addr, "/healthz");
+    assert_eq!((code, body.as_str()), (200, r#"{"alive":true}"#));
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready, json!({"ready": true, "redis": "ok", "waiting": []}));
+    eventually(
+        "the metrics count the event",
+        Duration::from_secs(10),
+        || {
+            counter(
+                &get(&addr, "/metrics").1,
+                "eventhost_handled_total{subscriber=\"probe\"}",
+            ) == 1
+        },
+    );
+    assert_eq!(get(&addr, "/nothing-here").0, 404);
+    eventually("status names the listener", Duration::from_secs(10), || {
+        json_of(&world, &["status", "--json"])["hosts"][0]["listen"] == addr.as_str()
+    });
+
+    // Redis gone: alive, not ready, and the body says why.
+    world.redis.kill();
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], false);
+    assert!(
+        ready["waiting"][0].as_str().unwrap().starts_with("redis: "),
+        "{body}"
+    );
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    world.redis.launch();
+    eventually("ready again", Duration::from_secs(20), || {
+        get(&addr, "/readyz").0 == 200
+    });
+    assert!(host.stop().success());
+}
+
+#[test]
+fn the_old_metrics_key_still_serves_with_a_warning() {
+    let world = world();
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[telemetry]\nmetrics = \"{addr}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let check = text(&eventhost(&world, &["check"]));
+    let line = world.line_of(&format!("metrics = \"{addr}\""));
+    assert!(
+        check.contains(&format!(
+            "eventhost.toml:{line}:11: telemetry.metrics: is now [http] listen"
+        )),
+        "{check}"
+    );
+    let host = world.host();
+    assert!(
+        host.log()
+            .contains("telemetry.metrics: is now [http] listen"),
+        "{}",
+        host.log()
+    );
+    assert_eq!(get(&addr, "/readyz").0, 200);
+}
+
+#[test]
+fn json_logs_carry_subscriber_event_stream_and_kind_as_fields() {
+    let world = world();
+    for (env, config) in [
+        (&[("EVENTHOST_LOG_FORMAT", "json")][..], String::new()),
+        (
+            &[][..],
+            "[telemetry]\nlog_format = \"json\"\n\n".to_string(),
+        ),
+    ] {
+        world.configure(&format!("{config}{PROBE}events = [\"Ping\"]\n"));
+        let host = world.host_with_env(env);
+        let mut conn = world.conn();
+        let id = publish(&mut conn, "Ping", json!({"act": "reject"}));
+        let mut line = Value::Null;
+        eventually("the dead letter is logged", Duration::from_secs(10), || {
+            let log = host.log();
+            let found = log
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+                })
+                .find(|l| l["event_id"] == id.as_str());
+            line = found.unwrap_or(Value::Null);
+            !line.is_null()
+        });
+        assert_eq!(line["subscriber"], "probe", "{line}");
+        assert_eq!(line["kind"], "reject", "{line}");
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert!(line["stream_id"].as_str().unwrap().contains('-'), "{line}");
+        assert!(
+            line["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("dead-lettered: "),
+            "{line}"
+        );
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(host.stop().success());
+    }
+}

@@ -2,20 +2,35 @@
 //!
 //! Logs go to stderr through `tracing`, filtered by `EVENTHOST_LOG` (same
 //! syntax as `RUST_LOG`, default `info`). Metrics are `metrics` counters,
-//! served in the Prometheus format when `[telemetry] metrics` is set.
-
-use std::net::SocketAddr;
+//! served in the Prometheus format by the HTTP listener when `[http]
+//! listen` is set.
 
 use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
+use crate::config::LogFormat;
 use crate::invoke::LogCollector;
 
-/// Sets up logging for the process; call once, first.
-pub fn init_logging() {
-    stderr_logs("info").init();
+/// Sets up logging for the process; call once, first. The format is
+/// `EVENTHOST_LOG_FORMAT` (`text` or `json`) if set, else `configured`.
+pub fn init_logging(configured: LogFormat) {
+    let asked = std::env::var("EVENTHOST_LOG_FORMAT").ok();
+    let format = asked
+        .as_deref()
+        .and_then(LogFormat::parse)
+        .unwrap_or(configured);
+    match format {
+        LogFormat::Text => stderr_logs("info").init(),
+        LogFormat::Json => json_logs("info").init(),
+    }
+    if let Some(asked) = asked.filter(|a| LogFormat::parse(a).is_none()) {
+        tracing::warn!(
+            "EVENTHOST_LOG_FORMAT={asked:?} is neither text nor json; logging as {format:?}"
+        );
+    }
 }
 
 /// Logging for `eventhost invoke`: what plugins log goes to `collector`
@@ -29,16 +44,36 @@ pub fn init_invoke_logging(collector: LogCollector) {
 /// Logs to stderr, filtered by `EVENTHOST_LOG` (or `RUST_LOG`, else
 /// `default`).
 fn stderr_logs(default: &str) -> impl tracing::Subscriber + Send + Sync {
-    let filter = EnvFilter::try_from_env("EVENTHOST_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::registry().with(
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
-            .with_filter(filter),
+            .with_filter(filter(default)),
     )
+}
+
+/// One JSON object per line on stderr, the event's fields (subscriber,
+/// event_id, stream_id, kind...) at the top level beside `timestamp`,
+/// `level` and `message`, for a log shipper to index.
+fn json_logs(default: &str) -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_filter(filter(default)),
+    )
+}
+
+/// `EVENTHOST_LOG` (or `RUST_LOG`), else `default`.
+fn filter(default: &str) -> EnvFilter {
+    EnvFilter::try_from_env("EVENTHOST_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default))
 }
 
 /// Upper bounds (seconds) of the latency histogram's buckets: fine around
@@ -48,20 +83,28 @@ pub const LATENCY_BUCKETS: [f64; 22] = [
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Serves every counter at `http://<addr>/metrics`.
+/// Installs the recorder every counter goes to; the handle renders them
+/// for `/metrics` (see [`crate::http`]).
 ///
 /// Distributions are Prometheus histograms, not summaries: they aggregate
 /// across hosts, and the exporter's rolling summaries drop samples that
 /// reach it out of order, which skewed their quantiles.
-pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&LATENCY_BUCKETS)
         .context("invalid histogram buckets")?
-        .install()
-        .with_context(|| format!("cannot serve metrics on {addr}"))?;
-    tracing::info!("metrics at http://{addr}/metrics");
-    Ok(())
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    // The recorder keeps histogram samples until upkeep folds them in.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// The counters eventhost keeps, in one place so their names stay consistent.

@@ -91,6 +91,11 @@ impl Bus {
         }))
     }
 
+    /// A connection for checks from outside the loops (readiness).
+    pub fn connection(&self) -> RedisConn {
+        self.commands.clone()
+    }
+
     /// The key names in use.
     pub fn keys(&self) -> &Keys {
         &self.keys

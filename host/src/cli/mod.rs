@@ -14,11 +14,13 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{self, connection::Connector, keys::Keys};
 use crate::config::{self, ConfigError};
 use crate::daemon::{self, WasmPlugins};
+use crate::http::{self, Readiness};
 use crate::invoke::{self, Invocation, LogCollector, Report};
 use crate::plugin::PluginRuntime;
 use crate::{preflight, private_redis, signals, telemetry};
@@ -184,7 +186,14 @@ pub fn main() -> ExitCode {
     let logs = LogCollector::default();
     match &cli.command {
         Command::Invoke(_) => telemetry::init_invoke_logging(logs.clone()),
-        _ => telemetry::init_logging(),
+        // Its config may ask for JSON logs; a config that does not parse
+        // is reported by `run` itself, in text.
+        Command::Run { config } => telemetry::init_logging(
+            config::load(config)
+                .map(|c| c.telemetry.log_format)
+                .unwrap_or_default(),
+        ),
+        _ => telemetry::init_logging(config::LogFormat::Text),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -247,12 +256,23 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     signals::on_signals(shutdown.clone()).context("cannot listen for signals")?;
     let config = preflight::config(path)?;
-    if let Some(addr) = config.telemetry.metrics {
-        telemetry::serve_metrics(addr)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let (ready, readiness) = watch::channel(Readiness::starting());
+    // The listener answers until the daemon has finished, SIGTERM or not.
+    let listener = CancellationToken::new();
+    let _stop_listener = listener.clone().drop_guard();
+    if let Some(addr) = config.http.listen {
+        let site = http::Site {
+            metrics: telemetry::install_metrics()?,
+            ready: readiness,
+        };
+        http::serve(addr, site, listener).await?;
     }
     let runtime = PluginRuntime::new(&config.plugins.cache_dir, config.plugins.max_file_bytes)?;
     let plugins = Arc::new(WasmPlugins::new(runtime));
-    daemon::run(config, plugins, shutdown.cancelled_owned()).await
+    daemon::run_observed(config, plugins, shutdown.cancelled_owned(), ready).await
 }
 
 /// `eventhost new`: writes the project and says what to do next.
@@ -398,6 +418,9 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
             }
             (None, None) => unreachable!("every subscriber's plugin is loaded or refused"),
         }
+    }
+    for warning in &config.warnings {
+        say(format_args!("warning: {warning}"));
     }
     let ok = loaded.refused.is_empty();
     if ok {

@@ -37,8 +37,12 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub bus: BusConfig,
     pub telemetry: TelemetryConfig,
+    pub http: HttpConfig,
     /// Sorted by name.
     pub subscribers: Vec<SubscriberConfig>,
+    /// What is accepted but should change (an old key), each at its line:
+    /// `check` prints them, `run` logs them.
+    pub warnings: Vec<Problem>,
 }
 
 impl Config {
@@ -103,11 +107,39 @@ pub struct BusConfig {
     pub consumer: String,
 }
 
-/// What the process exposes about itself.
+/// How the process reports on itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
-    /// Serve Prometheus metrics on this address.
-    pub metrics: Option<SocketAddr>,
+    /// How log lines are written (`EVENTHOST_LOG_FORMAT` wins over it).
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For a person at a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for a log shipper.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// The HTTP listener: metrics, health and readiness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Where it listens; `None`: no listener. A bare port means loopback.
+    pub listen: Option<SocketAddr>,
 }
 
 /// One subscriber: a plugin and the events it receives.

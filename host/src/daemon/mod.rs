@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +25,7 @@ use crate::bus::routes::Routes;
 use crate::bus::{self, Bus};
 use crate::config::{Config, SubscriberConfig};
 use crate::handler::HandlerFactory;
+use crate::http::Readiness;
 use crate::private_redis::PrivateRedis;
 use crate::reload::{self, Watcher};
 use crate::signals;
@@ -41,6 +42,17 @@ pub async fn run(
     handlers: Arc<dyn HandlerFactory>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (ready, _) = watch::channel(Readiness::starting());
+    run_observed(config, handlers, shutdown, ready).await
+}
+
+/// [`run`], telling `ready` how ready it is as it goes (for `/readyz`).
+pub async fn run_observed(
+    config: Config,
+    handlers: Arc<dyn HandlerFactory>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: watch::Sender<Readiness>,
+) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let stopper = stop.clone();
     tokio::spawn(async move {
@@ -56,6 +68,10 @@ pub async fn run(
             .ok()
     });
     handlers.load(&config, &config.subscribers).await?;
+    ready.send_replace(Readiness {
+        redis: None,
+        waiting: vec!["connecting to Redis".into()],
+    });
 
     let private = match &config.redis.url {
         Some(_) => None,
@@ -69,7 +85,7 @@ pub async fn run(
     let result = async {
         let bus = Bus::connect(&url, &config.redis.prefix, config.bus.clone(), &stop).await?;
         let Some(bus) = bus else { return Ok(()) };
-        let mut daemon = Daemon::start(config, handlers, bus, stop).await?;
+        let mut daemon = Daemon::start(config, handlers, bus, stop, ready).await?;
         daemon.serve(hangups, watcher.flatten()).await;
         daemon.stop().await;
         Ok(())
@@ -96,6 +112,7 @@ pub struct Daemon {
     /// Behind a lock only so that it can read the daemon while it
     /// remembers the last readings; only the serve loop touches it.
     heartbeat: std::sync::Mutex<heartbeat::Heartbeat>,
+    ready: watch::Sender<Readiness>,
     /// The last reloads and refusals, oldest first, for operators.
     pub reloads: VecDeque<ReloadNote>,
 }
@@ -109,8 +126,9 @@ impl Daemon {
         handlers: Arc<dyn HandlerFactory>,
         bus: Bus,
         stop: CancellationToken,
+        ready: watch::Sender<Readiness>,
     ) -> anyhow::Result<Self> {
-        let config_listen = config.telemetry.metrics.map(|addr| addr.to_string());
+        let config_listen = config.http.listen.map(|addr| addr.to_string());
         let mut daemon = Daemon {
             config,
             handlers,
@@ -120,6 +138,7 @@ impl Daemon {
             fanout: None,
             listen: config_listen,
             heartbeat: std::sync::Mutex::new(heartbeat::Heartbeat::new()),
+            ready,
             reloads: VecDeque::new(),
         };
         for settings in daemon.config.subscribers.clone() {
@@ -127,6 +146,7 @@ impl Daemon {
         }
         daemon.route().await;
         daemon.fanout = Some(daemon.bus.spawn_fanout(daemon.stop.clone()).await?);
+        daemon.report_readiness();
         tracing::info!(
             config = %daemon.config.path.display(),
             "eventhost running: {} subscribers ({}); publish to {}{}",
@@ -148,7 +168,10 @@ impl Daemon {
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = beats.tick() => self.beat(),
+                _ = beats.tick() => {
+                    self.beat();
+                    self.report_readiness();
+                }
                 Some(()) = hangups.recv() => reload::everything(self).await,
                 Some(changes) = reload::next_changes(&mut watcher) => reload::apply(self, changes).await,
             }
@@ -200,9 +223,38 @@ impl Daemon {
         self.reloads.push_back(note);
     }
 
+    /// Tells the HTTP listener what is not running.
+    fn report_readiness(&self) {
+        let mut waiting = Vec::new();
+        if self.fanout.as_ref().is_none_or(|f| f.is_finished()) {
+            waiting.push("fan-out: its loop is not running".to_string());
+        }
+        for settings in &self.config.subscribers {
+            match self.runners.get(&settings.name) {
+                None => waiting.push(format!(
+                    "subscriber {}: not started (see the log)",
+                    settings.name
+                )),
+                Some(runner) if !runner.is_running() => waiting.push(format!(
+                    "subscriber {}: its loop is not running",
+                    settings.name
+                )),
+                Some(_) => {}
+            }
+        }
+        self.ready.send_replace(Readiness {
+            redis: Some(self.bus.connection()),
+            waiting,
+        });
+    }
+
     /// Waits for every loop to finish and commit what it holds.
     async fn stop(self) {
         tracing::info!("finishing in-flight events");
+        self.ready.send_replace(Readiness {
+            redis: None,
+            waiting: vec!["stopping".into()],
+        });
         if let Some(fanout) = self.fanout {
             let _ = fanout.await;
         }

@@ -148,6 +148,7 @@ async fn config_changed(daemon: &mut Daemon) {
     applied.plugins = daemon.config.plugins.clone();
     applied.bus = daemon.config.bus.clone();
     applied.telemetry = daemon.config.telemetry.clone();
+    applied.http = daemon.config.http.clone();
     daemon.config = applied;
     metrics::reloaded("config");
     let what = format!(

@@ -474,6 +474,7 @@ impl SubscriberLoop {
                         event_id,
                         stream_id = %work.entry.id,
                         attempt = work.attempt,
+                        kind,
                         "dead-lettered: {reason}"
                     );
                     self.metrics.dead_lettered(kind);
