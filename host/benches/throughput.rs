@@ -669,6 +669,11 @@ fn serve_native(path: &Path) {
             let site = eventhost::http::Site {
                 metrics: eventhost::telemetry::install_metrics().unwrap(),
                 ready: readiness,
+                console: eventhost::http::console::Console {
+                    keys: eventhost::bus::keys::Keys::new(config.redis.prefix.clone()),
+                    subscribers: Vec::new(),
+                    admin_token: None,
+                },
             };
             eventhost::http::serve(addr, site, shutdown.child_token())
                 .await

@@ -264,9 +264,18 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let listener = CancellationToken::new();
     let _stop_listener = listener.clone().drop_guard();
     if let Some(addr) = config.http.listen {
+        let admin_token = std::env::var("EVENTHOST_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| config.http.admin_token.as_ref().map(|t| t.0.clone()));
         let site = http::Site {
             metrics: telemetry::install_metrics()?,
             ready: readiness,
+            console: http::console::Console {
+                keys: Keys::new(config.redis.prefix.clone()),
+                subscribers: config.subscribers.iter().map(|s| s.name.clone()).collect(),
+                admin_token,
+            },
         };
         http::serve(addr, site, listener).await?;
     }

@@ -19,8 +19,8 @@ use super::raw::{
 };
 use super::{
     BusConfig, Config, DirGrant, EventFilter, Grants, HttpConfig, LogFormat, PluginsConfig,
-    RedisConfig, SubscriberConfig, TelemetryConfig, DEFAULT_EFFECTS_MB, DEFAULT_MAX_FILE_MB,
-    MAX_RETRY_BACKOFF, STATE_DIR,
+    RedisConfig, Secret, SubscriberConfig, TelemetryConfig, DEFAULT_EFFECTS_MB,
+    DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF, MIN_TOKEN_CHARS, STATE_DIR,
 };
 
 /// Checks config `text` read from `path`: the settings (`None` if the text
@@ -262,7 +262,24 @@ impl Checker<'_> {
                 None
             }
         });
-        HttpConfig { listen }
+        let admin_token = raw.admin_token.and_then(|token| {
+            if token.get_ref().chars().count() < MIN_TOKEN_CHARS {
+                self.push(
+                    Some(token.span()),
+                    "http.admin_token",
+                    format!(
+                        "must be at least {MIN_TOKEN_CHARS} characters, e.g. the output of \
+                         `openssl rand -hex 16`"
+                    ),
+                );
+                return None;
+            }
+            Some(Secret(token.into_inner()))
+        });
+        HttpConfig {
+            listen,
+            admin_token,
+        }
     }
 
     fn check_subscriber(
@@ -683,6 +700,26 @@ decline_percent = 10
         );
         let problem = only_problem(listen("[http]\nlisten = \"localhost\"\n").unwrap_err());
         assert_eq!((problem.line, problem.key.as_str()), (2, "http.listen"));
+    }
+
+    #[test]
+    fn an_admin_token_is_long_and_never_printed() {
+        let dir = dir_with_plugin();
+        let sub = "[subscribers.a]\nplugin = \"pay.wasm\"\n";
+        let config = parse_in(
+            dir.path(),
+            &format!("[http]\nadmin_token = \"0123456789abcdef\"\n{sub}"),
+        )
+        .unwrap();
+        let token = config.http.admin_token.as_ref().unwrap();
+        assert_eq!(token.0, "0123456789abcdef");
+        assert!(!format!("{:?}", config.http).contains("0123456789abcdef"));
+        let err = parse_in(
+            dir.path(),
+            &format!("[http]\nadmin_token = \"short\"\n{sub}"),
+        )
+        .unwrap_err();
+        assert_eq!(only_problem(err).key, "http.admin_token");
     }
 
     #[test]

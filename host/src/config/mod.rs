@@ -135,12 +135,28 @@ impl LogFormat {
     }
 }
 
-/// The HTTP listener: metrics, health and readiness.
+/// The HTTP listener: metrics, health, readiness and the console.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpConfig {
     /// Where it listens; `None`: no listener. A bare port means loopback.
     pub listen: Option<SocketAddr>,
+    /// What the console's replay and purge require (`EVENTHOST_ADMIN_TOKEN`
+    /// wins over it); without one they are refused.
+    pub admin_token: Option<Secret>,
 }
+
+/// Text that must not reach a log: `{:?}` shows only that it is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Shortest admin token accepted: long enough not to be guessed.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// One subscriber: a plugin and the events it receives.
 #[derive(Debug, Clone, PartialEq)]

@@ -61,6 +61,7 @@ pub struct RawTelemetry {
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
     pub listen: Option<Spanned<String>>,
+    pub admin_token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -1,12 +1,16 @@
 //! The one HTTP listener (`[http] listen`): `/metrics` for Prometheus,
 //! `/healthz` for a supervisor (the process answers), `/readyz` for a load
 //! balancer or an orchestrator (Redis reachable, every configured plugin
-//! loaded, every loop running; a JSON body saying what is not).
+//! loaded, every loop running; a JSON body saying what is not), and the
+//! web [`console`] at `/`.
 //!
 //! It serves what the daemon tells it through a [`watch`] channel of
-//! [`Readiness`], and knows nothing else of the daemon. It starts before the plugins are compiled, so a supervisor
+//! [`Readiness`], and reads the bus from Redis; it knows nothing else of
+//! the daemon. It starts before the plugins are compiled, so a supervisor
 //! sees a live but not yet ready host while Python plugins take seconds to
 //! compile.
+
+pub mod console;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,7 +20,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::sync::watch;
@@ -54,6 +58,8 @@ pub struct Site {
     pub metrics: PrometheusHandle,
     /// The daemon's readiness, kept current by it.
     pub ready: watch::Receiver<Readiness>,
+    /// What the console needs to read and steer the bus.
+    pub console: console::Console,
 }
 
 /// Listens on `addr` until `shutdown`; returns the address bound (the port
@@ -69,7 +75,7 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .context("the listener has no address")?;
-    let app = Router::new()
+    let app = console::routes()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -82,7 +88,7 @@ pub async fn serve(
             tracing::error!("the HTTP listener stopped: {err}");
         }
     });
-    tracing::info!("HTTP on http://{bound}: /metrics, /healthz, /readyz");
+    tracing::info!("HTTP on http://{bound}: the console at /, and /metrics, /healthz, /readyz");
     Ok(bound)
 }
 
