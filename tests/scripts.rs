@@ -4,7 +4,7 @@
 mod support;
 
 use eventhost::bus::connection::{Connector, RedisConn};
-use eventhost::bus::scripts::{self, CommitBatch, CommitKeys, Committed, FanoutBatch};
+use eventhost::bus::scripts::{self, CommitBatch, CommitKeys, Committed, FanoutBatch, ReplayKeys};
 use eventhost::bus::state::stamp_field;
 use eventhost::handler::{Effects, Seen, COMPARED_BYTES};
 use redis::AsyncCommands;
@@ -475,6 +475,67 @@ async fn a_batch_over_the_call_limit_commits_in_parts_and_keeps_its_order() {
         Committed::default()
     );
     assert_eq!(pending_count(&mut s.conn).await, 0);
+}
+
+#[tokio::test]
+async fn a_replay_moves_each_dead_letter_once_with_its_history() {
+    let mut s = server().await;
+    let mut dead = Vec::new();
+    for n in 0..3 {
+        let data = format!(r#"{{"n":{n},"_failures":[{{"reason":"r{n}"}}]}}"#);
+        let id: String = s.conn.xadd("dlq", "*", &[("data", data)]).await.unwrap();
+        dead.push(id);
+    }
+    // A LeanMQ reader left the first one pending in the DLQ's group.
+    let () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "dlq", "dg", "0"])
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "dg", "leanmq", "COUNT", "1", "STREAMS", "dlq", ">"])
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    let keys = ReplayKeys {
+        dlq: "dlq",
+        dlq_group: "dg",
+        stream: "s",
+    };
+    let moved = scripts::replay(&mut s.conn, &keys, &dead[..2])
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 2);
+    assert_eq!(moved[0].dlq_id, dead[0]);
+    let replayed = stream(&mut s.conn, "s").await;
+    assert_eq!(
+        replayed,
+        [
+            (
+                moved[0].stream_id.clone(),
+                r#"{"n":0,"_failures":[{"reason":"r0"}]}"#.to_string()
+            ),
+            (
+                moved[1].stream_id.clone(),
+                r#"{"n":1,"_failures":[{"reason":"r1"}]}"#.to_string()
+            ),
+        ],
+        "fields and failure history as they were, under new ids"
+    );
+    assert_eq!(stream(&mut s.conn, "dlq").await.len(), 1);
+    let pending: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&["dlq", "dg"])
+        .query_async(&mut s.conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0, "no pending entry left in the DLQ's group");
+
+    // Again, with one more: only the one still there moves.
+    let again = scripts::replay(&mut s.conn, &keys, &dead).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].dlq_id, dead[2]);
+    assert_eq!(stream(&mut s.conn, "s").await.len(), 3);
+    assert_eq!(stream(&mut s.conn, "dlq").await.len(), 0);
 }
 
 /// A redis-server (stopped when dropped) and a connection to it.

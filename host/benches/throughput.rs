@@ -390,7 +390,7 @@ struct Throughput {
 fn world(workload: Workload, native: bool, extra_bus: &str) -> (World, String) {
     let world = World::new(&["noop.wasm", "probe.wasm"], "");
     let metrics = format!("127.0.0.1:{}", free_port());
-    let mut config = format!("[telemetry]\nmetrics = \"{metrics}\"\n\n");
+    let mut config = format!("[http]\nlisten = \"{metrics}\"\n\n");
     // The plugin, its native stand-in and its config, by workload.
     let (plugin, kind, plugin_config) = match workload {
         Workload::Trivial => ("noop.wasm", "noop", ""),
@@ -641,7 +641,7 @@ fn cold_start() -> ColdStart {
     let mut config = world.header().replace(
         &cache_dir().display().to_string(),
         &cache.path().display().to_string(),
-    ) + &format!("[telemetry]\nmetrics = \"{metrics}\"\n\n");
+    ) + &format!("[http]\nlisten = \"{metrics}\"\n\n");
     let names: Vec<String> = (0..10).map(|n| format!("p{n}")).collect();
     for (n, name) in names.iter().enumerate() {
         let mut bytes = noop.clone();
@@ -810,15 +810,33 @@ impl HandlerFactory for NativeHandlers {
 fn serve_native(path: &Path) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        eventhost::telemetry::init_logging();
+        eventhost::telemetry::init_logging(eventhost::config::LogFormat::Text);
         let shutdown = tokio_util::sync::CancellationToken::new();
         eventhost::signals::on_signals(shutdown.clone()).unwrap();
         let config = eventhost::preflight::config(path).unwrap();
-        if let Some(addr) = config.telemetry.metrics {
-            eventhost::telemetry::serve_metrics(addr).unwrap();
+        let (ready, readiness) =
+            tokio::sync::watch::channel(eventhost::http::Readiness::starting());
+        if let Some(addr) = config.http.listen {
+            let site = eventhost::http::Site {
+                metrics: eventhost::telemetry::install_metrics().unwrap(),
+                ready: readiness,
+                console: eventhost::http::console::Console {
+                    keys: eventhost::bus::keys::Keys::new(config.redis.prefix.clone()),
+                    subscribers: Vec::new(),
+                    admin_token: None,
+                },
+            };
+            eventhost::http::serve(addr, site, shutdown.child_token())
+                .await
+                .unwrap();
         }
-        eventhost::daemon::run(config, Arc::new(NativeHandlers), shutdown.cancelled_owned())
-            .await
-            .unwrap();
+        eventhost::daemon::run_observed(
+            config,
+            Arc::new(NativeHandlers),
+            shutdown.cancelled_owned(),
+            ready,
+        )
+        .await
+        .unwrap();
     });
 }

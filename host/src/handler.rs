@@ -505,6 +505,13 @@ pub trait HandlerFactory: Send + Sync + 'static {
     /// A handler for a subscriber with `settings`, from what was loaded.
     fn handler(&self, settings: &SubscriberConfig) -> Arc<dyn Handler>;
 
+    /// The digest of the build a subscriber with `settings` runs, for
+    /// operators to tell builds apart across hosts; `None` for handlers
+    /// that have no build (native ones).
+    fn build(&self, _settings: &SubscriberConfig) -> Option<String> {
+        None
+    }
+
     /// The plugin file at `path` changed on disk: loads it again, for the
     /// handlers made from now on.
     async fn reload(&self, path: &Path) -> Reload;

@@ -9,9 +9,9 @@
 //! handler returns. [`reload`] applies changes on disk while it runs;
 //! [`invoke`] runs one event through a plugin without any of it, and
 //! [`author`] writes and builds plugin projects for it.
-//! Around them: [`cli`] (the binary's commands), [`signals`],
-//! [`telemetry`], [`private_redis`] (a server of our own when none is
-//! configured) and [`backoff`].
+//! Around them: [`cli`] (the binary's commands), [`http`] (metrics,
+//! health and readiness), [`signals`], [`telemetry`], [`private_redis`]
+//! (a server of our own when none is configured) and [`backoff`].
 
 pub mod author;
 pub mod backoff;
@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod handler;
+pub mod http;
 pub mod invoke;
 pub mod plugin;
 pub mod preflight;

@@ -2,20 +2,35 @@
 //!
 //! Logs go to stderr through `tracing`, filtered by `EVENTHOST_LOG` (same
 //! syntax as `RUST_LOG`, default `info`). Metrics are `metrics` counters,
-//! served in the Prometheus format when `[telemetry] metrics` is set.
-
-use std::net::SocketAddr;
+//! served in the Prometheus format by the HTTP listener when `[http]
+//! listen` is set.
 
 use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
+use crate::config::LogFormat;
 use crate::invoke::LogCollector;
 
-/// Sets up logging for the process; call once, first.
-pub fn init_logging() {
-    stderr_logs("info").init();
+/// Sets up logging for the process; call once, first. The format is
+/// `EVENTHOST_LOG_FORMAT` (`text` or `json`) if set, else `configured`.
+pub fn init_logging(configured: LogFormat) {
+    let asked = std::env::var("EVENTHOST_LOG_FORMAT").ok();
+    let format = asked
+        .as_deref()
+        .and_then(LogFormat::parse)
+        .unwrap_or(configured);
+    match format {
+        LogFormat::Text => stderr_logs("info").init(),
+        LogFormat::Json => json_logs("info").init(),
+    }
+    if let Some(asked) = asked.filter(|a| LogFormat::parse(a).is_none()) {
+        tracing::warn!(
+            "EVENTHOST_LOG_FORMAT={asked:?} is neither text nor json; logging as {format:?}"
+        );
+    }
 }
 
 /// Logging for `eventhost invoke`: what plugins log goes to `collector`
@@ -29,16 +44,36 @@ pub fn init_invoke_logging(collector: LogCollector) {
 /// Logs to stderr, filtered by `EVENTHOST_LOG` (or `RUST_LOG`, else
 /// `default`).
 fn stderr_logs(default: &str) -> impl tracing::Subscriber + Send + Sync {
-    let filter = EnvFilter::try_from_env("EVENTHOST_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::registry().with(
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
-            .with_filter(filter),
+            .with_filter(filter(default)),
     )
+}
+
+/// One JSON object per line on stderr, the event's fields (subscriber,
+/// event_id, stream_id, kind...) at the top level beside `timestamp`,
+/// `level` and `message`, for a log shipper to index.
+fn json_logs(default: &str) -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_filter(filter(default)),
+    )
+}
+
+/// `EVENTHOST_LOG` (or `RUST_LOG`), else `default`.
+fn filter(default: &str) -> EnvFilter {
+    EnvFilter::try_from_env("EVENTHOST_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default))
 }
 
 /// Upper bounds (seconds) of the latency histogram's buckets: fine around
@@ -48,28 +83,101 @@ pub const LATENCY_BUCKETS: [f64; 22] = [
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Serves every counter at `http://<addr>/metrics`.
+/// Installs the recorder every counter goes to; the handle renders them
+/// for `/metrics` (see [`crate::http`]).
 ///
 /// Distributions are Prometheus histograms, not summaries: they aggregate
 /// across hosts, and the exporter's rolling summaries drop samples that
 /// reach it out of order, which skewed their quantiles.
-pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&LATENCY_BUCKETS)
         .context("invalid histogram buckets")?
-        .install()
-        .with_context(|| format!("cannot serve metrics on {addr}"))?;
-    tracing::info!("metrics at http://{addr}/metrics");
-    Ok(())
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    // The recorder keeps histogram samples until upkeep folds them in.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// The counters eventhost keeps, in one place so their names stay consistent.
 pub mod metrics {
     use metrics::{counter, gauge, histogram, Counter, Histogram};
 
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, LazyLock, Mutex};
+
+    /// Running totals of one subscriber (or of the fan-out) in this
+    /// process, beside its Prometheus counters: those cannot be read back,
+    /// and the heartbeat reports these so `eventhost status` can sum rates
+    /// over every host from Redis alone.
+    #[derive(Debug, Default)]
+    pub struct Tally {
+        /// Events handled (fan-out: entries routed).
+        pub handled: AtomicU64,
+        /// Events dead-lettered.
+        pub dead_lettered: AtomicU64,
+        /// Latencies counted by bucket of [`LATENCY_BUCKETS`](super::LATENCY_BUCKETS),
+        /// the last one for what is over every bound.
+        latency: [AtomicU64; super::LATENCY_BUCKETS.len() + 1],
+    }
+
+    impl Tally {
+        /// (handled, dead-lettered) so far.
+        pub fn read(&self) -> (u64, u64) {
+            (
+                self.handled.load(Ordering::Relaxed),
+                self.dead_lettered.load(Ordering::Relaxed),
+            )
+        }
+
+        /// Latencies so far, by bucket.
+        pub fn latency(&self) -> Vec<u64> {
+            self.latency
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect()
+        }
+
+        fn record_latency(&self, seconds: f64) {
+            let bucket = super::LATENCY_BUCKETS
+                .iter()
+                .position(|bound| seconds <= *bound)
+                .unwrap_or(super::LATENCY_BUCKETS.len());
+            self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    static TALLIES: LazyLock<Mutex<BTreeMap<String, Arc<Tally>>>> = LazyLock::new(Mutex::default);
+    static FANOUT: LazyLock<Arc<Tally>> = LazyLock::new(Arc::default);
+
+    /// The tally of subscriber `name`: one per name for the life of the
+    /// process, so a subscriber restarted by a reload keeps counting.
+    pub fn tally(name: &str) -> Arc<Tally> {
+        TALLIES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The fan-out's tally.
+    pub fn fanout_tally() -> Arc<Tally> {
+        FANOUT.clone()
+    }
+
     /// Entries of `events:all` copied to at least one subscriber.
     pub fn fanout_routed(targets: usize) {
+        FANOUT.handled.fetch_add(1, Ordering::Relaxed);
         counter!("eventhost_fanout_routed_total").increment(1);
         counter!("eventhost_deliveries_total").increment(targets as u64);
     }
@@ -81,6 +189,7 @@ pub mod metrics {
 
     /// Entries of `events:all` that could not be routed.
     pub fn fanout_dead_lettered() {
+        FANOUT.dead_lettered.fetch_add(1, Ordering::Relaxed);
         counter!("eventhost_fanout_dead_lettered_total").increment(1);
     }
 
@@ -106,7 +215,8 @@ pub mod metrics {
     #[derive(Clone)]
     pub struct SubscriberMetrics {
         name: String,
-        pub handled: Counter,
+        tally: Arc<Tally>,
+        handled: Counter,
         pub retried: Counter,
         /// Results discarded because another consumer committed first.
         pub duplicates: Counter,
@@ -115,7 +225,7 @@ pub mod metrics {
         pub conflicts: Counter,
         /// Seconds from an event's publication (its `timestamp`) to the
         /// commit of its result.
-        pub latency: Histogram,
+        latency: Histogram,
     }
 
     impl SubscriberMetrics {
@@ -124,6 +234,7 @@ pub mod metrics {
             let label = [("subscriber", name.to_string())];
             SubscriberMetrics {
                 name: name.to_string(),
+                tally: tally(name),
                 handled: counter!("eventhost_handled_total", &label),
                 retried: counter!("eventhost_retried_total", &label),
                 duplicates: counter!("eventhost_duplicate_results_total", &label),
@@ -132,8 +243,22 @@ pub mod metrics {
             }
         }
 
+        /// Records the seconds from an event's publication to the commit
+        /// of its result.
+        pub fn latency(&self, seconds: f64) {
+            self.tally.record_latency(seconds);
+            self.latency.record(seconds);
+        }
+
+        /// Counts an event handled.
+        pub fn handled(&self) {
+            self.tally.handled.fetch_add(1, Ordering::Relaxed);
+            self.handled.increment(1);
+        }
+
         /// Counts an event sent to the DLQ, by kind of failure.
         pub fn dead_lettered(&self, kind: &str) {
+            self.tally.dead_lettered.fetch_add(1, Ordering::Relaxed);
             counter!(
                 "eventhost_dead_lettered_total",
                 "subscriber" => self.name.clone(),

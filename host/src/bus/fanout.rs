@@ -117,7 +117,7 @@ impl Fanout {
         for (entry, deliveries) in work {
             let dead = |kind: &str, reason: String| {
                 metrics::fanout_dead_lettered();
-                tracing::warn!(stream_id = %entry.id, "{reason}; moved to {}", queue.dlq);
+                tracing::warn!(stream_id = %entry.id, kind, "{reason}; moved to {}", queue.dlq);
                 let record = FailureRecord {
                     timestamp: now,
                     reason: &reason,

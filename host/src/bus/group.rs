@@ -321,6 +321,25 @@ impl GroupConsumer {
     }
 }
 
+/// What Redis says of `group` on `stream`: its pending count, lag...;
+/// `None` if the stream or the group does not exist.
+pub async fn group_info(
+    conn: &mut RedisConn,
+    stream: &str,
+    group: &str,
+) -> RedisResult<Option<redis::streams::StreamInfoGroup>> {
+    let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
+    if !exists {
+        return Ok(None);
+    }
+    let reply: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
+    Ok(reply.groups.into_iter().find(|g| g.name == group))
+}
+
 /// One stream entry as Redis returned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {

@@ -67,6 +67,19 @@ impl Keys {
     pub fn registry(&self) -> String {
         format!("{}registry", self.prefix)
     }
+
+    /// The heartbeat of the host whose consumer name is `consumer`: a
+    /// JSON string that expires unless the host keeps refreshing it.
+    pub fn host(&self, consumer: &str) -> String {
+        format!("{}host:{consumer}", self.prefix)
+    }
+
+    /// Every host's consumer name, scored by when it was last seen (ms):
+    /// how `status` finds heartbeats without scanning keys, and names the
+    /// hosts gone lately.
+    pub fn hosts(&self) -> String {
+        format!("{}hosts", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +104,8 @@ mod tests {
             "events:state:payment-service"
         );
         assert_eq!(keys.registry(), "events:registry");
+        assert_eq!(keys.host("box-12"), "events:host:box-12");
+        assert_eq!(keys.hosts(), "events:hosts");
         assert_eq!(
             QueueKeys::metadata(&sub.stream),
             "events:sub:payment-service:metadata"

@@ -8,17 +8,23 @@
 //! groups and give up. Below them: [`group`] (reads and claims in a consumer
 //! group), [`scripts`] (the atomic writes), [`leanmq`] (the entries' wire
 //! format), [`keys`] and [`layout`] (LeanMQ's names and bookkeeping),
-//! [`connection`]. This module knows Redis and nothing of wasmtime.
+//! [`connection`]. For operators: [`heartbeat`] (each host says in Redis
+//! what it runs), [`status`] (the bus as Redis tells it), [`dlq`] (list,
+//! replay and purge dead letters). This module knows Redis and nothing of
+//! wasmtime.
 
 pub mod connection;
+pub mod dlq;
 pub mod fanout;
 pub mod group;
+pub mod heartbeat;
 pub mod keys;
 pub mod layout;
 pub mod leanmq;
 pub mod routes;
 pub mod scripts;
 pub mod state;
+pub mod status;
 pub mod subscriber;
 pub mod worker;
 
@@ -85,6 +91,11 @@ impl Bus {
         }))
     }
 
+    /// A connection for checks from outside the loops (readiness).
+    pub fn connection(&self) -> RedisConn {
+        self.commands.clone()
+    }
+
     /// The key names in use.
     pub fn keys(&self) -> &Keys {
         &self.keys
@@ -136,6 +147,27 @@ impl Bus {
             self.config.clone(),
         );
         Ok(tokio::spawn(subscriber.run()))
+    }
+
+    /// Writes this host's heartbeat (see [`heartbeat`]); the future owns
+    /// what it needs, to be spawned.
+    pub fn beat(
+        &self,
+        record: heartbeat::HostRecord,
+    ) -> impl std::future::Future<Output = redis::RedisResult<()>> + Send + 'static {
+        let mut conn = self.commands.clone();
+        let keys = self.keys.clone();
+        async move { heartbeat::beat(&mut conn, &keys, &record).await }
+    }
+
+    /// Removes this host's heartbeat: it stopped.
+    pub async fn leave(&self) -> redis::RedisResult<()> {
+        heartbeat::leave(
+            &mut self.commands.clone(),
+            &self.keys,
+            &self.config.consumer,
+        )
+        .await
     }
 
     async fn consumer(&self, queue: keys::QueueKeys) -> anyhow::Result<GroupConsumer> {

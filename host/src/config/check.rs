@@ -14,11 +14,14 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::problem::{span_of, Problem};
-use super::raw::{RawBus, RawConfig, RawGrants, RawPlugins, RawRedis, RawSubscriber, RawTelemetry};
+use super::raw::{
+    RawBus, RawConfig, RawGrants, RawHttp, RawPlugins, RawRedis, RawSubscriber, RawTelemetry,
+};
 use super::{
-    BusConfig, Config, DirGrant, EventFilter, Grants, PluginsConfig, RedisConfig, SubscriberConfig,
-    TelemetryConfig, DEFAULT_CACHE_MB, DEFAULT_COMPILE_MEMORY_MB, DEFAULT_COMPILE_TIMEOUT_S,
-    DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES, DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF, STATE_DIR,
+    BusConfig, Config, DirGrant, EventFilter, Grants, HttpConfig, LogFormat, PluginsConfig,
+    RedisConfig, Secret, SubscriberConfig, TelemetryConfig, DEFAULT_CACHE_MB,
+    DEFAULT_COMPILE_MEMORY_MB, DEFAULT_COMPILE_TIMEOUT_S, DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES,
+    DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF, MIN_TOKEN_CHARS, STATE_DIR,
 };
 use crate::handler::{PublishLimits, DEFAULT_MAX_HOPS, DEFAULT_MAX_PAYLOAD_BYTES};
 
@@ -29,6 +32,7 @@ pub fn check(path: &Path, text: &str) -> (Option<Config>, Vec<Problem>) {
         file: path.to_path_buf(),
         text,
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     let raw = match toml::de::Deserializer::parse(text) {
         Err(err) => Err((err.span(), String::new(), err.message().to_string())),
@@ -54,6 +58,7 @@ struct Checker<'a> {
     file: PathBuf,
     text: &'a str,
     problems: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl Checker<'_> {
@@ -100,7 +105,8 @@ impl Checker<'_> {
         let redis = self.check_redis(raw.redis);
         let plugins = self.check_plugins(raw.plugins, &base, &state_dir);
         let bus = self.check_bus(raw.bus);
-        let telemetry = self.check_telemetry(raw.telemetry);
+        let (telemetry, old_metrics) = self.check_telemetry(raw.telemetry);
+        let http = self.check_http(raw.http, old_metrics);
         let subscribers = raw
             .subscribers
             .into_iter()
@@ -117,7 +123,9 @@ impl Checker<'_> {
             plugins,
             bus,
             telemetry,
+            http,
             subscribers,
+            warnings: std::mem::take(&mut self.warnings),
         }
     }
 
@@ -252,20 +260,79 @@ impl Checker<'_> {
         }
     }
 
-    fn check_telemetry(&mut self, raw: RawTelemetry) -> TelemetryConfig {
-        let metrics = raw.metrics.and_then(|addr| {
-            addr.get_ref()
-                .parse::<SocketAddr>()
-                .map_err(|err| {
-                    self.push(
-                        Some(addr.span()),
-                        "telemetry.metrics",
-                        format!("not an address like 127.0.0.1:9464 ({err})"),
-                    )
-                })
-                .ok()
+    /// The telemetry settings, and the old `metrics` key if set (now
+    /// `[http] listen`).
+    fn check_telemetry(&mut self, raw: RawTelemetry) -> (TelemetryConfig, Option<Spanned<String>>) {
+        let log_format = match raw.log_format {
+            None => LogFormat::Text,
+            Some(format) => LogFormat::parse(format.get_ref()).unwrap_or_else(|| {
+                self.push(
+                    Some(format.span()),
+                    "telemetry.log_format",
+                    format!("must be \"text\" or \"json\" (got {:?})", format.get_ref()),
+                );
+                LogFormat::Text
+            }),
+        };
+        (TelemetryConfig { log_format }, raw.metrics)
+    }
+
+    /// `[http] listen`, or the old `[telemetry] metrics` in its place.
+    fn check_http(&mut self, raw: RawHttp, old_metrics: Option<Spanned<String>>) -> HttpConfig {
+        let listen = match (raw.listen, old_metrics) {
+            (Some(listen), Some(old)) => {
+                self.push(
+                    Some(old.span()),
+                    "telemetry.metrics",
+                    "is the old name of [http] listen, which is set too; remove this one",
+                );
+                Some((listen, "http.listen"))
+            }
+            (Some(listen), None) => Some((listen, "http.listen")),
+            (None, Some(old)) => {
+                self.warnings.push(Problem::at_span(
+                    &self.file,
+                    self.text,
+                    Some(old.span()),
+                    "telemetry.metrics",
+                    "is now [http] listen, which also serves /healthz and /readyz; rename it",
+                ));
+                Some((old, "telemetry.metrics"))
+            }
+            (None, None) => None,
+        };
+        let listen = listen.and_then(|(addr, key)| match listen_address(addr.get_ref()) {
+            Some(addr) => Some(addr),
+            None => {
+                self.push(
+                    Some(addr.span()),
+                    key,
+                    format!(
+                        "not an address like 127.0.0.1:9464 or a port like 9464 (got {:?})",
+                        addr.get_ref()
+                    ),
+                );
+                None
+            }
         });
-        TelemetryConfig { metrics }
+        let admin_token = raw.admin_token.and_then(|token| {
+            if token.get_ref().chars().count() < MIN_TOKEN_CHARS {
+                self.push(
+                    Some(token.span()),
+                    "http.admin_token",
+                    format!(
+                        "must be at least {MIN_TOKEN_CHARS} characters, e.g. the output of \
+                         `openssl rand -hex 16`"
+                    ),
+                );
+                return None;
+            }
+            Some(Secret(token.into_inner()))
+        });
+        HttpConfig {
+            listen,
+            admin_token,
+        }
     }
 
     fn check_subscriber(
@@ -453,6 +520,15 @@ fn normal(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// `host:port`, or a bare port on loopback: only an address written out
+/// exposes the listener beyond this machine.
+fn listen_address(text: &str) -> Option<SocketAddr> {
+    match text.trim().parse::<u16>() {
+        Ok(port) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => text.trim().parse().ok(),
+    }
 }
 
 const NAME_RULE: &str = "names use only letters, digits, '-', '_' and '.'";
@@ -735,6 +811,84 @@ decline_percent = 10
         )
         .unwrap_err();
         assert!(only_problem(err).message.contains("alone"));
+    }
+
+    #[test]
+    fn http_listens_on_loopback_unless_told_otherwise() {
+        let dir = dir_with_plugin();
+        let sub = "[subscribers.a]\nplugin = \"pay.wasm\"\n";
+        let listen =
+            |http: &str| parse_in(dir.path(), &format!("{http}{sub}")).map(|c| c.http.listen);
+        assert_eq!(listen("").unwrap(), None, "no listener unless asked for");
+        assert_eq!(
+            listen("[http]\nlisten = \"9464\"\n").unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            listen("[http]\nlisten = \"0.0.0.0:80\"\n").unwrap(),
+            Some("0.0.0.0:80".parse().unwrap())
+        );
+        let problem = only_problem(listen("[http]\nlisten = \"localhost\"\n").unwrap_err());
+        assert_eq!((problem.line, problem.key.as_str()), (2, "http.listen"));
+    }
+
+    #[test]
+    fn an_admin_token_is_long_and_never_printed() {
+        let dir = dir_with_plugin();
+        let sub = "[subscribers.a]\nplugin = \"pay.wasm\"\n";
+        let config = parse_in(
+            dir.path(),
+            &format!("[http]\nadmin_token = \"0123456789abcdef\"\n{sub}"),
+        )
+        .unwrap();
+        let token = config.http.admin_token.as_ref().unwrap();
+        assert_eq!(token.0, "0123456789abcdef");
+        assert!(!format!("{:?}", config.http).contains("0123456789abcdef"));
+        let err = parse_in(
+            dir.path(),
+            &format!("[http]\nadmin_token = \"short\"\n{sub}"),
+        )
+        .unwrap_err();
+        assert_eq!(only_problem(err).key, "http.admin_token");
+    }
+
+    #[test]
+    fn the_old_metrics_key_still_works_with_a_warning() {
+        let dir = dir_with_plugin();
+        let text =
+            "[telemetry]\nmetrics = \"127.0.0.1:9464\"\n[subscribers.a]\nplugin = \"pay.wasm\"\n";
+        let config = parse_in(dir.path(), text).unwrap();
+        assert_eq!(config.http.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(config.warnings.len(), 1);
+        let warning = config.warnings[0].to_string();
+        assert!(
+            warning.ends_with("eventhost.toml:2:11: telemetry.metrics: is now [http] listen, which also serves /healthz and /readyz; rename it"),
+            "{warning}"
+        );
+        let both = format!("[http]\nlisten = \"9464\"\n{text}");
+        let problem = only_problem(parse_in(dir.path(), &both).unwrap_err());
+        assert_eq!(
+            (problem.line, problem.key.as_str()),
+            (4, "telemetry.metrics")
+        );
+    }
+
+    #[test]
+    fn logs_are_text_or_json() {
+        let dir = dir_with_plugin();
+        let sub = "[subscribers.a]\nplugin = \"pay.wasm\"\n";
+        let config = parse_in(
+            dir.path(),
+            &format!("[telemetry]\nlog_format = \"json\"\n{sub}"),
+        )
+        .unwrap();
+        assert_eq!(config.telemetry.log_format, LogFormat::Json);
+        let err = parse_in(
+            dir.path(),
+            &format!("[telemetry]\nlog_format = \"xml\"\n{sub}"),
+        )
+        .unwrap_err();
+        assert_eq!(only_problem(err).key, "telemetry.log_format");
     }
 
     #[test]

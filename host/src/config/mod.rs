@@ -37,8 +37,12 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub bus: BusConfig,
     pub telemetry: TelemetryConfig,
+    pub http: HttpConfig,
     /// Sorted by name.
     pub subscribers: Vec<SubscriberConfig>,
+    /// What is accepted but should change (an old key), each at its line:
+    /// `check` prints them, `run` logs them.
+    pub warnings: Vec<Problem>,
 }
 
 impl Config {
@@ -135,12 +139,56 @@ pub struct BusConfig {
     pub consumer: String,
 }
 
-/// What the process exposes about itself.
+/// How the process reports on itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
-    /// Serve Prometheus metrics on this address.
-    pub metrics: Option<SocketAddr>,
+    /// How log lines are written (`EVENTHOST_LOG_FORMAT` wins over it).
+    pub log_format: LogFormat,
 }
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For a person at a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for a log shipper.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// The HTTP listener: metrics, health, readiness and the console.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Where it listens; `None`: no listener. A bare port means loopback.
+    pub listen: Option<SocketAddr>,
+    /// What the console's replay and purge require (`EVENTHOST_ADMIN_TOKEN`
+    /// wins over it); without one they are refused.
+    pub admin_token: Option<Secret>,
+}
+
+/// Text that must not reach a log: `{:?}` shows only that it is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Shortest admin token accepted: long enough not to be guessed.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// One subscriber: a plugin and the events it receives.
 #[derive(Debug, Clone, PartialEq)]

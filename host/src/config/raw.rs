@@ -18,6 +18,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub telemetry: RawTelemetry,
     #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
     pub subscribers: BTreeMap<String, RawSubscriber>,
 }
 
@@ -55,7 +57,16 @@ pub struct RawBus {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
+    /// Before `[http] listen` existed; still read, with a warning.
     pub metrics: Option<Spanned<String>>,
+    pub log_format: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<Spanned<String>>,
+    pub admin_token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

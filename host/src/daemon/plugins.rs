@@ -33,7 +33,7 @@ impl WasmPlugins {
         }
     }
 
-    fn build(&self, path: &Path) -> Option<Arc<CompiledPlugin>> {
+    fn loaded(&self, path: &Path) -> Option<Arc<CompiledPlugin>> {
         self.builds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -63,7 +63,7 @@ impl HandlerFactory for WasmPlugins {
         // by reloading the file.
         let new: Vec<SubscriberConfig> = subscribers
             .iter()
-            .filter(|s| self.build(&s.plugin).is_none())
+            .filter(|s| self.loaded(&s.plugin).is_none())
             .cloned()
             .collect();
         let loaded = preflight::load_plugins(&self.runtime, &new).await;
@@ -77,13 +77,18 @@ impl HandlerFactory for WasmPlugins {
 
     fn handler(&self, settings: &SubscriberConfig) -> Arc<dyn Handler> {
         let plugin = self
-            .build(&settings.plugin)
+            .loaded(&settings.plugin)
             .expect("a subscriber's plugin is loaded before its handler is made");
         Arc::new(WasmHandler::new(self.runtime.clone(), settings, plugin))
     }
 
+    fn build(&self, settings: &SubscriberConfig) -> Option<String> {
+        self.loaded(&settings.plugin)
+            .map(|plugin| plugin.digest.clone())
+    }
+
     async fn reload(&self, path: &Path) -> Reload {
-        let Some(running) = self.build(path) else {
+        let Some(running) = self.loaded(path) else {
             return Reload::Unchanged;
         };
         let Some(before) = watch::stamp(path) else {

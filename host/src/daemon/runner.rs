@@ -37,6 +37,12 @@ impl Runner {
         Ok(Runner { subscription, task })
     }
 
+    /// Whether its loop still runs (it ends only when stopped, or if it
+    /// crashed).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
     /// The settings it runs with.
     pub fn settings(&self) -> Arc<SubscriberConfig> {
         self.subscription.settings()

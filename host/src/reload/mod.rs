@@ -11,6 +11,7 @@ pub mod watch;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::bus::heartbeat::ReloadNote;
 use crate::config::SubscriberConfig;
 use crate::daemon::runner::FINISH_LIMIT;
 use crate::daemon::{Daemon, Runner};
@@ -112,11 +113,8 @@ fn plugin_reloaded(daemon: &mut Daemon, path: &Path, reload: Reload) {
     if users.is_empty() {
         return;
     }
-    let names = users
-        .iter()
-        .map(|r| r.settings().name.clone())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let subscribers: Vec<String> = users.iter().map(|r| r.settings().name.clone()).collect();
+    let names = subscribers.join(", ");
     let file = path.display();
     match reload {
         Reload::Unchanged => {}
@@ -126,6 +124,8 @@ fn plugin_reloaded(daemon: &mut Daemon, path: &Path, reload: Reload) {
             }
             metrics::reloaded("plugin");
             tracing::info!(plugin = %file, "reloaded: {what}; {names} run it from the next event");
+            let note = note("plugin", path, &subscribers, "loaded", what);
+            daemon.note_reload(note);
         }
         Reload::Refused { reason } => {
             metrics::reload_refused("plugin");
@@ -133,6 +133,8 @@ fn plugin_reloaded(daemon: &mut Daemon, path: &Path, reload: Reload) {
                 plugin = %file,
                 "refused the new build: {reason}; {names} keep running the loaded build"
             );
+            let note = note("plugin", path, &subscribers, "refused", reason);
+            daemon.note_reload(note);
         }
         Reload::Unsettled => tracing::warn!(
             plugin = %file,
@@ -151,13 +153,14 @@ async fn config_changed(daemon: &mut Daemon) {
         );
         return;
     }
-    let refused = |err: anyhow::Error| {
+    let refused = |daemon: &mut Daemon, err: anyhow::Error| {
         metrics::reload_refused("config");
         tracing::error!("config change refused, the running config stays:\n{err:#}");
+        daemon.note_reload(note("config", &path, &[], "refused", format!("{err:#}")));
     };
     let new = match preflight::config(&path) {
         Ok(new) => new,
-        Err(err) => return refused(err),
+        Err(err) => return refused(daemon, err),
     };
     let plan = plan::plan(&daemon.config, &new);
     if !plan.needs_restart.is_empty() {
@@ -172,7 +175,7 @@ async fn config_changed(daemon: &mut Daemon) {
     // Every new plugin must load before anything changes.
     let needed: Vec<SubscriberConfig> = plan.added.iter().chain(&plan.changed).cloned().collect();
     if let Err(err) = daemon.handlers.load(&new, &needed).await {
-        return refused(err);
+        return refused(daemon, err);
     }
 
     for settings in &plan.added {
@@ -195,14 +198,45 @@ async fn config_changed(daemon: &mut Daemon) {
     applied.plugins = daemon.config.plugins.clone();
     applied.bus = daemon.config.bus.clone();
     applied.telemetry = daemon.config.telemetry.clone();
+    applied.http = daemon.config.http.clone();
     daemon.config = applied;
     metrics::reloaded("config");
-    tracing::info!(
-        "config reloaded: {} added, {} removed, {} changed",
+    let what = format!(
+        "{} added, {} removed, {} changed",
         plan.added.len(),
         plan.removed.len(),
         plan.changed.len()
     );
+    tracing::info!("config reloaded: {what}");
+    let concerned: Vec<String> = plan
+        .added
+        .iter()
+        .chain(&plan.changed)
+        .map(|s| s.name.clone())
+        .chain(plan.removed.iter().cloned())
+        .collect();
+    daemon.note_reload(note("config", &path, &concerned, "loaded", what));
+}
+
+/// A reload as operators see it in `status` and the console.
+fn note(
+    what: &str,
+    subject: &Path,
+    subscribers: &[String],
+    outcome: &str,
+    detail: String,
+) -> ReloadNote {
+    ReloadNote {
+        at: crate::handler::unix_now(),
+        what: what.to_string(),
+        subject: subject.file_name().map_or_else(
+            || subject.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        ),
+        subscribers: subscribers.to_vec(),
+        outcome: outcome.to_string(),
+        detail,
+    }
 }
 
 /// Stops routing to the subscribers `names`, then lets them handle what

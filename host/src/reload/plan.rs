@@ -47,6 +47,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         ("plugins.watch", old.plugins.watch != new.plugins.watch),
         ("bus", old.bus != new.bus),
         ("telemetry", old.telemetry != new.telemetry),
+        ("http", old.http != new.http),
     ];
     plan.needs_restart = fixed
         .into_iter()

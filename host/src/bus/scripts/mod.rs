@@ -6,15 +6,19 @@
 //! its copies, effects or dead letter only if that acknowledgement counted:
 //! an entry handled twice (a slow consumer and the one that reclaimed its
 //! work) is committed once. [`trim`] bounds streams without cutting what a
-//! group still needs. Each is tested against a real redis-server in
+//! group still needs. [`replay`] moves dead letters back into their
+//! stream, each entry in one step, so a replay cut short neither loses nor
+//! doubles one. Each is tested against a real redis-server in
 //! `tests/scripts.rs`.
 
 pub mod commit;
 pub mod fanout;
+pub mod replay;
 pub mod trim;
 
 pub use commit::{is_refusal, CommitBatch, CommitKeys, Committed, MAX_CALL_BYTES};
 pub use fanout::{FanoutBatch, Routed};
+pub use replay::{replay, Moved, ReplayKeys};
 pub use trim::trim;
 
 /// Entries of a batch that were already acknowledged by someone else, so

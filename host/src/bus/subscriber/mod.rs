@@ -465,9 +465,9 @@ impl SubscriberLoop {
             match fate {
                 Fate::Handled(published) => {
                     tracing::debug!(subscriber = %settings.name, event_id, "handled");
-                    self.metrics.handled.increment(1);
+                    self.metrics.handled();
                     if let Some(published) = published {
-                        self.metrics.latency.record((now - published).max(0.0));
+                        self.metrics.latency((now - published).max(0.0));
                     }
                 }
                 Fate::Retry { next, delay } => {
@@ -490,6 +490,7 @@ impl SubscriberLoop {
                         event_id,
                         stream_id = %work.entry.id,
                         attempt = work.attempt,
+                        kind,
                         "dead-lettered: {reason}"
                     );
                     self.metrics.dead_lettered(kind);

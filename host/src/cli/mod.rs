@@ -1,6 +1,9 @@
-//! The command line: `run`, `check`, `publish`; for plugin authors `new`,
-//! `build` and `invoke`. Thin: each command parses its arguments, calls
-//! into the library, and prints.
+//! The command line: `run`, `check`, `publish`; for operators `status`
+//! and `dlq`; for plugin authors `new`, `build` and `invoke`. Thin: each
+//! command parses its arguments, calls into the library, and prints.
+
+mod dlq;
+mod status;
 
 use std::fmt::Display;
 use std::io::Write as _;
@@ -11,11 +14,13 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{self, connection::Connector, keys::Keys};
 use crate::config::{self, ConfigError};
 use crate::daemon::{self, WasmPlugins};
+use crate::http::{self, Readiness};
 use crate::invoke::{self, Invocation, LogCollector, Report};
 use crate::plugin::{PluginRuntime, RuntimeSettings};
 use crate::{preflight, private_redis, signals, telemetry};
@@ -75,6 +80,20 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Show the bus from Redis alone: hosts, the fan-out, and per
+    /// subscriber its build, backlog, lag, pending entries, DLQ and rates.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// List, inspect, replay and purge dead letters, from Redis alone.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// Run one event through a plugin, in the sandbox `run` uses, with state
     /// in memory and no Redis; print what the bus would commit.
     ///
@@ -105,6 +124,23 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+}
+
+/// Where an operator's command finds the bus: the config's Redis (its
+/// private one when it sets no URL, while `eventhost run` runs), or --url.
+#[derive(clap::Args)]
+struct RedisArgs {
+    /// The config file (for the Redis URL and prefix).
+    #[arg(
+        long,
+        short,
+        default_value = "eventhost.toml",
+        env = "EVENTHOST_CONFIG"
+    )]
+    config: PathBuf,
+    /// This Redis instead of the config's.
+    #[arg(long)]
+    url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -158,7 +194,14 @@ pub fn main() -> ExitCode {
     let logs = LogCollector::default();
     match &cli.command {
         Command::Invoke(_) => telemetry::init_invoke_logging(logs.clone()),
-        _ => telemetry::init_logging(),
+        // Its config may ask for JSON logs; a config that does not parse
+        // is reported by `run` itself, in text.
+        Command::Run { config } => telemetry::init_logging(
+            config::load(config)
+                .map(|c| c.telemetry.log_format)
+                .unwrap_or_default(),
+        ),
+        _ => telemetry::init_logging(config::LogFormat::Text),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -181,6 +224,8 @@ pub fn main() -> ExitCode {
                 dir,
             } => new(&dir, &name, lang, &events).map(|()| true),
             Command::Build { dir } => build(dir).await.map(|()| true),
+            Command::Dlq { command } => dlq::run(command).await.map(|()| true),
+            Command::Status { json, redis } => status::run(&redis, json).await.map(|()| true),
             Command::Run { config } => run(&config).await.map(|()| true),
             Command::Check { config } => check(&config).await,
             Command::Publish {
@@ -220,12 +265,32 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     signals::on_signals(shutdown.clone()).context("cannot listen for signals")?;
     let config = preflight::config(path)?;
-    if let Some(addr) = config.telemetry.metrics {
-        telemetry::serve_metrics(addr)?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let (ready, readiness) = watch::channel(Readiness::starting());
+    // The listener answers until the daemon has finished, SIGTERM or not.
+    let listener = CancellationToken::new();
+    let _stop_listener = listener.clone().drop_guard();
+    if let Some(addr) = config.http.listen {
+        let admin_token = std::env::var("EVENTHOST_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| config.http.admin_token.as_ref().map(|t| t.0.clone()));
+        let site = http::Site {
+            metrics: telemetry::install_metrics()?,
+            ready: readiness,
+            console: http::console::Console {
+                keys: Keys::new(config.redis.prefix.clone()),
+                subscribers: config.subscribers.iter().map(|s| s.name.clone()).collect(),
+                admin_token,
+            },
+        };
+        http::serve(addr, site, listener).await?;
     }
     let runtime = PluginRuntime::new(runtime_settings(&config.plugins)?)?;
     let plugins = Arc::new(WasmPlugins::new(runtime));
-    daemon::run(config, plugins, shutdown.cancelled_owned()).await
+    daemon::run_observed(config, plugins, shutdown.cancelled_owned(), ready).await
 }
 
 /// The plugin runtime's settings for a config: its `[plugins]` table,
@@ -382,6 +447,9 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
             (None, None) => unreachable!("every subscriber's plugin is loaded or refused"),
         }
     }
+    for warning in &config.warnings {
+        say(format_args!("warning: {warning}"));
+    }
     let ok = loaded.refused.is_empty();
     if ok {
         say(format_args!(
@@ -405,12 +473,43 @@ async fn publish(
     json: &str,
 ) -> anyhow::Result<()> {
     let data = json_object(json, "the event")?;
-    let (url, prefix) = match url {
-        Some(url) => (url, prefix_of(path)?),
+    let mut bus = connect(&RedisArgs {
+        config: path.to_path_buf(),
+        url,
+    })
+    .await?;
+    let (stream_id, event_id) = bus::publish(&mut bus.conn, &bus.keys, event_type, data).await?;
+    say(format_args!(
+        "published {event_type} {event_id} as {} {stream_id}",
+        bus.keys.all().stream
+    ));
+    Ok(())
+}
+
+/// A bus as an operator's command reaches it.
+struct BusAccess {
+    conn: crate::bus::connection::RedisConn,
+    keys: Keys,
+    /// The config, when there is one.
+    config: Option<config::Config>,
+}
+
+/// Connects to the bus `args` name: --url, else the config's Redis, else
+/// the private one a running `eventhost run` started for that config.
+async fn connect(args: &RedisArgs) -> anyhow::Result<BusAccess> {
+    let (url, config) = match &args.url {
+        Some(url) => {
+            let config = args
+                .config
+                .exists()
+                .then(|| config::load(&args.config))
+                .transpose()?;
+            (url.clone(), config)
+        }
         None => {
-            let config = config::load(path)?;
-            let url = match config.redis.url {
-                Some(url) => url,
+            let config = config::load(&args.config)?;
+            let url = match &config.redis.url {
+                Some(url) => url.clone(),
                 None => private_redis::running_url(&config.state_dir.join("redis"))
                     .await
                     .with_context(|| {
@@ -421,28 +520,34 @@ async fn publish(
                         )
                     })?,
             };
-            (url, config.redis.prefix)
+            (url, Some(config))
         }
     };
+    let prefix = config
+        .as_ref()
+        .map_or_else(|| "events:".to_string(), |c| c.redis.prefix.clone());
     let connector = Connector::new(&url)?;
-    let mut conn = connector
+    let conn = connector
         .commands()
         .await
         .with_context(|| format!("cannot connect to {}", connector.display()))?;
-    let keys = Keys::new(prefix);
-    let (stream_id, event_id) = bus::publish(&mut conn, &keys, event_type, data).await?;
-    say(format_args!(
-        "published {event_type} {event_id} as {} {stream_id}",
-        keys.all().stream
-    ));
-    Ok(())
+    Ok(BusAccess {
+        conn,
+        keys: Keys::new(prefix),
+        config,
+    })
 }
 
-/// The prefix from the config when it exists, else the default.
-fn prefix_of(path: &Path) -> anyhow::Result<String> {
-    if path.exists() {
-        Ok(config::load(path)?.redis.prefix)
-    } else {
-        Ok("events:".into())
+/// `text` with control characters escaped: what a producer or a plugin
+/// wrote cannot move the cursor or colour an operator's terminal.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    out
 }

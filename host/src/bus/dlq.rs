@@ -1,0 +1,780 @@
+//! Dead-letter queues as an operator works on them: list and filter,
+//! inspect one entry, replay entries into the stream they failed from,
+//! purge.
+//!
+//! A subscriber's DLQ `events:sub:<name>:dlq` replays into
+//! `events:sub:<name>` only, so the subscribers that handled the event
+//! already do not see it again; the bus's DLQ `events:all:dlq` replays
+//! into `events:all`, to be routed anew. Each entry moves in one script
+//! ([`scripts::replay`]): a replay killed at any point has moved each
+//! entry or not, so running it again finishes the job without a double.
+//! What stays in a DLQ keeps LeanMQ's shape, so LeanMQ's DLQ tools keep
+//! working on it.
+
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::connection::RedisConn;
+use super::group::StreamEntry;
+use super::keys::{Keys, QueueKeys};
+use super::scripts::{self, Moved, ReplayKeys};
+
+/// Entries read per `XRANGE` while scanning a DLQ: big enough to scan
+/// 10,000 entries in a few dozen round trips, small enough that one page
+/// of 1 MiB payloads stays affordable.
+const PAGE: usize = 200;
+
+/// Most entries moved by one replay script: keeps Redis free for others
+/// between scripts (each entry costs it a few microseconds).
+const REPLAY_CHUNK: usize = 100;
+
+/// Whose DLQ: the bus's (entries the fan-out could not route) or one
+/// subscriber's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Bus,
+    Subscriber(String),
+}
+
+impl Target {
+    /// Reads LeanMQ's queue name: `all` is the bus, `sub:<name>` or a bare
+    /// `<name>` a subscriber (a subscriber called `all` is `sub:all`).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let name = match text {
+            "all" => return Ok(Target::Bus),
+            _ => text.strip_prefix("sub:").unwrap_or(text),
+        };
+        anyhow::ensure!(
+            !name.is_empty() && !name.contains(':'),
+            "{text:?} is not a subscriber: give its name as in [subscribers.<name>], or `all` for the bus's DLQ"
+        );
+        Ok(Target::Subscriber(name.to_string()))
+    }
+
+    /// The streams, DLQ and groups of this target.
+    pub fn queue(&self, keys: &Keys) -> QueueKeys {
+        match self {
+            Target::Bus => keys.all(),
+            Target::Subscriber(name) => keys.subscriber(name),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Bus => f.write_str("the bus"),
+            Target::Subscriber(name) => write!(f, "subscriber {name}"),
+        }
+    }
+}
+
+/// One record of an entry's `_failures`, read leniently: LeanMQ writes only
+/// `timestamp` and `reason`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureInfo {
+    /// Seconds since the epoch.
+    pub timestamp: Option<f64>,
+    pub reason: String,
+    /// `trap`, `reject`, `retry`, `timeout`, `malformed`...; none when
+    /// LeanMQ wrote the record.
+    pub kind: Option<String>,
+    pub subscriber: Option<String>,
+    pub attempt: Option<u64>,
+}
+
+/// One entry of a DLQ.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// The entry's id in the DLQ.
+    pub id: String,
+    /// When it was dead-lettered (the id's time), in milliseconds since the
+    /// epoch.
+    pub dead_lettered_ms: u64,
+    pub event_type: Option<String>,
+    pub event_id: Option<String>,
+    /// Oldest first; the last one is why it is here.
+    pub failures: Vec<FailureInfo>,
+    /// The entry's `data` as stored (with `_failures`): an object, or the
+    /// text as it is when it is not JSON.
+    pub data: Value,
+}
+
+impl DeadLetter {
+    /// Reads a DLQ entry; never fails: what is not LeanMQ's shape is kept
+    /// as it is, for a person to look at.
+    pub fn from_entry(entry: &StreamEntry) -> Self {
+        let data = match entry.data() {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),
+            None => Value::Object(
+                entry
+                    .fields
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            String::from_utf8_lossy(k).into_owned(),
+                            Value::String(String::from_utf8_lossy(v).into_owned()),
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+        let text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_string);
+        let failures = data
+            .get("_failures")
+            .and_then(Value::as_array)
+            .map(|list| list.iter().map(failure_info).collect())
+            .unwrap_or_default();
+        DeadLetter {
+            dead_lettered_ms: id_millis(&entry.id).unwrap_or(0),
+            id: entry.id.clone(),
+            event_type: text("event_type"),
+            event_id: text("event_id").or_else(|| {
+                data.get("_metadata")
+                    .and_then(|m| m.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }),
+            failures,
+            data,
+        }
+    }
+
+    /// Why it is here: the last failure.
+    pub fn last_failure(&self) -> Option<&FailureInfo> {
+        self.failures.last()
+    }
+
+    /// The kind of the last failure.
+    pub fn kind(&self) -> Option<&str> {
+        self.last_failure().and_then(|f| f.kind.as_deref())
+    }
+
+    /// The stable JSON shape of a dead letter, as `dlq list --json` prints
+    /// it and the console reads it: times as RFC 3339, the last failure's
+    /// kind and reason at the top, the payload without the bookkeeping.
+    pub fn to_json(&self) -> Value {
+        let last = self.last_failure();
+        serde_json::json!({
+            "id": self.id,
+            "dead_lettered_at": time_text(self.dead_lettered_ms as f64 / 1000.0),
+            "event_type": self.event_type,
+            "event_id": self.event_id,
+            "kind": self.kind(),
+            "reason": last.map(|f| f.reason.as_str()),
+            "attempt": last.and_then(|f| f.attempt),
+            "failures": self.failures.iter().map(|f| serde_json::json!({
+                "at": f.timestamp.map(time_text),
+                "kind": f.kind,
+                "subscriber": f.subscriber,
+                "attempt": f.attempt,
+                "reason": f.reason,
+            })).collect::<Vec<_>>(),
+            "data": self.payload(),
+        })
+    }
+
+    /// The data without `_failures` (shown apart) and LeanMQ's
+    /// `_metadata`: what the producer sent.
+    pub fn payload(&self) -> Value {
+        match &self.data {
+            Value::Object(object) => Value::Object(
+                object
+                    .iter()
+                    .filter(|(k, _)| *k != "_failures" && *k != "_metadata")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Map<_, _>>(),
+            ),
+            other => other.clone(),
+        }
+    }
+}
+
+fn failure_info(record: &Value) -> FailureInfo {
+    FailureInfo {
+        timestamp: record.get("timestamp").and_then(Value::as_f64),
+        reason: match record.get("reason") {
+            Some(Value::String(reason)) => reason.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        },
+        kind: record
+            .get("kind")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        subscriber: record
+            .get("subscriber")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        attempt: record.get("attempt").and_then(Value::as_u64),
+    }
+}
+
+/// Milliseconds of a stream id `<ms>-<seq>`: when it was added.
+pub(super) fn id_millis(id: &str) -> Option<u64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+/// Whether `id` is a stream id, so that a typo is refused before it
+/// reaches a script.
+pub fn is_stream_id(id: &str) -> bool {
+    matches!(id.split_once('-'), Some((ms, seq))
+        if !ms.is_empty() && !seq.is_empty()
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && seq.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Which dead letters a command works on; every part left out matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// The kind of the last failure (`trap`, `reject`...).
+    pub kind: Option<String>,
+    pub event_type: Option<String>,
+    /// Dead-lettered at or after this time, in milliseconds since the epoch.
+    pub since_ms: Option<u64>,
+}
+
+impl Filter {
+    /// Whether `letter` is selected.
+    pub fn matches(&self, letter: &DeadLetter) -> bool {
+        self.kind
+            .as_deref()
+            .is_none_or(|k| letter.kind() == Some(k))
+            && self
+                .event_type
+                .as_deref()
+                .is_none_or(|t| letter.event_type.as_deref() == Some(t))
+            && self.since_ms.is_none_or(|s| letter.dead_lettered_ms >= s)
+    }
+
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+}
+
+/// What a replay or a purge works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// These entries (ids in the DLQ).
+    Ids(Vec<String>),
+    /// Every entry the filter selects (an empty filter: all of them), up
+    /// to the last entry there when the command started: what fails again
+    /// while it runs is not picked up again.
+    Matching(Filter),
+}
+
+/// How fast a replay goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pace {
+    /// Entries per second at most; `None`: as fast as Redis takes them.
+    pub per_second: Option<u32>,
+}
+
+/// What a replay did.
+#[derive(Debug, Default, Serialize)]
+pub struct ReplayReport {
+    /// Entries moved back (or, on a dry run, that would be).
+    pub moved: Vec<MovedLetter>,
+    /// Ids asked for that are not in the DLQ (replayed or purged already).
+    pub missing: Vec<String>,
+    pub dry_run: bool,
+    pub seconds: f64,
+}
+
+/// One entry replayed.
+#[derive(Debug, Clone, Serialize)]
+pub struct MovedLetter {
+    pub dlq_id: String,
+    /// Its id in the stream; none on a dry run.
+    pub stream_id: Option<String>,
+}
+
+/// The DLQ of one target, on one connection.
+pub struct Dlq {
+    conn: RedisConn,
+    target: Target,
+    queue: QueueKeys,
+}
+
+impl Dlq {
+    /// `target`'s DLQ under `keys`.
+    pub fn new(conn: RedisConn, keys: &Keys, target: Target) -> Self {
+        let queue = target.queue(keys);
+        Dlq {
+            conn,
+            target,
+            queue,
+        }
+    }
+
+    /// The DLQ's key, the stream it replays into, their groups.
+    pub fn queue(&self) -> &QueueKeys {
+        &self.queue
+    }
+
+    /// Whose DLQ it is.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Entries in the DLQ.
+    pub async fn depth(&mut self) -> anyhow::Result<u64> {
+        redis::cmd("XLEN")
+            .arg(&self.queue.dlq)
+            .query_async(&mut self.conn)
+            .await
+            .with_context(|| format!("cannot read the length of {}", self.queue.dlq))
+    }
+
+    /// Whether the stream it replays into has its consumer group, i.e. a
+    /// host has set this subscriber up at least once: replayed entries
+    /// would otherwise wait in a stream nobody reads.
+    pub async fn has_reader(&mut self) -> anyhow::Result<bool> {
+        let info = super::group::group_info(&mut self.conn, &self.queue.stream, &self.queue.group)
+            .await
+            .with_context(|| format!("cannot read the groups of {}", self.queue.stream))?;
+        Ok(info.is_some())
+    }
+
+    /// Up to `limit` entries the filter selects, oldest first.
+    pub async fn list(&mut self, filter: &Filter, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+        let mut scan = Scan::start(self, filter).await?;
+        let mut found = Vec::new();
+        while found.len() < limit {
+            let Some(page) = scan.next_page(self).await? else {
+                break;
+            };
+            found.extend(page.into_iter().take(limit - found.len()));
+        }
+        Ok(found)
+    }
+
+    /// One entry; `None` if it is not in the DLQ.
+    pub async fn get(&mut self, id: &str) -> anyhow::Result<Option<DeadLetter>> {
+        anyhow::ensure!(
+            is_stream_id(id),
+            "{id:?} is not an entry id; ids look like 1764557000123-0 (see `eventhost dlq list`)"
+        );
+        let entries = self.range(id, id, 1).await?;
+        Ok(entries.first().map(DeadLetter::from_entry))
+    }
+
+    /// Moves the selected entries back into the stream they failed from,
+    /// each atomically, at most `pace` per second; with `dry_run`, only
+    /// says which. `progress` hears the running total after each step.
+    pub async fn replay(
+        &mut self,
+        selection: &Selection,
+        pace: Pace,
+        dry_run: bool,
+        mut progress: impl FnMut(usize),
+    ) -> anyhow::Result<ReplayReport> {
+        let started = Instant::now();
+        let mut report = ReplayReport {
+            dry_run,
+            ..ReplayReport::default()
+        };
+        let chunk = match pace.per_second {
+            // About 20 steps a second, so the pace holds within a second.
+            Some(rate) => (rate as usize / 20).clamp(1, REPLAY_CHUNK),
+            None => REPLAY_CHUNK,
+        };
+        let mut ids = Ids::of(selection);
+        loop {
+            let batch = ids.next(self).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for step in batch.chunks(chunk) {
+                if dry_run {
+                    report.moved.extend(step.iter().map(|id| MovedLetter {
+                        dlq_id: id.clone(),
+                        stream_id: None,
+                    }));
+                } else {
+                    let moved = self.move_back(step).await?;
+                    if moved.len() < step.len() && matches!(selection, Selection::Ids(_)) {
+                        let gone = step
+                            .iter()
+                            .filter(|id| !moved.iter().any(|m| &m.dlq_id == *id));
+                        ids.missing.extend(gone.cloned());
+                    }
+                    report.moved.extend(moved.into_iter().map(|m| MovedLetter {
+                        dlq_id: m.dlq_id,
+                        stream_id: Some(m.stream_id),
+                    }));
+                    progress(report.moved.len());
+                }
+                if let Some(rate) = pace.per_second {
+                    let due = Duration::from_secs_f64(report.moved.len() as f64 / f64::from(rate));
+                    tokio::time::sleep_until((started + due).into()).await;
+                }
+            }
+        }
+        report.missing = ids.missing;
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Deletes the selected entries for good; returns how many were.
+    pub async fn purge(&mut self, selection: &Selection) -> anyhow::Result<u64> {
+        let mut ids = Ids::of(selection);
+        let mut deleted = 0;
+        loop {
+            let batch = ids.next(self).await?;
+            if batch.is_empty() {
+                break;
+            }
+            // XDEL and XACK together, so a LeanMQ reader keeps no pending
+            // entry for what no longer exists.
+            let (removed, _): (u64, u64) = redis::pipe()
+                .atomic()
+                .cmd("XDEL")
+                .arg(&self.queue.dlq)
+                .arg(&batch)
+                .cmd("XACK")
+                .arg(&self.queue.dlq)
+                .arg(&self.queue.dlq_group)
+                .arg(&batch)
+                .query_async(&mut self.conn)
+                .await
+                .or_else(|err| {
+                    // No DLQ group (LeanMQ never opened it): delete only.
+                    if err.code() == Some("NOGROUP") {
+                        Ok((0, 0))
+                    } else {
+                        Err(err)
+                    }
+                })
+                .with_context(|| format!("cannot delete from {}", self.queue.dlq))?;
+            deleted += removed;
+            for id in &batch {
+                tracing::debug!(dlq = %self.queue.dlq, dlq_id = %id, "purged");
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn move_back(&mut self, ids: &[String]) -> anyhow::Result<Vec<Moved>> {
+        let keys = ReplayKeys {
+            dlq: &self.queue.dlq,
+            dlq_group: &self.queue.dlq_group,
+            stream: &self.queue.stream,
+        };
+        let moved = scripts::replay(&mut self.conn, &keys, ids)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot replay {} into {}",
+                    self.queue.dlq, self.queue.stream
+                )
+            })?;
+        for m in &moved {
+            tracing::debug!(dlq = %self.queue.dlq, dlq_id = %m.dlq_id, stream_id = %m.stream_id, "replayed");
+        }
+        Ok(moved)
+    }
+
+    async fn range(
+        &mut self,
+        from: &str,
+        to: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<StreamEntry>> {
+        redis::cmd("XRANGE")
+            .arg(&self.queue.dlq)
+            .arg(from)
+            .arg(to)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn)
+            .await
+            .with_context(|| format!("cannot read {}", self.queue.dlq))
+    }
+}
+
+/// The ids a replay or purge works through, a page at a time.
+struct Ids<'a> {
+    source: Source<'a>,
+    /// Ids asked for that are not in the DLQ.
+    missing: Vec<String>,
+}
+
+enum Source<'a> {
+    /// Given ids, until taken.
+    Given(Option<&'a [String]>),
+    /// A scan with a filter, started on the first page.
+    Scanned {
+        filter: &'a Filter,
+        scan: Option<Scan>,
+    },
+}
+
+impl<'a> Ids<'a> {
+    fn of(selection: &'a Selection) -> Self {
+        let source = match selection {
+            Selection::Ids(ids) => Source::Given(Some(ids)),
+            Selection::Matching(filter) => Source::Scanned { filter, scan: None },
+        };
+        Ids {
+            source,
+            missing: Vec::new(),
+        }
+    }
+
+    /// The next ids; empty when done.
+    async fn next(&mut self, dlq: &mut Dlq) -> anyhow::Result<Vec<String>> {
+        match &mut self.source {
+            Source::Given(ids) => {
+                let Some(ids) = ids.take() else {
+                    return Ok(Vec::new());
+                };
+                let mut present = Vec::with_capacity(ids.len());
+                for id in ids {
+                    match dlq.get(id).await? {
+                        Some(_) => present.push(id.clone()),
+                        None => self.missing.push(id.clone()),
+                    }
+                }
+                Ok(present)
+            }
+            Source::Scanned { filter, scan } => {
+                if scan.is_none() {
+                    *scan = Some(Scan::start(dlq, filter).await?);
+                }
+                let scan = scan.as_mut().expect("set above");
+                // A page may hold no match; go on until one does or the
+                // scan ends.
+                loop {
+                    match scan.next_page(dlq).await? {
+                        None => return Ok(Vec::new()),
+                        Some(page) if page.is_empty() => continue,
+                        Some(page) => return Ok(page.into_iter().map(|l| l.id).collect()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A walk through a DLQ, oldest first, up to the entry that was last when
+/// it started.
+struct Scan {
+    filter: Filter,
+    /// Where the next page starts (exclusive after the first).
+    from: String,
+    /// The last entry when the scan started; `None`: the DLQ was empty.
+    end: Option<String>,
+}
+
+impl Scan {
+    async fn start(dlq: &mut Dlq, filter: &Filter) -> anyhow::Result<Self> {
+        let last: Vec<StreamEntry> = redis::cmd("XREVRANGE")
+            .arg(&dlq.queue.dlq)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut dlq.conn)
+            .await
+            .with_context(|| format!("cannot read {}", dlq.queue.dlq))?;
+        // Ids carry their time: start at `since`.
+        let from = filter
+            .since_ms
+            .map_or_else(|| "-".to_string(), |ms| format!("{ms}-0"));
+        Ok(Scan {
+            filter: filter.clone(),
+            from,
+            end: last.into_iter().next().map(|e| e.id),
+        })
+    }
+
+    /// The entries of the next page the filter selects (maybe none);
+    /// `None` when the scan is over.
+    async fn next_page(&mut self, dlq: &mut Dlq) -> anyhow::Result<Option<Vec<DeadLetter>>> {
+        let Some(end) = self.end.clone() else {
+            return Ok(None);
+        };
+        let entries = dlq.range(&self.from, &end, PAGE).await?;
+        let Some(last) = entries.last() else {
+            self.end = None;
+            return Ok(None);
+        };
+        self.from = format!("({}", last.id);
+        if entries.len() < PAGE || last.id == end {
+            self.end = None;
+        }
+        Ok(Some(
+            entries
+                .iter()
+                .map(DeadLetter::from_entry)
+                .filter(|l| self.filter.matches(l))
+                .collect(),
+        ))
+    }
+}
+
+/// Reads a point in time as an operator writes it: a duration ago (`90s`,
+/// `15m`, `2h`, `1d`), RFC 3339 (`2026-12-01T02:00:00Z`), or seconds
+/// since the epoch.
+pub fn parse_time(text: &str, now: SystemTime) -> anyhow::Result<SystemTime> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        anyhow::ensure!(seconds >= 0.0, "a time cannot be before 1970");
+        return Ok(UNIX_EPOCH + Duration::from_secs_f64(seconds));
+    }
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return now
+            .checked_sub(ago)
+            .context("that is further back than the clock goes");
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        anyhow::anyhow!(
+            "{text:?} is not a time: write a duration ago (15m, 2h, 1d), \
+             a UTC time (2026-12-01T02:00:00Z) or seconds since the epoch"
+        )
+    })
+}
+
+/// Seconds since the epoch as `2026-12-01T02:43:20.123Z`.
+pub fn time_text(seconds: f64) -> String {
+    let time = UNIX_EPOCH + Duration::from_secs_f64(seconds.max(0.0));
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// Milliseconds since the epoch of `time`.
+pub fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, data: &str) -> StreamEntry {
+        StreamEntry {
+            id: id.into(),
+            fields: vec![(b"data".to_vec(), data.as_bytes().to_vec())],
+        }
+    }
+
+    #[test]
+    fn targets_read_like_leanmq_queue_names() {
+        assert_eq!(Target::parse("all").unwrap(), Target::Bus);
+        assert_eq!(
+            Target::parse("pay").unwrap(),
+            Target::Subscriber("pay".into())
+        );
+        assert_eq!(
+            Target::parse("sub:all").unwrap(),
+            Target::Subscriber("all".into())
+        );
+        assert!(Target::parse("events:sub:pay").is_err());
+        assert!(Target::parse("sub:").is_err());
+        let keys = Keys::new("events:");
+        assert_eq!(Target::Bus.queue(&keys).dlq, "events:all:dlq");
+        assert_eq!(
+            Target::parse("pay").unwrap().queue(&keys).stream,
+            "events:sub:pay"
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_reads_its_failures_and_its_time() {
+        let letter = DeadLetter::from_entry(&entry(
+            "1764557000123-0",
+            r#"{"event_type":"Ping","event_id":"e-1","n":1,
+                "_failures":[{"timestamp":1.5,"reason":"old"},
+                             {"timestamp":2.5,"reason":"pay: trap: boom","kind":"trap","subscriber":"pay","attempt":1}],
+                "_metadata":{"id":"e-1","timestamp":2.5,"ttl":null}}"#,
+        ));
+        assert_eq!(letter.dead_lettered_ms, 1_764_557_000_123);
+        assert_eq!(letter.event_type.as_deref(), Some("Ping"));
+        assert_eq!(letter.event_id.as_deref(), Some("e-1"));
+        assert_eq!(letter.failures.len(), 2);
+        assert_eq!(letter.failures[0].kind, None, "LeanMQ writes no kind");
+        assert_eq!(letter.kind(), Some("trap"));
+        assert_eq!(letter.last_failure().unwrap().attempt, Some(1));
+        assert_eq!(
+            letter.payload(),
+            serde_json::json!({"event_type":"Ping","event_id":"e-1","n":1})
+        );
+    }
+
+    #[test]
+    fn what_is_not_json_is_kept_as_text() {
+        let letter = DeadLetter::from_entry(&entry("5-0", "not json"));
+        assert_eq!(letter.data, Value::String("not json".into()));
+        assert_eq!(letter.kind(), None);
+        assert!(letter.failures.is_empty());
+    }
+
+    #[test]
+    fn filters_select_by_kind_type_and_time() {
+        let letter = DeadLetter::from_entry(&entry(
+            "2000-0",
+            r#"{"event_type":"Ping","_failures":[{"reason":"r","kind":"reject"}]}"#,
+        ));
+        assert!(Filter::default().matches(&letter));
+        let kind = |k: &str| Filter {
+            kind: Some(k.into()),
+            ..Filter::default()
+        };
+        assert!(kind("reject").matches(&letter));
+        assert!(!kind("trap").matches(&letter));
+        let event_type = |t: &str| Filter {
+            event_type: Some(t.into()),
+            ..Filter::default()
+        };
+        assert!(event_type("Ping").matches(&letter));
+        assert!(!event_type("Pong").matches(&letter));
+        let since = |ms| Filter {
+            since_ms: Some(ms),
+            ..Filter::default()
+        };
+        assert!(since(2000).matches(&letter));
+        assert!(!since(2001).matches(&letter));
+        assert!(!since(2001).is_empty());
+        assert!(Filter::default().is_empty());
+    }
+
+    #[test]
+    fn stream_ids_are_checked_before_they_reach_redis() {
+        assert!(is_stream_id("1764557000123-0"));
+        assert!(!is_stream_id("1764557000123"));
+        assert!(!is_stream_id("-"));
+        assert!(!is_stream_id("1-x"));
+        assert!(!is_stream_id("e-1"));
+    }
+
+    #[test]
+    fn times_are_durations_ago_utc_times_or_epoch_seconds() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            parse_time("15m", now).unwrap(),
+            now - Duration::from_secs(900)
+        );
+        assert_eq!(
+            parse_time("1d", now).unwrap(),
+            now - Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            parse_time("2026-12-01T02:00:00Z", now).unwrap(),
+            UNIX_EPOCH + Duration::from_secs(1_796_090_400)
+        );
+        assert_eq!(
+            parse_time("1796090400", now).unwrap(),
+            UNIX_EPOCH + Duration::from_secs(1_796_090_400)
+        );
+        let err = parse_time("yesterday", now).unwrap_err().to_string();
+        assert!(err.contains("15m"), "{err}");
+    }
+}

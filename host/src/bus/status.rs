@@ -1,0 +1,279 @@
+//! The state of a bus as Redis alone tells it, for `eventhost status`: the
+//! hosts (from their heartbeats), the fan-out, and per subscriber its
+//! plugin build on each host, stream length, lag, pending entries by
+//! consumer, DLQ depth and rates summed over hosts.
+//!
+//! Subscribers are those LeanMQ's registry names (`events:sub:<name>`),
+//! those a live host runs, and any the caller adds (its config's): a
+//! subscriber no host runs any more still shows, with its backlog.
+
+use std::collections::BTreeSet;
+
+use redis::streams::{StreamPendingCountReply, StreamPendingReply};
+use redis::RedisResult;
+use serde::Serialize;
+
+use super::connection::RedisConn;
+use super::dlq::id_millis;
+use super::group::group_info;
+use super::heartbeat::{self, HostRecord, Known, ReloadNote};
+use super::keys::{Keys, QueueKeys};
+
+/// The whole bus.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// When this was read, seconds since the epoch.
+    pub at: f64,
+    pub hosts: Vec<HostStatus>,
+    pub fanout: QueueStatus,
+    pub subscribers: Vec<SubscriberStatus>,
+}
+
+/// One host, alive or gone lately.
+#[derive(Debug, Serialize)]
+pub struct HostStatus {
+    pub consumer: String,
+    pub alive: bool,
+    /// Seconds since the epoch.
+    pub last_seen: f64,
+    pub hostname: Option<String>,
+    pub pid: Option<u32>,
+    pub version: Option<String>,
+    pub started_at: Option<f64>,
+    /// Its HTTP listener.
+    pub listen: Option<String>,
+    /// Its last reloads and refusals, oldest first.
+    pub reloads: Vec<ReloadNote>,
+}
+
+/// A stream, its group and its DLQ.
+#[derive(Debug, Serialize)]
+pub struct QueueStatus {
+    pub stream: String,
+    pub group: String,
+    /// Entries in the stream (acknowledged history included, up to
+    /// `stream_maxlen`).
+    pub length: u64,
+    /// Entries not yet read by the group; `None` when Redis cannot tell
+    /// (entries deleted in the middle of the stream).
+    pub lag: Option<u64>,
+    /// Entries read and not yet acknowledged.
+    pub pending: u64,
+    pub pending_by_consumer: Vec<ConsumerPending>,
+    pub dlq: String,
+    pub dlq_depth: u64,
+    /// Summed over the hosts alive.
+    pub handled_per_s: f64,
+    pub dead_lettered_per_s: f64,
+    /// Whether the group exists: a host has set this queue up.
+    pub group_exists: bool,
+}
+
+/// What one consumer holds.
+#[derive(Debug, Serialize)]
+pub struct ConsumerPending {
+    pub consumer: String,
+    pub pending: u64,
+    /// Age of its oldest pending entry (since it entered the stream), ms.
+    pub oldest_ms: Option<u64>,
+}
+
+/// One subscriber.
+#[derive(Debug, Serialize)]
+pub struct SubscriberStatus {
+    pub name: String,
+    /// The plugin file, as the hosts running it say.
+    pub plugin: Option<String>,
+    /// Its event types as the hosts running it say; `["*"]`: every type.
+    pub events: Vec<String>,
+    /// The build each live host runs.
+    pub builds: Vec<HostBuild>,
+    /// Publication-to-commit latency over the last few seconds, all hosts
+    /// together.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// The latest reload or refusal that concerned it, on any live host.
+    pub last_reload: Option<ReloadNote>,
+    #[serde(flatten)]
+    pub queue: QueueStatus,
+}
+
+/// The build of a plugin one host runs.
+#[derive(Debug, Serialize)]
+pub struct HostBuild {
+    pub consumer: String,
+    pub build: Option<String>,
+}
+
+/// Reads the status of the bus under `keys`; `also` names subscribers to
+/// include even if Redis has never heard of them (the config's).
+pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisResult<Status> {
+    let now = crate::handler::unix_now();
+    let known = heartbeat::hosts(conn, keys).await?;
+    let alive: Vec<&HostRecord> = known
+        .iter()
+        .filter_map(|k| match k {
+            Known::Alive(record) => Some(record.as_ref()),
+            Known::Gone { .. } => None,
+        })
+        .collect();
+
+    let mut names: BTreeSet<String> = also.iter().cloned().collect();
+    let registry: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.registry())
+        .query_async(conn)
+        .await?;
+    let sub_prefix = keys.subscriber("").stream;
+    names.extend(
+        registry
+            .iter()
+            .filter_map(|stream| stream.strip_prefix(&sub_prefix))
+            .filter(|name| !name.is_empty() && !name.contains(':'))
+            .map(str::to_string),
+    );
+    for host in &alive {
+        names.extend(host.subscribers.keys().cloned());
+    }
+
+    let mut fanout = queue_status(conn, &keys.all(), now).await?;
+    fanout.handled_per_s = alive.iter().map(|h| h.fanout.handled_per_s).sum();
+    fanout.dead_lettered_per_s = alive.iter().map(|h| h.fanout.dead_lettered_per_s).sum();
+
+    let mut subscribers = Vec::with_capacity(names.len());
+    for name in names {
+        let mut queue = queue_status(conn, &keys.subscriber(&name), now).await?;
+        let running: Vec<(&str, &heartbeat::SubscriberRecord)> = alive
+            .iter()
+            .filter_map(|h| Some((h.consumer.as_str(), h.subscribers.get(&name)?)))
+            .collect();
+        queue.handled_per_s = running.iter().map(|(_, r)| r.rates.handled_per_s).sum();
+        queue.dead_lettered_per_s = running
+            .iter()
+            .map(|(_, r)| r.rates.dead_lettered_per_s)
+            .sum();
+        let mut latency = Vec::new();
+        for (_, r) in &running {
+            heartbeat::merge(&mut latency, &r.rates.latency);
+        }
+        let last_reload = alive
+            .iter()
+            .flat_map(|h| &h.reloads)
+            .filter(|note| note.subscribers.contains(&name))
+            .max_by(|a, b| a.at.total_cmp(&b.at))
+            .cloned();
+        subscribers.push(SubscriberStatus {
+            p50_ms: heartbeat::quantile_ms(&latency, 0.5),
+            p99_ms: heartbeat::quantile_ms(&latency, 0.99),
+            last_reload,
+            plugin: running.first().map(|(_, r)| r.plugin.clone()),
+            events: running
+                .first()
+                .map(|(_, r)| r.events.clone())
+                .unwrap_or_default(),
+            builds: running
+                .iter()
+                .map(|(consumer, r)| HostBuild {
+                    consumer: consumer.to_string(),
+                    build: r.build.clone(),
+                })
+                .collect(),
+            name,
+            queue,
+        });
+    }
+
+    let hosts = known
+        .into_iter()
+        .map(|k| match k {
+            Known::Alive(record) => HostStatus {
+                consumer: record.consumer,
+                alive: true,
+                last_seen: record.seen_at,
+                hostname: Some(record.hostname),
+                pid: Some(record.pid),
+                version: Some(record.version),
+                started_at: Some(record.started_at),
+                listen: record.listen,
+                reloads: record.reloads,
+            },
+            Known::Gone { consumer, seen_at } => HostStatus {
+                consumer,
+                alive: false,
+                last_seen: seen_at,
+                hostname: None,
+                pid: None,
+                version: None,
+                started_at: None,
+                listen: None,
+                reloads: Vec::new(),
+            },
+        })
+        .collect();
+    Ok(Status {
+        at: now,
+        hosts,
+        fanout,
+        subscribers,
+    })
+}
+
+/// Length, lag, pending and DLQ depth of one queue.
+async fn queue_status(
+    conn: &mut RedisConn,
+    queue: &QueueKeys,
+    now: f64,
+) -> RedisResult<QueueStatus> {
+    let (length, dlq_depth): (u64, u64) = redis::pipe()
+        .cmd("XLEN")
+        .arg(&queue.stream)
+        .cmd("XLEN")
+        .arg(&queue.dlq)
+        .query_async(conn)
+        .await?;
+    let info = group_info(conn, &queue.stream, &queue.group).await?;
+    let mut by_consumer = Vec::new();
+    if info.as_ref().is_some_and(|g| g.pending > 0) {
+        let summary: StreamPendingReply = redis::cmd("XPENDING")
+            .arg(&queue.stream)
+            .arg(&queue.group)
+            .query_async(conn)
+            .await?;
+        if let StreamPendingReply::Data(data) = summary {
+            for consumer in data.consumers {
+                // Pending entries come in id order: the first is the oldest.
+                let oldest: StreamPendingCountReply = redis::cmd("XPENDING")
+                    .arg(&queue.stream)
+                    .arg(&queue.group)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1)
+                    .arg(&consumer.name)
+                    .query_async(conn)
+                    .await?;
+                let oldest_ms = oldest
+                    .ids
+                    .first()
+                    .and_then(|p| id_millis(&p.id))
+                    .map(|ms| ((now * 1000.0) as u64).saturating_sub(ms));
+                by_consumer.push(ConsumerPending {
+                    consumer: consumer.name,
+                    pending: consumer.pending as u64,
+                    oldest_ms,
+                });
+            }
+        }
+    }
+    Ok(QueueStatus {
+        stream: queue.stream.clone(),
+        group: queue.group.clone(),
+        length,
+        lag: info.as_ref().and_then(|g| g.lag.map(|l| l as u64)),
+        pending: info.as_ref().map_or(0, |g| g.pending as u64),
+        pending_by_consumer: by_consumer,
+        dlq: queue.dlq.clone(),
+        dlq_depth,
+        handled_per_s: 0.0,
+        dead_lettered_per_s: 0.0,
+        group_exists: info.is_some(),
+    })
+}

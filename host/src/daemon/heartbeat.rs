@@ -1,0 +1,70 @@
+//! This host's heartbeat: who it is and what it runs, written to Redis
+//! every few seconds (see [`crate::bus::heartbeat`]), so `eventhost
+//! status` sees every host from Redis alone.
+
+use std::collections::BTreeMap;
+
+use crate::bus::heartbeat::{HostRecord, RateMeter, SubscriberRecord};
+use crate::config::EventFilter;
+use crate::handler::unix_now;
+use crate::telemetry::metrics;
+
+use super::Daemon;
+
+/// What the next heartbeat is made from, beside the daemon.
+pub struct Heartbeat {
+    started_at: f64,
+    hostname: String,
+    meter: RateMeter,
+}
+
+impl Heartbeat {
+    /// The heartbeat of a host starting now.
+    pub fn new() -> Self {
+        Heartbeat {
+            started_at: unix_now(),
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            meter: RateMeter::default(),
+        }
+    }
+
+    /// The record to write now for `daemon`.
+    pub fn record(&mut self, daemon: &Daemon) -> HostRecord {
+        let now = unix_now();
+        let mut subscribers = BTreeMap::new();
+        for (name, runner) in &daemon.runners {
+            let settings = runner.settings();
+            let events = match &settings.events {
+                EventFilter::All => vec!["*".to_string()],
+                EventFilter::Types(types) => types.iter().cloned().collect(),
+            };
+            let tally = metrics::tally(name);
+            let rates = self.meter.rates(name, tally.read(), tally.latency(), now);
+            subscribers.insert(
+                name.clone(),
+                SubscriberRecord {
+                    plugin: settings.plugin_file.clone(),
+                    build: daemon.handlers.build(&settings),
+                    events,
+                    rates,
+                },
+            );
+        }
+        // A name no subscriber can have: the fan-out's own history.
+        let fanout = self
+            .meter
+            .rates(":fanout", metrics::fanout_tally().read(), Vec::new(), now);
+        HostRecord {
+            consumer: daemon.config.bus.consumer.clone(),
+            hostname: self.hostname.clone(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.started_at,
+            seen_at: now,
+            listen: daemon.listen.clone(),
+            fanout,
+            subscribers,
+            reloads: daemon.reloads.iter().cloned().collect(),
+        }
+    }
+}

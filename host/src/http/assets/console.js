@@ -1,0 +1,248 @@
+// The eventhost console. Everything that came from the bus (names,
+// reasons, payloads) is set with textContent, never as markup: a payload
+// holding <script> or <img onerror=…> is shown, not run.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+
+function el(tag, text, attrs) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value);
+  return node;
+}
+
+function cell(row, text, cls) {
+  const td = el("td", text);
+  if (cls) td.className = cls;
+  row.appendChild(td);
+  return td;
+}
+
+function ms(value) {
+  if (value === null || value === undefined) return "–";
+  return value < 10 ? value.toFixed(2) + " ms" : Math.round(value) + " ms";
+}
+
+function ago(seconds) {
+  if (seconds < 1) return "just now";
+  if (seconds < 120) return Math.round(seconds) + " s ago";
+  if (seconds < 7200) return Math.round(seconds / 60) + " min ago";
+  return Math.round(seconds / 3600) + " h ago";
+}
+
+function token() {
+  return $("#token").value.trim();
+}
+
+// ---- overview, every 2 s ----
+
+async function refresh() {
+  try {
+    const response = await fetch("/api/status", { cache: "no-store" });
+    const status = await response.json();
+    if (!response.ok) throw new Error(status.error || response.statusText);
+    render(status);
+    $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
+    $("#updated").className = "";
+  } catch (err) {
+    $("#updated").textContent = "cannot read the bus: " + err.message;
+    $("#updated").className = "failed";
+  }
+}
+
+function render(status) {
+  const body = $("#subscribers tbody");
+  body.replaceChildren();
+  for (const sub of status.subscribers) {
+    const row = el("tr", null, { "data-name": sub.name });
+    if (sub.dlq_depth > 0) row.className = "bad";
+    cell(row, sub.name, "name");
+    cell(row, sub.plugin || "(not running)");
+    const builds = [...new Set(sub.builds.map((b) => (b.build || "–").slice(0, 12)))];
+    cell(row, builds.length ? builds.join(", ") : "–", "build");
+    cell(row, sub.events.join(", ") || "–");
+    cell(row, sub.handled_per_s.toFixed(1), "num rate");
+    cell(row, ms(sub.p50_ms), "num p50");
+    cell(row, ms(sub.p99_ms), "num p99");
+    cell(row, sub.lag === null ? "?" : sub.lag, "num lag");
+    cell(row, sub.pending, "num pending");
+    const dlq = cell(row, "", "num dlq");
+    const link = el("a", sub.dlq_depth, { href: "#dlq/" + encodeURIComponent(sub.name) });
+    dlq.appendChild(link);
+    const last = sub.last_reload;
+    cell(row, last ? last.outcome + " " + ago(status.at - last.at) + ": " + last.detail : "–", "reload");
+    body.appendChild(row);
+  }
+  const f = status.fanout;
+  $("#fanout").textContent =
+    "fan-out " + f.stream + ": length " + f.length + ", lag " + (f.lag === null ? "?" : f.lag) +
+    ", pending " + f.pending + ", " + f.handled_per_s.toFixed(1) + " routed/s; bus DLQ " +
+    f.dlq_depth + " ";
+  const busLink = el("a", "(browse)", { href: "#dlq/all" });
+  $("#fanout").appendChild(busLink);
+
+  const hosts = $("#hosts");
+  hosts.replaceChildren();
+  for (const host of status.hosts) {
+    const text = host.alive
+      ? host.consumer + ": alive, seen " + ago(status.at - host.last_seen) +
+        (host.listen ? ", http " + host.listen : "") + ", eventhost " + host.version
+      : host.consumer + ": gone, last seen " + ago(status.at - host.last_seen);
+    hosts.appendChild(el("li", text, { class: host.alive ? "ok" : "failed" }));
+  }
+
+  const reloads = $("#reloads");
+  reloads.replaceChildren();
+  const history = status.hosts
+    .flatMap((h) => (h.reloads || []).map((r) => ({ ...r, consumer: h.consumer })))
+    .sort((a, b) => b.at - a.at)
+    .slice(0, 30);
+  for (const r of history) {
+    const item = el("li", new Date(r.at * 1000).toLocaleTimeString() + " " + r.consumer + ": " +
+      r.what + " " + r.subject + " " + r.outcome + ": " + r.detail);
+    item.className = r.outcome === "refused" ? "failed" : "";
+    reloads.appendChild(item);
+  }
+  if (!history.length) reloads.appendChild(el("li", "no reload since the hosts started"));
+}
+
+// ---- the DLQ browser ----
+
+let current = null;
+
+function route() {
+  const match = location.hash.match(/^#dlq\/(.+)$/);
+  current = match ? decodeURIComponent(match[1]) : null;
+  $("#dlq").hidden = current === null;
+  $("#entry").hidden = true;
+  if (current !== null) {
+    $("#dlq-name").textContent = current === "all" ? "the bus (events:all:dlq)" : current;
+    $("#message").textContent = "";
+    loadLetters();
+  }
+}
+
+function filters() {
+  const form = new FormData($("#filters"));
+  const chosen = {};
+  for (const key of ["kind", "type", "since"]) {
+    const value = (form.get(key) || "").trim();
+    if (value) chosen[key] = value;
+  }
+  return chosen;
+}
+
+async function loadLetters() {
+  const query = new URLSearchParams(filters());
+  const response = await fetch("/api/dlq/" + encodeURIComponent(current) + "?" + query, { cache: "no-store" });
+  const list = await response.json();
+  const body = $("#letters tbody");
+  body.replaceChildren();
+  if (!response.ok) {
+    say(list.error, "failed");
+    return;
+  }
+  $("#dlq-depth").textContent = "(" + list.depth + " in " + list.dlq + ")";
+  for (const letter of list.entries) {
+    const row = el("tr", null, { class: "letter", "data-id": letter.id });
+    const pick = el("td");
+    pick.appendChild(el("input", null, { type: "checkbox", class: "pick", value: letter.id }));
+    row.appendChild(pick);
+    cell(row, letter.id, "id");
+    cell(row, letter.dead_lettered_at);
+    cell(row, letter.event_type || "–");
+    cell(row, letter.kind || "–", "kind");
+    cell(row, letter.reason || "", "reason");
+    row.addEventListener("click", (event) => {
+      if (event.target.classList.contains("pick")) return;
+      showEntry(letter.id);
+    });
+    body.appendChild(row);
+  }
+  if (!list.entries.length) {
+    const row = el("tr");
+    cell(row, "no dead letters").colSpan = 6;
+    body.appendChild(row);
+  }
+}
+
+async function showEntry(id) {
+  const response = await fetch("/api/dlq/" + encodeURIComponent(current) + "/entry/" + encodeURIComponent(id), { cache: "no-store" });
+  const letter = await response.json();
+  if (!response.ok) {
+    say(letter.error, "failed");
+    return;
+  }
+  for (const row of document.querySelectorAll("#letters tr.letter")) {
+    row.classList.toggle("chosen", row.getAttribute("data-id") === id);
+  }
+  $("#entry-id").textContent = letter.id + " (event " + (letter.event_id || "–") + ")";
+  const failures = $("#failures");
+  failures.replaceChildren();
+  for (const f of letter.failures) {
+    failures.appendChild(el("li", (f.at || "–") + " " + (f.kind || "–") + ", attempt " +
+      (f.attempt === null ? "–" : f.attempt) + ": " + f.reason));
+  }
+  $("#payload").textContent = JSON.stringify(letter.data, null, 2);
+  $("#entry").hidden = false;
+}
+
+function say(text, cls) {
+  $("#message").textContent = text;
+  $("#message").className = cls || "";
+}
+
+function selected() {
+  return [...document.querySelectorAll("#letters input.pick:checked")].map((box) => box.value);
+}
+
+async function act(verb, choice) {
+  const response = await fetch("/api/dlq/" + encodeURIComponent(current) + "/" + verb, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token() },
+    body: JSON.stringify(choice),
+  });
+  const answer = await response.json();
+  if (!response.ok) {
+    say(answer.error || response.statusText, "refused");
+  } else if (verb === "replay") {
+    say("replayed " + answer.replayed + (answer.missing.length ? "; already gone: " + answer.missing.join(", ") : ""), "ok");
+  } else {
+    say("purged " + answer.purged, "ok");
+  }
+  await loadLetters();
+  $("#entry").hidden = true;
+}
+
+function setup() {
+  $("#token").value = sessionStorage.getItem("eventhost-token") || "";
+  $("#token").addEventListener("change", () => sessionStorage.setItem("eventhost-token", token()));
+  $("#filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadLetters();
+  });
+  $("#select-all").addEventListener("change", (event) => {
+    for (const box of document.querySelectorAll("#letters input.pick")) box.checked = event.target.checked;
+  });
+  $("#replay-selected").addEventListener("click", () => {
+    const ids = selected();
+    if (!ids.length) return say("select entries first", "refused");
+    act("replay", { ids });
+  });
+  $("#replay-all").addEventListener("click", () => act("replay", { all: true, ...filters() }));
+  $("#purge-selected").addEventListener("click", () => {
+    const ids = selected();
+    if (!ids.length) return say("select entries first", "refused");
+    if (confirm("Delete " + ids.length + " dead letters for good?")) act("purge", { ids });
+  });
+  $("#purge-all").addEventListener("click", () => {
+    if (confirm("Delete every dead letter matching the filters, for good?")) act("purge", { all: true, ...filters() });
+  });
+  window.addEventListener("hashchange", route);
+  route();
+  refresh();
+  setInterval(refresh, 2000);
+}
+
+document.addEventListener("DOMContentLoaded", setup);

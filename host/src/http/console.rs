@@ -1,0 +1,473 @@
+//! The web console at `/`: an overview of the bus that updates itself, a
+//! DLQ browser with replay and purge, the reload history.
+//!
+//! The page is three files inside the binary (no build step, no
+//! front-end toolchain) and a small JSON API over what `eventhost status`
+//! and `eventhost dlq` read, from Redis. Reading needs nothing; replay and
+//! purge need the admin token (`[http] admin_token` or
+//! `EVENTHOST_ADMIN_TOKEN`) as a bearer token, a JSON body (a form on
+//! another site cannot send one without asking first) and no foreign
+//! `Origin`, so another page open in the operator's browser cannot
+//! trigger them. Payloads are data: the page sets them as text, never as
+//! markup, and its Content-Security-Policy runs no script but its own.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Site;
+use crate::bus::connection::RedisConn;
+use crate::bus::dlq::{self, DeadLetter, Dlq, Filter, Pace, Selection, Target};
+use crate::bus::keys::Keys;
+use crate::bus::status;
+
+/// Most dead letters one list request returns.
+const MAX_LIST: usize = 1000;
+
+/// What the console needs beside the daemon's readiness.
+#[derive(Clone)]
+pub struct Console {
+    pub keys: Keys,
+    /// The configured subscribers, shown even before Redis knows them.
+    pub subscribers: Vec<String>,
+    /// Replay and purge are refused without it.
+    pub admin_token: Option<String>,
+}
+
+/// The console's routes.
+pub fn routes() -> Router<Site> {
+    Router::new()
+        .route("/", get(|| asset("text/html; charset=utf-8", INDEX)))
+        .route(
+            "/console.js",
+            get(|| asset("text/javascript; charset=utf-8", SCRIPT)),
+        )
+        .route(
+            "/console.css",
+            get(|| asset("text/css; charset=utf-8", STYLE)),
+        )
+        .route("/api/status", get(api_status))
+        .route("/api/dlq/{target}", get(api_list))
+        .route("/api/dlq/{target}/entry/{id}", get(api_entry))
+        .route("/api/dlq/{target}/replay", post(api_replay))
+        .route("/api/dlq/{target}/purge", post(api_purge))
+}
+
+const INDEX: &str = include_str!("assets/index.html");
+const SCRIPT: &str = include_str!("assets/console.js");
+const STYLE: &str = include_str!("assets/console.css");
+
+/// No script, style or frame but the console's own: a payload that
+/// slipped into markup would still not run.
+const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                      connect-src 'self'; img-src 'self'; base-uri 'none'; \
+                      form-action 'none'; frame-ancestors 'none'";
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    guard_headers(response.headers_mut());
+    response
+}
+
+fn guard_headers(headers: &mut HeaderMap) {
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// An API answer: JSON with the console's headers.
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    guard_headers(response.headers_mut());
+    response
+}
+
+fn refusal(status: StatusCode, message: impl Into<String>) -> Response {
+    answer(status, json!({"error": message.into()}))
+}
+
+/// Why a request is not served; sent as `{"error": …}` with its status.
+struct Refused(StatusCode, String);
+
+impl Refused {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refused(status, message.into())
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        refusal(self.0, self.1)
+    }
+}
+
+fn redis(site: &Site) -> Result<RedisConn, Refused> {
+    site.ready.borrow().redis.clone().ok_or_else(|| {
+        Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to Redis yet",
+        )
+    })
+}
+
+async fn api_status(State(site): State<Site>) -> Response {
+    let mut conn = match redis(&site) {
+        Ok(conn) => conn,
+        Err(refused) => return refused.into_response(),
+    };
+    let console = &site.console;
+    match status::read(&mut conn, &console.keys, &console.subscribers).await {
+        Ok(status) => answer(StatusCode::OK, json!(status)),
+        Err(err) => refusal(StatusCode::BAD_GATEWAY, format!("cannot read Redis: {err}")),
+    }
+}
+
+/// Filters as the page sends them; empty fields select everything.
+#[derive(Deserialize, Default)]
+struct FilterQuery {
+    kind: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+impl FilterQuery {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        let since_ms = match given(&self.since) {
+            Some(text) => Some(dlq::millis(dlq::parse_time(
+                &text,
+                std::time::SystemTime::now(),
+            )?)),
+            None => None,
+        };
+        Ok(Filter {
+            kind: given(&self.kind),
+            event_type: given(&self.event_type),
+            since_ms,
+        })
+    }
+}
+
+async fn open(site: &Site, target: &str) -> Result<Dlq, Refused> {
+    let target = Target::parse(target)
+        .map_err(|err| Refused::new(StatusCode::NOT_FOUND, format!("{err:#}")))?;
+    Ok(Dlq::new(redis(site)?, &site.console.keys, target))
+}
+
+async fn api_list(
+    State(site): State<Site>,
+    Path(target): Path<String>,
+    Query(query): Query<FilterQuery>,
+) -> Response {
+    let mut dlq = match open(&site, &target).await {
+        Ok(dlq) => dlq,
+        Err(refused) => return refused.into_response(),
+    };
+    let filter = match query.filter() {
+        Ok(filter) => filter,
+        Err(err) => return refusal(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    };
+    let limit = query.limit.unwrap_or(100).min(MAX_LIST);
+    let listed = async {
+        let letters = dlq.list(&filter, limit).await?;
+        let depth = dlq.depth().await?;
+        anyhow::Ok((letters, depth))
+    };
+    match listed.await {
+        Ok((letters, depth)) => answer(
+            StatusCode::OK,
+            json!({
+                "dlq": dlq.queue().dlq,
+                "stream": dlq.queue().stream,
+                "depth": depth,
+                "entries": letters.iter().map(DeadLetter::to_json).collect::<Vec<_>>(),
+            }),
+        ),
+        Err(err) => refusal(StatusCode::BAD_GATEWAY, format!("{err:#}")),
+    }
+}
+
+async fn api_entry(
+    State(site): State<Site>,
+    Path((target, id)): Path<(String, String)>,
+) -> Response {
+    let mut dlq = match open(&site, &target).await {
+        Ok(dlq) => dlq,
+        Err(refused) => return refused.into_response(),
+    };
+    match dlq.get(&id).await {
+        Ok(Some(letter)) => answer(StatusCode::OK, letter.to_json()),
+        Ok(None) => refusal(
+            StatusCode::NOT_FOUND,
+            format!("{id} is not in {} (replayed or purged?)", dlq.queue().dlq),
+        ),
+        Err(err) => refusal(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
+}
+
+/// Which dead letters a replay or purge takes: ids, or `all` with filters.
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    all: bool,
+    #[serde(flatten)]
+    filter: FilterQuery,
+}
+
+impl Choice {
+    fn selection(&self) -> anyhow::Result<Selection> {
+        match (self.ids.is_empty(), self.all) {
+            (false, false) => {
+                if let Some(bad) = self.ids.iter().find(|id| !dlq::is_stream_id(id)) {
+                    anyhow::bail!("{bad:?} is not an entry id");
+                }
+                Ok(Selection::Ids(self.ids.clone()))
+            }
+            (true, true) => Ok(Selection::Matching(self.filter.filter()?)),
+            (false, true) => anyhow::bail!("give ids or all, not both"),
+            (true, false) => anyhow::bail!("say which entries: ids, or all"),
+        }
+    }
+}
+
+/// Whether a request may change state; the refusal to send if not.
+fn authorize(console: &Console, headers: &HeaderMap) -> Result<(), Refused> {
+    let Some(token) = &console.admin_token else {
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            "replay and purge are off on this host: set [http] admin_token (or \
+             EVENTHOST_ADMIN_TOKEN) and restart it",
+        ));
+    };
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(origin) = text(header::ORIGIN) {
+        let host = text(header::HOST).unwrap_or_default();
+        if origin != format!("http://{host}") && origin != format!("https://{host}") {
+            return Err(Refused::new(
+                StatusCode::FORBIDDEN,
+                format!("refused: the request comes from another site ({origin})"),
+            ));
+        }
+    }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site != "same-origin" && site != "none" {
+            return Err(Refused::new(
+                StatusCode::FORBIDDEN,
+                format!("refused: the request comes from another site (Sec-Fetch-Site: {site})"),
+            ));
+        }
+    }
+    let json = text(header::CONTENT_TYPE).is_some_and(|t| t.starts_with("application/json"));
+    if !json {
+        return Err(Refused::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "refused: send the request as application/json",
+        ));
+    }
+    let given = text(header::AUTHORIZATION)
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !same(given.as_bytes(), token.as_bytes()) {
+        return Err(Refused::new(
+            StatusCode::UNAUTHORIZED,
+            "refused: replay and purge need the admin token",
+        ));
+    }
+    Ok(())
+}
+
+/// Compares in time independent of where they differ: the token cannot be
+/// guessed a byte at a time.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The body, read only after the request is authorized.
+fn choice(body: &[u8]) -> Result<Selection, Refused> {
+    serde_json::from_slice::<Choice>(body)
+        .map_err(|err| {
+            Refused::new(
+                StatusCode::BAD_REQUEST,
+                format!("not a choice of entries: {err}"),
+            )
+        })?
+        .selection()
+        .map_err(|err| Refused::new(StatusCode::BAD_REQUEST, format!("{err:#}")))
+}
+
+async fn api_replay(
+    State(site): State<Site>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(refused) = authorize(&site.console, &headers) {
+        return refused.into_response();
+    }
+    let selection = match choice(&body) {
+        Ok(selection) => selection,
+        Err(refused) => return refused.into_response(),
+    };
+    let mut dlq = match open(&site, &target).await {
+        Ok(dlq) => dlq,
+        Err(refused) => return refused.into_response(),
+    };
+    let replayed = async {
+        if !dlq.has_reader().await? {
+            anyhow::bail!(
+                "{} has no consumer group: no host runs {}",
+                dlq.queue().stream,
+                dlq.target()
+            );
+        }
+        dlq.replay(&selection, Pace::default(), false, |_| {}).await
+    };
+    match replayed.await {
+        Ok(report) => {
+            tracing::info!(
+                dlq = %dlq.queue().dlq,
+                "console: replayed {} dead letters into {}",
+                report.moved.len(),
+                dlq.queue().stream
+            );
+            answer(
+                StatusCode::OK,
+                json!({"replayed": report.moved.len(), "missing": report.missing}),
+            )
+        }
+        Err(err) => refusal(StatusCode::CONFLICT, format!("{err:#}")),
+    }
+}
+
+async fn api_purge(
+    State(site): State<Site>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(refused) = authorize(&site.console, &headers) {
+        return refused.into_response();
+    }
+    let selection = match choice(&body) {
+        Ok(selection) => selection,
+        Err(refused) => return refused.into_response(),
+    };
+    let mut dlq = match open(&site, &target).await {
+        Ok(dlq) => dlq,
+        Err(refused) => return refused.into_response(),
+    };
+    match dlq.purge(&selection).await {
+        Ok(purged) => {
+            tracing::info!(dlq = %dlq.queue().dlq, "console: purged {purged} dead letters");
+            answer(StatusCode::OK, json!({"purged": purged}))
+        }
+        Err(err) => refusal(StatusCode::BAD_GATEWAY, format!("{err:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(token: Option<&str>) -> Console {
+        Console {
+            keys: Keys::new("events:"),
+            subscribers: Vec::new(),
+            admin_token: token.map(str::to_string),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn status(result: Result<(), Refused>) -> Option<StatusCode> {
+        result.err().map(|r| r.0)
+    }
+
+    #[test]
+    fn changes_need_the_token_json_and_this_origin() {
+        let ok = [
+            ("host", "127.0.0.1:9464"),
+            ("content-type", "application/json"),
+            ("authorization", "Bearer s3cret"),
+        ];
+        assert_eq!(
+            status(authorize(&console(Some("s3cret")), &headers(&ok))),
+            None
+        );
+        assert_eq!(
+            status(authorize(&console(None), &headers(&ok))),
+            Some(StatusCode::FORBIDDEN),
+            "no token configured: off"
+        );
+        let wrong = [ok[0], ok[1], ("authorization", "Bearer s3creT")];
+        assert_eq!(
+            status(authorize(&console(Some("s3cret")), &headers(&wrong))),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        let form = [ok[0], ("content-type", "text/plain"), ok[2]];
+        assert_eq!(
+            status(authorize(&console(Some("s3cret")), &headers(&form))),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        let foreign = [ok[0], ok[1], ok[2], ("origin", "http://evil.example")];
+        assert_eq!(
+            status(authorize(&console(Some("s3cret")), &headers(&foreign))),
+            Some(StatusCode::FORBIDDEN)
+        );
+        let own = [ok[0], ok[1], ok[2], ("origin", "http://127.0.0.1:9464")];
+        assert_eq!(
+            status(authorize(&console(Some("s3cret")), &headers(&own))),
+            None
+        );
+        let cross = [ok[0], ok[1], ok[2], ("sec-fetch-site", "cross-site")];
+        assert_eq!(
+            status(authorize(&console(Some("s3cret")), &headers(&cross))),
+            Some(StatusCode::FORBIDDEN)
+        );
+    }
+
+    #[test]
+    fn a_choice_is_ids_or_all_with_filters() {
+        assert!(matches!(choice(br#"{"ids":["1-0"]}"#), Ok(Selection::Ids(ids)) if ids == ["1-0"]));
+        assert!(matches!(
+            choice(br#"{"all":true,"kind":"trap","type":""}"#),
+            Ok(Selection::Matching(f)) if f.kind.as_deref() == Some("trap") && f.event_type.is_none()
+        ));
+        for bad in [
+            &br#"{}"#[..],
+            br#"{"ids":["x"]}"#,
+            br#"{"ids":["1-0"],"all":true}"#,
+            b"nope",
+        ] {
+            assert_eq!(
+                choice(bad).err().map(|r| r.0),
+                Some(StatusCode::BAD_REQUEST)
+            );
+        }
+    }
+}

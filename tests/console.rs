@@ -1,0 +1,316 @@
+//! The web console as the person on call uses it, in a real headless
+//! Chromium driven through chromedriver: a plugin that traps fills its
+//! DLQ; the overview shows it; the DLQ page shows the reason; a replay
+//! without the token is refused; a fixed build is hot-reloaded, and the
+//! replay with the token sends the entry back to be handled; a payload
+//! holding markup stays inert text.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use support::*;
+
+const TOKEN: &str = "console-test-token-0123456789";
+
+/// chromedriver on a port of its own, stopped when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver must be installed: apt-get install -y chromium chromium-driver (.ci/setup does)");
+        eventually("chromedriver answers", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1400,900"],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("chromedriver starts chromium")
+}
+
+/// Waits until the text of the element at `css` satisfies `check`.
+async fn text_until(
+    client: &Client,
+    css: &str,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(element) = client.find(Locator::Css(css)).await {
+            if let Ok(text) = element.text().await {
+                if check(&text) {
+                    return text;
+                }
+                if Instant::now() > deadline {
+                    panic!("{css}: {what}; it reads {text:?}");
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("{css}: {what}; no such element");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fixed() {
+    let world = World::new(&[], "");
+    world.install("panic.wasm", "svc.wasm");
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure_watched(&format!(
+        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n\
+         [subscribers.svc]\nplugin = \"svc.wasm\"\nevents = [\"Ping\"]\n"
+    ));
+    let mut host = world.host();
+    let mut conn = world.conn();
+    let hostile = json!({
+        "note": "<script>window.__pwned = 1</script>",
+        "html": "\"><img src=x onerror=\"window.__pwned = 2\">",
+    });
+    let id = publish(&mut conn, "Ping", hostile);
+    eventually("the trap is dead-lettered", Duration::from_secs(10), || {
+        len(&mut conn, "events:sub:svc:dlq") == 1
+    });
+
+    let driver = Driver::start();
+    let client = browser(&driver).await;
+    client.goto(&format!("http://{addr}/")).await.unwrap();
+    let row = "#subscribers tr[data-name=\"svc\"]";
+    text_until(
+        &client,
+        &format!("{row} td.dlq"),
+        "shows one dead letter",
+        |t| t == "1",
+    )
+    .await;
+    text_until(
+        &client,
+        &format!("{row} td.build"),
+        "shows the build",
+        |t| t.len() == 12,
+    )
+    .await;
+    let shot = client.screenshot().await.unwrap();
+    std::fs::write(root().join("target/console-overview.png"), shot).unwrap();
+
+    client
+        .find(Locator::Css(&format!("{row} td.dlq a")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let reason = text_until(
+        &client,
+        "#letters tr.letter td.reason",
+        "shows the reason",
+        |t| t.contains("trap"),
+    )
+    .await;
+    assert!(reason.contains("deliberate panic"), "{reason}");
+    client
+        .find(Locator::Css("#letters tr.letter td.id"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let payload = text_until(&client, "#payload", "shows the payload", |t| {
+        t.contains("note")
+    })
+    .await;
+    assert!(
+        payload.contains("<script>window.__pwned = 1</script>"),
+        "{payload}"
+    );
+    assert!(payload.contains("<img src=x onerror="), "{payload}");
+    let shot = client.screenshot().await.unwrap();
+    std::fs::write(root().join("target/console-dlq.png"), shot).unwrap();
+    let inert = client
+        .execute(
+            "return [window.__pwned === undefined, \
+             document.querySelectorAll('main script, main img').length];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inert, json!([true, 0]), "the payload is text, not markup");
+
+    // No token: refused, nothing moves.
+    client
+        .find(Locator::Css("#letters input.pick"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#replay-selected"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let refused = text_until(&client, "#message", "says the replay is refused", |t| {
+        t.contains("refused")
+    })
+    .await;
+    assert!(refused.contains("admin token"), "{refused}");
+    assert_eq!(len(&mut conn, "events:sub:svc:dlq"), 1);
+
+    // The fix: a build that handles the event, hot-reloaded.
+    world.install("probe.wasm", "svc.wasm");
+    host.wait_for_log("reloaded: build");
+    text_until(&client, "#reloads", "lists the reload", |t| {
+        t.contains("plugin svc.wasm loaded")
+    })
+    .await;
+
+    client
+        .find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#letters input.pick"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#replay-selected"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_until(&client, "#message", "says it replayed", |t| {
+        t == "replayed 1"
+    })
+    .await;
+    eventually(
+        "the replayed event is handled",
+        Duration::from_secs(10),
+        || seen_all(&mut conn, "svc", std::slice::from_ref(&id)),
+    );
+    assert_eq!(len(&mut conn, "events:sub:svc:dlq"), 0);
+    assert_eq!(
+        state(&mut conn, "svc")[&format!("seen:{id}")],
+        "1",
+        "attempt 1 again"
+    );
+    client.goto(&format!("http://{addr}/")).await.unwrap();
+    text_until(
+        &client,
+        &format!("{row} td.dlq"),
+        "shows an empty DLQ",
+        |t| t == "0",
+    )
+    .await;
+    let inert: Value = client
+        .execute("return window.__pwned === undefined;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(inert, json!(true));
+    client.close().await.unwrap();
+}
+
+#[test]
+fn changes_from_another_origin_or_without_the_token_are_refused() {
+    let world = World::new(&["probe.wasm"], "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let _host = world.host();
+    let mut conn = world.conn();
+    publish(&mut conn, "Ping", json!({"act": "reject"}));
+    eventually("a dead letter", Duration::from_secs(10), || {
+        len(&mut conn, "events:sub:probe:dlq") == 1
+    });
+    let post = |headers: &str| -> (u16, String) {
+        use std::io::{Read as _, Write as _};
+        let body = r#"{"all":true}"#;
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST /api/dlq/probe/purge HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, reply)
+    };
+    let json = "Content-Type: application/json\r\n";
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    assert_eq!(post(json).0, 401, "no token");
+    assert_eq!(
+        post(&format!("{json}Authorization: Bearer wrong\r\n")).0,
+        401
+    );
+    assert_eq!(post(&auth).0, 415, "a form post, not JSON");
+    let (code, reply) = post(&format!("{json}{auth}Origin: http://evil.example\r\n"));
+    assert_eq!(code, 403, "{reply}");
+    assert_eq!(
+        post(&format!("{json}{auth}Sec-Fetch-Site: cross-site\r\n")).0,
+        403
+    );
+    assert_eq!(len(&mut conn, "events:sub:probe:dlq"), 1, "nothing purged");
+    let (code, reply) = post(&format!("{json}{auth}Origin: http://{addr}\r\n"));
+    assert_eq!(code, 200, "{reply}");
+    assert!(reply.ends_with(r#"{"purged":1}"#), "{reply}");
+    assert_eq!(len(&mut conn, "events:sub:probe:dlq"), 0);
+
+    // The page itself runs only its own script.
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(stream, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).unwrap();
+    assert!(
+        page.to_lowercase()
+            .contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{page}"
+    );
+}

@@ -1,0 +1,616 @@
+//! Operators' tools on a live bus, as the person on call uses them: the
+//! real binary's `dlq` commands against a real redis-server and a running
+//! host, and a replay of 10,000 dead letters killed with `kill -9` halfway
+//! and run again: every one handled exactly once.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use serde_json::{json, Value};
+use support::*;
+
+/// Two event types, so filters by type have something to tell apart.
+fn world() -> World {
+    World::new(
+        &["probe.wasm"],
+        &format!("{PROBE}events = [\"Ping\", \"Pong\"]\n"),
+    )
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `eventhost` with `args` and the world's config; it must succeed.
+fn ok(world: &World, args: &[&str]) -> String {
+    let out = eventhost(world, args);
+    assert!(
+        out.status.success(),
+        "eventhost {args:?} failed: {}{}",
+        text(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text(&out)
+}
+
+fn eventhost(world: &World, args: &[&str]) -> Output {
+    let config = world.config();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--config", config.to_str().unwrap()]);
+    world.eventhost(&all)
+}
+
+fn json_of(world: &World, args: &[&str]) -> Value {
+    let out = ok(world, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}):\n{out}"))
+}
+
+fn ids_of(list: &Value) -> Vec<String> {
+    list["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const DLQ: &str = "events:sub:probe:dlq";
+
+#[test]
+fn dlq_commands_list_filter_show_replay_and_purge_on_a_live_bus() {
+    let world = world();
+    let _host = world.host();
+    let mut conn = world.conn();
+    let blocked: Vec<String> = (0..3)
+        .map(|i| {
+            publish(
+                &mut conn,
+                "Ping",
+                json!({"act": "reject_unless_allowed", "n": i}),
+            )
+        })
+        .collect();
+    let pong = publish(&mut conn, "Pong", json!({"act": "reject_unless_allowed"}));
+    let trapped = publish(
+        &mut conn,
+        "Ping",
+        json!({"act": "panic", "note": "<script>alert(1)</script>"}),
+    );
+    eventually("five dead letters", Duration::from_secs(20), || {
+        len(&mut conn, DLQ) == 5
+    });
+
+    let all = json_of(&world, &["dlq", "list", "probe", "--json"]);
+    assert_eq!(all["dlq"], DLQ);
+    assert_eq!(all["stream"], "events:sub:probe");
+    assert_eq!(all["depth"], 5);
+    assert_eq!(ids_of(&all).len(), 5);
+    let first = &all["entries"][0];
+    assert_eq!(first["event_type"], "Ping");
+    assert_eq!(first["kind"], "reject");
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["data"]["act"], "reject_unless_allowed");
+    assert!(
+        first["data"].get("_failures").is_none(),
+        "failures are apart"
+    );
+    assert!(first["reason"]
+        .as_str()
+        .unwrap()
+        .contains("is not allowed yet"));
+
+    let traps = json_of(
+        &world,
+        &["dlq", "list", "probe", "--kind", "trap", "--json"],
+    );
+    assert_eq!(ids_of(&traps).len(), 1);
+    assert_eq!(traps["entries"][0]["event_id"], trapped.as_str());
+    let pongs = json_of(
+        &world,
+        &["dlq", "list", "probe", "--type", "Pong", "--json"],
+    );
+    assert_eq!(pongs["entries"][0]["event_id"], pong.as_str());
+    assert_eq!(ids_of(&pongs).len(), 1);
+    let recent = json_of(
+        &world,
+        &["dlq", "list", "probe", "--since", "10m", "--json"],
+    );
+    assert_eq!(ids_of(&recent).len(), 5);
+    let future = (std::time::SystemTime::now() + Duration::from_secs(3600))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let none = json_of(
+        &world,
+        &["dlq", "list", "probe", "--since", &future, "--json"],
+    );
+    assert_eq!(ids_of(&none).len(), 0);
+    let limited = json_of(&world, &["dlq", "list", "probe", "--limit", "2", "--json"]);
+    assert_eq!(ids_of(&limited), ids_of(&all)[..2]);
+
+    let table = ok(&world, &["dlq", "list", "probe"]);
+    assert!(
+        table.starts_with("events:sub:probe:dlq: 5 dead letters\n"),
+        "{table}"
+    );
+    assert!(table.contains("ID") && table.contains("REASON"), "{table}");
+    assert_eq!(table.matches("  reject  ").count(), 4, "{table}");
+
+    let trap_id = traps["entries"][0]["id"].as_str().unwrap().to_string();
+    let shown = ok(&world, &["dlq", "show", "probe", &trap_id]);
+    assert!(shown.contains("trap"), "{shown}");
+    assert!(
+        shown.contains(r#""note": "<script>alert(1)</script>""#),
+        "{shown}"
+    );
+    let shown = json_of(&world, &["dlq", "show", "probe", &trap_id, "--json"]);
+    assert_eq!(shown["failures"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["failures"][0]["subscriber"], "probe");
+    let missing = eventhost(&world, &["dlq", "show", "probe", "1-0"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("is not in events:sub:probe:dlq"));
+
+    // A dry run moves nothing.
+    let dry = ok(
+        &world,
+        &["dlq", "replay", "probe", "--kind", "reject", "--dry-run"],
+    );
+    assert!(dry.starts_with("would replay 4 dead letters"), "{dry}");
+    assert_eq!(len(&mut conn, DLQ), 5);
+
+    // The operator fixes what blocked the Pings, then replays one by id:
+    // it is handled from attempt 1.
+    for id in &blocked {
+        let _: () = conn
+            .hset("events:state:probe", format!("allow:{id}"), "1")
+            .unwrap();
+    }
+    let one = ids_of(&all)[0].clone();
+    let replayed = ok(&world, &["dlq", "replay", "probe", &one]);
+    assert!(
+        replayed
+            .starts_with("replayed 1 dead letter from events:sub:probe:dlq into events:sub:probe"),
+        "{replayed}"
+    );
+    eventually(
+        "the replayed event is handled",
+        Duration::from_secs(10),
+        || seen_all(&mut conn, "probe", &blocked[..1]),
+    );
+    assert_eq!(
+        state(&mut conn, "probe")[&format!("seen:{}", blocked[0])],
+        "1",
+        "attempt reset"
+    );
+    // Again: it is gone, nothing is doubled.
+    let again = ok(&world, &["dlq", "replay", "probe", &one]);
+    assert!(
+        again.contains("replayed 0 dead letters") && again.contains(&one),
+        "{again}"
+    );
+
+    // By filter: the two other Pings, not the Pong nor the trap.
+    let replayed = json_of(
+        &world,
+        &[
+            "dlq", "replay", "probe", "--type", "Ping", "--kind", "reject", "--json",
+        ],
+    );
+    assert_eq!(replayed["replayed"], 2);
+    eventually("the Pings are handled", Duration::from_secs(10), || {
+        seen_all(&mut conn, "probe", &blocked)
+    });
+    assert_eq!(state(&mut conn, "probe")["count"], "3", "each handled once");
+
+    // The Pong is still refused: back in the DLQ with both failures.
+    ok(&world, &["dlq", "replay", "probe", "--type", "Pong"]);
+    eventually("the Pong fails again", Duration::from_secs(10), || {
+        data_of(&mut conn, DLQ).iter().any(|d| {
+            d["event_id"] == pong.as_str() && d["_failures"].as_array().unwrap().len() == 2
+        })
+    });
+    assert_eq!(len(&mut conn, DLQ), 2, "the Pong and the trap");
+    assert!(settled(&mut conn, &["probe"]));
+
+    // Purge asks first.
+    let refused = eventhost(&world, &["dlq", "purge", "probe", "--kind", "trap"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("deletes 1 dead letter") && why.contains("--yes"),
+        "{why}"
+    );
+    assert_eq!(len(&mut conn, DLQ), 2);
+    let purged = ok(
+        &world,
+        &["dlq", "purge", "probe", "--kind", "trap", "--yes"],
+    );
+    assert_eq!(
+        purged.trim(),
+        "purged 1 dead letter from events:sub:probe:dlq"
+    );
+    assert_eq!(data_of(&mut conn, DLQ)[0]["event_id"], pong.as_str());
+
+    // Choosing nothing, or ids and filters at once, is refused.
+    for args in [
+        &["dlq", "replay", "probe"][..],
+        &["dlq", "replay", "probe", &one, "--all"],
+        &["dlq", "replay", "probe", "not-an-id"],
+    ] {
+        let out = eventhost(&world, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+    // A subscriber no host ever ran would never read what is replayed.
+    let ghost = eventhost(&world, &["dlq", "replay", "ghost", "--all"]);
+    assert_eq!(ghost.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ghost.stderr).contains("no consumer group sub:ghost-group"));
+}
+
+#[test]
+fn the_bus_dlq_replays_into_events_all() {
+    let world = world();
+    let _host = world.host();
+    let mut conn = world.conn();
+    xadd(&mut conn, "events:all", r#"{"no_type": true}"#);
+    eventually(
+        "the malformed entry is dead-lettered",
+        Duration::from_secs(10),
+        || len(&mut conn, "events:all:dlq") == 1,
+    );
+    let list = json_of(&world, &["dlq", "list", "all", "--json"]);
+    assert_eq!(list["dlq"], "events:all:dlq");
+    assert_eq!(list["entries"][0]["kind"], "malformed");
+
+    // An event the fan-out once could not route, fixed since: replayed
+    // into events:all, it is routed and handled.
+    let fixed = r#"{"event_type":"Ping","event_id":"fixed-1","_failures":[{"timestamp":1.0,"reason":"no route","kind":"malformed"}]}"#;
+    let id = xadd(&mut conn, "events:all:dlq", fixed);
+    ok(&world, &["dlq", "replay", "all", &id]);
+    eventually(
+        "the replayed entry is handled",
+        Duration::from_secs(10),
+        || seen_all(&mut conn, "probe", &["fixed-1".to_string()]),
+    );
+    assert_eq!(
+        len(&mut conn, "events:all:dlq"),
+        1,
+        "only the malformed one is left"
+    );
+}
+
+#[test]
+fn an_interrupted_replay_of_10000_dead_letters_loses_and_doubles_nothing() {
+    const N: usize = 10_000;
+    let world = world();
+    let _host = world.host();
+    let mut conn = world.conn();
+    let mut ids = Vec::with_capacity(N);
+    let mut pipe = redis::pipe();
+    for _ in 0..N {
+        let id = uuid::Uuid::new_v4().to_string();
+        let data = json!({"event_type": "Ping", "event_id": id, "act": "reject_unless_allowed"});
+        pipe.xadd("events:all", "*", &[("data", data.to_string())])
+            .ignore();
+        ids.push(id);
+    }
+    let _: () = pipe.query(&mut conn).unwrap();
+    eventually("10,000 dead letters", Duration::from_secs(120), || {
+        len(&mut conn, DLQ) == N
+    });
+    // The fix: every event is allowed now.
+    for chunk in ids.chunks(1000) {
+        let fields: Vec<(String, &str)> = chunk
+            .iter()
+            .map(|id| (format!("allow:{id}"), "1"))
+            .collect();
+        let _: () = conn.hset_multiple("events:state:probe", &fields).unwrap();
+    }
+
+    let config = world.config();
+    let mut replay = Command::new(env!("CARGO_BIN_EXE_eventhost"))
+        .args([
+            "dlq", "replay", "probe", "--all", "--rate", "4000", "--config",
+        ])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the replay is under way", Duration::from_secs(30), || {
+        len(&mut conn, DLQ) <= N * 3 / 4
+    });
+    replay.kill().unwrap(); // SIGKILL
+    replay.wait().unwrap();
+    let left = len(&mut conn, DLQ);
+    assert!(left > 0 && left < N, "killed halfway: {left} left");
+
+    let started = Instant::now();
+    let out = ok(&world, &["dlq", "replay", "probe", "--all"]);
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        out.starts_with(&format!("replayed {left} dead letters")),
+        "{out}"
+    );
+    assert_eq!(len(&mut conn, DLQ), 0);
+    eventually("every event is handled", Duration::from_secs(120), || {
+        state(&mut conn, "probe").get("count").map(String::as_str) == Some("10000")
+            && settled(&mut conn, &["probe"])
+    });
+    let state = state(&mut conn, "probe");
+    assert!(seen_all_in(&state, &ids), "every event handled");
+    assert_eq!(state["count"], N.to_string(), "and each once");
+    assert_eq!(len(&mut conn, DLQ), 0);
+    eprintln!(
+        "replay killed with {left} of {N} left; the rest replayed in {seconds:.2} s \
+         ({:.0}/s, the command's start included): {}",
+        left as f64 / seconds,
+        out.trim()
+    );
+}
+
+fn seen_all_in(state: &std::collections::HashMap<String, String>, ids: &[String]) -> bool {
+    ids.iter()
+        .all(|id| state.contains_key(&format!("seen:{id}")))
+}
+
+#[test]
+fn status_shows_hosts_builds_backlog_pending_and_rates_from_redis_alone() {
+    let world = world();
+    // Room for a handler that takes seconds: a pending entry to look at.
+    let header = world
+        .header()
+        .replace("claim_idle_ms = 2000", "claim_idle_ms = 20000");
+    world.write_config(&format!(
+        "{header}{PROBE}events = [\"Ping\", \"Pong\"]\ntimeout_ms = 10000\n"
+    ));
+    let first = world.host();
+    let second = world.host();
+    let mut conn = world.conn();
+    let load = Load::start(&world, 500);
+    publish(&mut conn, "Ping", json!({"act": "reject"}));
+    let mut status = Value::Null;
+    eventually(
+        "status sees both hosts at work",
+        Duration::from_secs(20),
+        || {
+            status = json_of(&world, &["status", "--json"]);
+            let probe = &status["subscribers"][0];
+            status["hosts"].as_array().unwrap().len() == 2
+                && probe["builds"].as_array().unwrap().len() == 2
+                && probe["handled_per_s"].as_f64().unwrap() > 100.0
+                && probe["dlq_depth"] == 1
+        },
+    );
+    load.finish();
+    let hosts = status["hosts"].as_array().unwrap();
+    assert!(hosts.iter().all(|h| h["alive"] == true));
+    let pids: Vec<u64> = hosts.iter().map(|h| h["pid"].as_u64().unwrap()).collect();
+    assert!(pids.contains(&(first.pid() as u64)) && pids.contains(&(second.pid() as u64)));
+    let probe = &status["subscribers"][0];
+    assert_eq!(probe["name"], "probe");
+    assert_eq!(probe["plugin"], "probe.wasm");
+    assert_eq!(probe["events"], json!(["Ping", "Pong"]));
+    let build = probe["builds"][0]["build"].as_str().unwrap().to_string();
+    assert_eq!(build.len(), 64, "a SHA-256 digest: {build}");
+    assert_eq!(
+        probe["builds"][1]["build"],
+        build.as_str(),
+        "both run the same build"
+    );
+    assert_eq!(probe["stream"], "events:sub:probe");
+    assert_eq!(probe["dlq"], "events:sub:probe:dlq");
+    assert!(probe["length"].as_u64().unwrap() > 0);
+    assert!(status["fanout"]["handled_per_s"].as_f64().unwrap() > 100.0);
+    assert_eq!(status["fanout"]["stream"], "events:all");
+
+    // A slow handler holds an entry: pending, by consumer, with its age.
+    publish(&mut conn, "Ping", json!({"act": "sleep", "sleep_ms": 4000}));
+    eventually(
+        "status sees the entry pending",
+        Duration::from_secs(10),
+        || {
+            status = json_of(&world, &["status", "--json"]);
+            let probe = &status["subscribers"][0];
+            probe["pending"] == 1
+                && probe["pending_by_consumer"][0]["oldest_ms"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    >= 500
+        },
+    );
+    let holder = status["subscribers"][0]["pending_by_consumer"][0]["consumer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        status["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["consumer"] == holder.as_str()),
+        "{holder} is one of the hosts"
+    );
+    let text = ok(&world, &["status"]);
+    assert!(text.starts_with("hosts: 2 alive\n"), "{text}");
+    assert!(
+        text.contains(&format!("pending on {holder}: 1 (oldest")),
+        "{text}"
+    );
+    assert!(
+        text.contains("probe.wasm") && text.contains(&build[..12]),
+        "{text}"
+    );
+
+    // With every host stopped: they are gone, and what is published waits
+    // as the fan-out's lag.
+    assert!(first.stop().success());
+    assert!(second.stop().success());
+    for _ in 0..5 {
+        publish(&mut conn, "Ping", json!({}));
+    }
+    let status = json_of(&world, &["status", "--json"]);
+    assert!(status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["alive"] == false));
+    assert_eq!(status["fanout"]["lag"], 5);
+    assert_eq!(
+        status["subscribers"][0]["name"], "probe",
+        "still listed from Redis"
+    );
+    assert_eq!(status["subscribers"][0]["plugin"], Value::Null);
+    let text = ok(&world, &["status"]);
+    assert!(
+        text.starts_with("hosts: 0 alive (no `eventhost run` is serving this bus)\n"),
+        "{text}"
+    );
+    assert!(text.contains("gone, last seen"), "{text}");
+}
+
+/// `GET path` on `addr`: the status code and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let code = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {reply}"));
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_string();
+    (code, body)
+}
+
+#[test]
+fn one_listener_serves_metrics_health_and_readiness() {
+    let mut world = world();
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let host = world.host();
+    let mut conn = world.conn();
+    let id = publish(&mut conn, "Ping", json!({}));
+    eventually("the event is handled", Duration::from_secs(10), || {
+        seen_all(&mut conn, "probe", std::slice::from_ref(&id))
+    });
+
+    let (code, body) = get(&addr, "/healthz");
+    assert_eq!((code, body.as_str()), (200, r#"{"alive":true}"#));
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready, json!({"ready": true, "redis": "ok", "waiting": []}));
+    eventually(
+        "the metrics count the event",
+        Duration::from_secs(10),
+        || {
+            counter(
+                &get(&addr, "/metrics").1,
+                "eventhost_handled_total{subscriber=\"probe\"}",
+            ) == 1
+        },
+    );
+    assert_eq!(get(&addr, "/nothing-here").0, 404);
+    eventually("status names the listener", Duration::from_secs(10), || {
+        json_of(&world, &["status", "--json"])["hosts"][0]["listen"] == addr.as_str()
+    });
+
+    // Redis gone: alive, not ready, and the body says why.
+    world.redis.kill();
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], false);
+    assert!(
+        ready["waiting"][0].as_str().unwrap().starts_with("redis: "),
+        "{body}"
+    );
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    world.redis.launch();
+    eventually("ready again", Duration::from_secs(20), || {
+        get(&addr, "/readyz").0 == 200
+    });
+    assert!(host.stop().success());
+}
+
+#[test]
+fn the_old_metrics_key_still_serves_with_a_warning() {
+    let world = world();
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[telemetry]\nmetrics = \"{addr}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let check = text(&eventhost(&world, &["check"]));
+    let line = world.line_of(&format!("metrics = \"{addr}\""));
+    assert!(
+        check.contains(&format!(
+            "eventhost.toml:{line}:11: telemetry.metrics: is now [http] listen"
+        )),
+        "{check}"
+    );
+    let host = world.host();
+    assert!(
+        host.log()
+            .contains("telemetry.metrics: is now [http] listen"),
+        "{}",
+        host.log()
+    );
+    assert_eq!(get(&addr, "/readyz").0, 200);
+}
+
+#[test]
+fn json_logs_carry_subscriber_event_stream_and_kind_as_fields() {
+    let world = world();
+    for (env, config) in [
+        (&[("EVENTHOST_LOG_FORMAT", "json")][..], String::new()),
+        (
+            &[][..],
+            "[telemetry]\nlog_format = \"json\"\n\n".to_string(),
+        ),
+    ] {
+        world.configure(&format!("{config}{PROBE}events = [\"Ping\"]\n"));
+        let host = world.host_with_env(env);
+        let mut conn = world.conn();
+        let id = publish(&mut conn, "Ping", json!({"act": "reject"}));
+        let mut line = Value::Null;
+        eventually("the dead letter is logged", Duration::from_secs(10), || {
+            let log = host.log();
+            let found = log
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+                })
+                .find(|l| l["event_id"] == id.as_str());
+            line = found.unwrap_or(Value::Null);
+            !line.is_null()
+        });
+        assert_eq!(line["subscriber"], "probe", "{line}");
+        assert_eq!(line["kind"], "reject", "{line}");
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert!(line["stream_id"].as_str().unwrap().contains('-'), "{line}");
+        assert!(
+            line["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("dead-lettered: "),
+            "{line}"
+        );
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(host.stop().success());
+    }
+}
