@@ -242,7 +242,9 @@ events = ["Panic"]
         probe["count"], "1",
         "only the one successful event committed its effects"
     );
-    assert!(host.log().contains("dead-lettered: spinner: timeout"));
+    // The log line follows the commit that put the entry in the DLQ.
+    let mut host = host;
+    host.wait_for_log("dead-lettered: spinner: timeout");
     assert_eq!(host.stop().code(), Some(0));
 }
 

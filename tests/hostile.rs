@@ -75,6 +75,7 @@ fn stop_timed(host: Host) -> Duration {
 /// stops the host within 10 s.
 #[test]
 fn a_start_function_that_never_returns_is_a_timeout() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(
         &["startloop.wasm", "probe.wasm"],
         &format!(
@@ -126,6 +127,7 @@ fn a_start_function_that_never_returns_is_a_timeout() {
 /// commits it. The host's peak RSS stays far below what was attempted.
 #[test]
 fn buffered_effects_are_bounded_per_call() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(
         &["hostile.wasm", "probe.wasm"],
         &format!("[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\n\n{BYSTANDER}"),
@@ -202,6 +204,7 @@ fn buffered_effects_are_bounded_per_call() {
 /// build in use keeps serving and the host's memory does not grow.
 #[test]
 fn plugin_files_that_are_devices_or_too_big_are_refused_unread() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(&["probe.wasm"], "");
     let plugins = world.dir.path().join("plugins");
     std::os::unix::fs::symlink("/dev/zero", plugins.join("zero.wasm")).unwrap();
@@ -265,6 +268,7 @@ fn plugin_files_that_are_devices_or_too_big_are_refused_unread() {
 /// are rate-limited per subscriber, saying how much was dropped.
 #[test]
 fn plugin_logs_cannot_forge_host_lines_nor_flood_the_log() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(
         &["hostile.wasm", "probe.wasm"],
         &format!("[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\n\n{BYSTANDER}"),
@@ -372,6 +376,7 @@ fn plugin_logs_cannot_forge_host_lines_nor_flood_the_log() {
 /// is not followed (this held before).
 #[test]
 fn folder_grants_that_expose_the_config_plugins_cache_or_state_are_refused() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(&["snoop.wasm"], "");
     let dir = world.dir.path();
     std::fs::create_dir(dir.join("rates")).unwrap();
@@ -447,6 +452,7 @@ fn mode(path: &Path) -> u32 {
 /// one: the modes and the password are asserted, not a refused read.)
 #[test]
 fn the_private_redis_requires_a_password_kept_private() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(&["probe.wasm"], "");
     world.write_config(
         "[plugins]\ncache_dir = \".eventhost/cache\"\n\n[subscribers.probe]\nplugin = \"probe.wasm\"\n",
@@ -543,6 +549,7 @@ fn the_private_redis_requires_a_password_kept_private() {
 /// refused at the call.
 #[test]
 fn odd_event_types_big_values_and_the_publish_limit_hold() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(
         &["hostile.wasm", "probe.wasm"],
         "[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\n\n\

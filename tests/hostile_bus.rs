@@ -84,6 +84,7 @@ fn check_oversized(conn: &mut redis::Connection, dlq: &str, stream_id: &str) -> 
 /// stream. SIGTERM while one is being read stops the host within 10 s.
 #[test]
 fn an_oversized_entry_is_dead_lettered_once_by_its_size_and_prefix() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(&["probe.wasm"], BYSTANDER);
     let host = world.host();
     let mut conn = world.conn();
@@ -186,6 +187,7 @@ fn an_oversized_entry_is_dead_lettered_once_by_its_size_and_prefix() {
 /// Redis's reason, and every other entry of the same batches is routed.
 #[test]
 fn an_entry_redis_refuses_to_route_is_quarantined_and_the_rest_routed() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(
         &["probe.wasm"],
         &format!(
@@ -242,6 +244,7 @@ fn an_entry_redis_refuses_to_route_is_quarantined_and_the_rest_routed() {
 /// reason, and nothing stays pending.
 #[test]
 fn a_result_redis_refuses_to_commit_is_quarantined() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(
         &["hostile.wasm", "probe.wasm"],
         &format!(
@@ -289,6 +292,7 @@ fn a_result_redis_refuses_to_commit_is_quarantined() {
 /// pending.
 #[test]
 fn a_call_with_nine_thousand_deletes_commits_whole() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(
         &["hostile.wasm", "probe.wasm"],
         &format!(
@@ -339,6 +343,7 @@ fn a_call_with_nine_thousand_deletes_commits_whole() {
 /// (which ignores the refusals) commits.
 #[test]
 fn a_publish_over_the_payload_limit_fails_in_the_plugin() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(
         &["hostile.wasm", "probe.wasm"],
         &format!(
@@ -395,6 +400,7 @@ fn a_publish_over_the_payload_limit_fails_in_the_plugin() {
 /// metric.
 #[test]
 fn a_cycle_of_plugins_ends_in_the_dlq_at_the_hop_limit() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(&["hostile.wasm", "probe.wasm"], "");
     let metrics = format!("127.0.0.1:{}", free_port());
     world.configure_bus(

@@ -123,6 +123,7 @@ fn publish_many(conn: &mut redis::Connection, event_type: &str, data: serde_json
 /// is a wait, not a failure.
 #[test]
 fn one_subscriber_cannot_take_every_instance() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(&["probe.wasm", "hostile.wasm"], "");
     let hog = "[subscribers.hog]\nplugin = \"hostile.wasm\"\nevents = [\"Hog\"]\nconcurrency = 1024\ntimeout_ms = 1000\nmax_attempts = 2\n\n";
     world.configure_bus("read_batch = 1024\n", &format!("{hog}{BYSTANDER}"));
@@ -202,6 +203,7 @@ fn entries_of(dir: &std::path::Path, wasm: &std::path::Path) -> Vec<std::path::P
 /// refused at its config line.
 #[test]
 fn a_cache_entry_is_loaded_only_for_the_bytes_it_was_compiled_from() {
+    let _attack = one_attack_at_a_time();
     use std::os::unix::fs::PermissionsExt as _;
     let world = World::new(&["probe.wasm", "hostile.wasm", "not_a_plugin.wasm"], "");
     let cache = world.dir.path().join("own-cache");
@@ -297,6 +299,7 @@ fn host_with_nofile(world: &World, nofile: u32) -> Host {
 /// took every descriptor of the host.
 #[test]
 fn a_plugin_cannot_take_the_hosts_file_descriptors() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(&["probe.wasm", "hostile.wasm"], "");
     world.install("probe.wasm", "spare.wasm");
     let data = world.dir.path().join("data");
@@ -453,6 +456,7 @@ fn slow_component(functions: usize, ops: usize, salt: u8) -> Vec<u8> {
 /// limit, and held up config changes and shutdown.
 #[test]
 fn a_slow_compile_is_stopped_and_holds_up_nothing() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(&["probe.wasm"], "");
     world.install("probe.wasm", "victim.wasm");
     let header = world
@@ -517,6 +521,7 @@ fn a_slow_compile_is_stopped_and_holds_up_nothing() {
 /// the event is dead-lettered as a trap, and the host's memory barely moves.
 #[test]
 fn wasi_handles_are_bounded_per_instance() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(
         &["probe.wasm", "hostile.wasm"],
         &format!(
@@ -570,6 +575,7 @@ fn wasi_handles_are_bounded_per_instance() {
 /// plugin of ordinary size compiles within the same limit.
 #[test]
 fn a_compile_over_its_memory_limit_is_refused() {
+    let _attack = one_attack_at_a_time();
     let world = World::new(&["probe.wasm"], "");
     std::fs::write(
         world.dir.path().join("plugins/huge.wasm"),

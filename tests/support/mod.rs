@@ -129,6 +129,14 @@ pub fn built_with_eventhost(project: &str) -> PathBuf {
     path
 }
 
+/// Held by a test that measures an attack, so the attacks of the tests
+/// running beside it in the same binary do not load the machine while it
+/// measures (the bystander's throughput and latency are the point).
+pub fn one_attack_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ATTACK: Mutex<()> = Mutex::new(());
+    ATTACK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// CPU time (user + system, seconds) the live process `pid` has used.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
