@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 use serde_json::json;
 
-use super::{eventually, publish, Host, World};
+use super::{publish, Host, World};
 
 /// The bystander: the probe as subscriber `bystander`, on `Ping`.
 pub const BYSTANDER: &str =
@@ -43,10 +43,25 @@ pub fn bystander_rate(world: &World, n: usize, wait: Duration) -> f64 {
     for _ in 0..n {
         publish(&mut conn, "Ping", json!({}));
     }
-    eventually("the bystander handles its events", wait, || {
-        bystander_count(&mut conn) >= before + n
-    });
+    // Polled every millisecond: at a few thousand events/s, a coarser poll
+    // would be a large part of what is measured.
+    while bystander_count(&mut conn) < before + n {
+        assert!(
+            started.elapsed() < wait,
+            "the bystander did not handle its events within {wait:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The best of three [`bystander_rate`]s: for an attack that lasts through
+/// all three, with and without it alike, since on a busy 2-core machine one
+/// round can lose half its time to other processes.
+pub fn bystander_best_rate(world: &World, n: usize, wait: Duration) -> f64 {
+    (0..3)
+        .map(|_| bystander_rate(world, n, wait))
+        .fold(0.0, f64::max)
 }
 
 /// SIGTERM, and how long the host took to exit (it must exit 0).
