@@ -11,49 +11,23 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
+use support::attack::{bystander_best_rate, peak_mib, stop_timed, BYSTANDER};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The bystander: the probe as subscriber `bystander`, on `Ping`.
-const BYSTANDER: &str = "[subscribers.bystander]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n";
-
-/// A field of `/proc/<pid>/status` in KiB, e.g. `VmHWM` (peak RSS).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-/// The host's peak RSS so far, in MiB.
-fn peak_mib(host: &Host) -> u64 {
-    status_kib(host.pid(), "VmHWM") >> 10
-}
-
 /// The bystander's rate without an attack (events/s): the best of three
 /// rounds of `n`, so a round slowed by another process is not the yardstick.
 fn baseline_rate(world: &World, n: usize) -> f64 {
-    support::attack::bystander_best_rate(world, n, WAIT)
+    bystander_best_rate(world, n, WAIT)
 }
 
 /// The bystander's rate during an attack: one round of `n`, while it lasts.
 fn bystander_rate(world: &World, n: usize) -> f64 {
     support::attack::bystander_rate(world, n, WAIT)
-}
-
-/// SIGTERM, and how long the host took to exit (it must exit 0).
-fn stop_timed(host: Host) -> Duration {
-    let started = Instant::now();
-    let status = host.stop();
-    let took = started.elapsed();
-    assert_eq!(status.code(), Some(0), "the host exits cleanly on SIGTERM");
-    took
 }
 
 // ----- 1. start functions -------------------------------------------------

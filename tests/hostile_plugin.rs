@@ -13,27 +13,10 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 use serde_json::json;
+use support::attack::{bystander_best_rate, peak_mib, stop_timed, BYSTANDER};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The bystander: the probe as subscriber `bystander`, on `Ping`.
-const BYSTANDER: &str = "[subscribers.bystander]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n";
-
-/// A field of `/proc/<pid>/status` in KiB, e.g. `VmHWM` (peak RSS).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-/// The host's peak RSS so far, in MiB.
-fn peak_mib(host: &Host) -> u64 {
-    status_kib(host.pid(), "VmHWM") >> 10
-}
 
 /// How many events the probe running as `subscriber` has handled.
 fn handled(conn: &mut redis::Connection, subscriber: &str) -> usize {
@@ -42,30 +25,10 @@ fn handled(conn: &mut redis::Connection, subscriber: &str) -> usize {
         .map_or(0, |c| c.parse().unwrap())
 }
 
-/// The bystander's rate, in events per second: the best of three rounds
-/// of `n` `Ping`s. The best, with and without an attack alike, because on a
-/// busy 2-core machine one round can lose half its time to other processes.
+/// The bystander's rate (events/s): the best of three rounds of `n`,
+/// without and during an attack alike (these attacks outlast the rounds).
 fn bystander_rate(world: &World, n: usize) -> f64 {
-    let mut conn = world.conn();
-    (0..3)
-        .map(|_| {
-            let before = handled(&mut conn, "bystander");
-            let started = Instant::now();
-            for _ in 0..n {
-                publish(&mut conn, "Ping", json!({}));
-            }
-            // Polled every millisecond: at a few thousand events/s, a coarser
-            // poll would be a large part of what is measured.
-            while handled(&mut conn, "bystander") < before + n {
-                assert!(
-                    started.elapsed() < WAIT,
-                    "the bystander never handled its events"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            n as f64 / started.elapsed().as_secs_f64()
-        })
-        .fold(0.0, f64::max)
+    bystander_best_rate(world, n, WAIT)
 }
 
 /// Publishes `n` `Ping`s one at a time, each once the one before was
@@ -85,15 +48,6 @@ fn bystander_p99(world: &World, n: usize) -> Duration {
     }
     took.sort();
     took[(n * 99).div_ceil(100) - 1]
-}
-
-/// SIGTERM, and how long the host took to exit (it must exit 0).
-fn stop_timed(host: Host) -> Duration {
-    let started = Instant::now();
-    let status = host.stop();
-    let took = started.elapsed();
-    assert_eq!(status.code(), Some(0), "the host exits cleanly on SIGTERM");
-    took
 }
 
 /// Publishes `n` events of `event_type` with `data` in one pipeline.
