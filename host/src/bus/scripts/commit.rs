@@ -19,6 +19,21 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("com
 /// atomic per entry, records never split.
 pub const MAX_CALL_BYTES: usize = 64 << 20;
 
+/// How many of `records` go in the next script call: as many as fit in
+/// [`MAX_CALL_BYTES`] of arguments, and at least one (a record over it
+/// goes alone, and Redis says whether it takes it).
+pub(super) fn fit_in_one_call<T>(records: &[T], bytes: impl Fn(&T) -> usize) -> usize {
+    let mut total = 0;
+    records
+        .iter()
+        .take_while(|r| {
+            total += bytes(r);
+            total <= MAX_CALL_BYTES
+        })
+        .count()
+        .max(1)
+}
+
 /// One commit of a subscriber: acknowledgements with their effects, and dead
 /// letters, each applied only if what it read still holds.
 pub struct CommitBatch {
@@ -273,15 +288,7 @@ impl CommitBatch {
         let mut quiet: &[Vec<u8>] = &self.quiet;
         let mut rest = records;
         while !rest.is_empty() {
-            let mut bytes = 0;
-            let take = rest
-                .iter()
-                .take_while(|r| {
-                    bytes += r.bytes;
-                    bytes <= MAX_CALL_BYTES
-                })
-                .count()
-                .max(1);
+            let take = fit_in_one_call(rest, |r| r.bytes);
             let (chunk, later) = rest.split_at(take);
             let reply = self.call(conn, keys, quiet, chunk).await?;
             quiet = &[];

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use redis::{RedisResult, Script};
 
-use super::commit::{is_refusal, refusal_text, MAX_CALL_BYTES};
+use super::commit::{fit_in_one_call, is_refusal, refusal_text};
 use super::Skipped;
 use crate::bus::connection::RedisConn;
 
@@ -83,7 +83,7 @@ impl FanoutBatch {
     }
 
     /// Runs the batch: one atomic script call, or one per
-    /// [`MAX_CALL_BYTES`] of records. If Redis refuses it for a reason that
+    /// [`MAX_CALL_BYTES`](super::MAX_CALL_BYTES) of records. If Redis refuses it for a reason that
     /// will not change, having written nothing, each record is tried on its
     /// own and those refused alone are returned in [`Routed::refused`].
     pub async fn apply(
@@ -96,15 +96,7 @@ impl FanoutBatch {
         let mut routed = Routed::default();
         let mut rest: &[Record] = &self.records;
         while !rest.is_empty() {
-            let mut bytes = 0;
-            let take = rest
-                .iter()
-                .take_while(|r| {
-                    bytes += r.bytes;
-                    bytes <= MAX_CALL_BYTES
-                })
-                .count()
-                .max(1);
+            let take = fit_in_one_call(rest, |r| r.bytes);
             let (chunk, later) = rest.split_at(take);
             match self.call(conn, all, all_dlq, streams, chunk).await {
                 Ok(skipped) => routed.skipped += skipped,
