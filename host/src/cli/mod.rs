@@ -68,17 +68,8 @@ enum Command {
         /// The event's fields, a JSON object, e.g. '{"order_id": "o-1"}'.
         #[arg(default_value = "{}")]
         json: String,
-        /// The config file (for the Redis URL and prefix).
-        #[arg(
-            long,
-            short,
-            default_value = "eventhost.toml",
-            env = "EVENTHOST_CONFIG"
-        )]
-        config: PathBuf,
-        /// Publish to this Redis instead of the config's.
-        #[arg(long)]
-        url: Option<String>,
+        #[command(flatten)]
+        redis: RedisArgs,
     },
     /// Show the bus from Redis alone: hosts, the fan-out, and per
     /// subscriber its build, backlog, lag, pending entries, DLQ and rates.
@@ -231,9 +222,8 @@ pub fn main() -> ExitCode {
             Command::Publish {
                 event_type,
                 json,
-                config,
-                url,
-            } => publish(&config, url, &event_type, &json)
+                redis,
+            } => publish(&redis.config, redis.url, &event_type, &json)
                 .await
                 .map(|()| true),
         }
