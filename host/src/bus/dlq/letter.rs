@@ -1,0 +1,164 @@
+//! A dead letter as the DLQ holds it (LeanMQ's shape: `data` with the
+//! event and its `_failures`), read leniently into what an operator sees.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::time::time_text;
+use crate::bus::group::StreamEntry;
+
+/// One record of an entry's `_failures`, read leniently: LeanMQ writes only
+/// `timestamp` and `reason`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureInfo {
+    /// Seconds since the epoch.
+    pub timestamp: Option<f64>,
+    pub reason: String,
+    /// `trap`, `reject`, `retry`, `timeout`, `malformed`...; none when
+    /// LeanMQ wrote the record.
+    pub kind: Option<String>,
+    pub subscriber: Option<String>,
+    pub attempt: Option<u64>,
+}
+
+/// One entry of a DLQ.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// The entry's id in the DLQ.
+    pub id: String,
+    /// When it was dead-lettered (the id's time), in milliseconds since the
+    /// epoch.
+    pub dead_lettered_ms: u64,
+    pub event_type: Option<String>,
+    pub event_id: Option<String>,
+    /// Oldest first; the last one is why it is here.
+    pub failures: Vec<FailureInfo>,
+    /// The entry's `data` as stored (with `_failures`): an object, or the
+    /// text as it is when it is not JSON.
+    pub data: Value,
+}
+
+impl DeadLetter {
+    /// Reads a DLQ entry; never fails: what is not LeanMQ's shape is kept
+    /// as it is, for a person to look at.
+    pub fn from_entry(entry: &StreamEntry) -> Self {
+        let data = match entry.data() {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),
+            None => Value::Object(
+                entry
+                    .fields
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            String::from_utf8_lossy(k).into_owned(),
+                            Value::String(String::from_utf8_lossy(v).into_owned()),
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+        let text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_string);
+        let failures = data
+            .get("_failures")
+            .and_then(Value::as_array)
+            .map(|list| list.iter().map(failure_info).collect())
+            .unwrap_or_default();
+        DeadLetter {
+            dead_lettered_ms: id_millis(&entry.id).unwrap_or(0),
+            id: entry.id.clone(),
+            event_type: text("event_type"),
+            event_id: text("event_id").or_else(|| {
+                data.get("_metadata")
+                    .and_then(|m| m.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            }),
+            failures,
+            data,
+        }
+    }
+
+    /// Why it is here: the last failure.
+    pub fn last_failure(&self) -> Option<&FailureInfo> {
+        self.failures.last()
+    }
+
+    /// The kind of the last failure.
+    pub fn kind(&self) -> Option<&str> {
+        self.last_failure().and_then(|f| f.kind.as_deref())
+    }
+
+    /// The stable JSON shape of a dead letter, as `dlq list --json` prints
+    /// it and the console reads it: times as RFC 3339, the last failure's
+    /// kind and reason at the top, the payload without the bookkeeping.
+    pub fn to_json(&self) -> Value {
+        let last = self.last_failure();
+        serde_json::json!({
+            "id": self.id,
+            "dead_lettered_at": time_text(self.dead_lettered_ms as f64 / 1000.0),
+            "event_type": self.event_type,
+            "event_id": self.event_id,
+            "kind": self.kind(),
+            "reason": last.map(|f| f.reason.as_str()),
+            "attempt": last.and_then(|f| f.attempt),
+            "failures": self.failures.iter().map(|f| serde_json::json!({
+                "at": f.timestamp.map(time_text),
+                "kind": f.kind,
+                "subscriber": f.subscriber,
+                "attempt": f.attempt,
+                "reason": f.reason,
+            })).collect::<Vec<_>>(),
+            "data": self.payload(),
+        })
+    }
+
+    /// The data without `_failures` (shown apart) and LeanMQ's
+    /// `_metadata`: what the producer sent.
+    pub fn payload(&self) -> Value {
+        match &self.data {
+            Value::Object(object) => Value::Object(
+                object
+                    .iter()
+                    .filter(|(k, _)| *k != "_failures" && *k != "_metadata")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Map<_, _>>(),
+            ),
+            other => other.clone(),
+        }
+    }
+}
+
+fn failure_info(record: &Value) -> FailureInfo {
+    FailureInfo {
+        timestamp: record.get("timestamp").and_then(Value::as_f64),
+        reason: match record.get("reason") {
+            Some(Value::String(reason)) => reason.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        },
+        kind: record
+            .get("kind")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        subscriber: record
+            .get("subscriber")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        attempt: record.get("attempt").and_then(Value::as_u64),
+    }
+}
+
+/// Milliseconds of a stream id `<ms>-<seq>`: when it was added.
+pub(crate) fn id_millis(id: &str) -> Option<u64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+/// Whether `id` is a stream id, so that a typo is refused before it
+/// reaches a script.
+pub fn is_stream_id(id: &str) -> bool {
+    matches!(id.split_once('-'), Some((ms, seq))
+        if !ms.is_empty() && !seq.is_empty()
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && seq.bytes().all(|b| b.is_ascii_digit()))
+}
