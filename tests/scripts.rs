@@ -3,8 +3,12 @@
 
 mod support;
 
-use eventhost::bus::connection::{Connector, RedisConn};
-use eventhost::bus::scripts::{self, CommitBatch, CommitKeys, Committed, FanoutBatch, ReplayKeys};
+use std::time::Duration;
+
+use eventhost::bus::connection::{Connector, Endpoint, RedisConn};
+use eventhost::bus::scripts::{
+    self, CommitBatch, CommitKeys, Committed, Copied, CopyBatch, FanoutBatch, ReplayKeys,
+};
 use eventhost::bus::state::stamp_field;
 use eventhost::handler::{Effects, Seen, COMPARED_BYTES};
 use redis::AsyncCommands;
@@ -70,6 +74,60 @@ async fn the_fanout_copies_each_pending_entry_once_and_dead_letters_the_rest() {
     assert_eq!(skipped, 3);
     assert_eq!(stream(&mut s.conn, "sub:1").await.len(), 1);
     assert_eq!(stream(&mut s.conn, "s:dlq").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_copy_repeated_within_the_window_is_dropped_and_one_past_it_is_not() {
+    let mut s = server().await;
+    let conn = &mut s.conn;
+    let window = Duration::from_millis(400);
+    let mut batch = CopyBatch::new("sub", "seen");
+    batch.copy("1-0", "event-a", b"{\"n\":1}");
+    batch.copy("1-1", "event-b", b"{\"n\":2}");
+    let first = batch.apply(conn, window).await.unwrap();
+    assert_eq!(first, Copied::default());
+    // A fan-out that crashed before acknowledging copies the batch again,
+    // and another routes one of its events once more.
+    let again = batch.apply(conn, window).await.unwrap();
+    assert_eq!(again.dropped, 2);
+    let mut one = CopyBatch::new("sub", "seen");
+    one.copy("1-1", "event-b", b"{\"n\":2}");
+    one.copy("1-2", "event-c", b"{\"n\":3}");
+    assert_eq!(one.apply(conn, window).await.unwrap().dropped, 1);
+    let data: Vec<String> = stream(conn, "sub")
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(data, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+
+    // Past the window an id is forgotten (and the set does not grow).
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    let mut late = CopyBatch::new("sub", "seen");
+    late.copy("1-0", "event-a", b"{\"n\":1}");
+    assert_eq!(late.apply(conn, window).await.unwrap().dropped, 0);
+    let remembered: u64 = conn.zcard("seen").await.unwrap();
+    assert_eq!(remembered, 1, "only the id copied last is remembered");
+}
+
+#[tokio::test]
+async fn a_copy_to_a_broken_stream_is_refused_whole_and_written_nowhere() {
+    let mut s = server().await;
+    let conn = &mut s.conn;
+    let _: () = conn.set("sub", "not a stream").await.unwrap();
+    let mut batch = CopyBatch::new("sub", "seen");
+    batch.copy("1-0", "event-a", b"{}");
+    batch.copy("1-1", "event-b", b"{}");
+    let copied = batch.apply(conn, Duration::from_secs(60)).await.unwrap();
+    let refused: Vec<&str> = copied.refused.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(refused, ["1-0", "1-1"]);
+    assert!(
+        copied.refused[0].1.starts_with("WRONGTYPE"),
+        "{:?}",
+        copied.refused
+    );
+    let remembered: u64 = conn.zcard("seen").await.unwrap();
+    assert_eq!(remembered, 0, "no id is remembered without its copy");
 }
 
 #[tokio::test]
@@ -549,7 +607,7 @@ struct Server {
 /// machine).
 async fn server() -> Server {
     let redis = Redis::start();
-    let conn = Connector::new(&redis.url())
+    let conn = Connector::new(&Endpoint::Server(redis.url()))
         .unwrap()
         .commands()
         .await

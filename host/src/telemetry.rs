@@ -193,6 +193,12 @@ pub mod metrics {
         counter!("eventhost_fanout_dead_lettered_total").increment(1);
     }
 
+    /// On a cluster, copies a subscriber already had (a batch routed again
+    /// after a crash, or by two hosts): dropped, not delivered twice.
+    pub fn fanout_copies_dropped(copies: u64) {
+        counter!("eventhost_fanout_copies_dropped_total").increment(copies);
+    }
+
     /// Entries in a DLQ (`events:all:dlq`, `events:sub:<name>:dlq`), read
     /// every few seconds: DLQs are never trimmed (operators replay them),
     /// so their depth is what to watch.

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod attack;
+pub mod cluster;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -4,6 +4,13 @@
 //! every entry to the streams of its subscribers and acknowledges it, or
 //! moves it to `events:all:dlq` when it cannot be routed. A type nobody
 //! subscribes to is acknowledged and counted, never left pending.
+//!
+//! On a Redis Cluster one fan-out runs per ingress partition, and a
+//! subscriber's stream lives on another shard than the partition: each
+//! batch is first copied, one script call per subscriber (which drops an
+//! event copied to it lately, see `scripts/copy.lua`), then, once every copy
+//! is written (and on enough replicas, if asked), acknowledged on the
+//! partition. A crash between the two copies the batch again, harmlessly.
 
 use std::time::Duration;
 
@@ -11,10 +18,11 @@ use async_trait::async_trait;
 use redis::RedisResult;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::Replicas;
 use super::group::{GroupConsumer, StreamEntry};
 use super::leanmq::{self, FailureRecord};
 use super::routes::{RouteTable, Routes};
-use super::scripts::{FanoutBatch, Routed};
+use super::scripts::{Copied, CopyBatch, FanoutBatch, Routed};
 use super::worker::{self, Patience, Round, Worker};
 use super::BLOCK;
 use crate::config::BusConfig;
@@ -31,15 +39,20 @@ pub struct Fanout {
     prefetched: Vec<StreamEntry>,
     routes: RouteTable,
     bus: BusConfig,
+    /// On a Redis Cluster: how copies are made durable before the ingress
+    /// entry is acknowledged.
+    cluster: Option<Replicas>,
     shutdown: CancellationToken,
 }
 
 impl Fanout {
     /// A fan-out reading `events:all` through `group`, routing by `routes`.
+    /// `cluster`: on a Redis Cluster, with the replicas to wait for.
     pub(super) fn new(
         group: GroupConsumer,
         routes: RouteTable,
         bus: BusConfig,
+        cluster: Option<Replicas>,
         shutdown: CancellationToken,
     ) -> Self {
         Fanout {
@@ -47,6 +60,7 @@ impl Fanout {
             prefetched: Vec::new(),
             routes,
             bus,
+            cluster,
             shutdown,
         }
     }
@@ -87,8 +101,15 @@ impl Fanout {
         }
         if !work.is_empty() {
             let held = self.routes.hold().await;
-            let batch = self.plan(&work, &held.routes);
-            let streams = &held.routes.streams;
+            let (mut batch, copies) = self.plan(&work, &held.routes);
+            if !copies.is_empty() {
+                self.copy(&mut batch, &copies, &work).await?;
+            }
+            let streams: &[String] = if self.cluster.is_some() {
+                &[]
+            } else {
+                &held.routes.streams
+            };
             if stopping || work.len() < self.bus.read_batch {
                 self.apply(&batch, streams, &work).await?;
             } else {
@@ -109,10 +130,21 @@ impl Fanout {
             .await
     }
 
-    /// Decides where each entry goes.
-    fn plan(&self, work: &[(StreamEntry, u32)], routes: &Routes) -> FanoutBatch {
+    /// Decides where each entry goes: the batch for the ingress stream,
+    /// and on a cluster the copies, one batch per subscriber (the ingress
+    /// batch then only acknowledges what is copied).
+    fn plan(&self, work: &[(StreamEntry, u32)], routes: &Routes) -> (FanoutBatch, Vec<CopyBatch>) {
         let queue = self.group.queue();
         let mut batch = FanoutBatch::new(&queue.group);
+        let mut copies: Vec<CopyBatch> = match self.cluster {
+            Some(_) => routes
+                .streams
+                .iter()
+                .zip(&routes.seen)
+                .map(|(stream, seen)| CopyBatch::new(stream, seen))
+                .collect(),
+            None => Vec::new(),
+        };
         let now = crate::handler::unix_now();
         for (entry, deliveries) in work {
             let dead = |kind: &str, reason: String| {
@@ -135,8 +167,13 @@ impl Fanout {
                 batch.dead_letter(&entry.id, payload);
                 continue;
             }
-            match leanmq::event_type(entry, self.bus.max_payload_bytes) {
-                Ok(event_type) => {
+            let routing = if self.cluster.is_some() {
+                leanmq::type_and_id(entry, self.bus.max_payload_bytes)
+            } else {
+                leanmq::event_type(entry, self.bus.max_payload_bytes).map(|t| (t, None))
+            };
+            match routing {
+                Ok((event_type, event_id)) => {
                     let targets = routes.targets(&event_type);
                     if targets.is_empty() {
                         metrics::fanout_unrouted();
@@ -144,7 +181,19 @@ impl Fanout {
                     } else {
                         metrics::fanout_routed(targets.len());
                     }
-                    batch.route(&entry.id, targets, entry.data().unwrap_or_default());
+                    let data = entry.data().unwrap_or_default();
+                    if copies.is_empty() {
+                        batch.route(&entry.id, targets, data);
+                        continue;
+                    }
+                    // Without an id of its own, an entry is known by where
+                    // it sits: a repeated copy of it is still dropped.
+                    let known_as =
+                        event_id.unwrap_or_else(|| format!("{}/{}", queue.stream, entry.id));
+                    for &t in targets {
+                        copies[t].copy(&entry.id, &known_as, data);
+                    }
+                    batch.route(&entry.id, &[], b"");
                 }
                 Err(malformed) => {
                     let payload = dead(
@@ -155,7 +204,66 @@ impl Fanout {
                 }
             }
         }
-        batch
+        copies.retain(|c| !c.is_empty());
+        (batch, copies)
+    }
+
+    /// On a cluster: writes every copy, each subscriber's batch in one
+    /// script call on its shard, all at once; waits for the replicas asked
+    /// for; an entry Redis refused to copy is dead-lettered instead of
+    /// acknowledged. Repeated until it works (a repeat copies nothing twice).
+    async fn copy(
+        &mut self,
+        batch: &mut FanoutBatch,
+        copies: &[CopyBatch],
+        work: &[(StreamEntry, u32)],
+    ) -> RedisResult<()> {
+        let replicas = self.cluster.unwrap_or(Replicas::NONE);
+        let window = self.bus.dedupe_window;
+        let mut patience = Patience::new("fan-out", &self.shutdown);
+        let copied = loop {
+            let conn = self.group.commands().clone();
+            let writes = copies.iter().map(|copy| {
+                let mut conn = conn.clone();
+                async move {
+                    let copied = copy.apply(&mut conn, window).await?;
+                    replicas.wait(&mut conn, copy.stream()).await?;
+                    Ok::<_, redis::RedisError>((copy.stream(), copied))
+                }
+            });
+            match futures_util::future::try_join_all(writes).await {
+                Ok(copied) => break copied,
+                Err(err) => patience.failed(err).await?,
+            }
+        };
+        let now = crate::handler::unix_now();
+        for (stream, Copied { dropped, refused }) in copied {
+            if dropped > 0 {
+                metrics::fanout_copies_dropped(dropped);
+                tracing::info!(
+                    stream,
+                    "fan-out dropped {dropped} copies {stream} already had (a batch routed again)"
+                );
+            }
+            for (id, err) in refused {
+                let Some((entry, deliveries)) = work.iter().find(|(e, _)| e.id == id) else {
+                    continue;
+                };
+                let reason = format!("fan-out: Redis refused to copy the entry to {stream}: {err}");
+                tracing::error!(stream_id = %id, "{reason}; dead-lettered");
+                metrics::fanout_dead_lettered();
+                let record = FailureRecord {
+                    timestamp: now,
+                    reason: &reason,
+                    kind: "refused",
+                    subscriber: None,
+                    attempt: Some(*deliveries),
+                };
+                let payload = leanmq::dead_letter(entry, &record, self.bus.max_payload_bytes);
+                batch.dead_letter_instead(&id, payload);
+            }
+        }
+        Ok(())
     }
 
     /// Applies a batch, with the loops' give-up policy. An entry whose

@@ -1,9 +1,17 @@
-//! Redis key and group names, exactly as LeanMQ 0.2 spells them.
+//! Redis key and group names: LeanMQ 0.2's on one server, hash-tagged on a
+//! Redis Cluster.
 //!
 //! LeanMQ names a queue `<prefix><queue>`, its DLQ `<prefix><queue>:dlq`, its
 //! consumer group `<queue>-group` and the DLQ's `<queue>-group-dlq`. The bus
 //! is the queue `all`; each subscriber owns the queue `sub:<name>`. Keeping
 //! these names lets LeanMQ producers and DLQ tools work on our streams.
+//!
+//! A cluster runs a script only on keys of one hash slot, so there every key
+//! a subscriber's commit touches carries the tag `{<name>}`
+//! (`events:sub:{pay}`, `events:state:{pay}`, `events:outbox:{pay}`, ...),
+//! and the ingress is split into partitions, each tagged to land in its own
+//! share of the slots (`events:all:{p0.17}`, ...), so they spread over the
+//! shards.
 
 /// A LeanMQ queue pair: stream, DLQ and their groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,29 +46,142 @@ impl QueueKeys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    /// On a Redis Cluster: the number of ingress partitions.
+    cluster: Option<usize>,
 }
 
+/// Slots of a Redis Cluster.
+const SLOTS: usize = 16384;
+
 impl Keys {
-    /// Keys under `prefix` (LeanMQ's default for event buses is `events:`).
+    /// LeanMQ's keys under `prefix` (its default for event buses is
+    /// `events:`), on one server.
     pub fn new(prefix: impl Into<String>) -> Self {
         Keys {
             prefix: prefix.into(),
+            cluster: None,
         }
     }
 
-    /// Where producers publish: `events:all`.
+    /// Hash-tagged keys under `prefix`, on a Redis Cluster, with
+    /// `partitions` ingress streams.
+    pub fn cluster(prefix: impl Into<String>, partitions: usize) -> Self {
+        Keys {
+            prefix: prefix.into(),
+            cluster: Some(partitions.max(1)),
+        }
+    }
+
+    /// Whether these are a Redis Cluster's keys.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Where producers publish on one server: `events:all`.
     pub fn all(&self) -> QueueKeys {
         QueueKeys::new(&self.prefix, "all")
     }
 
-    /// A subscriber's own queue: `events:sub:<name>`.
-    pub fn subscriber(&self, name: &str) -> QueueKeys {
-        QueueKeys::new(&self.prefix, &format!("sub:{name}"))
+    /// Every ingress stream the fan-out reads: `events:all` on one server,
+    /// the partitions on a cluster.
+    pub fn ingress(&self) -> Vec<QueueKeys> {
+        match self.cluster {
+            None => vec![self.all()],
+            Some(n) => (0..n).map(|i| self.partition(i, n)).collect(),
+        }
     }
 
-    /// A subscriber's state hash: `events:state:<name>`.
+    /// The ingress stream for an event with `event_id`: a partition chosen
+    /// by the CRC-32 of the id (zlib's, which every language has), so a
+    /// producer that publishes one event twice reaches one partition.
+    pub fn ingress_for(&self, event_id: &str) -> QueueKeys {
+        match self.cluster {
+            None => self.all(),
+            Some(n) => {
+                let i = crc32fast::hash(event_id.as_bytes()) as usize % n;
+                self.partition(i, n)
+            }
+        }
+    }
+
+    /// Partition `i` of `n`: `events:all:{p<i>.<k>}`, `k` the first number
+    /// that puts its slot in the middle of the `i`-th of `n` equal shares of
+    /// the slots. A cluster split evenly over `s` shards (as `redis-cli
+    /// --cluster create` splits it) then gets `n / s` partitions each when
+    /// `s` divides `n`.
+    fn partition(&self, i: usize, n: usize) -> QueueKeys {
+        let share = SLOTS as f64 / n as f64;
+        let low = (share * (i as f64 + 0.25)) as usize;
+        let high = ((share * (i as f64 + 0.75)) as usize).max(low + 1);
+        let tag = (0u32..)
+            .map(|k| format!("p{i}.{k}"))
+            .find(|tag| (low..high).contains(&slot(tag)))
+            .expect("some tag lands in every range of slots");
+        let mut queue = QueueKeys::new(&self.prefix, &format!("all:{{{tag}}}"));
+        queue.group = "all-group".into();
+        queue.dlq_group = "all-group-dlq".into();
+        queue
+    }
+
+    /// A subscriber's own queue: `events:sub:<name>` (cluster:
+    /// `events:sub:{<name>}`).
+    pub fn subscriber(&self, name: &str) -> QueueKeys {
+        let mut queue = QueueKeys::new(&self.prefix, &format!("sub:{}", self.tag(name)));
+        queue.group = format!("sub:{name}-group");
+        queue.dlq_group = format!("sub:{name}-group-dlq");
+        queue
+    }
+
+    /// The subscriber whose stream is `stream`, if it is one.
+    pub fn subscriber_of(&self, stream: &str) -> Option<String> {
+        let name = stream.strip_prefix(&format!("{}sub:", self.prefix))?;
+        if name.ends_with(":dlq") || name.ends_with(":metadata") {
+            return None;
+        }
+        match self.cluster {
+            None => Some(name.to_string()),
+            Some(_) => name
+                .strip_prefix('{')
+                .and_then(|n| n.strip_suffix('}'))
+                .map(str::to_string),
+        }
+    }
+
+    /// A subscriber's state hash: `events:state:<name>` (cluster:
+    /// `events:state:{<name>}`).
     pub fn state(&self, name: &str) -> String {
-        format!("{}state:{name}", self.prefix)
+        format!("{}state:{}", self.prefix, self.tag(name))
+    }
+
+    /// On a cluster, where a subscriber's commit puts the events it
+    /// publishes (`events:outbox:{<name>}`, in its slot), to be relayed to
+    /// the ingress; on one server they go straight to `events:all`.
+    pub fn outbox(&self, name: &str) -> Option<QueueKeys> {
+        self.cluster?;
+        let mut queue = QueueKeys::new(&self.prefix, &format!("outbox:{}", self.tag(name)));
+        queue.group = "outbox-group".into();
+        queue.dlq_group = "outbox-group-dlq".into();
+        Some(queue)
+    }
+
+    /// On a cluster, the events copied to a subscriber lately, by id: a
+    /// copy repeated after a crash is dropped (`events:seen:{<name>}`).
+    pub fn seen(&self, name: &str) -> String {
+        format!("{}seen:{}", self.prefix, self.tag(name))
+    }
+
+    /// `name`, as a hash tag on a cluster.
+    fn tag(&self, name: &str) -> String {
+        match self.cluster {
+            None => name.to_string(),
+            Some(_) => format!("{{{name}}}"),
+        }
+    }
+
+    /// On a cluster: the number of ingress partitions the bus was set up
+    /// with, which every host and producer must use.
+    pub fn partitions(&self) -> String {
+        format!("{}partitions", self.prefix)
     }
 
     /// LeanMQ's set of every stream name.
@@ -71,15 +192,36 @@ impl Keys {
     /// The heartbeat of the host whose consumer name is `consumer`: a
     /// JSON string that expires unless the host keeps refreshing it.
     pub fn host(&self, consumer: &str) -> String {
-        format!("{}host:{consumer}", self.prefix)
+        match self.cluster {
+            None => format!("{}host:{consumer}", self.prefix),
+            // One slot with `hosts`, so a beat stays one pipeline.
+            Some(_) => format!("{}{{hosts}}:host:{consumer}", self.prefix),
+        }
     }
 
     /// Every host's consumer name, scored by when it was last seen (ms):
     /// how `status` finds heartbeats without scanning keys, and names the
     /// hosts gone lately.
     pub fn hosts(&self) -> String {
-        format!("{}hosts", self.prefix)
+        match self.cluster {
+            None => format!("{}hosts", self.prefix),
+            Some(_) => format!("{}{{hosts}}", self.prefix),
+        }
     }
+}
+
+/// The Redis Cluster slot of `key`: CRC-16 (XMODEM) of its hash tag (the
+/// text in its first `{...}`, if not empty), else of the whole key.
+pub fn slot(key: &str) -> usize {
+    let bytes = key.as_bytes();
+    let hashed = key
+        .find('{')
+        .and_then(|open| {
+            let close = key[open + 1..].find('}')?;
+            (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+        })
+        .unwrap_or(bytes);
+    crc16::State::<crc16::XMODEM>::calculate(hashed) as usize % SLOTS
 }
 
 #[cfg(test)]
@@ -110,5 +252,54 @@ mod tests {
             QueueKeys::metadata(&sub.stream),
             "events:sub:payment-service:metadata"
         );
+        assert_eq!(keys.ingress(), [keys.all()]);
+        assert_eq!(keys.ingress_for("any"), keys.all());
+        assert_eq!(keys.outbox("pay"), None);
+        assert_eq!(keys.subscriber_of("events:sub:pay").as_deref(), Some("pay"));
+        assert_eq!(keys.subscriber_of("events:sub:pay:dlq"), None);
+    }
+
+    #[test]
+    fn a_subscribers_cluster_keys_share_one_slot() {
+        let keys = Keys::cluster("events:", 6);
+        let sub = keys.subscriber("pay");
+        assert_eq!(sub.stream, "events:sub:{pay}");
+        assert_eq!(sub.group, "sub:pay-group");
+        let outbox = keys.outbox("pay").unwrap();
+        let all = [
+            sub.stream.clone(),
+            sub.dlq.clone(),
+            QueueKeys::metadata(&sub.stream),
+            QueueKeys::metadata(&sub.dlq),
+            keys.state("pay"),
+            outbox.stream,
+            keys.seen("pay"),
+        ];
+        assert!(all.iter().all(|k| slot(k) == slot("pay")), "{all:?}");
+        assert_eq!(keys.subscriber_of(&sub.stream).as_deref(), Some("pay"));
+        assert_eq!(keys.subscriber_of(&sub.dlq), None);
+        assert_eq!(slot(&keys.host("box-1")), slot(&keys.hosts()));
+    }
+
+    #[test]
+    fn partitions_spread_over_evenly_split_shards() {
+        // The slot of a key, as Redis computes it (CLUSTER KEYSLOT).
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"));
+        for (n, shards) in [(6, 3), (6, 2), (12, 3), (4, 4), (3, 3)] {
+            let keys = Keys::cluster("events:", n);
+            let mut per_shard = vec![0; shards];
+            for p in keys.ingress() {
+                assert_eq!(slot(&p.stream), slot(&p.dlq));
+                assert_eq!(p.group, "all-group");
+                per_shard[slot(&p.stream) * shards / SLOTS] += 1;
+            }
+            assert_eq!(per_shard, vec![n / shards; shards], "{n} partitions");
+        }
+        let keys = Keys::cluster("events:", 6);
+        let p = keys.ingress_for("order-1");
+        assert!(keys.ingress().contains(&p));
+        assert_eq!(keys.ingress_for("order-1"), p);
     }
 }

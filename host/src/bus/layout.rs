@@ -23,9 +23,14 @@ pub async fn ensure_queue<C: ConnectionLike + Send>(
     let now = crate::handler::unix_now().to_string();
     let main_meta = QueueKeys::metadata(&queue.stream);
     let dlq_meta = QueueKeys::metadata(&queue.dlq);
+    // The registry has a slot of its own on a cluster: not in the pipeline
+    // of the queue's keys.
+    redis::cmd("SADD")
+        .arg(keys.registry())
+        .arg(&[&queue.stream, &queue.dlq])
+        .query_async::<()>(conn)
+        .await?;
     redis::pipe()
-        .sadd(keys.registry(), &[&queue.stream, &queue.dlq])
-        .ignore()
         .hset_nx(&main_meta, "created_at", &now)
         .ignore()
         .hset_multiple(
@@ -49,6 +54,32 @@ pub async fn ensure_queue<C: ConnectionLike + Send>(
         .ignore()
         .query_async::<()>(conn)
         .await
+}
+
+/// On a cluster: records how many ingress partitions the bus has, or
+/// refuses to start if it was set up with another number. Producers spread
+/// events by that number: a host reading fewer partitions would leave
+/// events in the others unread.
+pub async fn agree_on_partitions<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    partitions: usize,
+) -> anyhow::Result<()> {
+    let key = keys.partitions();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(partitions)
+        .arg("NX")
+        .query_async(conn)
+        .await?;
+    let recorded: usize = redis::cmd("GET").arg(&key).query_async(conn).await?;
+    anyhow::ensure!(
+        recorded == partitions,
+        "the bus was set up with [bus] partitions = {recorded} ({key}), and this config says \
+         {partitions}: every host and producer must agree; set {recorded}, or drain the bus and \
+         delete {key} to change it"
+    );
+    Ok(())
 }
 
 async fn create_group<C: ConnectionLike + Send>(

@@ -120,6 +120,32 @@ pub fn event_type(entry: &StreamEntry, limit: usize) -> Result<String, Malformed
         .ok_or(Malformed::NoEventType)
 }
 
+/// What the fan-out reads of an entry on a Redis Cluster: its type, and the
+/// id that a repeated copy of it is known by (its `event_id`, else
+/// `_metadata.id`; `None`: it has neither).
+pub fn type_and_id(
+    entry: &StreamEntry,
+    limit: usize,
+) -> Result<(String, Option<String>), Malformed> {
+    let data = entry.data().ok_or(Malformed::NoData)?;
+    let fields = Fields::parse(data, limit)?;
+    let event_type = fields
+        .string("event_type")
+        .filter(|t| !t.is_empty())
+        .ok_or(Malformed::NoEventType)?;
+    Ok((event_type, event_id(&fields)))
+}
+
+/// An event's id: its `event_id`, else `_metadata.id`.
+fn event_id(fields: &Fields<'_>) -> Option<String> {
+    fields.get("event_id").and_then(scalar_text).or_else(|| {
+        let metadata: Metadata = fields
+            .get("_metadata")
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())?;
+        metadata.id.as_ref().and_then(value_text)
+    })
+}
+
 /// Decodes a subscriber-stream entry into the event a handler receives.
 pub fn decode_event(entry: &StreamEntry, attempt: u32, limit: usize) -> Result<Event, Malformed> {
     let data = entry.data().ok_or(Malformed::NoData)?;
@@ -132,11 +158,7 @@ pub fn decode_event(entry: &StreamEntry, attempt: u32, limit: usize) -> Result<E
         .get("_metadata")
         .and_then(|raw| serde_json::from_str(raw.get()).ok())
         .unwrap_or_default();
-    let id = fields
-        .get("event_id")
-        .and_then(scalar_text)
-        .or_else(|| metadata.id.as_ref().and_then(value_text))
-        .unwrap_or_else(|| entry.id.clone());
+    let id = event_id(&fields).unwrap_or_else(|| entry.id.clone());
     let timestamp = fields
         .get("timestamp")
         .and_then(|raw| serde_json::from_str::<f64>(raw.get()).ok())

@@ -12,6 +12,11 @@
 //! what it runs), [`status`] (the bus as Redis tells it), [`dlq`] (list,
 //! replay and purge dead letters). This module knows Redis and nothing of
 //! wasmtime.
+//!
+//! On a Redis Cluster the same loops run on hash-tagged keys ([`keys`]):
+//! one fan-out per ingress partition, whose copies are idempotent
+//! (`scripts/copy.lua`), and per subscriber a [`relay`] that moves what its
+//! commits published from its outbox to the ingress.
 
 pub mod connection;
 pub mod dlq;
@@ -21,6 +26,7 @@ pub mod heartbeat;
 pub mod keys;
 pub mod layout;
 pub mod leanmq;
+pub mod relay;
 pub mod routes;
 pub mod scripts;
 pub mod state;
@@ -36,9 +42,9 @@ use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::BusConfig;
+use crate::config::{BusConfig, Endpoint, RedisConfig};
 use crate::handler::StateReader;
-use connection::{Connector, RedisConn};
+use connection::{Connector, RedisConn, Replicas};
 use fanout::Fanout;
 use group::GroupConsumer;
 use keys::Keys;
@@ -55,38 +61,46 @@ pub struct Bus {
     commands: RedisConn,
     keys: Keys,
     config: BusConfig,
+    replicas: Replicas,
     routes: RouteTable,
 }
 
 impl Bus {
-    /// Connects to the Redis at `url`, waiting for it to come up; `None` if
-    /// `shutdown` fires first.
+    /// Connects to the Redis at `endpoint`, waiting for it to come up;
+    /// `None` if `shutdown` fires first.
     pub async fn connect(
-        url: &str,
-        prefix: &str,
+        endpoint: &Endpoint,
+        redis: &RedisConfig,
         config: BusConfig,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<Self>> {
-        let connector = Connector::new(url)?;
+        let connector = Connector::new(endpoint)?;
         let Some(mut commands) = connector.commands_when_up(shutdown).await else {
             return Ok(None);
         };
-        let keys = Keys::new(prefix);
-        layout::ensure_queue(&mut commands, &keys, &keys.all())
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot set up {} on {}",
-                    keys.all().stream,
-                    connector.display()
-                )
-            })?;
+        let keys = keys_for(Some(endpoint), &redis.prefix, config.partitions);
+        if keys.is_cluster() {
+            layout::agree_on_partitions(&mut commands, &keys, config.partitions)
+                .await
+                .with_context(|| format!("on {}", connector.display()))?;
+        }
+        for queue in keys.ingress() {
+            layout::ensure_queue(&mut commands, &keys, &queue)
+                .await
+                .with_context(|| {
+                    format!("cannot set up {} on {}", queue.stream, connector.display())
+                })?;
+        }
         tracing::info!(redis = %connector.display(), consumer = %config.consumer, "connected to the bus");
         Ok(Some(Bus {
             connector,
             commands,
             keys,
             config,
+            replicas: Replicas {
+                min: redis.min_replicas_ack,
+                timeout: redis.replicas_timeout,
+            },
             routes: RouteTable::default(),
         }))
     }
@@ -107,7 +121,13 @@ impl Bus {
         let queue = self.keys.subscriber(name);
         layout::ensure_queue(&mut self.commands.clone(), &self.keys, &queue)
             .await
-            .with_context(|| format!("cannot set up {}", queue.stream))
+            .with_context(|| format!("cannot set up {}", queue.stream))?;
+        if let Some(outbox) = self.keys.outbox(name) {
+            layout::ensure_queue(&mut self.commands.clone(), &self.keys, &outbox)
+                .await
+                .with_context(|| format!("cannot set up {}", outbox.stream))?;
+        }
+        Ok(())
     }
 
     /// Replaces the routing table of the fan-out, from the next batch on;
@@ -116,14 +136,28 @@ impl Bus {
         self.routes.replace(routes).await;
     }
 
-    /// Starts the fan-out loop.
+    /// Starts the fan-out: one loop per ingress stream, all ended by
+    /// `shutdown`; the handle ends when they all have.
     pub async fn spawn_fanout(
         &self,
         shutdown: CancellationToken,
     ) -> anyhow::Result<JoinHandle<()>> {
-        let group = self.consumer(self.keys.all()).await?;
-        let fanout = Fanout::new(group, self.routes.clone(), self.config.clone(), shutdown);
-        Ok(tokio::spawn(fanout.run()))
+        let cluster = self.keys.is_cluster().then_some(self.replicas);
+        let mut loops = tokio::task::JoinSet::new();
+        for queue in self.keys.ingress() {
+            let group = self.consumer(queue).await?;
+            let fanout = Fanout::new(
+                group,
+                self.routes.clone(),
+                self.config.clone(),
+                cluster,
+                shutdown.clone(),
+            );
+            loops.spawn(fanout.run());
+        }
+        Ok(tokio::spawn(async move {
+            loops.join_all().await;
+        }))
     }
 
     /// Starts the loop of one subscriber (prepared before).
@@ -138,15 +172,46 @@ impl Bus {
             self.commands.clone(),
             state_key.clone(),
         ));
+        let outbox = self.keys.outbox(&name);
+        // On one server a commit publishes to events:all itself; on a
+        // cluster to the outbox, which a relay empties.
+        let publish_to = outbox
+            .as_ref()
+            .map_or_else(|| self.keys.all().stream, |o| o.stream.clone());
         let subscriber = SubscriberLoop::new(
             subscription,
             group,
             state,
             state_key,
-            self.keys.all().stream,
+            publish_to,
+            self.replicas,
             self.config.clone(),
         );
-        Ok(tokio::spawn(subscriber.run()))
+        let Some(outbox) = outbox else {
+            return Ok(tokio::spawn(subscriber.run()));
+        };
+        // The relay outlives the loop: what the loop's last commits
+        // published is relayed before the task ends.
+        let stop_relay = CancellationToken::new();
+        let relay = relay::Relay::new(
+            &name,
+            self.consumer(outbox).await?,
+            self.keys.clone(),
+            self.replicas,
+            self.config.clone(),
+            stop_relay.clone(),
+        );
+        let relay = tokio::spawn(relay.run());
+        Ok(tokio::spawn(async move {
+            subscriber.run().await;
+            stop_relay.cancel();
+            let _ = relay.await;
+        }))
+    }
+
+    /// How many replicas a write waits for.
+    pub fn replicas(&self) -> Replicas {
+        self.replicas
     }
 
     /// Writes this host's heartbeat (see [`heartbeat`]); the future owns
@@ -187,26 +252,51 @@ impl Bus {
     }
 }
 
-/// Publishes one event to `events:all` as a LeanMQ producer does: `data`
-/// plus `event_type`, `event_id`, `timestamp` and `_metadata`. Returns the
-/// stream id and the event id.
+/// The keys of the bus at `endpoint`: LeanMQ's on one server, hash-tagged
+/// with `partitions` ingress streams on a cluster.
+pub fn keys_for(endpoint: Option<&Endpoint>, prefix: &str, partitions: usize) -> Keys {
+    match endpoint {
+        Some(Endpoint::Cluster(_)) => Keys::cluster(prefix, partitions),
+        _ => Keys::new(prefix),
+    }
+}
+
+/// Publishes one event as a LeanMQ producer does: `data` plus
+/// `event_type`, `event_id` (the caller's, if `data` has one: a producer
+/// that publishes again after an error must not make a second event),
+/// `timestamp` and `_metadata`; to `events:all`, or on a cluster to the
+/// partition its id picks. Returns the stream, the entry id and the event
+/// id.
 pub async fn publish(
     conn: &mut RedisConn,
     keys: &Keys,
+    replicas: Replicas,
     event_type: &str,
-    data: Map<String, Value>,
-) -> anyhow::Result<(String, String)> {
-    let all = keys.all();
-    layout::ensure_queue(conn, keys, &all).await?;
+    mut data: Map<String, Value>,
+) -> anyhow::Result<(String, String, String)> {
+    let event_id = match data.remove("event_id") {
+        Some(Value::String(id)) if !id.is_empty() => id,
+        Some(Value::Number(id)) => id.to_string(),
+        None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
+        Some(other) => anyhow::bail!(
+            "event_id must be a non-empty string or a number, not {other}; leave it out to get \
+             a new one"
+        ),
+    };
+    let queue = keys.ingress_for(&event_id);
+    layout::ensure_queue(conn, keys, &queue).await?;
     let now = crate::handler::unix_now();
-    let event_id = uuid::Uuid::new_v4().to_string();
     let payload = leanmq::envelope(data, event_type, &event_id, now, None);
     let stream_id: String = redis::cmd("XADD")
-        .arg(&all.stream)
+        .arg(&queue.stream)
         .arg("*")
         .arg("data")
         .arg(payload)
         .query_async(conn)
         .await?;
-    Ok((stream_id, event_id))
+    replicas
+        .wait(conn, &queue.stream)
+        .await
+        .context("the event was published, but may not survive a failover")?;
+    Ok((queue.stream, stream_id, event_id))
 }

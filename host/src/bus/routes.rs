@@ -19,6 +19,9 @@ use crate::config::EventFilter;
 pub struct Routes {
     /// The subscriber streams; targets are indexes into this list.
     pub streams: Vec<String>,
+    /// On a cluster, the seen set of each stream's subscriber (see
+    /// `scripts/copy.lua`), in the same order.
+    pub seen: Vec<String>,
     by_type: HashMap<String, Vec<usize>>,
     /// Subscribers of every type: the targets of a type nobody names.
     everything: Vec<usize>,
@@ -34,6 +37,7 @@ impl Routes {
         let mut named: Vec<(&str, usize)> = Vec::new();
         for (i, (name, filter)) in subscribers.into_iter().enumerate() {
             routes.streams.push(keys.subscriber(name).stream);
+            routes.seen.push(keys.seen(name));
             match filter {
                 EventFilter::All => routes.everything.push(i),
                 EventFilter::Types(types) => named.extend(types.iter().map(|t| (t.as_str(), i))),

@@ -69,6 +69,41 @@ pub struct QueueStatus {
     pub group_exists: bool,
 }
 
+impl QueueStatus {
+    /// The ingress partitions of a cluster as one queue: counts summed,
+    /// named by the first (`events:all:{p0.1} +5`).
+    fn sum(parts: Vec<QueueStatus>) -> QueueStatus {
+        let count = parts.len();
+        let mut parts = parts.into_iter();
+        let mut total = parts.next().expect("the bus has an ingress stream");
+        for part in parts {
+            total.length += part.length;
+            total.lag = total.lag.zip(part.lag).map(|(a, b)| a + b);
+            total.pending += part.pending;
+            total.dlq_depth += part.dlq_depth;
+            total.group_exists &= part.group_exists;
+            for held in part.pending_by_consumer {
+                match total
+                    .pending_by_consumer
+                    .iter_mut()
+                    .find(|c| c.consumer == held.consumer)
+                {
+                    Some(c) => {
+                        c.pending += held.pending;
+                        c.oldest_ms = c.oldest_ms.max(held.oldest_ms);
+                    }
+                    None => total.pending_by_consumer.push(held),
+                }
+            }
+        }
+        if count > 1 {
+            total.stream = format!("{} +{}", total.stream, count - 1);
+            total.dlq = format!("{} +{}", total.dlq, count - 1);
+        }
+        total
+    }
+}
+
 /// What one consumer holds.
 #[derive(Debug, Serialize)]
 pub struct ConsumerPending {
@@ -123,19 +158,21 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisRe
         .arg(keys.registry())
         .query_async(conn)
         .await?;
-    let sub_prefix = keys.subscriber("").stream;
     names.extend(
         registry
             .iter()
-            .filter_map(|stream| stream.strip_prefix(&sub_prefix))
-            .filter(|name| !name.is_empty() && !name.contains(':'))
-            .map(str::to_string),
+            .filter_map(|stream| keys.subscriber_of(stream))
+            .filter(|name| !name.is_empty() && !name.contains(':')),
     );
     for host in &alive {
         names.extend(host.subscribers.keys().cloned());
     }
 
-    let mut fanout = queue_status(conn, &keys.all(), now).await?;
+    let mut partitions = Vec::new();
+    for queue in keys.ingress() {
+        partitions.push(queue_status(conn, &queue, now).await?);
+    }
+    let mut fanout = QueueStatus::sum(partitions);
     fanout.handled_per_s = alive.iter().map(|h| h.fanout.handled_per_s).sum();
     fanout.dead_lettered_per_s = alive.iter().map(|h| h.fanout.dead_lettered_per_s).sum();
 

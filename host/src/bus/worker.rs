@@ -147,10 +147,19 @@ impl<'a> Patience<'a> {
     }
 }
 
-/// Whether a command failed because the connection did, not because Redis
-/// refused it: the same command may then succeed.
-fn is_connection_error(err: &RedisError) -> bool {
-    err.is_io_error() || err.is_timeout() || err.is_connection_dropped()
+/// Whether a command failed because the connection did, or the server was
+/// not ready for it (a cluster failing over, a replica still loading), not
+/// because Redis refused it: the same command may then succeed.
+pub fn is_connection_error(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_cluster_error()
+        || err.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || matches!(
+            err.code(),
+            Some("LOADING" | "READONLY" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN")
+        )
 }
 
 #[cfg(test)]

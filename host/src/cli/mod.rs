@@ -17,7 +17,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{self, connection::Connector, keys::Keys};
+use crate::bus::connection::{Connector, Replicas};
+use crate::bus::{self, keys::Keys};
+use crate::config::Endpoint;
 use crate::config::{self, ConfigError};
 use crate::daemon::{self, WasmPlugins};
 use crate::http::{self, Readiness};
@@ -271,7 +273,11 @@ async fn run(path: &Path) -> anyhow::Result<()> {
             metrics: telemetry::install_metrics()?,
             ready: readiness,
             console: http::console::Console {
-                keys: Keys::new(config.redis.prefix.clone()),
+                keys: bus::keys_for(
+                    config.redis.endpoint.as_ref(),
+                    &config.redis.prefix,
+                    config.bus.partitions,
+                ),
                 subscribers: config.subscribers.iter().map(|s| s.name.clone()).collect(),
                 admin_token,
             },
@@ -468,10 +474,10 @@ async fn publish(
         url,
     })
     .await?;
-    let (stream_id, event_id) = bus::publish(&mut bus.conn, &bus.keys, event_type, data).await?;
+    let (stream, stream_id, event_id) =
+        bus::publish(&mut bus.conn, &bus.keys, bus.replicas, event_type, data).await?;
     say(format_args!(
-        "published {event_type} {event_id} as {} {stream_id}",
-        bus.keys.all().stream
+        "published {event_type} {event_id} as {stream} {stream_id}"
     ));
     Ok(())
 }
@@ -480,6 +486,8 @@ async fn publish(
 struct BusAccess {
     conn: crate::bus::connection::RedisConn,
     keys: Keys,
+    /// What a write waits for, as the config says.
+    replicas: Replicas,
     /// The config, when there is one.
     config: Option<config::Config>,
 }
@@ -487,19 +495,19 @@ struct BusAccess {
 /// Connects to the bus `args` name: --url, else the config's Redis, else
 /// the private one a running `eventhost run` started for that config.
 async fn connect(args: &RedisArgs) -> anyhow::Result<BusAccess> {
-    let (url, config) = match &args.url {
+    let (endpoint, config) = match &args.url {
         Some(url) => {
             let config = args
                 .config
                 .exists()
                 .then(|| config::load(&args.config))
                 .transpose()?;
-            (url.clone(), config)
+            (Endpoint::Server(url.clone()), config)
         }
         None => {
             let config = config::load(&args.config)?;
-            let url = match &config.redis.url {
-                Some(url) => url.clone(),
+            let endpoint = match &config.redis.endpoint {
+                Some(endpoint) => endpoint.clone(),
                 None => private_redis::running_url(&config.state_dir.join("redis"))
                     .await
                     .with_context(|| {
@@ -508,22 +516,33 @@ async fn connect(args: &RedisArgs) -> anyhow::Result<BusAccess> {
                              start it first, or pass --url",
                             config.path.display()
                         )
-                    })?,
+                    })
+                    .map(Endpoint::Server)?,
             };
-            (url, Some(config))
+            (endpoint, Some(config))
         }
     };
-    let prefix = config
-        .as_ref()
-        .map_or_else(|| "events:".to_string(), |c| c.redis.prefix.clone());
-    let connector = Connector::new(&url)?;
+    let (prefix, partitions, replicas) = match &config {
+        Some(c) => (
+            c.redis.prefix.as_str(),
+            c.bus.partitions,
+            Replicas {
+                min: c.redis.min_replicas_ack,
+                timeout: c.redis.replicas_timeout,
+            },
+        ),
+        None => ("events:", 1, Replicas::NONE),
+    };
+    let keys = bus::keys_for(Some(&endpoint), prefix, partitions);
+    let connector = Connector::new(&endpoint)?;
     let conn = connector
         .commands()
         .await
         .with_context(|| format!("cannot connect to {}", connector.display()))?;
     Ok(BusAccess {
         conn,
-        keys: Keys::new(prefix),
+        keys,
+        replicas,
         config,
     })
 }

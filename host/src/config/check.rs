@@ -18,10 +18,11 @@ use super::raw::{
     RawBus, RawConfig, RawGrants, RawHttp, RawPlugins, RawRedis, RawSubscriber, RawTelemetry,
 };
 use super::{
-    BusConfig, Config, DirGrant, EventFilter, Grants, HttpConfig, LogFormat, PluginsConfig,
-    RedisConfig, Secret, SubscriberConfig, TelemetryConfig, DEFAULT_CACHE_MB,
-    DEFAULT_COMPILE_MEMORY_MB, DEFAULT_COMPILE_TIMEOUT_S, DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES,
-    DEFAULT_MAX_FILE_MB, MAX_RETRY_BACKOFF, MIN_TOKEN_CHARS, STATE_DIR,
+    BusConfig, Config, DirGrant, Endpoint, EventFilter, Grants, HttpConfig, LogFormat,
+    PluginsConfig, RedisConfig, Secret, SubscriberConfig, TelemetryConfig, DEFAULT_CACHE_MB,
+    DEFAULT_COMPILE_MEMORY_MB, DEFAULT_COMPILE_TIMEOUT_S, DEFAULT_DEDUPE_WINDOW_S,
+    DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES, DEFAULT_MAX_FILE_MB, DEFAULT_PARTITIONS,
+    MAX_RETRY_BACKOFF, MIN_TOKEN_CHARS, STATE_DIR,
 };
 use crate::handler::{PublishLimits, DEFAULT_MAX_HOPS, DEFAULT_MAX_PAYLOAD_BYTES};
 
@@ -104,7 +105,8 @@ impl Checker<'_> {
 
         let redis = self.check_redis(raw.redis);
         let plugins = self.check_plugins(raw.plugins, &base, &state_dir);
-        let bus = self.check_bus(raw.bus);
+        let cluster = redis.endpoint.as_ref().is_some_and(Endpoint::is_cluster);
+        let bus = self.check_bus(raw.bus, cluster);
         let (telemetry, old_metrics) = self.check_telemetry(raw.telemetry);
         let http = self.check_http(raw.http, old_metrics);
         let subscribers = raw
@@ -130,7 +132,7 @@ impl Checker<'_> {
     }
 
     fn check_redis(&mut self, raw: RawRedis) -> RedisConfig {
-        let url = raw.url.map(|url| {
+        let url = raw.url.inspect(|url| {
             if let Err(err) = redis::Client::open(url.get_ref().as_str()) {
                 self.push(
                     Some(url.span()),
@@ -141,17 +143,74 @@ impl Checker<'_> {
                     ),
                 );
             }
-            url.into_inner()
         });
+        let cluster = raw.cluster.inspect(|seeds| {
+            if seeds.get_ref().is_empty() {
+                self.push(
+                    Some(seeds.span()),
+                    "redis.cluster",
+                    "names no node; give the URL of one or more nodes of the cluster, \
+                     e.g. [\"redis://10.0.0.1:6379\"]",
+                );
+            }
+            for seed in seeds.get_ref() {
+                if let Err(err) = redis::Client::open(seed.get_ref().as_str()) {
+                    self.push(
+                        Some(seed.span()),
+                        "redis.cluster",
+                        format!("not a Redis URL ({err}); expected e.g. redis://10.0.0.1:6379"),
+                    );
+                }
+            }
+        });
+        let endpoint = match (url, cluster) {
+            (Some(_), Some(cluster)) => {
+                self.push(
+                    Some(cluster.span()),
+                    "redis.cluster",
+                    "cannot be set with redis.url: one names a server, the other a cluster; \
+                     keep one",
+                );
+                None
+            }
+            (Some(url), None) => Some(Endpoint::Server(url.into_inner())),
+            (None, Some(cluster)) => Some(Endpoint::Cluster(
+                cluster
+                    .into_inner()
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect(),
+            )),
+            (None, None) => None,
+        };
         let prefix = match raw.prefix {
             Some(prefix) if prefix.get_ref().is_empty() => {
                 self.push(Some(prefix.span()), "redis.prefix", "must not be empty");
                 "events:".into()
             }
+            Some(prefix) if prefix.get_ref().contains(['{', '}']) => {
+                self.push(
+                    Some(prefix.span()),
+                    "redis.prefix",
+                    "must not contain { or }: they would change which Redis Cluster slot a key \
+                     lives in",
+                );
+                "events:".into()
+            }
             Some(prefix) => prefix.into_inner(),
             None => "events:".into(),
         };
-        RedisConfig { url, prefix }
+        RedisConfig {
+            endpoint,
+            prefix,
+            min_replicas_ack: self.int(&raw.min_replicas_ack, "redis.min_replicas_ack", 0..=16, 0),
+            replicas_timeout: Duration::from_millis(self.int(
+                &raw.replicas_timeout_ms,
+                "redis.replicas_timeout_ms",
+                1..=60_000,
+                1000u64,
+            )),
+        }
     }
 
     fn check_plugins(&mut self, raw: RawPlugins, base: &Path, state_dir: &Path) -> PluginsConfig {
@@ -226,7 +285,31 @@ impl Checker<'_> {
         }
     }
 
-    fn check_bus(&mut self, raw: RawBus) -> BusConfig {
+    fn check_bus(&mut self, raw: RawBus, cluster: bool) -> BusConfig {
+        let partitions = match &raw.partitions {
+            Some(p) if !cluster => {
+                self.push(
+                    Some(p.span()),
+                    "bus.partitions",
+                    "applies to a Redis Cluster only (set [redis] cluster); one server has one \
+                     ingress stream, events:all",
+                );
+                1
+            }
+            _ if cluster => self.int(
+                &raw.partitions,
+                "bus.partitions",
+                1..=1024,
+                DEFAULT_PARTITIONS,
+            ),
+            _ => 1,
+        };
+        let dedupe_window = Duration::from_secs(self.int(
+            &raw.dedupe_window_s,
+            "bus.dedupe_window_s",
+            1..=7 * 86_400,
+            DEFAULT_DEDUPE_WINDOW_S,
+        ));
         let consumer = match raw.consumer {
             Some(name) if !valid_name(name.get_ref()) => {
                 self.push(Some(name.span()), "bus.consumer", NAME_RULE);
@@ -257,6 +340,8 @@ impl Checker<'_> {
                 100_000,
             ),
             consumer,
+            partitions,
+            dedupe_window,
         }
     }
 
@@ -605,8 +690,8 @@ decline_percent = 10
         )
         .unwrap();
         assert_eq!(
-            config.redis.url.as_deref(),
-            Some("redis://127.0.0.1:6379/0")
+            config.redis.endpoint,
+            Some(Endpoint::Server("redis://127.0.0.1:6379/0".into()))
         );
         assert_eq!(config.redis.prefix, "ev:");
         assert!(!config.plugins.watch);
@@ -632,7 +717,7 @@ decline_percent = 10
     fn defaults_fill_what_is_left_out() {
         let dir = dir_with_plugin();
         let config = parse_in(dir.path(), "[subscribers.a]\nplugin = \"pay.wasm\"\n").unwrap();
-        assert_eq!(config.redis.url, None);
+        assert_eq!(config.redis.endpoint, None);
         assert_eq!(config.redis.prefix, "events:");
         assert!(config.plugins.watch);
         let sub = &config.subscribers[0];
@@ -904,5 +989,47 @@ decline_percent = 10
         assert_eq!(sub.backoff_before(3), Duration::from_millis(200));
         assert_eq!(sub.backoff_before(4), Duration::from_millis(400));
         assert_eq!(sub.backoff_before(40), MAX_RETRY_BACKOFF);
+    }
+
+    #[test]
+    fn a_cluster_is_named_by_its_seeds_and_owns_the_partitions() {
+        let dir = dir_with_plugin();
+        let config = parse_in(
+            dir.path(),
+            "[redis]\ncluster = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\n\
+             min_replicas_ack = 1\n[bus]\npartitions = 12\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.redis.endpoint,
+            Some(Endpoint::Cluster(vec![
+                "redis://10.0.0.1:7000".into(),
+                "redis://10.0.0.2:7000".into()
+            ]))
+        );
+        assert_eq!(config.redis.min_replicas_ack, 1);
+        assert_eq!(config.bus.partitions, 12);
+        let default = parse_in(dir.path(), "[redis]\ncluster = [\"redis://h:1\"]\n").unwrap();
+        assert_eq!(default.bus.partitions, DEFAULT_PARTITIONS);
+        assert_eq!(parse_in(dir.path(), "").unwrap().bus.partitions, 1);
+
+        let err = parse_in(
+            dir.path(),
+            "[redis]\nurl = \"redis://h\"\ncluster = [\"redis://h:1\"]\n",
+        )
+        .unwrap_err();
+        let problem = only_problem(err);
+        assert_eq!((problem.line, problem.key.as_str()), (3, "redis.cluster"));
+        let err = parse_in(dir.path(), "[bus]\npartitions = 4\n").unwrap_err();
+        let problem = only_problem(err);
+        assert_eq!((problem.line, problem.key.as_str()), (2, "bus.partitions"));
+        assert!(
+            problem.message.contains("[redis] cluster"),
+            "{}",
+            problem.message
+        );
+        let err = parse_in(dir.path(), "[redis]\ncluster = []\nprefix = \"{x}\"\n").unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["redis.cluster", "redis.prefix"]);
     }
 }

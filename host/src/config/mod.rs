@@ -63,9 +63,31 @@ impl Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisConfig {
     /// `None`: start a private `redis-server`.
-    pub url: Option<String>,
+    pub endpoint: Option<Endpoint>,
     /// Key prefix, LeanMQ's `prefix` (default `events:`).
     pub prefix: String,
+    /// Replicas that must hold a write before the bus builds on it (0: do
+    /// not wait): narrows what a failover can lose.
+    pub min_replicas_ack: u32,
+    /// Longest a write waits for those replicas.
+    pub replicas_timeout: Duration,
+}
+
+/// A Redis to use: one server, or a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// One Redis server, by URL.
+    Server(String),
+    /// A Redis Cluster, by the URLs of some of its nodes (the seeds); the
+    /// rest is discovered.
+    Cluster(Vec<String>),
+}
+
+impl Endpoint {
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Endpoint::Cluster(_))
+    }
 }
 
 /// Where plugins come from.
@@ -137,7 +159,21 @@ pub struct BusConfig {
     pub stream_maxlen: usize,
     /// This process's consumer name in every group.
     pub consumer: String,
+    /// Ingress streams producers spread events over: 1 on one server
+    /// (LeanMQ's `events:all`), `[bus] partitions` on a cluster.
+    pub partitions: usize,
+    /// On a cluster, how long a subscriber remembers the events copied to
+    /// it, so that a copy repeated after a crash is dropped.
+    pub dedupe_window: Duration,
 }
+
+/// Default of `[bus] partitions` on a cluster: a multiple of 1, 2, 3 and 6
+/// shards, so ingress spreads evenly over them.
+pub const DEFAULT_PARTITIONS: usize = 6;
+
+/// Default of `[bus] dedupe_window_s`: far longer than a crashed host's
+/// batch waits to be reclaimed (`claim_idle_ms`, 30 s by default).
+pub const DEFAULT_DEDUPE_WINDOW_S: u64 = 300;
 
 /// How the process reports on itself.
 #[derive(Debug, Clone, PartialEq)]

@@ -27,7 +27,10 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: Option<Spanned<String>>,
+    pub cluster: Option<Spanned<Vec<Spanned<String>>>>,
     pub prefix: Option<Spanned<String>>,
+    pub min_replicas_ack: Option<Spanned<i64>>,
+    pub replicas_timeout_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -52,6 +55,8 @@ pub struct RawBus {
     pub max_hops: Option<Spanned<i64>>,
     pub stream_maxlen: Option<Spanned<i64>>,
     pub consumer: Option<Spanned<String>>,
+    pub partitions: Option<Spanned<i64>>,
+    pub dedupe_window_s: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

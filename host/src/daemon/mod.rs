@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::heartbeat::ReloadNote;
 use crate::bus::routes::Routes;
 use crate::bus::{self, Bus};
-use crate::config::{Config, SubscriberConfig};
+use crate::config::{Config, Endpoint, SubscriberConfig};
 use crate::handler::HandlerFactory;
 use crate::http::Readiness;
 use crate::private_redis::PrivateRedis;
@@ -73,17 +73,17 @@ pub async fn run_observed(
         waiting: vec!["connecting to Redis".into()],
     });
 
-    let private = match &config.redis.url {
+    let private = match &config.redis.endpoint {
         Some(_) => None,
         None => Some(PrivateRedis::start(&config.state_dir.join("redis")).await?),
     };
-    let url = match (&config.redis.url, &private) {
-        (Some(url), _) => url.clone(),
-        (_, Some(private)) => private.url().to_string(),
-        (None, None) => unreachable!("a private server runs when no URL is set"),
+    let endpoint = match (&config.redis.endpoint, &private) {
+        (Some(endpoint), _) => endpoint.clone(),
+        (_, Some(private)) => Endpoint::Server(private.url().to_string()),
+        (None, None) => unreachable!("a private server runs when no endpoint is set"),
     };
     let result = async {
-        let bus = Bus::connect(&url, &config.redis.prefix, config.bus.clone(), &stop).await?;
+        let bus = Bus::connect(&endpoint, &config.redis, config.bus.clone(), &stop).await?;
         let Some(bus) = bus else { return Ok(()) };
         let mut daemon = Daemon::start(config, handlers, bus, stop, ready).await?;
         daemon.serve(hangups, watcher.flatten()).await;
@@ -152,7 +152,10 @@ impl Daemon {
             "eventhost running: {} subscribers ({}); publish to {}{}",
             daemon.runners.len(),
             daemon.runners.keys().cloned().collect::<Vec<_>>().join(", "),
-            daemon.bus.keys().all().stream,
+            match daemon.bus.keys().ingress().as_slice() {
+                [one] => one.stream.clone(),
+                many => format!("{} partitions (eventhost publish picks one)", many.len()),
+            },
             if daemon.config.plugins.watch {
                 "; watching for changes"
             } else {

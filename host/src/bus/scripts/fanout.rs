@@ -63,6 +63,15 @@ impl FanoutBatch {
         self.push(id, args);
     }
 
+    /// Dead-letters the entry as `payload` instead of what the batch did
+    /// with it: on a cluster, an entry one of whose copies Redis refused.
+    pub fn dead_letter_instead(&mut self, id: &str, payload: String) {
+        if let Some(record) = self.records.iter_mut().find(|r| r.id == id) {
+            record.args = vec![id.as_bytes().to_vec(), b"-1".to_vec(), payload.into_bytes()];
+            record.bytes = record.args.iter().map(Vec::len).sum();
+        }
+    }
+
     fn push(&mut self, id: &str, args: Vec<Vec<u8>>) {
         let bytes = args.iter().map(Vec::len).sum();
         self.records.push(Record {

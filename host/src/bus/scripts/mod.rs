@@ -5,18 +5,22 @@
 //! subscriber's commit ([`commit`]) acknowledge each entry first and write
 //! its copies, effects or dead letter only if that acknowledgement counted:
 //! an entry handled twice (a slow consumer and the one that reclaimed its
-//! work) is committed once. [`trim`] bounds streams without cutting what a
+//! work) is committed once. On a Redis Cluster the fan-out's copies live on
+//! other shards than the entry they copy: [`copy`] makes a repeated copy
+//! harmless instead. [`trim`] bounds streams without cutting what a
 //! group still needs. [`replay`] moves dead letters back into their
 //! stream, each entry in one step, so a replay cut short neither loses nor
 //! doubles one. Each is tested against a real redis-server in
 //! `tests/scripts.rs`.
 
 pub mod commit;
+pub mod copy;
 pub mod fanout;
 pub mod replay;
 pub mod trim;
 
 pub use commit::{is_refusal, CommitBatch, CommitKeys, Committed, MAX_CALL_BYTES};
+pub use copy::{Copied, CopyBatch};
 pub use fanout::{FanoutBatch, Routed};
 pub use replay::{replay, Moved, ReplayKeys};
 pub use trim::trim;

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use redis::RedisResult;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::Replicas;
 use super::group::{GroupConsumer, StreamEntry};
 use super::leanmq::{self, FailureRecord};
 use super::scripts::{CommitBatch, CommitKeys, Committed};
@@ -111,7 +112,10 @@ pub struct SubscriberLoop {
     group: GroupConsumer,
     state: Arc<dyn StateReader>,
     state_key: String,
-    all_stream: String,
+    /// Where its commits put what its handlers publish: `events:all`, or
+    /// on a cluster its outbox.
+    publish_to: String,
+    replicas: Replicas,
     bus: BusConfig,
     metrics: SubscriberMetrics,
     retries: BinaryHeap<Reverse<Retry>>,
@@ -155,13 +159,15 @@ enum Fate {
 
 impl SubscriberLoop {
     /// A loop for `subscription`, reading through `group`; its state hash
-    /// is `state_key` and it publishes to `all_stream`.
+    /// is `state_key`, its commits publish to `publish_to` and wait for
+    /// `replicas`.
     pub(in crate::bus) fn new(
         subscription: Arc<Subscription>,
         group: GroupConsumer,
         state: Arc<dyn StateReader>,
         state_key: String,
-        all_stream: String,
+        publish_to: String,
+        replicas: Replicas,
         bus: BusConfig,
     ) -> Self {
         let metrics = SubscriberMetrics::new(&subscription.name);
@@ -170,7 +176,8 @@ impl SubscriberLoop {
             group,
             state,
             state_key,
-            all_stream,
+            publish_to,
+            replicas,
             bus,
             metrics,
             retries: BinaryHeap::new(),
@@ -510,7 +517,7 @@ impl SubscriberLoop {
             stream: &queue.stream,
             dlq: &queue.dlq,
             state: &self.state_key,
-            all: &self.all_stream,
+            all: &self.publish_to,
         };
         let name = &self.subscription.name;
         let mut patience = Patience::new(name, &self.subscription.stop);
@@ -520,6 +527,16 @@ impl SubscriberLoop {
                 Err(err) => patience.failed(err).await?,
             }
         };
+        // Done is done: a commit that too few replicas have yet is not
+        // undone (a failover may still lose it; then its entries are
+        // delivered again), only reported.
+        if let Err(err) = self
+            .replicas
+            .wait(self.group.commands(), &queue.stream)
+            .await
+        {
+            tracing::warn!(subscriber = %name, "commit: {err}");
+        }
         if committed.skipped > 0 {
             self.metrics.duplicates.increment(committed.skipped);
             tracing::info!(
