@@ -184,6 +184,15 @@ impl Cluster {
         }
     }
 
+    /// Starts the node on `port` again, on its data folder: it rejoins the
+    /// cluster (a killed master comes back as a replica of its successor).
+    pub fn restart(&mut self, port: u16) {
+        let mut node = Node { port, child: None };
+        self.launch(&mut node);
+        let slot = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
+        slot.child = node.child.take();
+    }
+
     /// Every master's `used_cpu_sys + used_cpu_user`, by port.
     pub fn cpu_seconds(&self) -> Vec<(u16, f64)> {
         self.nodes
@@ -275,7 +284,12 @@ impl ClusterWorld {
 
     /// Starts `eventhost run` on this world and waits until it serves.
     pub fn host(&self) -> Host {
-        let mut host = Host::start(&self.config());
+        self.host_with_env(&[])
+    }
+
+    /// The same with extra environment variables.
+    pub fn host_with_env(&self, env: &[(&str, &str)]) -> Host {
+        let mut host = Host::start_with_env(&self.config(), env);
         host.wait_for_log("eventhost running");
         host
     }

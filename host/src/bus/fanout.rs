@@ -104,6 +104,7 @@ impl Fanout {
             let (mut batch, copies) = self.plan(&work, &held.routes);
             if !copies.is_empty() {
                 self.copy(&mut batch, &copies, &work).await?;
+                super::crash::here(super::crash::Point::FanoutAfterCopy);
             }
             let streams: &[String] = if self.cluster.is_some() {
                 &[]

@@ -19,6 +19,7 @@
 //! commits published from its outbox to the ingress.
 
 pub mod connection;
+pub mod crash;
 pub mod dlq;
 pub mod fanout;
 pub mod group;

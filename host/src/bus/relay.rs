@@ -92,6 +92,7 @@ impl Relay {
                 Err(err) => patience.failed(err).await?,
             }
         }
+        super::crash::here(super::crash::Point::RelayAfterPublish);
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
         let mut done = redis::pipe();
         done.cmd("XACK")
