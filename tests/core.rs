@@ -638,6 +638,21 @@ fn publish_writes_a_leanmq_event() {
     // The producer side also creates the bus's group, as LeanMQ does.
     assert_eq!(pending(&mut conn, "events:all", "all-group"), 0);
 
+    // An event id the producer gives is kept (publishing again after an
+    // error must not make a new event); a bad one is refused.
+    let out = world.eventhost(&["publish", "OrderCreatedEvent", r#"{"event_id": "order-9"}"#]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = data_of(&mut conn, "events:all");
+    assert_eq!(all[1]["event_id"], "order-9");
+    assert_eq!(all[1]["_metadata"]["id"], "order-9");
+    let out = world.eventhost(&["publish", "T", r#"{"event_id": {"no": 1}}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("event_id must be"));
+
     let out = world.eventhost(&["publish", "T", "[1]"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be a JSON object"));

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::Commands;
+use serde_json::Value;
 
 use super::{cache_dir, eventually, free_port, plugins, Host};
 
@@ -43,6 +45,17 @@ impl Cluster {
             cluster.launch(&mut node);
             cluster.nodes.push(node);
         }
+        if masters < 3 {
+            // redis-cli creates clusters of 3 masters or more; a smaller
+            // one (to measure one shard against three) is joined by hand.
+            assert_eq!(
+                replicas, 0,
+                "a cluster of fewer than 3 masters has no replicas here"
+            );
+            cluster.join_by_hand();
+            cluster.wait_ready(0);
+            return cluster;
+        }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         for node in &cluster.nodes {
@@ -61,6 +74,35 @@ impl Cluster {
         );
         cluster.wait_ready(masters * replicas);
         cluster
+    }
+
+    /// Introduces every node to the first and gives each an equal range
+    /// of the slots.
+    fn join_by_hand(&self) {
+        let share = 16384 / self.nodes.len();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let mut conn = node_conn(node.port).unwrap();
+            let first = self.nodes[0].port;
+            if node.port != first {
+                let _: () = redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(first)
+                    .query(&mut conn)
+                    .unwrap();
+            }
+            let high = if i + 1 == self.nodes.len() {
+                16383
+            } else {
+                (i + 1) * share - 1
+            };
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(i * share)
+                .arg(high)
+                .query(&mut conn)
+                .unwrap();
+        }
     }
 
     fn launch(&self, node: &mut Node) {
@@ -263,6 +305,11 @@ impl ClusterWorld {
     /// Rewrites the config: `redis` lines added to `[redis]`, `bus` lines
     /// to `[bus]`, then `subscribers`.
     pub fn configure(&self, redis: &str, bus: &str, subscribers: &str) {
+        self.configure_watching(false, redis, bus, subscribers);
+    }
+
+    /// The same, with hot reload on or off.
+    pub fn configure_watching(&self, watch: bool, redis: &str, bus: &str, subscribers: &str) {
         let seeds: Vec<String> = self
             .cluster
             .seeds()
@@ -270,7 +317,7 @@ impl ClusterWorld {
             .map(|s| format!("\"{s}\""))
             .collect();
         let text = format!(
-            "[redis]\ncluster = [{}]\n{redis}\n[plugins]\ndir = \"plugins\"\nwatch = false\ncache_dir = \"{}\"\n\n[bus]\nclaim_idle_ms = 2000\n{bus}\n{subscribers}",
+            "[redis]\ncluster = [{}]\n{redis}\n[plugins]\ndir = \"plugins\"\nwatch = {watch}\ncache_dir = \"{}\"\n\n[bus]\nclaim_idle_ms = 2000\n{bus}\n{subscribers}",
             seeds.join(", "),
             cache_dir().display()
         );
@@ -284,14 +331,12 @@ impl ClusterWorld {
 
     /// Starts `eventhost run` on this world and waits until it serves.
     pub fn host(&self) -> Host {
-        self.host_with_env(&[])
+        Host::serving(&self.config(), &[])
     }
 
     /// The same with extra environment variables.
     pub fn host_with_env(&self, env: &[(&str, &str)]) -> Host {
-        let mut host = Host::start_with_env(&self.config(), env);
-        host.wait_for_log("eventhost running");
-        host
+        Host::serving(&self.config(), env)
     }
 
     /// Runs the `eventhost` binary with `args` to completion, in the
@@ -303,4 +348,44 @@ impl ClusterWorld {
             .output()
             .unwrap()
     }
+}
+
+/// The ingress partitions, in order, as a producer finds them: the names
+/// the hosts registered (`events:all:{p<i>.<k>}`), sorted by `i`.
+pub fn partitions(conn: &mut ClusterConnection) -> Vec<String> {
+    let registry: Vec<String> = conn.smembers("events:registry").unwrap();
+    let mut parts: Vec<(usize, String)> = registry
+        .into_iter()
+        .filter(|s| s.starts_with("events:all:{p") && !s.ends_with(":dlq"))
+        .map(|s| (partition_index(&s), s))
+        .collect();
+    parts.sort();
+    parts.into_iter().map(|(_, s)| s).collect()
+}
+
+/// `events:all:{p3.12}` → 3.
+pub fn partition_index(partition: &str) -> usize {
+    partition["events:all:{p".len()..]
+        .split('.')
+        .next()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("{partition} is not a partition"))
+}
+
+/// The partition a producer following the README picks for `event_id`:
+/// by its CRC-32 (zlib's).
+pub fn partition_for<'a>(parts: &'a [String], event_id: &str) -> &'a str {
+    &parts[crc32fast::hash(event_id.as_bytes()) as usize % parts.len()]
+}
+
+/// `data` with `event_type` and a new `event_id`, as a producer writes
+/// it; returns the id and the entry's text.
+pub fn event(event_type: &str, data: Value) -> (String, String) {
+    let Value::Object(mut object) = data else {
+        panic!("an event is an object")
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    object.insert("event_type".into(), event_type.into());
+    object.insert("event_id".into(), id.clone().into());
+    (id, Value::Object(object).to_string())
 }

@@ -384,9 +384,7 @@ impl World {
 
     /// The same with extra environment variables.
     pub fn host_with_env(&self, env: &[(&str, &str)]) -> Host {
-        let mut host = Host::start_with_env(&self.config(), env);
-        host.wait_for_log("eventhost running");
-        host
+        Host::serving(&self.config(), env)
     }
 
     /// Starts `eventhost run` and gives it `limit` to serve: Python and
@@ -439,6 +437,14 @@ impl Host {
     /// Starts `eventhost run --config <config>`.
     pub fn start(config: &Path) -> Host {
         Host::start_with_env(config, &[])
+    }
+
+    /// Starts it with extra environment variables and waits until it
+    /// serves.
+    pub fn serving(config: &Path, env: &[(&str, &str)]) -> Host {
+        let mut host = Host::start_with_env(config, env);
+        host.wait_for_log("eventhost running");
+        host
     }
 
     /// Starts it with extra environment variables.
@@ -607,6 +613,19 @@ impl Load {
     }
 }
 
+/// Polls every 20 ms until `done`, failing with the host's log if that
+/// takes 10 minutes from `started`: a benchmark's wait for its events.
+pub fn wait_on_host(host: &Host, started: Instant, mut done: impl FnMut() -> bool) {
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "stuck:\n{}",
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Polls `check` until it holds, or panics naming `what`.
 pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -684,7 +703,7 @@ pub fn len(conn: &mut redis::Connection, stream: &str) -> usize {
 }
 
 /// Entries delivered to `group` of `stream` but not acknowledged.
-pub fn pending(conn: &mut redis::Connection, stream: &str, group: &str) -> u64 {
+pub fn pending(conn: &mut impl redis::ConnectionLike, stream: &str, group: &str) -> u64 {
     let reply: redis::Value = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)

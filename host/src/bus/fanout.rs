@@ -252,19 +252,23 @@ impl Fanout {
                 };
                 let reason = format!("fan-out: Redis refused to copy the entry to {stream}: {err}");
                 tracing::error!(stream_id = %id, "{reason}; dead-lettered");
-                metrics::fanout_dead_lettered();
-                let record = FailureRecord {
-                    timestamp: now,
-                    reason: &reason,
-                    kind: "refused",
-                    subscriber: None,
-                    attempt: Some(*deliveries),
-                };
-                let payload = leanmq::dead_letter(entry, &record, self.bus.max_payload_bytes);
-                batch.dead_letter_instead(&id, payload);
+                batch.dead_letter_instead(&id, self.refused(entry, *deliveries, &reason, now));
             }
         }
         Ok(())
+    }
+
+    /// The dead letter of an entry Redis refused to write, for `reason`.
+    fn refused(&self, entry: &StreamEntry, deliveries: u32, reason: &str, now: f64) -> String {
+        metrics::fanout_dead_lettered();
+        let record = FailureRecord {
+            timestamp: now,
+            reason,
+            kind: "refused",
+            subscriber: None,
+            attempt: Some(deliveries),
+        };
+        leanmq::dead_letter(entry, &record, self.bus.max_payload_bytes)
     }
 
     /// Applies a batch, with the loops' give-up policy. An entry whose
@@ -296,16 +300,7 @@ impl Fanout {
             };
             let reason = format!("fan-out: Redis refused to route the entry: {err}");
             tracing::error!(stream_id = %id, "{reason}; quarantined in {}", queue.dlq);
-            metrics::fanout_dead_lettered();
-            let record = FailureRecord {
-                timestamp: now,
-                reason: &reason,
-                kind: "refused",
-                subscriber: None,
-                attempt: Some(*deliveries),
-            };
-            let payload = leanmq::dead_letter(entry, &record, self.bus.max_payload_bytes);
-            quarantine.dead_letter(id, payload);
+            quarantine.dead_letter(id, self.refused(entry, *deliveries, &reason, now));
         }
         let routed = self.apply_once(&quarantine, streams).await?;
         for (id, err) in routed.refused {

@@ -113,11 +113,18 @@ struct Metadata {
 
 /// The `event_type` of an entry, which is all the fan-out needs to route it.
 pub fn event_type(entry: &StreamEntry, limit: usize) -> Result<String, Malformed> {
+    typed(entry, limit).map(|(_, event_type)| event_type)
+}
+
+/// An entry's fields and its (non-empty) `event_type`.
+fn typed(entry: &StreamEntry, limit: usize) -> Result<(Fields<'_>, String), Malformed> {
     let data = entry.data().ok_or(Malformed::NoData)?;
-    Fields::parse(data, limit)?
+    let fields = Fields::parse(data, limit)?;
+    let event_type = fields
         .string("event_type")
         .filter(|t| !t.is_empty())
-        .ok_or(Malformed::NoEventType)
+        .ok_or(Malformed::NoEventType)?;
+    Ok((fields, event_type))
 }
 
 /// What the fan-out reads of an entry on a Redis Cluster: its type, and the
@@ -127,12 +134,7 @@ pub fn type_and_id(
     entry: &StreamEntry,
     limit: usize,
 ) -> Result<(String, Option<String>), Malformed> {
-    let data = entry.data().ok_or(Malformed::NoData)?;
-    let fields = Fields::parse(data, limit)?;
-    let event_type = fields
-        .string("event_type")
-        .filter(|t| !t.is_empty())
-        .ok_or(Malformed::NoEventType)?;
+    let (fields, event_type) = typed(entry, limit)?;
     Ok((event_type, event_id(&fields)))
 }
 
@@ -148,12 +150,8 @@ fn event_id(fields: &Fields<'_>) -> Option<String> {
 
 /// Decodes a subscriber-stream entry into the event a handler receives.
 pub fn decode_event(entry: &StreamEntry, attempt: u32, limit: usize) -> Result<Event, Malformed> {
+    let (fields, event_type) = typed(entry, limit)?;
     let data = entry.data().ok_or(Malformed::NoData)?;
-    let fields = Fields::parse(data, limit)?;
-    let event_type = fields
-        .string("event_type")
-        .filter(|t| !t.is_empty())
-        .ok_or(Malformed::NoEventType)?;
     let metadata: Metadata = fields
         .get("_metadata")
         .and_then(|raw| serde_json::from_str(raw.get()).ok())

@@ -298,6 +298,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
 async fn open(redis: &RedisArgs, target: &str) -> anyhow::Result<Dlq> {
     let target = Target::parse(target)?;
     let bus = connect(redis).await?;
+    target.reachable(&bus.keys)?;
     if let (Target::Subscriber(name), Some(config)) = (&target, &bus.config) {
         if !config.subscribers.iter().any(|s| &s.name == name) {
             tracing::warn!(

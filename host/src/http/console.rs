@@ -167,6 +167,7 @@ impl FilterQuery {
 
 async fn open(site: &Site, target: &str) -> Result<Dlq, Refused> {
     let target = Target::parse(target)
+        .and_then(|t| t.reachable(&site.console.keys).map(|()| t))
         .map_err(|err| Refused::new(StatusCode::NOT_FOUND, format!("{err:#}")))?;
     Ok(Dlq::new(redis(site)?, &site.console.keys, target))
 }

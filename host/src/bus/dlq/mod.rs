@@ -61,6 +61,19 @@ impl Target {
         Ok(Target::Subscriber(name.to_string()))
     }
 
+    /// Whether this target's DLQ is one these keys reach: on a Redis
+    /// Cluster the bus's dead letters are one DLQ per ingress partition,
+    /// which these commands do not cover yet.
+    pub fn reachable(&self, keys: &Keys) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !(keys.is_cluster() && *self == Target::Bus),
+            "on a Redis Cluster the bus's dead letters are in one DLQ per ingress partition \
+             (events:all:{{p<i>.<k>}}:dlq), which eventhost dlq does not reach yet; read them with \
+             redis-cli -c (subscribers' DLQs work as on one server)"
+        );
+        Ok(())
+    }
+
     /// The streams, DLQ and groups of this target.
     pub fn queue(&self, keys: &Keys) -> QueueKeys {
         match self {
