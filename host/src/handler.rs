@@ -126,6 +126,10 @@ pub enum FailureKind {
     /// subscriber holds its share of it. Not the event's fault and not an
     /// attempt: it waits and runs again, never to the DLQ.
     Capacity,
+    /// Redis did not answer a state read during the call (an outage, a
+    /// cluster failing over): not the event's fault and not an attempt; it
+    /// waits and runs again, never to the DLQ.
+    Unavailable,
 }
 
 impl FailureKind {
@@ -144,6 +148,7 @@ impl FailureKind {
             FailureKind::OutOfMemory => "out-of-memory",
             FailureKind::Host => "host-error",
             FailureKind::Capacity => "capacity",
+            FailureKind::Unavailable => "unavailable",
         }
     }
 }

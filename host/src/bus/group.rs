@@ -303,21 +303,29 @@ impl GroupConsumer {
     }
 
     /// Resets the idle time of `ids` without counting a delivery, so entries
-    /// still being worked on are not taken for abandoned.
-    pub async fn renew(&mut self, ids: &[String]) -> RedisResult<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        redis::cmd("XCLAIM")
+    /// still being worked on are not taken for abandoned. The future owns
+    /// what it needs: a caller runs it beside the work it renews, never
+    /// in its way (Redis may take long to answer).
+    pub fn renew(
+        &self,
+        ids: &[String],
+    ) -> impl std::future::Future<Output = RedisResult<()>> + Send + 'static {
+        let mut claim = redis::cmd("XCLAIM");
+        claim
             .arg(&self.queue.stream)
             .arg(&self.queue.group)
             .arg(&self.consumer)
             .arg(0)
             .arg(ids)
-            .arg("JUSTID")
-            .query_async::<Value>(&mut self.commands)
-            .await
-            .map(drop)
+            .arg("JUSTID");
+        let mut conn = self.commands.clone();
+        let empty = ids.is_empty();
+        async move {
+            if empty {
+                return Ok(());
+            }
+            claim.query_async::<Value>(&mut conn).await.map(drop)
+        }
     }
 }
 

@@ -72,6 +72,17 @@ pub struct StoreData {
 }
 
 /// The state of one `handle` call.
+/// Where a call stands with reading state from Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StateRead {
+    #[default]
+    Idle,
+    /// A read is under way: a deadline passing now is Redis's delay.
+    Waiting,
+    /// A read failed, with this message.
+    Failed(String),
+}
+
 pub struct Call {
     pub effects: Effects,
     pub state: Arc<dyn StateReader>,
@@ -84,6 +95,13 @@ pub struct Call {
     pub timed_out: bool,
     /// Set when the host, not the plugin, failed the call.
     pub host_error: Option<String>,
+    /// Set while the call waits for a state read from Redis, and with
+    /// Redis's error if one failed: then Redis, not the plugin, failed it.
+    pub state_read: StateRead,
+    /// Time the call spent waiting for state reads: Redis's, not the
+    /// plugin's, so a call past its limit only because of it is not a
+    /// timeout.
+    pub state_wait: Duration,
     /// Bytes of effects the call may buffer (`effects_mb`).
     pub effects_budget: usize,
     /// Set, with what was asked, when the call went over `effects_budget`.
@@ -319,7 +337,13 @@ impl self::eventhost::plugin::host::Host for StoreData {
             return Ok(pending.map(str::to_owned));
         }
         let state = call.state.clone();
-        match state.read(&key).await {
+        call.state_read = StateRead::Waiting;
+        let asked = Instant::now();
+        let read = state.read(&key).await;
+        let call = self.call()?;
+        call.state_read = StateRead::Idle;
+        call.state_wait += asked.elapsed();
+        match read {
             Ok(seen) => {
                 let call = self.call()?;
                 // Only a key's first read is kept (see `Effects::read`).
@@ -336,7 +360,7 @@ impl self::eventhost::plugin::host::Host for StoreData {
             }
             Err(err) => {
                 let message = format!("state-get {key:?} failed: {err:#}");
-                self.call()?.host_error = Some(message.clone());
+                self.call()?.state_read = StateRead::Failed(message.clone());
                 Err(wasmtime::format_err!(message))
             }
         }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use wasmtime::{PoolConcurrencyLimitError, Store};
 
 use super::capacity::{CapacityError, Evict, Share, Slot};
-use super::host_api::{Call, Level, StoreData, Subscriber, WitEvent, WitFailure};
+use super::host_api::{Call, Level, StateRead, StoreData, Subscriber, WitEvent, WitFailure};
 use super::logs::{self, LogGate};
 use super::runtime::{CompiledPlugin, PluginRuntime};
 use crate::config::{Grants, SubscriberConfig};
@@ -311,6 +311,9 @@ impl WasmHandler {
     /// Turns a trap into a failure that says what happened and why.
     fn classify_trap(&self, data: &mut StoreData, call: &Call, err: wasmtime::Error) -> Failure {
         let output = data.output.drain();
+        if let StateRead::Failed(message) = &call.state_read {
+            return Failure::new(FailureKind::Unavailable, message.clone());
+        }
         if let Some(message) = &call.host_error {
             return Failure::new(FailureKind::Host, format!("host error: {message}"));
         }
@@ -318,6 +321,16 @@ impl WasmHandler {
             return self.over_budget(what);
         }
         if call.timed_out {
+            let own = call.started.elapsed().saturating_sub(call.state_wait);
+            if own < call.timeout {
+                return Failure::new(
+                    FailureKind::Unavailable,
+                    format!(
+                        "Redis took {:?} of the call's {:?} to answer state reads",
+                        call.state_wait, call.timeout
+                    ),
+                );
+            }
             return self.timed_out(call.timeout);
         }
         let trap = match err.downcast_ref::<wasmtime::Trap>() {
@@ -371,6 +384,8 @@ impl Handler for WasmHandler {
             timeout,
             timed_out: false,
             host_error: None,
+            state_read: StateRead::Idle,
+            state_wait: Duration::ZERO,
             effects_budget: self.limits.effects_bytes,
             over_budget: None,
             hop_limited: None,
@@ -392,7 +407,18 @@ impl Handler for WasmHandler {
             .call_handle(&mut instance.store, &wit_event);
         let remaining = timeout.saturating_sub(started.elapsed()) + BLOCKED_GRACE;
         let Ok(result) = tokio::time::timeout(remaining, call).await else {
-            return Outcome::Failed(self.timed_out(timeout));
+            let waiting = instance.store.data().call.as_ref().map(|c| &c.state_read);
+            if waiting == Some(&StateRead::Waiting) {
+                return Outcome::Failed(Failure::new(
+                    FailureKind::Unavailable,
+                    format!(
+                        "Redis did not answer a state read within the time limit ({timeout:?})"
+                    ),
+                ));
+            }
+            let mut failure = self.timed_out(timeout);
+            failure.message += ", blocked in a host call";
+            return Outcome::Failed(failure);
         };
         instance.store.set_epoch_deadline(u64::MAX / 2);
 

@@ -44,11 +44,22 @@ pub async fn run(
     // the next millisecond.
     let mut lease =
         tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    // A renewal runs beside the events, never in their way: awaited in a
+    // select arm, one that Redis is slow to answer (an outage, a failover)
+    // would stop polling the handlers, and their time limits would run out
+    // while they were not even running.
+    let mut renewal: Option<
+        std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<()>> + Send>>,
+    > = None;
     loop {
         tokio::select! {
             outcomes = &mut running => return outcomes,
-            _ = lease.tick() => {
-                if let Err(err) = group.renew(ids).await {
+            _ = lease.tick(), if renewal.is_none() => {
+                renewal = Some(Box::pin(group.renew(ids)));
+            }
+            renewed = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
+                renewal = None;
+                if let Err(err) = renewed {
                     tracing::warn!(subscriber = %subscription.name, "cannot renew the lease on a batch: {err}");
                 }
             }

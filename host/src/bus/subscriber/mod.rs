@@ -28,7 +28,7 @@ use super::scripts::{CommitBatch, CommitKeys, Committed};
 use super::worker::{self, Patience, Round, Worker};
 use super::BLOCK;
 use crate::config::{BusConfig, SubscriberConfig};
-use crate::handler::{Handler, Outcome, Reads, StateReader};
+use crate::handler::{FailureKind, Handler, Outcome, Reads, StateReader};
 use crate::telemetry::metrics::SubscriberMetrics;
 use verdict::Verdict;
 
@@ -377,8 +377,8 @@ impl SubscriberLoop {
                         settings,
                         self.bus.claim_idle / 2,
                     );
-                    if let Verdict::Retry { next, delay } = &verdict {
-                        tracing::info!(
+                    match &verdict {
+                        Verdict::Retry { next, delay } => tracing::info!(
                             subscriber = %settings.name,
                             event_id,
                             attempt = item.attempt,
@@ -386,7 +386,18 @@ impl SubscriberLoop {
                             failure.kind,
                             failure.message,
                             settings.max_attempts
-                        );
+                        ),
+                        Verdict::Wait { delay } if failure.kind == FailureKind::Unavailable => {
+                            tracing::warn!(
+                                subscriber = %settings.name,
+                                event_id,
+                                attempt = item.attempt,
+                                "Redis unavailable during the call ({}); the event runs again in \
+                                 {delay:?}, on the same attempt",
+                                failure.message
+                            )
+                        }
+                        _ => {}
                     }
                     decided.push(self.decide(
                         &mut batch,

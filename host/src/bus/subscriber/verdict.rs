@@ -25,6 +25,10 @@ pub enum Verdict {
 /// its handler already waited for a slot, so this only spaces the tries.
 pub const CAPACITY_RETRY: Duration = Duration::from_millis(20);
 
+/// How long an event whose state Redis could not serve waits before it
+/// runs again: long enough not to hammer a server that is down.
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_millis(500);
+
 /// The decision for a handler's `failure` on `attempt` (from 1) of an event
 /// of the subscriber with `settings`. A retry never waits longer than
 /// `longest_wait`: past half the claim window another process would take
@@ -36,10 +40,18 @@ pub fn after_failure(
     longest_wait: Duration,
 ) -> Verdict {
     let kind = failure.kind;
-    if kind == FailureKind::Capacity {
-        return Verdict::Wait {
-            delay: CAPACITY_RETRY.min(longest_wait),
-        };
+    match kind {
+        FailureKind::Capacity => {
+            return Verdict::Wait {
+                delay: CAPACITY_RETRY.min(longest_wait),
+            }
+        }
+        FailureKind::Unavailable => {
+            return Verdict::Wait {
+                delay: UNAVAILABLE_RETRY.min(longest_wait),
+            }
+        }
+        _ => {}
     }
     if kind.is_retryable() && attempt < settings.max_attempts {
         let next = attempt + 1;
@@ -55,7 +67,9 @@ pub fn after_failure(
         FailureKind::Trap => "trap".into(),
         FailureKind::Timeout => "timeout".into(),
         FailureKind::OutOfMemory => "out of memory".into(),
-        FailureKind::Capacity => unreachable!("a capacity shortage waits"),
+        FailureKind::Capacity | FailureKind::Unavailable => {
+            unreachable!("a capacity shortage or an unreachable Redis waits")
+        }
     };
     Verdict::DeadLetter {
         kind: kind.as_str(),
@@ -125,6 +139,24 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn an_unreachable_redis_waits_and_never_dead_letters() {
+        let s = settings(3);
+        for attempt in [1, 3, 50] {
+            assert_eq!(
+                after_failure(attempt, &failure(FailureKind::Unavailable), &s, LONG),
+                Verdict::Wait {
+                    delay: UNAVAILABLE_RETRY
+                }
+            );
+        }
+        let short = Duration::from_millis(100);
+        assert_eq!(
+            after_failure(1, &failure(FailureKind::Unavailable), &s, short),
+            Verdict::Wait { delay: short }
+        );
     }
 
     #[test]
