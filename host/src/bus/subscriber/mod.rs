@@ -5,98 +5,38 @@
 //! each that failed ([`verdict`]); then commit every result in one script
 //! call: acknowledgements with their effects, and dead letters. A `retry`
 //! failure stays pending and is claimed again after its backoff, which bumps
-//! its delivery count: the attempt number survives a crash.
+//! its delivery count: the attempt number survives a crash. The commit
+//! and what Redis refuses of it are in [`commit`]; what the daemon holds
+//! to change or stop the loop is a [`Subscription`].
 
 mod batch;
+mod commit;
+mod subscription;
 pub mod verdict;
+
+pub use subscription::Subscription;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use redis::RedisResult;
-use tokio_util::sync::CancellationToken;
 
 use super::connection::Replicas;
 use super::group::{GroupConsumer, StreamEntry};
 use super::leanmq::{self, FailureRecord};
-use super::scripts::{CommitBatch, CommitKeys, Committed};
-use super::worker::{self, Patience, Round, Worker};
+use super::scripts::CommitBatch;
+use super::worker::{self, Round, Worker};
 use super::BLOCK;
 use crate::config::{BusConfig, SubscriberConfig};
-use crate::handler::{FailureKind, Handler, Outcome, Reads, StateReader};
+use crate::handler::{FailureKind, Outcome, Reads, StateReader};
 use crate::telemetry::metrics::SubscriberMetrics;
 use verdict::Verdict;
 
 /// How often to look for new entries while a retry is about to be due.
 const RETRY_POLL: Duration = Duration::from_millis(5);
-
-/// A subscriber as the bus runs it: its settings and the handler made for
-/// them, both replaceable live, and the means to stop it.
-pub struct Subscription {
-    pub name: String,
-    settings: ArcSwap<SubscriberConfig>,
-    handler: ArcSwap<Arc<dyn Handler>>,
-    stop: CancellationToken,
-    /// Set when the subscriber is removed: handle what the stream holds,
-    /// then stop.
-    finishing: AtomicBool,
-}
-
-impl Subscription {
-    /// A subscription whose loop stops when `stop` fires.
-    pub fn new(
-        settings: SubscriberConfig,
-        handler: Arc<dyn Handler>,
-        stop: CancellationToken,
-    ) -> Self {
-        Subscription {
-            name: settings.name.clone(),
-            settings: ArcSwap::from_pointee(settings),
-            handler: ArcSwap::from_pointee(handler),
-            stop,
-            finishing: AtomicBool::new(false),
-        }
-    }
-
-    /// The settings the next batch uses.
-    pub fn settings(&self) -> Arc<SubscriberConfig> {
-        self.settings.load_full()
-    }
-
-    /// The handler the next event runs on.
-    pub fn handler(&self) -> Arc<dyn Handler> {
-        self.handler.load().as_ref().clone()
-    }
-
-    /// New settings, and the handler made for them: the next batch uses
-    /// the settings, the next event the handler. Events in flight finish
-    /// on the handler they started with.
-    pub fn update(&self, settings: SubscriberConfig, handler: Arc<dyn Handler>) {
-        self.handler.store(Arc::new(handler));
-        self.settings.store(Arc::new(settings));
-    }
-
-    /// Makes the loop finish its batch and stop.
-    pub fn stop(&self) {
-        self.stop.cancel();
-    }
-
-    /// Makes the loop handle every entry its stream holds, then stop: for
-    /// a subscriber removed from the config, once nothing is routed to it.
-    /// Events waiting for a retry stay pending, as with [`Self::stop`].
-    pub fn finish(&self) {
-        self.finishing.store(true, Ordering::Relaxed);
-    }
-
-    fn is_finishing(&self) -> bool {
-        self.finishing.load(Ordering::Relaxed)
-    }
-}
 
 /// An event waiting for its next attempt.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -516,98 +456,6 @@ impl SubscriberLoop {
                 Fate::Stuck => {}
             }
         }
-    }
-
-    /// Commits a batch, with the loops' give-up policy.
-    async fn commit(&mut self, batch: &CommitBatch) -> RedisResult<Committed> {
-        if batch.is_empty() {
-            return Ok(Committed::default());
-        }
-        let queue = self.group.queue().clone();
-        let keys = CommitKeys {
-            stream: &queue.stream,
-            dlq: &queue.dlq,
-            state: &self.state_key,
-            all: &self.publish_to,
-        };
-        let name = &self.subscription.name;
-        let mut patience = Patience::new(name, &self.subscription.stop);
-        let committed = loop {
-            match batch.apply(self.group.commands(), &keys).await {
-                Ok(committed) => break committed,
-                Err(err) => patience.failed(err).await?,
-            }
-        };
-        // Done is done: a commit that too few replicas have yet is not
-        // undone (a failover may still lose it; then its entries are
-        // delivered again), only reported.
-        if let Err(err) = self
-            .replicas
-            .wait(self.group.commands(), &queue.stream)
-            .await
-        {
-            tracing::warn!(subscriber = %name, "commit: {err}");
-        }
-        if committed.skipped > 0 {
-            self.metrics.duplicates.increment(committed.skipped);
-            tracing::info!(
-                subscriber = %name,
-                "{} results discarded: another consumer committed those events first",
-                committed.skipped
-            );
-        }
-        Ok(committed)
-    }
-
-    /// The entries whose result Redis refused, on its own and for a reason
-    /// that will not change, are quarantined: acknowledged and
-    /// dead-lettered with Redis's reason, so one cannot block the
-    /// subscriber (or be retried forever). One refused even that stays
-    /// pending, logged.
-    async fn quarantine(
-        &mut self,
-        settings: &SubscriberConfig,
-        mut decided: Vec<Decided>,
-        refused: &[(String, String)],
-    ) -> RedisResult<Vec<Decided>> {
-        if refused.is_empty() {
-            return Ok(decided);
-        }
-        let queue = self.group.queue().clone();
-        let mut batch = CommitBatch::new(&queue.group, false);
-        let now = crate::handler::unix_now();
-        for (id, err) in refused {
-            let Some(d) = decided.iter_mut().find(|d| &d.work.entry.id == id) else {
-                continue;
-            };
-            let reason = format!("{}: Redis refused its commit: {err}", settings.name);
-            let record = FailureRecord {
-                timestamp: now,
-                reason: &reason,
-                kind: "refused",
-                subscriber: Some(&settings.name),
-                attempt: Some(d.work.attempt),
-            };
-            let payload = leanmq::dead_letter(&d.work.entry, &record, self.bus.max_payload_bytes);
-            batch.dead_letter(id, payload, &Vec::new());
-            d.fate = Fate::DeadLettered {
-                kind: "refused",
-                reason,
-            };
-        }
-        let committed = self.commit(&batch).await?;
-        for (id, err) in committed.refused {
-            if let Some(d) = decided.iter_mut().find(|d| d.work.entry.id == id) {
-                tracing::error!(
-                    subscriber = %settings.name,
-                    event_id = %d.event_id,
-                    stream_id = %id,
-                    "Redis refused its commit and its quarantine ({err}); it stays pending"
-                );
-                d.fate = Fate::Stuck;
-            }
-        }
-        Ok(decided)
     }
 }
 

@@ -1,0 +1,74 @@
+//! A subscriber as the bus runs it: what the daemon holds to change or
+//! stop it while its loop runs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SubscriberConfig;
+use crate::handler::Handler;
+
+/// A subscriber as the bus runs it: its settings and the handler made for
+/// them, both replaceable live, and the means to stop it.
+pub struct Subscription {
+    pub name: String,
+    settings: ArcSwap<SubscriberConfig>,
+    handler: ArcSwap<Arc<dyn Handler>>,
+    pub(super) stop: CancellationToken,
+    /// Set when the subscriber is removed: handle what the stream holds,
+    /// then stop.
+    finishing: AtomicBool,
+}
+
+impl Subscription {
+    /// A subscription whose loop stops when `stop` fires.
+    pub fn new(
+        settings: SubscriberConfig,
+        handler: Arc<dyn Handler>,
+        stop: CancellationToken,
+    ) -> Self {
+        Subscription {
+            name: settings.name.clone(),
+            settings: ArcSwap::from_pointee(settings),
+            handler: ArcSwap::from_pointee(handler),
+            stop,
+            finishing: AtomicBool::new(false),
+        }
+    }
+
+    /// The settings the next batch uses.
+    pub fn settings(&self) -> Arc<SubscriberConfig> {
+        self.settings.load_full()
+    }
+
+    /// The handler the next event runs on.
+    pub fn handler(&self) -> Arc<dyn Handler> {
+        self.handler.load().as_ref().clone()
+    }
+
+    /// New settings, and the handler made for them: the next batch uses
+    /// the settings, the next event the handler. Events in flight finish
+    /// on the handler they started with.
+    pub fn update(&self, settings: SubscriberConfig, handler: Arc<dyn Handler>) {
+        self.handler.store(Arc::new(handler));
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// Makes the loop finish its batch and stop.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Makes the loop handle every entry its stream holds, then stop: for
+    /// a subscriber removed from the config, once nothing is routed to it.
+    /// Events waiting for a retry stay pending, as with [`Self::stop`].
+    pub fn finish(&self) {
+        self.finishing.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn is_finishing(&self) -> bool {
+        self.finishing.load(Ordering::Relaxed)
+    }
+}
