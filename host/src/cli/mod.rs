@@ -1,9 +1,16 @@
 //! The command line: `run`, `check`, `publish`; for operators `status`
 //! and `dlq`; for plugin authors `new`, `build` and `invoke`. Thin: each
 //! command parses its arguments, calls into the library, and prints.
+//! [`access`] is how operator commands reach the bus (and `publish`),
+//! [`invocation`] runs `invoke`; [`dlq`] and [`status`] are for operators.
 
+mod access;
 mod dlq;
+mod invocation;
 mod status;
+
+use access::{connect, publish, RedisArgs};
+use invocation::{invoke, InvokeArgs};
 
 use std::fmt::Display;
 use std::io::Write as _;
@@ -17,15 +24,13 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::connection::{Connector, Replicas};
-use crate::bus::{self, keys::Keys};
-use crate::config::Endpoint;
+use crate::bus;
 use crate::config::{self, ConfigError};
 use crate::daemon::{self, WasmPlugins};
 use crate::http::{self, Readiness};
-use crate::invoke::{self, Invocation, LogCollector, Report};
+use crate::invoke::LogCollector;
 use crate::plugin::{PluginRuntime, RuntimeSettings};
-use crate::{preflight, private_redis, signals, telemetry};
+use crate::{preflight, signals, telemetry};
 
 /// Runs event handlers as sandboxed WebAssembly components on Redis Streams.
 #[derive(Parser)]
@@ -117,64 +122,6 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
-}
-
-/// Where an operator's command finds the bus: the config's Redis (its
-/// private one when it sets no URL, while `eventhost run` runs), or --url.
-#[derive(clap::Args)]
-struct RedisArgs {
-    /// The config file (for the Redis URL and prefix).
-    #[arg(
-        long,
-        short,
-        default_value = "eventhost.toml",
-        env = "EVENTHOST_CONFIG"
-    )]
-    config: PathBuf,
-    /// This Redis instead of the config's.
-    #[arg(long)]
-    url: Option<String>,
-}
-
-#[derive(clap::Args)]
-struct InvokeArgs {
-    /// The plugin, a `.wasm` component.
-    plugin: PathBuf,
-    /// The event type (else the `event_type` of --event).
-    #[arg(long = "type", short = 't')]
-    event_type: Option<String>,
-    /// The event's fields, a JSON object.
-    #[arg(long, conflicts_with = "event")]
-    data: Option<String>,
-    /// A file holding the event's fields as a JSON object; `-` reads stdin.
-    #[arg(long)]
-    event: Option<PathBuf>,
-    /// A committed state value the plugin reads, `key=value`; repeatable.
-    #[arg(long = "state", value_name = "KEY=VALUE")]
-    state: Vec<String>,
-    /// A value the plugin reads with `config-get`, `key=value`; repeatable.
-    #[arg(long = "plugin-config", value_name = "KEY=VALUE")]
-    plugin_config: Vec<String>,
-    /// The delivery attempt the plugin sees.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    attempt: u32,
-    /// The time limit, as a subscriber's `timeout_ms`.
-    #[arg(long, default_value_t = 1000)]
-    timeout_ms: u64,
-    /// The memory limit, as a subscriber's `memory_mb`.
-    #[arg(long, default_value_t = 64)]
-    memory_mb: usize,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-    /// The config file, for its compiled-plugin cache (optional).
-    #[arg(
-        long,
-        short,
-        default_value = "eventhost.toml",
-        env = "EVENTHOST_CONFIG"
-    )]
-    config: PathBuf,
 }
 
 /// Parses the command line, runs the command, and maps failure to exit 1.
@@ -316,98 +263,12 @@ async fn build(dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `eventhost invoke`: prints the report; the exit status says the outcome.
-async fn invoke(args: InvokeArgs, logs: &LogCollector) -> anyhow::Result<u8> {
-    let mut data = match (&args.data, &args.event) {
-        (Some(json), _) => json_object(json, "--data")?,
-        (None, Some(file)) => {
-            let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())
-                    .context("cannot read the event from stdin")?
-            } else {
-                std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read the event file {}", file.display()))?
-            };
-            json_object(&text, "the event")?
-        }
-        (None, None) => serde_json::Map::new(),
-    };
-    let event_type = match args.event_type {
-        Some(event_type) => event_type,
-        None => match data.remove("event_type") {
-            Some(Value::String(event_type)) if !event_type.is_empty() => event_type,
-            _ => anyhow::bail!("say the event type with --type, e.g. --type OrderCreatedEvent"),
-        },
-    };
-    let cache_dir = match config::load(&args.config) {
-        Ok(config) => config.plugins.cache_dir,
-        Err(_) => user_cache_dir(),
-    };
-    let invocation = Invocation {
-        plugin: std::path::absolute(&args.plugin).unwrap_or(args.plugin),
-        event_type,
-        data,
-        state: invoke::pairs("--state", &args.state)?,
-        config: invoke::pairs("--plugin-config", &args.plugin_config)?,
-        attempt: args.attempt,
-        timeout: std::time::Duration::from_millis(args.timeout_ms),
-        memory_bytes: args.memory_mb << 20,
-    };
-    let runtime = PluginRuntime::new(RuntimeSettings::with_cache(&cache_dir).compiling_in_child(
-        std::time::Duration::from_secs(config::DEFAULT_COMPILE_TIMEOUT_S),
-        config::DEFAULT_COMPILE_MEMORY_MB << 20,
-    )?)?;
-    let report = invoke::invoke(runtime, invocation, logs).await?;
-    if args.json {
-        say(serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(report.exit_code())
-}
-
-/// The report for a person.
-fn print_report(report: &Report) {
-    say(format_args!(
-        "outcome: {} ({:.2} ms)",
-        report.outcome, report.duration_ms
-    ));
-    if let Some(reason) = &report.reason {
-        say(format_args!("reason: {reason}"));
-    }
-    for line in &report.logs {
-        say(format_args!("log {}: {}", line.level, line.message));
-    }
-    for (key, value) in &report.state.set {
-        say(format_args!("state set: {key} = {value:?}"));
-    }
-    for key in &report.state.deleted {
-        say(format_args!("state deleted: {key}"));
-    }
-    for event in &report.published {
-        say(format_args!(
-            "published: {} {}",
-            event.event_type, event.data
-        ));
-    }
-}
-
 fn json_object(text: &str, what: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(data)) => Ok(data),
         Ok(_) => anyhow::bail!("{what} must be a JSON object, e.g. '{{\"order_id\": \"o-1\"}}'"),
         Err(err) => anyhow::bail!("{what} is not valid JSON: {err}"),
     }
-}
-
-/// Where `invoke` caches compiled plugins when no config says: the user's
-/// cache folder.
-fn user_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("eventhost").join("compiled")
 }
 
 /// Prints every problem in the config and its plugins; `false` if any.
@@ -460,91 +321,6 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
         ));
     }
     Ok(ok)
-}
-
-async fn publish(
-    path: &Path,
-    url: Option<String>,
-    event_type: &str,
-    json: &str,
-) -> anyhow::Result<()> {
-    let data = json_object(json, "the event")?;
-    let mut bus = connect(&RedisArgs {
-        config: path.to_path_buf(),
-        url,
-    })
-    .await?;
-    let (stream, stream_id, event_id) =
-        bus::publish(&mut bus.conn, &bus.keys, bus.replicas, event_type, data).await?;
-    say(format_args!(
-        "published {event_type} {event_id} as {stream} {stream_id}"
-    ));
-    Ok(())
-}
-
-/// A bus as an operator's command reaches it.
-struct BusAccess {
-    conn: crate::bus::connection::RedisConn,
-    keys: Keys,
-    /// What a write waits for, as the config says.
-    replicas: Replicas,
-    /// The config, when there is one.
-    config: Option<config::Config>,
-}
-
-/// Connects to the bus `args` name: --url, else the config's Redis, else
-/// the private one a running `eventhost run` started for that config.
-async fn connect(args: &RedisArgs) -> anyhow::Result<BusAccess> {
-    let (endpoint, config) = match &args.url {
-        Some(url) => {
-            let config = args
-                .config
-                .exists()
-                .then(|| config::load(&args.config))
-                .transpose()?;
-            (Endpoint::Server(url.clone()), config)
-        }
-        None => {
-            let config = config::load(&args.config)?;
-            let endpoint = match &config.redis.endpoint {
-                Some(endpoint) => endpoint.clone(),
-                None => private_redis::running_url(&config.state_dir.join("redis"))
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "{} sets no [redis] url and no `eventhost run` is running with it; \
-                             start it first, or pass --url",
-                            config.path.display()
-                        )
-                    })
-                    .map(Endpoint::Server)?,
-            };
-            (endpoint, Some(config))
-        }
-    };
-    let (prefix, partitions, replicas) = match &config {
-        Some(c) => (
-            c.redis.prefix.as_str(),
-            c.bus.partitions,
-            Replicas {
-                min: c.redis.min_replicas_ack,
-                timeout: c.redis.replicas_timeout,
-            },
-        ),
-        None => ("events:", 1, Replicas::NONE),
-    };
-    let keys = bus::keys_for(Some(&endpoint), prefix, partitions);
-    let connector = Connector::new(&endpoint)?;
-    let conn = connector
-        .commands()
-        .await
-        .with_context(|| format!("cannot connect to {}", connector.display()))?;
-    Ok(BusAccess {
-        conn,
-        keys,
-        replicas,
-        config,
-    })
 }
 
 /// `text` with control characters escaped: what a producer or a plugin
