@@ -316,7 +316,10 @@ fn a_stalled_hosts_late_result_is_discarded() {
     eventually("the first host holds the event", WAIT, || {
         pending(&mut conn, "events:sub:probe", "sub:probe-group") == 1
     });
-    // Freeze it mid-handle: it can neither commit nor renew its lease.
+    // Freeze it mid-handle, in its 600 ms sleep (past its state reads: one
+    // frozen mid-read is taken for Redis's delay and runs again instead of
+    // committing): it can neither commit nor renew its lease.
+    std::thread::sleep(Duration::from_millis(200));
     first.signal(libc::SIGSTOP);
     let second = world.host();
     eventually("the second host reclaims and commits it", WAIT, || {
