@@ -342,11 +342,7 @@ impl ClusterWorld {
     /// Runs the `eventhost` binary with `args` to completion, in the
     /// world's folder.
     pub fn eventhost(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_eventhost"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
+        super::eventhost_in(self.dir.path(), args)
     }
 }
 

@@ -403,11 +403,7 @@ impl World {
 
     /// Runs the `eventhost` binary with `args` to completion.
     pub fn eventhost(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_eventhost"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
+        eventhost_in(self.dir.path(), args)
     }
 
     /// Runs `check` and then `run`, which must both refuse the config
@@ -611,6 +607,15 @@ impl Load {
         self.thread.take().unwrap().join().unwrap();
         std::mem::take(&mut *self.sent.lock().unwrap())
     }
+}
+
+/// Runs the `eventhost` binary with `args` to completion in `dir`.
+pub fn eventhost_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_eventhost"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
 }
 
 /// Polls every 20 ms until `done`, failing with the host's log if that

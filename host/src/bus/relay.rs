@@ -74,9 +74,11 @@ impl Relay {
                 tracing::warn!(stream_id = %entry.id, "{}: an outbox entry without data; dropped", self.name);
                 continue;
             };
-            // Written by a commit, so it has an id; if not, any partition
-            // will do.
-            let event_id = leanmq::type_and_id(entry, usize::MAX)
+            // Written by a commit, so it has an id; if not (or it is not
+            // ours: anyone can write to Redis), any partition will do, and
+            // the fan-out judges the entry. Read within the payload limit:
+            // a huge entry written there is not parsed whole.
+            let event_id = leanmq::type_and_id(entry, self.bus.max_payload_bytes)
                 .ok()
                 .and_then(|(_, id)| id)
                 .unwrap_or_else(|| entry.id.clone());
