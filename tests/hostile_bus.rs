@@ -88,7 +88,7 @@ fn an_oversized_entry_is_dead_lettered_once_by_its_size_and_prefix() {
     let world = World::new(&["probe.wasm"], BYSTANDER);
     let host = world.host();
     let mut conn = world.conn();
-    let baseline = bystander_rate(&world, RATE_EVENTS, WAIT);
+    let alone = Pace::best(&world, RATE_EVENTS, WAIT);
     let start_peak = peak_mib(&host);
 
     let data = huge_entry("Ping");
@@ -136,7 +136,7 @@ fn an_oversized_entry_is_dead_lettered_once_by_its_size_and_prefix() {
         });
     }
     drop(data);
-    let after = bystander_rate(&world, RATE_EVENTS, WAIT);
+    let after = Pace::measure(&world, RATE_EVENTS, WAIT);
     let peak_again = peak_mib(&host);
     // The allocator gives freed memory back to the system lazily, as the
     // process goes on allocating: keep the bystander busy meanwhile.
@@ -156,7 +156,7 @@ fn an_oversized_entry_is_dead_lettered_once_by_its_size_and_prefix() {
         "oversized entry ({} MiB): peak RSS {start_peak} MiB before, {after_all} MiB after one \
          in events:all, {peak} MiB after one in a subscriber stream, {peak_again} MiB after two \
          more, {now} MiB resident then; dead-lettered within {stall:?} of its XADD; bystander \
-         {baseline:.0} events/s alone, {during:.0} during (events:all), {during_sub:.0} during (its own stream), {after:.0} after; \
+         {alone} alone, {during:.0} events/s during (events:all), {during_sub:.0} during (its own stream), {after} after; \
          SIGTERM → exit in {took:?}",
         HUGE >> 20
     );
@@ -178,7 +178,7 @@ fn an_oversized_entry_is_dead_lettered_once_by_its_size_and_prefix() {
         stall < Duration::from_secs(5),
         "the fan-out stalled {stall:?}"
     );
-    assert!(after > baseline / 2.0, "{after} vs {baseline}");
+    after.holds_against(&alone);
 }
 
 /// A write Redis refuses for a reason that will not change (here a
@@ -196,27 +196,20 @@ fn an_entry_redis_refuses_to_route_is_quarantined_and_the_rest_routed() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let baseline = bystander_rate(&world, 300, WAIT);
+    let alone = Pace::best(&world, 1000, WAIT);
     // Someone clobbers the victim's stream.
     let () = conn.del("events:sub:victim").unwrap();
     let () = conn.set("events:sub:victim", "not a stream").unwrap();
 
-    let before = bystander_count(&mut conn);
-    let started = Instant::now();
-    let mut victims = Vec::new();
-    for i in 0..300 {
-        publish(&mut conn, "Ping", json!({}));
-        if i % 30 == 0 {
-            victims.push(publish(&mut conn, "Victim", json!({})));
-        }
-    }
-    eventually("the bystander handles its pings", WAIT, || {
-        bystander_count(&mut conn) >= before + 300
+    // Victims in the same batches as the bystander's pings.
+    let attack = Attack::start(&world, Duration::from_millis(5), |conn| {
+        publish(conn, "Victim", json!({}))
     });
+    let during = Pace::measure(&world, 1000, WAIT);
+    let victims = attack.stop();
     eventually("every victim event is quarantined", WAIT, || {
         len(&mut conn, "events:all:dlq") == victims.len()
     });
-    let during = 300.0 / started.elapsed().as_secs_f64();
     for id in &victims {
         let failure = failure_of(&mut conn, "events:all:dlq", id);
         assert_eq!(failure["kind"], "refused", "{failure}");
@@ -232,10 +225,12 @@ fn an_entry_redis_refuses_to_route_is_quarantined_and_the_rest_routed() {
     let peak = peak_mib(&host);
     let took = stop_timed(host);
     println!(
-        "refused route: peak RSS {peak} MiB; bystander {baseline:.0} events/s alone, \
-         {during:.0} during; SIGTERM → exit in {took:?}"
+        "refused route ({} entries quarantined): peak RSS {peak} MiB; bystander {alone} alone, \
+         {during} during; SIGTERM → exit in {took:?}",
+        victims.len()
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
+    during.holds_against(&alone);
 }
 
 /// A subscriber's commit Redis refuses for a reason that will not change
@@ -253,13 +248,14 @@ fn a_result_redis_refuses_to_commit_is_quarantined() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let baseline = bystander_rate(&world, 300, WAIT);
+    let alone = Pace::best(&world, 1000, WAIT);
     let () = conn.set("events:state:hostile", "not a hash").unwrap();
     // `set` writes state and reads none: only its commit can fail.
-    let ids: Vec<String> = (0..20)
-        .map(|_| publish(&mut conn, "Hostile", json!({"act": "set", "size": 8})))
-        .collect();
-    let during = bystander_rate(&world, 300, WAIT);
+    let attack = Attack::start(&world, Duration::from_millis(5), |conn| {
+        publish(conn, "Hostile", json!({"act": "set", "size": 8}))
+    });
+    let during = Pace::measure(&world, 1000, WAIT);
+    let ids = attack.stop();
     eventually("every result is quarantined", WAIT, || {
         len(&mut conn, "events:sub:hostile:dlq") == ids.len()
     });
@@ -279,10 +275,12 @@ fn a_result_redis_refuses_to_commit_is_quarantined() {
     let peak = peak_mib(&host);
     let took = stop_timed(host);
     println!(
-        "refused commit: peak RSS {peak} MiB; bystander {baseline:.0} events/s alone, \
-         {during:.0} during; SIGTERM → exit in {took:?}"
+        "refused commit ({} results quarantined): peak RSS {peak} MiB; bystander {alone} \
+         alone, {during} during; SIGTERM → exit in {took:?}",
+        ids.len()
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
+    during.holds_against(&alone);
 }
 
 // ----- 3. commits -----------------------------------------------------------
@@ -306,13 +304,12 @@ fn a_call_with_nine_thousand_deletes_commits_whole() {
         let () = conn.hset_multiple("events:state:hostile", chunk).unwrap();
     }
     let host = world.host();
-    let baseline = bystander_rate(&world, 300, WAIT);
+    let alone = Pace::best(&world, 1000, WAIT);
     let id = publish(
         &mut conn,
         "Hostile",
         json!({"act": "flood_delete", "n": 9000, "size": 1}),
     );
-    let during = bystander_rate(&world, 300, WAIT);
     eventually("the call commits", WAIT, || {
         state(&mut conn, "hostile").contains_key(&format!("done:{id}"))
     });
@@ -326,13 +323,31 @@ fn a_call_with_nine_thousand_deletes_commits_whole() {
         pending(&mut conn, "events:sub:hostile", "sub:hostile-group"),
         0
     );
+
+    // Such calls one after another, beside the bystander.
+    let attack = Attack::start(&world, Duration::from_millis(50), |conn| {
+        publish(
+            conn,
+            "Hostile",
+            json!({"act": "flood_delete", "n": 9000, "size": 1}),
+        )
+    });
+    let during = Pace::measure(&world, 1000, WAIT);
+    let ids = attack.stop();
+    eventually("every call commits", WAIT, || {
+        let state = state(&mut conn, "hostile");
+        ids.iter()
+            .all(|id| state.contains_key(&format!("done:{id}")))
+    });
     let peak = peak_mib(&host);
     let took = stop_timed(host);
     println!(
-        "9,000 deletes: peak RSS {peak} MiB; bystander {baseline:.0} events/s alone, \
-         {during:.0} during; SIGTERM → exit in {took:?}"
+        "9,000 deletes ({} calls): peak RSS {peak} MiB; bystander {alone} alone, {during} \
+         during; SIGTERM → exit in {took:?}",
+        ids.len()
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
+    during.holds_against(&alone);
 }
 
 // ----- 10. publishes --------------------------------------------------------
@@ -352,18 +367,17 @@ fn a_publish_over_the_payload_limit_fails_in_the_plugin() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let baseline = bystander_rate(&world, 300, WAIT);
+    let alone = Pace::best(&world, 1000, WAIT);
     let start_peak = peak_mib(&host);
-    let ids: Vec<String> = (0..5)
-        .map(|_| {
-            publish(
-                &mut conn,
-                "Hostile",
-                json!({"act": "flood_publish", "n": 10, "size": 1_100_000}),
-            )
-        })
-        .collect();
-    let during = bystander_rate(&world, 300, WAIT);
+    let attack = Attack::start(&world, Duration::from_millis(50), |conn| {
+        publish(
+            conn,
+            "Hostile",
+            json!({"act": "flood_publish", "n": 10, "size": 1_100_000}),
+        )
+    });
+    let during = Pace::measure(&world, 1000, WAIT);
+    let ids = attack.stop();
     eventually("the calls commit", WAIT, || {
         let state = state(&mut conn, "hostile");
         ids.iter()
@@ -386,11 +400,12 @@ fn a_publish_over_the_payload_limit_fails_in_the_plugin() {
     let peak = peak_mib(&host);
     let took = stop_timed(host);
     println!(
-        "publishes over the limit (50 × 1.1 MB): peak RSS {peak} MiB (was {start_peak}); \
-         bystander {baseline:.0} events/s alone, {during:.0} during; SIGTERM → exit in {took:?}"
+        "publishes over the limit ({} calls × 10 × 1.1 MB): peak RSS {peak} MiB (was \
+         {start_peak}); bystander {alone} alone, {during} during; SIGTERM → exit in {took:?}",
+        ids.len()
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(during > baseline / 2.0, "{during} vs {baseline}");
+    during.holds_against(&alone);
 }
 
 /// Events a plugin publishes carry a hop count kept by the host
@@ -412,12 +427,12 @@ fn a_cycle_of_plugins_ends_in_the_dlq_at_the_hop_limit() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let baseline = bystander_rate(&world, 300, WAIT);
-    let cycles = 20;
-    for _ in 0..cycles {
-        publish(&mut conn, "Cycle", json!({"act": "cycle"}));
-    }
-    let during = bystander_rate(&world, 300, WAIT);
+    let alone = Pace::best(&world, 1000, WAIT);
+    let attack = Attack::start(&world, Duration::from_millis(20), |conn| {
+        publish(conn, "Cycle", json!({"act": "cycle"}))
+    });
+    let during = Pace::measure(&world, 1000, WAIT);
+    let cycles = attack.stop().len();
     eventually("every cycle ends in the DLQ", WAIT, || {
         len(&mut conn, "events:sub:hostile:dlq") == cycles
     });
@@ -451,7 +466,8 @@ fn a_cycle_of_plugins_ends_in_the_dlq_at_the_hop_limit() {
     let took = stop_timed(host);
     println!(
         "cycle of plugins ({cycles} cycles, max_hops 8): peak RSS {peak} MiB; bystander \
-         {baseline:.0} events/s alone, {during:.0} during; SIGTERM → exit in {took:?}"
+         {alone} alone, {during} during; SIGTERM → exit in {took:?}"
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
+    during.holds_against(&alone);
 }

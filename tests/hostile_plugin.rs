@@ -11,43 +11,21 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use redis::Commands;
 use serde_json::json;
 use support::attack::{bystander_best_rate, peak_mib, stop_timed, BYSTANDER};
+
+/// The bystander's p99 latency over `n` `Ping`s, one at a time.
+fn bystander_p99(world: &World, n: usize) -> Duration {
+    support::attack::bystander_p99(world, n, WAIT)
+}
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// How many events the probe running as `subscriber` has handled.
-fn handled(conn: &mut redis::Connection, subscriber: &str) -> usize {
-    conn.hget::<_, _, Option<String>>(format!("events:state:{subscriber}"), "count")
-        .unwrap()
-        .map_or(0, |c| c.parse().unwrap())
-}
 
 /// The bystander's rate (events/s): the best of three rounds of `n`,
 /// without and during an attack alike (these attacks outlast the rounds).
 fn bystander_rate(world: &World, n: usize) -> f64 {
     bystander_best_rate(world, n, WAIT)
-}
-
-/// Publishes `n` `Ping`s one at a time, each once the one before was
-/// handled; returns the 99th percentile of publish → handled.
-fn bystander_p99(world: &World, n: usize) -> Duration {
-    let mut conn = world.conn();
-    let mut took = Vec::with_capacity(n);
-    for _ in 0..n {
-        let before = handled(&mut conn, "bystander");
-        let started = Instant::now();
-        publish(&mut conn, "Ping", json!({}));
-        while handled(&mut conn, "bystander") <= before {
-            assert!(started.elapsed() < WAIT, "a Ping was never handled");
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        took.push(started.elapsed());
-    }
-    took.sort();
-    took[(n * 99).div_ceil(100) - 1]
 }
 
 /// Publishes `n` events of `event_type` with `data` in one pipeline.

@@ -64,6 +64,114 @@ pub fn bystander_best_rate(world: &World, n: usize, wait: Duration) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Publishes `n` `Ping`s one at a time, each once the one before was
+/// handled, and returns the 99th percentile of publish → handled (polled
+/// every half millisecond): the bystander's latency when it is not
+/// saturated, which an attack must not push past 100 ms.
+pub fn bystander_p99(world: &World, n: usize, wait: Duration) -> Duration {
+    let mut conn = world.conn();
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let before = bystander_count(&mut conn);
+        let started = Instant::now();
+        publish(&mut conn, "Ping", json!({}));
+        while bystander_count(&mut conn) <= before {
+            assert!(started.elapsed() < wait, "a Ping was never handled");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        took.push(started.elapsed());
+    }
+    took.sort();
+    took[(n * 99).div_ceil(100) - 1]
+}
+
+/// The bystander's pace: its rate when saturated and its latency when not.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Events per second over a burst.
+    pub rate: f64,
+    /// 99th percentile of publish → handled, one event at a time.
+    pub p99: Duration,
+}
+
+impl Pace {
+    /// A burst of `n`, then 100 events one at a time.
+    pub fn measure(world: &World, n: usize, wait: Duration) -> Pace {
+        Pace {
+            rate: bystander_rate(world, n, wait),
+            p99: bystander_p99(world, 100, wait),
+        }
+    }
+
+    /// The best rate of three bursts of `n`, then 100 events one at a time:
+    /// the yardstick without an attack.
+    pub fn best(world: &World, n: usize, wait: Duration) -> Pace {
+        Pace {
+            rate: bystander_best_rate(world, n, wait),
+            p99: bystander_p99(world, 100, wait),
+        }
+    }
+
+    /// Asserts what an attack must leave the bystander: at least half its
+    /// rate without it, and a p99 under 100 ms.
+    pub fn holds_against(&self, alone: &Pace) {
+        assert!(
+            self.rate > alone.rate / 2.0,
+            "the bystander lost more than half its rate: {self} during, {alone} alone"
+        );
+        assert!(
+            self.p99 < Duration::from_millis(100),
+            "the bystander's p99 went past 100 ms: {self} during, {alone} alone"
+        );
+    }
+}
+
+impl std::fmt::Display for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} events/s (p99 {:.1?})", self.rate, self.p99)
+    }
+}
+
+/// An attack kept up in the background: `send` publishes one attack event
+/// every `every` until [`Attack::stop`], so it lasts as long as the
+/// bystander is measured beside it.
+pub struct Attack {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Attack {
+    /// Starts sending; `send` returns the id of what it published.
+    pub fn start(
+        world: &World,
+        every: Duration,
+        mut send: impl FnMut(&mut redis::Connection) -> String + Send + 'static,
+    ) -> Attack {
+        let mut conn = world.conn();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut sent = Vec::new();
+            let started = Instant::now();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                sent.push(send(&mut conn));
+                let next = every * sent.len() as u32;
+                std::thread::sleep(next.saturating_sub(started.elapsed()));
+            }
+            sent
+        });
+        // The first events are on their way before anything is measured.
+        std::thread::sleep(every.max(Duration::from_millis(20)));
+        Attack { stop, thread }
+    }
+
+    /// Stops sending; returns the ids of everything sent.
+    pub fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the attack thread")
+    }
+}
+
 /// SIGTERM, and how long the host took to exit (it must exit 0).
 pub fn stop_timed(host: Host) -> Duration {
     let started = Instant::now();

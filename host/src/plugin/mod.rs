@@ -10,6 +10,8 @@
 //! - [`cache`]: the compiled cache, trusted only as far as it is proven;
 //! - [`wasm_handler`]: running one subscriber's events in reused instances,
 //!   swapped atomically on reload;
+//! - [`threads`]: each subscriber's calls on threads of their own, below
+//!   the bus's CPU priority;
 //! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
 //! - [`capacity`]: the instance pool, shared fairly between subscribers;
 //! - [`files`]: the host's file descriptors a plugin may hold;
@@ -27,6 +29,7 @@ mod limiter;
 mod logs;
 mod output;
 mod runtime;
+mod threads;
 mod wasm_handler;
 
 pub use compiler::{serve_child as serve_compile_child, SUBCOMMAND as COMPILE_SUBCOMMAND};

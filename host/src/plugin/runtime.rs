@@ -8,7 +8,7 @@
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -21,6 +21,7 @@ use super::capacity::InstanceCapacity;
 use super::compiler::{self, CompileLimits};
 use super::files::FileBudget;
 use super::host_api::{StoreData, Subscriber, SubscriberPre};
+use super::threads::PluginThreads;
 use crate::config::PluginsConfig;
 
 /// How often the epoch advances: the resolution of time limits, and how
@@ -41,6 +42,9 @@ pub struct PluginRuntime {
     /// by the handlers a reload makes.
     files_by_subscriber:
         std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>,
+    /// The threads each subscriber's calls run on, while a handler uses
+    /// them: shared by the handlers a reload makes.
+    threads_by_subscriber: std::sync::Mutex<std::collections::HashMap<String, Weak<PluginThreads>>>,
 }
 
 /// What a runtime is built with: the `[plugins]` settings it uses.
@@ -250,6 +254,7 @@ impl PluginRuntime {
             capacity: InstanceCapacity::new(settings.instances),
             files,
             files_by_subscriber: Default::default(),
+            threads_by_subscriber: Default::default(),
             settings,
         }))
     }
@@ -275,6 +280,43 @@ impl PluginRuntime {
             .or_default()
             .clone();
         super::files::InstanceFiles::new(self.files.clone(), counter)
+    }
+
+    /// The threads `subscriber`'s heavy calls run on: as many as it may
+    /// run at once (`concurrency`), up to one fewer than the CPUs there
+    /// are, so one subscriber never spins on them all. `None` if they
+    /// cannot be started; its calls then run on the caller's threads.
+    pub(super) fn threads_for(
+        &self,
+        subscriber: &str,
+        concurrency: usize,
+    ) -> Option<Arc<PluginThreads>> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let wanted = concurrency.clamp(1, (cpus - 1).max(1));
+        let mut by_subscriber = self
+            .threads_by_subscriber
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        by_subscriber.retain(|_, threads| threads.strong_count() > 0);
+        if let Some(threads) = by_subscriber.get(subscriber).and_then(Weak::upgrade) {
+            if threads.threads() == wanted {
+                return Some(threads);
+            }
+        }
+        match PluginThreads::start(subscriber, wanted) {
+            Ok(threads) => {
+                let threads = Arc::new(threads);
+                by_subscriber.insert(subscriber.to_string(), Arc::downgrade(&threads));
+                Some(threads)
+            }
+            Err(err) => {
+                tracing::warn!(
+                    subscriber,
+                    "its plugin runs on the host's threads: cannot start its own ({err})"
+                );
+                None
+            }
+        }
     }
 
     /// The instance slots every handler draws on.

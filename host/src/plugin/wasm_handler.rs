@@ -17,6 +17,7 @@ use super::capacity::{CapacityError, Evict, Share, Slot};
 use super::host_api::{Call, Level, StateRead, StoreData, Subscriber, WitEvent, WitFailure};
 use super::logs::{self, LogGate};
 use super::runtime::{CompiledPlugin, PluginRuntime};
+use super::threads::PluginThreads;
 use crate::config::{Grants, SubscriberConfig};
 use crate::handler::{
     Effects, Event, Failure, FailureKind, Handler, Outcome, PublishLimits, StateReader,
@@ -96,8 +97,56 @@ impl Evict for IdlePool {
     }
 }
 
-/// A [`Handler`] backed by one build of a wasm component.
+/// A [`Handler`] backed by one build of a wasm component, whose calls run
+/// on its subscriber's own threads (see [`super::threads`]).
 pub struct WasmHandler {
+    calls: Arc<PluginCalls>,
+    /// `None` if they could not be started: calls then run on the caller's.
+    threads: Option<Arc<PluginThreads>>,
+}
+
+impl WasmHandler {
+    /// A handler running `plugin` for the subscriber with `settings`.
+    pub fn new(
+        runtime: Arc<PluginRuntime>,
+        settings: &SubscriberConfig,
+        plugin: Arc<CompiledPlugin>,
+    ) -> Self {
+        WasmHandler {
+            threads: runtime.threads_for(&settings.name, settings.concurrency),
+            calls: Arc::new(PluginCalls::new(runtime, settings, plugin)),
+        }
+    }
+
+    /// The build this handler runs.
+    pub fn plugin(&self) -> &Arc<CompiledPlugin> {
+        &self.calls.plugin
+    }
+}
+
+#[async_trait]
+impl Handler for WasmHandler {
+    async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome {
+        let Some(threads) = &self.threads else {
+            return self.calls.handle(event, state).await;
+        };
+        let calls = self.calls.clone();
+        match threads
+            .run(async move { calls.handle(event, state).await })
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(lost) => Outcome::Failed(Failure::new(
+                FailureKind::Host,
+                format!("{}: {lost}", self.calls.plugin_file),
+            )),
+        }
+    }
+}
+
+/// Calls of one build under one subscriber's settings, in instances kept
+/// for reuse.
+struct PluginCalls {
     runtime: Arc<PluginRuntime>,
     subscriber: Arc<str>,
     /// Shown in failure messages: the plugin file as configured.
@@ -112,9 +161,8 @@ pub struct WasmHandler {
     log_gate: LogGate,
 }
 
-impl WasmHandler {
-    /// A handler running `plugin` for the subscriber with `settings`.
-    pub fn new(
+impl PluginCalls {
+    fn new(
         runtime: Arc<PluginRuntime>,
         settings: &SubscriberConfig,
         plugin: Arc<CompiledPlugin>,
@@ -123,7 +171,7 @@ impl WasmHandler {
         let capacity = runtime.capacity();
         capacity.register(Arc::downgrade(&idle) as std::sync::Weak<dyn Evict>);
         let share = capacity.share_for(settings.concurrency);
-        WasmHandler {
+        PluginCalls {
             runtime,
             subscriber: settings.name.as_str().into(),
             plugin_file: settings.plugin_file.clone(),
@@ -134,11 +182,6 @@ impl WasmHandler {
             share,
             log_gate: LogGate::default(),
         }
-    }
-
-    /// The build this handler runs.
-    pub fn plugin(&self) -> &Arc<CompiledPlugin> {
-        &self.plugin
     }
 
     /// An idle instance, or a new one, and when it was had: the event's
@@ -360,8 +403,8 @@ impl WasmHandler {
     }
 }
 
-#[async_trait]
-impl Handler for WasmHandler {
+impl PluginCalls {
+    /// Runs one call in an instance, on the caller's thread.
     async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome {
         let (mut instance, started) = match self.instance().await {
             Ok(had) => had,
