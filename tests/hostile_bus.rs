@@ -6,8 +6,9 @@
 //!
 //! Each attack runs beside a bystander subscriber (the probe, on `Ping`);
 //! the test prints the host's peak RSS (VmHWM), the bystander's throughput
-//! without and during the attack, and how long the host took to exit after
-//! a SIGTERM sent during it.
+//! and p99 latency without and during the attack (kept up by a thread of
+//! its own while the bystander is measured), and how long the host took to
+//! exit after a SIGTERM sent during it.
 
 mod support;
 
