@@ -40,7 +40,7 @@ fn a_start_function_that_never_returns_is_a_timeout() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let alone = Pace::best(&world, 1000, WAIT);
+    let alone = Pace::measure(&world, 1000, WAIT);
 
     // 80 starts of 300 ms, four at a time: six seconds of spinning.
     let stuck: Vec<String> = (0..80)
@@ -99,7 +99,7 @@ fn buffered_effects_are_bounded_per_call() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let alone = Pace::best(&world, 1000, WAIT);
+    let alone = Pace::measure(&world, 1000, WAIT);
     let start_peak = peak_mib(&host);
 
     let floods = [
@@ -209,7 +209,7 @@ fn plugin_files_that_are_devices_or_too_big_are_refused_unread() {
     // On reload: the running build stays.
     world.configure_watched(BYSTANDER);
     let host = world.host();
-    let alone = Pace::best(&world, 1000, WAIT);
+    let alone = Pace::measure(&world, 1000, WAIT);
     let before = peak_mib(&host);
     let probe = plugins.join("probe.wasm");
     std::fs::remove_file(&probe).unwrap();
@@ -250,7 +250,7 @@ fn plugin_logs_cannot_forge_host_lines_nor_flood_the_log() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let alone = Pace::best(&world, 1000, WAIT);
+    let alone = Pace::measure(&world, 1000, WAIT);
 
     let forged = "2026-11-30T20:00:00.000000Z ERROR eventhost::daemon: forged";
     let forge = publish(

@@ -89,7 +89,7 @@ fn an_oversized_entry_is_dead_lettered_once_by_its_size_and_prefix() {
     let world = World::new(&["probe.wasm"], BYSTANDER);
     let host = world.host();
     let mut conn = world.conn();
-    let alone = Pace::best(&world, RATE_EVENTS, WAIT);
+    let alone = Pace::measure(&world, RATE_EVENTS, WAIT);
     let start_peak = peak_mib(&host);
 
     let data = huge_entry("Ping");
@@ -197,7 +197,7 @@ fn an_entry_redis_refuses_to_route_is_quarantined_and_the_rest_routed() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let alone = Pace::best(&world, 1000, WAIT);
+    let alone = Pace::measure(&world, 1000, WAIT);
     // Someone clobbers the victim's stream.
     let () = conn.del("events:sub:victim").unwrap();
     let () = conn.set("events:sub:victim", "not a stream").unwrap();
@@ -249,7 +249,7 @@ fn a_result_redis_refuses_to_commit_is_quarantined() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let alone = Pace::best(&world, 1000, WAIT);
+    let alone = Pace::measure(&world, 1000, WAIT);
     let () = conn.set("events:state:hostile", "not a hash").unwrap();
     // `set` writes state and reads none: only its commit can fail.
     let attack = Attack::start(&world, Duration::from_millis(5), |conn| {
@@ -305,7 +305,7 @@ fn a_call_with_nine_thousand_deletes_commits_whole() {
         let () = conn.hset_multiple("events:state:hostile", chunk).unwrap();
     }
     let host = world.host();
-    let alone = Pace::best(&world, 1000, WAIT);
+    let alone = Pace::measure(&world, 1000, WAIT);
     let id = publish(
         &mut conn,
         "Hostile",
@@ -368,7 +368,7 @@ fn a_publish_over_the_payload_limit_fails_in_the_plugin() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let alone = Pace::best(&world, 1000, WAIT);
+    let alone = Pace::measure(&world, 1000, WAIT);
     let start_peak = peak_mib(&host);
     let attack = Attack::start(&world, Duration::from_millis(50), |conn| {
         publish(
@@ -428,7 +428,7 @@ fn a_cycle_of_plugins_ends_in_the_dlq_at_the_hop_limit() {
     );
     let host = world.host();
     let mut conn = world.conn();
-    let alone = Pace::best(&world, 1000, WAIT);
+    let alone = Pace::measure(&world, 1000, WAIT);
     let attack = Attack::start(&world, Duration::from_millis(20), |conn| {
         publish(conn, "Cycle", json!({"act": "cycle"}))
     });
