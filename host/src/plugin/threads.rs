@@ -42,6 +42,7 @@ pub const HEAVY_FOR: Duration = Duration::from_secs(1);
 
 /// The threads one subscriber's calls run on.
 pub struct PluginThreads {
+    subscriber: String,
     threads: usize,
     /// Until when calls start on these threads: a call was heavy.
     heavy_until: Mutex<Option<Instant>>,
@@ -68,6 +69,7 @@ impl PluginThreads {
             .enable_all()
             .build()?;
         Ok(PluginThreads {
+            subscriber: subscriber.to_string(),
             threads,
             heavy_until: Mutex::new(None),
             runtime: Some(runtime),
@@ -112,8 +114,16 @@ impl PluginThreads {
     }
 
     fn mark_heavy(&self) {
-        *self.heavy_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + HEAVY_FOR);
+        let now = Instant::now();
+        let mut until = self.heavy_until.lock().unwrap_or_else(|p| p.into_inner());
+        if until.is_none_or(|until| until <= now) {
+            tracing::debug!(
+                subscriber = %self.subscriber,
+                "a call used over {INLINE_CPU:?} of CPU on the bus's thread: this subscriber's \
+                 calls run on its own threads for {HEAVY_FOR:?}"
+            );
+        }
+        *until = Some(now + HEAVY_FOR);
     }
 }
 
