@@ -13,7 +13,11 @@
 //! others spin), and those threads are niced, so the bus, which reads and
 //! commits for everyone, never waits for plugin code. A light call stays
 //! where it is: handing every call to another thread would cost two thread
-//! wake-ups each, most of what a trivial handler costs.
+//! wake-ups each, most of what a trivial handler costs. A call that needs
+//! a new instance starts on the subscriber's threads and marks nothing: its
+//! start functions, and a language runtime's warm-up in its first call, are
+//! paid once per instance, and a plugin that traps every time (so every
+//! call needs a new instance) never runs on the bus's thread.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -81,18 +85,19 @@ impl PluginThreads {
         self.threads
     }
 
-    /// Runs `call` and waits for it: on the caller's thread until it has
-    /// used [`INLINE_CPU`] there, then on these threads; right away on
-    /// these threads while the subscriber is heavy. Dropping the returned
-    /// future stops the call at its next yield (every epoch tick for guest
-    /// code), so a host shutting down never waits for a plugin.
-    pub async fn run<F>(&self, call: F) -> Result<F::Output, CallLost>
+    /// Runs `call` and waits for it: if `start_here`, on the caller's
+    /// thread until it has used [`INLINE_CPU`] there, then on these
+    /// threads; right away on these threads if not, or while the
+    /// subscriber is heavy. Dropping the returned future stops the call at
+    /// its next yield (every epoch tick for guest code), so a host shutting
+    /// down never waits for a plugin.
+    pub async fn run<F>(&self, call: F, start_here: bool) -> Result<F::Output, CallLost>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         let mut call = Box::pin(call);
-        if !self.heavy() {
+        if start_here && !self.heavy() {
             let inline = Inline {
                 call: &mut call,
                 wall: Duration::ZERO,
@@ -250,10 +255,12 @@ mod tests {
         let threads = PluginThreads::start("s", 2).unwrap();
         let host = (thread_name(), own_nice());
 
-        let light = threads.run(spin(3, Duration::from_micros(50))).await;
+        let light = threads.run(spin(3, Duration::from_micros(50)), true).await;
         assert_eq!(light.unwrap(), vec![host.clone(); 3], "a light call stays");
 
-        let heavy = threads.run(spin(10, Duration::from_micros(400))).await;
+        let heavy = threads
+            .run(spin(10, Duration::from_micros(400)), true)
+            .await;
         let heavy = heavy.unwrap();
         let niced = ("wasm:s".to_string(), (host.1 + PLUGIN_NICE).min(19));
         // 1 ms of wall time (three rounds of 400 µs, fewer if the thread was
@@ -263,7 +270,7 @@ mod tests {
         assert!(heavy[moved..].iter().all(|ran| *ran == niced), "{heavy:?}");
         assert_eq!(own_nice(), host.1, "the caller's thread is untouched");
 
-        let next = threads.run(spin(1, Duration::ZERO)).await.unwrap();
+        let next = threads.run(spin(1, Duration::ZERO), true).await.unwrap();
         assert_eq!(
             next,
             vec![niced],
@@ -272,15 +279,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_not_to_start_here_runs_there_and_marks_nothing() {
+        let threads = PluginThreads::start("s", 1).unwrap();
+        let away = threads.run(spin(1, Duration::ZERO), false).await.unwrap();
+        assert_eq!(away[0].0, "wasm:s");
+        assert!(!threads.heavy());
+        let here = threads.run(spin(1, Duration::ZERO), true).await.unwrap();
+        assert_eq!(here[0].0, thread_name());
+    }
+
+    #[tokio::test]
     async fn dropping_the_wait_stops_the_call() {
         let threads = PluginThreads::start("s", 1).unwrap();
         threads.mark_heavy();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let call = threads.run(async move {
-            // Holds `tx` until it is stopped: the receiver then sees it go.
-            let _tx = tx;
-            std::future::pending::<()>().await
-        });
+        let call = threads.run(
+            async move {
+                // Holds `tx` until it is stopped: the receiver then sees it go.
+                let _tx = tx;
+                std::future::pending::<()>().await
+            },
+            true,
+        );
         assert!(tokio::time::timeout(Duration::from_millis(50), call)
             .await
             .is_err());
@@ -291,9 +311,12 @@ mod tests {
     async fn a_panicking_call_is_lost_and_the_threads_go_on() {
         let threads = PluginThreads::start("s", 1).unwrap();
         threads.mark_heavy();
-        let lost = threads.run(async { panic!("boom") }).await.unwrap_err();
+        let lost = threads
+            .run(async { panic!("boom") }, true)
+            .await
+            .unwrap_err();
         assert!(lost.to_string().contains("panic"), "{lost}");
-        let answer = threads.run(async { 42 }).await.unwrap();
+        let answer = threads.run(async { 42 }, true).await.unwrap();
         assert_eq!(answer, 42, "the threads outlive a panicking call");
     }
 }

@@ -130,9 +130,12 @@ impl Handler for WasmHandler {
         let Some(threads) = &self.threads else {
             return self.calls.handle(event, state).await;
         };
+        // A new instance, its start functions and first call, is paid on
+        // the subscriber's threads; a reused one starts here.
+        let start_here = self.calls.idle.idle() > 0;
         let calls = self.calls.clone();
         match threads
-            .run(async move { calls.handle(event, state).await })
+            .run(async move { calls.handle(event, state).await }, start_here)
             .await
         {
             Ok(outcome) => outcome,
