@@ -93,8 +93,9 @@ impl FanoutBatch {
 
     /// Runs the batch: one atomic script call, or one per
     /// [`MAX_CALL_BYTES`](super::MAX_CALL_BYTES) of records. If Redis refuses it for a reason that
-    /// will not change, having written nothing, each record is tried on its
-    /// own and those refused alone are returned in [`Routed::refused`].
+    /// will not change, having written nothing, it is routed in halves until
+    /// each record it refuses is alone; those are returned in
+    /// [`Routed::refused`].
     pub async fn apply(
         &self,
         conn: &mut RedisConn,
@@ -111,25 +112,66 @@ impl FanoutBatch {
                 Ok(skipped) => routed.skipped += skipped,
                 Err(err) if is_refusal(&err) => {
                     tracing::warn!(
-                        "Redis refused a fan-out of {} entries ({err}); routing them one by one",
+                        "Redis refused a fan-out of {} entries ({err}); routing them in halves \
+                         to find the ones it refuses",
                         chunk.len()
                     );
-                    for record in chunk {
-                        let one = std::slice::from_ref(record);
-                        match self.call(conn, all, all_dlq, streams, one).await {
-                            Ok(skipped) => routed.skipped += skipped,
-                            Err(err) if is_refusal(&err) => {
-                                routed.refused.push((record.id.clone(), refusal_text(&err)))
-                            }
-                            Err(err) => return Err(err),
-                        }
-                    }
+                    let why = refusal_text(&err);
+                    self.route_around_refusals(
+                        conn,
+                        all,
+                        all_dlq,
+                        streams,
+                        chunk,
+                        why,
+                        &mut routed,
+                    )
+                    .await?;
                 }
                 Err(err) => return Err(err),
             }
             rest = later;
         }
         Ok(routed)
+    }
+
+    /// Routes `refused`, records Redis refused together (for `why`), in
+    /// halves until each one it refuses is alone, in order (no record is
+    /// routed after one behind it). A few refused records among many cost
+    /// about two calls per halving each, not one call per record.
+    #[allow(clippy::too_many_arguments)]
+    async fn route_around_refusals(
+        &self,
+        conn: &mut RedisConn,
+        all: &str,
+        all_dlq: &str,
+        streams: &[String],
+        refused: &[Record],
+        why: String,
+        routed: &mut Routed,
+    ) -> RedisResult<()> {
+        // Parts still to try, the next one last.
+        let mut parts: Vec<&[Record]> = Vec::new();
+        let mut just_refused = Some((refused, why));
+        loop {
+            if let Some((part, why)) = just_refused.take() {
+                if let [record] = part {
+                    routed.refused.push((record.id.clone(), why));
+                } else {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                }
+            }
+            let Some(part) = parts.pop() else {
+                return Ok(());
+            };
+            match self.call(conn, all, all_dlq, streams, part).await {
+                Ok(skipped) => routed.skipped += skipped,
+                Err(err) if is_refusal(&err) => just_refused = Some((part, refusal_text(&err))),
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     async fn call(
