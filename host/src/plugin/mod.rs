@@ -12,6 +12,8 @@
 //!   swapped atomically on reload;
 //! - [`threads`]: each subscriber's calls on threads of their own, below
 //!   the bus's CPU priority;
+//! - [`failure`]: what a failed call is reported as, with the plugin's own
+//!   last words;
 //! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
 //! - [`capacity`]: the instance pool, shared fairly between subscribers;
 //! - [`files`]: the host's file descriptors a plugin may hold;
@@ -23,6 +25,7 @@
 mod cache;
 mod capacity;
 mod compiler;
+mod failure;
 mod files;
 mod host_api;
 mod limiter;

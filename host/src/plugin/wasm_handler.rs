@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use wasmtime::{PoolConcurrencyLimitError, Store};
 
 use super::capacity::{CapacityError, Evict, Share, Slot};
-use super::host_api::{Call, Level, StateRead, StoreData, Subscriber, WitEvent, WitFailure};
-use super::logs::{self, LogGate};
+use super::failure::{log_output, plugin_reason, CallFailures};
+use super::host_api::{Call, StateRead, StoreData, Subscriber, WitEvent, WitFailure};
+use super::logs::LogGate;
 use super::runtime::{CompiledPlugin, PluginRuntime};
 use super::threads::PluginThreads;
 use crate::config::{Grants, SubscriberConfig};
@@ -263,12 +264,12 @@ impl PluginCalls {
         let instantiated =
             tokio::time::timeout(remaining, self.plugin.pre.instantiate_async(&mut store)).await;
         let bindings = match instantiated {
-            Err(_) => return Err(Start::Failed(self.timed_out_starting(timeout))),
+            Err(_) => return Err(Start::Failed(self.failures().timed_out_starting(timeout))),
             Ok(Ok(bindings)) => bindings,
             Ok(Err(err)) => {
                 let data = store.data_mut();
                 if data.start_timed_out {
-                    return Err(Start::Failed(self.timed_out_starting(timeout)));
+                    return Err(Start::Failed(self.failures().timed_out_starting(timeout)));
                 }
                 // Every pooled slot in use is the host's shortage, not the
                 // plugin's fault: told by its type, not its message.
@@ -316,93 +317,12 @@ impl PluginCalls {
         }
     }
 
-    fn timed_out(&self, limit: Duration) -> Failure {
-        Failure::new(
-            FailureKind::Timeout,
-            format!(
-                "{} ran past its time limit of {} ms",
-                self.plugin_file,
-                limit.as_millis()
-            ),
-        )
-    }
-
-    fn timed_out_starting(&self, limit: Duration) -> Failure {
-        Failure::new(
-            FailureKind::Timeout,
-            format!(
-                "{} ran past its time limit of {} ms while starting (in its start function, \
-                 e.g. `_initialize`, before `handle`)",
-                self.plugin_file,
-                limit.as_millis()
-            ),
-        )
-    }
-
-    /// A call's buffered effects went over `effects_mb`. The call is
-    /// stopped there and dead-lettered at once, as a `reject`: it will go
-    /// over again on every attempt, so retrying only wastes them.
-    fn over_budget(&self, what: &str) -> Failure {
-        Failure::new(
-            FailureKind::Reject,
-            format!(
-                "{} is over its budget of {} MiB of buffered effects (state writes, deletes and \
-                 reads, publishes) at {what}; raise effects_mb or write less per event",
-                self.plugin_file,
-                self.limits.effects_bytes >> 20
-            ),
-        )
-    }
-
-    /// Turns a trap into a failure that says what happened and why.
-    fn classify_trap(&self, data: &mut StoreData, call: &Call, err: wasmtime::Error) -> Failure {
-        let output = data.output.drain();
-        if let StateRead::Failed(message) = &call.state_read {
-            return Failure::new(FailureKind::Unavailable, message.clone());
+    /// What a failed call of this build is reported as.
+    fn failures(&self) -> CallFailures<'_> {
+        CallFailures {
+            plugin_file: &self.plugin_file,
+            effects_bytes: self.limits.effects_bytes,
         }
-        if let Some(message) = &call.host_error {
-            return Failure::new(FailureKind::Host, format!("host error: {message}"));
-        }
-        if let Some(what) = &call.over_budget {
-            return self.over_budget(what);
-        }
-        if call.timed_out {
-            let own = call.started.elapsed().saturating_sub(call.state_wait);
-            if own < call.timeout {
-                return Failure::new(
-                    FailureKind::Unavailable,
-                    format!(
-                        "Redis took {:?} of the call's {:?} to answer state reads",
-                        call.state_wait, call.timeout
-                    ),
-                );
-            }
-            return self.timed_out(call.timeout);
-        }
-        let trap = match err.downcast_ref::<wasmtime::Trap>() {
-            Some(trap) => trap.to_string(),
-            None => format!("{:#}", anyhow::Error::from(err)),
-        };
-        let said = output_summary(&output);
-        let said = if said.is_empty() {
-            String::new()
-        } else {
-            format!("; it printed: {said}")
-        };
-        if data.limiter.hit {
-            return Failure::new(
-                FailureKind::OutOfMemory,
-                format!(
-                    "{} ran past its memory limit of {} MiB ({trap}){said}",
-                    self.plugin_file,
-                    data.limiter.limit() >> 20
-                ),
-            );
-        }
-        Failure::new(
-            FailureKind::Trap,
-            format!("{} trapped: {trap}{said}", self.plugin_file),
-        )
     }
 }
 
@@ -462,7 +382,7 @@ impl PluginCalls {
                     ),
                 ));
             }
-            let mut failure = self.timed_out(timeout);
+            let mut failure = self.failures().timed_out(timeout);
             failure.message += ", blocked in a host call";
             return Outcome::Failed(failure);
         };
@@ -495,7 +415,7 @@ impl PluginCalls {
                     .with_reads(call.effects.take_reads()),
             ),
             Err(err) => {
-                let failure = self.classify_trap(data, &call, err);
+                let failure = self.failures().classify_trap(data, &call, err);
                 // The instance is dropped here: its memory may be corrupt.
                 return Outcome::Failed(failure);
             }
@@ -511,79 +431,4 @@ enum Start {
     PoolFull,
     /// The event fails with this.
     Failed(Failure),
-}
-
-/// Longest reason a plugin's `retry` or `reject` may give, in bytes: it
-/// goes into logs and every dead letter of the event.
-const MAX_REASON_BYTES: usize = 4096;
-
-/// A plugin's failure reason as the host repeats it: control characters
-/// escaped (it is logged), cut at [`MAX_REASON_BYTES`].
-fn plugin_reason(message: &str) -> String {
-    logs::escape(message, MAX_REASON_BYTES)
-}
-
-/// Forwards what a healthy call printed to the log, one line per line,
-/// escaped and within the plugin's log limits.
-fn log_output(data: &mut StoreData) {
-    let output = data.output.drain();
-    for line in output.lines().filter(|l| !l.trim().is_empty()) {
-        data.log_line(Level::Info, &format!("plugin output: {line}"));
-    }
-}
-
-/// What a crashed plugin printed, in a few hundred characters: its first
-/// and last lines, where runtimes put the error (JavaScript prints it first,
-/// a Rust panic last).
-fn output_summary(text: &str) -> String {
-    // Rust's panic hook adds advice about RUST_BACKTRACE that only adds noise.
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
-        .collect();
-    let picked: Vec<&str> = if lines.len() <= 4 {
-        lines
-    } else {
-        let mut picked = lines[..2].to_vec();
-        picked.push("…");
-        picked.extend_from_slice(&lines[lines.len() - 2..]);
-        picked
-    };
-    shorten(&picked.join(" | "), 600)
-}
-
-/// `text` cut in the middle to at most about `max` bytes.
-fn shorten(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let head = text.floor_char_boundary(max / 2);
-    let tail = text.ceil_char_boundary(text.len() - max / 2);
-    format!("{} … {}", &text[..head], &text[tail..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn output_summaries_keep_the_first_and_last_lines() {
-        assert_eq!(output_summary("a\n\nb\nc\nd\n"), "a | b | c | d");
-        assert_eq!(
-            output_summary("e1\ne2\nx\ny\nz\nl1\nl2"),
-            "e1 | e2 | … | l1 | l2"
-        );
-        assert_eq!(
-            output_summary("panicked at x\nnote: run with `RUST_BACKTRACE=1` for a backtrace"),
-            "panicked at x"
-        );
-        assert_eq!(output_summary(""), "");
-        let long = format!("{}{}", "é".repeat(400), "end");
-        let short = output_summary(&long);
-        assert!(
-            short.len() <= 610 && short.ends_with("end") && short.contains(" … "),
-            "{short}"
-        );
-    }
 }
