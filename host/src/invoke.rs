@@ -128,7 +128,7 @@ pub async fn invoke(
         timeout: invocation.timeout,
         memory_bytes: invocation.memory_bytes,
         effects_bytes: crate::config::DEFAULT_EFFECTS_MB << 20,
-        publish: crate::handler::PublishLimits::default(),
+        publish: crate::config::PublishLimits::default(),
         retry_backoff: Duration::ZERO,
         config: invocation.config.clone(),
         grants: Grants::default(),

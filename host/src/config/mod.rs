@@ -10,6 +10,7 @@
 mod check;
 mod problem;
 mod raw;
+mod restart;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -167,6 +168,34 @@ pub struct BusConfig {
     pub dedupe_window: Duration,
 }
 
+/// Default of `[bus] max_payload_bytes`.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// Default of `[bus] max_hops`: far more than any honest chain of
+/// handlers publishing to one another, few enough that a cycle ends fast.
+pub const DEFAULT_MAX_HOPS: u32 = 32;
+
+/// What one publish may be, from the bus's limits: checked at the call, so
+/// a plugin learns of a refusal there, and never fills the bus's DLQ with
+/// events the fan-out would refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishLimits {
+    /// Largest `data` the fan-out routes (`bus.max_payload_bytes`), the
+    /// envelope included.
+    pub max_bytes: usize,
+    /// Most hops an event may be from its producer (`bus.max_hops`).
+    pub max_hops: u32,
+}
+
+impl Default for PublishLimits {
+    fn default() -> Self {
+        PublishLimits {
+            max_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_hops: DEFAULT_MAX_HOPS,
+        }
+    }
+}
+
 /// Default of `[bus] partitions` on a cluster: a multiple of 1, 2, 3 and 6
 /// shards, so ingress spreads evenly over them.
 pub const DEFAULT_PARTITIONS: usize = 6;
@@ -243,7 +272,7 @@ pub struct SubscriberConfig {
     /// reads, publishes), in bytes: past it the call fails.
     pub effects_bytes: usize,
     /// What one publish may be: `bus.max_payload_bytes` and `bus.max_hops`.
-    pub publish: crate::handler::PublishLimits,
+    pub publish: PublishLimits,
     /// First retry delay; doubles per attempt up to [`MAX_RETRY_BACKOFF`].
     pub retry_backoff: Duration,
     /// What the plugin reads with `config-get`.

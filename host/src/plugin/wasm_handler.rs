@@ -19,10 +19,8 @@ use super::host_api::{Call, StateRead, StoreData, Subscriber, WitEvent, WitFailu
 use super::logs::LogGate;
 use super::runtime::{CompiledPlugin, PluginRuntime};
 use super::threads::PluginThreads;
-use crate::config::{Grants, SubscriberConfig};
-use crate::handler::{
-    Effects, Event, Failure, FailureKind, Handler, Outcome, PublishLimits, StateReader,
-};
+use crate::config::{Grants, PublishLimits, SubscriberConfig};
+use crate::handler::{Effects, Event, Failure, FailureKind, Handler, Outcome, StateReader};
 
 /// How long past its limit a call blocked in a host function may take before
 /// it is abandoned (guest code is stopped by the epoch right at the limit).

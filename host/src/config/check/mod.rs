@@ -28,7 +28,7 @@ use super::{
     DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES, DEFAULT_MAX_FILE_MB, DEFAULT_PARTITIONS,
     MAX_RETRY_BACKOFF, MIN_TOKEN_CHARS, STATE_DIR,
 };
-use crate::handler::{PublishLimits, DEFAULT_MAX_HOPS, DEFAULT_MAX_PAYLOAD_BYTES};
+use crate::config::{PublishLimits, DEFAULT_MAX_HOPS, DEFAULT_MAX_PAYLOAD_BYTES};
 
 mod sections;
 mod subscriber;
