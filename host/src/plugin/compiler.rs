@@ -157,7 +157,7 @@ pub fn serve_child() -> std::process::ExitCode {
         eprintln!("cannot read the component: {err}");
         return std::process::ExitCode::FAILURE;
     }
-    let engine = match wasmtime::Engine::new(&super::runtime::engine_config(None)) {
+    let engine = match wasmtime::Engine::new(&super::engine::engine_config(None)) {
         Ok(engine) => engine,
         Err(err) => {
             eprintln!("cannot build the engine: {err:#}");

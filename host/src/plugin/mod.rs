@@ -25,6 +25,7 @@
 mod cache;
 mod capacity;
 mod compiler;
+mod engine;
 mod failure;
 mod files;
 mod host_api;

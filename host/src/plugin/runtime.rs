@@ -5,7 +5,6 @@
 //! compiled components are cached on disk by content so a restart or a
 //! reload of a known build does not compile again.
 
-use std::hash::{Hash, Hasher};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -14,19 +13,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{types::ComponentItem, Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::Engine;
 
 use super::cache::CompiledCache;
 use super::capacity::InstanceCapacity;
 use super::compiler::{self, CompileLimits};
+use super::engine::{engine_config, engine_fingerprint, start_epoch_clock};
 use super::files::FileBudget;
 use super::host_api::{StoreData, Subscriber, SubscriberPre};
 use super::threads::PluginThreads;
 use crate::config::PluginsConfig;
-
-/// How often the epoch advances: the resolution of time limits, and how
-/// often a long-running call yields to other work.
-const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// The wasmtime engine and linker shared by every plugin.
 pub struct PluginRuntime {
@@ -168,7 +164,7 @@ impl PluginFile {
         }
         Ok(PluginFile {
             path: path.to_path_buf(),
-            digest: hex(&Sha256::digest(&bytes)),
+            digest: hex::encode(Sha256::digest(&bytes)),
             bytes,
         })
     }
@@ -440,66 +436,6 @@ impl PluginRuntime {
     }
 }
 
-/// The engine's settings; `pooling`: a pooling allocator with slots for
-/// that many component instances.
-pub(super) fn engine_config(pooling: Option<usize>) -> Config {
-    let mut config = Config::new();
-    config
-        .wasm_component_model(true)
-        .epoch_interruption(true)
-        .cranelift_opt_level(OptLevel::Speed);
-    if let Some(instances) = pooling {
-        let instances = instances as u32;
-        let mut pool = PoolingAllocationConfig::default();
-        // Slots are virtual reservations; memory is committed only as used.
-        pool.total_component_instances(instances)
-            .total_core_instances(4 * instances)
-            .total_memories(2 * instances)
-            .total_tables(4 * instances)
-            .total_stacks(instances)
-            .max_core_instances_per_component(64)
-            .max_memories_per_component(16)
-            .max_tables_per_component(64)
-            .max_memory_size(4 << 30);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    }
-    config
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is gone.
-fn start_epoch_clock(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("epoch-clock".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("spawning the epoch clock thread");
-}
-
-/// Which engine compiles: a SHA-256 (hex) of everything that makes its code
-/// compatible or not (settings, version), so entries of another engine are
-/// never taken for this one's.
-fn engine_fingerprint(engine: &Engine) -> String {
-    /// Feeds what is hashed into SHA-256 instead of a 64-bit hash.
-    struct Sha(Sha256);
-    impl Hasher for Sha {
-        fn write(&mut self, bytes: &[u8]) {
-            self.0.update(bytes);
-        }
-        fn finish(&self) -> u64 {
-            0
-        }
-    }
-    let mut sha = Sha(Sha256::new());
-    engine.precompile_compatibility_hash().hash(&mut sha);
-    hex(&sha.0.finalize())
-}
-
 /// Tells apart the files people actually drop into the folder by mistake.
 fn check_header(bytes: &[u8]) -> Result<(), String> {
     const MAGIC: &[u8] = b"\0asm";
@@ -519,10 +455,6 @@ fn check_header(bytes: &[u8]) -> Result<(), String> {
         ),
         _ => Err("is a WebAssembly binary of an unknown version".into()),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
