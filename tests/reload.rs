@@ -409,6 +409,40 @@ fn an_invalid_config_edit_is_refused_and_the_running_config_stays() {
 }
 
 #[test]
+fn a_live_edit_of_a_start_setting_is_reported_at_its_line_and_the_rest_applies() {
+    let world = World::watched("");
+    let mut host = world.host();
+    let good = std::fs::read_to_string(world.config()).unwrap();
+    // One edit: a setting that applies only at start, and a subscriber's.
+    let edited = good.replace("watch = true\n", "watch = true\ninstances = 7\n");
+    world.write_config(&format!(
+        "{edited}[subscribers.probe.config]\ntag = \"live\"\n"
+    ));
+    host.wait_for_log("plugins.instances: changed while eventhost runs");
+    let file = world.config().display().to_string();
+    let line = world.line_of("instances = 7");
+    assert!(
+        host.log().contains(&format!(
+            "{file}:{line}:13: plugins.instances: changed while eventhost runs: this setting \
+             applies only at start, so the running value stays; restart eventhost to apply it"
+        )),
+        "{}",
+        host.log()
+    );
+    host.wait_for_log("settings changed");
+    let mut conn = world.conn();
+    let id = publish(&mut conn, "Ping", json!({}));
+    eventually(
+        "the subscriber's edit applies, the host serves",
+        WAIT,
+        || {
+            state(&mut conn, "probe").get("tag").map(String::as_str) == Some("live")
+                && state(&mut conn, "probe").contains_key(&format!("seen:{id}"))
+        },
+    );
+}
+
+#[test]
 fn sighup_reloads_when_watching_is_off_and_known_builds_come_from_the_cache() {
     let world = World::new(&["probe.wasm"], PROBE);
     let mut host = world.host();

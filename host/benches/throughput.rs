@@ -807,29 +807,8 @@ fn serve_native(path: &Path) {
         let shutdown = tokio_util::sync::CancellationToken::new();
         eventhost::signals::on_signals(shutdown.clone()).unwrap();
         let config = eventhost::preflight::config(path).unwrap();
-        let (ready, readiness) =
-            tokio::sync::watch::channel(eventhost::http::Readiness::starting());
-        if let Some(addr) = config.http.listen {
-            let site = eventhost::http::Site {
-                metrics: eventhost::telemetry::install_metrics().unwrap(),
-                ready: readiness,
-                console: eventhost::http::console::Console {
-                    keys: eventhost::bus::keys::Keys::new(config.redis.prefix.clone()),
-                    subscribers: Vec::new(),
-                    admin_token: None,
-                },
-            };
-            eventhost::http::serve(addr, site, shutdown.child_token())
-                .await
-                .unwrap();
-        }
-        eventhost::daemon::run_observed(
-            config,
-            Arc::new(NativeHandlers),
-            shutdown.cancelled_owned(),
-            ready,
-        )
-        .await
-        .unwrap();
+        eventhost::daemon::run(config, Arc::new(NativeHandlers), shutdown.cancelled_owned())
+            .await
+            .unwrap();
     });
 }

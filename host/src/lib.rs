@@ -27,4 +27,5 @@ pub mod preflight;
 pub mod private_redis;
 pub mod reload;
 pub mod signals;
+pub mod subscribers;
 pub mod telemetry;

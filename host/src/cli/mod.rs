@@ -21,13 +21,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus;
 use crate::config::{self, ConfigError};
 use crate::daemon::{self, WasmPlugins};
-use crate::http::{self, Readiness};
 use crate::invoke::LogCollector;
 use crate::plugin::{PluginRuntime, RuntimeSettings};
 use crate::{preflight, signals, telemetry};
@@ -207,33 +204,9 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let (ready, readiness) = watch::channel(Readiness::starting());
-    // The listener answers until the daemon has finished, SIGTERM or not.
-    let listener = CancellationToken::new();
-    let _stop_listener = listener.clone().drop_guard();
-    if let Some(addr) = config.http.listen {
-        let admin_token = std::env::var("EVENTHOST_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .or_else(|| config.http.admin_token.as_ref().map(|t| t.0.clone()));
-        let site = http::Site {
-            metrics: telemetry::install_metrics()?,
-            ready: readiness,
-            console: http::console::Console {
-                keys: bus::keys_for(
-                    config.redis.endpoint.as_ref(),
-                    &config.redis.prefix,
-                    config.bus.partitions,
-                ),
-                subscribers: config.subscribers.iter().map(|s| s.name.clone()).collect(),
-                admin_token,
-            },
-        };
-        http::serve(addr, site, listener).await?;
-    }
     let runtime = PluginRuntime::new(runtime_settings(&config.plugins)?)?;
     let plugins = Arc::new(WasmPlugins::new(runtime));
-    daemon::run_observed(config, plugins, shutdown.cancelled_owned(), ready).await
+    daemon::run(config, plugins, shutdown.cancelled_owned()).await
 }
 
 /// The plugin runtime's settings for a config: its `[plugins]` table,

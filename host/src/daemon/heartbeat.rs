@@ -3,15 +3,15 @@
 //! status` sees every host from Redis alone.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use crate::bus::heartbeat::{HostRecord, RateMeter, SubscriberRecord};
 use crate::config::EventFilter;
 use crate::handler::unix_now;
+use crate::subscribers::Subscribers;
 use crate::telemetry::metrics;
 
-use super::Daemon;
-
-/// What the next heartbeat is made from, beside the daemon.
+/// What the next heartbeat is made from, beside the subscribers it runs.
 pub struct Heartbeat {
     started_at: f64,
     hostname: String,
@@ -28,12 +28,17 @@ impl Heartbeat {
         }
     }
 
-    /// The record to write now for `daemon`.
-    pub fn record(&mut self, daemon: &Daemon) -> HostRecord {
+    /// The record to write now for a host known as `consumer` in the
+    /// groups, with its listener at `listen`, running `running`.
+    pub fn record(
+        &mut self,
+        consumer: &str,
+        listen: Option<SocketAddr>,
+        running: &Subscribers,
+    ) -> HostRecord {
         let now = unix_now();
         let mut subscribers = BTreeMap::new();
-        for (name, runner) in &daemon.runners {
-            let settings = runner.settings();
+        for (name, settings) in running.settings() {
             let events = match &settings.events {
                 EventFilter::All => vec!["*".to_string()],
                 EventFilter::Types(types) => types.iter().cloned().collect(),
@@ -41,10 +46,10 @@ impl Heartbeat {
             let tally = metrics::tally(name);
             let rates = self.meter.rates(name, tally.read(), tally.latency(), now);
             subscribers.insert(
-                name.clone(),
+                name.to_string(),
                 SubscriberRecord {
                     plugin: settings.plugin_file.clone(),
-                    build: daemon.handlers.build(&settings),
+                    build: running.handlers().build(&settings),
                     events,
                     rates,
                 },
@@ -55,16 +60,16 @@ impl Heartbeat {
             .meter
             .rates(":fanout", metrics::fanout_tally().read(), Vec::new(), now);
         HostRecord {
-            consumer: daemon.config.bus.consumer.clone(),
+            consumer: consumer.to_string(),
             hostname: self.hostname.clone(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: self.started_at,
             seen_at: now,
-            listen: daemon.listen.clone(),
+            listen: listen.map(|addr| addr.to_string()),
             fanout,
             subscribers,
-            reloads: daemon.reloads.iter().cloned().collect(),
+            reloads: running.notes().cloned().collect(),
         }
     }
 }

@@ -27,6 +27,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::connection::RedisConn;
+use crate::config::Config;
+use crate::telemetry;
 
 /// How long `/readyz` waits for Redis to answer a PING.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
@@ -60,6 +62,30 @@ pub struct Site {
     pub ready: watch::Receiver<Readiness>,
     /// What the console needs to read and steer the bus.
     pub console: console::Console,
+}
+
+impl Site {
+    /// What the listener serves for `config`, with readiness from `ready`;
+    /// installs the metrics recorder (once per process).
+    pub fn new(config: &Config, ready: watch::Receiver<Readiness>) -> anyhow::Result<Self> {
+        let admin_token = std::env::var("EVENTHOST_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| config.http.admin_token.as_ref().map(|t| t.0.clone()));
+        Ok(Site {
+            metrics: telemetry::install_metrics()?,
+            ready,
+            console: console::Console {
+                keys: crate::bus::keys_for(
+                    config.redis.endpoint.as_ref(),
+                    &config.redis.prefix,
+                    config.bus.partitions,
+                ),
+                subscribers: config.subscribers.iter().map(|s| s.name.clone()).collect(),
+                admin_token,
+            },
+        })
+    }
 }
 
 /// Listens on `addr` until `shutdown`; returns the address bound (the port

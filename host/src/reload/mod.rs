@@ -1,9 +1,13 @@
 //! Hot reload: noticing a change on disk ([`watch`]), working out what it
-//! means ([`plan`]), and applying it to the running daemon, all or nothing.
+//! means ([`plan`]), and applying it to the running [`Subscribers`].
 //!
 //! A new plugin build is loaded off the event path and swapped in between
-//! two events; a config change starts, changes and stops subscribers. What
-//! is refused is logged and counted, and leaves what runs untouched.
+//! two events; a config change starts, changes and stops subscribers. A
+//! config or a plugin that does not load is refused whole: it is logged and
+//! counted, and leaves what runs untouched. Once every plugin it needs has
+//! loaded, a config change is applied subscriber by subscriber: one that
+//! cannot start (Redis refused its streams) is logged, and the others
+//! apply.
 
 pub mod plan;
 pub mod watch;
@@ -11,12 +15,13 @@ pub mod watch;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use crate::bus::heartbeat::ReloadNote;
-use crate::config::SubscriberConfig;
-use crate::daemon::runner::FINISH_LIMIT;
-use crate::daemon::{Daemon, Runner};
-use crate::handler::Reload;
+use crate::config::{Config, SubscriberConfig};
+use crate::handler::{HandlerFactory, Reload};
 use crate::preflight;
+use crate::subscribers::Subscribers;
 use crate::telemetry::metrics;
 pub use watch::{Change, Watcher};
 
@@ -30,26 +35,31 @@ pub async fn next_changes(watcher: &mut Option<Watcher>) -> Option<BTreeSet<Chan
 
 /// Applies what changed on disk: a config change now, a plugin's in the
 /// background (see [`PluginReloads`]).
-pub async fn apply(daemon: &mut Daemon, changes: BTreeSet<Change>, reloads: &mut PluginReloads) {
+/// `config` is the config in force, updated with what applies.
+pub async fn apply(
+    config: &mut Config,
+    subscribers: &mut Subscribers,
+    changes: BTreeSet<Change>,
+    reloads: &mut PluginReloads,
+) {
     for change in changes {
         match change {
-            Change::Config => config_changed(daemon).await,
-            Change::Plugin(path) => reloads.start(daemon, path),
+            Change::Config => config_changed(config, subscribers).await,
+            Change::Plugin(path) => reloads.start(subscribers.handlers(), path),
         }
     }
 }
 
 /// SIGHUP: the config and every plugin in use, read again.
-pub async fn everything(daemon: &mut Daemon, reloads: &mut PluginReloads) {
+pub async fn everything(
+    config: &mut Config,
+    subscribers: &mut Subscribers,
+    reloads: &mut PluginReloads,
+) {
     tracing::info!("SIGHUP: reloading the config and every plugin");
-    config_changed(daemon).await;
-    let paths: BTreeSet<PathBuf> = daemon
-        .runners
-        .values()
-        .map(|r| r.settings().plugin.clone())
-        .collect();
-    for path in paths {
-        reloads.start(daemon, path);
+    config_changed(config, subscribers).await;
+    for path in subscribers.plugins() {
+        reloads.start(subscribers.handlers(), path);
     }
 }
 
@@ -66,14 +76,15 @@ pub struct PluginReloads {
 }
 
 impl PluginReloads {
-    /// Starts loading `path` again, or notes that it changed while it loads.
-    pub fn start(&mut self, daemon: &Daemon, path: PathBuf) {
+    /// Starts loading `path` again with `handlers`, or notes that it
+    /// changed while it loads.
+    pub fn start(&mut self, handlers: &Arc<dyn HandlerFactory>, path: PathBuf) {
         if let Some(again) = self.loading.get_mut(&path) {
             *again = true;
             return;
         }
         self.loading.insert(path.clone(), false);
-        let handlers = daemon.handlers.clone();
+        let handlers = handlers.clone();
         self.running.spawn(async move {
             let reload = handlers.reload(&path).await;
             (path, reload)
@@ -94,38 +105,31 @@ impl PluginReloads {
 
     /// Applies what loading `path` came to, and loads it again if it
     /// changed meanwhile.
-    pub fn finished(&mut self, daemon: &mut Daemon, path: PathBuf, reload: Reload) {
-        plugin_reloaded(daemon, &path, reload);
+    pub fn finished(&mut self, subscribers: &mut Subscribers, path: PathBuf, reload: Reload) {
+        plugin_reloaded(subscribers, &path, reload);
         if self.loading.remove(&path) == Some(true) {
-            self.start(daemon, path);
+            self.start(subscribers.handlers(), path);
         }
     }
 }
 
 /// Swaps the handlers of the subscribers running the plugin at `path` to
 /// its new build, or reports why not.
-fn plugin_reloaded(daemon: &mut Daemon, path: &Path, reload: Reload) {
-    let users: Vec<&Runner> = daemon
-        .runners
-        .values()
-        .filter(|r| r.settings().plugin == path)
-        .collect();
-    if users.is_empty() {
+fn plugin_reloaded(running: &mut Subscribers, path: &Path, reload: Reload) {
+    let subscribers = running.using(path);
+    if subscribers.is_empty() {
         return;
     }
-    let subscribers: Vec<String> = users.iter().map(|r| r.settings().name.clone()).collect();
     let names = subscribers.join(", ");
     let file = path.display();
     match reload {
         Reload::Unchanged => {}
         Reload::Loaded { what } => {
-            for runner in &users {
-                runner.swap(daemon.handlers.handler(&runner.settings()));
-            }
+            running.swap(path);
             metrics::reloaded("plugin");
             tracing::info!(plugin = %file, "reloaded: {what}; {names} run it from the next event");
             let note = note("plugin", path, &subscribers, "loaded", what);
-            daemon.note_reload(note);
+            running.note(note);
         }
         Reload::Refused { reason } => {
             metrics::reload_refused("plugin");
@@ -134,7 +138,7 @@ fn plugin_reloaded(daemon: &mut Daemon, path: &Path, reload: Reload) {
                 "refused the new build: {reason}; {names} keep running the loaded build"
             );
             let note = note("plugin", path, &subscribers, "refused", reason);
-            daemon.note_reload(note);
+            running.note(note);
         }
         Reload::Unsettled => tracing::warn!(
             plugin = %file,
@@ -143,9 +147,11 @@ fn plugin_reloaded(daemon: &mut Daemon, path: &Path, reload: Reload) {
     }
 }
 
-/// Reads the config again and applies what changed, all or nothing.
-async fn config_changed(daemon: &mut Daemon) {
-    let path = daemon.config.path.clone();
+/// Reads the config again and applies what changed: nothing if it or a
+/// plugin it needs does not load; settings that apply only at start are
+/// reported at their lines and keep their running values.
+async fn config_changed(config: &mut Config, subscribers: &mut Subscribers) {
+    let path = config.path.clone();
     if watch::settled(&path, watch::CONFIG_QUIET).await.is_none() {
         tracing::warn!(
             config = %path.display(),
@@ -153,53 +159,43 @@ async fn config_changed(daemon: &mut Daemon) {
         );
         return;
     }
-    let refused = |daemon: &mut Daemon, err: anyhow::Error| {
+    let refused = |subscribers: &mut Subscribers, err: anyhow::Error| {
         metrics::reload_refused("config");
         tracing::error!("config change refused, the running config stays:\n{err:#}");
-        daemon.note_reload(note("config", &path, &[], "refused", format!("{err:#}")));
+        subscribers.note(note("config", &path, &[], "refused", format!("{err:#}")));
     };
     let new = match preflight::config(&path) {
         Ok(new) => new,
-        Err(err) => return refused(daemon, err),
+        Err(err) => return refused(subscribers, err),
     };
-    let plan = plan::plan(&daemon.config, &new);
-    if !plan.needs_restart.is_empty() {
-        tracing::warn!(
-            "{} changed; those settings apply after a restart",
-            plan.needs_restart.join(", ")
-        );
+    for problem in config.restart_needed(&new) {
+        tracing::warn!("{problem}");
     }
+    let new = config.keeping_start_settings(new);
+    let plan = plan::plan(config, &new);
     if plan.is_empty() {
+        *config = new;
         return;
     }
     // Every new plugin must load before anything changes.
     let needed: Vec<SubscriberConfig> = plan.added.iter().chain(&plan.changed).cloned().collect();
-    if let Err(err) = daemon.handlers.load(&new, &needed).await {
-        return refused(daemon, err);
+    if let Err(err) = subscribers.handlers().load(&new, &needed).await {
+        return refused(subscribers, err);
     }
 
     for settings in &plan.added {
-        match daemon.start_subscriber(settings.clone()).await {
+        match subscribers.start(settings.clone()).await {
             Ok(()) => tracing::info!(subscriber = %settings.name, "subscriber added"),
             Err(err) => tracing::error!(subscriber = %settings.name, "cannot start: {err:#}"),
         }
     }
     for settings in &plan.changed {
-        if let Some(runner) = daemon.runners.get(&settings.name) {
-            runner.apply(settings.clone(), daemon.handlers.handler(settings));
+        if subscribers.apply(settings.clone()) {
             tracing::info!(subscriber = %settings.name, "settings changed; they apply from the next event");
         }
     }
-    remove(daemon, &plan.removed).await;
-
-    // Settings that need a restart keep their running values.
-    let mut applied = new;
-    applied.redis = daemon.config.redis.clone();
-    applied.plugins = daemon.config.plugins.clone();
-    applied.bus = daemon.config.bus.clone();
-    applied.telemetry = daemon.config.telemetry.clone();
-    applied.http = daemon.config.http.clone();
-    daemon.config = applied;
+    subscribers.remove(&plan.removed).await;
+    *config = new;
     metrics::reloaded("config");
     let what = format!(
         "{} added, {} removed, {} changed",
@@ -215,7 +211,7 @@ async fn config_changed(daemon: &mut Daemon) {
         .map(|s| s.name.clone())
         .chain(plan.removed.iter().cloned())
         .collect();
-    daemon.note_reload(note("config", &path, &concerned, "loaded", what));
+    subscribers.note(note("config", &path, &concerned, "loaded", what));
 }
 
 /// A reload as operators see it in `status` and the console.
@@ -236,34 +232,5 @@ fn note(
         subscribers: subscribers.to_vec(),
         outcome: outcome.to_string(),
         detail,
-    }
-}
-
-/// Stops routing to the subscribers `names`, then lets them handle what
-/// was routed to them, for a while: a longer backlog stays in the stream,
-/// handled if the subscriber is added back.
-async fn remove(daemon: &mut Daemon, names: &[String]) {
-    let removed: Vec<(String, Runner)> = names
-        .iter()
-        .filter_map(|name| daemon.runners.remove_entry(name))
-        .collect();
-    daemon.route().await;
-    for (_, runner) in &removed {
-        runner.finish();
-    }
-    let deadline = tokio::time::Instant::now() + FINISH_LIMIT;
-    for (name, runner) in removed {
-        if runner.finished_within(deadline).await {
-            tracing::info!(
-                subscriber = %name,
-                "subscriber removed after handling what was routed to it; its stream and DLQ stay in Redis"
-            );
-        } else {
-            tracing::warn!(
-                subscriber = %name,
-                "subscriber removed with events left in its stream (more than {FINISH_LIMIT:?} of work); \
-                 they are handled if it is added back"
-            );
-        }
     }
 }

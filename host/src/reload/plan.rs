@@ -1,4 +1,6 @@
-//! What applying a new config to a running one takes.
+//! What applying a new config to a running one takes: which subscribers
+//! start, change and stop. Which other settings need a restart is the
+//! config's to say ([`Config::restart_needed`]).
 
 use crate::config::{Config, SubscriberConfig};
 
@@ -11,8 +13,6 @@ pub struct Plan {
     pub removed: Vec<String>,
     /// Subscribers whose settings changed.
     pub changed: Vec<SubscriberConfig>,
-    /// Settings that changed but apply only after a restart.
-    pub needs_restart: Vec<&'static str>,
 }
 
 impl Plan {
@@ -37,23 +37,6 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             plan.removed.push(sub.name.clone());
         }
     }
-    let fixed = [
-        ("redis", old.redis != new.redis),
-        ("plugins.dir", old.plugins.dir != new.plugins.dir),
-        (
-            "plugins.cache_dir",
-            old.plugins.cache_dir != new.plugins.cache_dir,
-        ),
-        ("plugins.watch", old.plugins.watch != new.plugins.watch),
-        ("bus", old.bus != new.bus),
-        ("telemetry", old.telemetry != new.telemetry),
-        ("http", old.http != new.http),
-    ];
-    plan.needs_restart = fixed
-        .into_iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(name, _)| name)
-        .collect();
     plan
 }
 
@@ -93,7 +76,6 @@ mod tests {
         assert_eq!(plan.removed, ["a"]);
         assert_eq!(plan.changed.len(), 1);
         assert_eq!(plan.changed[0].concurrency, 2);
-        assert_eq!(plan.needs_restart, ["bus"]);
         assert!(super::plan(&old, &old).is_empty());
     }
 }

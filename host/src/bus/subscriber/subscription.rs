@@ -11,11 +11,10 @@ use crate::config::SubscriberConfig;
 use crate::handler::Handler;
 
 /// A subscriber as the bus runs it: its settings and the handler made for
-/// them, both replaceable live, and the means to stop it.
+/// them, replaceable live as one value, and the means to stop it.
 pub struct Subscription {
     pub name: String,
-    settings: ArcSwap<SubscriberConfig>,
-    handler: ArcSwap<Arc<dyn Handler>>,
+    live: ArcSwap<Live>,
     pub(super) stop: CancellationToken,
     /// Set when the subscriber is removed: handle what the stream holds,
     /// then stop.
@@ -31,8 +30,10 @@ impl Subscription {
     ) -> Self {
         Subscription {
             name: settings.name.clone(),
-            settings: ArcSwap::from_pointee(settings),
-            handler: ArcSwap::from_pointee(handler),
+            live: ArcSwap::from_pointee(Live {
+                settings: Arc::new(settings),
+                handler,
+            }),
             stop,
             finishing: AtomicBool::new(false),
         }
@@ -40,20 +41,31 @@ impl Subscription {
 
     /// The settings the next batch uses.
     pub fn settings(&self) -> Arc<SubscriberConfig> {
-        self.settings.load_full()
+        self.live.load().settings.clone()
     }
 
     /// The handler the next event runs on.
     pub fn handler(&self) -> Arc<dyn Handler> {
-        self.handler.load().as_ref().clone()
+        self.live.load().handler.clone()
     }
 
-    /// New settings, and the handler made for them: the next batch uses
-    /// the settings, the next event the handler. Events in flight finish
-    /// on the handler they started with.
+    /// New settings, and the handler made for them, in one step: the next
+    /// batch uses the settings, the next event the handler. Events in
+    /// flight finish on the handler they started with.
     pub fn update(&self, settings: SubscriberConfig, handler: Arc<dyn Handler>) {
-        self.handler.store(Arc::new(handler));
-        self.settings.store(Arc::new(settings));
+        self.live.store(Arc::new(Live {
+            settings: Arc::new(settings),
+            handler,
+        }));
+    }
+
+    /// A new handler for the same settings (a new build of its plugin),
+    /// from the next event on.
+    pub fn swap_handler(&self, handler: Arc<dyn Handler>) {
+        self.live.rcu(|live| Live {
+            settings: live.settings.clone(),
+            handler: handler.clone(),
+        });
     }
 
     /// Makes the loop finish its batch and stop.
@@ -71,4 +83,10 @@ impl Subscription {
     pub(super) fn is_finishing(&self) -> bool {
         self.finishing.load(Ordering::Relaxed)
     }
+}
+
+/// Settings and the handler made for them: never one without the other.
+struct Live {
+    settings: Arc<SubscriberConfig>,
+    handler: Arc<dyn Handler>,
 }
