@@ -112,7 +112,7 @@ pub fn built_with_eventhost(project: &str) -> PathBuf {
         return path.clone();
     }
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_eventhost"))
+    let out = Command::new(eventhost_bin())
         .arg("build")
         .arg(root().join(project))
         .output()
@@ -445,7 +445,7 @@ impl Host {
 
     /// Starts it with extra environment variables.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Host {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_eventhost"));
+        let mut command = Command::new(eventhost_bin());
         command
             .args(["run", "--config"])
             .arg(config)
@@ -609,9 +609,17 @@ impl Load {
     }
 }
 
+/// The binary under test: `EVENTHOST_BIN` if set (a release build, or a
+/// copy no other checkout's build overwrites), else the one cargo built.
+pub fn eventhost_bin() -> PathBuf {
+    std::env::var_os("EVENTHOST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_eventhost")))
+}
+
 /// Runs the `eventhost` binary with `args` to completion in `dir`.
 pub fn eventhost_in(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_eventhost"))
+    Command::new(eventhost_bin())
         .args(args)
         .current_dir(dir)
         .output()
