@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
 
+use crate::config::{Config, Endpoint};
+
 /// File, in the data folder, holding the URL of the running server, with
 /// its password: `redis://default:<password>@127.0.0.1:<port>/0`. Mode
 /// 0600. The user is named: `redis-cli -u` ignores a password without one.
@@ -161,6 +163,16 @@ impl PrivateRedis {
     /// The server's URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Where the bus is for `config`: its `[redis]` endpoint, or else a
+    /// private server started now (returned, to stop when done).
+    pub async fn unless_configured(config: &Config) -> anyhow::Result<(Endpoint, Option<Self>)> {
+        if let Some(endpoint) = &config.redis.endpoint {
+            return Ok((endpoint.clone(), None));
+        }
+        let private = PrivateRedis::start(&config.state_dir.join("redis")).await?;
+        Ok((Endpoint::Server(private.url().to_string()), Some(private)))
     }
 
     async fn wait_ready(&mut self, log: &Path) -> anyhow::Result<()> {

@@ -126,10 +126,23 @@ impl Subscribers {
             .map(|(name, r)| (name.as_str(), r.subscription.settings()))
     }
 
-    /// Whether `name` runs, and its loop too (it ends only when stopped,
-    /// or if it crashed): `None` if it was never started.
-    pub fn is_running(&self, name: &str) -> Option<bool> {
-        self.running.get(name).map(|r| !r.task.is_finished())
+    /// Of the `configured` subscribers, each that is not running, said for
+    /// a person (for `/readyz`): never started, or its loop ended (it ends
+    /// only when stopped, or if it crashed).
+    pub fn not_running(&self, configured: &[SubscriberConfig]) -> Vec<String> {
+        configured
+            .iter()
+            .filter_map(|settings| {
+                let name = &settings.name;
+                match self.running.get(name) {
+                    None => Some(format!("subscriber {name}: not started (see the log)")),
+                    Some(r) if r.task.is_finished() => {
+                        Some(format!("subscriber {name}: its loop is not running"))
+                    }
+                    Some(_) => None,
+                }
+            })
+            .collect()
     }
 
     /// Points the fan-out at the running subscribers; returns once nothing

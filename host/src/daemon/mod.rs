@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{self, Bus};
-use crate::config::{Config, Endpoint};
+use crate::config::Config;
 use crate::handler::HandlerFactory;
 use crate::http::{self, Readiness};
 use crate::private_redis::PrivateRedis;
@@ -72,15 +72,7 @@ pub async fn run(
         waiting: vec!["connecting to Redis".into()],
     });
 
-    let private = match &config.redis.endpoint {
-        Some(_) => None,
-        None => Some(PrivateRedis::start(&config.state_dir.join("redis")).await?),
-    };
-    let endpoint = match (&config.redis.endpoint, &private) {
-        (Some(endpoint), _) => endpoint.clone(),
-        (_, Some(private)) => Endpoint::Server(private.url().to_string()),
-        (None, None) => unreachable!("a private server runs when no endpoint is set"),
-    };
+    let (endpoint, private) = PrivateRedis::unless_configured(&config).await?;
     let result = async {
         let bus = Bus::connect(&endpoint, &config.redis, config.bus.clone(), &stop).await?;
         let Some(bus) = bus else { return Ok(()) };
@@ -212,19 +204,7 @@ impl Daemon {
         if self.fanout.as_ref().is_none_or(|f| f.is_finished()) {
             waiting.push("fan-out: its loop is not running".to_string());
         }
-        for settings in &self.config.subscribers {
-            match self.subscribers.is_running(&settings.name) {
-                None => waiting.push(format!(
-                    "subscriber {}: not started (see the log)",
-                    settings.name
-                )),
-                Some(false) => waiting.push(format!(
-                    "subscriber {}: its loop is not running",
-                    settings.name
-                )),
-                Some(true) => {}
-            }
-        }
+        waiting.extend(self.subscribers.not_running(&self.config.subscribers));
         self.ready.send_replace(Readiness {
             redis: Some(self.bus.connection()),
             waiting,
