@@ -1,11 +1,11 @@
-//! End-to-end tests of hostile plugins against what the host shares among
-//! them (issue 10, classes 4, 6, 8 and 9): the instance pool, file
-//! descriptors, compilation, and the compiled cache.
-//!
-//! Each attack runs beside a bystander subscriber (the probe, on `Ping`);
-//! the test prints the host's peak RSS (VmHWM), the bystander's throughput
-//! and p99 latency without and during the attack, and how long the host
-//! took to exit on SIGTERM during it.
+//! Plugins that attack the host and what it shares among them: start
+//! functions that never return, a subscriber hogging the instance pool,
+//! file descriptors and WASI handles taken without end, compile bombs
+//! (slow, or over the compile memory limit), plugin files that are
+//! devices or huge, a forged compiled-cache entry. Each is stopped or
+//! refused, the host keeps its memory and stops within 10 s on SIGTERM,
+//! and a bystander (the probe, on `Ping`), measured with `Pace`, keeps
+//! its pace (`Pace::holds_against`) where the test says so.
 
 mod support;
 
@@ -16,6 +16,71 @@ use support::attack::{peak_mib, stop_timed, Pace, BYSTANDER};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
+
+// ----- start functions --------------------------------------------------
+
+/// A component whose start function (`_initialize`, running a static
+/// constructor that loops) never returns is stopped at the event's time
+/// limit: each of its events ends in the DLQ as a `timeout` naming the
+/// start. While four such starts spin at once on a 2-CPU machine, the
+/// bystander keeps at least half its pace and a p99 under 100 ms, and
+/// SIGTERM during the attack stops the host within 10 s.
+#[test]
+fn a_start_function_that_never_returns_is_a_timeout() {
+    // This test waits up to 30 s where the others here wait 60 s.
+    const WAIT: Duration = Duration::from_secs(30);
+    let _attack = one_attack_at_a_time();
+    let world = World::new(
+        &["startloop.wasm", "probe.wasm"],
+        &format!(
+            "[subscribers.stuck]\nplugin = \"startloop.wasm\"\nevents = [\"Stuck\"]\ntimeout_ms = 300\n\
+             concurrency = 4\n\n{BYSTANDER}"
+        ),
+    );
+    let host = world.host();
+    let mut conn = world.conn();
+    let alone = Pace::measure(&world, 1000, WAIT);
+
+    // 80 starts of 300 ms, four at a time: six seconds of spinning.
+    let stuck: Vec<String> = (0..80)
+        .map(|_| publish(&mut conn, "Stuck", json!({})))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let during = Pace::measure(&world, 1000, WAIT);
+    let dead_by_then = len(&mut conn, "events:sub:stuck:dlq");
+    assert!(
+        dead_by_then < stuck.len(),
+        "the attack ended before the bystander was measured"
+    );
+    eventually("every stuck event is dead-lettered", WAIT, || {
+        len(&mut conn, "events:sub:stuck:dlq") == stuck.len()
+    });
+    for id in &stuck {
+        let failure = failure_of(&mut conn, "events:sub:stuck:dlq", id);
+        assert_eq!(failure["kind"], "timeout", "{failure}");
+        let reason = failure["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("startloop.wasm ran past its time limit of 300 ms while starting"),
+            "{reason}"
+        );
+    }
+    assert!(!state(&mut conn, "stuck").contains_key("handled"));
+
+    // SIGTERM while start functions run.
+    for _ in 0..8 {
+        publish(&mut conn, "Stuck", json!({}));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let peak = peak_mib(&host);
+    let took = stop_timed(host);
+    println!(
+        "start loop: peak RSS {peak} MiB; bystander {alone} alone, {during} during the attack; SIGTERM → exit in {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    during.holds_against(&alone);
+}
+
+// ----- the instance pool ------------------------------------------------
 
 /// Publishes `n` events of `event_type` with `data` in one pipeline.
 fn publish_many(conn: &mut redis::Connection, event_type: &str, data: serde_json::Value, n: usize) {
@@ -33,8 +98,6 @@ fn publish_many(conn: &mut redis::Connection, event_type: &str, data: serde_json
     }
     pipe.query::<()>(conn).unwrap();
 }
-
-// ----- 6. the instance pool -----------------------------------------------
 
 /// A subscriber with `concurrency = 1024` whose events each hold an
 /// instance for 800 ms cannot take the pool (1000 instances): it holds at
@@ -89,109 +152,7 @@ fn one_subscriber_cannot_take_every_instance() {
     during.holds_against(&alone);
 }
 
-// ----- 9. the compiled cache ----------------------------------------------
-
-/// The cache entries in `dir` compiled from the file `wasm`: named by the
-/// SHA-256 of its bytes.
-fn entries_of(dir: &std::path::Path, wasm: &std::path::Path) -> Vec<std::path::PathBuf> {
-    use sha2::Digest as _;
-    let digest: String = sha2::Sha256::digest(std::fs::read(wasm).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    let name = p.file_name().unwrap().to_string_lossy();
-                    name.starts_with(&digest) && name.ends_with(".cwasm")
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A cache entry copied over another plugin's entry is not loaded (it
-/// would run the other plugin's code, or a forged one's, as this plugin):
-/// its MAC binds it to its source bytes and engine, so the plugin is
-/// compiled again and runs as itself. A refused build leaves no entry, the
-/// cache is private (0700, 0600), and a cache inside the plugins folder is
-/// refused at its config line.
-#[test]
-fn a_cache_entry_is_loaded_only_for_the_bytes_it_was_compiled_from() {
-    let _attack = one_attack_at_a_time();
-    use std::os::unix::fs::PermissionsExt as _;
-    let world = World::new(&["probe.wasm", "hostile.wasm", "not_a_plugin.wasm"], "");
-    let cache = world.dir.path().join("own-cache");
-    let header = world.header().replace(
-        &format!("cache_dir = \"{}\"", cache_dir().display()),
-        "cache_dir = \"own-cache\"",
-    );
-    let subscribers = format!(
-        "{BYSTANDER}\n[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\n"
-    );
-    world.write_config(&format!("{header}{subscribers}"));
-    let check = world.eventhost(&["check"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-    let plugins = world.dir.path().join("plugins");
-    let probe = entries_of(&cache, &plugins.join("probe.wasm"));
-    let hostile = entries_of(&cache, &plugins.join("hostile.wasm"));
-    assert_eq!((probe.len(), hostile.len()), (1, 1), "one entry per build");
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&cache), 0o700);
-    assert_eq!(mode(&probe[0]), 0o600);
-
-    // A build of another world is refused, and leaves nothing behind.
-    let refused = format!("{subscribers}\n[subscribers.command]\nplugin = \"not_a_plugin.wasm\"\n");
-    world.write_config(&format!("{header}{refused}"));
-    assert!(!world.eventhost(&["check"]).status.success());
-    assert_eq!(
-        entries_of(&cache, &plugins.join("not_a_plugin.wasm")),
-        Vec::<std::path::PathBuf>::new(),
-        "no entry for a refused build"
-    );
-
-    // The hostile plugin's compiled code under the probe's name.
-    world.write_config(&format!("{header}{subscribers}"));
-    std::fs::copy(&hostile[0], &probe[0]).unwrap();
-    let host = world.host();
-    let during = Pace::measure(&world, 300, WAIT);
-    let mut conn = world.conn();
-    assert_eq!(
-        dlq_reasons(&mut conn, "events:sub:bystander:dlq"),
-        Vec::<String>::new(),
-        "the bystander ran the probe, not the hostile plugin's code"
-    );
-    assert!(
-        host.log().contains("its MAC does not match"),
-        "the forged entry was seen and ignored"
-    );
-    let peak = peak_mib(&host);
-    let took = stop_timed(host);
-    println!(
-        "compiled cache: peak RSS {peak} MiB; bystander {during} with a forged entry in the \
-         cache; SIGTERM → exit in {took:?}"
-    );
-    assert!(took < Duration::from_secs(10), "{took:?}");
-
-    // A cache inside the plugins folder is refused where the config says it.
-    world.write_config(&format!(
-        "{}{subscribers}",
-        header.replace("cache_dir = \"own-cache\"", "cache_dir = \"plugins/cache\"")
-    ));
-    let (checked, _) = world.refused();
-    assert!(
-        checked.contains("eventhost.toml:7:13: plugins.cache_dir: the compiled cache"),
-        "{checked}"
-    );
-}
-
-// ----- 4. file descriptors ------------------------------------------------
+// ----- file descriptors and WASI handles --------------------------------
 
 /// Starts the host of `world` with its limit on open files at `nofile`.
 fn host_with_nofile(world: &World, nofile: u32) -> Host {
@@ -307,7 +268,63 @@ fn seen_done(conn: &mut redis::Connection, subscriber: &str, ids: &[String]) -> 
         .all(|id| state.contains_key(&format!("done:{id}")))
 }
 
-// ----- 8. compilation -----------------------------------------------------
+/// Checked by hand before, true on main, and now with a lower bound: a
+/// plugin that makes WASI handles (pollables) without end traps at the
+/// handle limit (10,000 per instance; wasmtime's default, 1,000,000, cost
+/// the host 45 MiB here),
+/// the event is dead-lettered as a trap, and the host's memory barely moves.
+#[test]
+fn wasi_handles_are_bounded_per_instance() {
+    let _attack = one_attack_at_a_time();
+    let world = World::new(
+        &["probe.wasm", "hostile.wasm"],
+        &format!(
+            "[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\ntimeout_ms = 1000\n\n{BYSTANDER}"
+        ),
+    );
+    let host = world.host();
+    let mut conn = world.conn();
+    let alone = Pace::measure(&world, 1000, WAIT);
+    let before = peak_mib(&host);
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            publish(
+                &mut conn,
+                "Hostile",
+                json!({"act": "handles", "n": 5_000_000}),
+            )
+        })
+        .collect();
+    let during = Pace::measure(&world, 1000, WAIT);
+    eventually("every flood is dead-lettered", WAIT, || {
+        len(&mut conn, "events:sub:hostile:dlq") == ids.len()
+    });
+    for id in &ids {
+        let failure = failure_of(&mut conn, "events:sub:hostile:dlq", id);
+        assert_eq!(failure["kind"], "trap", "{failure}");
+        let reason = failure["reason"].as_str().unwrap();
+        assert!(reason.contains("hostile.wasm trapped"), "{reason}");
+        assert!(
+            reason.contains("resource table has no free keys"),
+            "{reason}"
+        );
+    }
+    assert!(!state(&mut conn, "hostile").contains_key("handles"));
+    println!(
+        "WASI handles: {}",
+        reason_of(&mut conn, "events:sub:hostile:dlq", &ids[0])
+    );
+    let peak = peak_mib(&host);
+    let took = stop_timed(host);
+    println!(
+        "WASI handles: peak RSS {peak} MiB (before {before} MiB); bystander {alone} alone, \
+         {during} during; SIGTERM → exit in {took:?}"
+    );
+    assert!(peak < before + 32, "{peak} MiB vs {before} MiB before");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+// ----- compilation ------------------------------------------------------
 
 /// `n` as unsigned LEB128.
 fn leb(mut n: usize) -> Vec<u8> {
@@ -422,62 +439,6 @@ fn a_slow_compile_is_stopped_and_holds_up_nothing() {
     during.holds_against(&alone);
 }
 
-/// Checked by hand before, true on main, and now with a lower bound: a
-/// plugin that makes WASI handles (pollables) without end traps at the
-/// handle limit (10,000 per instance; wasmtime's default, 1,000,000, cost
-/// the host 45 MiB here),
-/// the event is dead-lettered as a trap, and the host's memory barely moves.
-#[test]
-fn wasi_handles_are_bounded_per_instance() {
-    let _attack = one_attack_at_a_time();
-    let world = World::new(
-        &["probe.wasm", "hostile.wasm"],
-        &format!(
-            "[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\ntimeout_ms = 1000\n\n{BYSTANDER}"
-        ),
-    );
-    let host = world.host();
-    let mut conn = world.conn();
-    let alone = Pace::measure(&world, 1000, WAIT);
-    let before = peak_mib(&host);
-    let ids: Vec<String> = (0..3)
-        .map(|_| {
-            publish(
-                &mut conn,
-                "Hostile",
-                json!({"act": "handles", "n": 5_000_000}),
-            )
-        })
-        .collect();
-    let during = Pace::measure(&world, 1000, WAIT);
-    eventually("every flood is dead-lettered", WAIT, || {
-        len(&mut conn, "events:sub:hostile:dlq") == ids.len()
-    });
-    for id in &ids {
-        let failure = failure_of(&mut conn, "events:sub:hostile:dlq", id);
-        assert_eq!(failure["kind"], "trap", "{failure}");
-        let reason = failure["reason"].as_str().unwrap();
-        assert!(reason.contains("hostile.wasm trapped"), "{reason}");
-        assert!(
-            reason.contains("resource table has no free keys"),
-            "{reason}"
-        );
-    }
-    assert!(!state(&mut conn, "hostile").contains_key("handles"));
-    println!(
-        "WASI handles: {}",
-        reason_of(&mut conn, "events:sub:hostile:dlq", &ids[0])
-    );
-    let peak = peak_mib(&host);
-    let took = stop_timed(host);
-    println!(
-        "WASI handles: peak RSS {peak} MiB (before {before} MiB); bystander {alone} alone, \
-         {during} during; SIGTERM → exit in {took:?}"
-    );
-    assert!(peak < before + 32, "{peak} MiB vs {before} MiB before");
-    assert!(took < Duration::from_secs(10), "{took:?}");
-}
-
 /// A component whose one huge function needs more than 256 MiB to compile
 /// is refused at `compile_memory_mb = 256`, at its config line, while a
 /// plugin of ordinary size compiles within the same limit.
@@ -507,4 +468,171 @@ fn a_compile_over_its_memory_limit_is_refused() {
     );
     assert!(checked.contains("ok: subscribers.bystander"), "{checked}");
     assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+// ----- plugin files and the compiled cache ------------------------------
+
+/// A plugin file that is a symlink to `/dev/zero`, or larger than
+/// `[plugins] max_file_mb` (64 MiB by default), is refused unread by
+/// `check` and `run`, at the line that names it, and on reload, where the
+/// build in use keeps serving and the host's memory does not grow.
+#[test]
+fn plugin_files_that_are_devices_or_too_big_are_refused_unread() {
+    // This test waits up to 30 s where the others here wait 60 s.
+    const WAIT: Duration = Duration::from_secs(30);
+    let _attack = one_attack_at_a_time();
+    let world = World::new(&["probe.wasm"], "");
+    let plugins = world.dir.path().join("plugins");
+    std::os::unix::fs::symlink("/dev/zero", plugins.join("zero.wasm")).unwrap();
+    std::fs::File::create(plugins.join("big.wasm"))
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    world.configure(
+        "[subscribers.zero]\nplugin = \"zero.wasm\"\n\n[subscribers.big]\nplugin = \"big.wasm\"\n",
+    );
+    let (check, run) = world.refused();
+    let zero_line = world.line_of("plugin = \"zero.wasm\"");
+    let big_line = world.line_of("plugin = \"big.wasm\"");
+    for text in [&check, &run] {
+        assert!(
+            text.contains(&format!(
+                "eventhost.toml:{zero_line}:10: subscribers.zero.plugin: plugin file"
+            )) && text.contains("zero.wasm is not a regular file (it is a device, FIFO or socket)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "eventhost.toml:{big_line}:10: subscribers.big.plugin"
+            )) && text.contains("big.wasm is 100.0 MiB, over the limit of 64 MiB"),
+            "{text}"
+        );
+    }
+
+    // On reload: the running build stays.
+    world.configure_watched(BYSTANDER);
+    let host = world.host();
+    let alone = Pace::measure(&world, 1000, WAIT);
+    let before = peak_mib(&host);
+    let probe = plugins.join("probe.wasm");
+    std::fs::remove_file(&probe).unwrap();
+    std::fs::File::create(&probe)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let mut host = host;
+    host.wait_for_log("is 100.0 MiB, over the limit of 64 MiB");
+    std::fs::remove_file(&probe).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &probe).unwrap();
+    host.wait_for_log("is not a regular file");
+    let after = Pace::measure(&world, 1000, WAIT);
+    let peak = peak_mib(&host);
+    println!(
+        "plugin files: peak RSS {peak} MiB (before the reloads {before} MiB); bystander \
+         {alone} alone, {after} after the refusals"
+    );
+    after.holds_against(&alone);
+    assert!(peak < before + 50, "{before} → {peak} MiB");
+    let took = stop_timed(host);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// The cache entries in `dir` compiled from the file `wasm`: named by the
+/// SHA-256 of its bytes.
+fn entries_of(dir: &std::path::Path, wasm: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use sha2::Digest as _;
+    let digest: String = sha2::Sha256::digest(std::fs::read(wasm).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy();
+                    name.starts_with(&digest) && name.ends_with(".cwasm")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A cache entry copied over another plugin's entry is not loaded (it
+/// would run the other plugin's code, or a forged one's, as this plugin):
+/// its MAC binds it to its source bytes and engine, so the plugin is
+/// compiled again and runs as itself. A refused build leaves no entry, the
+/// cache is private (0700, 0600), and a cache inside the plugins folder is
+/// refused at its config line.
+#[test]
+fn a_cache_entry_is_loaded_only_for_the_bytes_it_was_compiled_from() {
+    let _attack = one_attack_at_a_time();
+    use std::os::unix::fs::PermissionsExt as _;
+    let world = World::new(&["probe.wasm", "hostile.wasm", "not_a_plugin.wasm"], "");
+    let cache = world.dir.path().join("own-cache");
+    let header = world.header().replace(
+        &format!("cache_dir = \"{}\"", cache_dir().display()),
+        "cache_dir = \"own-cache\"",
+    );
+    let subscribers = format!(
+        "{BYSTANDER}\n[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\n"
+    );
+    world.write_config(&format!("{header}{subscribers}"));
+    let check = world.eventhost(&["check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let plugins = world.dir.path().join("plugins");
+    let probe = entries_of(&cache, &plugins.join("probe.wasm"));
+    let hostile = entries_of(&cache, &plugins.join("hostile.wasm"));
+    assert_eq!((probe.len(), hostile.len()), (1, 1), "one entry per build");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(&probe[0]), 0o600);
+
+    // A build of another world is refused, and leaves nothing behind.
+    let refused = format!("{subscribers}\n[subscribers.command]\nplugin = \"not_a_plugin.wasm\"\n");
+    world.write_config(&format!("{header}{refused}"));
+    assert!(!world.eventhost(&["check"]).status.success());
+    assert_eq!(
+        entries_of(&cache, &plugins.join("not_a_plugin.wasm")),
+        Vec::<std::path::PathBuf>::new(),
+        "no entry for a refused build"
+    );
+
+    // The hostile plugin's compiled code under the probe's name.
+    world.write_config(&format!("{header}{subscribers}"));
+    std::fs::copy(&hostile[0], &probe[0]).unwrap();
+    let host = world.host();
+    let during = Pace::measure(&world, 300, WAIT);
+    let mut conn = world.conn();
+    assert_eq!(
+        dlq_reasons(&mut conn, "events:sub:bystander:dlq"),
+        Vec::<String>::new(),
+        "the bystander ran the probe, not the hostile plugin's code"
+    );
+    assert!(
+        host.log().contains("its MAC does not match"),
+        "the forged entry was seen and ignored"
+    );
+    let peak = peak_mib(&host);
+    let took = stop_timed(host);
+    println!(
+        "compiled cache: peak RSS {peak} MiB; bystander {during} with a forged entry in the \
+         cache; SIGTERM → exit in {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // A cache inside the plugins folder is refused where the config says it.
+    world.write_config(&format!(
+        "{}{subscribers}",
+        header.replace("cache_dir = \"own-cache\"", "cache_dir = \"plugins/cache\"")
+    ));
+    let (checked, _) = world.refused();
+    assert!(
+        checked.contains("eventhost.toml:7:13: plugins.cache_dir: the compiled cache"),
+        "{checked}"
+    );
 }
