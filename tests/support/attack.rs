@@ -1,5 +1,9 @@
 //! Measuring an attack: the host's peak RSS, a bystander subscriber's
-//! throughput, and how fast the host stops on SIGTERM.
+//! pace, and how fast the host stops on SIGTERM.
+//!
+//! [`Pace`] is the one yardstick of the bystander: every test that
+//! measures it beside an attack takes a `Pace` without and during the
+//! attack, and [`Pace::holds_against`] is what it asserts of them.
 
 use std::time::{Duration, Instant};
 
@@ -58,7 +62,7 @@ pub fn bystander_rate(world: &World, n: usize, wait: Duration) -> f64 {
 /// The best of three [`bystander_rate`]s: for an attack that lasts through
 /// all three, with and without it alike, since on a busy 2-core machine one
 /// round can lose half its time to other processes.
-pub fn bystander_best_rate(world: &World, n: usize, wait: Duration) -> f64 {
+fn bystander_best_rate(world: &World, n: usize, wait: Duration) -> f64 {
     (0..3)
         .map(|_| bystander_rate(world, n, wait))
         .fold(0.0, f64::max)
@@ -68,7 +72,7 @@ pub fn bystander_best_rate(world: &World, n: usize, wait: Duration) -> f64 {
 /// handled, and returns the 99th percentile of publish → handled (polled
 /// every half millisecond): the bystander's latency when it is not
 /// saturated, which an attack must not push past 100 ms.
-pub fn bystander_p99(world: &World, n: usize, wait: Duration) -> Duration {
+fn bystander_p99(world: &World, n: usize, wait: Duration) -> Duration {
     let mut conn = world.conn();
     let mut took = Vec::with_capacity(n);
     for _ in 0..n {
