@@ -21,19 +21,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Publishes a plain event to each of `subscribers` (each subscribed to
-/// `Ping`) and waits until every one of them has handled it: the host
-/// still serves.
-fn still_serves(world: &World, subscribers: &[&str]) {
-    let mut conn = world.conn();
-    let id = publish(&mut conn, "Ping", json!({}));
-    eventually("the host still handles events", WAIT, || {
-        subscribers
-            .iter()
-            .all(|s| state(&mut conn, s).contains_key(&format!("seen:{id}")))
-    });
-}
-
 // ----- oversized entries ------------------------------------------------
 
 /// Bytes of the oversized entries: about what the issue reproduced with.

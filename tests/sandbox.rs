@@ -20,19 +20,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Publishes a plain event to each of `subscribers` (each subscribed to
-/// `Ping`) and waits until every one of them has handled it: the host
-/// still serves.
-fn still_serves(world: &World, subscribers: &[&str]) {
-    let mut conn = world.conn();
-    let id = publish(&mut conn, "Ping", json!({}));
-    eventually("the host still handles events", WAIT, || {
-        subscribers
-            .iter()
-            .all(|s| state(&mut conn, s).contains_key(&format!("seen:{id}")))
-    });
-}
-
 // ----- no files, environment, sockets, nor another plugin's state -------
 
 /// A plugin gets no files (read, list, write), no environment, no sockets

@@ -609,6 +609,23 @@ impl Load {
     }
 }
 
+/// Publishes a plain event to each of `subscribers` (each subscribed to
+/// `Ping`) and waits up to 20 s until every one of them has handled it:
+/// the host still serves.
+pub fn still_serves(world: &World, subscribers: &[&str]) {
+    let mut conn = world.conn();
+    let id = publish(&mut conn, "Ping", serde_json::json!({}));
+    eventually(
+        "the host still handles events",
+        Duration::from_secs(20),
+        || {
+            subscribers
+                .iter()
+                .all(|s| state(&mut conn, s).contains_key(&format!("seen:{id}")))
+        },
+    );
+}
+
 /// The binary under test: `EVENTHOST_BIN` if set (a release build, or a
 /// copy no other checkout's build overwrites), else the one cargo built.
 pub fn eventhost_bin() -> PathBuf {
