@@ -250,6 +250,45 @@ memory_mb = 16
 /// go over again every time) with a reason naming the budget, and nothing
 /// of it is committed; 150 MiB written to one key keeps one value and
 /// commits it. The host's peak RSS stays far below what was attempted.
+/// A plugin that reads one state key again and again is timed out as
+/// itself: a call reads a key from Redis once and answers again from what
+/// it read, so the loop spends the plugin's own time (not Redis's, which
+/// would be taken for an outage and run again without end). The event is
+/// dead-lettered as a `timeout`, and Redis sends the 1 MiB value about once
+/// per call, not once per read.
+#[test]
+fn a_plugin_looping_on_a_state_read_times_out_as_itself() {
+    let _attack = one_attack_at_a_time();
+    let world = World::new(
+        &["hostile.wasm"],
+        "[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\ntimeout_ms = 500\n",
+    );
+    let _host = world.host();
+    let mut conn = world.conn();
+    let () = conn
+        .hset("events:state:hostile", "hot", "v".repeat(1 << 20))
+        .unwrap();
+    let sent_before = redis_sent_bytes(&mut conn);
+    let id = publish(&mut conn, "Hostile", json!({"act": "read_loop"}));
+    eventually("the loop is dead-lettered", WAIT, || {
+        len(&mut conn, "events:sub:hostile:dlq") == 1
+    });
+    let failure = failure_of(&mut conn, "events:sub:hostile:dlq", &id);
+    assert_eq!(failure["kind"], "timeout", "{failure}");
+    let sent = redis_sent_bytes(&mut conn) - sent_before;
+    println!("a read loop on a 1 MiB key: Redis sent {sent} bytes in all");
+    assert!(sent < 8 << 20, "Redis sent {sent} bytes for one event");
+}
+
+/// What Redis has sent its clients so far (`total_net_output_bytes`).
+fn redis_sent_bytes(conn: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO stats has total_net_output_bytes")
+}
+
 #[test]
 fn buffered_effects_are_bounded_per_call() {
     // This test waits up to 30 s where the others here wait 20 s.

@@ -67,6 +67,8 @@ pub struct Effects {
     /// Where each written key is in `writes`.
     written: HashMap<String, usize>,
     reads: Reads,
+    /// Where each read key is in `reads`.
+    read_at: HashMap<String, usize>,
     /// What the buffers hold, about: see [`Self::bytes`].
     bytes: usize,
     /// Hops of the event the call handles.
@@ -118,10 +120,18 @@ impl Effects {
     /// (reads of its own writes are not asked for: see [`Self::pending`]).
     /// Only the first read of a key counts: later ones saw the same.
     pub fn read(&mut self, key: &str, seen: &Seen) {
-        if !seen.earlier_in_batch && !self.reads.iter().any(|(k, _)| k == key) {
+        if !seen.earlier_in_batch && !self.read_at.contains_key(key) {
             self.bytes += read_cost(key, seen);
+            self.read_at.insert(key.to_string(), self.reads.len());
             self.reads.push((key.to_string(), seen.clone()));
         }
+    }
+
+    /// What this call's first read of `key` saw, if it read it: a call
+    /// reads a key once from Redis, and again from here (what its result
+    /// rests on, and so what the commit checks).
+    pub fn already_read(&self, key: &str) -> Option<&Seen> {
+        self.read_at.get(key).map(|&i| &self.reads[i].1)
     }
 
     /// What the call read of the committed state.
@@ -134,6 +144,7 @@ impl Effects {
         for (key, seen) in &self.reads {
             self.bytes -= read_cost(key, seen);
         }
+        self.read_at.clear();
         std::mem::take(&mut self.reads)
     }
 
@@ -325,6 +336,20 @@ mod tests {
             before + 3 + EFFECT_OVERHEAD_BYTES,
             "taken reads are freed"
         );
+    }
+
+    #[test]
+    fn a_key_read_once_is_answered_from_the_first_read() {
+        let mut effects = Effects::default();
+        assert_eq!(effects.already_read("k"), None);
+        effects.read("k", &Seen::value(Some("1".into())));
+        effects.read("k", &Seen::value(Some("2".into())));
+        assert_eq!(
+            effects.already_read("k"),
+            Some(&Seen::value(Some("1".into())))
+        );
+        effects.take_reads();
+        assert_eq!(effects.already_read("k"), None, "taken reads are forgotten");
     }
 
     #[test]

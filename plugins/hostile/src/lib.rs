@@ -22,6 +22,7 @@
 //!   (in the instance, across events), then ok; stores how many it holds
 //!   under `held` and the last refusal under `open_error`;
 //! - `"read"`: reads the file `"path"` and stores it under `read:<event id>`;
+//! - `"read_loop"`: reads the state key `hot` `"n"` times (forever by default);
 //! - `"handles"`: makes `n` WASI pollables and keeps them all, then ok
 //!   (the host's handle limit traps it first).
 //!
@@ -125,6 +126,13 @@ impl Guest for Hostile {
                     .map(|_| clocks::wasi::clocks::monotonic_clock::subscribe_duration(1 << 40))
                     .collect();
                 eventhost_plugin::state_set("handles", &kept.len().to_string());
+            }
+            "read_loop" => {
+                // Reads one key again and again (n times; forever by default).
+                let n = data.get("n").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                for _ in 0..n {
+                    std::hint::black_box(eventhost_plugin::state_get("hot"));
+                }
             }
             "read" => {
                 let path = data.get("path").and_then(Value::as_str).unwrap_or("");
