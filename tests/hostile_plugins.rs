@@ -345,14 +345,35 @@ fn leb(mut n: usize) -> Vec<u8> {
 /// operations (13 bytes each) of arithmetic: 600 of 1000 are about 8 MB
 /// that take seconds to compile (an 18 MB Python component takes 10–16 s);
 /// one of 300,000 needs more than 256 MiB to compile. `salt` makes builds
-/// differ.
+/// differ. It exports a function `handle` (its first, lifted as
+/// `func(x: u32) -> u32`, not the world's), so the host compiles it before
+/// it finds the mismatch.
 fn slow_component(functions: usize, ops: usize, salt: u8) -> Vec<u8> {
-    let section = |id: u8, body: &[u8]| {
-        let mut out = vec![id];
-        out.extend(leb(body.len()));
-        out.extend_from_slice(body);
-        out
-    };
+    let mut component = bare_slow_component(functions, ops, salt, true);
+    // The module instantiated, its first function lifted and exported.
+    component.extend(section(2, &[1, 0x00, 0, 0]));
+    component.extend(section(6, &[1, 0x00, 0x00, 0x01, 0, 2, b'f', b'0']));
+    component.extend(section(7, &[1, 0x40, 1, 1, b'x', 0x79, 0x00, 0x79]));
+    component.extend(section(8, &[1, 0x00, 0x00, 0, 0, 0]));
+    let mut export = vec![1, 0x00, 6];
+    export.extend_from_slice(b"handle");
+    export.extend([0x01, 0, 0x00]);
+    component.extend(section(11, &export));
+    component
+}
+
+/// A section of a module or component: its `id` and `body`.
+fn section(id: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![id];
+    out.extend(leb(body.len()));
+    out.extend_from_slice(body);
+    out
+}
+
+/// The same component with nothing at its outer level but the module
+/// (which exports its first function as `f0` if `export_f0`): no
+/// `handle`, so it cannot be a subscriber however long it compiles.
+fn bare_slow_component(functions: usize, ops: usize, salt: u8, export_f0: bool) -> Vec<u8> {
     let mut body = vec![0u8]; // no locals
     for k in 0..ops {
         // x = (x * c) + (x rotl 3)
@@ -368,6 +389,9 @@ fn slow_component(functions: usize, ops: usize, salt: u8) -> Vec<u8> {
     let mut funcs = leb(functions);
     funcs.extend(vec![0u8; functions]);
     module.extend(section(3, &funcs));
+    if export_f0 {
+        module.extend(section(7, &[1, 2, b'f', b'0', 0x00, 0]));
+    }
     let mut code = leb(functions);
     for _ in 0..functions {
         code.extend_from_slice(&sized);
@@ -469,6 +493,33 @@ fn a_compile_over_its_memory_limit_is_refused() {
     );
     assert!(checked.contains("ok: subscribers.bystander"), "{checked}");
     assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+/// A component that exports no `handle` is refused before it is compiled,
+/// by `check` and by `run`, at once: a compile bomb that exports nothing
+/// (one function of 100,000 operations, about 107 s of compiling when it
+/// was compiled first) costs milliseconds, not the compile time limit.
+#[test]
+fn a_component_that_exports_nothing_is_refused_before_it_is_compiled() {
+    let _attack = one_attack_at_a_time();
+    let world = World::new(&["probe.wasm"], "");
+    std::fs::write(
+        world.dir.path().join("plugins/bomb.wasm"),
+        bare_slow_component(1, 100_000, 0, false),
+    )
+    .unwrap();
+    world.configure(&format!(
+        "[subscribers.bomb]\nplugin = \"bomb.wasm\"\n\n{BYSTANDER}"
+    ));
+    let started = Instant::now();
+    let (checked, _) = world.refused();
+    let took = started.elapsed();
+    println!("a bomb that exports nothing: refused in {took:?} (check and run)");
+    assert!(
+        checked.contains("no exported function `handle` (it exports: nothing)"),
+        "{checked}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 // ----- plugin files and the compiled cache ------------------------------

@@ -6,7 +6,9 @@
 //!
 //! - [`runtime`]: the engine, compiling and validating components;
 //! - [`compiler`]: compiling in a child process with limits of time and
-//!   memory;
+//!   memory, after [`exports`] has read that the component exports a
+//!   `handle` at all;
+//! - [`engine`]: the engine's settings, shared by both;
 //! - [`cache`]: the compiled cache, trusted only as far as it is proven;
 //! - [`wasm_handler`]: running one subscriber's events in reused instances,
 //!   swapped atomically on reload;
@@ -26,6 +28,7 @@ mod cache;
 mod capacity;
 mod compiler;
 mod engine;
+mod exports;
 mod failure;
 mod files;
 mod host_api;

@@ -340,6 +340,7 @@ impl PluginRuntime {
         };
         let started = Instant::now();
         check_header(&file.bytes).map_err(refuse)?;
+        super::exports::refuse_without_handle(&file.bytes).map_err(refuse)?;
         let from_cache = self.cache.as_ref().and_then(|cache| {
             let code = cache.load(&file.digest)?;
             // SAFETY: the code is what this host's engine compiled from these
@@ -398,15 +399,7 @@ impl PluginRuntime {
             name == "handle" && matches!(item.ty, ComponentItem::ComponentFunc(_))
         });
         if !handle_is_func {
-            return Err(format!(
-                "does not implement the eventhost:plugin/subscriber world: it has no exported \
-                 function `handle` (it exports: {}); build it against wit/eventhost.wit",
-                if exports.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    exports.join(", ")
-                }
-            ));
+            return Err(super::exports::no_handle(&exports));
         }
         let pre = self.linker.instantiate_pre(component).map_err(|err| {
             let foreign: Vec<String> = ty
