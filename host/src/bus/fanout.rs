@@ -19,7 +19,8 @@ use redis::RedisResult;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::Replicas;
-use super::group::{GroupConsumer, StreamEntry};
+use super::entry::StreamEntry;
+use super::group::GroupConsumer;
 use super::leanmq::{self, FailureRecord};
 use super::routes::{RouteTable, Routes};
 use super::scripts::{Copied, CopyBatch, FanoutBatch, Routed};

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::group::StreamEntry;
+use super::entry::StreamEntry;
 use crate::handler::{json_kind, Event, Published};
 
 /// Keys LeanMQ adds for its own bookkeeping; a handler never sees them.

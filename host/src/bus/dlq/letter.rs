@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::time::time_text;
-use crate::bus::group::StreamEntry;
+use crate::bus::entry::StreamEntry;
 
 /// One record of an entry's `_failures`, read leniently: LeanMQ writes only
 /// `timestamp` and `reason`.

@@ -25,7 +25,7 @@ pub use letter::{is_stream_id, DeadLetter, FailureInfo};
 pub use time::{millis, parse_time, time_text};
 
 use super::connection::RedisConn;
-use super::group::StreamEntry;
+use super::entry::StreamEntry;
 use super::keys::{Keys, QueueKeys};
 use super::scripts::{self, Moved, ReplayKeys};
 

@@ -25,7 +25,8 @@ use async_trait::async_trait;
 use redis::RedisResult;
 
 use super::connection::Replicas;
-use super::group::{GroupConsumer, StreamEntry};
+use super::entry::StreamEntry;
+use super::group::GroupConsumer;
 use super::leanmq::{self, FailureRecord};
 use super::scripts::CommitBatch;
 use super::worker::{self, Round, Worker};
