@@ -20,8 +20,9 @@ use serde::Serialize;
 mod letter;
 mod time;
 
+pub use crate::bus::leanmq::Failure;
 pub(crate) use letter::id_millis;
-pub use letter::{is_stream_id, DeadLetter, FailureInfo};
+pub use letter::{is_stream_id, DeadLetter};
 pub use time::{millis, parse_time, time_text};
 
 use super::connection::RedisConn;
