@@ -256,7 +256,7 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
 
 #[test]
 fn changes_from_another_origin_or_without_the_token_are_refused() {
-    let world = World::new(&["probe.wasm"], "");
+    let mut world = World::new(&["probe.wasm"], "");
     let addr = format!("127.0.0.1:{}", free_port());
     world.configure(&format!(
         "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
@@ -313,4 +313,36 @@ fn changes_from_another_origin_or_without_the_token_are_refused() {
             .contains("content-security-policy: default-src 'none'; script-src 'self'"),
         "{page}"
     );
+
+    // What bus::dlq refuses, each with its status: a choice that is not
+    // one is 400, a replay nobody would read is 409, Redis gone is 503
+    // (to try again), not 409.
+    let authorized = |path: &str, body: &str| -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stream,
+            "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{json}{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, reply)
+    };
+    let (code, reply) = authorized("/api/dlq/probe/replay", r#"{"ids":["1-0"],"all":true}"#);
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.contains("not both"), "{reply}");
+    let (code, reply) = authorized("/api/dlq/ghost/replay", r#"{"all":true}"#);
+    assert_eq!(code, 409, "{reply}");
+    assert!(reply.contains("no consumer group"), "{reply}");
+    world.redis.kill();
+    let (code, reply) = authorized("/api/dlq/probe/replay", r#"{"all":true}"#);
+    assert_eq!(code, 503, "{reply}");
+    assert!(reply.contains("once Redis answers"), "{reply}");
+    let (code, reply) = authorized("/api/dlq/probe/purge", r#"{"all":true}"#);
+    assert_eq!(code, 503, "{reply}");
 }
