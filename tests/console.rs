@@ -267,21 +267,7 @@ fn changes_from_another_origin_or_without_the_token_are_refused() {
     eventually("a dead letter", Duration::from_secs(10), || {
         len(&mut conn, "events:sub:probe:dlq") == 1
     });
-    let post = |headers: &str| -> (u16, String) {
-        use std::io::{Read as _, Write as _};
-        let body = r#"{"all":true}"#;
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            stream,
-            "POST /api/dlq/probe/purge HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
-        (code, reply)
-    };
+    let post = |headers: &str| post_to(&addr, "/api/dlq/probe/purge", headers, r#"{"all":true}"#);
     let json = "Content-Type: application/json\r\n";
     let auth = format!("Authorization: Bearer {TOKEN}\r\n");
     assert_eq!(post(json).0, 401, "no token");
@@ -317,22 +303,7 @@ fn changes_from_another_origin_or_without_the_token_are_refused() {
     // What bus::dlq refuses, each with its status: a choice that is not
     // one is 400, a replay nobody would read is 409, Redis gone is 503
     // (to try again), not 409.
-    let authorized = |path: &str, body: &str| -> (u16, String) {
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            stream,
-            "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{json}{auth}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
-        (code, reply)
-    };
+    let authorized = |path: &str, body: &str| post_to(&addr, path, &format!("{json}{auth}"), body);
     let (code, reply) = authorized("/api/dlq/probe/replay", r#"{"ids":["1-0"],"all":true}"#);
     assert_eq!(code, 400, "{reply}");
     assert!(reply.contains("not both"), "{reply}");
@@ -345,4 +316,24 @@ fn changes_from_another_origin_or_without_the_token_are_refused() {
     assert!(reply.contains("once Redis answers"), "{reply}");
     let (code, reply) = authorized("/api/dlq/probe/purge", r#"{"all":true}"#);
     assert_eq!(code, 503, "{reply}");
+}
+
+/// POSTs `body` to `path` on the console at `addr` with `headers`; the
+/// status and the whole reply.
+fn post_to(addr: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, reply)
 }

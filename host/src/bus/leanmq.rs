@@ -280,7 +280,8 @@ pub fn envelope(
 mod tests {
     use super::*;
 
-    fn entry(data: &str) -> StreamEntry {
+    /// An entry with `data`, at 5-0; the dead letters' tests use it too.
+    pub(super) fn entry(data: &str) -> StreamEntry {
         StreamEntry {
             id: "5-0".into(),
             fields: vec![(b"data".to_vec(), data.as_bytes().to_vec())],

@@ -300,13 +300,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(data: &str) -> StreamEntry {
-        StreamEntry {
-            id: "5-0".into(),
-            fields: vec![(b"data".to_vec(), data.as_bytes().to_vec())],
-        }
-    }
+    use crate::bus::leanmq::tests::entry;
 
     /// A failure of the fan-out's, as `malformed` at time 1.
     fn failure(reason: &str, attempt: Option<u64>) -> Failure {
