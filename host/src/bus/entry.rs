@@ -10,6 +10,7 @@ use redis::{FromRedisValue, ParsingError, Value};
 /// One stream entry as Redis returned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
+    /// `<ms>-<seq>`: where it sits in its stream, and when it was added.
     pub id: String,
     /// Empty for an entry deleted while pending (`XCLAIM` says so with nil).
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,

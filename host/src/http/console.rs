@@ -476,7 +476,7 @@ mod tests {
             "an outage is not a conflict"
         );
         assert!(
-            refused.1.starts_with("cannot replay: ") && refused.1.contains("run it again"),
+            refused.1.starts_with("cannot replay: ") && refused.1.contains("try again"),
             "{}",
             refused.1
         );

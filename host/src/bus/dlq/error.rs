@@ -21,7 +21,7 @@ pub enum DlqError {
     Conflict(String),
     /// Redis failed or did not answer: what was done stays done (each
     /// entry moves atomically), the rest was not.
-    #[error("{0:#}; run it again once Redis answers (what was done stays done)")]
+    #[error("{0:#}; try again once Redis answers (what a replay or purge had done stays done)")]
     Unavailable(anyhow::Error),
 }
 

@@ -10,6 +10,10 @@
 //! entry or not, so running it again finishes the job without a double.
 //! What stays in a DLQ keeps LeanMQ's shape, so LeanMQ's DLQ tools keep
 //! working on it.
+//!
+//! The rules are this module's: which entries a command takes
+//! ([`Selection`]) and what it refuses ([`DlqError`]); the CLI and the
+//! console only read what a person typed and say the errors their way.
 
 use std::time::{Duration, Instant};
 

@@ -18,6 +18,7 @@ pub struct Failure {
     /// Seconds since the epoch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<f64>,
+    /// What went wrong, for a person: `<who>: <what>: <detail>`.
     pub reason: String,
     /// `trap`, `reject`, `retry`, `timeout`, `malformed`, `refused`...;
     /// none when LeanMQ wrote the record.
@@ -26,6 +27,7 @@ pub struct Failure {
     /// The subscriber that failed the event; none for the fan-out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscriber: Option<String>,
+    /// The attempt that failed, from 1; the fan-out's: its deliveries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u64>,
 }
@@ -76,6 +78,7 @@ pub struct DeadLetterer<'a> {
 /// An entry Redis refused to write, dead-lettered on its own instead.
 #[derive(Debug)]
 pub struct Quarantined<'r> {
+    /// The entry's id in the stream it was read from.
     pub id: &'r str,
     /// What was refused and Redis's reason.
     pub reason: String,
@@ -151,6 +154,7 @@ impl<'a> DeadLetterer<'a> {
 /// is not LeanMQ's shape is kept as it is, for a person to look at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Letter {
+    /// The event's `event_type`, if it has one.
     pub event_type: Option<String>,
     /// Its `event_id`, else `_metadata.id`.
     pub event_id: Option<String>,
