@@ -256,7 +256,7 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
 
 #[test]
 fn changes_from_another_origin_or_without_the_token_are_refused() {
-    let world = World::new(&["probe.wasm"], "");
+    let mut world = World::new(&["probe.wasm"], "");
     let addr = format!("127.0.0.1:{}", free_port());
     world.configure(&format!(
         "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
@@ -267,21 +267,7 @@ fn changes_from_another_origin_or_without_the_token_are_refused() {
     eventually("a dead letter", Duration::from_secs(10), || {
         len(&mut conn, "events:sub:probe:dlq") == 1
     });
-    let post = |headers: &str| -> (u16, String) {
-        use std::io::{Read as _, Write as _};
-        let body = r#"{"all":true}"#;
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            stream,
-            "POST /api/dlq/probe/purge HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
-        (code, reply)
-    };
+    let post = |headers: &str| post_to(&addr, "/api/dlq/probe/purge", headers, r#"{"all":true}"#);
     let json = "Content-Type: application/json\r\n";
     let auth = format!("Authorization: Bearer {TOKEN}\r\n");
     assert_eq!(post(json).0, 401, "no token");
@@ -313,4 +299,41 @@ fn changes_from_another_origin_or_without_the_token_are_refused() {
             .contains("content-security-policy: default-src 'none'; script-src 'self'"),
         "{page}"
     );
+
+    // What bus::dlq refuses, each with its status: a choice that is not
+    // one is 400, a replay nobody would read is 409, Redis gone is 503
+    // (to try again), not 409.
+    let authorized = |path: &str, body: &str| post_to(&addr, path, &format!("{json}{auth}"), body);
+    let (code, reply) = authorized("/api/dlq/probe/replay", r#"{"ids":["1-0"],"all":true}"#);
+    assert_eq!(code, 400, "{reply}");
+    assert!(reply.contains("not both"), "{reply}");
+    let (code, reply) = authorized("/api/dlq/ghost/replay", r#"{"all":true}"#);
+    assert_eq!(code, 409, "{reply}");
+    assert!(reply.contains("no consumer group"), "{reply}");
+    world.redis.kill();
+    let (code, reply) = authorized("/api/dlq/probe/replay", r#"{"all":true}"#);
+    assert_eq!(code, 503, "{reply}");
+    assert!(reply.contains("once Redis answers"), "{reply}");
+    let (code, reply) = authorized("/api/dlq/probe/purge", r#"{"all":true}"#);
+    assert_eq!(code, 503, "{reply}");
+}
+
+/// POSTs `body` to `path` on the console at `addr` with `headers`; the
+/// status and the whole reply.
+fn post_to(addr: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, reply)
 }

@@ -248,6 +248,14 @@ fn dlq_commands_list_filter_show_replay_and_purge_on_a_live_bus() {
     let ghost = eventhost(&world, &["dlq", "replay", "ghost", "--all"]);
     assert_eq!(ghost.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&ghost.stderr).contains("no consumer group sub:ghost-group"));
+    // Purging needs no reader: it counts, and asks first.
+    let ghost = eventhost(&world, &["dlq", "purge", "ghost", "--all"]);
+    assert_eq!(ghost.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&ghost.stderr);
+    assert!(
+        why.contains("deletes 0 dead letters") && why.contains("--yes"),
+        "{why}"
+    );
 }
 
 #[test]

@@ -19,8 +19,9 @@ use redis::RedisResult;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::Replicas;
-use super::group::{GroupConsumer, StreamEntry};
-use super::leanmq::{self, FailureRecord};
+use super::entry::StreamEntry;
+use super::group::GroupConsumer;
+use super::leanmq::{self, DeadLetterer};
 use super::routes::{RouteTable, Routes};
 use super::scripts::{Copied, CopyBatch, FanoutBatch, Routed};
 use super::worker::{self, Patience, Round, Worker};
@@ -147,18 +148,12 @@ impl Fanout {
             None => Vec::new(),
         };
         let now = crate::handler::unix_now();
+        let letters = self.letters();
         for (entry, deliveries) in work {
             let dead = |kind: &str, reason: String| {
                 metrics::fanout_dead_lettered();
                 tracing::warn!(stream_id = %entry.id, kind, "{reason}; moved to {}", queue.dlq);
-                let record = FailureRecord {
-                    timestamp: now,
-                    reason: &reason,
-                    kind,
-                    subscriber: None,
-                    attempt: Some(*deliveries),
-                };
-                leanmq::dead_letter(entry, &record, self.bus.max_payload_bytes)
+                letters.letter(entry, kind, &reason, *deliveries, now)
             };
             if *deliveries > MAX_FANOUT_DELIVERIES {
                 let payload = dead(
@@ -246,29 +241,35 @@ impl Fanout {
                     "fan-out dropped {dropped} copies {stream} already had (a batch routed again)"
                 );
             }
-            for (id, err) in refused {
-                let Some((entry, deliveries)) = work.iter().find(|(e, _)| e.id == id) else {
-                    continue;
-                };
-                let reason = format!("fan-out: Redis refused to copy the entry to {stream}: {err}");
-                tracing::error!(stream_id = %id, "{reason}; dead-lettered");
-                batch.dead_letter_instead(&id, self.refused(entry, *deliveries, &reason, now));
+            let what = format!("fan-out: Redis refused to copy the entry to {stream}");
+            for q in self.quarantine(&refused, &what, work, now) {
+                tracing::error!(stream_id = %q.id, "{}; dead-lettered", q.reason);
+                batch.dead_letter_instead(q.id, q.payload);
             }
         }
         Ok(())
     }
 
-    /// The dead letter of an entry Redis refused to write, for `reason`.
-    fn refused(&self, entry: &StreamEntry, deliveries: u32, reason: &str, now: f64) -> String {
-        metrics::fanout_dead_lettered();
-        let record = FailureRecord {
-            timestamp: now,
-            reason,
-            kind: "refused",
-            subscriber: None,
-            attempt: Some(deliveries),
-        };
-        leanmq::dead_letter(entry, &record, self.bus.max_payload_bytes)
+    /// How the fan-out dead-letters: no subscriber, its size limit.
+    fn letters(&self) -> DeadLetterer<'static> {
+        DeadLetterer::fanout(self.bus.max_payload_bytes)
+    }
+
+    /// The dead letters of the entries of `work` Redis `refused` to write
+    /// (`what` it refused), counted.
+    fn quarantine<'r>(
+        &self,
+        refused: &'r [(String, String)],
+        what: &str,
+        work: &[(StreamEntry, u32)],
+        now: f64,
+    ) -> Vec<leanmq::Quarantined<'r>> {
+        let find = |id: &str| work.iter().find(|(e, _)| e.id == id).map(|(e, d)| (e, *d));
+        let quarantined = self.letters().quarantine(refused, what, now, find);
+        for _ in &quarantined {
+            metrics::fanout_dead_lettered();
+        }
+        quarantined
     }
 
     /// Applies a batch, with the loops' give-up policy. An entry whose
@@ -293,14 +294,11 @@ impl Fanout {
         }
         let queue = self.group.queue().clone();
         let mut quarantine = FanoutBatch::new(&queue.group);
+        let what = "fan-out: Redis refused to route the entry";
         let now = crate::handler::unix_now();
-        for (id, err) in &routed.refused {
-            let Some((entry, deliveries)) = work.iter().find(|(e, _)| &e.id == id) else {
-                continue;
-            };
-            let reason = format!("fan-out: Redis refused to route the entry: {err}");
-            tracing::error!(stream_id = %id, "{reason}; quarantined in {}", queue.dlq);
-            quarantine.dead_letter(id, self.refused(entry, *deliveries, &reason, now));
+        for q in self.quarantine(&routed.refused, what, work, now) {
+            tracing::error!(stream_id = %q.id, "{}; quarantined in {}", q.reason, queue.dlq);
+            quarantine.dead_letter(q.id, q.payload);
         }
         let routed = self.apply_once(&quarantine, streams).await?;
         for (id, err) in routed.refused {

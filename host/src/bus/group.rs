@@ -12,6 +12,10 @@ use redis::streams::StreamInfoConsumersReply;
 use redis::{FromRedisValue, ParsingError, RedisResult, Value};
 
 use super::connection::{Connector, RedisConn};
+/// Re-exported while other modules still import it from here; its home
+/// is [`super::entry`].
+pub use super::entry::StreamEntry;
+use super::entry::{self, text};
 use super::keys::{Keys, QueueKeys};
 use super::layout;
 use super::scripts;
@@ -348,54 +352,6 @@ pub async fn group_info(
     Ok(reply.groups.into_iter().find(|g| g.name == group))
 }
 
-/// One stream entry as Redis returned it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamEntry {
-    pub id: String,
-    /// Empty for an entry deleted while pending (`XCLAIM` says so with nil).
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl StreamEntry {
-    /// The `data` field, if present.
-    pub fn data(&self) -> Option<&[u8]> {
-        self.fields
-            .iter()
-            .find(|(name, _)| name == b"data")
-            .map(|(_, value)| value.as_slice())
-    }
-
-    /// What the entry weighs: its fields' names and values.
-    pub fn bytes(&self) -> usize {
-        self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
-    }
-}
-
-/// `[id, [field, value, ...]]`, as `XRANGE`, `XCLAIM` and reads give it.
-impl FromRedisValue for StreamEntry {
-    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
-        let Value::Array(pair) = value else {
-            return Err("entry is not an [id, fields] pair".into());
-        };
-        let mut pair = pair.into_iter();
-        let id = pair.next().and_then(text).ok_or("entry has no id")?;
-        let fields = match pair.next() {
-            None | Some(Value::Nil) => Vec::new(),
-            Some(Value::Array(flat)) => {
-                let mut fields = Vec::with_capacity(flat.len() / 2);
-                let mut flat = flat.into_iter();
-                while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
-                    fields.push((bytes(k), bytes(v)));
-                }
-                fields
-            }
-            Some(Value::Map(map)) => map.into_iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
-            Some(other) => return Err(format!("entry fields are not an array: {other:?}").into()),
-        };
-        Ok(StreamEntry { id, fields })
-    }
-}
-
 /// The entries of an `XREADGROUP` reply (of one stream; nil when none).
 struct Read(Vec<StreamEntry>);
 
@@ -419,7 +375,7 @@ impl FromRedisValue for Read {
         };
         let mut entries = Vec::new();
         for list in lists {
-            entries.extend(entry_list(list)?);
+            entries.extend(entry::list(list)?);
         }
         Ok(Read(entries))
     }
@@ -443,7 +399,7 @@ impl FromRedisValue for AutoClaimed {
             .next()
             .and_then(text)
             .ok_or("XAUTOCLAIM reply has no cursor")?;
-        let entries = entry_list(parts.next().unwrap_or(Value::Nil))?;
+        let entries = entry::list(parts.next().unwrap_or(Value::Nil))?;
         let deleted = match parts.next() {
             Some(Value::Array(ids)) => ids.into_iter().filter_map(text).collect(),
             _ => Vec::new(),
@@ -453,34 +409,6 @@ impl FromRedisValue for AutoClaimed {
             entries,
             deleted,
         })
-    }
-}
-
-fn entry_list(list: Value) -> Result<Vec<StreamEntry>, ParsingError> {
-    match list {
-        Value::Nil => Ok(Vec::new()),
-        Value::Array(items) => items
-            .into_iter()
-            .map(StreamEntry::from_redis_value)
-            .collect(),
-        other => Err(format!("entry list is not an array: {other:?}").into()),
-    }
-}
-
-fn bytes(value: Value) -> Vec<u8> {
-    match value {
-        Value::BulkString(b) => b,
-        Value::SimpleString(s) => s.into_bytes(),
-        Value::Int(i) => i.to_string().into_bytes(),
-        _ => Vec::new(),
-    }
-}
-
-fn text(value: Value) -> Option<String> {
-    match value {
-        Value::BulkString(b) => String::from_utf8(b).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
     }
 }
 

@@ -16,8 +16,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::group::StreamEntry;
+use super::entry::StreamEntry;
 use crate::handler::{json_kind, Event, Published};
+
+mod letter;
+
+pub use letter::{
+    payload_of, read_letter, DeadLetterer, Failure, Letter, Quarantined, PREFIX_BYTES, REFUSED,
+};
 
 /// Keys LeanMQ adds for its own bookkeeping; a handler never sees them.
 const BOOKKEEPING: [&str; 3] = ["_metadata", "_failures", "_requeues"];
@@ -223,125 +229,6 @@ fn value_text(value: &Value) -> Option<String> {
     }
 }
 
-/// One entry of `_failures`, as LeanMQ writes it plus what a tool needs to
-/// sort failures without parsing the reason.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FailureRecord<'a> {
-    pub timestamp: f64,
-    pub reason: &'a str,
-    /// `trap`, `timeout`, `retry`, `malformed`...
-    pub kind: &'a str,
-    pub subscriber: Option<&'a str>,
-    pub attempt: Option<u32>,
-}
-
-/// Bytes of an oversized entry kept in its dead letter: enough to tell what
-/// it was, bounded whatever the entry.
-pub const PREFIX_BYTES: usize = 1024;
-
-/// The DLQ payload for `entry`: its object with the failure appended to
-/// `_failures` and `_metadata` refreshed, as LeanMQ's `move_to_dlq` does.
-/// An entry that is not a JSON object is kept whole under `_raw`/`_fields`.
-/// An entry over `limit` bytes is not copied (a dead letter several times
-/// its size is what an attacker wants): see [`quarantine`].
-pub fn dead_letter(entry: &StreamEntry, failure: &FailureRecord<'_>, limit: usize) -> String {
-    if entry.bytes() > limit {
-        return quarantine(entry, failure);
-    }
-    let parsed = entry
-        .data()
-        .and_then(|data| match serde_json::from_slice::<Value>(data) {
-            Ok(Value::Object(object)) => Some(object),
-            _ => None,
-        });
-    let object = match parsed {
-        Some(object) => object,
-        None => preserve_malformed(entry),
-    };
-    with_failure(object, failure)
-}
-
-/// A dead letter that keeps only what identifies `entry`, whatever its
-/// size: `_oversized: {stream_id, bytes, prefix}` (the first
-/// [`PREFIX_BYTES`] of its `data`, or of its first field, as text), with
-/// `_failures` and `_metadata` like any dead letter, so LeanMQ's tools
-/// read it.
-pub fn quarantine(entry: &StreamEntry, failure: &FailureRecord<'_>) -> String {
-    let head = entry
-        .data()
-        .or_else(|| entry.fields.first().map(|(_, v)| v.as_slice()))
-        .unwrap_or_default();
-    let prefix = String::from_utf8_lossy(&head[..head.len().min(PREFIX_BYTES)]);
-    let mut oversized = Map::new();
-    oversized.insert("stream_id".into(), Value::from(entry.id.as_str()));
-    oversized.insert("bytes".into(), Value::from(entry.bytes()));
-    oversized.insert("prefix".into(), Value::from(prefix.as_ref()));
-    let mut object = Map::new();
-    object.insert("_oversized".into(), Value::Object(oversized));
-    with_failure(object, failure)
-}
-
-/// `object` with `failure` appended to its `_failures` and `_metadata`
-/// refreshed, as text.
-fn with_failure(mut object: Map<String, Value>, failure: &FailureRecord<'_>) -> String {
-    let mut record = Map::new();
-    record.insert("timestamp".into(), Value::from(failure.timestamp));
-    record.insert("reason".into(), Value::from(failure.reason));
-    record.insert("kind".into(), Value::from(failure.kind));
-    if let Some(subscriber) = failure.subscriber {
-        record.insert("subscriber".into(), Value::from(subscriber));
-    }
-    if let Some(attempt) = failure.attempt {
-        record.insert("attempt".into(), Value::from(attempt));
-    }
-    match object.get_mut("_failures") {
-        Some(Value::Array(list)) => list.push(Value::Object(record)),
-        _ => {
-            object.insert(
-                "_failures".into(),
-                Value::Array(vec![Value::Object(record)]),
-            );
-        }
-    }
-
-    let id = object
-        .get("_metadata")
-        .and_then(|m| m.get("id"))
-        .and_then(value_text)
-        .or_else(|| object.get("event_id").and_then(value_text))
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    object.insert("_metadata".into(), metadata(&id, failure.timestamp));
-    Value::Object(object).to_string()
-}
-
-fn preserve_malformed(entry: &StreamEntry) -> Map<String, Value> {
-    let mut object = Map::new();
-    match entry.data() {
-        Some(data) => match std::str::from_utf8(data) {
-            Ok(text) => object.insert("_raw".into(), Value::from(text)),
-            Err(_) => object.insert("_raw_hex".into(), Value::from(hex(data))),
-        },
-        None => {
-            let fields = entry
-                .fields
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        String::from_utf8_lossy(k).into_owned(),
-                        Value::from(String::from_utf8_lossy(v).into_owned()),
-                    )
-                })
-                .collect();
-            object.insert("_fields".into(), Value::Object(fields))
-        }
-    };
-    object
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn metadata(id: &str, timestamp: f64) -> Value {
     metadata_with_hops(id, timestamp, None)
 }
@@ -393,7 +280,8 @@ pub fn envelope(
 mod tests {
     use super::*;
 
-    fn entry(data: &str) -> StreamEntry {
+    /// An entry with `data`, at 5-0; the dead letters' tests use it too.
+    pub(super) fn entry(data: &str) -> StreamEntry {
         StreamEntry {
             id: "5-0".into(),
             fields: vec![(b"data".to_vec(), data.as_bytes().to_vec())],
@@ -477,30 +365,6 @@ mod tests {
     }
 
     #[test]
-    fn dead_letters_append_failures_like_leanmq() {
-        let e = entry(
-            r#"{"event_type":"T","event_id":"e-1","_failures":[{"timestamp":1.0,"reason":"old"}]}"#,
-        );
-        let payload = dead_letter(
-            &e,
-            &FailureRecord {
-                timestamp: 2.0,
-                reason: "pay: trap: boom",
-                kind: "trap",
-                subscriber: Some("pay"),
-                attempt: Some(1),
-            },
-            1 << 20,
-        );
-        let v: Value = serde_json::from_str(&payload).unwrap();
-        assert_eq!(v["event_type"], "T");
-        assert_eq!(v["_failures"].as_array().unwrap().len(), 2);
-        assert_eq!(v["_failures"][1]["reason"], "pay: trap: boom");
-        assert_eq!(v["_failures"][1]["kind"], "trap");
-        assert_eq!(v["_metadata"]["id"], "e-1");
-    }
-
-    #[test]
     fn published_events_get_the_producers_envelope() {
         let mut effects = crate::handler::Effects::default();
         let id = effects
@@ -517,68 +381,5 @@ mod tests {
         assert_eq!(data["_metadata"]["hops"], 1, "counted by the host");
         let entry = entry(&publish_payload(&effects.published()[0], 12.5));
         assert_eq!(decode_event(&entry, 1, 1 << 20).unwrap().hops, 1);
-    }
-
-    #[test]
-    fn dead_letters_keep_what_is_not_json() {
-        let record = FailureRecord {
-            timestamp: 1.0,
-            reason: "r",
-            kind: "malformed",
-            subscriber: None,
-            attempt: None,
-        };
-        let v: Value =
-            serde_json::from_str(&dead_letter(&entry("not json"), &record, 100)).unwrap();
-        assert_eq!(v["_raw"], "not json");
-        let binary = StreamEntry {
-            id: "1-0".into(),
-            fields: vec![(b"data".to_vec(), vec![0xff, 0x00])],
-        };
-        let v: Value = serde_json::from_str(&dead_letter(&binary, &record, 100)).unwrap();
-        assert_eq!(v["_raw_hex"], "ff00");
-        let other = StreamEntry {
-            id: "1-0".into(),
-            fields: vec![(b"body".to_vec(), b"hi".to_vec())],
-        };
-        let v: Value = serde_json::from_str(&dead_letter(&other, &record, 100)).unwrap();
-        assert_eq!(v["_fields"]["body"], "hi");
-        assert_eq!(v["_failures"][0]["kind"], "malformed");
-    }
-
-    #[test]
-    fn an_oversized_entry_is_dead_lettered_by_its_id_size_and_prefix() {
-        let record = FailureRecord {
-            timestamp: 1.0,
-            reason: "too big",
-            kind: "malformed",
-            subscriber: None,
-            attempt: Some(1),
-        };
-        // Quotes and control characters: escaped whole, this would be up
-        // to six times its size.
-        let huge = format!(
-            "{{\"event_type\":\"T\",\"x\":\"{}\"}}",
-            "\"\u{1}".repeat(1 << 20)
-        );
-        let payload = dead_letter(&entry(&huge), &record, 1 << 20);
-        assert!(payload.len() < 8 * PREFIX_BYTES, "{} bytes", payload.len());
-        let v: Value = serde_json::from_str(&payload).unwrap();
-        assert_eq!(v["_oversized"]["stream_id"], "5-0");
-        assert_eq!(v["_oversized"]["bytes"], 4 + huge.len());
-        let prefix = v["_oversized"]["prefix"].as_str().unwrap();
-        assert!(huge.starts_with(prefix) && prefix.len() == PREFIX_BYTES);
-        assert_eq!(v["_failures"][0]["reason"], "too big");
-        assert!(v["_metadata"]["id"].is_string());
-        // A prefix cut inside a character stays text.
-        let v: Value = serde_json::from_str(&quarantine(
-            &entry(&format!("a{}", "é".repeat(600))),
-            &record,
-        ))
-        .unwrap();
-        assert!(v["_oversized"]["prefix"]
-            .as_str()
-            .unwrap()
-            .ends_with('\u{fffd}'));
     }
 }

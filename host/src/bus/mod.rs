@@ -21,6 +21,7 @@
 pub mod connection;
 pub mod crash;
 pub mod dlq;
+pub mod entry;
 pub mod fanout;
 pub mod group;
 pub mod heartbeat;

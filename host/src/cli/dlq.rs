@@ -2,13 +2,11 @@
 //! for a person (text) or a program (`--json`, stable field names). The
 //! work is [`crate::bus::dlq`]'s.
 
-use std::time::SystemTime;
-
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::{connect, printable, say, RedisArgs};
-use crate::bus::dlq::{self, DeadLetter, Dlq, Filter, Pace, Selection, Target};
+use crate::bus::dlq::{self, DeadLetter, Dlq, DlqError, Filter, Pace, Selection, Target};
 
 /// What to do with a dead-letter queue.
 #[derive(Subcommand)]
@@ -106,39 +104,12 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    fn filter(&self) -> anyhow::Result<Filter> {
-        let since_ms = match &self.since {
-            Some(text) => Some(dlq::millis(dlq::parse_time(text, SystemTime::now())?)),
-            None => None,
-        };
-        Ok(Filter {
-            kind: self.kind.clone(),
-            event_type: self.event_type.clone(),
-            since_ms,
-        })
-    }
-}
-
-/// Ids, or `--all`, or filters: exactly one way of choosing.
-fn selection(
-    ids: Vec<String>,
-    all: bool,
-    filter: &FilterArgs,
-    verb: &str,
-) -> anyhow::Result<Selection> {
-    let filter = filter.filter()?;
-    match (ids.is_empty(), all, filter.is_empty()) {
-        (false, false, true) => {
-            if let Some(bad) = ids.iter().find(|id| !dlq::is_stream_id(id)) {
-                anyhow::bail!("{bad:?} is not an entry id; ids look like 1764557000123-0 (see `eventhost dlq list`)");
-            }
-            Ok(Selection::Ids(ids))
-        }
-        (false, _, _) => anyhow::bail!("give entry ids, or --all and filters, not both"),
-        (true, false, true) => anyhow::bail!(
-            "say which dead letters to {verb}: entry ids, --all, or filters (--kind, --type, --since)"
-        ),
-        (true, _, _) => Ok(Selection::Matching(filter)),
+    fn filter(&self) -> Result<Filter, DlqError> {
+        Filter::parse(
+            self.kind.as_deref(),
+            self.event_type.as_deref(),
+            self.since.as_deref(),
+        )
     }
 }
 
@@ -197,17 +168,8 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
             json,
             redis,
         } => {
-            let selection = selection(ids, all, &filter, "replay")?;
+            let selection = Selection::new(ids, all, filter.filter()?)?;
             let mut dlq = open(&redis, &target).await?;
-            if !dlq.has_reader().await? {
-                anyhow::bail!(
-                    "{} has no consumer group {}: no host has run {} yet, so nothing would handle \
-                     what is replayed; add it to the config and start `eventhost run` first",
-                    dlq.queue().stream,
-                    dlq.queue().group,
-                    dlq.target()
-                );
-            }
             let pace = Pace { per_second: rate };
             let report = dlq.replay(&selection, pace, dry_run, |_| {}).await?;
             if json {
@@ -263,16 +225,13 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
             json,
             redis,
         } => {
-            let selection = selection(ids, all, &filter, "purge")?;
+            let selection = Selection::new(ids, all, filter.filter()?)?;
             let mut dlq = open(&redis, &target).await?;
             if !yes {
-                let report = dlq
-                    .replay(&selection, Pace::default(), true, |_| {})
-                    .await?;
+                let n = dlq.count(&selection).await?;
                 anyhow::bail!(
-                    "this deletes {} dead letter{} from {} for good; add --yes to do it",
-                    report.moved.len(),
-                    plural(report.moved.len()),
+                    "this deletes {n} dead letter{} from {} for good; add --yes to do it",
+                    plural(n),
                     dlq.queue().dlq
                 );
             }
@@ -298,7 +257,6 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
 async fn open(redis: &RedisArgs, target: &str) -> anyhow::Result<Dlq> {
     let target = Target::parse(target)?;
     let bus = connect(redis).await?;
-    target.reachable(&bus.keys)?;
     if let (Target::Subscriber(name), Some(config)) = (&target, &bus.config) {
         if !config.subscribers.iter().any(|s| &s.name == name) {
             tracing::warn!(
@@ -308,7 +266,7 @@ async fn open(redis: &RedisArgs, target: &str) -> anyhow::Result<Dlq> {
             );
         }
     }
-    Ok(Dlq::new(bus.conn, &bus.keys, target))
+    Ok(Dlq::new(bus.conn, &bus.keys, target)?)
 }
 
 fn plural(n: usize) -> &'static str {

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::Site;
 use crate::bus::connection::RedisConn;
-use crate::bus::dlq::{self, DeadLetter, Dlq, Filter, Pace, Selection, Target};
+use crate::bus::dlq::{DeadLetter, Dlq, DlqError, Filter, Pace, Selection, Target};
 use crate::bus::keys::Keys;
 use crate::bus::status;
 
@@ -116,6 +116,21 @@ impl IntoResponse for Refused {
     }
 }
 
+/// The status of each DLQ error: the rules are `bus::dlq`'s, the
+/// console only says them in HTTP. A Redis outage is 503, to try again,
+/// never a conflict.
+impl From<DlqError> for Refused {
+    fn from(err: DlqError) -> Self {
+        let status = match &err {
+            DlqError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            DlqError::NotFound(_) => StatusCode::NOT_FOUND,
+            DlqError::Conflict(_) => StatusCode::CONFLICT,
+            DlqError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Refused(status, err.to_string())
+    }
+}
+
 fn redis(site: &Site) -> Result<RedisConn, Refused> {
     site.ready.borrow().redis.clone().ok_or_else(|| {
         Refused::new(
@@ -148,28 +163,19 @@ struct FilterQuery {
 }
 
 impl FilterQuery {
-    fn filter(&self) -> anyhow::Result<Filter> {
-        let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
-        let since_ms = match given(&self.since) {
-            Some(text) => Some(dlq::millis(dlq::parse_time(
-                &text,
-                std::time::SystemTime::now(),
-            )?)),
-            None => None,
-        };
-        Ok(Filter {
-            kind: given(&self.kind),
-            event_type: given(&self.event_type),
-            since_ms,
-        })
+    fn filter(&self) -> Result<Filter, DlqError> {
+        Filter::parse(
+            self.kind.as_deref(),
+            self.event_type.as_deref(),
+            self.since.as_deref(),
+        )
     }
 }
 
 async fn open(site: &Site, target: &str) -> Result<Dlq, Refused> {
-    let target = Target::parse(target)
-        .and_then(|t| t.reachable(&site.console.keys).map(|()| t))
-        .map_err(|err| Refused::new(StatusCode::NOT_FOUND, format!("{err:#}")))?;
-    Ok(Dlq::new(redis(site)?, &site.console.keys, target))
+    let target = Target::parse(target)?;
+    let conn = redis(site)?;
+    Ok(Dlq::new(conn, &site.console.keys, target)?)
 }
 
 async fn api_list(
@@ -183,13 +189,13 @@ async fn api_list(
     };
     let filter = match query.filter() {
         Ok(filter) => filter,
-        Err(err) => return refusal(StatusCode::BAD_REQUEST, format!("{err:#}")),
+        Err(err) => return Refused::from(err).into_response(),
     };
     let limit = query.limit.unwrap_or(100).min(MAX_LIST);
     let listed = async {
         let letters = dlq.list(&filter, limit).await?;
         let depth = dlq.depth().await?;
-        anyhow::Ok((letters, depth))
+        Ok::<_, DlqError>((letters, depth))
     };
     match listed.await {
         Ok((letters, depth)) => answer(
@@ -201,7 +207,7 @@ async fn api_list(
                 "entries": letters.iter().map(DeadLetter::to_json).collect::<Vec<_>>(),
             }),
         ),
-        Err(err) => refusal(StatusCode::BAD_GATEWAY, format!("{err:#}")),
+        Err(err) => Refused::from(err).into_response(),
     }
 }
 
@@ -219,7 +225,7 @@ async fn api_entry(
             StatusCode::NOT_FOUND,
             format!("{id} is not in {} (replayed or purged?)", dlq.queue().dlq),
         ),
-        Err(err) => refusal(StatusCode::BAD_REQUEST, format!("{err:#}")),
+        Err(err) => Refused::from(err).into_response(),
     }
 }
 
@@ -232,22 +238,6 @@ struct Choice {
     all: bool,
     #[serde(flatten)]
     filter: FilterQuery,
-}
-
-impl Choice {
-    fn selection(&self) -> anyhow::Result<Selection> {
-        match (self.ids.is_empty(), self.all) {
-            (false, false) => {
-                if let Some(bad) = self.ids.iter().find(|id| !dlq::is_stream_id(id)) {
-                    anyhow::bail!("{bad:?} is not an entry id");
-                }
-                Ok(Selection::Ids(self.ids.clone()))
-            }
-            (true, true) => Ok(Selection::Matching(self.filter.filter()?)),
-            (false, true) => anyhow::bail!("give ids or all, not both"),
-            (true, false) => anyhow::bail!("say which entries: ids, or all"),
-        }
-    }
 }
 
 /// Whether a request may change state; the refusal to send if not.
@@ -304,15 +294,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// The body, read only after the request is authorized.
 fn choice(body: &[u8]) -> Result<Selection, Refused> {
-    serde_json::from_slice::<Choice>(body)
-        .map_err(|err| {
-            Refused::new(
-                StatusCode::BAD_REQUEST,
-                format!("not a choice of entries: {err}"),
-            )
-        })?
-        .selection()
-        .map_err(|err| Refused::new(StatusCode::BAD_REQUEST, format!("{err:#}")))
+    let choice: Choice = serde_json::from_slice(body).map_err(|err| {
+        Refused::new(
+            StatusCode::BAD_REQUEST,
+            format!("not a choice of entries ({{\"ids\": [...]}} or {{\"all\": true}}): {err}"),
+        )
+    })?;
+    let filter = choice.filter.filter()?;
+    Ok(Selection::new(choice.ids, choice.all, filter)?)
 }
 
 async fn api_replay(
@@ -332,17 +321,7 @@ async fn api_replay(
         Ok(dlq) => dlq,
         Err(refused) => return refused.into_response(),
     };
-    let replayed = async {
-        if !dlq.has_reader().await? {
-            anyhow::bail!(
-                "{} has no consumer group: no host runs {}",
-                dlq.queue().stream,
-                dlq.target()
-            );
-        }
-        dlq.replay(&selection, Pace::default(), false, |_| {}).await
-    };
-    match replayed.await {
+    match dlq.replay(&selection, Pace::default(), false, |_| {}).await {
         Ok(report) => {
             tracing::info!(
                 dlq = %dlq.queue().dlq,
@@ -355,7 +334,7 @@ async fn api_replay(
                 json!({"replayed": report.moved.len(), "missing": report.missing}),
             )
         }
-        Err(err) => refusal(StatusCode::CONFLICT, format!("{err:#}")),
+        Err(err) => Refused::from(err).into_response(),
     }
 }
 
@@ -381,7 +360,7 @@ async fn api_purge(
             tracing::info!(dlq = %dlq.queue().dlq, "console: purged {purged} dead letters");
             answer(StatusCode::OK, json!({"purged": purged}))
         }
-        Err(err) => refusal(StatusCode::BAD_GATEWAY, format!("{err:#}")),
+        Err(err) => Refused::from(err).into_response(),
     }
 }
 
@@ -470,5 +449,40 @@ mod tests {
                 Some(StatusCode::BAD_REQUEST)
             );
         }
+    }
+
+    #[test]
+    fn dlq_errors_answer_400_404_409_and_503() {
+        let status = |err| Refused::from(err).0;
+        assert_eq!(
+            status(DlqError::BadRequest("bad id".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(DlqError::NotFound("no such".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(DlqError::Conflict("no reader".into())),
+            StatusCode::CONFLICT
+        );
+        let outage =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let err = DlqError::Unavailable(anyhow::Error::new(outage).context("cannot replay"));
+        let refused = Refused::from(err);
+        assert_eq!(
+            refused.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "an outage is not a conflict"
+        );
+        assert!(
+            refused.1.starts_with("cannot replay: ") && refused.1.contains("try again"),
+            "{}",
+            refused.1
+        );
+        assert_eq!(
+            choice(br#"{"ids":["x"]}"#).err().map(|r| r.0),
+            Some(StatusCode::BAD_REQUEST)
+        );
     }
 }

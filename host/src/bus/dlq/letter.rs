@@ -2,24 +2,11 @@
 //! event and its `_failures`), read leniently into what an operator sees.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::time::time_text;
-use crate::bus::group::StreamEntry;
-
-/// One record of an entry's `_failures`, read leniently: LeanMQ writes only
-/// `timestamp` and `reason`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FailureInfo {
-    /// Seconds since the epoch.
-    pub timestamp: Option<f64>,
-    pub reason: String,
-    /// `trap`, `reject`, `retry`, `timeout`, `malformed`...; none when
-    /// LeanMQ wrote the record.
-    pub kind: Option<String>,
-    pub subscriber: Option<String>,
-    pub attempt: Option<u64>,
-}
+use crate::bus::entry::StreamEntry;
+use crate::bus::leanmq::{self, Failure, Letter};
 
 /// One entry of a DLQ.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,7 +19,7 @@ pub struct DeadLetter {
     pub event_type: Option<String>,
     pub event_id: Option<String>,
     /// Oldest first; the last one is why it is here.
-    pub failures: Vec<FailureInfo>,
+    pub failures: Vec<Failure>,
     /// The entry's `data` as stored (with `_failures`): an object, or the
     /// text as it is when it is not JSON.
     pub data: Value,
@@ -42,45 +29,24 @@ impl DeadLetter {
     /// Reads a DLQ entry; never fails: what is not LeanMQ's shape is kept
     /// as it is, for a person to look at.
     pub fn from_entry(entry: &StreamEntry) -> Self {
-        let data = match entry.data() {
-            Some(bytes) => serde_json::from_slice(bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),
-            None => Value::Object(
-                entry
-                    .fields
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            String::from_utf8_lossy(k).into_owned(),
-                            Value::String(String::from_utf8_lossy(v).into_owned()),
-                        )
-                    })
-                    .collect(),
-            ),
-        };
-        let text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_string);
-        let failures = data
-            .get("_failures")
-            .and_then(Value::as_array)
-            .map(|list| list.iter().map(failure_info).collect())
-            .unwrap_or_default();
+        let Letter {
+            event_type,
+            event_id,
+            failures,
+            data,
+        } = leanmq::read_letter(entry);
         DeadLetter {
             dead_lettered_ms: id_millis(&entry.id).unwrap_or(0),
             id: entry.id.clone(),
-            event_type: text("event_type"),
-            event_id: text("event_id").or_else(|| {
-                data.get("_metadata")
-                    .and_then(|m| m.get("id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            }),
+            event_type,
+            event_id,
             failures,
             data,
         }
     }
 
     /// Why it is here: the last failure.
-    pub fn last_failure(&self) -> Option<&FailureInfo> {
+    pub fn last_failure(&self) -> Option<&Failure> {
         self.failures.last()
     }
 
@@ -116,36 +82,7 @@ impl DeadLetter {
     /// The data without `_failures` (shown apart) and LeanMQ's
     /// `_metadata`: what the producer sent.
     pub fn payload(&self) -> Value {
-        match &self.data {
-            Value::Object(object) => Value::Object(
-                object
-                    .iter()
-                    .filter(|(k, _)| *k != "_failures" && *k != "_metadata")
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<Map<_, _>>(),
-            ),
-            other => other.clone(),
-        }
-    }
-}
-
-fn failure_info(record: &Value) -> FailureInfo {
-    FailureInfo {
-        timestamp: record.get("timestamp").and_then(Value::as_f64),
-        reason: match record.get("reason") {
-            Some(Value::String(reason)) => reason.clone(),
-            Some(other) => other.to_string(),
-            None => String::new(),
-        },
-        kind: record
-            .get("kind")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        subscriber: record
-            .get("subscriber")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        attempt: record.get("attempt").and_then(Value::as_u64),
+        leanmq::payload_of(&self.data)
     }
 }
 

@@ -10,24 +10,32 @@
 //! entry or not, so running it again finishes the job without a double.
 //! What stays in a DLQ keeps LeanMQ's shape, so LeanMQ's DLQ tools keep
 //! working on it.
+//!
+//! The rules are this module's: which entries a command takes
+//! ([`Selection`]) and what it refuses ([`DlqError`]); the CLI and the
+//! console only read what a person typed and say the errors their way.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use serde::Serialize;
 
+mod error;
 mod letter;
+mod select;
 mod time;
 
+pub use crate::bus::leanmq::Failure;
+pub use error::DlqError;
 pub(crate) use letter::id_millis;
-pub use letter::{is_stream_id, DeadLetter, FailureInfo};
+pub use letter::{is_stream_id, DeadLetter};
+pub use select::{Filter, Selection, Target};
 pub use time::{millis, parse_time, time_text};
 
 use super::connection::RedisConn;
-use super::group::StreamEntry;
+use super::entry::StreamEntry;
 use super::keys::{Keys, QueueKeys};
 use super::scripts::{self, Moved, ReplayKeys};
+use error::OrUnavailable;
 
 /// Entries read per `XRANGE` while scanning a DLQ: big enough to scan
 /// 10,000 entries in a few dozen round trips, small enough that one page
@@ -37,100 +45,6 @@ const PAGE: usize = 200;
 /// Most entries moved by one replay script: keeps Redis free for others
 /// between scripts (each entry costs it a few microseconds).
 const REPLAY_CHUNK: usize = 100;
-
-/// Whose DLQ: the bus's (entries the fan-out could not route) or one
-/// subscriber's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Bus,
-    Subscriber(String),
-}
-
-impl Target {
-    /// Reads LeanMQ's queue name: `all` is the bus, `sub:<name>` or a bare
-    /// `<name>` a subscriber (a subscriber called `all` is `sub:all`).
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let name = match text {
-            "all" => return Ok(Target::Bus),
-            _ => text.strip_prefix("sub:").unwrap_or(text),
-        };
-        anyhow::ensure!(
-            !name.is_empty() && !name.contains(':'),
-            "{text:?} is not a subscriber: give its name as in [subscribers.<name>], or `all` for the bus's DLQ"
-        );
-        Ok(Target::Subscriber(name.to_string()))
-    }
-
-    /// Whether this target's DLQ is one these keys reach: on a Redis
-    /// Cluster the bus's dead letters are one DLQ per ingress partition,
-    /// which these commands do not cover yet.
-    pub fn reachable(&self, keys: &Keys) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            !(keys.is_cluster() && *self == Target::Bus),
-            "on a Redis Cluster the bus's dead letters are in one DLQ per ingress partition \
-             (events:all:{{p<i>.<k>}}:dlq), which eventhost dlq does not reach yet; read them with \
-             redis-cli -c (subscribers' DLQs work as on one server)"
-        );
-        Ok(())
-    }
-
-    /// The streams, DLQ and groups of this target.
-    pub fn queue(&self, keys: &Keys) -> QueueKeys {
-        match self {
-            Target::Bus => keys.all(),
-            Target::Subscriber(name) => keys.subscriber(name),
-        }
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Target::Bus => f.write_str("the bus"),
-            Target::Subscriber(name) => write!(f, "subscriber {name}"),
-        }
-    }
-}
-
-/// Which dead letters a command works on; every part left out matches all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// The kind of the last failure (`trap`, `reject`...).
-    pub kind: Option<String>,
-    pub event_type: Option<String>,
-    /// Dead-lettered at or after this time, in milliseconds since the epoch.
-    pub since_ms: Option<u64>,
-}
-
-impl Filter {
-    /// Whether `letter` is selected.
-    pub fn matches(&self, letter: &DeadLetter) -> bool {
-        self.kind
-            .as_deref()
-            .is_none_or(|k| letter.kind() == Some(k))
-            && self
-                .event_type
-                .as_deref()
-                .is_none_or(|t| letter.event_type.as_deref() == Some(t))
-            && self.since_ms.is_none_or(|s| letter.dead_lettered_ms >= s)
-    }
-
-    /// Whether it selects everything.
-    pub fn is_empty(&self) -> bool {
-        *self == Filter::default()
-    }
-}
-
-/// What a replay or a purge works on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selection {
-    /// These entries (ids in the DLQ).
-    Ids(Vec<String>),
-    /// Every entry the filter selects (an empty filter: all of them), up
-    /// to the last entry there when the command started: what fails again
-    /// while it runs is not picked up again.
-    Matching(Filter),
-}
 
 /// How fast a replay goes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -166,14 +80,16 @@ pub struct Dlq {
 }
 
 impl Dlq {
-    /// `target`'s DLQ under `keys`.
-    pub fn new(conn: RedisConn, keys: &Keys, target: Target) -> Self {
+    /// `target`'s DLQ under `keys`; refused if these commands cannot
+    /// reach it (the bus's, on a Redis Cluster).
+    pub fn new(conn: RedisConn, keys: &Keys, target: Target) -> Result<Self, DlqError> {
+        target.reachable(keys)?;
         let queue = target.queue(keys);
-        Dlq {
+        Ok(Dlq {
             conn,
             target,
             queue,
-        }
+        })
     }
 
     /// The DLQ's key, the stream it replays into, their groups.
@@ -187,26 +103,38 @@ impl Dlq {
     }
 
     /// Entries in the DLQ.
-    pub async fn depth(&mut self) -> anyhow::Result<u64> {
+    pub async fn depth(&mut self) -> Result<u64, DlqError> {
         redis::cmd("XLEN")
             .arg(&self.queue.dlq)
             .query_async(&mut self.conn)
             .await
-            .with_context(|| format!("cannot read the length of {}", self.queue.dlq))
+            .or_unavailable(|| format!("cannot read the length of {}", self.queue.dlq))
     }
 
-    /// Whether the stream it replays into has its consumer group, i.e. a
-    /// host has set this subscriber up at least once: replayed entries
-    /// would otherwise wait in a stream nobody reads.
-    pub async fn has_reader(&mut self) -> anyhow::Result<bool> {
-        let info = super::group::group_info(&mut self.conn, &self.queue.stream, &self.queue.group)
+    /// Refuses a replay unless the stream it replays into has its
+    /// consumer group, i.e. a host has set this subscriber up at least
+    /// once: replayed entries would otherwise wait in a stream nobody reads.
+    async fn ensure_reader(&mut self) -> Result<(), DlqError> {
+        let queue = &self.queue;
+        let info = super::group::group_info(&mut self.conn, &queue.stream, &queue.group)
             .await
-            .with_context(|| format!("cannot read the groups of {}", self.queue.stream))?;
-        Ok(info.is_some())
+            .or_unavailable(|| format!("cannot read the groups of {}", queue.stream))?;
+        if info.is_none() {
+            return Err(DlqError::Conflict(format!(
+                "{} has no consumer group {}: no host has run {} yet, so nothing would handle \
+                 what is replayed; add it to the config and start `eventhost run` first",
+                queue.stream, queue.group, self.target
+            )));
+        }
+        Ok(())
     }
 
     /// Up to `limit` entries the filter selects, oldest first.
-    pub async fn list(&mut self, filter: &Filter, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
+    pub async fn list(
+        &mut self,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, DlqError> {
         let mut scan = Scan::start(self, filter).await?;
         let mut found = Vec::new();
         while found.len() < limit {
@@ -219,11 +147,8 @@ impl Dlq {
     }
 
     /// One entry; `None` if it is not in the DLQ.
-    pub async fn get(&mut self, id: &str) -> anyhow::Result<Option<DeadLetter>> {
-        anyhow::ensure!(
-            is_stream_id(id),
-            "{id:?} is not an entry id; ids look like 1764557000123-0 (see `eventhost dlq list`)"
-        );
+    pub async fn get(&mut self, id: &str) -> Result<Option<DeadLetter>, DlqError> {
+        select::entry_id(id)?;
         let entries = self.range(id, id, 1).await?;
         Ok(entries.first().map(DeadLetter::from_entry))
     }
@@ -231,13 +156,33 @@ impl Dlq {
     /// Moves the selected entries back into the stream they failed from,
     /// each atomically, at most `pace` per second; with `dry_run`, only
     /// says which. `progress` hears the running total after each step.
+    /// Refused when nothing reads that stream.
     pub async fn replay(
         &mut self,
         selection: &Selection,
         pace: Pace,
         dry_run: bool,
+        progress: impl FnMut(usize),
+    ) -> Result<ReplayReport, DlqError> {
+        self.ensure_reader().await?;
+        self.walk(selection, pace, dry_run, progress).await
+    }
+
+    /// How many entries `selection` takes now: what a purge would delete.
+    pub async fn count(&mut self, selection: &Selection) -> Result<usize, DlqError> {
+        let report = self.walk(selection, Pace::default(), true, |_| {}).await?;
+        Ok(report.moved.len())
+    }
+
+    /// Works through the selected entries: replays them, or on a
+    /// `dry_run` only lists them.
+    async fn walk(
+        &mut self,
+        selection: &Selection,
+        pace: Pace,
+        dry_run: bool,
         mut progress: impl FnMut(usize),
-    ) -> anyhow::Result<ReplayReport> {
+    ) -> Result<ReplayReport, DlqError> {
         let started = Instant::now();
         let mut report = ReplayReport {
             dry_run,
@@ -286,7 +231,7 @@ impl Dlq {
     }
 
     /// Deletes the selected entries for good; returns how many were.
-    pub async fn purge(&mut self, selection: &Selection) -> anyhow::Result<u64> {
+    pub async fn purge(&mut self, selection: &Selection) -> Result<u64, DlqError> {
         let mut ids = Ids::of(selection);
         let mut deleted = 0;
         loop {
@@ -315,7 +260,7 @@ impl Dlq {
                         Err(err)
                     }
                 })
-                .with_context(|| format!("cannot delete from {}", self.queue.dlq))?;
+                .or_unavailable(|| format!("cannot delete from {}", self.queue.dlq))?;
             deleted += removed;
             for id in &batch {
                 tracing::debug!(dlq = %self.queue.dlq, dlq_id = %id, "purged");
@@ -324,7 +269,7 @@ impl Dlq {
         Ok(deleted)
     }
 
-    async fn move_back(&mut self, ids: &[String]) -> anyhow::Result<Vec<Moved>> {
+    async fn move_back(&mut self, ids: &[String]) -> Result<Vec<Moved>, DlqError> {
         let keys = ReplayKeys {
             dlq: &self.queue.dlq,
             dlq_group: &self.queue.dlq_group,
@@ -332,7 +277,7 @@ impl Dlq {
         };
         let moved = scripts::replay(&mut self.conn, &keys, ids)
             .await
-            .with_context(|| {
+            .or_unavailable(|| {
                 format!(
                     "cannot replay {} into {}",
                     self.queue.dlq, self.queue.stream
@@ -349,7 +294,7 @@ impl Dlq {
         from: &str,
         to: &str,
         count: usize,
-    ) -> anyhow::Result<Vec<StreamEntry>> {
+    ) -> Result<Vec<StreamEntry>, DlqError> {
         redis::cmd("XRANGE")
             .arg(&self.queue.dlq)
             .arg(from)
@@ -358,7 +303,7 @@ impl Dlq {
             .arg(count)
             .query_async(&mut self.conn)
             .await
-            .with_context(|| format!("cannot read {}", self.queue.dlq))
+            .or_unavailable(|| format!("cannot read {}", self.queue.dlq))
     }
 }
 
@@ -392,7 +337,7 @@ impl<'a> Ids<'a> {
     }
 
     /// The next ids; empty when done.
-    async fn next(&mut self, dlq: &mut Dlq) -> anyhow::Result<Vec<String>> {
+    async fn next(&mut self, dlq: &mut Dlq) -> Result<Vec<String>, DlqError> {
         match &mut self.source {
             Source::Given(ids) => {
                 let Some(ids) = ids.take() else {
@@ -437,7 +382,7 @@ struct Scan {
 }
 
 impl Scan {
-    async fn start(dlq: &mut Dlq, filter: &Filter) -> anyhow::Result<Self> {
+    async fn start(dlq: &mut Dlq, filter: &Filter) -> Result<Self, DlqError> {
         let last: Vec<StreamEntry> = redis::cmd("XREVRANGE")
             .arg(&dlq.queue.dlq)
             .arg("+")
@@ -446,7 +391,7 @@ impl Scan {
             .arg(1)
             .query_async(&mut dlq.conn)
             .await
-            .with_context(|| format!("cannot read {}", dlq.queue.dlq))?;
+            .or_unavailable(|| format!("cannot read {}", dlq.queue.dlq))?;
         // Ids carry their time: start at `since`.
         let from = filter
             .since_ms
@@ -460,7 +405,7 @@ impl Scan {
 
     /// The entries of the next page the filter selects (maybe none);
     /// `None` when the scan is over.
-    async fn next_page(&mut self, dlq: &mut Dlq) -> anyhow::Result<Option<Vec<DeadLetter>>> {
+    async fn next_page(&mut self, dlq: &mut Dlq) -> Result<Option<Vec<DeadLetter>>, DlqError> {
         let Some(end) = self.end.clone() else {
             return Ok(None);
         };
@@ -494,27 +439,6 @@ mod tests {
             id: id.into(),
             fields: vec![(b"data".to_vec(), data.as_bytes().to_vec())],
         }
-    }
-
-    #[test]
-    fn targets_read_like_leanmq_queue_names() {
-        assert_eq!(Target::parse("all").unwrap(), Target::Bus);
-        assert_eq!(
-            Target::parse("pay").unwrap(),
-            Target::Subscriber("pay".into())
-        );
-        assert_eq!(
-            Target::parse("sub:all").unwrap(),
-            Target::Subscriber("all".into())
-        );
-        assert!(Target::parse("events:sub:pay").is_err());
-        assert!(Target::parse("sub:").is_err());
-        let keys = Keys::new("events:");
-        assert_eq!(Target::Bus.queue(&keys).dlq, "events:all:dlq");
-        assert_eq!(
-            Target::parse("pay").unwrap().queue(&keys).stream,
-            "events:sub:pay"
-        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use redis::RedisResult;
 
 use super::{Decided, Fate, SubscriberLoop};
-use crate::bus::leanmq::{self, FailureRecord};
+use crate::bus::leanmq::{DeadLetterer, REFUSED};
 use crate::bus::scripts::{CommitBatch, CommitKeys, Committed};
 use crate::bus::worker::Patience;
 use crate::config::SubscriberConfig;
@@ -68,24 +68,20 @@ impl SubscriberLoop {
         let queue = self.group.queue().clone();
         let mut batch = CommitBatch::new(&queue.group, false);
         let now = crate::handler::unix_now();
-        for (id, err) in refused {
-            let Some(d) = decided.iter_mut().find(|d| &d.work.entry.id == id) else {
-                continue;
-            };
-            let reason = format!("{}: Redis refused its commit: {err}", settings.name);
-            let record = FailureRecord {
-                timestamp: now,
-                reason: &reason,
-                kind: "refused",
-                subscriber: Some(&settings.name),
-                attempt: Some(d.work.attempt),
-            };
-            let payload = leanmq::dead_letter(&d.work.entry, &record, self.bus.max_payload_bytes);
-            batch.dead_letter(id, payload, &Vec::new());
-            d.fate = Fate::DeadLettered {
-                kind: "refused",
-                reason,
-            };
+        let letters = DeadLetterer::subscriber(&settings.name, self.bus.max_payload_bytes);
+        let what = format!("{}: Redis refused its commit", settings.name);
+        let find = |id: &str| {
+            let d = decided.iter().find(|d| d.work.entry.id == id)?;
+            Some((&d.work.entry, d.work.attempt))
+        };
+        for q in letters.quarantine(refused, &what, now, find) {
+            batch.dead_letter(q.id, q.payload, &Vec::new());
+            if let Some(d) = decided.iter_mut().find(|d| d.work.entry.id == q.id) {
+                d.fate = Fate::DeadLettered {
+                    kind: REFUSED,
+                    reason: q.reason,
+                };
+            }
         }
         let committed = self.commit(&batch).await?;
         for (id, err) in committed.refused {

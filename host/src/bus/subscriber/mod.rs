@@ -25,8 +25,9 @@ use async_trait::async_trait;
 use redis::RedisResult;
 
 use super::connection::Replicas;
-use super::group::{GroupConsumer, StreamEntry};
-use super::leanmq::{self, FailureRecord};
+use super::entry::StreamEntry;
+use super::group::GroupConsumer;
+use super::leanmq::{self, DeadLetterer};
 use super::scripts::CommitBatch;
 use super::worker::{self, Round, Worker};
 use super::BLOCK;
@@ -374,14 +375,9 @@ impl SubscriberLoop {
             Verdict::RunAgain => Fate::RunAgain,
             Verdict::Wait { delay } => Fate::Wait { delay },
             Verdict::DeadLetter { kind, reason } => {
-                let record = FailureRecord {
-                    timestamp: crate::handler::unix_now(),
-                    reason: &reason,
-                    kind,
-                    subscriber: Some(&settings.name),
-                    attempt: Some(work.attempt),
-                };
-                let payload = leanmq::dead_letter(&work.entry, &record, self.bus.max_payload_bytes);
+                let letters = DeadLetterer::subscriber(&settings.name, self.bus.max_payload_bytes);
+                let now = crate::handler::unix_now();
+                let payload = letters.letter(&work.entry, kind, &reason, work.attempt, now);
                 batch.dead_letter(&work.entry.id, payload, reads);
                 Fate::DeadLettered { kind, reason }
             }
