@@ -14,7 +14,7 @@ use redis::{FromRedisValue, ParsingError, RedisResult, Value};
 use super::connection::{Connector, RedisConn};
 /// Re-exported while other modules still import it from here; its home
 /// is [`super::entry`].
-pub use super::entry::StreamEntry;
+use super::entry::StreamEntry;
 use super::entry::{self, text};
 use super::keys::{Keys, QueueKeys};
 use super::layout;

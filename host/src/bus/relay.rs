@@ -19,7 +19,8 @@ use redis::RedisResult;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{RedisConn, Replicas};
-use super::group::{GroupConsumer, StreamEntry};
+use super::entry::StreamEntry;
+use super::group::GroupConsumer;
 use super::keys::{Keys, QueueKeys};
 use super::leanmq;
 use super::worker::{self, Patience, Round, Worker};

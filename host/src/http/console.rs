@@ -286,10 +286,29 @@ fn authorize(console: &Console, headers: &HeaderMap) -> Result<(), Refused> {
     Ok(())
 }
 
-/// Compares in time independent of where they differ: the token cannot be
-/// guessed a byte at a time.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares in time independent of where they differ and of their
+/// lengths (their digests are compared): the token cannot be guessed a
+/// byte at a time, nor its length learnt.
+fn same(given: &[u8], token: &[u8]) -> bool {
+    use sha2::{Digest as _, Sha256};
+    use subtle::ConstantTimeEq as _;
+    let (given, token) = (Sha256::digest(given), Sha256::digest(token));
+    given.as_slice().ct_eq(token.as_slice()).into()
+}
+
+/// How long a refused token waits before it is answered.
+pub const FAILED_TOKEN_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Answers a request that failed [`authorize`]: a wrong token after
+/// [`FAILED_TOKEN_DELAY`], one at a time for the whole host, so guessing
+/// goes at one guess a second however many connections try.
+async fn refuse(refused: Refused) -> Response {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if refused.0 == StatusCode::UNAUTHORIZED {
+        let _turn = ONE_AT_A_TIME.lock().await;
+        tokio::time::sleep(FAILED_TOKEN_DELAY).await;
+    }
+    refused.into_response()
 }
 
 /// The body, read only after the request is authorized.
@@ -311,7 +330,7 @@ async fn api_replay(
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(refused) = authorize(&site.console, &headers) {
-        return refused.into_response();
+        return refuse(refused).await;
     }
     let selection = match choice(&body) {
         Ok(selection) => selection,
@@ -345,7 +364,7 @@ async fn api_purge(
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(refused) = authorize(&site.console, &headers) {
-        return refused.into_response();
+        return refuse(refused).await;
     }
     let selection = match choice(&body) {
         Ok(selection) => selection,

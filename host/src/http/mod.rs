@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::connection::RedisConn;
-use crate::config::Config;
+use crate::config::{Config, MIN_TOKEN_CHARS};
 use crate::telemetry;
 
 /// How long `/readyz` waits for Redis to answer a PING.
@@ -68,10 +68,10 @@ impl Site {
     /// What the listener serves for `config`, with readiness from `ready`;
     /// installs the metrics recorder (once per process).
     pub fn new(config: &Config, ready: watch::Receiver<Readiness>) -> anyhow::Result<Self> {
-        let admin_token = std::env::var("EVENTHOST_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .or_else(|| config.http.admin_token.as_ref().map(|t| t.0.clone()));
+        let admin_token = match std::env::var("EVENTHOST_ADMIN_TOKEN") {
+            Ok(token) if !token.is_empty() => Some(admin_token_from_env(token)?),
+            _ => config.http.admin_token.as_ref().map(|t| t.0.clone()),
+        };
         Ok(Site {
             metrics: telemetry::install_metrics()?,
             ready,
@@ -86,6 +86,20 @@ impl Site {
             },
         })
     }
+}
+
+/// `EVENTHOST_ADMIN_TOKEN`'s value, held to the rule of `[http]
+/// admin_token`: long enough not to be guessed.
+fn admin_token_from_env(token: String) -> anyhow::Result<String> {
+    let chars = token.chars().count();
+    if chars < MIN_TOKEN_CHARS {
+        anyhow::bail!(
+            "EVENTHOST_ADMIN_TOKEN is {chars} characters; a token needs at least \
+             {MIN_TOKEN_CHARS}, so that it cannot be guessed: set a longer one (e.g. \
+             `openssl rand -hex 16`), or unset it to turn the console's replay and purge off"
+        );
+    }
+    Ok(token)
 }
 
 /// Listens on `addr` until `shutdown`; returns the address bound (the port

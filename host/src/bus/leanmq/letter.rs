@@ -275,7 +275,7 @@ fn preserve_malformed(entry: &StreamEntry) -> Map<String, Value> {
     match entry.data() {
         Some(data) => match std::str::from_utf8(data) {
             Ok(text) => object.insert("_raw".into(), Value::from(text)),
-            Err(_) => object.insert("_raw_hex".into(), Value::from(hex(data))),
+            Err(_) => object.insert("_raw_hex".into(), Value::from(hex::encode(data))),
         },
         None => object.insert("_fields".into(), Value::Object(fields_of(entry))),
     };
@@ -295,10 +295,6 @@ fn fields_of(entry: &StreamEntry) -> Map<String, Value> {
             )
         })
         .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
