@@ -2,8 +2,9 @@
 //! descriptors of the reporter's machine: 1,100 connections that never
 //! finish their headers and 200 that send ~384 KB of headers each, kept up
 //! (reopened as the host closes them) while `/healthz` is asked, the
-//! bystander is measured and events are handled; and the bounds on
-//! headers, bodies and idle connections.
+//! bystander is measured and events are handled; and a request that names
+//! the host by another name than an IP address or `localhost` (DNS
+//! rebinding) is refused on every route.
 
 mod support;
 
@@ -110,6 +111,12 @@ fn request(
         .map_or("", |(_, b)| b)
         .to_string();
     Ok((status, body))
+}
+
+/// `GET path` with `Host: host`.
+fn get(addr: SocketAddr, path: &str, host: &str) -> Result<(u16, String), String> {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    request(addr, &head, b"", Duration::from_secs(10))
 }
 
 /// `/healthz` answered 200 within 2 s: how long it took.
@@ -429,4 +436,36 @@ fn headers_and_bodies_are_bounded() {
         "an idle kept-alive connection is closed after {HEADER_READ_TIMEOUT:?} ({:?})",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_name_that_could_be_rebound_is_refused_on_every_route() {
+    let (world, addr) = listening_world(&format!("{PROBE}events = [\"Ping\"]\n"));
+    let _host = world.host();
+    let port = addr.port();
+    for path in ["/api/status", "/metrics", "/healthz", "/", "/api/dlq/probe"] {
+        for evil in [
+            "evil.example",
+            &format!("evil.example:{port}"),
+            "127.0.0.1.nip.io",
+        ] {
+            let (status, body) = get(addr, path, evil).unwrap();
+            assert_eq!(status, 421, "{path} with Host {evil}: {body}");
+            assert!(
+                body.contains("127.0.0.1") && body.contains("localhost"),
+                "the refusal says how to reach the host: {body}"
+            );
+        }
+        for good in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+            let (status, body) = get(addr, path, &good).unwrap();
+            assert_eq!(status, 200, "{path} with Host {good}: {body}");
+        }
+    }
+    // An absolute URI names the host too.
+    let head = format!(
+        "GET http://evil.example:{port}/api/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let (status, _) = request(addr, &head, b"", Duration::from_secs(10)).unwrap();
+    assert_eq!(status, 421, "an absolute URI with another name");
 }

@@ -18,19 +18,25 @@
 //! - a connection on which no byte moves for [`IDLE_TIMEOUT`] while no
 //!   request is being answered (a client that does not read its answer) is
 //!   closed;
-//! - a request body holds at most [`MAX_BODY_BYTES`] (413 past it).
+//! - a request body holds at most [`MAX_BODY_BYTES`] (413 past it);
+//! - every request names this host by an IP address or as `localhost`
+//!   ([`local_host`]): any other name may have been rebound to this address
+//!   by another site's page (DNS rebinding), which could then read the
+//!   console; such requests are refused with 421.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -113,6 +119,80 @@ fn nofile_limit() -> usize {
         return 1024;
     }
     usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// Whether `host`, a `Host` header's value (or a URI's authority), names
+/// this host in a way no other site can rebind: an IPv4 literal, an IPv6
+/// literal in brackets, or `localhost`, each with or without a port.
+pub fn local_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if inside.parse::<Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) => (Some(name), Some(port)),
+            None => (Some(host), None),
+        }
+    };
+    let port_ok =
+        port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
+    let name_ok = name.is_none_or(|n| {
+        n.eq_ignore_ascii_case("localhost") || n.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv4())
+    });
+    port_ok && name_ok
+}
+
+/// Refuses a request whose `Host` (or absolute URI) names this host by a
+/// name other than an IP address or `localhost`. A request without a
+/// `Host` (HTTP/1.0 from a script) is served: a browser always sends one.
+async fn check_host(State(bound): State<SocketAddr>, request: Request, next: Next) -> Response {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let named = hosts.next();
+    let ok = match (named, hosts.next()) {
+        (_, Some(_)) => false,
+        (Some(value), None) => value.to_str().is_ok_and(local_host),
+        (None, None) => true,
+    } && request
+        .uri()
+        .authority()
+        .is_none_or(|a| local_host(a.as_str()));
+    if ok {
+        return next.run(request).await;
+    }
+    let how = if bound.ip().is_unspecified() {
+        format!(
+            "by its IP address or as localhost, e.g. http://127.0.0.1:{}/",
+            bound.port()
+        )
+    } else if bound.ip().is_loopback() {
+        format!("as http://{bound}/ or http://localhost:{}/", bound.port())
+    } else {
+        format!("by its IP address, as http://{bound}/")
+    };
+    let mut response = (
+        StatusCode::MISDIRECTED_REQUEST,
+        format!(
+            "refused: reach this host {how}. It answers no other name, since \
+             another site can point a name at it (DNS rebinding).\n"
+        ),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 tokio::task_local! {
@@ -296,11 +376,17 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// Serves `app` on `listener` with every bound of this module, until
-/// `shutdown`.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+/// Serves `app` on `listener` (bound to `bound`) with every bound of this
+/// module, until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    bound: SocketAddr,
+    app: Router,
+    shutdown: CancellationToken,
+) {
     let app = app
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(bound, check_host))
         .layer(middleware::from_fn(mark_busy));
     let table = Table::new();
     let mut refused_at: Option<Instant> = None;
@@ -409,6 +495,48 @@ async fn connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_is_an_ip_literal_or_localhost() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9464",
+            "10.1.2.3:80",
+            "0.0.0.0:1",
+            "[::1]",
+            "[::1]:9464",
+            "[fe80::1]:65535",
+            "localhost",
+            "LocalHost:9464",
+        ] {
+            assert!(local_host(ok), "{ok} is served");
+        }
+        for refused in [
+            "evil.example",
+            "evil.example:9464",
+            "127.0.0.1.nip.io",
+            "127.0.0.1.nip.io:9464",
+            "localhost.evil.example",
+            "localhost.",
+            "sub.localhost",
+            "127.1",
+            "0x7f.0.0.1",
+            "2130706433",
+            "::1",
+            "[::1",
+            "[::1]9464",
+            "[evil.example]:80",
+            "127.0.0.1:",
+            "127.0.0.1:99999",
+            "127.0.0.1:+80",
+            "127.0.0.1:80:80",
+            "localhost:http",
+            "",
+            ":80",
+        ] {
+            assert!(!local_host(refused), "{refused:?} is refused");
+        }
+    }
 
     #[test]
     fn the_cap_fits_in_the_hosts_share_of_descriptors() {

@@ -81,7 +81,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(site);
-    tokio::spawn(listener::serve(listener, app, shutdown));
+    tokio::spawn(listener::serve(listener, bound, app, shutdown));
     tracing::info!("HTTP on http://{bound}: the console at /, and /metrics, /healthz, /readyz");
     Ok(bound)
 }
