@@ -390,6 +390,7 @@ pub async fn serve(
         .layer(middleware::from_fn(mark_busy));
     let table = Table::new();
     let mut refused_at: Option<Instant> = None;
+    let mut failed_at: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -400,8 +401,11 @@ pub async fn serve(
             Err(err) if is_connection_error(&err) => continue,
             Err(err) => {
                 // Out of descriptors (EMFILE, ENFILE) or memory: wait for
-                // some to be given back rather than spin.
-                tracing::warn!("the HTTP listener cannot accept a connection: {err}");
+                // some to be given back rather than spin; said once in 10 s.
+                if failed_at.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!("the HTTP listener cannot accept a connection: {err}");
+                    failed_at = Some(Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
