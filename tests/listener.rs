@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use eventhost::http::listener::{HEADER_READ_TIMEOUT, MAX_BODY_BYTES, MAX_HEADER_BYTES};
+use eventhost::http::listener::{
+    connection_cap, HEADER_READ_TIMEOUT, MAX_BODY_BYTES, MAX_HEADER_BYTES,
+};
 use support::attack::{peak_mib, Pace, BYSTANDER};
 use support::*;
 
@@ -129,6 +131,11 @@ fn healthz(addr: SocketAddr) -> Result<Duration, String> {
         return Err(format!("answered {status} {body:?}"));
     }
     Ok(took)
+}
+
+/// How many descriptors process `pid` has open.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 /// Whether the host closed `stream` (non-blocking): end of stream or an
@@ -283,6 +290,7 @@ fn a_flood_of_unfinished_requests_leaves_healthz_events_and_memory_alone() {
     let wait = Duration::from_secs(60);
     let alone = Pace::measure(&world, 1000, wait);
     let baseline = peak_mib(&host);
+    let fds_before = descriptors(host.pid());
     eprintln!("alone: {alone}, peak RSS {baseline} MiB");
 
     let mut failures: Vec<String> = Vec::new();
@@ -295,11 +303,13 @@ fn a_flood_of_unfinished_requests_leaves_healthz_events_and_memory_alone() {
         Err(err) => failures.push(format!("/healthz {when}: {err}")),
     };
     probe(&mut failures, "as the flood starts");
+    let mut fds_most = descriptors(host.pid());
     let during = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Pace::measure(&world, 1000, Duration::from_secs(20))
     }));
     probe(&mut failures, "after the bystander was measured");
     for _ in 0..3 {
+        fds_most = fds_most.max(descriptors(host.pid()));
         probe(&mut failures, "later in the flood");
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -365,6 +375,17 @@ fn a_flood_of_unfinished_requests_leaves_healthz_events_and_memory_alone() {
     }
     if dead != 0 {
         failures.push(format!("{dead} events were dead-lettered during the flood"));
+    }
+    // The listener's sockets stay within its share of what the host
+    // keeps for itself (and a few closing).
+    let fds_allowed = fds_before + connection_cap(NOFILE as usize) + 16;
+    eprintln!(
+        "descriptors: {fds_before} before, at most {fds_most} during (allowed {fds_allowed})"
+    );
+    if fds_most > fds_allowed {
+        failures.push(format!(
+            "the host held {fds_most} descriptors during the flood, {fds_before} before"
+        ));
     }
     if peak > baseline + 100 {
         failures.push(format!("peak RSS went from {baseline} to {peak} MiB"));
