@@ -205,10 +205,10 @@ impl Flood {
                     }
                 }
                 // Kept up: what the host closes is opened again, at most
-                // 200 every 200 ms.
+                // 100 every 200 ms.
                 while going() {
                     std::thread::sleep(Duration::from_millis(200));
-                    let mut budget = 200;
+                    let mut budget = 100;
                     for stream in &mut streams {
                         if budget == 0 || !going() {
                             break;
@@ -246,7 +246,7 @@ impl Flood {
 }
 
 /// One dribbler: header lines of 1 KiB, 8 every 40 ms, up to
-/// [`DRIBBLED`], then held; opened again when the host closes it.
+/// [`DRIBBLED`], then held; opened again 500 ms after the host closes it.
 fn dribble(addr: SocketAddr, going: &dyn Fn() -> bool, opened: &AtomicUsize) {
     let line = format!("X-Pad: {}\r\n", "a".repeat(1024 - 9));
     while going() {
@@ -277,7 +277,7 @@ fn dribble(addr: SocketAddr, going: &dyn Fn() -> bool, opened: &AtomicUsize) {
             std::thread::sleep(Duration::from_millis(100));
             alive = !closed(&stream);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
