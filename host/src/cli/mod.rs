@@ -8,6 +8,7 @@ mod access;
 mod dlq;
 mod invocation;
 mod status;
+mod text;
 
 use access::{connect, publish, RedisArgs};
 use invocation::{invoke, InvokeArgs};

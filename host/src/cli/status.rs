@@ -1,8 +1,27 @@
 //! `eventhost status`: the bus as Redis tells it ([`crate::bus::status`]),
 //! as text for a person or JSON (`--json`) for a program.
+//!
+//! Every text in it comes from Redis, which anyone who can publish can
+//! write: in the text form each is [escaped](super::text) (no control
+//! character reaches the terminal) and cut by characters.
 
-use super::{connect, printable, say, RedisArgs};
+use super::text::{first_chars, shown};
+use super::{connect, say, RedisArgs};
 use crate::bus::status::{self, QueueStatus, Status};
+
+/// Most characters of a name in the subscribers' table.
+const CELL: usize = 64;
+
+/// Most characters of any other text from Redis.
+const TEXT: usize = 200;
+
+/// Characters of a build's digest shown in the table.
+const BUILD: usize = 12;
+
+/// `text` from Redis, as printed: escaped, at most [`TEXT`] characters.
+fn out(text: &str) -> String {
+    shown(text, TEXT)
+}
 
 /// Reads the status and prints it.
 pub async fn run(redis: &RedisArgs, json: bool) -> anyhow::Result<()> {
@@ -38,29 +57,29 @@ fn print(status: &Status) {
         if host.alive {
             say(format_args!(
                 "  {}  alive, seen {seen} ago, up {}, pid {}, http {}, eventhost {}",
-                host.consumer,
+                out(&host.consumer),
                 host.started_at
                     .map_or("?".into(), |s| duration(status.at - s)),
                 host.pid.map_or("?".into(), |p| p.to_string()),
-                host.listen.as_deref().unwrap_or("off"),
-                host.version.as_deref().unwrap_or("?"),
+                out(host.listen.as_deref().unwrap_or("off")),
+                out(host.version.as_deref().unwrap_or("?")),
             ));
         } else {
             say(format_args!(
                 "  {}  gone, last seen {seen} ago",
-                host.consumer
+                out(&host.consumer)
             ));
         }
     }
     let f = &status.fanout;
     say(format_args!(
         "fan-out: {}  length {}  lag {}  pending {}  routed {:.1}/s  dlq {} {}",
-        f.stream,
+        out(&f.stream),
         f.length,
         lag(f),
         f.pending,
         f.handled_per_s,
-        f.dlq,
+        out(&f.dlq),
         f.dlq_depth
     ));
     pending_lines(f);
@@ -86,15 +105,19 @@ fn print(status: &Status) {
         .subscribers
         .iter()
         .map(|s| {
-            let mut builds: Vec<&str> = s
+            let mut builds: Vec<String> = s
                 .builds
                 .iter()
-                .map(|b| b.build.as_deref().map_or("-", |d| &d[..d.len().min(12)]))
+                .map(|b| {
+                    b.build
+                        .as_deref()
+                        .map_or("-".into(), |d| first_chars(d, BUILD))
+                })
                 .collect();
             builds.dedup();
             let build = match builds.as_slice() {
                 [] => "-".to_string(),
-                [one] => one.to_string(),
+                [one] => one.clone(),
                 many => format!("{} builds", many.len()),
             };
             let oldest = s
@@ -104,13 +127,15 @@ fn print(status: &Status) {
                 .filter_map(|c| c.oldest_ms)
                 .max();
             vec![
-                s.name.clone(),
-                s.plugin.clone().unwrap_or_else(|| "(not running)".into()),
+                shown(&s.name, CELL),
+                s.plugin
+                    .as_deref()
+                    .map_or_else(|| "(not running)".into(), |p| shown(p, CELL)),
                 build,
                 if s.events.is_empty() {
                     "-".into()
                 } else {
-                    printable(&s.events.join(","))
+                    shown(&s.events.join(","), CELL)
                 },
                 s.queue.length.to_string(),
                 lag(&s.queue),
@@ -150,8 +175,8 @@ fn print(status: &Status) {
             for b in &s.builds {
                 say(format_args!(
                     "    build on {}: {}",
-                    b.consumer,
-                    b.build.as_deref().unwrap_or("-")
+                    out(&b.consumer),
+                    out(b.build.as_deref().unwrap_or("-"))
                 ));
             }
         }
@@ -164,7 +189,7 @@ fn pending_lines(queue: &QueueStatus) {
     for c in &queue.pending_by_consumer {
         say(format_args!(
             "    pending on {}: {}{}",
-            c.consumer,
+            out(&c.consumer),
             c.pending,
             c.oldest_ms.map_or(String::new(), |ms| format!(
                 " (oldest {})",

@@ -11,6 +11,7 @@
 //! compile.
 
 pub mod console;
+pub mod listener;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -120,14 +121,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(site);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(err) = served {
-            tracing::error!("the HTTP listener stopped: {err}");
-        }
-    });
+    tokio::spawn(listener::serve(listener, bound, app, shutdown));
     tracing::info!("HTTP on http://{bound}: the console at /, and /metrics, /healthz, /readyz");
     Ok(bound)
 }
