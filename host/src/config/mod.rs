@@ -196,6 +196,19 @@ impl Default for PublishLimits {
     }
 }
 
+/// Descriptors always left to the host whatever plugins hold: Redis
+/// connections, the watcher, plugin files being read, compilers' pipes,
+/// the HTTP listener's sockets, logs.
+pub const HOST_DESCRIPTOR_RESERVE: usize = 256;
+
+/// Of a process limit of `nofile` descriptors, what plugins together may
+/// hold: three quarters, leaving the host at least
+/// [`HOST_DESCRIPTOR_RESERVE`]. The rest is the host's, shared by the
+/// listener and everything else.
+pub fn plugins_descriptor_share(nofile: usize) -> usize {
+    (nofile * 3 / 4).min(nofile.saturating_sub(HOST_DESCRIPTOR_RESERVE))
+}
+
 /// Default of `[bus] partitions` on a cluster: a multiple of 1, 2, 3 and 6
 /// shards, so ingress spreads evenly over them.
 pub const DEFAULT_PARTITIONS: usize = 6;

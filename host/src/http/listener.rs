@@ -45,6 +45,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::plugins_descriptor_share;
+
 /// Most connections open at once. A console, a Prometheus and a
 /// supervisor need a handful; 256 leaves room for many of each and keeps
 /// the listener's memory (a few tens of KiB a connection) and descriptors
@@ -80,11 +82,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// compilers' pipes, instances' memory files and logs.
 const SHARE_OF_RESERVE: usize = 2;
 
-/// Descriptors the plugin runtime always leaves to the host, as
-/// `plugin::files::MIN_RESERVE`: plugins may hold three quarters of the
-/// limit and at most the limit less this.
-const HOST_MIN_RESERVE: usize = 256;
-
 /// Connections past the cap whose sockets may still be closing (evicted,
 /// their tasks not yet run): the real bound is cap + this.
 const CLOSING_SLACK: usize = 16;
@@ -97,13 +94,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How many connections may be open at once at a process limit of
 /// `nofile` descriptors: [`MAX_CONNECTIONS`], and at most half of what the
-/// plugin runtime leaves the host (`plugin/files.rs`: plugins may hold
-/// `min(3/4 · limit, limit − 256)`). At 1,024 the host keeps 256 and the
-/// listener may take 128; from 2,048 up (the host keeps 512) it takes
-/// 256.
+/// plugins leave the host ([`plugins_descriptor_share`]). At 1,024 the
+/// host keeps 256 and the listener may take 128; from 2,048 up (the host
+/// keeps 512) it takes 256.
 pub fn connection_cap(nofile: usize) -> usize {
-    let plugins = (nofile * 3 / 4).min(nofile.saturating_sub(HOST_MIN_RESERVE));
-    let reserve = nofile - plugins;
+    let reserve = nofile - plugins_descriptor_share(nofile);
     (reserve / SHARE_OF_RESERVE).clamp(1, MAX_CONNECTIONS)
 }
 
@@ -551,7 +546,7 @@ mod tests {
         assert_eq!(connection_cap(64), 32);
         assert_eq!(connection_cap(0), 1);
         for limit in [64, 256, 512, 1024, 1500, 4096, 65536] {
-            let plugins = (limit * 3 / 4).min(limit - limit.min(HOST_MIN_RESERVE));
+            let plugins = plugins_descriptor_share(limit);
             let cap = connection_cap(limit);
             assert!(
                 plugins + cap + CLOSING_SLACK <= limit,

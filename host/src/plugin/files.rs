@@ -13,13 +13,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::config::plugins_descriptor_share;
+
 /// Descriptors one instance may hold: open files and folders, its granted
 /// folders included.
 pub const PER_INSTANCE: usize = 64;
-
-/// Descriptors always left to the host: Redis connections, the watcher,
-/// plugin files being read, compilers' pipes, logs.
-pub const MIN_RESERVE: usize = 256;
 
 /// The descriptors plugins may hold, all together.
 pub struct FileBudget {
@@ -29,12 +27,11 @@ pub struct FileBudget {
 }
 
 impl FileBudget {
-    /// A budget leaving the host a quarter of its descriptor limit, and at
-    /// least [`MIN_RESERVE`]; the soft limit is raised to the hard one first.
+    /// A budget of the plugins' share of the descriptor limit
+    /// ([`plugins_descriptor_share`]); the soft limit is raised to the hard
+    /// one first.
     pub fn new() -> Arc<Self> {
-        let process = raise_nofile_limit();
-        let limit = (process * 3 / 4).min(process.saturating_sub(MIN_RESERVE));
-        Self::with_limit(limit)
+        Self::with_limit(plugins_descriptor_share(raise_nofile_limit()))
     }
 
     /// A budget of `limit` descriptors.
