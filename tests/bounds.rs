@@ -280,6 +280,26 @@ fn a_plugin_looping_on_a_state_read_times_out_as_itself() {
     assert!(sent < 8 << 20, "Redis sent {sent} bytes for one event");
 }
 
+/// A plugin that reads one key after another without end is timed out as
+/// itself too: Redis answered each read at once, so the time is the
+/// plugin's doing, not an outage's (which would run it again without end).
+#[test]
+fn a_plugin_reading_key_after_key_times_out_as_itself() {
+    let _attack = one_attack_at_a_time();
+    let world = World::new(
+        &["hostile.wasm"],
+        "[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\ntimeout_ms = 500\n",
+    );
+    let _host = world.host();
+    let mut conn = world.conn();
+    let id = publish(&mut conn, "Hostile", json!({"act": "read_many"}));
+    eventually("the reads are dead-lettered", WAIT, || {
+        len(&mut conn, "events:sub:hostile:dlq") == 1
+    });
+    let failure = failure_of(&mut conn, "events:sub:hostile:dlq", &id);
+    assert_eq!(failure["kind"], "timeout", "{failure}");
+}
+
 /// What Redis has sent its clients so far (`total_net_output_bytes`).
 fn redis_sent_bytes(conn: &mut redis::Connection) -> u64 {
     let info: String = redis::cmd("INFO").arg("stats").query(conn).unwrap();
@@ -555,6 +575,42 @@ fn a_publish_over_the_payload_limit_fails_in_the_plugin() {
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
     during.holds_against(&alone);
+}
+
+/// A dead letter keeps the hops the host counted: a cycle stopped at
+/// `max_hops` and replayed with `eventhost dlq replay` is refused again at
+/// once, not given a fresh budget (it ran the whole cycle again before).
+#[test]
+fn a_replayed_cycle_keeps_its_hops() {
+    let _attack = one_attack_at_a_time();
+    let world = World::new(&["hostile.wasm"], "");
+    world.configure_bus(
+        "max_hops = 4\n",
+        "[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Cycle\"]\n",
+    );
+    let _host = world.host();
+    let mut conn = world.conn();
+    publish(&mut conn, "Cycle", json!({"act": "cycle"}));
+    let dlq = "events:sub:hostile:dlq";
+    eventually("the cycle ends in the DLQ", WAIT, || {
+        len(&mut conn, dlq) == 1
+    });
+    let cycles = |conn: &mut redis::Connection| state(conn, "hostile")["cycles"].clone();
+    assert_eq!(cycles(&mut conn), "4");
+
+    let replay = world.eventhost(&["dlq", "replay", "hostile", "--all"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    eventually("the replayed event is dead-lettered again", WAIT, || {
+        len(&mut conn, dlq) == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(cycles(&mut conn), "4", "the replay started no new cycle");
+    let dead = &data_of(&mut conn, dlq)[0];
+    assert_eq!(dead["_metadata"]["hops"], 4, "{dead}");
 }
 
 /// Events a plugin publishes carry a hop count kept by the host

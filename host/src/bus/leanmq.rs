@@ -229,10 +229,6 @@ fn value_text(value: &Value) -> Option<String> {
     }
 }
 
-fn metadata(id: &str, timestamp: f64) -> Value {
-    metadata_with_hops(id, timestamp, None)
-}
-
 /// LeanMQ's `_metadata`, plus eventhost's `hops` (which LeanMQ ignores)
 /// on an event a handler published.
 fn metadata_with_hops(id: &str, timestamp: f64, hops: Option<u32>) -> Value {

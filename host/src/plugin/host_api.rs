@@ -102,6 +102,9 @@ pub struct Call {
     /// plugin's, so a call past its limit only because of it is not a
     /// timeout.
     pub state_wait: Duration,
+    /// The longest one state read took: a slow Redis shows in it, a
+    /// plugin making many quick reads does not.
+    pub longest_read: Duration,
     /// Bytes of effects the call may buffer (`effects_mb`).
     pub effects_budget: usize,
     /// Set, with what was asked, when the call went over `effects_budget`.
@@ -347,7 +350,9 @@ impl self::eventhost::plugin::host::Host for StoreData {
         let read = state.read(&key).await;
         let call = self.call()?;
         call.state_read = StateRead::Idle;
-        call.state_wait += asked.elapsed();
+        let took = asked.elapsed();
+        call.state_wait += took;
+        call.longest_read = call.longest_read.max(took);
         match read {
             Ok(seen) => {
                 let call = self.call()?;

@@ -350,6 +350,7 @@ impl PluginCalls {
             host_error: None,
             state_read: StateRead::Idle,
             state_wait: Duration::ZERO,
+            longest_read: Duration::ZERO,
             effects_budget: self.limits.effects_bytes,
             over_budget: None,
             hop_limited: None,

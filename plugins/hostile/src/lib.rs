@@ -23,6 +23,8 @@
 //!   under `held` and the last refusal under `open_error`;
 //! - `"read"`: reads the file `"path"` and stores it under `read:<event id>`;
 //! - `"read_loop"`: reads the state key `hot` `"n"` times (forever by default);
+//! - `"read_many"`: reads the state keys `k0`, `k1`, ... (`"n"` of them;
+//!   forever by default);
 //! - `"handles"`: makes `n` WASI pollables and keeps them all, then ok
 //!   (the host's handle limit traps it first).
 //!
@@ -132,6 +134,13 @@ impl Guest for Hostile {
                 let n = data.get("n").and_then(Value::as_u64).unwrap_or(u64::MAX);
                 for _ in 0..n {
                     std::hint::black_box(eventhost_plugin::state_get("hot"));
+                }
+            }
+            "read_many" => {
+                // Reads another key each time (n keys; forever by default).
+                let n = data.get("n").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                for i in 0..n {
+                    std::hint::black_box(eventhost_plugin::state_get(&format!("k{i}")));
                 }
             }
             "read" => {

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{metadata, value_text};
+use super::{metadata_with_hops, value_text};
 use crate::bus::entry::StreamEntry;
 
 /// One record of a dead letter's `_failures`, both ways. LeanMQ writes
@@ -249,7 +249,9 @@ fn oversized(entry: &StreamEntry, failure: &Failure) -> String {
 }
 
 /// `object` with `failure` appended to its `_failures` and `_metadata`
-/// refreshed, as text.
+/// refreshed, as text. The hops the host counted stay: a replayed event is
+/// as far from its producer as it was, so a cycle stopped by `max_hops`
+/// does not start over.
 fn with_failure(mut object: Map<String, Value>, failure: &Failure) -> String {
     let record = serde_json::to_value(failure).unwrap_or_default();
     match object.get_mut("_failures") {
@@ -265,8 +267,13 @@ fn with_failure(mut object: Map<String, Value>, failure: &Failure) -> String {
         .and_then(value_text)
         .or_else(|| object.get("event_id").and_then(value_text))
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let hops = object
+        .get("_metadata")
+        .and_then(|m| m.get("hops"))
+        .and_then(Value::as_u64)
+        .map(|h| h.min(u32::MAX as u64) as u32);
     let now = failure.timestamp.unwrap_or_else(crate::handler::unix_now);
-    object.insert("_metadata".into(), metadata(&id, now));
+    object.insert("_metadata".into(), metadata_with_hops(&id, now, hops));
     Value::Object(object).to_string()
 }
 
@@ -326,6 +333,22 @@ mod tests {
         assert_eq!(v["_failures"][1]["reason"], "pay: trap: boom");
         assert_eq!(v["_failures"][1]["kind"], "trap");
         assert_eq!(v["_metadata"]["id"], "e-1");
+    }
+
+    #[test]
+    fn dead_letters_keep_the_hops_the_host_counted() {
+        let e = entry(
+            r#"{"event_type":"T","event_id":"e-1","_metadata":{"id":"e-1","timestamp":1.0,"ttl":null,"hops":8}}"#,
+        );
+        let payload = DeadLetterer::subscriber("pay", 1 << 20).letter(&e, "reject", "hops", 1, 2.0);
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(v["_metadata"]["hops"], 8, "{v}");
+        assert_eq!(v["_metadata"]["timestamp"], 2.0);
+        let fresh = entry(r#"{"event_type":"T","event_id":"e-2"}"#);
+        let payload =
+            DeadLetterer::subscriber("pay", 1 << 20).letter(&fresh, "reject", "r", 1, 2.0);
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        assert!(v["_metadata"].get("hops").is_none(), "{v}");
     }
 
     #[test]
