@@ -1,16 +1,28 @@
 //! Running one batch of a subscriber's events through its handler: at most
 //! `concurrency` at once, each seeing the writes of those that succeeded
-//! before it, with the lease on the batch renewed while it runs.
+//! before it, with the lease on the batch renewed while it runs. Once the
+//! host is stopping, the batch goes on for [`STOP_GRACE`] (a batch of quick
+//! events ends whole, so a graceful restart repeats nothing); past it, no
+//! event starts and those in flight are dropped. An event without an
+//! outcome is not committed: it stays pending and is run again later
+//! (reclaimed, here after a restart or by another host).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Subscription;
 use crate::bus::group::GroupConsumer;
 use crate::handler::{Event, Outcome, Seen, StateReader, COMPARED_BYTES};
+
+/// How long a batch goes on once the host is asked to stop: past it the
+/// events in flight are dropped and the rest not started (all stay
+/// pending), so the host exits within seconds whatever a batch holds.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// One event's outcome: its index in the batch, its event id, what the
 /// handler returned.
@@ -135,11 +147,18 @@ async fn run_all(
     concurrency: usize,
 ) -> Vec<Ran> {
     let mut results = Vec::with_capacity(jobs.len());
+    let mut stopping = Stopping::new(subscription.stop.clone());
     if concurrency <= 1 || jobs.len() <= 1 {
         for (index, event) in jobs {
+            if stopping.is_stopping() {
+                break;
+            }
             let id = event.id.clone();
             let stream_id = event.stream_id.clone();
-            let outcome = subscription.handler().handle(event, state.clone()).await;
+            let handler = subscription.handler();
+            let Some(outcome) = stopping.bound(handler.handle(event, state.clone())).await else {
+                break;
+            };
             state.absorb(&stream_id, &outcome);
             results.push((index, id, outcome));
         }
@@ -157,9 +176,14 @@ async fn run_all(
     };
     for (index, event) in jobs {
         if running.len() >= concurrency {
-            if let Some(joined) = running.join_next().await {
-                collect(joined);
+            match stopping.bound(running.join_next()).await {
+                Some(Some(joined)) => collect(joined),
+                Some(None) => {}
+                None => break,
             }
+        }
+        if stopping.is_stopping() {
+            break;
         }
         let handler = subscription.handler();
         let state = state.clone();
@@ -169,8 +193,51 @@ async fn run_all(
             (stream_id, (index, id, handler.handle(event, state).await))
         });
     }
-    while let Some(joined) = running.join_next().await {
+    while let Some(Some(joined)) = stopping.bound(running.join_next()).await {
         collect(joined);
     }
+    // Dropping the set aborts what still runs past the grace.
     results
+}
+
+/// Whether the host is stopping, and since when.
+struct Stopping {
+    token: CancellationToken,
+    /// Set once the host is stopping: when the grace ends.
+    deadline: Option<Instant>,
+}
+
+impl Stopping {
+    fn new(token: CancellationToken) -> Self {
+        Stopping {
+            token,
+            deadline: None,
+        }
+    }
+
+    /// Whether the host was asked to stop more than [`STOP_GRACE`] ago: no
+    /// more events start.
+    fn is_stopping(&mut self) -> bool {
+        if !self.token.is_cancelled() {
+            return false;
+        }
+        Instant::now() >= *self.deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE)
+    }
+
+    /// `work`'s result; once the host is stopping, only if it comes within
+    /// [`STOP_GRACE`] of the stop (`None` past it).
+    async fn bound<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::pin!(work);
+        let deadline = match self.deadline {
+            Some(deadline) => deadline,
+            None => {
+                tokio::select! {
+                    done = &mut work => return Some(done),
+                    _ = self.token.cancelled() => {}
+                }
+                *self.deadline.insert(Instant::now() + STOP_GRACE)
+            }
+        };
+        tokio::time::timeout_at(deadline, work).await.ok()
+    }
 }
