@@ -221,7 +221,10 @@ impl Stopping {
         if !self.token.is_cancelled() {
             return false;
         }
-        Instant::now() >= *self.deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE)
+        Instant::now()
+            >= *self
+                .deadline
+                .get_or_insert_with(|| Instant::now() + STOP_GRACE)
     }
 
     /// `work`'s result; once the host is stopping, only if it comes within
