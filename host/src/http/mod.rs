@@ -170,3 +170,24 @@ async fn readyz(State(state): State<Site>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_token_from_the_environment_is_held_to_the_config_rule() {
+        let short = admin_token_from_env("a".into()).unwrap_err().to_string();
+        assert!(
+            short.contains("EVENTHOST_ADMIN_TOKEN is 1 characters; a token needs at least 16"),
+            "{short}"
+        );
+        let fifteen = "é".repeat(MIN_TOKEN_CHARS - 1);
+        assert!(
+            admin_token_from_env(fifteen).is_err(),
+            "counted in characters"
+        );
+        let enough = "x".repeat(MIN_TOKEN_CHARS);
+        assert_eq!(admin_token_from_env(enough.clone()).unwrap(), enough);
+    }
+}
