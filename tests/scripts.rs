@@ -110,6 +110,31 @@ async fn a_copy_repeated_within_the_window_is_dropped_and_one_past_it_is_not() {
     assert_eq!(remembered, 1, "only the id copied last is remembered");
 }
 
+/// What makes two copies one is their id and their content: a producer
+/// that writes an event with the id a handler's publish will take (ids are
+/// derived from the delivery, so they can be foreseen) cannot make the real
+/// event be dropped as a repeat; both are copied.
+#[tokio::test]
+async fn a_copy_with_a_seen_id_but_other_content_is_not_dropped() {
+    let mut s = server().await;
+    let conn = &mut s.conn;
+    let window = Duration::from_secs(60);
+    let mut forged = CopyBatch::new("sub", "seen");
+    forged.copy("1-0", "event-a", b"{\"amount\":0}");
+    assert_eq!(forged.apply(conn, window).await.unwrap().dropped, 0);
+    let mut real = CopyBatch::new("sub", "seen");
+    real.copy("1-1", "event-a", b"{\"amount\":100}");
+    assert_eq!(real.apply(conn, window).await.unwrap().dropped, 0);
+    // The real one repeated (a crash between copy and acknowledgement) is.
+    assert_eq!(real.apply(conn, window).await.unwrap().dropped, 1);
+    let data: Vec<String> = stream(conn, "sub")
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(data, ["{\"amount\":0}", "{\"amount\":100}"]);
+}
+
 #[tokio::test]
 async fn a_copy_to_a_broken_stream_is_refused_whole_and_written_nowhere() {
     let mut s = server().await;

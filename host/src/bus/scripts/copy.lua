@@ -3,13 +3,17 @@
 -- where the copy and the acknowledgement of the ingress entry live on
 -- different shards and cannot be one atomic step. A fan-out that crashes
 -- between the two, or two that route one entry, copy it again: this
--- script drops an event it copied to this subscriber lately.
+-- script drops an event it copied to this subscriber lately. An event is
+-- the same as one copied before if its id and its content are: ids can be
+-- foreseen (a handler's publishes derive theirs from the delivery), so an
+-- id alone would let a producer who writes it first suppress the real
+-- event. Every honest repeat is of the same bytes.
 --
 -- The shebang line makes Redis check its memory before the script runs:
 -- over `maxmemory` it is refused whole (-OOM), having written nothing.
 --
 -- KEYS[1] the subscriber stream   KEYS[2] its seen set (a sorted set:
--- event id -> when it was copied, in ms)
+-- "<event id> <SHA-1 of its data>" -> when it was copied, in ms)
 -- ARGV[1] how long (ms) an id is remembered, then pairs of: event id, data
 --
 -- Everything that could fail is checked before the first write: a script
@@ -43,7 +47,8 @@ end
 
 local dropped = 0
 for i = 2, n, 2 do
-  if redis.call('ZADD', KEYS[2], 'NX', now, ARGV[i]) == 1 then
+  local seen = ARGV[i] .. ' ' .. redis.sha1hex(ARGV[i + 1])
+  if redis.call('ZADD', KEYS[2], 'NX', now, seen) == 1 then
     redis.call('XADD', KEYS[1], '*', 'data', ARGV[i + 1])
   else
     dropped = dropped + 1
