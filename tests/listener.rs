@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use eventhost::http::listener::{
-    connection_cap, HEADER_READ_TIMEOUT, MAX_BODY_BYTES, MAX_HEADER_BYTES,
+    connection_cap, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_BODY_BYTES, MAX_HEADER_BYTES,
 };
 use support::attack::{peak_mib, Pace, BYSTANDER};
 use support::*;
@@ -38,7 +38,7 @@ const NOFILE: u64 = 1024;
 /// `eventhost run` on `world` with RLIMIT_NOFILE at `nofile` (soft and
 /// hard), serving.
 fn host_with_nofile(world: &World, nofile: u64) -> Host {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eventhost"));
+    let mut command = Command::new(eventhost_bin());
     command.args(["run", "--config"]).arg(world.config());
     // SAFETY: setrlimit is async-signal-safe; the values are computed
     // before the fork.
@@ -411,6 +411,46 @@ fn a_flood_of_unfinished_requests_leaves_healthz_events_and_memory_alone() {
         "under the flood:\n{}",
         failures.join("\n")
     );
+}
+
+/// More connections than the cap that each send a POST's headers, then
+/// its body slowly (the console's replay: no token is needed to start),
+/// cannot hold the listener: a body is read before its connection counts
+/// as answering, so such connections are closed to make room, and each is
+/// cut off with 408 after [`BODY_READ_TIMEOUT`]. `/healthz` answers
+/// throughout (it could not when a body was read inside the handler).
+#[test]
+fn slow_bodies_cannot_hold_the_listener() {
+    let (world, addr) = listening_world(&format!("{PROBE}events = [\"Ping\"]\n"));
+    let _host = host_with_nofile(&world, NOFILE);
+    let cap = connection_cap(NOFILE as usize);
+    let head = format!(
+        "POST /api/dlq/probe/replay HTTP/1.1\r\nHost: {addr}\r\nContent-Type: \
+         application/json\r\nContent-Length: 1000\r\n\r\n{{\"ids\":"
+    );
+    let slow_body = || {
+        let mut stream = TcpStream::connect(addr).ok()?;
+        stream.write_all(head.as_bytes()).ok()?;
+        Some(stream)
+    };
+    let slow: Vec<TcpStream> = (0..cap + 20).filter_map(|_| slow_body()).collect();
+    assert_eq!(slow.len(), cap + 20, "every slow connection was opened");
+    std::thread::sleep(Duration::from_millis(500));
+    // One more, once the connections closed to make room are gone.
+    let mut newest = slow_body().expect("a connection is accepted");
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..5 {
+        let took = healthz(addr).expect("/healthz answers beside slow bodies");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+    // The newest slow body is still in the table: cut off at the timeout.
+    newest
+        .set_read_timeout(Some(BODY_READ_TIMEOUT + Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = newest.read(&mut buf).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
 }
 
 #[test]

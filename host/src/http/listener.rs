@@ -18,7 +18,10 @@
 //! - a connection on which no byte moves for [`IDLE_TIMEOUT`] while no
 //!   request is being answered (a client that does not read its answer) is
 //!   closed;
-//! - a request body holds at most [`MAX_BODY_BYTES`] (413 past it);
+//! - a request body holds at most [`MAX_BODY_BYTES`] (413 past it) and
+//!   must arrive within [`BODY_READ_TIMEOUT`] (408 past it), read before
+//!   the connection counts as answering, so a client that sends a body
+//!   slowly cannot hold its slot;
 //! - every request names this host by an IP address or as `localhost`
 //!   ([`local_host`]): any other name may have been rebound to this address
 //!   by another site's page (DNS rebinding), which could then read the
@@ -76,6 +79,10 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// replay and purge send a JSON choice of entries: ids (24 bytes each) or
 /// filters; 64 KiB is over two thousand ids.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Time a client has to send a request's body once its headers are in:
+/// the console's largest body is a few KiB.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The share of the host's own descriptors the listener may take: half.
 /// The other half is for Redis connections, the plugin files being read,
@@ -197,9 +204,26 @@ tokio::task_local! {
     static CONNECTION: Arc<Slot>;
 }
 
-/// Marks the connection as answering a request while it does, so it is
-/// not closed to make room for another.
+/// Reads the request's body, within [`BODY_READ_TIMEOUT`] and
+/// [`MAX_BODY_BYTES`], then marks the connection as answering the request
+/// while it does, so it is not closed to make room for another. The body
+/// is read first: a connection sending one slowly is not yet answering,
+/// so it can be closed to make room and is cut off at the timeout.
 async fn mark_busy(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            let why = format!("refused: a request body holds at most {MAX_BODY_BYTES} bytes\n");
+            return (StatusCode::PAYLOAD_TOO_LARGE, why).into_response();
+        }
+        Err(_) => {
+            let why = format!("refused: the body did not arrive within {BODY_READ_TIMEOUT:?}\n");
+            return (StatusCode::REQUEST_TIMEOUT, why).into_response();
+        }
+    };
+    let request = Request::from_parts(parts, axum::body::Body::from(body));
     let slot = CONNECTION.try_with(Arc::clone).ok();
     let _busy = slot.map(Busy::new);
     next.run(request).await
