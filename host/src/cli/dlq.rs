@@ -5,7 +5,8 @@
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use super::{connect, printable, say, RedisArgs};
+use super::text::{escaped, shown};
+use super::{connect, say, RedisArgs};
 use crate::bus::dlq::{self, DeadLetter, Dlq, DlqError, Filter, Pace, Selection, Target};
 
 /// What to do with a dead-letter queue.
@@ -300,11 +301,11 @@ fn print_list(dlq: &Dlq, depth: u64, letters: &[DeadLetter], limit: usize) {
             [
                 l.id.clone(),
                 dlq::time_text(l.dead_lettered_ms as f64 / 1000.0),
-                printable(l.event_type.as_deref().unwrap_or("-")),
+                escaped(l.event_type.as_deref().unwrap_or("-")),
                 l.kind().unwrap_or("-").to_string(),
                 last.and_then(|f| f.attempt)
                     .map_or("-".into(), |a| a.to_string()),
-                printable(&shorten(last.map_or("", |f| f.reason.as_str()), 100)),
+                shown(last.map_or("", |f| f.reason.as_str()), 100),
             ]
         })
         .collect();
@@ -344,8 +345,8 @@ fn print_letter(dlq: &Dlq, letter: &DeadLetter) {
     ));
     say(format_args!(
         "event:         {} {}",
-        printable(letter.event_type.as_deref().unwrap_or("(no event_type)")),
-        printable(letter.event_id.as_deref().unwrap_or("(no event_id)"))
+        escaped(letter.event_type.as_deref().unwrap_or("(no event_type)")),
+        escaped(letter.event_id.as_deref().unwrap_or("(no event_id)"))
     ));
     say(format_args!("failures:      {}", letter.failures.len()));
     for (i, f) in letter.failures.iter().enumerate() {
@@ -355,18 +356,10 @@ fn print_letter(dlq: &Dlq, letter: &DeadLetter) {
             f.timestamp.map_or("-".into(), dlq::time_text),
             f.kind.as_deref().unwrap_or("-"),
             f.attempt.map_or("-".into(), |a| a.to_string()),
-            printable(&f.reason)
+            escaped(&f.reason)
         ));
     }
     say("data:");
     // JSON escapes control characters itself.
     say(serde_json::to_string_pretty(&letter.payload()).unwrap_or_default());
-}
-
-/// At most `max` characters, saying when cut.
-fn shorten(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
 }

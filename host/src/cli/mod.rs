@@ -296,17 +296,3 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
     }
     Ok(ok)
 }
-
-/// `text` with control characters escaped: what a producer or a plugin
-/// wrote cannot move the cursor or colour an operator's terminal.
-fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
