@@ -11,6 +11,8 @@
 //! trigger them. Payloads are data: the page sets them as text, never as
 //! markup, and its Content-Security-Policy runs no script but its own.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -299,16 +301,42 @@ fn same(given: &[u8], token: &[u8]) -> bool {
 /// How long a refused token waits before it is answered.
 pub const FAILED_TOKEN_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Answers a request that failed [`authorize`]: a wrong token after
-/// [`FAILED_TOKEN_DELAY`], one at a time for the whole host, so guessing
-/// goes at one guess a second however many connections try.
-async fn refuse(refused: Refused) -> Response {
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    if refused.0 == StatusCode::UNAUTHORIZED {
-        let _turn = ONE_AT_A_TIME.lock().await;
-        tokio::time::sleep(FAILED_TOKEN_DELAY).await;
+/// Set while a wrong token is being answered.
+static ANSWERING_A_WRONG_TOKEN: AtomicBool = AtomicBool::new(false);
+
+/// [`authorize`], paced: a wrong token is answered after
+/// [`FAILED_TOKEN_DELAY`], and meanwhile every other change is refused at
+/// once with 429, its token unchecked. Guessing goes at one guess a second
+/// for the whole host, and a guesser holds one connection, never one per
+/// guess (a queue of waiting guesses would fill the listener).
+async fn authorize_paced(console: &Console, headers: &HeaderMap) -> Result<(), Refused> {
+    let busy = || {
+        Refused::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "refused: a wrong admin token is being answered; try again in a second",
+        )
+    };
+    if ANSWERING_A_WRONG_TOKEN.load(Ordering::Acquire) {
+        return Err(busy());
     }
-    refused.into_response()
+    let refused = match authorize(console, headers) {
+        Ok(()) => return Ok(()),
+        Err(refused) if refused.0 != StatusCode::UNAUTHORIZED => return Err(refused),
+        Err(refused) => refused,
+    };
+    if ANSWERING_A_WRONG_TOKEN.swap(true, Ordering::AcqRel) {
+        return Err(busy());
+    }
+    // Cleared however the wait ends (a client that hangs up drops it).
+    struct Answered;
+    impl Drop for Answered {
+        fn drop(&mut self) {
+            ANSWERING_A_WRONG_TOKEN.store(false, Ordering::Release);
+        }
+    }
+    let _answered = Answered;
+    tokio::time::sleep(FAILED_TOKEN_DELAY).await;
+    Err(refused)
 }
 
 /// The body, read only after the request is authorized.
@@ -329,8 +357,8 @@ async fn api_replay(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refused) = authorize(&site.console, &headers) {
-        return refuse(refused).await;
+    if let Err(refused) = authorize_paced(&site.console, &headers).await {
+        return refused.into_response();
     }
     let selection = match choice(&body) {
         Ok(selection) => selection,
@@ -363,8 +391,8 @@ async fn api_purge(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refused) = authorize(&site.console, &headers) {
-        return refuse(refused).await;
+    if let Err(refused) = authorize_paced(&site.console, &headers).await {
+        return refused.into_response();
     }
     let selection = match choice(&body) {
         Ok(selection) => selection,
@@ -405,6 +433,38 @@ mod tests {
 
     fn status(result: Result<(), Refused>) -> Option<StatusCode> {
         result.err().map(|r| r.0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wrong_tokens_are_answered_one_at_a_time_and_hold_no_queue() {
+        let console = console(Some("s3cret"));
+        let ok = [
+            ("host", "127.0.0.1:9464"),
+            ("content-type", "application/json"),
+            ("authorization", "Bearer s3cret"),
+        ];
+        let wrong = headers(&[ok[0], ok[1], ("authorization", "Bearer guess")]);
+        let started = tokio::time::Instant::now();
+        let (first, second) = tokio::join!(
+            authorize_paced(&console, &wrong),
+            authorize_paced(&console, &wrong)
+        );
+        let mut answers = [status(first), status(second)];
+        answers.sort();
+        assert_eq!(
+            answers,
+            [
+                Some(StatusCode::UNAUTHORIZED),
+                Some(StatusCode::TOO_MANY_REQUESTS)
+            ],
+            "one guess waits, the other is turned away at once"
+        );
+        assert_eq!(started.elapsed(), FAILED_TOKEN_DELAY);
+        assert_eq!(
+            status(authorize_paced(&console, &headers(&ok)).await),
+            None,
+            "the right token passes once the wrong one is answered"
+        );
     }
 
     #[test]
