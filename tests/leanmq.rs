@@ -530,3 +530,195 @@ events = ["*"]
         assert_eq!(audit[&format!("seen:{id}")], "1");
     }
 }
+
+/// The Redis ACL users of docs/security.md, applied to a real server: the
+/// host runs the bus as `eventhost` (its prefix's keys only, nothing
+/// `@dangerous`); a LeanMQ producer, as the `default` user (LeanMQ 0.2 logs
+/// in with a password only), appends to the ingress and can write nowhere
+/// else, nor read what subscribers keep; an operator user reads `status`
+/// and cannot publish. Each refusal is Redis's `NOPERM`, so the proof is the
+/// server's own.
+#[test]
+fn under_acl_users_a_producer_can_append_to_the_ingress_only() {
+    let world = World::new(&["probe.wasm"], "");
+    let port = world.redis.port;
+    let mut setup = world.conn();
+    let users: [&[&str]; 4] = [
+        &["admin", "on", ">admin-pass-0123456789", "~*", "&*", "+@all"],
+        &[
+            "eventhost",
+            "on",
+            ">host-pass-0123456789",
+            "resetkeys",
+            "~events:*",
+            "resetchannels",
+            "-@all",
+            "+@stream",
+            "+@hash",
+            "+@set",
+            "+@sortedset",
+            "+@string",
+            "+@keyspace",
+            "+@scripting",
+            "+@connection",
+            "+@transaction",
+            "+time",
+            "-@dangerous",
+        ],
+        &[
+            "operator",
+            "on",
+            ">operator-pass-0123456789",
+            "resetkeys",
+            "%R~events:*",
+            "resetchannels",
+            "-@all",
+            "+@read",
+            "+@connection",
+            "-@dangerous",
+        ],
+        // Last: once `default` needs a password, this connection's own
+        // login is the last thing it did as the old default.
+        &[
+            "default",
+            "on",
+            "resetpass",
+            ">producer-pass-0123456",
+            "resetkeys",
+            "%W~events:all",
+            "%R~events:all:metadata",
+            "resetchannels",
+            "-@all",
+            "+xadd",
+            // LeanMQ makes sure its group exists (BUSYGROUP: it does).
+            "+xgroup|create",
+            "+exists",
+            "+hgetall",
+            "+hget",
+            "+ping",
+        ],
+    ];
+    for user in users {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .query::<()>(&mut setup)
+            .unwrap_or_else(|e| panic!("ACL SETUSER {user:?}: {e}"));
+    }
+    let login = |user: &str, pass: &str| -> redis::Connection {
+        redis::Client::open(format!("redis://{user}:{pass}@127.0.0.1:{port}/0"))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    };
+    let mut admin = login("admin", "admin-pass-0123456789");
+
+    let host_url = format!("redis://eventhost:host-pass-0123456789@127.0.0.1:{port}/0");
+    let operator_url = format!("redis://operator:operator-pass-0123456789@127.0.0.1:{port}/0");
+    let header = world.header().replace(&world.redis.url(), &host_url);
+    world.write_config(&format!(
+        "{header}[subscribers.probe]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n"
+    ));
+    let host = world.host();
+    eventually("the host creates the ingress", WAIT, || {
+        admin.exists::<_, bool>("events:all:metadata").unwrap()
+    });
+
+    let sent = python(
+        &world,
+        "produce_restricted.py",
+        &["--password", "producer-pass-0123456", "--count", "5"],
+    );
+    let ids: Vec<String> = sent["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    eventually("the producer's events are handled", WAIT, || {
+        seen_all(&mut admin, "probe", &ids) && settled(&mut admin, &["probe"])
+    });
+    assert_eq!(len(&mut admin, "events:sub:probe:dlq"), 0);
+
+    let mut producer = login("default", "producer-pass-0123456");
+    let refused = |conn: &mut redis::Connection, cmd: &mut redis::Cmd| {
+        let err = cmd
+            .query::<redis::Value>(conn)
+            .expect_err("the ACL lets this through");
+        assert!(err.to_string().to_lowercase().contains("noperm"), "{err}");
+    };
+    let forged = ["event_type", "Ping", "event_id", "forged"];
+    refused(
+        &mut producer,
+        redis::cmd("XADD")
+            .arg("events:sub:probe")
+            .arg("*")
+            .arg(&forged),
+    );
+    refused(
+        &mut producer,
+        redis::cmd("XADD")
+            .arg("events:all:dlq")
+            .arg("*")
+            .arg(&forged),
+    );
+    refused(
+        &mut producer,
+        redis::cmd("HSET")
+            .arg("events:state:probe")
+            .arg("count")
+            .arg("0"),
+    );
+    refused(
+        &mut producer,
+        redis::cmd("HGETALL").arg("events:state:probe"),
+    );
+    refused(
+        &mut producer,
+        redis::cmd("XRANGE").arg("events:all").arg("-").arg("+"),
+    );
+    refused(&mut producer, redis::cmd("DEL").arg("events:all"));
+    refused(
+        &mut producer,
+        redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg("events:all")
+            .arg("all-group"),
+    );
+    refused(&mut producer, &mut redis::cmd("FLUSHALL"));
+    assert_eq!(state(&mut admin, "probe")["count"], "5");
+
+    let mut operator = login("operator", "operator-pass-0123456789");
+    refused(
+        &mut operator,
+        redis::cmd("XADD").arg("events:all").arg("*").arg(&forged),
+    );
+    let status = world.eventhost(&["status", "--url", &operator_url]);
+    assert!(
+        status.status.success(),
+        "status as the read-only operator: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(String::from_utf8_lossy(&status.stdout).contains("probe"));
+    let publish = world.eventhost(&["publish", "--url", &operator_url, "Ping", "{}"]);
+    assert!(!publish.status.success(), "the operator published");
+    let said = String::from_utf8_lossy(&publish.stderr);
+    assert!(
+        said.contains("cannot publish to events:all") && said.contains("NoPerm"),
+        "{said}"
+    );
+    // `eventhost publish` needs no more than a LeanMQ producer does.
+    let producer_url = format!("redis://:producer-pass-0123456@127.0.0.1:{port}/0");
+    let publish = world.eventhost(&["publish", "--url", &producer_url, "Ping", "{}"]);
+    assert!(
+        publish.status.success(),
+        "publish as the producer: {}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
+    eventually("the published event is handled", WAIT, || {
+        state(&mut admin, "probe")["count"] == "6"
+    });
+    assert_eq!(len(&mut admin, "events:all"), 6);
+    assert_eq!(host.stop().code(), Some(0));
+}

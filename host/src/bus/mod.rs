@@ -286,7 +286,18 @@ pub async fn publish(
         ),
     };
     let queue = keys.ingress_for(&event_id);
-    layout::ensure_queue(conn, keys, &queue).await?;
+    // Once the ingress exists, a host or LeanMQ has set it up: a producer
+    // whose Redis user may only append (docs/security.md) can publish.
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&queue.stream)
+        .query_async(conn)
+        .await
+        .with_context(|| format!("cannot publish to {}", queue.stream))?;
+    if !exists {
+        layout::ensure_queue(conn, keys, &queue)
+            .await
+            .with_context(|| format!("cannot set up {} to publish to it", queue.stream))?;
+    }
     let now = crate::handler::unix_now();
     let payload = leanmq::envelope(data, event_type, &event_id, now, None);
     let stream_id: String = redis::cmd("XADD")
@@ -295,7 +306,8 @@ pub async fn publish(
         .arg("data")
         .arg(payload)
         .query_async(conn)
-        .await?;
+        .await
+        .with_context(|| format!("cannot publish to {}", queue.stream))?;
     replicas
         .wait(conn, &queue.stream)
         .await
