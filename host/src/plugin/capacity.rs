@@ -43,6 +43,24 @@ pub struct CapacityError {
     pub total: usize,
 }
 
+/// Whether `err` (instantiating, or opening what an instance needs) is the
+/// host running short of descriptors or memory (EMFILE, ENFILE, ENOMEM)
+/// rather than anything the plugin did: a shortage is waited out like a
+/// full pool, never the event's dead letter. Wasmtime reports the errno
+/// as an `io::Error` or through its own error's text (`(os error N)`).
+pub fn is_host_shortage(err: &anyhow::Error) -> bool {
+    const SHORT: [i32; 3] = [libc::EMFILE, libc::ENFILE, libc::ENOMEM];
+    err.chain().any(|cause| {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error().is_some_and(|code| SHORT.contains(&code));
+        }
+        let text = cause.to_string();
+        SHORT
+            .iter()
+            .any(|code| text.contains(&format!("(os error {code})")))
+    })
+}
+
 /// The instance slots of one engine.
 pub struct InstanceCapacity {
     permits: Arc<Semaphore>,
@@ -221,6 +239,22 @@ mod tests {
         let _c = capacity.acquire(&other, SHORT).await.unwrap();
         drop(a);
         capacity.acquire(&hog, SHORT).await.unwrap();
+    }
+
+    #[test]
+    fn running_out_of_descriptors_or_memory_is_the_hosts_shortage() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(is_host_shortage(
+            &anyhow::Error::from(emfile).context("failed to create memfd")
+        ));
+        // As wasmtime words an errno it does not keep as an io::Error.
+        let enomem = std::io::Error::from_raw_os_error(libc::ENOMEM).to_string();
+        assert!(is_host_shortage(&anyhow::anyhow!("mmap failed: {enomem}")));
+        assert!(!is_host_shortage(&anyhow::anyhow!(
+            "wasm trap: unreachable"
+        )));
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(!is_host_shortage(&anyhow::Error::from(denied)));
     }
 
     #[tokio::test]

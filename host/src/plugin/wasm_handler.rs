@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use wasmtime::{PoolConcurrencyLimitError, Store};
 
-use super::capacity::{CapacityError, Evict, Share, Slot};
+use super::capacity::{is_host_shortage, CapacityError, Evict, Share, Slot};
 use super::failure::{log_output, plugin_reason, CallFailures};
 use super::host_api::{Call, StateRead, StoreData, Subscriber, WitEvent, WitFailure};
 use super::logs::LogGate;
@@ -248,7 +248,13 @@ impl PluginCalls {
             self.log_gate.clone(),
             files,
         )
-        .map_err(|err| Start::Failed(Failure::new(FailureKind::Host, format!("{err:#}"))))?;
+        .map_err(|err| {
+            if is_host_shortage(&err) {
+                Start::PoolFull
+            } else {
+                Start::Failed(Failure::new(FailureKind::Host, format!("{err:#}")))
+            }
+        })?;
         let mut store = Store::new(self.runtime.engine(), data);
         store.set_max_component_handles(super::host_api::MAX_HANDLES);
         store.limiter(|data| &mut data.limiter);
@@ -269,9 +275,14 @@ impl PluginCalls {
                 if data.start_timed_out {
                     return Err(Start::Failed(self.failures().timed_out_starting(timeout)));
                 }
-                // Every pooled slot in use is the host's shortage, not the
-                // plugin's fault: told by its type, not its message.
+                // Every pooled slot in use, or the process out of
+                // descriptors or memory, is the host's shortage, not the
+                // plugin's fault: waited out, never a dead letter.
                 if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+                    return Err(Start::PoolFull);
+                }
+                let err = anyhow::Error::from(err);
+                if is_host_shortage(&err) {
                     return Err(Start::PoolFull);
                 }
                 let kind = if data.limiter.hit {
@@ -279,7 +290,6 @@ impl PluginCalls {
                 } else {
                     FailureKind::Trap
                 };
-                let err = anyhow::Error::from(err);
                 return Err(Start::Failed(Failure::new(
                     kind,
                     format!("{} failed to start: {err:#}", self.plugin_file),
@@ -426,7 +436,8 @@ impl PluginCalls {
 
 /// Why a new instance did not start.
 enum Start {
-    /// The pooling allocator is out of slots: wait and try again.
+    /// The pooling allocator is out of slots, or the process out of
+    /// descriptors or memory: wait and try again.
     PoolFull,
     /// The event fails with this.
     Failed(Failure),
