@@ -174,3 +174,75 @@ fn a_conflicting_event_runs_again_without_an_attempt_or_a_dead_letter() {
     assert!(settled(&mut conn, &["probe"]));
     host.stop();
 }
+
+/// One hot key holds neither the events beside it nor a shutdown. 24
+/// events read-modify-write one key, each pausing 1 s, at concurrency 64:
+/// one commits per round and the rest run again, taking turns. 24 events on
+/// keys of their own, published while they do, must all be handled within
+/// 8 s (before, they waited for the re-runs, one at a time: ~20 s);
+/// SIGTERM midway exits within 10 s with the rest pending; a second host
+/// finishes them and the hot key ends exact.
+#[test]
+fn a_hot_key_holds_neither_the_events_beside_it_nor_a_shutdown() {
+    const HOT: usize = 24;
+    let world = World::new(&["hotkey.wasm"], "");
+    world.write_config(&format!(
+        "{}[subscribers.hot]\nplugin = \"hotkey.wasm\"\nevents = [\"Bump\"]\nconcurrency = 64\ntimeout_ms = 3000\n",
+        world
+            .header()
+            .replace("claim_idle_ms = 2000", "claim_idle_ms = 6000")
+    ));
+    let mut host = world.host();
+    host.wait_for_log("eventhost running");
+    let mut conn = world.conn();
+    for _ in 0..HOT {
+        publish(&mut conn, "Bump", json!({"key": "hot", "pause_ms": 1000}));
+    }
+    // Once one has committed, the rest conflicted and are running again.
+    eventually(
+        "the first commit on the hot key",
+        Duration::from_secs(20),
+        || state(&mut conn, "hot").contains_key("hot"),
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let published = Instant::now();
+    for i in 0..HOT {
+        publish(&mut conn, "Bump", json!({"key": format!("cold:{i}")}));
+    }
+    eventually(
+        "the events beside the hot key are handled",
+        Duration::from_secs(8),
+        || {
+            let st = state(&mut conn, "hot");
+            (0..HOT).all(|i| st.get(&format!("cold:{i}")).map(String::as_str) == Some("1"))
+        },
+    );
+    let beside = published.elapsed();
+    let hot_then: usize = state(&mut conn, "hot")["hot"].parse().unwrap();
+
+    let stopping = Instant::now();
+    assert_eq!(host.stop().code(), Some(0));
+    let stopped = stopping.elapsed();
+    let hot_at_stop: usize = state(&mut conn, "hot")["hot"].parse().unwrap();
+    assert!(
+        hot_at_stop < HOT,
+        "the test stopped the host after the hot key was done"
+    );
+    println!(
+        "hot key: {HOT} events beside it handled in {beside:?} (hot key at {hot_then}); \
+         SIGTERM → exit in {stopped:?} with {} of {HOT} on the hot key pending",
+        HOT - hot_at_stop
+    );
+    assert!(stopped < Duration::from_secs(10), "{stopped:?}");
+
+    let mut host = world.host();
+    host.wait_for_log("eventhost running");
+    eventually(
+        "the rest of the hot key is handled",
+        Duration::from_secs(90),
+        || state(&mut conn, "hot")["hot"] == HOT.to_string(),
+    );
+    assert!(settled(&mut conn, &["hot"]));
+    assert_eq!(len(&mut conn, "events:sub:hot:dlq"), 0);
+    host.stop();
+}

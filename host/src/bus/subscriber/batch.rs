@@ -1,7 +1,8 @@
 //! Running one batch of a subscriber's events through its handler: at most
 //! `concurrency` at once, each seeing the writes of those that succeeded
 //! before it, with the lease on the batch renewed while it runs. Once the
-//! host is stopping, the batch goes on for [`STOP_GRACE`] (a batch of quick
+//! host is stopping, the batch goes on until the subscriber's
+//! [`STOP_GRACE`](super::subscription::STOP_GRACE) ends (a batch of quick
 //! events ends whole, so a graceful restart repeats nothing); past it, no
 //! event starts and those in flight are dropped. An event without an
 //! outcome is not committed: it stays pending and is run again later
@@ -12,17 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::Subscription;
 use crate::bus::group::GroupConsumer;
 use crate::handler::{Event, Outcome, Seen, StateReader, COMPARED_BYTES};
-
-/// How long a batch goes on once the host is asked to stop: past it the
-/// events in flight are dropped and the rest not started (all stay
-/// pending), so the host exits within seconds whatever a batch holds.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// One event's outcome: its index in the batch, its event id, what the
 /// handler returned.
@@ -147,7 +141,7 @@ async fn run_all(
     concurrency: usize,
 ) -> Vec<Ran> {
     let mut results = Vec::with_capacity(jobs.len());
-    let mut stopping = Stopping::new(subscription.stop.clone());
+    let mut stopping = Stopping::new(subscription.clone());
     if concurrency <= 1 || jobs.len() <= 1 {
         for (index, event) in jobs {
             if stopping.is_stopping() {
@@ -200,47 +194,35 @@ async fn run_all(
     results
 }
 
-/// Whether the host is stopping, and since when.
+/// Whether the subscriber is stopping, and when its grace ends.
 struct Stopping {
-    token: CancellationToken,
-    /// Set once the host is stopping: when the grace ends.
-    deadline: Option<Instant>,
+    subscription: Arc<Subscription>,
 }
 
 impl Stopping {
-    fn new(token: CancellationToken) -> Self {
-        Stopping {
-            token,
-            deadline: None,
-        }
+    fn new(subscription: Arc<Subscription>) -> Self {
+        Stopping { subscription }
     }
 
-    /// Whether the host was asked to stop more than [`STOP_GRACE`] ago: no
-    /// more events start.
+    /// Whether the grace is over: no more events start.
     fn is_stopping(&mut self) -> bool {
-        if !self.token.is_cancelled() {
-            return false;
-        }
-        Instant::now()
-            >= *self
-                .deadline
-                .get_or_insert_with(|| Instant::now() + STOP_GRACE)
+        self.subscription.grace_is_over()
     }
 
-    /// `work`'s result; once the host is stopping, only if it comes within
-    /// [`STOP_GRACE`] of the stop (`None` past it).
+    /// `work`'s result; once the subscriber is stopping, only if it comes
+    /// before its grace ends (`None` past it).
     async fn bound<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
         tokio::pin!(work);
-        let deadline = match self.deadline {
-            Some(deadline) => deadline,
+        let ends = match self.subscription.grace_ends() {
+            Some(ends) => ends,
             None => {
                 tokio::select! {
                     done = &mut work => return Some(done),
-                    _ = self.token.cancelled() => {}
+                    _ = self.subscription.stop.cancelled() => {}
                 }
-                *self.deadline.insert(Instant::now() + STOP_GRACE)
+                self.subscription.grace_ends().expect("cancelled")
             }
         };
-        tokio::time::timeout_at(deadline, work).await.ok()
+        tokio::time::timeout_at(ends, work).await.ok()
     }
 }

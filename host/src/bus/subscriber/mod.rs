@@ -17,7 +17,7 @@ pub mod verdict;
 pub use subscription::Subscription;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,8 +60,18 @@ pub struct SubscriberLoop {
     bus: BusConfig,
     metrics: SubscriberMetrics,
     retries: BinaryHeap<Reverse<Retry>>,
-    /// Entries to run again at once, without a new delivery.
-    again: Vec<Work>,
+    /// Entries to run again after a conflict, without a new delivery.
+    again: Vec<Again>,
+    /// When the leases on the entries waiting in `again` were last renewed.
+    again_renewed: Instant,
+}
+
+/// An entry to run again after a conflict, with the state keys it read
+/// when it conflicted: entries that read none of the same keys run again
+/// side by side, the others one after another.
+struct Again {
+    work: Work,
+    keys: Vec<String>,
 }
 
 /// One entry in hand, with the attempt it is on.
@@ -75,6 +85,8 @@ struct Decided {
     work: Work,
     event_id: String,
     fate: Fate,
+    /// The state keys its run read, if it ran.
+    keys: Vec<String>,
 }
 
 /// What becomes of an entry once its batch is committed.
@@ -123,6 +135,7 @@ impl SubscriberLoop {
             metrics,
             retries: BinaryHeap::new(),
             again: Vec::new(),
+            again_renewed: Instant::now(),
         }
     }
 
@@ -143,18 +156,14 @@ impl SubscriberLoop {
     }
 
     /// One batch; returns whether there was any work. A `finishing` loop
-    /// does not wait for new entries.
-    async fn handle_batch(&mut self, finishing: bool) -> RedisResult<bool> {
+    /// does not wait for new entries; a `stopping` one only runs again what
+    /// conflicted.
+    async fn handle_batch(&mut self, finishing: bool, stopping: bool) -> RedisResult<bool> {
         let settings = self.subscription.settings();
-        // Events that ran again after a conflict run one at a time: under
-        // contention for one key, concurrent re-runs would only conflict
-        // again.
-        let again = !self.again.is_empty();
-        let work = self.next_work(finishing).await?;
+        let work = self.next_work(&settings, finishing, stopping).await?;
         let worked = !work.is_empty();
         if worked {
-            let concurrency = if again { 1 } else { settings.concurrency };
-            let (batch, decided) = self.process(&settings, work, concurrency).await;
+            let (batch, decided) = self.process(&settings, work).await;
             let committed = self.commit(&batch).await?;
             let decided = self
                 .quarantine(&settings, decided, &committed.refused)
@@ -167,18 +176,80 @@ impl SubscriberLoop {
         Ok(worked)
     }
 
-    /// Events to run again first, then due retries, then abandoned entries,
-    /// then new ones.
-    async fn next_work(&mut self, finishing: bool) -> RedisResult<Vec<Work>> {
-        if !self.again.is_empty() {
-            let mut again = std::mem::take(&mut self.again);
-            again.sort_by_key(|w| stream_order(&w.entry.id));
-            return Ok(again);
+    /// The next batch: events to run again after a conflict first (see
+    /// [`Self::again_lane`]), then, in the room left, due retries, else
+    /// abandoned entries, else new ones. A subscriber at concurrency 1 runs
+    /// what conflicted alone and in order; a `stopping` loop runs nothing
+    /// else.
+    async fn next_work(
+        &mut self,
+        settings: &SubscriberConfig,
+        finishing: bool,
+        stopping: bool,
+    ) -> RedisResult<Vec<Work>> {
+        let mut work = self.again_lane(settings.concurrency);
+        self.keep_again_leases().await?;
+        if stopping || (settings.concurrency <= 1 && !work.is_empty()) {
+            return Ok(work);
         }
+        let room = self.bus.read_batch.saturating_sub(work.len());
+        if room > 0 {
+            let wait = !finishing && work.is_empty();
+            work.extend(self.next_fresh(room, wait).await?);
+        }
+        Ok(work)
+    }
+
+    /// Takes the events that run again in the next batch, oldest first:
+    /// each that read none of the keys an older one taken read. Under
+    /// contention for one key, re-runs side by side would only conflict
+    /// again (one commits per round, the rest re-run): they take turns, one
+    /// per batch, while the events beside them (new ones, and conflicts
+    /// over other keys) go on at full concurrency, so one hot key holds
+    /// neither the batch nor a shutdown. The oldest commits first (see
+    /// [`Self::process`]), so no event of this host loses to newer ones
+    /// for ever. At concurrency 1, every one of them, in stream order.
+    fn again_lane(&mut self, concurrency: usize) -> Vec<Work> {
+        self.again.sort_by_key(|a| stream_order(&a.work.entry.id));
+        if concurrency <= 1 {
+            return self.again.drain(..).map(|a| a.work).collect();
+        }
+        let mut read: HashSet<String> = HashSet::new();
+        let mut lane = Vec::new();
+        let mut waiting = Vec::new();
+        for again in self.again.drain(..) {
+            let clear = !again.keys.iter().any(|key| read.contains(key));
+            if clear && lane.len() < self.bus.read_batch {
+                read.extend(again.keys);
+                lane.push(again.work);
+            } else {
+                waiting.push(again);
+            }
+        }
+        self.again = waiting;
+        lane
+    }
+
+    /// Renews the leases on the events waiting their turn in `again`, at a
+    /// third of `claim_idle`: they are in hand, not abandoned, and no
+    /// consumer may reclaim them (which would count a delivery).
+    async fn keep_again_leases(&mut self) -> RedisResult<()> {
+        if self.again.is_empty() || self.again_renewed.elapsed() < self.bus.claim_idle / 3 {
+            return Ok(());
+        }
+        let ids: Vec<String> = self.again.iter().map(|a| a.work.entry.id.clone()).collect();
+        self.group.renew(&ids).await?;
+        self.again_renewed = Instant::now();
+        Ok(())
+    }
+
+    /// Up to `room` entries: due retries, else abandoned entries, else new
+    /// ones, blocking for new ones only if `wait`.
+    async fn next_fresh(&mut self, room: usize, wait: bool) -> RedisResult<Vec<Work>> {
         let now = Instant::now();
         let mut due = Vec::new();
         while let Some(Reverse(retry)) = self.retries.peek() {
-            if retry.due > now || due.len() >= self.bus.read_batch {
+            if retry.due > now || due.len() >= room {
                 break;
             }
             let Reverse(retry) = self.retries.pop().expect("peeked");
@@ -196,10 +267,7 @@ impl SubscriberLoop {
                 .collect());
         }
 
-        let claimed = self
-            .group
-            .reclaim_due(self.bus.claim_idle, self.bus.read_batch)
-            .await?;
+        let claimed = self.group.reclaim_due(self.bus.claim_idle, room).await?;
         if !claimed.is_empty() {
             return Ok(claimed
                 .into_iter()
@@ -220,15 +288,15 @@ impl SubscriberLoop {
         // poll instead while a retry is close.
         let entries = match retry_due {
             Some(due) if due < block => {
-                let entries = self.group.read_new(self.bus.read_batch, None).await?;
-                if entries.is_empty() {
+                let entries = self.group.read_new(room, None).await?;
+                if entries.is_empty() && wait {
                     tokio::time::sleep(due.min(RETRY_POLL)).await;
                 }
                 entries
             }
             _ => {
-                let block = (!finishing).then(|| block.max(Duration::from_millis(1)));
-                self.group.read_new(self.bus.read_batch, block).await?
+                let block = wait.then(|| block.max(Duration::from_millis(1)));
+                self.group.read_new(room, block).await?
             }
         };
         self.group.shed(&entries).await;
@@ -244,8 +312,8 @@ impl SubscriberLoop {
         &mut self,
         settings: &SubscriberConfig,
         work: Vec<Work>,
-        concurrency: usize,
     ) -> (CommitBatch, Vec<Decided>) {
+        let concurrency = settings.concurrency;
         let queue = self.group.queue().clone();
         let mut batch = CommitBatch::new(&queue.group, concurrency <= 1);
         let mut jobs = Vec::with_capacity(work.len());
@@ -287,8 +355,15 @@ impl SubscriberLoop {
             }
         }
 
-        let ids: Vec<String> = held.iter().flatten().map(|w| w.entry.id.clone()).collect();
-        let outcomes = batch::run(
+        // The lease covers the batch and the events waiting their turn to
+        // run again.
+        let ids: Vec<String> = held
+            .iter()
+            .flatten()
+            .map(|w| w.entry.id.clone())
+            .chain(self.again.iter().map(|a| a.work.entry.id.clone()))
+            .collect();
+        let mut outcomes = batch::run(
             &self.subscription,
             self.state.clone(),
             jobs,
@@ -298,6 +373,12 @@ impl SubscriberLoop {
             self.bus.claim_idle / 3,
         )
         .await;
+        // Committed in batch order, not as they finished: of two events that
+        // read one key, the older commits and the newer conflicts, so an
+        // event run again after a conflict (first in its batch) cannot lose
+        // to newer ones for ever. An event that read another's write started
+        // after it finished, so after it in the batch too.
+        outcomes.sort_by_key(|(index, ..)| *index);
 
         let now = crate::handler::unix_now();
         for (index, event_id, outcome) in outcomes {
@@ -309,6 +390,7 @@ impl SubscriberLoop {
                         work: item,
                         event_id,
                         fate: Fate::Handled(published[index]),
+                        keys: keys_of(effects.reads()),
                     });
                 }
                 Outcome::Failed(failure) => {
@@ -386,6 +468,7 @@ impl SubscriberLoop {
             work,
             event_id,
             fate,
+            keys: keys_of(reads),
         }
     }
 
@@ -403,6 +486,7 @@ impl SubscriberLoop {
             work,
             event_id,
             fate,
+            keys,
         } in decided
         {
             if conflicts.contains(&work.entry.id) {
@@ -413,7 +497,7 @@ impl SubscriberLoop {
                     "state it read changed before its commit; running it again"
                 );
                 self.metrics.conflicts.increment(1);
-                self.again.push(work);
+                self.again.push(Again { work, keys });
                 continue;
             }
             match fate {
@@ -432,7 +516,7 @@ impl SubscriberLoop {
                         attempt: next,
                     }));
                 }
-                Fate::RunAgain => self.again.push(work),
+                Fate::RunAgain => self.again.push(Again { work, keys }),
                 Fate::Wait { delay } => self.retries.push(Reverse(Retry {
                     due: Instant::now() + delay,
                     id: work.entry.id,
@@ -455,6 +539,11 @@ impl SubscriberLoop {
     }
 }
 
+/// The keys of `reads`.
+fn keys_of(reads: &Reads) -> Vec<String> {
+    reads.iter().map(|(key, _)| key.clone()).collect()
+}
+
 /// A stream id's place in its stream: `<ms>-<seq>`, compared as numbers.
 fn stream_order(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
@@ -472,14 +561,14 @@ impl Worker for SubscriberLoop {
     }
 
     async fn step(&mut self, stopping: bool) -> RedisResult<Round> {
-        // Stopping commits what the loop holds: an event to run again after
-        // a conflict is in hand, not abandoned to a reclaim (which would
-        // count an attempt).
-        if stopping && self.again.is_empty() {
+        // Stopping runs again what conflicted, so it is committed rather
+        // than abandoned to a reclaim (which would count a delivery), but
+        // only within the grace: past it, what waits stays pending.
+        if stopping && (self.again.is_empty() || self.subscription.grace_is_over()) {
             return Ok(Round::Done);
         }
         let finishing = stopping || self.subscription.is_finishing();
-        let worked = self.handle_batch(finishing).await?;
+        let worked = self.handle_batch(finishing, stopping).await?;
         Ok(if finishing && !worked {
             Round::Done
         } else {

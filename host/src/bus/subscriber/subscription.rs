@@ -2,13 +2,20 @@
 //! stop it while its loop runs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SubscriberConfig;
 use crate::handler::Handler;
+
+/// How long a subscriber goes on once the host is asked to stop: past it
+/// the events in flight are dropped and the rest not started (all stay
+/// pending), so the host exits within seconds whatever a batch holds.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A subscriber as the bus runs it: its settings and the handler made for
 /// them, replaceable live as one value, and the means to stop it.
@@ -19,6 +26,8 @@ pub struct Subscription {
     /// Set when the subscriber is removed: handle what the stream holds,
     /// then stop.
     finishing: AtomicBool,
+    /// When the grace ends, set when the stop is first seen.
+    grace_ends: OnceLock<Instant>,
 }
 
 impl Subscription {
@@ -36,6 +45,7 @@ impl Subscription {
             }),
             stop,
             finishing: AtomicBool::new(false),
+            grace_ends: OnceLock::new(),
         }
     }
 
@@ -78,6 +88,20 @@ impl Subscription {
     /// Events waiting for a retry stay pending, as with [`Self::stop`].
     pub fn finish(&self) {
         self.finishing.store(true, Ordering::Relaxed);
+    }
+
+    /// Once the loop is asked to stop: when what it still runs must end,
+    /// [`STOP_GRACE`] after the stop was first seen. One deadline for every
+    /// batch, so batches run while stopping cannot add up their graces.
+    pub(super) fn grace_ends(&self) -> Option<Instant> {
+        self.stop
+            .is_cancelled()
+            .then(|| *self.grace_ends.get_or_init(|| Instant::now() + STOP_GRACE))
+    }
+
+    /// Whether the loop was asked to stop more than [`STOP_GRACE`] ago.
+    pub(super) fn grace_is_over(&self) -> bool {
+        self.grace_ends().is_some_and(|end| Instant::now() >= end)
     }
 
     pub(super) fn is_finishing(&self) -> bool {
