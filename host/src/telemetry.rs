@@ -199,6 +199,13 @@ pub mod metrics {
         counter!("eventhost_fanout_copies_dropped_total").increment(copies);
     }
 
+    /// On a cluster, events copied though their id was copied lately with
+    /// other content: delivered (an id alone never decides that two events
+    /// are one), and counted, since a producer forges or reuses ids.
+    pub fn fanout_ids_reused(copies: u64) {
+        counter!("eventhost_fanout_ids_reused_total").increment(copies);
+    }
+
     /// Entries in a DLQ (`events:all:dlq`, `events:sub:<name>:dlq`), read
     /// every few seconds: DLQs are never trimmed (operators replay them),
     /// so their depth is what to watch.

@@ -233,12 +233,28 @@ impl Fanout {
             }
         };
         let now = crate::handler::unix_now();
-        for (stream, Copied { dropped, refused }) in copied {
+        for (
+            stream,
+            Copied {
+                dropped,
+                reused,
+                refused,
+            },
+        ) in copied
+        {
             if dropped > 0 {
                 metrics::fanout_copies_dropped(dropped);
                 tracing::info!(
                     stream,
                     "fan-out dropped {dropped} copies {stream} already had (a batch routed again)"
+                );
+            }
+            if reused > 0 {
+                metrics::fanout_ids_reused(reused);
+                tracing::warn!(
+                    stream,
+                    "fan-out copied {reused} events to {stream} whose id it copied lately with \
+                     other content: a producer reuses or forges event ids"
                 );
             }
             let what = format!("fan-out: Redis refused to copy the entry to {stream}");

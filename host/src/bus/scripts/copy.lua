@@ -13,14 +13,17 @@
 -- over `maxmemory` it is refused whole (-OOM), having written nothing.
 --
 -- KEYS[1] the subscriber stream   KEYS[2] its seen set (a sorted set:
--- "<event id> <SHA-1 of its data>" -> when it was copied, in ms)
+-- "<event id> <SHA-1 of its data>" -> when it was copied, in ms; and
+-- "<event id>" alone, so that an id seen with other content is told)
 -- ARGV[1] how long (ms) an id is remembered, then pairs of: event id, data
 --
 -- Everything that could fail is checked before the first write: a script
 -- does not roll back. The copy and its id are written together, so an id
 -- is remembered if and only if its copy is in the stream.
 --
--- Returns how many entries were dropped as copies already made.
+-- Returns {how many entries were dropped as copies already made, how many
+-- were copied though their id was seen lately with other content}: both
+-- are copied, and the second count is a forgery, or a producer reusing ids.
 
 local n = #ARGV
 local window = tonumber(ARGV[1])
@@ -45,13 +48,16 @@ if old > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, math.min(old, n + 1000) - 1)
 end
 
-local dropped = 0
+local dropped, reused = 0, 0
 for i = 2, n, 2 do
   local seen = ARGV[i] .. ' ' .. redis.sha1hex(ARGV[i + 1])
   if redis.call('ZADD', KEYS[2], 'NX', now, seen) == 1 then
     redis.call('XADD', KEYS[1], '*', 'data', ARGV[i + 1])
+    if redis.call('ZADD', KEYS[2], now, ARGV[i]) == 0 then
+      reused = reused + 1
+    end
   else
     dropped = dropped + 1
   end
 end
-return dropped
+return {dropped, reused}

@@ -34,9 +34,20 @@ struct Copy {
 pub struct Copied {
     /// Entries dropped: this subscriber had them already.
     pub dropped: u64,
+    /// Entries copied though their event id was copied lately with other
+    /// content: a producer forging or reusing ids, worth an alert.
+    pub reused: u64,
     /// Entries Redis refused on their own, for a reason that will not
     /// change (ingress entry id, Redis's error): nothing written.
     pub refused: Vec<(String, String)>,
+}
+
+impl Copied {
+    /// Adds one script call's `(dropped, reused)`.
+    fn count(&mut self, (dropped, reused): (u64, u64)) {
+        self.dropped += dropped;
+        self.reused += reused;
+    }
 }
 
 impl CopyBatch {
@@ -81,11 +92,11 @@ impl CopyBatch {
             let take = fit_in_one_call(rest, |r| r.data.len() + r.event.len());
             let (chunk, later) = rest.split_at(take);
             match self.call(conn, window, chunk).await {
-                Ok(dropped) => copied.dropped += dropped,
+                Ok(counts) => copied.count(counts),
                 Err(err) if is_refusal(&err) => {
                     for record in chunk {
                         match self.call(conn, window, std::slice::from_ref(record)).await {
-                            Ok(dropped) => copied.dropped += dropped,
+                            Ok(counts) => copied.count(counts),
                             Err(err) if is_refusal(&err) => copied
                                 .refused
                                 .push((record.entry.clone(), refusal_text(&err))),
@@ -105,7 +116,7 @@ impl CopyBatch {
         conn: &mut RedisConn,
         window: Duration,
         records: &[Copy],
-    ) -> RedisResult<u64> {
+    ) -> RedisResult<(u64, u64)> {
         let mut call = SCRIPT.prepare_invoke();
         call.key(&self.stream).key(&self.seen);
         call.arg(window.as_millis() as u64);
