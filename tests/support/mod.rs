@@ -670,6 +670,32 @@ pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 /// Publishes like a LeanMQ producer: `data` plus `event_type`, `event_id`
 /// and `_metadata`, XADDed to `events:all`. Returns the event id.
 pub fn publish(conn: &mut redis::Connection, event_type: &str, data: Value) -> String {
+    let (id, text) = leanmq_event(event_type, data);
+    xadd(conn, "events:all", &text);
+    id
+}
+
+/// [`publish`] of `n` events of `data` in one pipeline (one round trip):
+/// a burst that measures the host, not the publisher's round trips.
+pub fn publish_burst(
+    conn: &mut redis::Connection,
+    event_type: &str,
+    data: Value,
+    n: usize,
+) -> Vec<String> {
+    let mut pipe = redis::pipe();
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (id, text) = leanmq_event(event_type, data.clone());
+        pipe.xadd("events:all", "*", &[("data", text)]).ignore();
+        ids.push(id);
+    }
+    let () = pipe.query(conn).unwrap();
+    ids
+}
+
+/// An event as a LeanMQ producer writes it: its id and its `data` field.
+fn leanmq_event(event_type: &str, data: Value) -> (String, String) {
     let mut object = match data {
         Value::Object(object) => object,
         other => panic!("publish takes an object, got {other}"),
@@ -681,8 +707,7 @@ pub fn publish(conn: &mut redis::Connection, event_type: &str, data: Value) -> S
         "_metadata".into(),
         serde_json::json!({"id": id, "timestamp": 1.0, "ttl": null}),
     );
-    xadd(conn, "events:all", &Value::Object(object).to_string());
-    id
+    (id, Value::Object(object).to_string())
 }
 
 /// Adds one raw entry `data=<text>` to `stream`.
