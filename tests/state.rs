@@ -246,3 +246,44 @@ fn a_hot_key_holds_neither_the_events_beside_it_nor_a_shutdown() {
     assert_eq!(len(&mut conn, "events:sub:hot:dlq"), 0);
     host.stop();
 }
+
+/// An event whose reads keep changing under it (here a key rewritten by
+/// hand every 5 ms; in life, other hosts committing to a hot key) runs
+/// again at once 100 times in a row, then backs off as a retry would,
+/// without counting an attempt, and is never dead-lettered for it: once
+/// the writes stop, it commits, on its first attempt.
+#[test]
+fn an_event_that_keeps_conflicting_backs_off_and_is_never_dead_lettered() {
+    let world = World::new(&["probe.wasm"], &format!("{PROBE}events = [\"Ping\"]\n"));
+    let mut host = world.host();
+    host.wait_for_log("eventhost running");
+    let mut conn = world.conn();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut conn = world.conn();
+        std::thread::spawn(move || {
+            let mut n = 1000u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let () = conn.hset("events:state:probe", "count", n).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // The probe reads `count`, then sleeps 20 ms: every run conflicts.
+    let id = publish(&mut conn, "Ping", json!({"act": "sleep", "sleep_ms": 20}));
+    host.wait_for_log_within("100 times in a row", Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    eventually("the event commits", Duration::from_secs(20), || {
+        state(&mut conn, "probe").contains_key(&format!("seen:{id}"))
+    });
+    let st = state(&mut conn, "probe");
+    assert_eq!(st[&format!("seen:{id}")], "1", "still the first attempt");
+    let runs: u32 = st[&format!("calls:{id}")].parse().unwrap();
+    assert!(runs > 100, "it ran {runs} times");
+    assert_eq!(len(&mut conn, "events:sub:probe:dlq"), 0);
+    assert!(settled(&mut conn, &["probe"]));
+    host.stop();
+}

@@ -45,6 +45,8 @@ struct Retry {
     due: Instant,
     id: String,
     attempt: u32,
+    /// Conflicts so far on this attempt (see [`Work::conflicts`]).
+    conflicts: u32,
 }
 
 /// The loop of one subscriber in this process.
@@ -78,6 +80,9 @@ struct Again {
 struct Work {
     entry: StreamEntry,
     attempt: u32,
+    /// How many times it ran again after a conflict on this attempt, on
+    /// this host: every [`verdict::CONFLICTS_IN_A_ROW`] it backs off.
+    conflicts: u32,
 }
 
 /// An entry whose fate is decided, to carry out once its commit landed.
@@ -187,8 +192,8 @@ impl SubscriberLoop {
         finishing: bool,
         stopping: bool,
     ) -> RedisResult<Vec<Work>> {
-        let mut work = self.again_lane(settings.concurrency);
         self.keep_again_leases().await?;
+        let mut work = self.again_lane(settings.concurrency);
         if stopping || (settings.concurrency <= 1 && !work.is_empty()) {
             return Ok(work);
         }
@@ -230,9 +235,10 @@ impl SubscriberLoop {
         lane
     }
 
-    /// Renews the leases on the events waiting their turn in `again`, at a
-    /// third of `claim_idle`: they are in hand, not abandoned, and no
-    /// consumer may reclaim them (which would count a delivery).
+    /// Renews the leases on the events in `again`, at a third of
+    /// `claim_idle`: they are in hand (conflicting round after round, or
+    /// waiting their turn), not abandoned, and no consumer may reclaim
+    /// them (which would count a delivery, and run them twice at once).
     async fn keep_again_leases(&mut self) -> RedisResult<()> {
         if self.again.is_empty() || self.again_renewed.elapsed() < self.bus.claim_idle / 3 {
             return Ok(());
@@ -261,8 +267,12 @@ impl SubscriberLoop {
             return Ok(entries
                 .into_iter()
                 .filter_map(|entry| {
-                    let attempt = due.iter().find(|r| r.id == entry.id)?.attempt;
-                    Some(Work { entry, attempt })
+                    let retry = due.iter().find(|r| r.id == entry.id)?;
+                    Some(Work {
+                        attempt: retry.attempt,
+                        conflicts: retry.conflicts,
+                        entry,
+                    })
                 })
                 .collect());
         }
@@ -274,6 +284,7 @@ impl SubscriberLoop {
                 .map(|c| Work {
                     entry: c.entry,
                     attempt: c.deliveries,
+                    conflicts: 0,
                 })
                 .collect());
         }
@@ -302,7 +313,11 @@ impl SubscriberLoop {
         self.group.shed(&entries).await;
         Ok(entries
             .into_iter()
-            .map(|entry| Work { entry, attempt: 1 })
+            .map(|entry| Work {
+                entry,
+                attempt: 1,
+                conflicts: 0,
+            })
             .collect())
     }
 
@@ -483,21 +498,44 @@ impl SubscriberLoop {
     ) {
         let now = crate::handler::unix_now();
         for Decided {
-            work,
+            mut work,
             event_id,
             fate,
             keys,
         } in decided
         {
             if conflicts.contains(&work.entry.id) {
-                tracing::debug!(
-                    subscriber = %settings.name,
-                    event_id,
-                    stream_id = %work.entry.id,
-                    "state it read changed before its commit; running it again"
-                );
                 self.metrics.conflicts.increment(1);
-                self.again.push(Again { work, keys });
+                work.conflicts += 1;
+                let longest_wait = self.bus.claim_idle / 2;
+                match verdict::after_conflict(work.conflicts, settings, longest_wait) {
+                    None => {
+                        tracing::debug!(
+                            subscriber = %settings.name,
+                            event_id,
+                            stream_id = %work.entry.id,
+                            "state it read changed before its commit; running it again"
+                        );
+                        self.again.push(Again { work, keys });
+                    }
+                    Some(delay) => {
+                        tracing::info!(
+                            subscriber = %settings.name,
+                            event_id,
+                            stream_id = %work.entry.id,
+                            "state it read changed before its commit {} times in a row (other \
+                             hosts commit to the same keys); running it again in {delay:?}, \
+                             on the same attempt",
+                            work.conflicts
+                        );
+                        self.retries.push(Reverse(Retry {
+                            due: Instant::now() + delay,
+                            id: work.entry.id,
+                            attempt: work.attempt,
+                            conflicts: work.conflicts,
+                        }));
+                    }
+                }
                 continue;
             }
             match fate {
@@ -514,6 +552,7 @@ impl SubscriberLoop {
                         due: Instant::now() + delay,
                         id: work.entry.id,
                         attempt: next,
+                        conflicts: 0,
                     }));
                 }
                 Fate::RunAgain => self.again.push(Again { work, keys }),
@@ -521,6 +560,7 @@ impl SubscriberLoop {
                     due: Instant::now() + delay,
                     id: work.entry.id,
                     attempt: work.attempt,
+                    conflicts: work.conflicts,
                 })),
                 Fate::DeadLettered { kind, reason } => {
                     tracing::warn!(

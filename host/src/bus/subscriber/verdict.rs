@@ -29,6 +29,31 @@ pub const CAPACITY_RETRY: Duration = Duration::from_millis(20);
 /// runs again: long enough not to hammer a server that is down.
 pub const UNAVAILABLE_RETRY: Duration = Duration::from_millis(500);
 
+/// How many times in a row an event runs again at once after a conflict
+/// before it backs off. On one host an event run again never loses to
+/// newer ones (the oldest commits first); only other hosts' commits to a
+/// key it read can beat it, round after round. Backing off as a retry
+/// would (without counting an attempt) spaces those rounds out, so the
+/// hosts stop running the same losing race, and an event on a hot key
+/// runs again at a bounded rate, never dead-lettered for it.
+pub const CONFLICTS_IN_A_ROW: u32 = 100;
+
+/// After the event's `conflicts`th conflict on this host: `None` to run it
+/// again at once, or how long to wait first (every
+/// [`CONFLICTS_IN_A_ROW`]th, doubling like a retry's backoff, at most
+/// `longest_wait`).
+pub fn after_conflict(
+    conflicts: u32,
+    settings: &SubscriberConfig,
+    longest_wait: Duration,
+) -> Option<Duration> {
+    (conflicts > 0 && conflicts.is_multiple_of(CONFLICTS_IN_A_ROW)).then(|| {
+        settings
+            .backoff_before(1 + conflicts / CONFLICTS_IN_A_ROW)
+            .min(longest_wait)
+    })
+}
+
 /// The decision for a handler's `failure` on `attempt` (from 1) of an event
 /// of the subscriber with `settings`. A retry never waits longer than
 /// `longest_wait`: past half the claim window another process would take
@@ -157,6 +182,24 @@ mod tests {
             after_failure(1, &failure(FailureKind::Unavailable), &s, short),
             Verdict::Wait { delay: short }
         );
+    }
+
+    #[test]
+    fn conflicts_run_again_at_once_then_back_off_every_hundred() {
+        let s = settings(3);
+        for conflicts in [1, 2, 99, 101, 199] {
+            assert_eq!(after_conflict(conflicts, &s, LONG), None, "{conflicts}");
+        }
+        assert_eq!(
+            after_conflict(100, &s, LONG),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            after_conflict(200, &s, LONG),
+            Some(Duration::from_millis(200))
+        );
+        let short = Duration::from_millis(150);
+        assert_eq!(after_conflict(300, &s, short), Some(short));
     }
 
     #[test]
