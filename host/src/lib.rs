@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod handler;
 pub mod http;
 pub mod invoke;
+pub mod outbound;
 pub mod plugin;
 pub mod preflight;
 pub mod private_redis;

@@ -87,6 +87,12 @@ fn missing_files(config: &Config) -> Vec<Problem> {
                 problems.push(config.problem(&key, problem));
             }
         }
+        if let Some(ca) = &sub.grants.http_ca {
+            if let Err(err) = crate::outbound::tls_config(Some(ca)) {
+                let key = ["subscribers", &sub.name, "grants", "http_ca"];
+                problems.push(config.problem(&key, format!("{err:#}")));
+            }
+        }
     }
     problems
 }

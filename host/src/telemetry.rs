@@ -199,6 +199,18 @@ pub mod metrics {
         counter!("eventhost_fanout_copies_dropped_total").increment(copies);
     }
 
+    /// A plugin's outbound HTTP request: `sent` (a response came),
+    /// `denied` (no grant names it, or its name resolves to an internal
+    /// address only), `failed` (no response: refused, timed out, TLS...).
+    pub fn outbound_request(subscriber: &str, outcome: &'static str) {
+        counter!(
+            "eventhost_http_requests_total",
+            "subscriber" => subscriber.to_string(),
+            "outcome" => outcome
+        )
+        .increment(1);
+    }
+
     /// On a cluster, events copied though their id was copied lately with
     /// other content: delivered (an id alone never decides that two events
     /// are one), and counted, since a producer forges or reuses ids.

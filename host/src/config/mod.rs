@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::outbound::HttpGrant;
+
 pub use problem::{line_and_column, ConfigError, Problem};
 
 /// Name of the folder, beside the config file, that holds the compiled-plugin
@@ -333,6 +335,11 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
     /// Host folders the plugin may read.
     pub dirs: Vec<DirGrant>,
+    /// Where the plugin may send HTTP requests (`wasi:http`).
+    pub http: Vec<HttpGrant>,
+    /// A PEM file of CAs its HTTPS requests trust besides the public
+    /// roots, for private endpoints.
+    pub http_ca: Option<PathBuf>,
 }
 
 /// A host folder visible, read-only, at a path inside the plugin.

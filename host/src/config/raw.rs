@@ -98,4 +98,6 @@ pub struct RawGrants {
     pub env: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     #[serde(default)]
     pub dirs: BTreeMap<Spanned<String>, Spanned<String>>,
+    pub http: Option<Spanned<Vec<Spanned<String>>>>,
+    pub http_ca: Option<Spanned<String>>,
 }

@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::UpdateDeadline;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::files::{InstanceFiles, Refused};
 use super::limiter::MemoryLimiter;
@@ -20,6 +21,7 @@ use super::logs::{self, CallLog, LogGate};
 use super::output::OutputTail;
 use crate::config::Grants;
 use crate::handler::{Effects, PublishRefused, StateReader};
+use crate::outbound;
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -48,6 +50,9 @@ pub const MAX_HANDLES: usize = 10_000;
 pub struct StoreData {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// `wasi:http`: where requests may go is the subscriber's policy.
+    http: WasiHttpCtx,
+    http_hooks: outbound::Hooks,
     pub limiter: MemoryLimiter,
     pub output: OutputTail,
     /// Who this instance serves, for logs.
@@ -155,6 +160,7 @@ impl StoreData {
         grants: &Grants,
         log_gate: LogGate,
         files: InstanceFiles,
+        outbound: Arc<outbound::Policy>,
     ) -> anyhow::Result<Self> {
         let output = OutputTail::default();
         let mut wasi = WasiCtx::builder();
@@ -175,6 +181,8 @@ impl StoreData {
         Ok(StoreData {
             wasi,
             table,
+            http: WasiHttpCtx::new(),
+            http_hooks: outbound::Hooks::new(outbound),
             limiter: MemoryLimiter::new(memory_limit),
             output,
             subscriber,
@@ -290,6 +298,16 @@ impl StoreData {
         if let Some(dropped) = call_log.take_dropped() {
             let event_id = self.call.as_ref().map_or("", |c| c.event_id.as_str());
             logs::say_call_dropped(&self.subscriber, event_id, dropped);
+        }
+    }
+}
+
+impl WasiHttpView for StoreData {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }

@@ -225,6 +225,9 @@ impl PluginRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
         super::host_api::limit_open_files(&mut linker).context("limiting open files")?;
         Subscriber::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |data| data)
             .map_err(anyhow::Error::from)

@@ -21,6 +21,7 @@ use super::runtime::{CompiledPlugin, PluginRuntime};
 use super::threads::PluginThreads;
 use crate::config::{Grants, PublishLimits, SubscriberConfig};
 use crate::handler::{Effects, Event, Failure, FailureKind, Handler, Outcome, StateReader};
+use crate::outbound;
 
 /// How long past its limit a call blocked in a host function may take before
 /// it is abandoned (guest code is stopped by the epoch right at the limit).
@@ -161,6 +162,8 @@ struct PluginCalls {
     share: Share,
     /// The log rate of this subscriber's instances.
     log_gate: LogGate,
+    /// Where its instances' HTTP requests may go, and their bounds.
+    outbound: Arc<outbound::Policy>,
 }
 
 impl PluginCalls {
@@ -183,6 +186,7 @@ impl PluginCalls {
             idle,
             share,
             log_gate: LogGate::default(),
+            outbound: Arc::new(outbound_policy(settings)),
         }
     }
 
@@ -247,6 +251,7 @@ impl PluginCalls {
             &self.limits.grants,
             self.log_gate.clone(),
             files,
+            self.outbound.clone(),
         )
         .map_err(|err| {
             if is_host_shortage(&err) {
@@ -432,6 +437,26 @@ impl PluginCalls {
         self.give_back(instance);
         outcome
     }
+}
+
+/// The outbound HTTP policy of the subscriber with `settings`. A CA file
+/// that cannot be read was refused at start (preflight); one broken since
+/// leaves the public roots only, said once.
+fn outbound_policy(settings: &SubscriberConfig) -> outbound::Policy {
+    let grants = &settings.grants;
+    let tls = outbound::tls_config(grants.http_ca.as_deref()).unwrap_or_else(|err| {
+        tracing::warn!(
+            subscriber = %settings.name,
+            "HTTPS requests trust the public roots only: {err:#}"
+        );
+        outbound::tls_config(None).expect("the public roots load")
+    });
+    outbound::Policy::new(
+        settings.name.as_str().into(),
+        grants.http.clone(),
+        tls,
+        settings.timeout,
+    )
 }
 
 /// Why a new instance did not start.

@@ -310,6 +310,40 @@ decline_percent = 10
     }
 
     #[test]
+    fn http_grants_are_parsed_and_a_bad_one_is_reported_at_its_line() {
+        let dir = dir_with_plugin();
+        let config = parse_in(
+            dir.path(),
+            "[subscribers.a]\nplugin = \"pay.wasm\"\n[subscribers.a.grants]\n\
+             http = [\"https://api.example.com\", \"http://127.0.0.1:8080\"]\nhttp_ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let grants = &config.subscribers[0].grants;
+        assert_eq!(
+            grants.http,
+            [
+                crate::outbound::HttpGrant::parse("https://api.example.com").unwrap(),
+                crate::outbound::HttpGrant::parse("http://127.0.0.1:8080").unwrap()
+            ]
+        );
+        assert_eq!(grants.http_ca, Some(dir.path().join("ca.pem")));
+        let problem = only_problem(
+            parse_in(
+                dir.path(),
+                "[subscribers.a]\nplugin = \"pay.wasm\"\n[subscribers.a.grants]\n\
+                 http = [\"https://api.example.com\",\n  \"api.example.com/v1\"]\n",
+            )
+            .unwrap_err(),
+        );
+        assert_eq!(problem.key, "subscribers.a.grants.http");
+        assert_eq!(problem.line, 5, "{problem}");
+        assert!(
+            problem.message.contains("scheme://host[:port]"),
+            "{problem}"
+        );
+    }
+
+    #[test]
     fn grants_give_env_and_folders_to_read() {
         let dir = dir_with_plugin();
         std::fs::create_dir(dir.path().join("rates")).unwrap();

@@ -1,6 +1,7 @@
 //! Checking one `[subscribers.<name>]` table and its grants.
 
 use super::*;
+use crate::outbound::HttpGrant;
 
 impl Checker<'_> {
     pub(super) fn check_subscriber(
@@ -170,6 +171,13 @@ impl Checker<'_> {
                 host: base.join(host.get_ref()),
             });
         }
+        for entry in raw.http.map(Spanned::into_inner).unwrap_or_default() {
+            match HttpGrant::parse(entry.get_ref()) {
+                Ok(grant) => grants.http.push(grant),
+                Err(message) => self.push(Some(entry.span()), &format!("{key}.http"), &message),
+            }
+        }
+        grants.http_ca = raw.http_ca.map(|file| base.join(file.get_ref()));
         grants
     }
 }

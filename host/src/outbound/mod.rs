@@ -1,0 +1,94 @@
+//! Outbound HTTP from plugins, through the standard
+//! `wasi:http/outgoing-handler`: a subscriber reaches only what its
+//! `grants.http` name, the host resolves names itself and connects only to
+//! an address it checked, and every request is bounded in time (the call's
+//! limit), bytes and number. Knows nothing of Redis.
+
+mod address;
+mod grant;
+mod send;
+
+pub use grant::{GrantedHost, HttpGrant, Target};
+pub use send::{
+    Policy, IN_FLIGHT_PER_INSTANCE, IN_FLIGHT_PER_SUBSCRIBER, MAX_REQUEST_BODY, MAX_RESPONSE_BODY,
+};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// The roots an HTTPS request of a subscriber trusts: the usual public
+/// ones, plus the CAs in `ca_file` (PEM) for private endpoints.
+pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+    };
+    if let Some(file) = ca_file {
+        use rustls::pki_types::pem::PemObject;
+        let certificates = rustls::pki_types::CertificateDer::pem_file_iter(file)
+            .with_context(|| format!("cannot read the CA file {}", file.display()))?;
+        let mut added = 0;
+        for certificate in certificates {
+            let certificate = certificate.with_context(|| {
+                format!("{} holds a certificate that is not PEM", file.display())
+            })?;
+            roots.add(certificate).with_context(|| {
+                format!("{} holds a certificate rustls refuses", file.display())
+            })?;
+            added += 1;
+        }
+        anyhow::ensure!(added > 0, "{} holds no certificate", file.display());
+    }
+    // The one crypto provider built in (ring), TLS 1.2 and 1.3.
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// One instance's `wasi:http` hooks: its subscriber's policy, and its own
+/// bound on requests in flight.
+pub struct Hooks {
+    policy: Arc<Policy>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Hooks {
+    /// Hooks for a new instance of the subscriber whose `policy` this is.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Hooks {
+            policy,
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT_PER_INSTANCE)),
+        }
+    }
+}
+
+impl WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn std::future::Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn std::future::Future<Output = Result<(), Error>> + Send>,
+                    ),
+                    Error,
+                >,
+            > + Send,
+    > {
+        let policy = self.policy.clone();
+        let instance = self.in_flight.clone();
+        Box::new(async move {
+            let (response, connection) = policy.send(request, options, instance).await?;
+            Ok((response.map(BodyExt::boxed_unsync), connection))
+        })
+    }
+}

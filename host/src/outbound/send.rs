@@ -1,0 +1,330 @@
+//! Sending one request of a plugin: the grant checked, the name resolved by
+//! the host and each address checked, the connection made to the address
+//! that passed (so a name cannot change its answer between the check and
+//! the connection), with every wait clamped to the call's time limit and
+//! the bytes each way bounded.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::task::AbortOnDropHandle;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+
+use super::address::is_internal;
+use super::grant::{HttpGrant, Target};
+use crate::telemetry::metrics;
+
+/// Most bytes of a request's body.
+pub const MAX_REQUEST_BODY: u64 = 8 << 20;
+/// Most bytes of a response's body; past it, reading the body fails.
+pub const MAX_RESPONSE_BODY: u64 = 8 << 20;
+/// Requests in flight at once, all instances of one subscriber together.
+pub const IN_FLIGHT_PER_SUBSCRIBER: usize = 64;
+/// Requests in flight at once from one instance (one call).
+pub const IN_FLIGHT_PER_INSTANCE: usize = 8;
+
+/// What one subscriber's requests may do: shared by its instances.
+pub struct Policy {
+    subscriber: Arc<str>,
+    grants: Vec<HttpGrant>,
+    tls: Arc<rustls::ClientConfig>,
+    /// The call's time limit: no wait of a request is longer.
+    limit: Duration,
+    in_flight: Arc<Semaphore>,
+}
+
+/// A response as the guest reads it, and the connection's own future.
+type Sent = (
+    Response<WasiBody>,
+    Box<dyn std::future::Future<Output = Result<(), Error>> + Send>,
+);
+
+impl Policy {
+    /// The policy of `subscriber`: its grants, the roots it trusts for
+    /// HTTPS, and its call's time limit.
+    pub fn new(
+        subscriber: Arc<str>,
+        grants: Vec<HttpGrant>,
+        tls: Arc<rustls::ClientConfig>,
+        limit: Duration,
+    ) -> Self {
+        Policy {
+            subscriber,
+            grants,
+            tls,
+            limit,
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT_PER_SUBSCRIBER)),
+        }
+    }
+
+    /// Sends `request` if a grant allows it; `instance` bounds the
+    /// instance's requests in flight.
+    pub async fn send(
+        self: Arc<Self>,
+        request: Request<WasiBody>,
+        options: Option<RequestOptions>,
+        instance: Arc<Semaphore>,
+    ) -> Result<Sent, Error> {
+        let started = std::time::Instant::now();
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let result = self.try_send(request, options, instance).await;
+        let outcome = match &result {
+            Ok((response, _)) => {
+                tracing::debug!(subscriber = %self.subscriber, %method, %uri, status = response.status().as_u16(), took = ?started.elapsed(), "outbound request");
+                "sent"
+            }
+            Err(Error::HttpRequestDenied) => "denied",
+            Err(err) => {
+                tracing::info!(subscriber = %self.subscriber, %method, %uri, "outbound request failed: {err}");
+                "failed"
+            }
+        };
+        metrics::outbound_request(&self.subscriber, outcome);
+        result
+    }
+
+    async fn try_send(
+        &self,
+        mut request: Request<WasiBody>,
+        options: Option<RequestOptions>,
+        instance: Arc<Semaphore>,
+    ) -> Result<Sent, Error> {
+        let target = Target::of(request.uri()).ok_or(Error::HttpRequestUriInvalid)?;
+        let Some(grant) = self.grants.iter().find(|g| g.allows(&target)) else {
+            tracing::warn!(
+                subscriber = %self.subscriber,
+                uri = %request.uri(),
+                "outbound request denied: no grant of this subscriber names {}://{}:{} (grants.http)",
+                if target.https { "https" } else { "http" },
+                target.host,
+                target.port
+            );
+            return Err(Error::HttpRequestDenied);
+        };
+        let permits = (
+            instance
+                .try_acquire_owned()
+                .map_err(|_| Error::ConnectionLimitReached)?,
+            self.in_flight
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Error::ConnectionLimitReached)?,
+        );
+        let waits = Waits::new(options, self.limit);
+        let address = self.resolve(&target, grant, waits.connect).await?;
+
+        let tcp = tokio::time::timeout(waits.connect, TcpStream::connect(address))
+            .await
+            .map_err(|_| Error::ConnectionTimeout)?
+            .map_err(connect_error)?;
+        let io: Box<dyn Stream> = if target.https {
+            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|_| Error::HttpRequestUriInvalid)?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone());
+            let stream = tokio::time::timeout(waits.connect, tls.connect(name, tcp))
+                .await
+                .map_err(|_| Error::ConnectionTimeout)?
+                .map_err(|_| Error::TlsCertificateError)?;
+            Box::new(stream)
+        } else {
+            Box::new(tcp)
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(Error::from)?;
+        // The connection lives as long as its response is read, no longer
+        // than the call (dropped with it), and holds the permits.
+        let connection = AbortOnDropHandle::new(tokio::spawn(async move {
+            let _permits = permits;
+            connection.await
+        }));
+
+        // On the wire the request names its path only (no proxy).
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|_| Error::HttpRequestUriInvalid)?;
+        *request.uri_mut() = path;
+        let request =
+            request.map(|body| http_body_util::Limited::new(body, MAX_REQUEST_BODY as usize));
+        let response = tokio::time::timeout(waits.first_byte, sender.send_request(request))
+            .await
+            .map_err(|_| Error::ConnectionReadTimeout)?
+            .map_err(request_error)?;
+        let response = response.map(|incoming| {
+            ResponseBody {
+                incoming,
+                read: 0,
+                between_bytes: waits.between_bytes,
+                idle: Box::pin(tokio::time::sleep(waits.between_bytes)),
+            }
+            .boxed_unsync()
+        });
+        let connection = async move {
+            match connection.await {
+                Ok(Ok(())) | Err(_) => Ok(()),
+                Ok(Err(err)) => Err(Error::from(err)),
+            }
+        };
+        Ok((response, Box::new(connection)))
+    }
+
+    /// The first address `target` resolves to that this grant may reach: a
+    /// public one, or the one it names literally.
+    async fn resolve(
+        &self,
+        target: &Target,
+        grant: &HttpGrant,
+        within: Duration,
+    ) -> Result<SocketAddr, Error> {
+        let addresses: Vec<SocketAddr> = match target.address() {
+            Some(ip) => vec![SocketAddr::new(ip, target.port)],
+            None => tokio::time::timeout(
+                within,
+                tokio::net::lookup_host((target.host.as_str(), target.port)),
+            )
+            .await
+            .map_err(|_| Error::DnsTimeout)?
+            .map_err(|_| Error::DnsError {
+                rcode: None,
+                info_code: None,
+            })?
+            .collect(),
+        };
+        let usable = addresses
+            .iter()
+            .find(|a| !is_internal(a.ip()) || grant.names_address(a.ip()));
+        match usable {
+            Some(address) => Ok(*address),
+            None if addresses.is_empty() => Err(Error::DestinationNotFound),
+            None => {
+                tracing::warn!(
+                    subscriber = %self.subscriber,
+                    host = %target.host,
+                    "outbound request denied: {} resolves to internal addresses only ({}); \
+                     only a grant that names such an address literally reaches it",
+                    target.host,
+                    addresses
+                        .iter()
+                        .map(|a| a.ip().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Err(Error::HttpRequestDenied)
+            }
+        }
+    }
+}
+
+/// A connection the request goes over: plain TCP or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
+
+/// How long a request waits for each step: what the plugin asked, never
+/// more than its call's time limit.
+struct Waits {
+    connect: Duration,
+    first_byte: Duration,
+    between_bytes: Duration,
+}
+
+impl Waits {
+    fn new(options: Option<RequestOptions>, limit: Duration) -> Self {
+        let options = options.unwrap_or_default();
+        let clamp = |asked: Option<Duration>| {
+            asked
+                .unwrap_or(limit)
+                .min(limit)
+                .max(Duration::from_millis(1))
+        };
+        Waits {
+            connect: clamp(options.connect_timeout),
+            first_byte: clamp(options.first_byte_timeout),
+            between_bytes: clamp(options.between_bytes_timeout),
+        }
+    }
+}
+
+fn connect_error(err: std::io::Error) -> Error {
+    match err.kind() {
+        std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
+        _ => Error::Connect(err),
+    }
+}
+
+/// A request that failed on its way: over its body's limit, or hyper's.
+fn request_error(err: hyper::Error) -> Error {
+    let mut source: Option<&dyn std::error::Error> = Some(&err);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return Error::HttpRequestBodySize(Some(MAX_REQUEST_BODY));
+        }
+        source = cause.source();
+    }
+    Error::from(err)
+}
+
+/// A response's body as the plugin reads it: at most
+/// [`MAX_RESPONSE_BODY`] bytes, with no longer than `between_bytes` between
+/// two frames.
+struct ResponseBody {
+    incoming: hyper::body::Incoming,
+    read: u64,
+    between_bytes: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.read += data.len() as u64;
+                    if self.read > MAX_RESPONSE_BODY {
+                        return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(
+                            MAX_RESPONSE_BODY,
+                        )))));
+                    }
+                }
+                let next = tokio::time::Instant::now() + self.between_bytes;
+                self.idle.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Error::from(err)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+use std::future::Future as _;

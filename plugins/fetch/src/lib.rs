@@ -1,0 +1,46 @@
+//! A plugin that sends the request its event names, with an ordinary
+//! wasip2 HTTP client (`waki`, over the standard `wasi:http`), and records
+//! what came back in its state: `status:<event id>` and `body:<event id>`,
+//! or `error:<event id>` with the error the host gave. It always returns
+//! ok, so a test reads every outcome from state.
+
+use eventhost_plugin::{Event, Failure, Guest};
+
+#[derive(serde::Deserialize)]
+struct Fetch {
+    url: String,
+    /// A body to POST; a GET without it.
+    #[serde(default)]
+    body: Option<String>,
+}
+
+struct FetchPlugin;
+
+impl Guest for FetchPlugin {
+    fn handle(event: Event) -> Result<(), Failure> {
+        let fetch: Fetch = eventhost_plugin::data(&event)?;
+        let client = waki::Client::new();
+        let request = match &fetch.body {
+            Some(body) => client.post(&fetch.url).body(body.as_bytes().to_vec()),
+            None => client.get(&fetch.url),
+        };
+        let outcome = request.send().and_then(|response| {
+            let status = response.status_code();
+            let body = response.body()?;
+            Ok((status, body))
+        });
+        match outcome {
+            Ok((status, body)) => {
+                eventhost_plugin::state_set(&format!("status:{}", event.id), &status.to_string());
+                let body = String::from_utf8_lossy(&body);
+                eventhost_plugin::state_set(&format!("body:{}", event.id), &body);
+            }
+            Err(err) => {
+                eventhost_plugin::state_set(&format!("error:{}", event.id), &format!("{err:#}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+eventhost_plugin::export!(FetchPlugin);
