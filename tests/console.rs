@@ -337,3 +337,148 @@ fn post_to(addr: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
     (code, reply)
 }
+
+/// GETs `path` from the console at `addr` with `headers`; the status and
+/// the whole reply.
+fn get_from(addr: &str, path: &str, headers: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, reply)
+}
+
+/// The JSON body of a reply.
+fn body_of(reply: &str) -> Value {
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {reply:.500}"))
+}
+
+/// A dead letter of about `bytes` bytes whose payload is a long array of
+/// small numbers: the shape that costs most once parsed whole (each `0,`
+/// becomes a JSON value of tens of bytes).
+fn big_letter(i: usize, bytes: usize) -> String {
+    let numbers = vec!["0"; bytes / 2].join(",");
+    format!(
+        r#"{{"event_type":"Big","event_id":"big-{i}","n":[{numbers}],"_failures":[{{"timestamp":1.0,"reason":"probe: rejected: too big","kind":"reject","subscriber":"probe","attempt":1}}],"_metadata":{{"id":"big-{i}","timestamp":1.0,"ttl":null}}}}"#
+    )
+}
+
+/// Listing a DLQ of 20 dead letters of 1 MiB reads a bounded page: the
+/// answer holds summaries and cut previews (not the payloads), the host's
+/// peak RSS grows by less than 100 MiB, and the full payload is one
+/// entry's request away.
+#[test]
+fn listing_big_dead_letters_reads_a_bounded_page() {
+    use support::attack::status_kib;
+    let world = World::new(&["probe.wasm"], "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let mut host = world.host();
+    host.wait_for_log("eventhost running");
+    let mut conn = world.conn();
+    let letter_bytes = 1 << 20;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(xadd(
+            &mut conn,
+            "events:sub:probe:dlq",
+            &big_letter(i, letter_bytes),
+        ));
+    }
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    // The host at rest: its peak so far.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = status_kib(host.pid(), "VmHWM");
+    let started = Instant::now();
+    let (code, reply) = get_from(&addr, "/api/dlq/probe", &auth);
+    let took = started.elapsed();
+    let peak = status_kib(host.pid(), "VmHWM");
+    let held = status_kib(host.pid(), "VmRSS");
+    eprintln!(
+        "listed 20 dead letters of {letter_bytes} bytes in {took:.2?}: answer {} bytes, \
+         peak RSS {} -> {} MiB (+{} MiB), RSS after {} MiB",
+        reply.len(),
+        before >> 10,
+        peak >> 10,
+        (peak - before) >> 10,
+        held >> 10
+    );
+    assert_eq!(code, 200, "{reply:.500}");
+    let list = body_of(&reply);
+    let entries = list["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 20, "{list:.500}");
+    let first = &entries[0];
+    assert_eq!(first["id"], ids[0].as_str());
+    assert_eq!(first["event_type"], "Big");
+    assert_eq!(first["event_id"], "big-0");
+    assert_eq!(first["kind"], "reject");
+    assert_eq!(first["reason"], "probe: rejected: too big");
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["failures"], 1);
+    assert_eq!(first["bytes"], big_letter(0, letter_bytes).len());
+    let preview = first["preview"].as_str().unwrap();
+    assert!(preview.len() <= 1024, "{} bytes", preview.len());
+    assert!(big_letter(0, letter_bytes).starts_with(preview));
+    assert_eq!(first["preview_cut"], true);
+    assert!(first.get("data").is_none(), "no payload in the list");
+    assert!(
+        reply.len() < 64 * 1024,
+        "the answer is {} bytes",
+        reply.len()
+    );
+    assert!(
+        peak - before < 100 << 10,
+        "peak RSS grew by {} MiB",
+        (peak - before) >> 10
+    );
+    // 40 more: past the page's byte budget, the page ends early and says
+    // where the next starts; following it lists each entry once.
+    for i in 20..60 {
+        ids.push(xadd(
+            &mut conn,
+            "events:sub:probe:dlq",
+            &big_letter(i, letter_bytes),
+        ));
+    }
+    let mut listed = Vec::new();
+    let mut path = "/api/dlq/probe?limit=1000".to_string();
+    let mut pages = 0;
+    loop {
+        let (code, reply) = get_from(&addr, &path, &auth);
+        assert_eq!(code, 200, "{reply:.500}");
+        let list = body_of(&reply);
+        pages += 1;
+        assert!(reply.len() < 256 * 1024, "a page of {} bytes", reply.len());
+        for entry in list["entries"].as_array().unwrap() {
+            listed.push(entry["id"].as_str().unwrap().to_string());
+        }
+        match list["next"].as_str() {
+            Some(next) => path = format!("/api/dlq/probe?limit=1000&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, ids, "every entry once, in order");
+    assert!(pages >= 2, "60 letters of 1 MiB took {pages} page");
+    eprintln!("60 dead letters of 1 MiB listed in {pages} pages");
+    // The full payload, one entry at a time.
+    let (code, reply) = get_from(&addr, &format!("/api/dlq/probe/entry/{}", ids[3]), &auth);
+    assert_eq!(code, 200, "{reply:.500}");
+    let entry = body_of(&reply);
+    assert_eq!(entry["event_id"], "big-3");
+    assert_eq!(
+        entry["data"]["n"].as_array().unwrap().len(),
+        letter_bytes / 2
+    );
+}

@@ -23,11 +23,12 @@ use serde_json::json;
 
 use super::Site;
 use crate::bus::connection::RedisConn;
-use crate::bus::dlq::{DeadLetter, Dlq, DlqError, Filter, Pace, Selection, Target};
+use crate::bus::dlq::{Dlq, DlqError, Filter, Pace, Selection, Summary, Target};
 use crate::bus::keys::Keys;
 use crate::bus::status;
 
-/// Most dead letters one list request returns.
+/// Most dead letters one list request returns (each a summary; the page
+/// is bounded in bytes too, by `bus::dlq::PAGE_BUDGET`).
 const MAX_LIST: usize = 1000;
 
 /// What the console needs beside the daemon's readiness.
@@ -162,6 +163,8 @@ struct FilterQuery {
     event_type: Option<String>,
     since: Option<String>,
     limit: Option<usize>,
+    /// The list's next page starts after this id (its `next`).
+    after: Option<String>,
 }
 
 impl FilterQuery {
@@ -193,20 +196,23 @@ async fn api_list(
         Ok(filter) => filter,
         Err(err) => return Refused::from(err).into_response(),
     };
-    let limit = query.limit.unwrap_or(100).min(MAX_LIST);
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let listed = async {
-        let letters = dlq.list(&filter, limit).await?;
+        let page = dlq
+            .summaries(&filter, query.after.as_deref(), limit)
+            .await?;
         let depth = dlq.depth().await?;
-        Ok::<_, DlqError>((letters, depth))
+        Ok::<_, DlqError>((page, depth))
     };
     match listed.await {
-        Ok((letters, depth)) => answer(
+        Ok((page, depth)) => answer(
             StatusCode::OK,
             json!({
                 "dlq": dlq.queue().dlq,
                 "stream": dlq.queue().stream,
                 "depth": depth,
-                "entries": letters.iter().map(DeadLetter::to_json).collect::<Vec<_>>(),
+                "entries": page.entries.iter().map(Summary::to_json).collect::<Vec<_>>(),
+                "next": page.next,
             }),
         ),
         Err(err) => Refused::from(err).into_response(),

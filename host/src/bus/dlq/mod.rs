@@ -22,6 +22,7 @@ use serde::Serialize;
 mod error;
 mod letter;
 mod select;
+mod summary;
 mod time;
 
 pub use crate::bus::leanmq::Failure;
@@ -29,18 +30,26 @@ pub use error::DlqError;
 pub(crate) use letter::id_millis;
 pub use letter::{is_stream_id, DeadLetter};
 pub use select::{Filter, Selection, Target};
+pub use summary::{Summary, HEAD_BYTES, PREVIEW_BYTES, TAIL_BYTES};
 pub use time::{millis, parse_time, time_text};
 
 use super::connection::RedisConn;
 use super::entry::StreamEntry;
 use super::keys::{Keys, QueueKeys};
-use super::scripts::{self, Moved, ReplayKeys};
+use super::scripts::{self, Moved, PeekRange, ReplayKeys};
 use error::OrUnavailable;
 
 /// Entries read per `XRANGE` while scanning a DLQ: big enough to scan
 /// 10,000 entries in a few dozen round trips, small enough that one page
 /// of 1 MiB payloads stays affordable.
 const PAGE: usize = 200;
+
+/// Bytes one page of a DLQ's summaries reads from Redis, about (it ends
+/// at the entry that reaches it, so at most one entry's ends more): what a
+/// list costs the host whatever producers wrote. A summary weighs at most
+/// [`HEAD_BYTES`] + [`TAIL_BYTES`], so a page holds 50 of the biggest
+/// letters and 1000 small ones.
+pub const PAGE_BUDGET: usize = 1 << 20;
 
 /// Most entries moved by one replay script: keeps Redis free for others
 /// between scripts (each entry costs it a few microseconds).
@@ -70,6 +79,18 @@ pub struct MovedLetter {
     pub dlq_id: String,
     /// Its id in the stream; none on a dry run.
     pub stream_id: Option<String>,
+}
+
+/// One page of a DLQ's summaries.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The entries the filter selects, oldest first.
+    pub entries: Vec<Summary>,
+    /// Where the next page starts (after this id) when the count or
+    /// [`PAGE_BUDGET`] ended this one before the DLQ did.
+    pub next: Option<String>,
+    /// Bytes read from Redis for it.
+    pub bytes_read: usize,
 }
 
 /// The DLQ of one target, on one connection.
@@ -144,6 +165,85 @@ impl Dlq {
             found.extend(page.into_iter().take(limit - found.len()));
         }
         Ok(found)
+    }
+
+    /// Up to `limit` summaries the filter selects, oldest first, starting
+    /// after the entry `after` (or at the filter's `since`), reading at
+    /// most about [`PAGE_BUDGET`] bytes from Redis and never a whole
+    /// payload (one script per page of [`PAGE`] entries). What a summary
+    /// does not know (a big letter's failures past its end read) does not
+    /// match a filter on it.
+    pub async fn summaries(
+        &mut self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, DlqError> {
+        if let Some(after) = after {
+            select::entry_id(after)?;
+        }
+        let mut page = Page::default();
+        let Some(end) = self.last_id().await? else {
+            return Ok(page);
+        };
+        let mut from = match (after, filter.since_ms) {
+            (Some(after), _) => format!("({after}"),
+            (None, Some(ms)) => format!("{ms}-0"),
+            (None, None) => "-".to_string(),
+        };
+        while page.entries.len() < limit {
+            let range = PeekRange {
+                dlq: &self.queue.dlq,
+                from: &from,
+                to: &end,
+                count: PAGE,
+                budget: PAGE_BUDGET.saturating_sub(page.bytes_read).max(1),
+                head: HEAD_BYTES,
+                tail: TAIL_BYTES,
+            };
+            let peeked = scripts::peek(&mut self.conn, &range)
+                .await
+                .or_unavailable(|| format!("cannot read {}", self.queue.dlq))?;
+            let read = peeked.entries.len();
+            for peek in &peeked.entries {
+                page.bytes_read += peek.id.len() + peek.head.len() + peek.tail.len();
+                let summary = Summary::from_peek(peek);
+                if filter.decides(&summary) == Some(true) {
+                    page.entries.push(summary);
+                    if page.entries.len() == limit {
+                        page.next = (peek.id != end).then(|| peek.id.clone());
+                        return Ok(page);
+                    }
+                }
+            }
+            let Some(last) = peeked.entries.last() else {
+                break;
+            };
+            if last.id == end || (read < PAGE && !peeked.budget_spent) {
+                break;
+            }
+            from = format!("({}", last.id);
+            if page.bytes_read >= PAGE_BUDGET {
+                page.next = Some(last.id.clone());
+                break;
+            }
+        }
+        tracing::debug!(dlq = %self.queue.dlq, entries = page.entries.len(), bytes = page.bytes_read, "summaries read");
+        Ok(page)
+    }
+
+    /// The id of the DLQ's last entry; `None` when it is empty.
+    async fn last_id(&mut self) -> Result<Option<String>, DlqError> {
+        let last: Vec<StreamEntry> = redis::cmd("XREVRANGE")
+            .arg(&self.queue.dlq)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn)
+            .await
+            .or_unavailable(|| format!("cannot read {}", self.queue.dlq))?;
+        Ok(last.into_iter().next().map(|e| e.id))
     }
 
     /// One entry; `None` if it is not in the DLQ.
