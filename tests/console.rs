@@ -1,9 +1,11 @@
 //! The web console as the person on call uses it, in a real headless
 //! Chromium driven through chromedriver: a plugin that traps fills its
-//! DLQ; the overview shows it; the DLQ page shows the reason; a replay
-//! without the token is refused; a fixed build is hot-reloaded, and the
-//! replay with the token sends the entry back to be handled; a payload
-//! holding markup stays inert text.
+//! DLQ; the overview shows it once the read token is typed in; the DLQ
+//! page shows the reason; a replay with the read token is refused; a fixed
+//! build is hot-reloaded, and the replay with the admin token sends the
+//! entry back to be handled; a payload holding markup stays inert text.
+//! Reads need a token, and the read token changes nothing; a list of big
+//! dead letters reads a bounded page.
 
 mod support;
 
@@ -15,6 +17,9 @@ use serde_json::{json, Value};
 use support::*;
 
 const TOKEN: &str = "console-test-token-0123456789";
+
+/// The read token of the tests' hosts.
+const READ: &str = "console-test-read-0123456789";
 
 /// chromedriver on a port of its own, stopped when dropped.
 struct Driver {
@@ -94,7 +99,7 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
     world.install("panic.wasm", "svc.wasm");
     let addr = format!("127.0.0.1:{}", free_port());
     world.configure_watched(&format!(
-        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n\
+        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\nread_token = \"{READ}\"\n\n\
          [subscribers.svc]\nplugin = \"svc.wasm\"\nevents = [\"Ping\"]\n"
     ));
     let mut host = world.host();
@@ -111,6 +116,18 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
     let driver = Driver::start();
     let client = browser(&driver).await;
     client.goto(&format!("http://{addr}/")).await.unwrap();
+    let refused = text_until(&client, "#updated", "asks for the token", |t| {
+        t.contains("token field")
+    })
+    .await;
+    assert!(refused.contains("read token"), "{refused}");
+    client
+        .find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(READ)
+        .await
+        .unwrap();
     let row = "#subscribers tr[data-name=\"svc\"]";
     text_until(
         &client,
@@ -172,7 +189,7 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
         .unwrap();
     assert_eq!(inert, json!([true, 0]), "the payload is text, not markup");
 
-    // No token: refused, nothing moves.
+    // The read token: replay refused, nothing moves.
     client
         .find(Locator::Css("#letters input.pick"))
         .await
@@ -202,13 +219,17 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
     })
     .await;
 
-    client
-        .find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
+    let field = client.find(Locator::Css("#token")).await.unwrap();
+    field.clear().await.unwrap();
+    // Tab leaves the field: the page reads again with the new token.
+    field.send_keys(&format!("{TOKEN}\u{E004}")).await.unwrap();
+    text_until(
+        &client,
+        "#letters tr.letter td.id",
+        "lists the entry again",
+        |t| !t.is_empty(),
+    )
+    .await;
     client
         .find(Locator::Css("#letters input.pick"))
         .await
@@ -316,6 +337,100 @@ fn changes_from_another_origin_or_without_the_token_are_refused() {
     assert!(reply.contains("once Redis answers"), "{reply}");
     let (code, reply) = authorized("/api/dlq/probe/purge", r#"{"all":true}"#);
     assert_eq!(code, 503, "{reply}");
+}
+
+/// Reads of operator data (the overview, the DLQ list, an entry) need the
+/// read token (here from `EVENTHOST_READ_TOKEN`) or the admin token, from
+/// this site only: without one 401 at once, with a wrong one 401 after a
+/// second, from another origin 403. The read token replays and purges
+/// nothing. `/healthz` and `/metrics` stay open. A host with neither token
+/// refuses reads, saying what to set.
+#[test]
+fn reads_need_a_token_and_the_read_token_changes_nothing() {
+    let world = World::new(&["probe.wasm"], "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let mut host = Host::serving(&world.config(), &[("EVENTHOST_READ_TOKEN", READ)]);
+    host.wait_for_log("HTTP on");
+    let mut conn = world.conn();
+    publish(&mut conn, "Ping", json!({"act": "reject"}));
+    eventually("a dead letter", Duration::from_secs(10), || {
+        len(&mut conn, "events:sub:probe:dlq") == 1
+    });
+    let id = entries(&mut conn, "events:sub:probe:dlq").remove(0).0;
+    let read = format!("Authorization: Bearer {READ}\r\n");
+    let admin = format!("Authorization: Bearer {TOKEN}\r\n");
+    let reads = [
+        "/api/status".to_string(),
+        "/api/dlq/probe".to_string(),
+        format!("/api/dlq/probe/entry/{id}"),
+    ];
+    for path in &reads {
+        let started = Instant::now();
+        let (code, reply) = get_from(&addr, path, "");
+        assert_eq!(code, 401, "{path} without a token: {reply}");
+        assert!(reply.contains("read token"), "{reply}");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "no token is no guess"
+        );
+        let started = Instant::now();
+        let (code, _) = get_from(
+            &addr,
+            path,
+            "Authorization: Bearer wrong-but-long-enough\r\n",
+        );
+        assert_eq!(code, 401, "{path} with a wrong token");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "a wrong token is paced"
+        );
+        let (code, reply) = get_from(&addr, path, &read);
+        assert_eq!(code, 200, "{path} with the read token: {reply}");
+        let (code, reply) = get_from(&addr, path, &admin);
+        assert_eq!(code, 200, "{path} with the admin token: {reply}");
+        let (code, reply) = get_from(
+            &addr,
+            path,
+            &format!("{read}Origin: http://evil.example\r\n"),
+        );
+        assert_eq!(code, 403, "{path} from another site: {reply}");
+    }
+    let (_, reply) = get_from(&addr, &format!("/api/dlq/probe/entry/{id}"), &read);
+    assert_eq!(body_of(&reply)["data"]["act"], "reject");
+    let json = "Content-Type: application/json\r\n";
+    for verb in ["replay", "purge"] {
+        let (code, reply) = post_to(
+            &addr,
+            &format!("/api/dlq/probe/{verb}"),
+            &format!("{json}{read}"),
+            r#"{"all":true}"#,
+        );
+        assert_eq!(code, 401, "{verb} with the read token: {reply}");
+        assert!(reply.contains("admin token"), "{reply}");
+    }
+    assert_eq!(len(&mut conn, "events:sub:probe:dlq"), 1, "nothing moved");
+    for open in ["/healthz", "/metrics"] {
+        assert_eq!(get_from(&addr, open, "").0, 200, "{open} needs no token");
+    }
+    drop(host);
+
+    // Neither token: reads are off, and the answer says what to set.
+    let bare = World::new(&["probe.wasm"], "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    bare.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let mut host = bare.host();
+    host.wait_for_log("HTTP on");
+    let (code, reply) = get_from(&addr, "/api/status", &read);
+    assert_eq!(code, 403, "{reply}");
+    assert!(
+        reply.contains("read_token") && reply.contains("EVENTHOST_READ_TOKEN"),
+        "{reply}"
+    );
 }
 
 /// POSTs `body` to `path` on the console at `addr` with `headers`; the
