@@ -10,10 +10,11 @@
 //! harmless instead. [`trim`] bounds streams without cutting what a
 //! group still needs. [`replay`] moves dead letters back into their
 //! stream, each entry in one step, so a replay cut short neither loses nor
-//! doubles one. [`peek`] reads a page of a DLQ for the console's list
-//! as ids, sizes and the ends of each payload, within a byte budget. Each
-//! is tested against a real redis-server in
-//! `tests/scripts.rs`.
+//! doubles one. [`peek`], the one that writes nothing, reads a page of a
+//! DLQ for the console's list as ids, sizes and the ends of each payload,
+//! within a byte budget. Each write is tested against a real redis-server
+//! in `tests/scripts.rs`; `peek` by the console's list in
+//! `tests/console.rs`.
 
 pub mod commit;
 pub mod copy;
