@@ -596,4 +596,71 @@ fn listing_big_dead_letters_reads_a_bounded_page() {
         entry["data"]["n"].as_array().unwrap().len(),
         letter_bytes / 2
     );
+    // Purging all 60 by kind selects them from their summaries too, not by
+    // parsing pages of whole payloads.
+    let before = status_kib(host.pid(), "VmHWM");
+    let started = Instant::now();
+    let (code, reply) = post_to(
+        &addr,
+        "/api/dlq/probe/purge",
+        &format!("Content-Type: application/json\r\n{auth}"),
+        r#"{"all":true,"kind":"reject"}"#,
+    );
+    let took = started.elapsed();
+    let peak = status_kib(host.pid(), "VmHWM");
+    eprintln!(
+        "purged 60 dead letters of 1 MiB by kind in {took:.2?}: peak RSS {} -> {} MiB",
+        before >> 10,
+        peak >> 10
+    );
+    assert_eq!(code, 200, "{reply:.500}");
+    assert_eq!(body_of(&reply)["purged"], 60);
+    assert_eq!(len(&mut conn, "events:sub:probe:dlq"), 0);
+    assert!(
+        peak - before < 100 << 10,
+        "peak RSS grew by {} MiB",
+        (peak - before) >> 10
+    );
+}
+
+/// A replay or purge by filter is exact even where a summary cannot say:
+/// a big letter whose failures are in neither end read (between two
+/// fields of 100 KB) is read whole, alone, to decide.
+#[test]
+fn a_purge_by_kind_reads_a_letter_whole_when_its_ends_do_not_say() {
+    let world = World::new(&["probe.wasm"], "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let mut host = world.host();
+    host.wait_for_log("eventhost running");
+    let mut conn = world.conn();
+    let pad = "x".repeat(100_000);
+    let letter = |kind: &str| {
+        format!(
+            r#"{{"event_type":"Big","pad":"{pad}","_failures":[{{"reason":"r","kind":"{kind}"}}],"more":"{pad}"}}"#
+        )
+    };
+    xadd(&mut conn, "events:sub:probe:dlq", &letter("trap"));
+    let kept = xadd(&mut conn, "events:sub:probe:dlq", &letter("reject"));
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (_, reply) = get_from(&addr, "/api/dlq/probe", &auth);
+    let list = body_of(&reply);
+    assert_eq!(
+        list["entries"][0]["failures"],
+        Value::Null,
+        "the ends do not say"
+    );
+    let (code, reply) = post_to(
+        &addr,
+        "/api/dlq/probe/purge",
+        &format!("Content-Type: application/json\r\n{auth}"),
+        r#"{"all":true,"kind":"trap"}"#,
+    );
+    assert_eq!(code, 200, "{reply:.500}");
+    assert_eq!(body_of(&reply)["purged"], 1);
+    let left = entries(&mut conn, "events:sub:probe:dlq");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, kept);
 }

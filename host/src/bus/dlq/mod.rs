@@ -183,52 +183,39 @@ impl Dlq {
             select::entry_id(after)?;
         }
         let mut page = Page::default();
-        let Some(end) = self.last_id().await? else {
-            return Ok(page);
-        };
-        let mut from = match (after, filter.since_ms) {
+        let from = match (after, filter.since_ms) {
             (Some(after), _) => format!("({after}"),
-            (None, Some(ms)) => format!("{ms}-0"),
-            (None, None) => "-".to_string(),
+            (None, since) => Walk::from_since(since),
         };
-        while page.entries.len() < limit {
-            let range = PeekRange {
-                dlq: &self.queue.dlq,
-                from: &from,
-                to: &end,
-                count: PAGE,
-                budget: PAGE_BUDGET.saturating_sub(page.bytes_read).max(1),
-                head: HEAD_BYTES,
-                tail: TAIL_BYTES,
-            };
-            let peeked = scripts::peek(&mut self.conn, &range)
-                .await
-                .or_unavailable(|| format!("cannot read {}", self.queue.dlq))?;
-            let read = peeked.entries.len();
-            for peek in &peeked.entries {
-                page.bytes_read += peek.id.len() + peek.head.len() + peek.tail.len();
-                let summary = Summary::from_peek(peek);
-                if filter.decides(&summary) == Some(true) {
-                    page.entries.push(summary);
-                    if page.entries.len() == limit {
-                        page.next = (peek.id != end).then(|| peek.id.clone());
-                        return Ok(page);
-                    }
+        let mut walk = Walk::start(self, from).await?;
+        while !walk.over() {
+            let budget = PAGE_BUDGET.saturating_sub(page.bytes_read);
+            let (summaries, bytes) = walk.next(self, budget).await?;
+            page.bytes_read += bytes;
+            let last = summaries.last().map(|s| s.id.clone());
+            let count = summaries.len();
+            for (i, summary) in summaries.into_iter().enumerate() {
+                if filter.decides(&summary) != Some(true) {
+                    continue;
+                }
+                let id = summary.id.clone();
+                page.entries.push(summary);
+                if page.entries.len() == limit {
+                    page.next = (i + 1 < count || !walk.over()).then_some(id);
+                    return Ok(page);
                 }
             }
-            let Some(last) = peeked.entries.last() else {
-                break;
-            };
-            if last.id == end || (read < PAGE && !peeked.budget_spent) {
-                break;
-            }
-            from = format!("({}", last.id);
-            if page.bytes_read >= PAGE_BUDGET {
-                page.next = Some(last.id.clone());
+            if page.bytes_read >= PAGE_BUDGET && !walk.over() {
+                page.next = last;
                 break;
             }
         }
-        tracing::debug!(dlq = %self.queue.dlq, entries = page.entries.len(), bytes = page.bytes_read, "summaries read");
+        tracing::debug!(
+            dlq = %self.queue.dlq,
+            entries = page.entries.len(),
+            bytes = page.bytes_read,
+            "summaries read"
+        );
         Ok(page)
     }
 
@@ -417,10 +404,11 @@ struct Ids<'a> {
 enum Source<'a> {
     /// Given ids, until taken.
     Given(Option<&'a [String]>),
-    /// A scan with a filter, started on the first page.
+    /// A walk through the summaries with a filter, started on the first
+    /// page: a page costs [`PAGE_BUDGET`], not what producers wrote.
     Scanned {
         filter: &'a Filter,
-        scan: Option<Scan>,
+        walk: Option<Walk>,
     },
 }
 
@@ -428,7 +416,7 @@ impl<'a> Ids<'a> {
     fn of(selection: &'a Selection) -> Self {
         let source = match selection {
             Selection::Ids(ids) => Source::Given(Some(ids)),
-            Selection::Matching(filter) => Source::Scanned { filter, scan: None },
+            Selection::Matching(filter) => Source::Scanned { filter, walk: None },
         };
         Ids {
             source,
@@ -452,27 +440,113 @@ impl<'a> Ids<'a> {
                 }
                 Ok(present)
             }
-            Source::Scanned { filter, scan } => {
-                if scan.is_none() {
-                    *scan = Some(Scan::start(dlq, filter).await?);
+            Source::Scanned { filter, walk } => {
+                if walk.is_none() {
+                    let from = Walk::from_since(filter.since_ms);
+                    *walk = Some(Walk::start(dlq, from).await?);
                 }
-                let scan = scan.as_mut().expect("set above");
+                let walk = walk.as_mut().expect("set above");
                 // A page may hold no match; go on until one does or the
-                // scan ends.
-                loop {
-                    match scan.next_page(dlq).await? {
-                        None => return Ok(Vec::new()),
-                        Some(page) if page.is_empty() => continue,
-                        Some(page) => return Ok(page.into_iter().map(|l| l.id).collect()),
+                // walk ends.
+                while !walk.over() {
+                    let (summaries, _) = walk.next(dlq, PAGE_BUDGET).await?;
+                    let mut ids = Vec::new();
+                    for summary in summaries {
+                        let selected = match filter.decides(&summary) {
+                            Some(selected) => selected,
+                            // A big letter whose ends do not say: read it
+                            // whole, alone.
+                            None => dlq
+                                .get(&summary.id)
+                                .await?
+                                .is_some_and(|letter| filter.matches(&letter)),
+                        };
+                        if selected {
+                            ids.push(summary.id);
+                        }
+                    }
+                    if !ids.is_empty() {
+                        return Ok(ids);
                     }
                 }
+                Ok(Vec::new())
             }
         }
     }
 }
 
-/// A walk through a DLQ, oldest first, up to the entry that was last when
-/// it started.
+/// A walk through a DLQ's summaries ([`scripts::peek`]), oldest first, up
+/// to the entry that was last when it started: what replay and purge
+/// select by filter, and the console lists.
+struct Walk {
+    /// Where the next page starts: an id, `(<id>` after it, or `-`.
+    from: String,
+    /// The last entry when the walk started; `None`: the walk is over.
+    end: Option<String>,
+}
+
+impl Walk {
+    /// Where a walk from `since` (ms since the epoch) starts: ids carry
+    /// their time.
+    fn from_since(since_ms: Option<u64>) -> String {
+        since_ms.map_or_else(|| "-".to_string(), |ms| format!("{ms}-0"))
+    }
+
+    async fn start(dlq: &mut Dlq, from: String) -> Result<Self, DlqError> {
+        let end = dlq.last_id().await?;
+        Ok(Walk { from, end })
+    }
+
+    fn over(&self) -> bool {
+        self.end.is_none()
+    }
+
+    /// The next page, at most [`PAGE`] entries and about `budget` bytes
+    /// read (at least one entry); with the bytes read. Empty when over.
+    async fn next(
+        &mut self,
+        dlq: &mut Dlq,
+        budget: usize,
+    ) -> Result<(Vec<Summary>, usize), DlqError> {
+        let Some(end) = self.end.clone() else {
+            return Ok((Vec::new(), 0));
+        };
+        let range = PeekRange {
+            dlq: &dlq.queue.dlq,
+            from: &self.from,
+            to: &end,
+            count: PAGE,
+            budget: budget.max(1),
+            head: HEAD_BYTES,
+            tail: TAIL_BYTES,
+        };
+        let peeked = scripts::peek(&mut dlq.conn, &range)
+            .await
+            .or_unavailable(|| format!("cannot read {}", dlq.queue.dlq))?;
+        match peeked.entries.last() {
+            None => self.end = None,
+            Some(last) => {
+                if last.id == end || (peeked.entries.len() < PAGE && !peeked.budget_spent) {
+                    self.end = None;
+                }
+                self.from = format!("({}", last.id);
+            }
+        }
+        let bytes = peeked
+            .entries
+            .iter()
+            .map(|p| p.id.len() + p.head.len() + p.tail.len())
+            .sum();
+        Ok((
+            peeked.entries.iter().map(Summary::from_peek).collect(),
+            bytes,
+        ))
+    }
+}
+
+/// A walk through a DLQ's whole entries, oldest first, up to the entry
+/// that was last when it started: `dlq list`'s, which an operator's
+/// read-only Redis user runs (it may not run scripts).
 struct Scan {
     filter: Filter,
     /// Where the next page starts (exclusive after the first).
