@@ -587,8 +587,22 @@ fn listing_big_dead_letters_reads_a_bounded_page() {
     assert_eq!(listed, ids, "every entry once, in order");
     assert!(pages >= 2, "60 letters of 1 MiB took {pages} page");
     eprintln!("60 dead letters of 1 MiB listed in {pages} pages");
-    // The full payload, one entry at a time.
+    // The full payload, one entry at a time, copied as its text (built
+    // into JSON values it took over 100 MiB).
+    let before = status_kib(host.pid(), "VmHWM");
     let (code, reply) = get_from(&addr, &format!("/api/dlq/probe/entry/{}", ids[3]), &auth);
+    let peak = status_kib(host.pid(), "VmHWM");
+    eprintln!(
+        "one entry of 1 MiB shown whole: answer {} bytes, peak RSS {} -> {} MiB",
+        reply.len(),
+        before >> 10,
+        peak >> 10
+    );
+    assert!(
+        peak - before < 32 << 10,
+        "peak RSS grew by {} MiB",
+        (peak - before) >> 10
+    );
     assert_eq!(code, 200, "{reply:.500}");
     let entry = body_of(&reply);
     assert_eq!(entry["event_id"], "big-3");

@@ -28,7 +28,7 @@ use serde_json::json;
 
 use super::Site;
 use crate::bus::connection::RedisConn;
-use crate::bus::dlq::{Dlq, DlqError, Filter, Pace, Selection, Summary, Target};
+use crate::bus::dlq::{self, Dlq, DlqError, Filter, Pace, Selection, Summary, Target};
 use crate::bus::keys::Keys;
 use crate::bus::status;
 
@@ -246,8 +246,17 @@ async fn api_entry(
         Ok(dlq) => dlq,
         Err(refused) => return refused.into_response(),
     };
-    match dlq.get(&id).await {
-        Ok(Some(letter)) => answer(StatusCode::OK, letter.to_json()),
+    match dlq.entry(&id).await {
+        Ok(Some(entry)) => {
+            // Built as text: the payload is not made into JSON values.
+            let mut response = (
+                [(header::CONTENT_TYPE, "application/json")],
+                dlq::json_text(&entry),
+            )
+                .into_response();
+            guard_headers(response.headers_mut());
+            response
+        }
         Ok(None) => refusal(
             StatusCode::NOT_FOUND,
             format!("{id} is not in {} (replayed or purged?)", dlq.queue().dlq),

@@ -28,7 +28,7 @@ mod time;
 pub use crate::bus::leanmq::Failure;
 pub use error::DlqError;
 pub(crate) use letter::id_millis;
-pub use letter::{is_stream_id, DeadLetter};
+pub use letter::{is_stream_id, json_text, DeadLetter};
 pub use select::{Filter, Selection, Target};
 pub use summary::{Summary, HEAD_BYTES, PREVIEW_BYTES, TAIL_BYTES};
 pub use time::{millis, parse_time, time_text};
@@ -231,6 +231,12 @@ impl Dlq {
             .await
             .or_unavailable(|| format!("cannot read {}", self.queue.dlq))?;
         Ok(last.into_iter().next().map(|e| e.id))
+    }
+
+    /// One entry as stored; `None` if it is not in the DLQ.
+    pub async fn entry(&mut self, id: &str) -> Result<Option<StreamEntry>, DlqError> {
+        select::entry_id(id)?;
+        Ok(self.range(id, id, 1).await?.into_iter().next())
     }
 
     /// One entry; `None` if it is not in the DLQ.
@@ -635,6 +641,20 @@ mod tests {
             letter.payload(),
             serde_json::json!({"event_type":"Ping","event_id":"e-1","n":1})
         );
+    }
+
+    #[test]
+    fn an_entry_as_text_is_its_json_whatever_its_shape() {
+        for data in [
+            r#"{"event_type":"Ping","event_id":"e-1","n":[1,2],"_failures":[{"timestamp":2.5,"reason":"r","kind":"trap","attempt":1}],"_metadata":{"id":"e-1","timestamp":2.5,"ttl":null}}"#,
+            r#"{"_raw":"\u0001"}"#,
+            "not json",
+            "[1,2]",
+        ] {
+            let e = entry("1764557000123-0", data);
+            let text: Value = serde_json::from_str(&json_text(&e)).unwrap();
+            assert_eq!(text, DeadLetter::from_entry(&e).to_json(), "{data}");
+        }
     }
 
     #[test]
