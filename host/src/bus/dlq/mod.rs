@@ -187,7 +187,7 @@ impl Dlq {
             (Some(after), _) => format!("({after}"),
             (None, since) => Walk::from_since(since),
         };
-        let mut walk = Walk::start(self, from).await?;
+        let mut walk = Walk::start(from);
         while !walk.over() {
             let budget = PAGE_BUDGET.saturating_sub(page.bytes_read);
             let (summaries, bytes) = walk.next(self, budget).await?;
@@ -217,20 +217,6 @@ impl Dlq {
             "summaries read"
         );
         Ok(page)
-    }
-
-    /// The id of the DLQ's last entry; `None` when it is empty.
-    async fn last_id(&mut self) -> Result<Option<String>, DlqError> {
-        let last: Vec<StreamEntry> = redis::cmd("XREVRANGE")
-            .arg(&self.queue.dlq)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.conn)
-            .await
-            .or_unavailable(|| format!("cannot read {}", self.queue.dlq))?;
-        Ok(last.into_iter().next().map(|e| e.id))
     }
 
     /// One entry as stored; `None` if it is not in the DLQ.
@@ -449,7 +435,7 @@ impl<'a> Ids<'a> {
             Source::Scanned { filter, walk } => {
                 if walk.is_none() {
                     let from = Walk::from_since(filter.since_ms);
-                    *walk = Some(Walk::start(dlq, from).await?);
+                    *walk = Some(Walk::start(from));
                 }
                 let walk = walk.as_mut().expect("set above");
                 // A page may hold no match; go on until one does or the
@@ -487,8 +473,16 @@ impl<'a> Ids<'a> {
 struct Walk {
     /// Where the next page starts: an id, `(<id>` after it, or `-`.
     from: String,
-    /// The last entry when the walk started; `None`: the walk is over.
-    end: Option<String>,
+    end: End,
+}
+
+/// Where a [`Walk`] ends.
+enum End {
+    /// Not known before the first page: the DLQ's last entry then.
+    Unknown,
+    At(String),
+    /// The walk is over.
+    Over,
 }
 
 impl Walk {
@@ -498,13 +492,15 @@ impl Walk {
         since_ms.map_or_else(|| "-".to_string(), |ms| format!("{ms}-0"))
     }
 
-    async fn start(dlq: &mut Dlq, from: String) -> Result<Self, DlqError> {
-        let end = dlq.last_id().await?;
-        Ok(Walk { from, end })
+    fn start(from: String) -> Self {
+        Walk {
+            from,
+            end: End::Unknown,
+        }
     }
 
     fn over(&self) -> bool {
-        self.end.is_none()
+        matches!(self.end, End::Over)
     }
 
     /// The next page, at most [`PAGE`] entries and about `budget` bytes
@@ -514,13 +510,15 @@ impl Walk {
         dlq: &mut Dlq,
         budget: usize,
     ) -> Result<(Vec<Summary>, usize), DlqError> {
-        let Some(end) = self.end.clone() else {
-            return Ok((Vec::new(), 0));
+        let to = match &self.end {
+            End::Over => return Ok((Vec::new(), 0)),
+            End::Unknown => String::new(),
+            End::At(end) => end.clone(),
         };
         let range = PeekRange {
             dlq: &dlq.queue.dlq,
             from: &self.from,
-            to: &end,
+            to: &to,
             count: PAGE,
             budget: budget.max(1),
             head: HEAD_BYTES,
@@ -529,15 +527,18 @@ impl Walk {
         let peeked = scripts::peek(&mut dlq.conn, &range)
             .await
             .or_unavailable(|| format!("cannot read {}", dlq.queue.dlq))?;
-        match peeked.entries.last() {
-            None => self.end = None,
-            Some(last) => {
-                if last.id == end || (peeked.entries.len() < PAGE && !peeked.budget_spent) {
-                    self.end = None;
-                }
+        self.end = match (peeked.last.clone(), peeked.entries.last()) {
+            (Some(end), Some(last)) => {
                 self.from = format!("({}", last.id);
+                let done = last.id == end || (peeked.entries.len() < PAGE && !peeked.budget_spent);
+                if done {
+                    End::Over
+                } else {
+                    End::At(end)
+                }
             }
-        }
+            _ => End::Over,
+        };
         let bytes = peeked
             .entries
             .iter()

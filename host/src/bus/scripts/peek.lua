@@ -4,7 +4,9 @@
 --
 -- KEYS[1] the DLQ
 -- ARGV[1] where to start (an id, `(id` to start after it, or `-`)
--- ARGV[2] the last id to read   ARGV[3] most entries
+-- ARGV[2] the last id to read; empty: the DLQ's last entry now (so a
+--         walk never reaches what was added after it started)
+-- ARGV[3] most entries
 -- ARGV[4] bytes the reply may hold (ids, heads and tails), about
 -- ARGV[5] bytes of the head     ARGV[6] bytes of the tail
 --
@@ -14,8 +16,9 @@
 -- whatever producers wrote. `data` no longer than head and tail together
 -- is sent whole as the head.
 --
--- Returns {budget_spent, id, entry bytes, data bytes (-1: no `data`),
--- head, tail, ...}; budget_spent is 1 when the budget ended the page.
+-- Returns {budget_spent, last id, id, entry bytes, data bytes (-1: no
+-- `data`), head, tail, ...}; budget_spent is 1 when the budget ended the
+-- page; last id is ARGV[2], or the last entry's ('' if the DLQ is empty).
 
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'stream' and t ~= 'none' then
@@ -23,9 +26,17 @@ if t ~= 'stream' and t ~= 'none' then
 end
 
 local from, last = ARGV[1], ARGV[2]
+if last == '' then
+  -- Only its id leaves Redis, not the entry.
+  local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #newest == 0 then
+    return {0, ''}
+  end
+  last = newest[1][1]
+end
 local count, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
 local head_bytes, tail_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
-local out, spent = {0}, 0
+local out, spent = {0, last}, 0
 for _ = 1, count do
   local found = redis.call('XRANGE', KEYS[1], from, last, 'COUNT', 1)
   if #found == 0 then break end

@@ -15,7 +15,8 @@ pub struct PeekRange<'a> {
     pub dlq: &'a str,
     /// Where to start: an id, `(<id>` to start after it, or `-`.
     pub from: &'a str,
-    /// The last id to read.
+    /// The last id to read; empty: the DLQ's last entry now (only its id
+    /// is read, in [`Peeked::last`]).
     pub to: &'a str,
     /// Most entries.
     pub count: usize,
@@ -57,6 +58,9 @@ pub struct Peeked {
     pub entries: Vec<Peek>,
     /// The budget ended the page before the count or the range did.
     pub budget_spent: bool,
+    /// The last id of the range (the DLQ's last entry when `to` was
+    /// empty); `None`: the DLQ is empty.
+    pub last: Option<String>,
 }
 
 /// Reads the entries of `range`, each cut to its ends.
@@ -80,10 +84,12 @@ pub async fn peek(conn: &mut RedisConn, range: &PeekRange<'_>) -> RedisResult<Pe
     })
 }
 
-/// `[budget_spent, id, bytes, data_len, head, tail, ...]` → the entries.
+/// `[budget_spent, last, id, bytes, data_len, head, tail, ...]` → the
+/// entries.
 fn decode(flat: Vec<Value>) -> Result<Peeked, String> {
     let mut values = flat.into_iter();
     let budget_spent = int(values.next())? == 1;
+    let last = String::from_utf8(bytes(values.next())?).map_err(|e| e.to_string())?;
     let mut entries = Vec::new();
     while let Some(id) = values.next() {
         let id = String::from_utf8(bytes(Some(id))?).map_err(|e| e.to_string())?;
@@ -100,6 +106,7 @@ fn decode(flat: Vec<Value>) -> Result<Peeked, String> {
     Ok(Peeked {
         entries,
         budget_spent,
+        last: (!last.is_empty()).then_some(last),
     })
 }
 
@@ -127,6 +134,7 @@ mod tests {
         let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let peeked = decode(vec![
             Value::Int(1),
+            text("2-0"),
             text("1-0"),
             Value::Int(12),
             Value::Int(8),
@@ -140,10 +148,12 @@ mod tests {
         ])
         .unwrap();
         assert!(peeked.budget_spent);
+        assert_eq!(peeked.last.as_deref(), Some("2-0"));
         assert_eq!(peeked.entries.len(), 2);
         assert!(peeked.entries[0].whole());
         assert_eq!(peeked.entries[1].data_len, None);
         assert!(!peeked.entries[1].whole());
-        assert!(decode(vec![Value::Int(0), text("1-0")]).is_err());
+        assert!(decode(vec![Value::Int(0), text(""), text("1-0")]).is_err());
+        assert_eq!(decode(vec![Value::Int(0), text("")]).unwrap().last, None);
     }
 }
