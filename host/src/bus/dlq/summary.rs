@@ -41,7 +41,10 @@ pub struct Summary {
     pub dead_lettered_ms: u64,
     /// Bytes of its `data` (of the entry, if it has no `data`).
     pub bytes: u64,
+    /// What the list shows and filters on; `None`: none, or not in the
+    /// start read (see [`Summary::known_event_type`]).
     pub event_type: Option<String>,
+    /// Its `event_id`, else `_metadata.id`: how logs name the event.
     pub event_id: Option<String>,
     /// How many failures it records; `None`: its `_failures` are not
     /// within the ends read.

@@ -12,6 +12,7 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("pee
 /// Which entries of which DLQ, and how much of each.
 #[derive(Debug, Clone)]
 pub struct PeekRange<'a> {
+    /// The DLQ's key: the script's one key, so it runs on a cluster too.
     pub dlq: &'a str,
     /// Where to start: an id, `(<id>` to start after it, or `-`.
     pub from: &'a str,
@@ -32,6 +33,7 @@ pub struct PeekRange<'a> {
 /// One entry, as much of it as a list needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peek {
+    /// The entry's id in the DLQ: what the full entry is fetched by.
     pub id: String,
     /// The entry's fields and values, in bytes.
     pub bytes: u64,
@@ -55,6 +57,7 @@ impl Peek {
 /// What one call read.
 #[derive(Debug, Default)]
 pub struct Peeked {
+    /// Oldest first.
     pub entries: Vec<Peek>,
     /// The budget ended the page before the count or the range did.
     pub budget_spent: bool,
