@@ -1,9 +1,11 @@
 //! The web console as the person on call uses it, in a real headless
 //! Chromium driven through chromedriver: a plugin that traps fills its
-//! DLQ; the overview shows it; the DLQ page shows the reason; a replay
-//! without the token is refused; a fixed build is hot-reloaded, and the
-//! replay with the token sends the entry back to be handled; a payload
-//! holding markup stays inert text.
+//! DLQ; the overview shows it once the read token is typed in; the DLQ
+//! page shows the reason; a replay with the read token is refused; a fixed
+//! build is hot-reloaded, and the replay with the admin token sends the
+//! entry back to be handled; a payload holding markup stays inert text.
+//! Reads need a token, and the read token changes nothing; a list of big
+//! dead letters reads a bounded page.
 
 mod support;
 
@@ -15,6 +17,9 @@ use serde_json::{json, Value};
 use support::*;
 
 const TOKEN: &str = "console-test-token-0123456789";
+
+/// The read token of the tests' hosts.
+const READ: &str = "console-test-read-0123456789";
 
 /// chromedriver on a port of its own, stopped when dropped.
 struct Driver {
@@ -94,7 +99,7 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
     world.install("panic.wasm", "svc.wasm");
     let addr = format!("127.0.0.1:{}", free_port());
     world.configure_watched(&format!(
-        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n\
+        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\nread_token = \"{READ}\"\n\n\
          [subscribers.svc]\nplugin = \"svc.wasm\"\nevents = [\"Ping\"]\n"
     ));
     let mut host = world.host();
@@ -111,6 +116,18 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
     let driver = Driver::start();
     let client = browser(&driver).await;
     client.goto(&format!("http://{addr}/")).await.unwrap();
+    let refused = text_until(&client, "#updated", "asks for the token", |t| {
+        t.contains("token field")
+    })
+    .await;
+    assert!(refused.contains("read token"), "{refused}");
+    client
+        .find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(READ)
+        .await
+        .unwrap();
     let row = "#subscribers tr[data-name=\"svc\"]";
     text_until(
         &client,
@@ -172,7 +189,7 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
         .unwrap();
     assert_eq!(inert, json!([true, 0]), "the payload is text, not markup");
 
-    // No token: refused, nothing moves.
+    // The read token: replay refused, nothing moves.
     client
         .find(Locator::Css("#letters input.pick"))
         .await
@@ -202,13 +219,17 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
     })
     .await;
 
-    client
-        .find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
+    let field = client.find(Locator::Css("#token")).await.unwrap();
+    field.clear().await.unwrap();
+    // Tab leaves the field: the page reads again with the new token.
+    field.send_keys(&format!("{TOKEN}\u{E004}")).await.unwrap();
+    text_until(
+        &client,
+        "#letters tr.letter td.id",
+        "lists the entry again",
+        |t| !t.is_empty(),
+    )
+    .await;
     client
         .find(Locator::Css("#letters input.pick"))
         .await
@@ -318,6 +339,100 @@ fn changes_from_another_origin_or_without_the_token_are_refused() {
     assert_eq!(code, 503, "{reply}");
 }
 
+/// Reads of operator data (the overview, the DLQ list, an entry) need the
+/// read token (here from `EVENTHOST_READ_TOKEN`) or the admin token, from
+/// this site only: without one 401 at once, with a wrong one 401 after a
+/// second, from another origin 403. The read token replays and purges
+/// nothing. `/healthz` and `/metrics` stay open. A host with neither token
+/// refuses reads, saying what to set.
+#[test]
+fn reads_need_a_token_and_the_read_token_changes_nothing() {
+    let world = World::new(&["probe.wasm"], "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let mut host = Host::serving(&world.config(), &[("EVENTHOST_READ_TOKEN", READ)]);
+    host.wait_for_log("HTTP on");
+    let mut conn = world.conn();
+    publish(&mut conn, "Ping", json!({"act": "reject"}));
+    eventually("a dead letter", Duration::from_secs(10), || {
+        len(&mut conn, "events:sub:probe:dlq") == 1
+    });
+    let id = entries(&mut conn, "events:sub:probe:dlq").remove(0).0;
+    let read = format!("Authorization: Bearer {READ}\r\n");
+    let admin = format!("Authorization: Bearer {TOKEN}\r\n");
+    let reads = [
+        "/api/status".to_string(),
+        "/api/dlq/probe".to_string(),
+        format!("/api/dlq/probe/entry/{id}"),
+    ];
+    for path in &reads {
+        let started = Instant::now();
+        let (code, reply) = get_from(&addr, path, "");
+        assert_eq!(code, 401, "{path} without a token: {reply}");
+        assert!(reply.contains("read token"), "{reply}");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "no token is no guess"
+        );
+        let started = Instant::now();
+        let (code, _) = get_from(
+            &addr,
+            path,
+            "Authorization: Bearer wrong-but-long-enough\r\n",
+        );
+        assert_eq!(code, 401, "{path} with a wrong token");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "a wrong token is paced"
+        );
+        let (code, reply) = get_from(&addr, path, &read);
+        assert_eq!(code, 200, "{path} with the read token: {reply}");
+        let (code, reply) = get_from(&addr, path, &admin);
+        assert_eq!(code, 200, "{path} with the admin token: {reply}");
+        let (code, reply) = get_from(
+            &addr,
+            path,
+            &format!("{read}Origin: http://evil.example\r\n"),
+        );
+        assert_eq!(code, 403, "{path} from another site: {reply}");
+    }
+    let (_, reply) = get_from(&addr, &format!("/api/dlq/probe/entry/{id}"), &read);
+    assert_eq!(body_of(&reply)["data"]["act"], "reject");
+    let json = "Content-Type: application/json\r\n";
+    for verb in ["replay", "purge"] {
+        let (code, reply) = post_to(
+            &addr,
+            &format!("/api/dlq/probe/{verb}"),
+            &format!("{json}{read}"),
+            r#"{"all":true}"#,
+        );
+        assert_eq!(code, 401, "{verb} with the read token: {reply}");
+        assert!(reply.contains("admin token"), "{reply}");
+    }
+    assert_eq!(len(&mut conn, "events:sub:probe:dlq"), 1, "nothing moved");
+    for open in ["/healthz", "/metrics"] {
+        assert_eq!(get_from(&addr, open, "").0, 200, "{open} needs no token");
+    }
+    drop(host);
+
+    // Neither token: reads are off, and the answer says what to set.
+    let bare = World::new(&["probe.wasm"], "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    bare.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let mut host = bare.host();
+    host.wait_for_log("HTTP on");
+    let (code, reply) = get_from(&addr, "/api/status", &read);
+    assert_eq!(code, 403, "{reply}");
+    assert!(
+        reply.contains("read_token") && reply.contains("EVENTHOST_READ_TOKEN"),
+        "{reply}"
+    );
+}
+
 /// POSTs `body` to `path` on the console at `addr` with `headers`; the
 /// status and the whole reply.
 fn post_to(addr: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
@@ -336,4 +451,230 @@ fn post_to(addr: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     stream.read_to_string(&mut reply).unwrap();
     let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
     (code, reply)
+}
+
+/// GETs `path` from the console at `addr` with `headers`; the status and
+/// the whole reply.
+fn get_from(addr: &str, path: &str, headers: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, reply)
+}
+
+/// The JSON body of a reply.
+fn body_of(reply: &str) -> Value {
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {reply:.500}"))
+}
+
+/// A dead letter of about `bytes` bytes whose payload is a long array of
+/// small numbers: the shape that costs most once parsed whole (each `0,`
+/// becomes a JSON value of tens of bytes).
+fn big_letter(i: usize, bytes: usize) -> String {
+    let numbers = vec!["0"; bytes / 2].join(",");
+    format!(
+        r#"{{"event_type":"Big","event_id":"big-{i}","n":[{numbers}],"_failures":[{{"timestamp":1.0,"reason":"probe: rejected: too big","kind":"reject","subscriber":"probe","attempt":1}}],"_metadata":{{"id":"big-{i}","timestamp":1.0,"ttl":null}}}}"#
+    )
+}
+
+/// Listing a DLQ of 20 dead letters of 1 MiB reads a bounded page: the
+/// answer holds summaries and cut previews (not the payloads), the host's
+/// peak RSS grows by less than 100 MiB, and the full payload is one
+/// entry's request away.
+#[test]
+fn listing_big_dead_letters_reads_a_bounded_page() {
+    use support::attack::status_kib;
+    let world = World::new(&["probe.wasm"], "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let mut host = world.host();
+    host.wait_for_log("eventhost running");
+    let mut conn = world.conn();
+    let letter_bytes = 1 << 20;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(xadd(
+            &mut conn,
+            "events:sub:probe:dlq",
+            &big_letter(i, letter_bytes),
+        ));
+    }
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    // The host at rest: its peak so far.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = status_kib(host.pid(), "VmHWM");
+    let started = Instant::now();
+    let (code, reply) = get_from(&addr, "/api/dlq/probe", &auth);
+    let took = started.elapsed();
+    let peak = status_kib(host.pid(), "VmHWM");
+    let held = status_kib(host.pid(), "VmRSS");
+    eprintln!(
+        "listed 20 dead letters of {letter_bytes} bytes in {took:.2?}: answer {} bytes, \
+         peak RSS {} -> {} MiB (+{} MiB), RSS after {} MiB",
+        reply.len(),
+        before >> 10,
+        peak >> 10,
+        (peak - before) >> 10,
+        held >> 10
+    );
+    assert_eq!(code, 200, "{reply:.500}");
+    let list = body_of(&reply);
+    let entries = list["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 20, "{list:.500}");
+    let first = &entries[0];
+    assert_eq!(first["id"], ids[0].as_str());
+    assert_eq!(first["event_type"], "Big");
+    assert_eq!(first["event_id"], "big-0");
+    assert_eq!(first["kind"], "reject");
+    assert_eq!(first["reason"], "probe: rejected: too big");
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["failures"], 1);
+    assert_eq!(first["bytes"], big_letter(0, letter_bytes).len());
+    let preview = first["preview"].as_str().unwrap();
+    assert!(preview.len() <= 1024, "{} bytes", preview.len());
+    assert!(big_letter(0, letter_bytes).starts_with(preview));
+    assert_eq!(first["preview_cut"], true);
+    assert!(first.get("data").is_none(), "no payload in the list");
+    assert!(
+        reply.len() < 64 * 1024,
+        "the answer is {} bytes",
+        reply.len()
+    );
+    assert!(
+        peak - before < 100 << 10,
+        "peak RSS grew by {} MiB",
+        (peak - before) >> 10
+    );
+    // 40 more: past the page's byte budget, the page ends early and says
+    // where the next starts; following it lists each entry once.
+    for i in 20..60 {
+        ids.push(xadd(
+            &mut conn,
+            "events:sub:probe:dlq",
+            &big_letter(i, letter_bytes),
+        ));
+    }
+    let mut listed = Vec::new();
+    let mut path = "/api/dlq/probe?limit=1000".to_string();
+    let mut pages = 0;
+    loop {
+        let (code, reply) = get_from(&addr, &path, &auth);
+        assert_eq!(code, 200, "{reply:.500}");
+        let list = body_of(&reply);
+        pages += 1;
+        assert!(reply.len() < 256 * 1024, "a page of {} bytes", reply.len());
+        for entry in list["entries"].as_array().unwrap() {
+            listed.push(entry["id"].as_str().unwrap().to_string());
+        }
+        match list["next"].as_str() {
+            Some(next) => path = format!("/api/dlq/probe?limit=1000&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, ids, "every entry once, in order");
+    assert!(pages >= 2, "60 letters of 1 MiB took {pages} page");
+    eprintln!("60 dead letters of 1 MiB listed in {pages} pages");
+    // The full payload, one entry at a time, copied as its text (built
+    // into JSON values it took over 100 MiB).
+    let before = status_kib(host.pid(), "VmHWM");
+    let (code, reply) = get_from(&addr, &format!("/api/dlq/probe/entry/{}", ids[3]), &auth);
+    let peak = status_kib(host.pid(), "VmHWM");
+    eprintln!(
+        "one entry of 1 MiB shown whole: answer {} bytes, peak RSS {} -> {} MiB",
+        reply.len(),
+        before >> 10,
+        peak >> 10
+    );
+    assert!(
+        peak - before < 32 << 10,
+        "peak RSS grew by {} MiB",
+        (peak - before) >> 10
+    );
+    assert_eq!(code, 200, "{reply:.500}");
+    let entry = body_of(&reply);
+    assert_eq!(entry["event_id"], "big-3");
+    assert_eq!(
+        entry["data"]["n"].as_array().unwrap().len(),
+        letter_bytes / 2
+    );
+    // Purging all 60 by kind selects them from their summaries too, not by
+    // parsing pages of whole payloads.
+    let before = status_kib(host.pid(), "VmHWM");
+    let started = Instant::now();
+    let (code, reply) = post_to(
+        &addr,
+        "/api/dlq/probe/purge",
+        &format!("Content-Type: application/json\r\n{auth}"),
+        r#"{"all":true,"kind":"reject"}"#,
+    );
+    let took = started.elapsed();
+    let peak = status_kib(host.pid(), "VmHWM");
+    eprintln!(
+        "purged 60 dead letters of 1 MiB by kind in {took:.2?}: peak RSS {} -> {} MiB",
+        before >> 10,
+        peak >> 10
+    );
+    assert_eq!(code, 200, "{reply:.500}");
+    assert_eq!(body_of(&reply)["purged"], 60);
+    assert_eq!(len(&mut conn, "events:sub:probe:dlq"), 0);
+    assert!(
+        peak - before < 100 << 10,
+        "peak RSS grew by {} MiB",
+        (peak - before) >> 10
+    );
+}
+
+/// A replay or purge by filter is exact even where a summary cannot say:
+/// a big letter whose failures are in neither end read (between two
+/// fields of 100 KB) is read whole, alone, to decide.
+#[test]
+fn a_purge_by_kind_reads_a_letter_whole_when_its_ends_do_not_say() {
+    let world = World::new(&["probe.wasm"], "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
+    ));
+    let mut host = world.host();
+    host.wait_for_log("eventhost running");
+    let mut conn = world.conn();
+    let pad = "x".repeat(100_000);
+    let letter = |kind: &str| {
+        format!(
+            r#"{{"event_type":"Big","pad":"{pad}","_failures":[{{"reason":"r","kind":"{kind}"}}],"more":"{pad}"}}"#
+        )
+    };
+    xadd(&mut conn, "events:sub:probe:dlq", &letter("trap"));
+    let kept = xadd(&mut conn, "events:sub:probe:dlq", &letter("reject"));
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (_, reply) = get_from(&addr, "/api/dlq/probe", &auth);
+    let list = body_of(&reply);
+    assert_eq!(
+        list["entries"][0]["failures"],
+        Value::Null,
+        "the ends do not say"
+    );
+    let (code, reply) = post_to(
+        &addr,
+        "/api/dlq/probe/purge",
+        &format!("Content-Type: application/json\r\n{auth}"),
+        r#"{"all":true,"kind":"trap"}"#,
+    );
+    assert_eq!(code, 200, "{reply:.500}");
+    assert_eq!(body_of(&reply)["purged"], 1);
+    let left = entries(&mut conn, "events:sub:probe:dlq");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, kept);
 }

@@ -419,6 +419,57 @@ fn malformed_entries_in_a_subscriber_stream_are_dead_lettered_there() {
     assert_eq!(host.stop().code(), Some(0));
 }
 
+/// 1,000,000 control characters on `events:all` (text, not JSON, under
+/// the 1 MiB limit) become a dead letter of about 1 MiB, not of the 6 MB
+/// their escaped copy would take: `_raw` is cut to `max_payload_bytes`
+/// once escaped, and the letter says it was cut and how big the entry
+/// was. The event after it is routed.
+#[test]
+fn text_that_escaping_would_multiply_is_dead_lettered_within_the_limit() {
+    let _attack = one_attack_at_a_time();
+    let world = World::probe();
+    let _host = world.host();
+    let mut conn = world.conn();
+    let controls = vec![1u8; 1_000_000];
+    let stream_id = xadd_field(&mut conn, "events:all", "data", &controls);
+    let after = publish(&mut conn, "Ping", json!({}));
+    eventually("the event after it is handled", WAIT, || {
+        state(&mut conn, "probe").contains_key(&format!("seen:{after}"))
+    });
+    let raw: Vec<RawEntry> = redis::cmd("XRANGE")
+        .arg("events:all:dlq")
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(raw.len(), 1, "one dead letter");
+    let (_, data) = raw[0].1.iter().find(|(k, _)| k == "data").unwrap();
+    eprintln!(
+        "1,000,000 control characters dead-lettered as {} bytes",
+        data.len()
+    );
+    assert!(
+        data.len() <= (1 << 20) + 4096,
+        "a dead letter of {} bytes in Redis",
+        data.len()
+    );
+    let letter: Value = serde_json::from_slice(data).unwrap();
+    assert_eq!(letter["_raw_truncated"], true);
+    assert_eq!(letter["_raw_bytes"], 1_000_000);
+    let kept = letter["_raw"].as_str().unwrap();
+    assert!(
+        kept.len() > 170_000 && kept.bytes().all(|b| b == 1),
+        "{} characters kept",
+        kept.len()
+    );
+    assert_eq!(
+        letter["_failures"][0]["kind"], "malformed",
+        "{:.300}",
+        letter
+    );
+    assert_eq!(entries(&mut conn, "events:all")[0].0, stream_id);
+}
+
 /// A `Ping` event whose `data` is exactly `size` bytes.
 fn sized_event(id: &str, size: usize) -> Value {
     let mut event = json!({"event_type": "Ping", "event_id": id, "pad": ""});

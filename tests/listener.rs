@@ -59,11 +59,16 @@ fn host_with_nofile(world: &World, nofile: u64) -> Host {
     host
 }
 
+/// The read token of [`listening_world`]: the console's reads need it.
+const READ_TOKEN: &str = "listener-test-read-token";
+
 /// A world whose host listens on a free loopback port; the address.
 fn listening_world(subscribers: &str) -> (World, SocketAddr) {
     let world = World::new(&["probe.wasm"], "");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    world.configure(&format!("[http]\nlisten = \"{addr}\"\n\n{subscribers}"));
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nread_token = \"{READ_TOKEN}\"\n\n{subscribers}"
+    ));
     (world, addr)
 }
 
@@ -115,9 +120,12 @@ fn request(
     Ok((status, body))
 }
 
-/// `GET path` with `Host: host`.
+/// `GET path` with `Host: host` and the read token.
 fn get(addr: SocketAddr, path: &str, host: &str) -> Result<(u16, String), String> {
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {READ_TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    );
     request(addr, &head, b"", Duration::from_secs(10))
 }
 

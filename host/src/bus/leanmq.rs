@@ -22,7 +22,8 @@ use crate::handler::{json_kind, Event, Published};
 mod letter;
 
 pub use letter::{
-    payload_of, read_letter, DeadLetterer, Failure, Letter, Quarantined, PREFIX_BYTES, REFUSED,
+    payload_of, read_letter, read_raw_letter, DeadLetterer, Failure, Letter, Quarantined,
+    RawLetter, PREFIX_BYTES, REFUSED,
 };
 
 /// Keys LeanMQ adds for its own bookkeeping; a handler never sees them.

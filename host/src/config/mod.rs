@@ -255,6 +255,10 @@ pub struct HttpConfig {
     /// What the console's replay and purge require (`EVENTHOST_ADMIN_TOKEN`
     /// wins over it); without one they are refused.
     pub admin_token: Option<Secret>,
+    /// What the console's reads (the overview, the DLQ list and entries)
+    /// require beside the admin token (`EVENTHOST_READ_TOKEN` wins over
+    /// it); without either they are refused: payloads are operator data.
+    pub read_token: Option<Secret>,
 }
 
 /// Text that must not reach a log: `{:?}` shows only that it is set.
@@ -267,7 +271,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Shortest admin token accepted: long enough not to be guessed.
+/// Shortest admin or read token accepted: long enough not to be guessed.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// One subscriber: a plugin and the events it receives.

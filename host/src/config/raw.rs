@@ -72,6 +72,7 @@ pub struct RawTelemetry {
 pub struct RawHttp {
     pub listen: Option<Spanned<String>>,
     pub admin_token: Option<Spanned<String>>,
+    pub read_token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

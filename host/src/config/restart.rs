@@ -95,6 +95,10 @@ impl Config {
                 ["http", "admin_token"],
                 old.http.admin_token != new_.http.admin_token,
             ),
+            (
+                ["http", "read_token"],
+                old.http.read_token != new_.http.read_token,
+            ),
         ];
         changed
             .into_iter()

@@ -3,13 +3,18 @@
 //!
 //! The page is three files inside the binary (no build step, no
 //! front-end toolchain) and a small JSON API over what `eventhost status`
-//! and `eventhost dlq` read, from Redis. Reading needs nothing; replay and
-//! purge need the admin token (`[http] admin_token` or
-//! `EVENTHOST_ADMIN_TOKEN`) as a bearer token, a JSON body (a form on
-//! another site cannot send one without asking first) and no foreign
-//! `Origin`, so another page open in the operator's browser cannot
-//! trigger them. Payloads are data: the page sets them as text, never as
-//! markup, and its Content-Security-Policy runs no script but its own.
+//! and `eventhost dlq` read, from Redis. Payloads are operator data, so
+//! reading them is authorised like changing them: the overview, the DLQ
+//! list and an entry need the read token (`[http] read_token` or
+//! `EVENTHOST_READ_TOKEN`) or the admin token as a bearer token; replay
+//! and purge need the admin token (`[http] admin_token` or
+//! `EVENTHOST_ADMIN_TOKEN`) and a JSON body (a form on another site cannot
+//! send one without asking first). Neither comes from a foreign `Origin`,
+//! so another page open in the operator's browser can do neither. The
+//! list shows summaries and cut previews ([`Summary`]), within a byte
+//! budget per page; the whole payload is fetched one entry at a time.
+//! Payloads are data: the page sets them as text, never as markup, and
+//! its Content-Security-Policy runs no script but its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -23,11 +28,12 @@ use serde_json::json;
 
 use super::Site;
 use crate::bus::connection::RedisConn;
-use crate::bus::dlq::{DeadLetter, Dlq, DlqError, Filter, Pace, Selection, Target};
+use crate::bus::dlq::{self, Dlq, DlqError, Filter, Pace, Selection, Summary, Target};
 use crate::bus::keys::Keys;
 use crate::bus::status;
 
-/// Most dead letters one list request returns.
+/// Most dead letters one list request returns (each a summary; the page
+/// is bounded in bytes too, by `bus::dlq::PAGE_BUDGET`).
 const MAX_LIST: usize = 1000;
 
 /// What the console needs beside the daemon's readiness.
@@ -36,8 +42,11 @@ pub struct Console {
     pub keys: Keys,
     /// The configured subscribers, shown even before Redis knows them.
     pub subscribers: Vec<String>,
-    /// Replay and purge are refused without it.
+    /// Replay and purge are refused without it; it reads too.
     pub admin_token: Option<String>,
+    /// Reads (the overview, the DLQ list and entries) are refused without
+    /// it or the admin token.
+    pub read_token: Option<String>,
 }
 
 /// The console's routes.
@@ -142,7 +151,10 @@ fn redis(site: &Site) -> Result<RedisConn, Refused> {
     })
 }
 
-async fn api_status(State(site): State<Site>) -> Response {
+async fn api_status(State(site): State<Site>, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorize_paced(&site.console, &headers, Access::Read).await {
+        return refused.into_response();
+    }
     let mut conn = match redis(&site) {
         Ok(conn) => conn,
         Err(refused) => return refused.into_response(),
@@ -162,6 +174,8 @@ struct FilterQuery {
     event_type: Option<String>,
     since: Option<String>,
     limit: Option<usize>,
+    /// The list's next page starts after this id (its `next`).
+    after: Option<String>,
 }
 
 impl FilterQuery {
@@ -184,7 +198,11 @@ async fn api_list(
     State(site): State<Site>,
     Path(target): Path<String>,
     Query(query): Query<FilterQuery>,
+    headers: HeaderMap,
 ) -> Response {
+    if let Err(refused) = authorize_paced(&site.console, &headers, Access::Read).await {
+        return refused.into_response();
+    }
     let mut dlq = match open(&site, &target).await {
         Ok(dlq) => dlq,
         Err(refused) => return refused.into_response(),
@@ -193,20 +211,23 @@ async fn api_list(
         Ok(filter) => filter,
         Err(err) => return Refused::from(err).into_response(),
     };
-    let limit = query.limit.unwrap_or(100).min(MAX_LIST);
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let listed = async {
-        let letters = dlq.list(&filter, limit).await?;
+        let page = dlq
+            .summaries(&filter, query.after.as_deref(), limit)
+            .await?;
         let depth = dlq.depth().await?;
-        Ok::<_, DlqError>((letters, depth))
+        Ok::<_, DlqError>((page, depth))
     };
     match listed.await {
-        Ok((letters, depth)) => answer(
+        Ok((page, depth)) => answer(
             StatusCode::OK,
             json!({
                 "dlq": dlq.queue().dlq,
                 "stream": dlq.queue().stream,
                 "depth": depth,
-                "entries": letters.iter().map(DeadLetter::to_json).collect::<Vec<_>>(),
+                "entries": page.entries.iter().map(Summary::to_json).collect::<Vec<_>>(),
+                "next": page.next,
             }),
         ),
         Err(err) => Refused::from(err).into_response(),
@@ -216,13 +237,26 @@ async fn api_list(
 async fn api_entry(
     State(site): State<Site>,
     Path((target, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
+    if let Err(refused) = authorize_paced(&site.console, &headers, Access::Read).await {
+        return refused.into_response();
+    }
     let mut dlq = match open(&site, &target).await {
         Ok(dlq) => dlq,
         Err(refused) => return refused.into_response(),
     };
-    match dlq.get(&id).await {
-        Ok(Some(letter)) => answer(StatusCode::OK, letter.to_json()),
+    match dlq.entry(&id).await {
+        Ok(Some(entry)) => {
+            // Built as text: the payload is not made into JSON values.
+            let mut response = (
+                [(header::CONTENT_TYPE, "application/json")],
+                dlq::json_text(&entry),
+            )
+                .into_response();
+            guard_headers(response.headers_mut());
+            response
+        }
         Ok(None) => refusal(
             StatusCode::NOT_FOUND,
             format!("{id} is not in {} (replayed or purged?)", dlq.queue().dlq),
@@ -242,15 +276,50 @@ struct Choice {
     filter: FilterQuery,
 }
 
-/// Whether a request may change state; the refusal to send if not.
-fn authorize(console: &Console, headers: &HeaderMap) -> Result<(), Refused> {
-    let Some(token) = &console.admin_token else {
+/// What a request does with operator data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads it (the overview, the DLQ list, an entry): the read token or
+    /// the admin token.
+    Read,
+    /// Changes it (replay, purge): the admin token, and a JSON body.
+    Change,
+}
+
+/// The bearer token a request carries; empty if none.
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+}
+
+/// Whether a request may have `access`; the refusal to send if not.
+fn authorize(console: &Console, headers: &HeaderMap, access: Access) -> Result<(), Refused> {
+    let tokens: Vec<&str> = match access {
+        Access::Read => [&console.read_token, &console.admin_token]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect(),
+        Access::Change => console.admin_token.iter().map(String::as_str).collect(),
+    };
+    if tokens.is_empty() {
         return Err(Refused::new(
             StatusCode::FORBIDDEN,
-            "replay and purge are off on this host: set [http] admin_token (or \
-             EVENTHOST_ADMIN_TOKEN) and restart it",
+            match access {
+                Access::Read => {
+                    "reading the bus is off on this host: set [http] read_token (or \
+                     EVENTHOST_READ_TOKEN), or admin_token, and restart it"
+                }
+                Access::Change => {
+                    "replay and purge are off on this host: set [http] admin_token (or \
+                     EVENTHOST_ADMIN_TOKEN) and restart it"
+                }
+            },
         ));
-    };
+    }
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(origin) = text(header::ORIGIN) {
         let host = text(header::HOST).unwrap_or_default();
@@ -269,20 +338,27 @@ fn authorize(console: &Console, headers: &HeaderMap) -> Result<(), Refused> {
             ));
         }
     }
-    let json = text(header::CONTENT_TYPE).is_some_and(|t| t.starts_with("application/json"));
-    if !json {
-        return Err(Refused::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "refused: send the request as application/json",
-        ));
+    if access == Access::Change {
+        let json = text(header::CONTENT_TYPE).is_some_and(|t| t.starts_with("application/json"));
+        if !json {
+            return Err(Refused::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "refused: send the request as application/json",
+            ));
+        }
     }
-    let given = text(header::AUTHORIZATION)
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !same(given.as_bytes(), token.as_bytes()) {
+    let given = bearer(headers).as_bytes();
+    // Every token compared, so the time says nothing of which one matched.
+    let matched = tokens.iter().fold(false, |matched, token| {
+        matched | same(given, token.as_bytes())
+    });
+    if !matched {
         return Err(Refused::new(
             StatusCode::UNAUTHORIZED,
-            "refused: replay and purge need the admin token",
+            match access {
+                Access::Read => "refused: reading the bus needs the read token or the admin token",
+                Access::Change => "refused: replay and purge need the admin token",
+            },
         ));
     }
     Ok(())
@@ -304,24 +380,31 @@ pub const FAILED_TOKEN_DELAY: std::time::Duration = std::time::Duration::from_se
 /// Set while a wrong token is being answered.
 static ANSWERING_A_WRONG_TOKEN: AtomicBool = AtomicBool::new(false);
 
-/// [`authorize`], paced: a wrong token is answered after
-/// [`FAILED_TOKEN_DELAY`], and meanwhile every other change is refused at
-/// once with 429, its token unchecked. Guessing goes at one guess a second
-/// for the whole host, and a guesser holds one connection, never one per
-/// guess (a queue of waiting guesses would fill the listener).
-async fn authorize_paced(console: &Console, headers: &HeaderMap) -> Result<(), Refused> {
+/// [`authorize`], paced: a wrong token (read or admin) is answered after
+/// [`FAILED_TOKEN_DELAY`], and meanwhile every other read or change is
+/// refused at once with 429, its token unchecked. Guessing goes at one
+/// guess a second for the whole host, and a guesser holds one connection,
+/// never one per guess (a queue of waiting guesses would fill the
+/// listener). A request with no token guesses nothing: it is answered at
+/// once (so a page not yet given its token does not hold the others back).
+async fn authorize_paced(
+    console: &Console,
+    headers: &HeaderMap,
+    access: Access,
+) -> Result<(), Refused> {
     let busy = || {
         Refused::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "refused: a wrong admin token is being answered; try again in a second",
+            "refused: a wrong token is being answered; try again in a second",
         )
     };
     if ANSWERING_A_WRONG_TOKEN.load(Ordering::Acquire) {
         return Err(busy());
     }
-    let refused = match authorize(console, headers) {
+    let refused = match authorize(console, headers, access) {
         Ok(()) => return Ok(()),
         Err(refused) if refused.0 != StatusCode::UNAUTHORIZED => return Err(refused),
+        Err(refused) if bearer(headers).is_empty() => return Err(refused),
         Err(refused) => refused,
     };
     if ANSWERING_A_WRONG_TOKEN.swap(true, Ordering::AcqRel) {
@@ -357,7 +440,7 @@ async fn api_replay(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refused) = authorize_paced(&site.console, &headers).await {
+    if let Err(refused) = authorize_paced(&site.console, &headers, Access::Change).await {
         return refused.into_response();
     }
     let selection = match choice(&body) {
@@ -391,7 +474,7 @@ async fn api_purge(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refused) = authorize_paced(&site.console, &headers).await {
+    if let Err(refused) = authorize_paced(&site.console, &headers, Access::Change).await {
         return refused.into_response();
     }
     let selection = match choice(&body) {
@@ -420,6 +503,7 @@ mod tests {
             keys: Keys::new("events:"),
             subscribers: Vec::new(),
             admin_token: token.map(str::to_string),
+            read_token: None,
         }
     }
 
@@ -446,8 +530,8 @@ mod tests {
         let wrong = headers(&[ok[0], ok[1], ("authorization", "Bearer guess")]);
         let started = tokio::time::Instant::now();
         let (first, second) = tokio::join!(
-            authorize_paced(&console, &wrong),
-            authorize_paced(&console, &wrong)
+            authorize_paced(&console, &wrong, Access::Change),
+            authorize_paced(&console, &wrong, Access::Change)
         );
         let mut answers = [status(first), status(second)];
         answers.sort();
@@ -461,7 +545,7 @@ mod tests {
         );
         assert_eq!(started.elapsed(), FAILED_TOKEN_DELAY);
         assert_eq!(
-            status(authorize_paced(&console, &headers(&ok)).await),
+            status(authorize_paced(&console, &headers(&ok), Access::Change).await),
             None,
             "the right token passes once the wrong one is answered"
         );
@@ -475,38 +559,131 @@ mod tests {
             ("authorization", "Bearer s3cret"),
         ];
         assert_eq!(
-            status(authorize(&console(Some("s3cret")), &headers(&ok))),
+            status(authorize(
+                &console(Some("s3cret")),
+                &headers(&ok),
+                Access::Change
+            )),
             None
         );
         assert_eq!(
-            status(authorize(&console(None), &headers(&ok))),
+            status(authorize(&console(None), &headers(&ok), Access::Change)),
             Some(StatusCode::FORBIDDEN),
             "no token configured: off"
         );
         let wrong = [ok[0], ok[1], ("authorization", "Bearer s3creT")];
         assert_eq!(
-            status(authorize(&console(Some("s3cret")), &headers(&wrong))),
+            status(authorize(
+                &console(Some("s3cret")),
+                &headers(&wrong),
+                Access::Change
+            )),
             Some(StatusCode::UNAUTHORIZED)
         );
         let form = [ok[0], ("content-type", "text/plain"), ok[2]];
         assert_eq!(
-            status(authorize(&console(Some("s3cret")), &headers(&form))),
+            status(authorize(
+                &console(Some("s3cret")),
+                &headers(&form),
+                Access::Change
+            )),
             Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
         );
         let foreign = [ok[0], ok[1], ok[2], ("origin", "http://evil.example")];
         assert_eq!(
-            status(authorize(&console(Some("s3cret")), &headers(&foreign))),
+            status(authorize(
+                &console(Some("s3cret")),
+                &headers(&foreign),
+                Access::Change
+            )),
             Some(StatusCode::FORBIDDEN)
         );
         let own = [ok[0], ok[1], ok[2], ("origin", "http://127.0.0.1:9464")];
         assert_eq!(
-            status(authorize(&console(Some("s3cret")), &headers(&own))),
+            status(authorize(
+                &console(Some("s3cret")),
+                &headers(&own),
+                Access::Change
+            )),
             None
         );
         let cross = [ok[0], ok[1], ok[2], ("sec-fetch-site", "cross-site")];
         assert_eq!(
-            status(authorize(&console(Some("s3cret")), &headers(&cross))),
+            status(authorize(
+                &console(Some("s3cret")),
+                &headers(&cross),
+                Access::Change
+            )),
             Some(StatusCode::FORBIDDEN)
+        );
+    }
+
+    #[test]
+    fn reads_need_the_read_or_the_admin_token_and_this_origin() {
+        let mut console = console(Some("admin-token"));
+        console.read_token = Some("read-token".into());
+        let read = |auth: &str, extra: &[(&'static str, &str)]| {
+            let mut pairs = vec![("host", "127.0.0.1:9464"), ("authorization", auth)];
+            pairs.extend_from_slice(extra);
+            status(authorize(&console, &headers(&pairs), Access::Read))
+        };
+        assert_eq!(
+            read("Bearer read-token", &[]),
+            None,
+            "no JSON needed to read"
+        );
+        assert_eq!(
+            read("Bearer admin-token", &[]),
+            None,
+            "the admin token reads"
+        );
+        assert_eq!(read("Bearer wrong", &[]), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(read("", &[]), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(
+            read("Bearer read-token", &[("origin", "http://evil.example")]),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            read("Bearer read-token", &[("sec-fetch-site", "cross-site")]),
+            Some(StatusCode::FORBIDDEN)
+        );
+        let change = [
+            ("host", "127.0.0.1:9464"),
+            ("content-type", "application/json"),
+            ("authorization", "Bearer read-token"),
+        ];
+        assert_eq!(
+            status(authorize(&console, &headers(&change), Access::Change)),
+            Some(StatusCode::UNAUTHORIZED),
+            "the read token changes nothing"
+        );
+        let off = authorize(&self::console(None), &headers(&change), Access::Read).unwrap_err();
+        assert_eq!(off.0, StatusCode::FORBIDDEN);
+        assert!(off.1.contains("read_token"), "{}", off.1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_token_is_no_guess_and_is_answered_at_once() {
+        let console = console(Some("s3cret"));
+        let started = tokio::time::Instant::now();
+        let none = headers(&[("host", "127.0.0.1:9464")]);
+        assert_eq!(
+            status(authorize_paced(&console, &none, Access::Read).await),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+        let wrong = headers(&[
+            ("host", "127.0.0.1:9464"),
+            ("authorization", "Bearer guess"),
+        ]);
+        assert_eq!(
+            status(authorize_paced(&console, &wrong, Access::Read).await),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            started.elapsed(),
+            FAILED_TOKEN_DELAY,
+            "a wrong read token is paced"
         );
     }
 

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::connection::RedisConn;
-use crate::config::{Config, MIN_TOKEN_CHARS};
+use crate::config::{Config, Secret, MIN_TOKEN_CHARS};
 use crate::telemetry;
 
 /// How long `/readyz` waits for Redis to answer a PING.
@@ -69,10 +69,8 @@ impl Site {
     /// What the listener serves for `config`, with readiness from `ready`;
     /// installs the metrics recorder (once per process).
     pub fn new(config: &Config, ready: watch::Receiver<Readiness>) -> anyhow::Result<Self> {
-        let admin_token = match std::env::var("EVENTHOST_ADMIN_TOKEN") {
-            Ok(token) if !token.is_empty() => Some(admin_token_from_env(token)?),
-            _ => config.http.admin_token.as_ref().map(|t| t.0.clone()),
-        };
+        let admin_token = token_of("EVENTHOST_ADMIN_TOKEN", config.http.admin_token.as_ref())?;
+        let read_token = token_of("EVENTHOST_READ_TOKEN", config.http.read_token.as_ref())?;
         Ok(Site {
             metrics: telemetry::install_metrics()?,
             ready,
@@ -84,20 +82,29 @@ impl Site {
                 ),
                 subscribers: config.subscribers.iter().map(|s| s.name.clone()).collect(),
                 admin_token,
+                read_token,
             },
         })
     }
 }
 
-/// `EVENTHOST_ADMIN_TOKEN`'s value, held to the rule of `[http]
-/// admin_token`: long enough not to be guessed.
-fn admin_token_from_env(token: String) -> anyhow::Result<String> {
+/// A token from the environment variable `var` (which wins), else the
+/// config's.
+fn token_of(var: &str, configured: Option<&Secret>) -> anyhow::Result<Option<String>> {
+    match std::env::var(var) {
+        Ok(token) if !token.is_empty() => token_from_env(var, token).map(Some),
+        _ => Ok(configured.map(|t| t.0.clone())),
+    }
+}
+
+/// The value of `var` (`EVENTHOST_ADMIN_TOKEN`, `EVENTHOST_READ_TOKEN`),
+/// held to the rule of the config's tokens: long enough not to be guessed.
+fn token_from_env(var: &str, token: String) -> anyhow::Result<String> {
     let chars = token.chars().count();
     if chars < MIN_TOKEN_CHARS {
         anyhow::bail!(
-            "EVENTHOST_ADMIN_TOKEN is {chars} characters; a token needs at least \
-             {MIN_TOKEN_CHARS}, so that it cannot be guessed: set a longer one (e.g. \
-             `openssl rand -hex 16`), or unset it to turn the console's replay and purge off"
+            "{var} is {chars} characters; a token needs at least {MIN_TOKEN_CHARS}, so that \
+             it cannot be guessed: set a longer one (e.g. `openssl rand -hex 16`), or unset it"
         );
     }
     Ok(token)
@@ -176,18 +183,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_admin_token_from_the_environment_is_held_to_the_config_rule() {
-        let short = admin_token_from_env("a".into()).unwrap_err().to_string();
+    fn a_token_from_the_environment_is_held_to_the_config_rule() {
+        let var = "EVENTHOST_ADMIN_TOKEN";
+        let short = token_from_env(var, "a".into()).unwrap_err().to_string();
         assert!(
             short.contains("EVENTHOST_ADMIN_TOKEN is 1 characters; a token needs at least 16"),
             "{short}"
         );
         let fifteen = "é".repeat(MIN_TOKEN_CHARS - 1);
         assert!(
-            admin_token_from_env(fifteen).is_err(),
+            token_from_env(var, fifteen).is_err(),
             "counted in characters"
         );
         let enough = "x".repeat(MIN_TOKEN_CHARS);
-        assert_eq!(admin_token_from_env(enough.clone()).unwrap(), enough);
+        assert_eq!(token_from_env(var, enough.clone()).unwrap(), enough);
     }
 }

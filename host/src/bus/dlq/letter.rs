@@ -86,6 +86,41 @@ impl DeadLetter {
     }
 }
 
+/// The JSON text of [`DeadLetter::to_json`] for `entry`, made without
+/// building its payload into values when it is a JSON object (the payload
+/// is copied as its stored text): what the console answers for one entry.
+pub fn json_text(entry: &StreamEntry) -> String {
+    let Some(raw) = leanmq::read_raw_letter(entry) else {
+        return DeadLetter::from_entry(entry).to_json().to_string();
+    };
+    let letter = DeadLetter {
+        dead_lettered_ms: id_millis(&entry.id).unwrap_or(0),
+        id: entry.id.clone(),
+        event_type: raw.event_type,
+        event_id: raw.event_id,
+        failures: raw.failures,
+        data: Value::Null,
+    };
+    let mut head = letter.to_json();
+    if let Some(object) = head.as_object_mut() {
+        object.remove("data");
+    }
+    #[derive(Serialize)]
+    struct Whole<'a> {
+        #[serde(flatten)]
+        head: &'a Value,
+        data: &'a serde_json::value::RawValue,
+    }
+    match serde_json::value::RawValue::from_string(raw.payload) {
+        Ok(data) => serde_json::to_string(&Whole {
+            head: &head,
+            data: &data,
+        })
+        .unwrap_or_else(|_| DeadLetter::from_entry(entry).to_json().to_string()),
+        Err(_) => DeadLetter::from_entry(entry).to_json().to_string(),
+    }
+}
+
 /// Milliseconds of a stream id `<ms>-<seq>`: when it was added.
 pub(crate) fn id_millis(id: &str) -> Option<u64> {
     id.split_once('-')?.0.parse().ok()

@@ -22,25 +22,34 @@ use serde::Serialize;
 mod error;
 mod letter;
 mod select;
+mod summary;
 mod time;
 
 pub use crate::bus::leanmq::Failure;
 pub use error::DlqError;
 pub(crate) use letter::id_millis;
-pub use letter::{is_stream_id, DeadLetter};
+pub use letter::{is_stream_id, json_text, DeadLetter};
 pub use select::{Filter, Selection, Target};
+pub use summary::{Summary, HEAD_BYTES, PREVIEW_BYTES, TAIL_BYTES};
 pub use time::{millis, parse_time, time_text};
 
 use super::connection::RedisConn;
 use super::entry::StreamEntry;
 use super::keys::{Keys, QueueKeys};
-use super::scripts::{self, Moved, ReplayKeys};
+use super::scripts::{self, Moved, PeekRange, ReplayKeys};
 use error::OrUnavailable;
 
 /// Entries read per `XRANGE` while scanning a DLQ: big enough to scan
 /// 10,000 entries in a few dozen round trips, small enough that one page
 /// of 1 MiB payloads stays affordable.
 const PAGE: usize = 200;
+
+/// Bytes one page of a DLQ's summaries reads from Redis, about (it ends
+/// at the entry that reaches it, so at most one entry's ends more): what a
+/// list costs the host whatever producers wrote. A summary weighs at most
+/// [`HEAD_BYTES`] + [`TAIL_BYTES`], so a page holds 50 of the biggest
+/// letters and 1000 small ones.
+pub const PAGE_BUDGET: usize = 1 << 20;
 
 /// Most entries moved by one replay script: keeps Redis free for others
 /// between scripts (each entry costs it a few microseconds).
@@ -70,6 +79,18 @@ pub struct MovedLetter {
     pub dlq_id: String,
     /// Its id in the stream; none on a dry run.
     pub stream_id: Option<String>,
+}
+
+/// One page of a DLQ's summaries.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The entries the filter selects, oldest first.
+    pub entries: Vec<Summary>,
+    /// Where the next page starts (after this id) when the count or
+    /// [`PAGE_BUDGET`] ended this one before the DLQ did.
+    pub next: Option<String>,
+    /// Bytes read from Redis for it.
+    pub bytes_read: usize,
 }
 
 /// The DLQ of one target, on one connection.
@@ -144,6 +165,64 @@ impl Dlq {
             found.extend(page.into_iter().take(limit - found.len()));
         }
         Ok(found)
+    }
+
+    /// Up to `limit` summaries the filter selects, oldest first, starting
+    /// after the entry `after` (or at the filter's `since`), reading at
+    /// most about [`PAGE_BUDGET`] bytes from Redis and never a whole
+    /// payload (one script per page of [`PAGE`] entries). What a summary
+    /// does not know (a big letter's failures past its end read) does not
+    /// match a filter on it.
+    pub async fn summaries(
+        &mut self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, DlqError> {
+        if let Some(after) = after {
+            select::entry_id(after)?;
+        }
+        let mut page = Page::default();
+        let from = match (after, filter.since_ms) {
+            (Some(after), _) => format!("({after}"),
+            (None, since) => Walk::from_since(since),
+        };
+        let mut walk = Walk::start(from);
+        while !walk.over() {
+            let budget = PAGE_BUDGET.saturating_sub(page.bytes_read);
+            let (summaries, bytes) = walk.next(self, budget).await?;
+            page.bytes_read += bytes;
+            let last = summaries.last().map(|s| s.id.clone());
+            let count = summaries.len();
+            for (i, summary) in summaries.into_iter().enumerate() {
+                if filter.decides(&summary) != Some(true) {
+                    continue;
+                }
+                let id = summary.id.clone();
+                page.entries.push(summary);
+                if page.entries.len() == limit {
+                    page.next = (i + 1 < count || !walk.over()).then_some(id);
+                    return Ok(page);
+                }
+            }
+            if page.bytes_read >= PAGE_BUDGET && !walk.over() {
+                page.next = last;
+                break;
+            }
+        }
+        tracing::debug!(
+            dlq = %self.queue.dlq,
+            entries = page.entries.len(),
+            bytes = page.bytes_read,
+            "summaries read"
+        );
+        Ok(page)
+    }
+
+    /// One entry as stored; `None` if it is not in the DLQ.
+    pub async fn entry(&mut self, id: &str) -> Result<Option<StreamEntry>, DlqError> {
+        select::entry_id(id)?;
+        Ok(self.range(id, id, 1).await?.into_iter().next())
     }
 
     /// One entry; `None` if it is not in the DLQ.
@@ -317,10 +396,11 @@ struct Ids<'a> {
 enum Source<'a> {
     /// Given ids, until taken.
     Given(Option<&'a [String]>),
-    /// A scan with a filter, started on the first page.
+    /// A walk through the summaries with a filter, started on the first
+    /// page: a page costs [`PAGE_BUDGET`], not what producers wrote.
     Scanned {
         filter: &'a Filter,
-        scan: Option<Scan>,
+        walk: Option<Walk>,
     },
 }
 
@@ -328,7 +408,7 @@ impl<'a> Ids<'a> {
     fn of(selection: &'a Selection) -> Self {
         let source = match selection {
             Selection::Ids(ids) => Source::Given(Some(ids)),
-            Selection::Matching(filter) => Source::Scanned { filter, scan: None },
+            Selection::Matching(filter) => Source::Scanned { filter, walk: None },
         };
         Ids {
             source,
@@ -352,27 +432,128 @@ impl<'a> Ids<'a> {
                 }
                 Ok(present)
             }
-            Source::Scanned { filter, scan } => {
-                if scan.is_none() {
-                    *scan = Some(Scan::start(dlq, filter).await?);
+            Source::Scanned { filter, walk } => {
+                if walk.is_none() {
+                    let from = Walk::from_since(filter.since_ms);
+                    *walk = Some(Walk::start(from));
                 }
-                let scan = scan.as_mut().expect("set above");
+                let walk = walk.as_mut().expect("set above");
                 // A page may hold no match; go on until one does or the
-                // scan ends.
-                loop {
-                    match scan.next_page(dlq).await? {
-                        None => return Ok(Vec::new()),
-                        Some(page) if page.is_empty() => continue,
-                        Some(page) => return Ok(page.into_iter().map(|l| l.id).collect()),
+                // walk ends.
+                while !walk.over() {
+                    let (summaries, _) = walk.next(dlq, PAGE_BUDGET).await?;
+                    let mut ids = Vec::new();
+                    for summary in summaries {
+                        let selected = match filter.decides(&summary) {
+                            Some(selected) => selected,
+                            // A big letter whose ends do not say: read it
+                            // whole, alone.
+                            None => dlq
+                                .get(&summary.id)
+                                .await?
+                                .is_some_and(|letter| filter.matches(&letter)),
+                        };
+                        if selected {
+                            ids.push(summary.id);
+                        }
+                    }
+                    if !ids.is_empty() {
+                        return Ok(ids);
                     }
                 }
+                Ok(Vec::new())
             }
         }
     }
 }
 
-/// A walk through a DLQ, oldest first, up to the entry that was last when
-/// it started.
+/// A walk through a DLQ's summaries ([`scripts::peek`]), oldest first, up
+/// to the entry that was last when it started: what replay and purge
+/// select by filter, and the console lists.
+struct Walk {
+    /// Where the next page starts: an id, `(<id>` after it, or `-`.
+    from: String,
+    end: End,
+}
+
+/// Where a [`Walk`] ends.
+enum End {
+    /// Not known before the first page: the DLQ's last entry then.
+    Unknown,
+    At(String),
+    /// The walk is over.
+    Over,
+}
+
+impl Walk {
+    /// Where a walk from `since` (ms since the epoch) starts: ids carry
+    /// their time.
+    fn from_since(since_ms: Option<u64>) -> String {
+        since_ms.map_or_else(|| "-".to_string(), |ms| format!("{ms}-0"))
+    }
+
+    fn start(from: String) -> Self {
+        Walk {
+            from,
+            end: End::Unknown,
+        }
+    }
+
+    fn over(&self) -> bool {
+        matches!(self.end, End::Over)
+    }
+
+    /// The next page, at most [`PAGE`] entries and about `budget` bytes
+    /// read (at least one entry); with the bytes read. Empty when over.
+    async fn next(
+        &mut self,
+        dlq: &mut Dlq,
+        budget: usize,
+    ) -> Result<(Vec<Summary>, usize), DlqError> {
+        let to = match &self.end {
+            End::Over => return Ok((Vec::new(), 0)),
+            End::Unknown => String::new(),
+            End::At(end) => end.clone(),
+        };
+        let range = PeekRange {
+            dlq: &dlq.queue.dlq,
+            from: &self.from,
+            to: &to,
+            count: PAGE,
+            budget: budget.max(1),
+            head: HEAD_BYTES,
+            tail: TAIL_BYTES,
+        };
+        let peeked = scripts::peek(&mut dlq.conn, &range)
+            .await
+            .or_unavailable(|| format!("cannot read {}", dlq.queue.dlq))?;
+        self.end = match (peeked.last.clone(), peeked.entries.last()) {
+            (Some(end), Some(last)) => {
+                self.from = format!("({}", last.id);
+                let done = last.id == end || (peeked.entries.len() < PAGE && !peeked.budget_spent);
+                if done {
+                    End::Over
+                } else {
+                    End::At(end)
+                }
+            }
+            _ => End::Over,
+        };
+        let bytes = peeked
+            .entries
+            .iter()
+            .map(|p| p.id.len() + p.head.len() + p.tail.len())
+            .sum();
+        Ok((
+            peeked.entries.iter().map(Summary::from_peek).collect(),
+            bytes,
+        ))
+    }
+}
+
+/// A walk through a DLQ's whole entries, oldest first, up to the entry
+/// that was last when it started: `dlq list`'s, which an operator's
+/// read-only Redis user runs (it may not run scripts).
 struct Scan {
     filter: Filter,
     /// Where the next page starts (exclusive after the first).
@@ -461,6 +642,20 @@ mod tests {
             letter.payload(),
             serde_json::json!({"event_type":"Ping","event_id":"e-1","n":1})
         );
+    }
+
+    #[test]
+    fn an_entry_as_text_is_its_json_whatever_its_shape() {
+        for data in [
+            r#"{"event_type":"Ping","event_id":"e-1","n":[1,2],"_failures":[{"timestamp":2.5,"reason":"r","kind":"trap","attempt":1}],"_metadata":{"id":"e-1","timestamp":2.5,"ttl":null}}"#,
+            r#"{"_raw":"\u0001"}"#,
+            "not json",
+            "[1,2]",
+        ] {
+            let e = entry("1764557000123-0", data);
+            let text: Value = serde_json::from_str(&json_text(&e)).unwrap();
+            assert_eq!(text, DeadLetter::from_entry(&e).to_json(), "{data}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use super::error::DlqError;
 use super::letter::{is_stream_id, DeadLetter};
+use super::summary::Summary;
 use super::time::{millis, parse_time};
 use crate::bus::keys::{Keys, QueueKeys};
 
@@ -111,6 +112,27 @@ impl Filter {
                 .as_deref()
                 .is_none_or(|t| letter.event_type.as_deref() == Some(t))
             && self.since_ms.is_none_or(|s| letter.dead_lettered_ms >= s)
+    }
+
+    /// Whether `summary` is selected; `None` when the summary does not
+    /// know what the filter tests (a big letter's failures were not read).
+    pub fn decides(&self, summary: &Summary) -> Option<bool> {
+        let test = |want: &Option<String>, known: Option<Option<&str>>| match want {
+            None => Some(true),
+            Some(want) => known.map(|found| found == Some(want.as_str())),
+        };
+        let tests = [
+            Some(self.since_ms.is_none_or(|s| summary.dead_lettered_ms >= s)),
+            test(&self.kind, summary.known_kind()),
+            test(&self.event_type, summary.known_event_type()),
+        ];
+        if tests.contains(&Some(false)) {
+            Some(false)
+        } else if tests.contains(&None) {
+            None
+        } else {
+            Some(true)
+        }
     }
 
     /// Whether it selects everything.

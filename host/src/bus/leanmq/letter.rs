@@ -202,15 +202,87 @@ pub fn read_letter(entry: &StreamEntry) -> Letter {
     }
 }
 
+/// A dead letter whose `data` is a JSON object, read without building its
+/// payload into JSON values: to show one whole (a payload of 1 MiB of
+/// small numbers built into values took over 100 MB).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawLetter {
+    /// The event's `event_type`, if it has one.
+    pub event_type: Option<String>,
+    /// Its `event_id`, else `_metadata.id`.
+    pub event_id: Option<String>,
+    /// Oldest first.
+    pub failures: Vec<Failure>,
+    /// What [`payload_of`] gives, as JSON text: the object without
+    /// `_failures` and `_metadata`, each value copied as it is stored (the
+    /// last of a repeated key, as JSON readers take it).
+    pub payload: String,
+}
+
+/// Reads a DLQ entry like [`read_letter`], its payload kept as text;
+/// `None` when its `data` is not a JSON object.
+pub fn read_raw_letter(entry: &StreamEntry) -> Option<RawLetter> {
+    let text = std::str::from_utf8(entry.data()?).ok()?;
+    let fields: super::Fields<'_> = serde_json::from_str(text).ok()?;
+    let parsed = |key: &str| {
+        fields
+            .get(key)
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+    };
+    let event_id = fields.string("event_id").or_else(|| {
+        parsed("_metadata")
+            .as_ref()
+            .and_then(|m| m.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let failures = parsed("_failures")
+        .as_ref()
+        .and_then(Value::as_array)
+        .map(|list| list.iter().map(Failure::read).collect())
+        .unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    let last: Vec<bool> = fields
+        .0
+        .iter()
+        .rev()
+        .map(|(key, _)| seen.insert(key.as_ref()))
+        .collect();
+    let mut payload = String::with_capacity(text.len());
+    payload.push('{');
+    let kept = fields
+        .0
+        .iter()
+        .zip(last.iter().rev())
+        .filter(|((key, _), last)| **last && key != "_failures" && key != "_metadata");
+    for (i, ((key, value), _)) in kept.enumerate() {
+        if i > 0 {
+            payload.push(',');
+        }
+        payload.push_str(&Value::from(key.as_ref()).to_string());
+        payload.push(':');
+        payload.push_str(value.get());
+    }
+    payload.push('}');
+    Some(RawLetter {
+        event_type: fields.string("event_type"),
+        event_id,
+        failures,
+        payload,
+    })
+}
+
 /// Bytes of an oversized entry kept in its dead letter: enough to tell what
 /// it was, bounded whatever the entry.
 pub const PREFIX_BYTES: usize = 1024;
 
 /// The DLQ payload for `entry`: its object with the failure appended to
 /// `_failures` and `_metadata` refreshed, as LeanMQ's `move_to_dlq` does.
-/// An entry that is not a JSON object is kept whole under `_raw`/`_fields`.
-/// An entry over `limit` bytes is not copied (a dead letter several times
-/// its size is what an attacker wants): see [`oversized`].
+/// An entry that is not a JSON object is kept under `_raw`/`_raw_hex`/
+/// `_fields`, escaped into at most `limit` bytes (see
+/// [`preserve_malformed`]). An entry over `limit` bytes is not copied (a
+/// dead letter several times its size is what an attacker wants): see
+/// [`oversized`].
 fn dead_letter(entry: &StreamEntry, failure: &Failure, limit: usize) -> String {
     if entry.bytes() > limit {
         return oversized(entry, failure);
@@ -223,7 +295,7 @@ fn dead_letter(entry: &StreamEntry, failure: &Failure, limit: usize) -> String {
         });
     let object = match parsed {
         Some(object) => object,
-        None => preserve_malformed(entry),
+        None => preserve_malformed(entry, limit),
     };
     with_failure(object, failure)
 }
@@ -277,16 +349,86 @@ fn with_failure(mut object: Map<String, Value>, failure: &Failure) -> String {
     Value::Object(object).to_string()
 }
 
-fn preserve_malformed(entry: &StreamEntry) -> Map<String, Value> {
+/// What is not a JSON object, kept for a person to look at: text under
+/// `_raw`, other bytes as hex under `_raw_hex`, an entry without `data`
+/// as its fields under `_fields`. Escaping can make text six times its
+/// size (a control character becomes `\u0001`), so what is kept is cut
+/// to at most `limit` bytes once escaped (`bus.max_payload_bytes`: a dead
+/// letter stays about the size of the largest entry the bus takes, never
+/// a multiple of it), and a cut says so: `_raw_truncated: true` and the
+/// original size in `_raw_bytes` (`_fields_truncated`, `_fields_bytes`).
+fn preserve_malformed(entry: &StreamEntry, limit: usize) -> Map<String, Value> {
     let mut object = Map::new();
-    match entry.data() {
+    let cut = match entry.data() {
         Some(data) => match std::str::from_utf8(data) {
-            Ok(text) => object.insert("_raw".into(), Value::from(text)),
-            Err(_) => object.insert("_raw_hex".into(), Value::from(hex::encode(data))),
+            Ok(text) => {
+                let kept = json_prefix(text, limit);
+                object.insert("_raw".into(), Value::from(kept));
+                (kept.len() < text.len()).then_some(("_raw", data.len()))
+            }
+            Err(_) => {
+                // Two hex digits a byte.
+                let kept = &data[..data.len().min(limit / 2)];
+                object.insert("_raw_hex".into(), Value::from(hex::encode(kept)));
+                (kept.len() < data.len()).then_some(("_raw", data.len()))
+            }
         },
-        None => object.insert("_fields".into(), Value::Object(fields_of(entry))),
+        None => {
+            let (fields, whole) = fields_within(entry, limit);
+            object.insert("_fields".into(), Value::Object(fields));
+            (!whole).then_some(("_fields", entry.bytes()))
+        }
     };
+    if let Some((key, bytes)) = cut {
+        object.insert(format!("{key}_truncated"), Value::Bool(true));
+        object.insert(format!("{key}_bytes"), Value::from(bytes));
+    }
     object
+}
+
+/// Bytes `c` takes at most in a JSON string: a control character as
+/// `\u00XX`, a quote or a backslash escaped, anything else as itself.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The longest prefix of `text`, cut between characters, that takes at
+/// most `budget` bytes once escaped in a JSON string.
+fn json_prefix(text: &str, budget: usize) -> &str {
+    let mut spent = 0;
+    for (at, c) in text.char_indices() {
+        spent += escaped_len(c);
+        if spent > budget {
+            return &text[..at];
+        }
+    }
+    text
+}
+
+/// An entry's fields as text, each cut so that all of them take at most
+/// `budget` bytes once escaped; whether all were kept whole.
+fn fields_within(entry: &StreamEntry, budget: usize) -> (Map<String, Value>, bool) {
+    let mut left = budget;
+    let mut fields = Map::new();
+    let mut whole = true;
+    for (name, value) in &entry.fields {
+        let name = String::from_utf8_lossy(name);
+        let value = String::from_utf8_lossy(value);
+        let name_kept = json_prefix(&name, left);
+        left -= name_kept.chars().map(escaped_len).sum::<usize>();
+        let value_kept = json_prefix(&value, left);
+        left -= value_kept.chars().map(escaped_len).sum::<usize>();
+        whole &= name_kept.len() == name.len() && value_kept.len() == value.len();
+        fields.insert(name_kept.to_string(), Value::from(value_kept));
+        if !whole {
+            break;
+        }
+    }
+    (fields, whole)
 }
 
 /// An entry's fields as a JSON object of text, for an entry without
@@ -373,6 +515,48 @@ mod tests {
     }
 
     #[test]
+    fn what_is_not_json_is_kept_escaped_within_the_limit_and_a_cut_says_so() {
+        let record = failure("r", None);
+        // 1,000 control characters (1,004 bytes with the field's name):
+        // escaped whole, 6,000 bytes.
+        let controls = "\u{1}".repeat(1000);
+        let payload = dead_letter(&entry(&controls), &record, 1004);
+        assert!(payload.len() < 1004 + 300, "{} bytes", payload.len());
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(v["_raw"], "\u{1}".repeat(167));
+        assert_eq!(v["_raw_truncated"], true);
+        assert_eq!(v["_raw_bytes"], 1000);
+        // Cut between characters: eight bytes escaped a pair, so 307
+        // bytes keep 38 pairs and one é.
+        let pairs = "é\u{1}".repeat(100);
+        let v: Value = serde_json::from_str(&dead_letter(&entry(&pairs), &record, 307)).unwrap();
+        assert_eq!(v["_raw"], format!("{}é", "é\u{1}".repeat(38)));
+        // What fits stays whole and unmarked.
+        let v: Value = serde_json::from_str(&dead_letter(&entry("a\"b"), &record, 7)).unwrap();
+        assert_eq!(v["_raw"], "a\"b");
+        assert!(v.get("_raw_truncated").is_none(), "{v}");
+        let binary = StreamEntry {
+            id: "1-0".into(),
+            fields: vec![(b"data".to_vec(), vec![0xff; 100])],
+        };
+        let v: Value = serde_json::from_str(&dead_letter(&binary, &record, 104)).unwrap();
+        assert_eq!(v["_raw_hex"], "ff".repeat(52));
+        assert_eq!(v["_raw_truncated"], true);
+        assert_eq!(v["_raw_bytes"], 100);
+        let fields = StreamEntry {
+            id: "1-0".into(),
+            fields: vec![
+                (b"a".to_vec(), "\u{1}".repeat(100).into_bytes()),
+                (b"b".to_vec(), b"x".to_vec()),
+            ],
+        };
+        let v: Value = serde_json::from_str(&dead_letter(&fields, &record, 103)).unwrap();
+        assert_eq!(v["_fields"], serde_json::json!({"a": "\u{1}".repeat(17)}));
+        assert_eq!(v["_fields_truncated"], true);
+        assert_eq!(v["_fields_bytes"], 103);
+    }
+
+    #[test]
     fn an_oversized_entry_is_dead_lettered_by_its_id_size_and_prefix() {
         let record = failure("too big", Some(1));
         // Quotes and control characters: escaped whole, this would be up
@@ -441,6 +625,26 @@ mod tests {
             (r#"{"x":1}"#, None)
         );
         assert!(Failure::all_of(&Value::from("not an object")).is_empty());
+    }
+
+    #[test]
+    fn a_raw_letter_reads_like_a_letter_without_building_its_payload() {
+        for data in [
+            r#"{"event_type":"T","n":[1, 2],"a":{"b":"é\n"},"_failures":[{"reason":"r","kind":"trap"}],"_metadata":{"id":"m-1"}}"#,
+            r#"{"event_id":"e-1","x":1,"x":2,"_failures":"odd"}"#,
+            r#"{}"#,
+        ] {
+            let e = entry(data);
+            let raw = read_raw_letter(&e).unwrap();
+            let letter = read_letter(&e);
+            assert_eq!(raw.event_type, letter.event_type);
+            assert_eq!(raw.event_id, letter.event_id);
+            assert_eq!(raw.failures, letter.failures);
+            let payload: Value = serde_json::from_str(&raw.payload).unwrap();
+            assert_eq!(payload, payload_of(&letter.data), "{data}");
+        }
+        assert_eq!(read_raw_letter(&entry("not json")), None);
+        assert_eq!(read_raw_letter(&entry("[1]")), None);
     }
 
     #[test]

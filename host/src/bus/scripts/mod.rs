@@ -10,18 +10,23 @@
 //! harmless instead. [`trim`] bounds streams without cutting what a
 //! group still needs. [`replay`] moves dead letters back into their
 //! stream, each entry in one step, so a replay cut short neither loses nor
-//! doubles one. Each is tested against a real redis-server in
-//! `tests/scripts.rs`.
+//! doubles one. [`peek`], the one that writes nothing, reads a page of a
+//! DLQ for the console's list as ids, sizes and the ends of each payload,
+//! within a byte budget. Each write is tested against a real redis-server
+//! in `tests/scripts.rs`; `peek` by the console's list in
+//! `tests/console.rs`.
 
 pub mod commit;
 pub mod copy;
 pub mod fanout;
+pub mod peek;
 pub mod replay;
 pub mod trim;
 
 pub use commit::{is_refusal, CommitBatch, CommitKeys, Committed, MAX_CALL_BYTES};
 pub use copy::{Copied, CopyBatch};
 pub use fanout::{FanoutBatch, Routed};
+pub use peek::{peek, Peek, PeekRange, Peeked};
 pub use replay::{replay, Moved, ReplayKeys};
 pub use trim::trim;
 

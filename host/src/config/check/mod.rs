@@ -474,6 +474,22 @@ decline_percent = 10
         )
         .unwrap_err();
         assert_eq!(only_problem(err).key, "http.admin_token");
+        let config = parse_in(
+            dir.path(),
+            &format!("[http]\nread_token = \"fedcba9876543210\"\n{sub}"),
+        )
+        .unwrap();
+        assert_eq!(
+            config.http.read_token.as_ref().unwrap().0,
+            "fedcba9876543210"
+        );
+        assert!(!format!("{:?}", config.http).contains("fedcba9876543210"));
+        let err = parse_in(
+            dir.path(),
+            &format!("[http]\nread_token = \"short\"\n{sub}"),
+        )
+        .unwrap_err();
+        assert_eq!(only_problem(err).key, "http.read_token");
     }
 
     #[test]

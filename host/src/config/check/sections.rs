@@ -285,24 +285,30 @@ impl Checker<'_> {
                 None
             }
         });
-        let admin_token = raw.admin_token.and_then(|token| {
-            if token.get_ref().chars().count() < MIN_TOKEN_CHARS {
-                self.push(
-                    Some(token.span()),
-                    "http.admin_token",
-                    format!(
-                        "must be at least {MIN_TOKEN_CHARS} characters, e.g. the output of \
-                         `openssl rand -hex 16`"
-                    ),
-                );
-                return None;
-            }
-            Some(Secret(token.into_inner()))
-        });
+        let admin_token = self.token(raw.admin_token, "http.admin_token");
+        let read_token = self.token(raw.read_token, "http.read_token");
         HttpConfig {
             listen,
             admin_token,
+            read_token,
         }
+    }
+
+    /// A token of `[http]`, held to one rule: long enough not to be guessed.
+    fn token(&mut self, token: Option<Spanned<String>>, key: &str) -> Option<Secret> {
+        let token = token?;
+        if token.get_ref().chars().count() < MIN_TOKEN_CHARS {
+            self.push(
+                Some(token.span()),
+                key,
+                format!(
+                    "must be at least {MIN_TOKEN_CHARS} characters, e.g. the output of \
+                     `openssl rand -hex 16`"
+                ),
+            );
+            return None;
+        }
+        Some(Secret(token.into_inner()))
     }
 }
 

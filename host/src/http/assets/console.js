@@ -35,13 +35,34 @@ function token() {
   return $("#token").value.trim();
 }
 
+// Every call carries the token typed in: reading needs the read token
+// (or the admin token), replay and purge the admin token.
+function api(path, options) {
+  const headers = Object.assign({}, (options && options.headers) || {});
+  if (token()) headers["Authorization"] = "Bearer " + token();
+  return fetch(path, Object.assign({ cache: "no-store" }, options || {}, { headers }));
+}
+
+// What to say when a read is refused: how to get in.
+function refusedText(response, body) {
+  const why = (body && body.error) || response.statusText;
+  if (response.status === 401) return why + ": type it in the token field above";
+  return why;
+}
+
+function size(bytes) {
+  if (bytes < 1024) return bytes + " B";
+  if (bytes < 1 << 20) return (bytes / 1024).toFixed(1) + " KiB";
+  return (bytes / (1 << 20)).toFixed(1) + " MiB";
+}
+
 // ---- overview, every 2 s ----
 
 async function refresh() {
   try {
-    const response = await fetch("/api/status", { cache: "no-store" });
+    const response = await api("/api/status");
     const status = await response.json();
-    if (!response.ok) throw new Error(status.error || response.statusText);
+    if (!response.ok) throw new Error(refusedText(response, status));
     render(status);
     $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
     $("#updated").className = "";
@@ -133,14 +154,21 @@ function filters() {
   return chosen;
 }
 
-async function loadLetters() {
-  const query = new URLSearchParams(filters());
-  const response = await fetch("/api/dlq/" + encodeURIComponent(current) + "?" + query, { cache: "no-store" });
+// Where the next page of the list starts; null: the first page.
+let after = null;
+
+async function loadLetters(from) {
+  after = from || null;
+  const chosen = filters();
+  if (after) chosen.after = after;
+  const query = new URLSearchParams(chosen);
+  const response = await api("/api/dlq/" + encodeURIComponent(current) + "?" + query);
   const list = await response.json();
   const body = $("#letters tbody");
   body.replaceChildren();
+  $("#more").hidden = true;
   if (!response.ok) {
-    say(list.error, "failed");
+    say(refusedText(response, list), "failed");
     return;
   }
   $("#dlq-depth").textContent = "(" + list.depth + " in " + list.dlq + ")";
@@ -154,6 +182,8 @@ async function loadLetters() {
     cell(row, letter.event_type || "–");
     cell(row, letter.kind || "–", "kind");
     cell(row, letter.reason || "", "reason");
+    // The preview is cut (preview_cut): the whole payload is one click away.
+    cell(row, size(letter.bytes), "num size").title = letter.preview + (letter.preview_cut ? " …" : "");
     row.addEventListener("click", (event) => {
       if (event.target.classList.contains("pick")) return;
       showEntry(letter.id);
@@ -162,16 +192,20 @@ async function loadLetters() {
   }
   if (!list.entries.length) {
     const row = el("tr");
-    cell(row, "no dead letters").colSpan = 6;
+    cell(row, "no dead letters").colSpan = 7;
     body.appendChild(row);
+  }
+  if (list.next) {
+    $("#more").hidden = false;
+    $("#more").onclick = () => loadLetters(list.next);
   }
 }
 
 async function showEntry(id) {
-  const response = await fetch("/api/dlq/" + encodeURIComponent(current) + "/entry/" + encodeURIComponent(id), { cache: "no-store" });
+  const response = await api("/api/dlq/" + encodeURIComponent(current) + "/entry/" + encodeURIComponent(id));
   const letter = await response.json();
   if (!response.ok) {
-    say(letter.error, "failed");
+    say(refusedText(response, letter), "failed");
     return;
   }
   for (const row of document.querySelectorAll("#letters tr.letter")) {
@@ -198,9 +232,9 @@ function selected() {
 }
 
 async function act(verb, choice) {
-  const response = await fetch("/api/dlq/" + encodeURIComponent(current) + "/" + verb, {
+  const response = await api("/api/dlq/" + encodeURIComponent(current) + "/" + verb, {
     method: "POST",
-    headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token() },
+    headers: { "Content-Type": "application/json" },
     body: JSON.stringify(choice),
   });
   const answer = await response.json();
@@ -211,13 +245,17 @@ async function act(verb, choice) {
   } else {
     say("purged " + answer.purged, "ok");
   }
-  await loadLetters();
+  await loadLetters(after);
   $("#entry").hidden = true;
 }
 
 function setup() {
   $("#token").value = sessionStorage.getItem("eventhost-token") || "";
-  $("#token").addEventListener("change", () => sessionStorage.setItem("eventhost-token", token()));
+  $("#token").addEventListener("input", () => sessionStorage.setItem("eventhost-token", token()));
+  $("#token").addEventListener("change", () => {
+    refresh();
+    if (current !== null) loadLetters();
+  });
   $("#filters").addEventListener("submit", (event) => {
     event.preventDefault();
     loadLetters();
