@@ -18,8 +18,8 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A small HTTP/1.1 server on loopback: it answers `/big` with 9 MiB and
-/// any other path with `hello <path>`, and keeps each request's first line
-/// and `Host` header.
+/// any other path with `hello <path>`, and keeps each request's first line,
+/// `Host` and `Idempotency-Key` headers.
 struct Server {
     port: u16,
     seen: Arc<Mutex<Vec<String>>>,
@@ -40,6 +40,7 @@ impl Server {
                     continue;
                 }
                 let mut host = String::new();
+                let mut key = String::new();
                 let mut length = 0usize;
                 loop {
                     let mut line = String::new();
@@ -49,6 +50,9 @@ impl Server {
                     let lower = line.to_ascii_lowercase();
                     if let Some(value) = lower.strip_prefix("host:") {
                         host = value.trim().to_string();
+                    }
+                    if let Some(value) = lower.strip_prefix("idempotency-key:") {
+                        key = value.trim().to_string();
                     }
                     if let Some(value) = lower.strip_prefix("content-length:") {
                         length = value.trim().parse().unwrap_or(0);
@@ -60,7 +64,7 @@ impl Server {
                 record
                     .lock()
                     .unwrap()
-                    .push(format!("{} host={host}", first.trim()));
+                    .push(format!("{} host={host} key={key}", first.trim()));
                 let answer = if path == "/big" {
                     vec![b'x'; 9 << 20]
                 } else {
@@ -132,12 +136,10 @@ fn a_granted_request_is_sent_and_every_other_is_denied_and_counted() {
     let (status, body) = outcome(&mut conn, "fetcher", &id).expect("a granted request is sent");
     assert_eq!(status, "200");
     assert_eq!(body, "hello /charge?amount=100 ");
-    assert_eq!(
-        server.seen(),
-        [format!(
-            "GET /charge?amount=100 HTTP/1.1 host=127.0.0.1:{port}"
-        )]
-    );
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1);
+    let expected = format!("GET /charge?amount=100 HTTP/1.1 host=127.0.0.1:{port} key=");
+    assert!(seen[0].starts_with(&expected), "{seen:?}");
 
     // Another port of the same address, no grant at all, and a name that
     // resolves to loopback though the grant names the name, not the address.
@@ -328,4 +330,50 @@ fn https_to_a_private_endpoint_trusts_the_ca_its_grants_name() {
     host.stop();
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// Every request carries an `Idempotency-Key` derived from the subscriber,
+/// the event and the request's index in the call: two requests of one
+/// call differ, a retry of the event sends the same keys again, and
+/// another event's differ.
+#[test]
+fn each_request_carries_an_idempotency_key_the_same_on_every_attempt() {
+    let server = Server::start();
+    let port = server.port;
+    let world = World::new(&["fetch.wasm"], "");
+    world.write_config(&format!(
+        "{}[subscribers.fetcher]\nplugin = \"fetch.wasm\"\nevents = [\"Fetch\"]\nretry_backoff_ms = 50\n\
+         [subscribers.fetcher.grants]\nhttp = [\"http://127.0.0.1:{port}\"]\n",
+        world.header()
+    ));
+    let mut host = world.host();
+    host.wait_for_log("eventhost running");
+    let mut conn = world.conn();
+    let url = format!("http://127.0.0.1:{port}/notify");
+    let retried = publish(
+        &mut conn,
+        "Fetch",
+        json!({"url": url, "times": 2, "retry_first": true}),
+    );
+    eventually("the retried event is committed", WAIT, || {
+        state(&mut conn, "fetcher").contains_key(&format!("status:{retried}"))
+            && pending(&mut conn, "events:sub:fetcher", "sub:fetcher-group") == 0
+    });
+    let other = publish(&mut conn, "Fetch", json!({"url": url}));
+    outcome(&mut conn, "fetcher", &other).expect("sent");
+    let keys: Vec<String> = server
+        .seen()
+        .iter()
+        .map(|line| line.rsplit_once("key=").unwrap().1.to_string())
+        .collect();
+    assert_eq!(
+        keys.len(),
+        5,
+        "two requests on each of two attempts, then one: {keys:?}"
+    );
+    assert!(keys.iter().all(|k| k.len() == 36), "{keys:?}");
+    assert_ne!(keys[0], keys[1], "two requests of one call");
+    assert_eq!(keys[0..2], keys[2..4], "the retry sends the same keys");
+    assert!(!keys[..4].contains(&keys[4]), "another event's key differs");
+    host.stop();
 }

@@ -50,11 +50,23 @@ pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientCo
     Ok(Arc::new(config))
 }
 
-/// One instance's `wasi:http` hooks: its subscriber's policy, and its own
-/// bound on requests in flight.
+/// The header a request's idempotency key goes in.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// One instance's `wasi:http` hooks: its subscriber's policy, its own
+/// bound on requests in flight, and the call its requests belong to.
 pub struct Hooks {
     policy: Arc<Policy>,
     in_flight: Arc<Semaphore>,
+    call: Option<CallRequests>,
+}
+
+/// The requests of one call: what their idempotency keys derive from.
+struct CallRequests {
+    /// The subscriber and the event: the same on every run of the event.
+    seed: String,
+    /// The index of the call's next request.
+    next: u32,
 }
 
 impl Hooks {
@@ -63,8 +75,27 @@ impl Hooks {
         Hooks {
             policy,
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT_PER_INSTANCE)),
+            call: None,
         }
     }
+
+    /// Requests from now on belong to the call whose subscriber and event
+    /// `seed` names.
+    pub fn begin_call(&mut self, seed: String) {
+        self.call = Some(CallRequests { seed, next: 0 });
+    }
+}
+
+/// The `Idempotency-Key` of a call's request number `index`: derived from
+/// the subscriber, the event and the index, so it is the same on every run
+/// of the event (a re-run, a retry, a replay) and differs across events,
+/// and a provider can tell a repeated request from a new one.
+pub fn idempotency_key(seed: &str, index: u32) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("eventhost:{seed}/http/{index}").as_bytes(),
+    )
+    .to_string()
 }
 
 impl WasiHttpHooks for Hooks {
@@ -84,6 +115,17 @@ impl WasiHttpHooks for Hooks {
                 >,
             > + Send,
     > {
+        let mut request = request;
+        if let Some(call) = &mut self.call {
+            let index = call.next;
+            call.next += 1;
+            // The plugin's own key, if it set one, stands.
+            if !request.headers().contains_key(IDEMPOTENCY_KEY) {
+                let key = idempotency_key(&call.seed, index);
+                let value = http::HeaderValue::from_str(&key).expect("a UUID is a header value");
+                request.headers_mut().insert(IDEMPOTENCY_KEY, value);
+            }
+        }
         let policy = self.policy.clone();
         let instance = self.in_flight.clone();
         Box::new(async move {

@@ -302,6 +302,15 @@ impl StoreData {
     }
 }
 
+impl StoreData {
+    /// The HTTP requests from now on belong to the call of `subscriber` on
+    /// event `event_id` (their idempotency keys derive from it).
+    pub fn begin_requests(&mut self, event_id: &str) {
+        self.http_hooks
+            .begin_call(format!("{}/{event_id}", self.subscriber));
+    }
+}
+
 impl WasiHttpView for StoreData {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {

@@ -12,6 +12,12 @@ struct Fetch {
     /// A body to POST; a GET without it.
     #[serde(default)]
     body: Option<String>,
+    /// How many times to send it in this call (1 if left out).
+    #[serde(default)]
+    times: Option<u32>,
+    /// Ask for a retry after the first attempt's requests.
+    #[serde(default)]
+    retry_first: bool,
 }
 
 struct FetchPlugin;
@@ -20,15 +26,21 @@ impl Guest for FetchPlugin {
     fn handle(event: Event) -> Result<(), Failure> {
         let fetch: Fetch = eventhost_plugin::data(&event)?;
         let client = waki::Client::new();
-        let request = match &fetch.body {
-            Some(body) => client.post(&fetch.url).body(body.as_bytes().to_vec()),
-            None => client.get(&fetch.url),
-        };
-        let outcome = request.send().and_then(|response| {
-            let status = response.status_code();
-            let body = response.body()?;
-            Ok((status, body))
-        });
+        let mut outcome = Err("no request sent".to_string());
+        for _ in 0..fetch.times.unwrap_or(1) {
+            let request = match &fetch.body {
+                Some(body) => client.post(&fetch.url).body(body.as_bytes().to_vec()),
+                None => client.get(&fetch.url),
+            };
+            outcome = request
+                .send()
+                .and_then(|response| {
+                    let status = response.status_code();
+                    let body = response.body()?;
+                    Ok((status, body))
+                })
+                .map_err(|err| format!("{err:#}"));
+        }
         match outcome {
             Ok((status, body)) => {
                 eventhost_plugin::state_set(&format!("status:{}", event.id), &status.to_string());
@@ -36,8 +48,11 @@ impl Guest for FetchPlugin {
                 eventhost_plugin::state_set(&format!("body:{}", event.id), &body);
             }
             Err(err) => {
-                eventhost_plugin::state_set(&format!("error:{}", event.id), &format!("{err:#}"));
+                eventhost_plugin::state_set(&format!("error:{}", event.id), &err);
             }
+        }
+        if fetch.retry_first && event.attempt == 1 {
+            return Err(Failure::Retry("asked to retry once".into()));
         }
         Ok(())
     }
