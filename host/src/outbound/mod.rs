@@ -10,7 +10,8 @@ mod send;
 
 pub use grant::{GrantedHost, HttpGrant, Target};
 pub use send::{
-    Policy, IN_FLIGHT_PER_INSTANCE, IN_FLIGHT_PER_SUBSCRIBER, MAX_REQUEST_BODY, MAX_RESPONSE_BODY,
+    Policy, Sockets, IN_FLIGHT_PER_INSTANCE, IN_FLIGHT_PER_SUBSCRIBER, MAX_REQUEST_BODY,
+    MAX_RESPONSE_BODY,
 };
 
 use std::path::Path;
@@ -67,6 +68,8 @@ struct CallRequests {
     seed: String,
     /// The index of the call's next request.
     next: u32,
+    /// When the call's time is up: no request waits past it.
+    deadline: std::time::Instant,
 }
 
 impl Hooks {
@@ -80,9 +83,13 @@ impl Hooks {
     }
 
     /// Requests from now on belong to the call whose subscriber and event
-    /// `seed` names.
-    pub fn begin_call(&mut self, seed: String) {
-        self.call = Some(CallRequests { seed, next: 0 });
+    /// `seed` names, and whose time is up at `deadline`.
+    pub fn begin_call(&mut self, seed: String, deadline: std::time::Instant) {
+        self.call = Some(CallRequests {
+            seed,
+            next: 0,
+            deadline,
+        });
     }
 }
 
@@ -128,8 +135,9 @@ impl WasiHttpHooks for Hooks {
         }
         let policy = self.policy.clone();
         let instance = self.in_flight.clone();
+        let deadline = self.call.as_ref().map(|call| call.deadline);
         Box::new(async move {
-            let (response, connection) = policy.send(request, options, instance).await?;
+            let (response, connection) = policy.send(request, options, instance, deadline).await?;
             Ok((response.map(BodyExt::boxed_unsync), connection))
         })
     }

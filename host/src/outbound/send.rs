@@ -41,6 +41,15 @@ pub struct Policy {
     /// The call's time limit: no wait of a request is longer.
     limit: Duration,
     in_flight: Arc<Semaphore>,
+    sockets: Arc<dyn Sockets>,
+}
+
+/// Where a connection's descriptor is counted: the subscriber's share of
+/// what plugins may hold, so sockets stay out of the host's reserve.
+pub trait Sockets: Send + Sync {
+    /// Holds one descriptor until the returned value is dropped, or says
+    /// which bound refused it.
+    fn hold_one(&self) -> Result<Box<dyn Send + Sync>, String>;
 }
 
 /// A response as the guest reads it, and the connection's own future.
@@ -57,6 +66,7 @@ impl Policy {
         grants: Vec<HttpGrant>,
         tls: Arc<rustls::ClientConfig>,
         limit: Duration,
+        sockets: Arc<dyn Sockets>,
     ) -> Self {
         Policy {
             subscriber,
@@ -64,21 +74,27 @@ impl Policy {
             tls,
             limit,
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT_PER_SUBSCRIBER)),
+            sockets,
         }
     }
 
     /// Sends `request` if a grant allows it; `instance` bounds the
-    /// instance's requests in flight.
+    /// instance's requests in flight; no wait goes past `deadline`, the end
+    /// of the call's time.
     pub async fn send(
         self: Arc<Self>,
         request: Request<WasiBody>,
         options: Option<RequestOptions>,
         instance: Arc<Semaphore>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Sent, Error> {
         let started = std::time::Instant::now();
         let method = request.method().clone();
         let uri = request.uri().clone();
-        let result = self.try_send(request, options, instance).await;
+        let left = deadline.map_or(self.limit, |d| d.saturating_duration_since(started));
+        let result = self
+            .try_send(request, options, instance, left.min(self.limit))
+            .await;
         let outcome = match &result {
             Ok((response, _)) => {
                 tracing::debug!(subscriber = %self.subscriber, %method, %uri, status = response.status().as_u16(), took = ?started.elapsed(), "outbound request");
@@ -99,6 +115,7 @@ impl Policy {
         mut request: Request<WasiBody>,
         options: Option<RequestOptions>,
         instance: Arc<Semaphore>,
+        left: Duration,
     ) -> Result<Sent, Error> {
         let target = Target::of(request.uri()).ok_or(Error::HttpRequestUriInvalid)?;
         let Some(grant) = self.grants.iter().find(|g| g.allows(&target)) else {
@@ -121,8 +138,12 @@ impl Policy {
                 .try_acquire_owned()
                 .map_err(|_| Error::ConnectionLimitReached)?,
         );
-        let waits = Waits::new(options, self.limit);
+        let waits = Waits::new(options, left);
         let address = self.resolve(&target, grant, waits.connect).await?;
+        let socket = self.sockets.hold_one().map_err(|why| {
+            tracing::warn!(subscriber = %self.subscriber, "outbound request refused a connection: {why}");
+            Error::ConnectionLimitReached
+        })?;
 
         let tcp = tokio::time::timeout(waits.connect, TcpStream::connect(address))
             .await
@@ -146,7 +167,7 @@ impl Policy {
         // The connection lives as long as its response is read, no longer
         // than the call (dropped with it), and holds the permits.
         let connection = AbortOnDropHandle::new(tokio::spawn(async move {
-            let _permits = permits;
+            let _held = (permits, socket);
             connection.await
         }));
 

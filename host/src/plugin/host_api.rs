@@ -304,10 +304,11 @@ impl StoreData {
 
 impl StoreData {
     /// The HTTP requests from now on belong to the call of `subscriber` on
-    /// event `event_id` (their idempotency keys derive from it).
-    pub fn begin_requests(&mut self, event_id: &str) {
+    /// event `event_id` (their idempotency keys derive from it), whose time
+    /// is up at `deadline`.
+    pub fn begin_requests(&mut self, event_id: &str, deadline: Instant) {
         self.http_hooks
-            .begin_call(format!("{}/{event_id}", self.subscriber));
+            .begin_call(format!("{}/{event_id}", self.subscriber), deadline);
     }
 }
 

@@ -176,6 +176,7 @@ impl PluginCalls {
         let capacity = runtime.capacity();
         capacity.register(Arc::downgrade(&idle) as std::sync::Weak<dyn Evict>);
         let share = capacity.share_for(settings.concurrency);
+        let outbound = Arc::new(outbound_policy(&runtime, settings));
         PluginCalls {
             runtime,
             subscriber: settings.name.as_str().into(),
@@ -186,7 +187,7 @@ impl PluginCalls {
             idle,
             share,
             log_gate: LogGate::default(),
-            outbound: Arc::new(outbound_policy(settings)),
+            outbound,
         }
     }
 
@@ -354,7 +355,7 @@ impl PluginCalls {
         let timeout = self.limits.timeout;
         let data = instance.store.data_mut();
         data.limiter.hit = false;
-        data.begin_requests(&event.id);
+        data.begin_requests(&event.id, started + timeout);
         data.call = Some(Call {
             effects: Effects::for_event(event.hops, self.limits.publish),
             state,
@@ -443,7 +444,7 @@ impl PluginCalls {
 /// The outbound HTTP policy of the subscriber with `settings`. A CA file
 /// that cannot be read was refused at start (preflight); one broken since
 /// leaves the public roots only, said once.
-fn outbound_policy(settings: &SubscriberConfig) -> outbound::Policy {
+fn outbound_policy(runtime: &Arc<PluginRuntime>, settings: &SubscriberConfig) -> outbound::Policy {
     let grants = &settings.grants;
     let tls = outbound::tls_config(grants.http_ca.as_deref()).unwrap_or_else(|err| {
         tracing::warn!(
@@ -457,7 +458,26 @@ fn outbound_policy(settings: &SubscriberConfig) -> outbound::Policy {
         grants.http.clone(),
         tls,
         settings.timeout,
+        Arc::new(SubscriberSockets {
+            runtime: runtime.clone(),
+            subscriber: settings.name.clone(),
+        }),
     )
+}
+
+/// A subscriber's outbound connections, one descriptor each from its share
+/// of what plugins may hold (see [`super::files`]).
+struct SubscriberSockets {
+    runtime: Arc<PluginRuntime>,
+    subscriber: String,
+}
+
+impl outbound::Sockets for SubscriberSockets {
+    fn hold_one(&self) -> Result<Box<dyn Send + Sync>, String> {
+        let mut files = self.runtime.files_for(&self.subscriber);
+        files.hold(1).map_err(|refused| refused.to_string())?;
+        Ok(Box::new(files))
+    }
 }
 
 /// Why a new instance did not start.
