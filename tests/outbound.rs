@@ -377,3 +377,31 @@ fn each_request_carries_an_idempotency_key_the_same_on_every_attempt() {
     assert!(!keys[..4].contains(&keys[4]), "another event's key differs");
     host.stop();
 }
+
+/// Grants reload live: a request denied under the running config is sent
+/// once the config grants its destination, with no restart.
+#[test]
+fn grants_reload_live() {
+    let server = Server::start();
+    let port = server.port;
+    let world = World::new(&["fetch.wasm"], "");
+    let table = "[subscribers.fetcher]\nplugin = \"fetch.wasm\"\nevents = [\"Fetch\"]\n";
+    world.configure_watched(table);
+    let mut host = world.host();
+    host.wait_for_log("eventhost running");
+    let mut conn = world.conn();
+    let url = format!("http://127.0.0.1:{port}/");
+    let before = publish(&mut conn, "Fetch", json!({"url": url}));
+    let error = outcome(&mut conn, "fetcher", &before).expect_err("not granted yet");
+    assert!(error.contains("HttpRequestDenied"), "{error}");
+
+    world.configure_watched(&format!(
+        "{table}[subscribers.fetcher.grants]\nhttp = [\"http://127.0.0.1:{port}\"]\n"
+    ));
+    host.wait_for_log("settings changed");
+    let after = publish(&mut conn, "Fetch", json!({"url": url}));
+    let (status, _) = outcome(&mut conn, "fetcher", &after).expect("granted now");
+    assert_eq!(status, "200");
+    assert_eq!(server.seen().len(), 1);
+    host.stop();
+}
