@@ -23,6 +23,8 @@ use hmac::{Hmac, KeyInit, Mac as _};
 use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
+use crate::ownership::{self, Untrusted};
+
 /// What an entry file starts with: the format, then the MAC.
 const MAGIC: &[u8; 8] = b"EHCACHE1";
 const MAC_LEN: usize = 32;
@@ -197,14 +199,10 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
     if !meta.is_dir() {
         anyhow::bail!("{} is not a folder (a symlink?)", dir.display());
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        anyhow::bail!(
-            "{} belongs to user {}, not to this user ({me}): its code cannot be trusted",
-            dir.display(),
-            meta.uid()
-        );
+    // Entries carry a MAC, so a folder of ours that others could write is
+    // made private rather than refused; another user's is refused.
+    if let Err(err @ Untrusted::OtherOwner { .. }) = ownership::check(&meta) {
+        anyhow::bail!("{}: {err}: its code cannot be trusted", dir.display());
     }
     if meta.mode() & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
@@ -216,24 +214,10 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
 /// Whether an entry file with `meta` can be trusted as far as its owner and
 /// modes go: a regular file of ours that no one else may write.
 fn private_file(meta: &std::fs::Metadata) -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
     if !meta.is_file() {
         return Err("it is not a regular file".into());
     }
-    if meta.uid() != me {
-        return Err(format!(
-            "it belongs to user {}, not to this user",
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "others may write it (mode {:o})",
-            meta.mode() & 0o777
-        ));
-    }
-    Ok(())
+    ownership::check(meta).map_err(|err| err.to_string())
 }
 
 /// The cache's key at `path`: 32 random bytes, made once, readable by this
