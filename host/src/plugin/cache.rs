@@ -11,7 +11,7 @@
 //! are written only for builds that were accepted, and the folder is kept
 //! under its size limit by removing the entries used least recently.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Seek as _, Write as _};
 use std::os::unix::fs::{
     DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
 };
@@ -114,12 +114,25 @@ impl CompiledCache {
         Some(bytes)
     }
 
+    /// The cache's folder: private to us, so a compile's output may be
+    /// written there before it becomes an entry.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Keeps `code`, compiled from the source with SHA-256 `digest`, then
     /// removes the least recently used entries past the size limit. Call it
     /// only for a build that was accepted. A failure is logged, not fatal.
     pub fn store(&self, digest: &str, code: &[u8]) {
-        let write = || -> anyhow::Result<()> {
-            let size = (MAGIC.len() + MAC_LEN + code.len()) as u64;
+        self.store_from(digest, &mut &code[..], code.len() as u64);
+    }
+
+    /// [`store`](Self::store) for code of `len` bytes read from `code` (a
+    /// compiled file) a piece at a time: compiled code may be as large as
+    /// the compile's memory limit, and is never held whole in memory here.
+    pub fn store_from(&self, digest: &str, code: &mut dyn Read, len: u64) {
+        let mut write = || -> anyhow::Result<()> {
+            let size = MAGIC.len() as u64 + MAC_LEN as u64 + len;
             if size > self.max_bytes {
                 anyhow::bail!(
                     "the entry ({} MiB) is larger than the cache's limit ({} MiB)",
@@ -135,9 +148,29 @@ impl CompiledCache {
                 .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
+            // The MAC is known once the code went through: written last,
+            // in the place kept for it.
             out.write_all(MAGIC)?;
-            out.write_all(&self.mac(digest, code))?;
-            out.write_all(code)?;
+            out.write_all(&[0; MAC_LEN])?;
+            let mut mac = self.mac_over(digest);
+            let mut piece = vec![0u8; 1 << 16];
+            let mut copied = 0u64;
+            loop {
+                let n = code.read(&mut piece)?;
+                if n == 0 {
+                    break;
+                }
+                mac.update(&piece[..n]);
+                out.write_all(&piece[..n])?;
+                copied += n as u64;
+            }
+            if copied != len {
+                anyhow::bail!(
+                    "the compiled code changed while it was cached ({copied} of {len} bytes)"
+                );
+            }
+            out.seek(std::io::SeekFrom::Start(MAGIC.len() as u64))?;
+            out.write_all(&mac.finalize().into_bytes())?;
             drop(out);
             std::fs::rename(&tmp, &path)?;
             self.evict()
@@ -173,17 +206,25 @@ impl CompiledCache {
 
     /// HMAC-SHA256 of what an entry proves: the source, the engine, the code.
     fn mac(&self, digest: &str, code: &[u8]) -> [u8; MAC_LEN] {
-        hmac_sha256(
-            &self.key,
-            &[
-                b"eventhost compiled cache v1\0",
-                digest.as_bytes(),
-                b"\0",
-                self.engine.as_bytes(),
-                b"\0",
-                code,
-            ],
-        )
+        let mut mac = self.mac_over(digest);
+        mac.update(code);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The MAC of an entry for the source `digest`, the code still to come.
+    fn mac_over(&self, digest: &str) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .expect("HMAC takes keys of any size");
+        for part in [
+            b"eventhost compiled cache v1\0".as_slice(),
+            digest.as_bytes(),
+            b"\0",
+            self.engine.as_bytes(),
+            b"\0",
+        ] {
+            mac.update(part);
+        }
+        mac
     }
 }
 
@@ -268,16 +309,6 @@ fn key(path: &Path) -> anyhow::Result<[u8; 32]> {
     Ok(key)
 }
 
-/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts` under `key`.
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any size");
-    for part in parts {
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().into()
-}
-
 /// Compares two MACs in time that does not depend on where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
@@ -287,14 +318,69 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// HMAC-SHA256 (RFC 2104) of the concatenation of `parts` under `key`.
+    fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any size");
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     #[test]
     fn hmac_matches_rfc_4231() {
         // Test case 2.
         let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+        // The entry's MAC is that HMAC over its parts, in this order.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompiledCache::open(dir.path(), &"e".repeat(64), 1 << 20).unwrap();
+        let digest = "d".repeat(64);
+        assert_eq!(
+            cache.mac(&digest, b"code"),
+            hmac_sha256(
+                &cache.key,
+                &[
+                    b"eventhost compiled cache v1\0",
+                    digest.as_bytes(),
+                    b"\0",
+                    "e".repeat(64).as_bytes(),
+                    b"\0",
+                    b"code"
+                ]
+            )
+        );
         assert_eq!(
             hex::encode(mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn an_entry_stored_from_a_file_a_piece_at_a_time_is_the_same_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache =
+            CompiledCache::open(&dir.path().join("cache"), &"e".repeat(64), 1 << 20).unwrap();
+        // Longer than one piece, not a multiple of it.
+        let code: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        cache.store(&a, &code);
+        let file = dir.path().join("compiled");
+        std::fs::write(&file, &code).unwrap();
+        let mut reader = std::fs::File::open(&file).unwrap();
+        cache.store_from(&b, &mut reader, code.len() as u64);
+        assert_eq!(cache.load(&a).as_deref(), Some(code.as_slice()));
+        assert_eq!(cache.load(&b).as_deref(), Some(code.as_slice()));
+        let (entry_a, entry_b) = (
+            std::fs::read(cache.entry(&a)).unwrap(),
+            std::fs::read(cache.entry(&b)).unwrap(),
+        );
+        assert_eq!(entry_a.len(), entry_b.len());
+        // A length that does not match what was read leaves no entry.
+        let c = "c".repeat(64);
+        let mut reader = std::fs::File::open(&file).unwrap();
+        cache.store_from(&c, &mut reader, code.len() as u64 + 1);
+        assert!(!cache.entry(&c).exists());
     }
 
     #[test]
