@@ -553,3 +553,95 @@ fn the_private_redis_requires_a_password_kept_private() {
     println!("private redis: peak RSS {} MiB", peak_mib(&host));
     assert_eq!(host.stop().code(), Some(0));
 }
+
+/// The URL file can outlive its server (a host killed with SIGKILL); the
+/// socket it names must then not become a way to the password. `eventhost
+/// publish` sends it only to a socket of ours in a folder only we may
+/// write: a listener at the named path in a world-writable folder, or in
+/// another user's folder, receives nothing, while the same listener in a
+/// private folder of ours receives the password (so the listener would
+/// have seen it).
+#[test]
+fn a_stale_url_file_never_sends_the_password_to_a_strangers_socket() {
+    use std::io::Read as _;
+    use std::os::unix::net::UnixListener;
+    let world = World::new(&["probe.wasm"], "");
+    world.write_config("[subscribers.probe]\nplugin = \"probe.wasm\"\n");
+    let redis_dir = world.dir.path().join(".eventhost/redis");
+    std::fs::create_dir_all(&redis_dir).unwrap();
+    let password = "f".repeat(64);
+    // Whatever connects to `dir/redis.sock` within 3 s: the bytes it sent.
+    let publish_to = |dir: &Path| -> (std::process::Output, Vec<u8>) {
+        let socket = dir.join("redis.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::fs::write(
+            redis_dir.join("url"),
+            format!(
+                "unix://{}?db=0&user=default&pass={password}",
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let heard = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            let mut heard = Vec::new();
+            while std::time::Instant::now() < deadline {
+                if let Ok((mut stream, _)) = listener.accept() {
+                    stream.set_nonblocking(false).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(500)))
+                        .unwrap();
+                    let mut buf = [0u8; 4096];
+                    if let Ok(n) = stream.read(&mut buf) {
+                        heard.extend_from_slice(&buf[..n]);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            heard
+        });
+        let out = world.eventhost(&["publish", "Ping", "{}"]);
+        (out, heard.join().unwrap())
+    };
+
+    let open = world.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut strangers = vec![(open, "others may write it (mode 777)")];
+    if unsafe { libc::geteuid() } == 0 {
+        let theirs = world.dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        strangers.push((theirs, "it belongs to user 65534"));
+    }
+    for (dir, why) in &strangers {
+        let (out, heard) = publish_to(dir);
+        assert!(
+            heard.is_empty(),
+            "{}: the stranger's socket heard {:?}",
+            dir.display(),
+            String::from_utf8_lossy(&heard)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("no `eventhost run` is running with it"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(why), "says why: {stderr}");
+    }
+
+    // The control: the same listener in a folder of ours hears it.
+    let ours = world.dir.path().join("ours");
+    std::fs::create_dir(&ours).unwrap();
+    std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (_, heard) = publish_to(&ours);
+    assert!(
+        String::from_utf8_lossy(&heard).contains(&password),
+        "a socket of ours is sent the password: {:?}",
+        String::from_utf8_lossy(&heard)
+    );
+}

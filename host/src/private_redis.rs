@@ -285,9 +285,17 @@ impl PrivateRedis {
 
 /// The URL of the private server started for the data folder `dir`, if one
 /// is running and answers.
+///
+/// The URL file may outlive its server (a host killed with SIGKILL), so
+/// before the password is sent the socket it names must be one only we
+/// could have made: see [`socket_is_ours`].
 pub async fn running_url(dir: &Path) -> Option<String> {
     let url = std::fs::read_to_string(dir.join(URL_FILE)).ok()?;
     let url = url.trim().to_string();
+    if let Err(why) = socket_is_ours(&url) {
+        tracing::warn!(file = %dir.join(URL_FILE).display(), "not using the private redis-server it names: {why}");
+        return None;
+    }
     let client = redis::Client::open(url.as_str()).ok()?;
     let mut conn = tokio::time::timeout(
         Duration::from_secs(1),
@@ -301,6 +309,27 @@ pub async fn running_url(dir: &Path) -> Option<String> {
         .await
         .ok()?;
     Some(url)
+}
+
+/// Whether `url` names a unix socket of ours in a folder only we may
+/// write: whoever can write a folder can put a socket there, and would read
+/// the password we send to it. A TCP URL (an older eventhost's) is not
+/// trusted at all: its port may have been taken since.
+fn socket_is_ours(url: &str) -> Result<(), String> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|err| format!("not a Redis URL ({err})"))?;
+    let redis::ConnectionAddr::Unix(socket) = info.addr() else {
+        return Err("it is not a unix socket".into());
+    };
+    let folder = socket
+        .parent()
+        .ok_or_else(|| format!("{} has no folder", socket.display()))?;
+    let meta = std::fs::metadata(folder).map_err(|err| format!("{}: {err}", folder.display()))?;
+    crate::ownership::check(&meta).map_err(|err| format!("{}: {err}", folder.display()))?;
+    let meta =
+        std::fs::symlink_metadata(socket).map_err(|err| format!("{}: {err}", socket.display()))?;
+    crate::ownership::check(&meta).map_err(|err| format!("{}: {err}", socket.display()))?;
+    Ok(())
 }
 
 /// `url` without its password, for logs.
