@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{types::ComponentItem, Component, Linker};
 use wasmtime::Engine;
 
-use super::cache::CompiledCache;
+use super::cache::{self, CompiledCache};
 use super::capacity::InstanceCapacity;
 use super::compiler::{self, CompileLimits};
 use super::engine::{engine_config, engine_fingerprint, start_epoch_clock};
@@ -354,8 +354,9 @@ impl PluginRuntime {
             let code = cache.load(&file.digest)?;
             // SAFETY: the code is what this host's engine compiled from these
             // very bytes: the entry's MAC, under a key only this user can
-            // read, proves it (see `cache`).
-            match unsafe { Component::deserialize(&self.engine, &code) } {
+            // read, proves it (see `cache`), read through the descriptor it
+            // is mapped from. Mapped, not read into our memory.
+            match unsafe { Component::deserialize_file(&self.engine, cache::mappable(&code)) } {
                 Ok(component) => Some(component),
                 Err(err) => {
                     tracing::warn!(plugin = %file.path.display(), "ignoring an unusable compiled cache entry: {err:#}");
