@@ -589,6 +589,53 @@ fn a_compiles_code_is_mapped_from_a_file_not_read_into_the_host() {
     });
 }
 
+/// Several compiles may run at once, each up to `compile_memory_mb`: a
+/// compiling child asks the kernel to kill it first when memory runs out
+/// (`oom_score_adj` 1000), so it is a build that is refused, not the host
+/// that dies; the host keeps the kernel's default (0).
+#[test]
+fn a_compiler_is_the_first_the_kernel_kills_when_memory_runs_out() {
+    let _attack = one_attack_at_a_time();
+    let world = World::new(&["probe.wasm"], "");
+    world.install("probe.wasm", "victim.wasm");
+    let header = world
+        .header()
+        .replace("watch = false", "watch = true\ncompile_timeout_s = 600");
+    let victim = "[subscribers.victim]\nplugin = \"victim.wasm\"\nevents = [\"Victim\"]\n\n";
+    world.write_config(&format!("{header}{victim}{BYSTANDER}"));
+    let host = world.host();
+    let score = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    // A build that takes seconds to compile.
+    std::fs::write(
+        world.dir.path().join("plugins/victim.wasm"),
+        slow_component(600, 1000, 7),
+    )
+    .unwrap();
+    let compiler = || {
+        std::fs::read_dir("/proc").unwrap().find_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let parent: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (parent == host.pid() && cmdline.windows(14).any(|w| w == b"compile-plugin"))
+                .then_some(pid)
+        })
+    };
+    let mut found = None;
+    eventually("the host starts compiling the new build", WAIT, || {
+        found = compiler();
+        found.is_some()
+    });
+    let child = found.unwrap();
+    assert_eq!(score(child), "1000", "the compiler goes first");
+    assert_eq!(score(host.pid()), "0", "the host keeps the default");
+    stop_timed(host);
+}
+
 /// The same for a build loaded from the compiled cache: the entry's code
 /// was read whole into the host and copied by wasmtime; now it is checked
 /// a piece at a time and mapped. The orders example's Python shipping

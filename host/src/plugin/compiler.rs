@@ -61,7 +61,8 @@ pub fn compile(limits: &CompileLimits, bytes: &[u8], out: &File) -> Result<(), S
         .stdout(Stdio::from(out))
         .stderr(Stdio::piped());
     // SAFETY: between fork and exec the closure only calls async-signal-safe
-    // functions (setrlimit, prctl) on values computed before the fork.
+    // functions (setrlimit, open, write, close, prctl) on values computed
+    // before the fork.
     unsafe {
         command.pre_exec(move || {
             let set = |resource, soft: u64, hard: u64| {
@@ -77,6 +78,17 @@ pub fn compile(limits: &CompileLimits, bytes: &[u8], out: &File) -> Result<(), S
             set(libc::RLIMIT_AS, memory, memory)?;
             set(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
             set(libc::RLIMIT_CORE, 0, 0)?;
+            // Several compiles may run at once, each up to its memory
+            // limit: if the machine runs out, the kernel kills a compiler
+            // (its build is refused), not the host. Best effort.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, b"1000".as_ptr().cast(), 4);
+                libc::close(fd);
+            }
             // Dies with the host, so a stopped host leaves no compiler.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
@@ -142,9 +154,18 @@ pub fn compile(limits: &CompileLimits, bytes: &[u8], out: &File) -> Result<(), S
             limit_words()
         ));
     }
-    if matches!(status.signal(), Some(libc::SIGXCPU | libc::SIGKILL)) {
+    if status.signal() == Some(libc::SIGXCPU) {
         return Err(format!(
             "compiling it used more CPU time than its limit; refused {}",
+            limit_words()
+        ));
+    }
+    // The CPU limit's hard end, or the kernel out of memory choosing the
+    // compiler (it asks to be chosen first).
+    if status.signal() == Some(libc::SIGKILL) {
+        return Err(format!(
+            "the compiler was killed: it used more CPU time than its limit, or the machine ran \
+             out of memory; refused {}",
             limit_words()
         ));
     }
