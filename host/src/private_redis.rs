@@ -148,8 +148,7 @@ impl PrivateRedis {
         // Data written by an older version, before files were private.
         tighten_files(dir);
         let (socket, socket_dir) = socket_path(dir)?;
-        // A socket left by a server killed with us; redis-server would not
-        // replace it.
+        // A socket left by a server killed with us: nothing answers there.
         let _ = std::fs::remove_file(&socket);
         let password = random_password();
         let url = socket_url(&socket, &password)?;
