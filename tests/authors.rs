@@ -119,3 +119,48 @@ fn a_python_plugin_from_new_to_invoke() {
 fn a_javascript_plugin_from_new_to_invoke() {
     author_loop("js", &["node", "--test"]);
 }
+
+/// Issue 20: `eventhost build` runs the tools it installs into its cache, so
+/// a tools folder another user may write (here: world-writable, as a shared
+/// `EVENTHOST_CACHE_DIR` might be) is refused before anything in it runs or
+/// is installed, with what to do.
+#[test]
+fn a_tools_folder_others_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let tools = cache.join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&tools, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for lang in ["python", "js"] {
+        let out = eventhost(dir.path(), &["new", lang, "--lang", lang]);
+        assert!(out.status.success(), "new: {}", text(&out));
+        let out = Command::new(env!("CARGO_BIN_EXE_eventhost"))
+            .args(["build", lang])
+            .current_dir(dir.path())
+            .env("EVENTHOST_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains(&format!(
+                "{}: others may write it (mode 777), so another user could have replaced the \
+                 build tools",
+                tools.display()
+            )),
+            "{said}"
+        );
+        assert!(
+            said.contains(&format!("rm -rf {}", tools.display())),
+            "says what to do: {said}"
+        );
+        assert!(!said.contains("installing"), "nothing installed: {said}");
+        assert_eq!(
+            std::fs::read_dir(&tools).unwrap().count(),
+            0,
+            "nothing written into the tools folder"
+        );
+    }
+}

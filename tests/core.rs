@@ -569,7 +569,7 @@ fn a_private_redis_server_runs_when_no_url_is_set() {
     let host = world.host();
     assert!(host
         .log()
-        .contains("started a private redis-server at redis://127.0.0.1:"));
+        .contains("started a private redis-server at unix:///"));
 
     let out = world.eventhost(&["publish", "Ping", r#"{"order": 7}"#]);
     assert!(

@@ -368,17 +368,38 @@ fn a_component_importing_what_the_host_lacks_is_refused_on_reload() {
 
 // ----- the private Redis and the state folder ---------------------------
 
+/// The inodes of the sockets process `pid` holds open.
+fn socket_inodes(pid: &str) -> BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
 /// Mode bits of `path`.
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-/// Without `[redis] url`, the private `redis-server` requires a random
-/// password that is not on its command line nor in the log; the URL file
-/// holds it and, like every file under `.eventhost`, is 0600 (folders
-/// 0700). A connection without it is refused (NOAUTH); `eventhost
-/// publish` finds and uses it. (Tests run as root, where modes stop no
-/// one: the modes and the password are asserted, not a refused read.)
+/// Without `[redis] url`, the private `redis-server` listens on a unix
+/// socket in the 0700 state folder and on no TCP port (issue 20: a port
+/// found free by binding port 0 can be taken by a local user before
+/// redis-server binds it, who then reads the `AUTH` the host sends), and
+/// requires a random password that is not on its command line nor in the
+/// log; the URL file holds it and, like every file under `.eventhost`, is
+/// 0600 (folders 0700). A connection without it is refused (NOAUTH);
+/// `eventhost publish` finds and uses it. (Tests run as root, where modes
+/// stop no one: the modes and the password are asserted, not a refused
+/// read.)
 #[test]
 fn the_private_redis_requires_a_password_kept_private() {
     // This test waits up to 30 s where the others here wait 20 s.
@@ -391,12 +412,22 @@ fn the_private_redis_requires_a_password_kept_private() {
     let state_dir = world.dir.path().join(".eventhost");
     let url = std::fs::read_to_string(state_dir.join("redis/url")).unwrap();
     let url = url.trim();
-    let (password, address) = url
-        .strip_prefix("redis://default:")
-        .and_then(|rest| rest.split_once('@'))
+    let socket = std::fs::canonicalize(state_dir.join("redis/redis.sock")).unwrap();
+    let (base, password) = url
+        .split_once("&pass=")
         .unwrap_or_else(|| panic!("no password in {url}"));
+    assert_eq!(
+        base,
+        format!("unix://{}?db=0&user=default", socket.display()),
+        "the URL names the socket in the state folder"
+    );
     assert_eq!(password.len(), 64, "{url}");
     assert!(!host.log().contains(password), "the password is not logged");
+    assert!(
+        host.log().contains("pass=***"),
+        "the log names the socket, not the password: {}",
+        host.log()
+    );
 
     let out = world.eventhost(&["publish", "Ping", r#"{"order": 7}"#]);
     assert!(
@@ -409,16 +440,24 @@ fn the_private_redis_requires_a_password_kept_private() {
         state(&mut conn, "probe").get("count").map(String::as_str) == Some("1")
     });
 
-    let anonymous = format!("redis://{address}");
-    let err = redis::Client::open(anonymous.as_str())
+    let err = redis::Client::open(base)
         .unwrap()
         .get_connection()
         .and_then(|mut c| redis::cmd("GET").arg("x").query::<Option<String>>(&mut c))
         .expect_err("a connection without the password is refused");
     assert!(err.to_string().contains("NOAUTH"), "{err}");
-    // What the orders example does with the URL file.
+    // What the orders example does with the URL file's socket and password.
     let cli = std::process::Command::new("redis-cli")
-        .args(["--no-auth-warning", "-u", url, "PING"])
+        .arg("-s")
+        .arg(&socket)
+        .args([
+            "--no-auth-warning",
+            "--user",
+            "default",
+            "--pass",
+            password,
+            "PING",
+        ])
         .output()
         .expect("redis-cli comes with redis-server");
     assert_eq!(
@@ -426,26 +465,70 @@ fn the_private_redis_requires_a_password_kept_private() {
         "PONG",
         "{cli:?}"
     );
-    let wrong = format!("redis://default:guess@{address}");
+    let wrong = format!("{base}&pass=guess");
     assert!(redis::Client::open(wrong.as_str())
         .unwrap()
         .get_connection()
         .is_err());
 
     let info: String = redis::cmd("INFO").arg("server").query(&mut conn).unwrap();
-    let pid = info
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+            .trim()
+            .to_string()
+    };
+    let pid = field("process_id:");
+    assert_eq!(field("tcp_port:"), "0", "redis-server has no TCP port");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(
         !String::from_utf8_lossy(&cmdline).contains(password),
         "the password is not on redis-server's command line"
     );
+    // No socket redis-server holds is a TCP one: its sockets' inodes are
+    // in none of the kernel's TCP tables, while the unix table has one.
+    let held = socket_inodes(&pid);
+    assert!(!held.is_empty(), "redis-server holds its sockets");
+    let in_table = |table: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        text.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let columns: Vec<&str> = line.split_whitespace().collect();
+                let inode = if table == "unix" {
+                    columns.get(6)
+                } else {
+                    columns.get(9)
+                };
+                inode.map(|i| i.to_string())
+            })
+            .filter(|inode| held.contains(inode))
+            .collect()
+    };
+    assert_eq!(
+        in_table("tcp"),
+        Vec::<String>::new(),
+        "no TCP (IPv4) socket"
+    );
+    assert_eq!(
+        in_table("tcp6"),
+        Vec::<String>::new(),
+        "no TCP (IPv6) socket"
+    );
+    assert!(
+        !in_table("unix").is_empty(),
+        "its listener is a unix socket"
+    );
+    let socket_mode = std::fs::symlink_metadata(&socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(socket_mode, 0o700, "the socket is ours only");
 
-    // Every folder 0700, every file 0600, the cache included.
+    // Every folder 0700, every file 0600, the cache included (the socket,
+    // checked above, is 0700: redis-server's unixsocketperm).
     let mut checked = 0;
     let mut stack = vec![state_dir.clone()];
     while let Some(dir) = stack.pop() {
@@ -454,7 +537,7 @@ fn the_private_redis_requires_a_password_kept_private() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else {
+            } else if path != socket {
                 assert_eq!(mode(&path), 0o600, "{}", path.display());
                 checked += 1;
             }
@@ -469,4 +552,96 @@ fn the_private_redis_requires_a_password_kept_private() {
     assert_eq!(mode(&state_dir.join("redis/redis.conf")), 0o600);
     println!("private redis: peak RSS {} MiB", peak_mib(&host));
     assert_eq!(host.stop().code(), Some(0));
+}
+
+/// The URL file can outlive its server (a host killed with SIGKILL); the
+/// socket it names must then not become a way to the password. `eventhost
+/// publish` sends it only to a socket of ours in a folder only we may
+/// write: a listener at the named path in a world-writable folder, or in
+/// another user's folder, receives nothing, while the same listener in a
+/// private folder of ours receives the password (so the listener would
+/// have seen it).
+#[test]
+fn a_stale_url_file_never_sends_the_password_to_a_strangers_socket() {
+    use std::io::Read as _;
+    use std::os::unix::net::UnixListener;
+    let world = World::new(&["probe.wasm"], "");
+    world.write_config("[subscribers.probe]\nplugin = \"probe.wasm\"\n");
+    let redis_dir = world.dir.path().join(".eventhost/redis");
+    std::fs::create_dir_all(&redis_dir).unwrap();
+    let password = "f".repeat(64);
+    // Whatever connects to `dir/redis.sock` within 3 s: the bytes it sent.
+    let publish_to = |dir: &Path| -> (std::process::Output, Vec<u8>) {
+        let socket = dir.join("redis.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::fs::write(
+            redis_dir.join("url"),
+            format!(
+                "unix://{}?db=0&user=default&pass={password}",
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let heard = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            let mut heard = Vec::new();
+            while std::time::Instant::now() < deadline {
+                if let Ok((mut stream, _)) = listener.accept() {
+                    stream.set_nonblocking(false).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(500)))
+                        .unwrap();
+                    let mut buf = [0u8; 4096];
+                    if let Ok(n) = stream.read(&mut buf) {
+                        heard.extend_from_slice(&buf[..n]);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            heard
+        });
+        let out = world.eventhost(&["publish", "Ping", "{}"]);
+        (out, heard.join().unwrap())
+    };
+
+    let open = world.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut strangers = vec![(open, "others may write it (mode 777)")];
+    if unsafe { libc::geteuid() } == 0 {
+        let theirs = world.dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        strangers.push((theirs, "it belongs to user 65534"));
+    }
+    for (dir, why) in &strangers {
+        let (out, heard) = publish_to(dir);
+        assert!(
+            heard.is_empty(),
+            "{}: the stranger's socket heard {:?}",
+            dir.display(),
+            String::from_utf8_lossy(&heard)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("no `eventhost run` is running with it"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(why), "says why: {stderr}");
+    }
+
+    // The control: the same listener in a folder of ours hears it.
+    let ours = world.dir.path().join("ours");
+    std::fs::create_dir(&ours).unwrap();
+    std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (_, heard) = publish_to(&ours);
+    assert!(
+        String::from_utf8_lossy(&heard).contains(&password),
+        "a socket of ours is sent the password: {:?}",
+        String::from_utf8_lossy(&heard)
+    );
 }

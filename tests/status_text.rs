@@ -1,13 +1,146 @@
 //! `eventhost status` prints what Redis holds, and anyone who can write to
 //! the bus writes there: a subscriber's name with an escape sequence must
 //! reach the operator's terminal as inert text, and a heartbeat whose build
-//! has multi-byte characters must not make `status` panic.
+//! has multi-byte characters must not make `status` panic. Nor can a
+//! registry flooded with members make `status` or the console's
+//! `/api/status` slow or large: they read at most 1,000 members and say how
+//! many they left out.
 
 mod support;
 
+use std::io::{Read as _, Write as _};
+use std::time::{Duration, Instant};
+
 use redis::Commands;
-use serde_json::json;
+use serde_json::{json, Value};
 use support::*;
+
+/// Members put in the registry: each names a subscriber stream, the most
+/// costly kind (each one read is a row and a queue's worth of commands).
+const JUNK: usize = 100_000;
+/// What status reads of them (`bus::status::REGISTRY_READ`).
+const READ: usize = 1_000;
+
+/// Fills `events:registry` with [`JUNK`] members `events:sub:junk-<i>`.
+fn flood_registry(conn: &mut redis::Connection) {
+    for chunk in (0..JUNK).collect::<Vec<_>>().chunks(10_000) {
+        let mut cmd = redis::cmd("SADD");
+        cmd.arg("events:registry");
+        for i in chunk {
+            cmd.arg(format!("events:sub:junk-{i}"));
+        }
+        let _: () = cmd.query(conn).unwrap();
+    }
+    let members: usize = conn.scard("events:registry").unwrap();
+    assert_eq!(members, JUNK);
+}
+
+/// Issue 20: `status` read every member of `events:registry` (SMEMBERS),
+/// then each one's queue. With 100,000 junk members it reads 1,000, answers
+/// within 10 s in under 300 KB, and says how many it did not show, in text
+/// and in JSON.
+#[test]
+fn status_reads_a_bounded_part_of_a_flooded_registry_and_says_what_it_left_out() {
+    let redis = Redis::start();
+    let mut conn = redis.conn();
+    flood_registry(&mut conn);
+    let dir = tempfile::tempdir().unwrap();
+
+    let started = Instant::now();
+    let out = eventhost_in(dir.path(), &["status", "--url", &redis.url()]);
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("junk-"))
+        .count();
+    println!(
+        "status over {JUNK} registry members: {} ms, {} bytes, {rows} rows",
+        took.as_millis(),
+        out.stdout.len()
+    );
+    assert_eq!(rows, READ, "one row per member read");
+    let not_read = JUNK - READ;
+    assert!(
+        stdout.contains(&format!(
+            "{not_read} more members of the LeanMQ registry not shown (status reads at most {READ}"
+        )),
+        "{}",
+        &stdout[stdout.len().saturating_sub(400)..]
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(out.stdout.len() < 300 * 1024, "{} bytes", out.stdout.len());
+
+    let out = eventhost_in(dir.path(), &["status", "--url", &redis.url(), "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["registry_not_read"], not_read as u64);
+    assert_eq!(status["subscribers"].as_array().unwrap().len(), READ);
+}
+
+/// The console's `/api/status` reads the same bounded part: with 100,000
+/// junk members it answers within 10 s, in under 2 MB, with the configured
+/// subscriber among those shown and the count of members left out.
+#[test]
+fn the_consoles_status_reads_a_bounded_part_of_a_flooded_registry() {
+    let world = World::new(&["probe.wasm"], "");
+    let port = free_port();
+    world.configure(&format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n[subscribers.probe]\nplugin = \"probe.wasm\"\n"
+    ));
+    let mut conn = world.conn();
+    flood_registry(&mut conn);
+    let _host = world.host();
+
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    println!(
+        "/api/status over {JUNK} registry members: {} ms, {} bytes",
+        took.as_millis(),
+        answer.len()
+    );
+    let status: Value = serde_json::from_str(body).unwrap();
+    let names: Vec<&str> = status["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"probe"), "the config's subscriber is shown");
+    // The host registers its own subscriber's streams too.
+    let members: usize = conn.scard("events:registry").unwrap();
+    assert!(members > JUNK, "{members}");
+    // Those read (a few may be the host's own `:dlq` or `:metadata`
+    // members, not subscribers) and the configured one.
+    assert!(
+        (READ - 3..=READ + 1).contains(&names.len()),
+        "{} subscribers",
+        names.len()
+    );
+    assert_eq!(status["registry_not_read"], (members - READ) as u64);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(answer.len() < 2 * 1024 * 1024, "{} bytes", answer.len());
+}
 
 #[test]
 fn status_shows_hostile_text_from_redis_escaped_and_cut_by_characters() {

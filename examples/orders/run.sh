@@ -65,6 +65,19 @@ now() {
   fi
 }
 
+# redis-cli on the host's private server, given the URL in $URL_FILE:
+# unix:///<socket>?db=0&user=default&pass=<password>. The server has no TCP
+# port (so no local user can take it and read the password), and redis-cli
+# -u reads only redis:// URLs, so the socket and password are given apart.
+url_cli() {
+  local url="$1" socket
+  shift
+  socket="${url#unix://}"
+  socket="${socket%%\?*}"
+  socket="$(printf '%b' "${socket//%/\\x}")" # undo percent-encoding
+  redis-cli --no-auth-warning -s "$socket" --user default --pass "${url##*&pass=}" "$@"
+}
+
 # --- stopping the host, whatever happens -----------------------------------
 
 HOST_PID=""
@@ -112,7 +125,7 @@ clean_previous_run() {
   local pid candidates=() redis_pid
   [[ -s "$PID_FILE" ]] && candidates+=("$(<"$PID_FILE")")
   if [[ -s "$URL_FILE" ]]; then
-    redis_pid="$(redis-cli --no-auth-warning -u "$(<"$URL_FILE")" INFO server 2>/dev/null |
+    redis_pid="$(url_cli "$(<"$URL_FILE")" INFO server 2>/dev/null |
       tr -d '\r' | sed -n 's/^process_id://p')" || true
     if [[ -n "$redis_pid" ]]; then
       candidates+=("$(ps -o ppid= -p "$redis_pid" 2>/dev/null | tr -d ' ')") || true
@@ -125,8 +138,8 @@ clean_previous_run() {
       stop_host
     fi
   done
-  if [[ -s "$URL_FILE" ]] && redis-cli --no-auth-warning -u "$(<"$URL_FILE")" PING >/dev/null 2>&1; then
-    fail "a redis-server for $CONFIG still answers at $(<"$URL_FILE"); stop the eventhost that runs it and try again"
+  if [[ -s "$URL_FILE" ]] && url_cli "$(<"$URL_FILE")" PING >/dev/null 2>&1; then
+    fail "a redis-server for $CONFIG still answers at $STATE/redis/redis.sock; stop the eventhost that runs it and try again"
   fi
   rm -rf "$STATE/redis" "$PID_FILE" "$LOG"
 }
@@ -197,7 +210,7 @@ done
 URL="$(<"$URL_FILE")"
 grep "eventhost running" "$LOG" | sed 's/^/    /'
 
-rc() { redis-cli --no-auth-warning -u "$URL" "$@"; }
+rc() { url_cli "$URL" "$@"; }
 
 # --- 3. place the orders -----------------------------------------------------
 

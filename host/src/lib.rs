@@ -11,7 +11,8 @@
 //! [`author`] writes and builds plugin projects for it.
 //! Around them: [`cli`] (the binary's commands), [`http`] (metrics,
 //! health and readiness), [`signals`], [`telemetry`], [`private_redis`]
-//! (a server of our own when none is configured) and [`backoff`].
+//! (a server of our own when none is configured), [`ownership`] (whether
+//! what we load or run from disk is ours alone) and [`backoff`].
 
 pub mod author;
 pub mod backoff;
@@ -23,6 +24,7 @@ pub mod handler;
 pub mod http;
 pub mod invoke;
 pub mod outbound;
+pub mod ownership;
 pub mod plugin;
 pub mod preflight;
 pub mod private_redis;

@@ -1,16 +1,22 @@
 //! A `redis-server` of our own, for when the config names none.
 //!
-//! It listens on a free loopback port, keeps its data (append-only file) in
-//! `.eventhost/redis` beside the config so events survive restarts, and
-//! writes its URL there so `eventhost publish` finds it. It dies with us:
-//! stopped cleanly on shutdown, and killed by the kernel if we are.
+//! It listens on a unix socket only (no TCP port), keeps its data
+//! (append-only file) in `.eventhost/redis` beside the config so events
+//! survive restarts, and writes its URL there so `eventhost publish` finds
+//! it. It dies with us: stopped cleanly on shutdown, and killed by the
+//! kernel if we are.
 //!
-//! A loopback port is open to every local user, so the server requires a
-//! random password, given to it in a config file (not on its command line,
-//! which `ps` shows to everyone) and kept in the URL file; both, its data
-//! and everything under `.eventhost` are readable by our user only (0700
-//! folders, 0600 files). A unix socket would lock out LeanMQ clients and
-//! `redis-cli -u`.
+//! Why no TCP port: a free port found by binding port 0 is free again once
+//! closed, and until redis-server binds it (or after it died, while the URL
+//! file still names it) any local user can listen there and read the
+//! `AUTH` we send. The socket sits in a 0700 folder of ours, where no one
+//! else can create or reach it. The server still requires a random
+//! password, given to it in a config file (not on its command line, which
+//! `ps` shows to everyone) and kept in the URL file; both, its data and
+//! everything under `.eventhost` are readable by our user only (0700
+//! folders, 0600 files). Clients that only speak TCP (LeanMQ's
+//! constructor, `redis-cli -u`) are given the socket instead: see
+//! docs/operating.md.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -24,9 +30,16 @@ use tokio::process::{Child, Command};
 use crate::config::{Config, Endpoint};
 
 /// File, in the data folder, holding the URL of the running server, with
-/// its password: `redis://default:<password>@127.0.0.1:<port>/0`. Mode
-/// 0600. The user is named: `redis-cli -u` ignores a password without one.
+/// its password:
+/// `unix:///<data folder>/redis.sock?db=0&user=default&pass=<password>`
+/// (redis-rs's form). Mode 0600.
 const URL_FILE: &str = "url";
+/// The server's socket, in the data folder when its path fits in a
+/// `sockaddr_un`.
+const SOCKET_FILE: &str = "redis.sock";
+/// Longest socket path the kernel accepts (`sun_path` is 108 bytes with its
+/// terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 /// The server's own config file, in the data folder: its password. Mode
 /// 0600.
 const CONF_FILE: &str = "redis.conf";
@@ -70,11 +83,45 @@ fn random_password() -> String {
     )
 }
 
+/// Where the socket goes: in `dir`, or, when that path is too long for a
+/// socket address, in a fresh private (0700) folder under the temporary
+/// folder, removed when the returned guard drops.
+fn socket_path(dir: &Path) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let path = dir.join(SOCKET_FILE);
+    if path.as_os_str().len() <= MAX_SOCKET_PATH {
+        return Ok((path, None));
+    }
+    let short = tempfile::Builder::new()
+        .prefix("eventhost-redis-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .context("cannot create a private folder for redis-server's socket")?;
+    Ok((short.path().join(SOCKET_FILE), Some(short)))
+}
+
+/// The URL redis-rs connects with: the socket, database 0, user and
+/// password in the query (where redis-rs reads them for unix sockets).
+fn socket_url(socket: &Path, password: &str) -> anyhow::Result<String> {
+    let file = url::Url::from_file_path(socket)
+        .map_err(|()| anyhow::anyhow!("{} is not an absolute path", socket.display()))?;
+    // `file` is special to the URL standard and cannot become `unix` by
+    // set_scheme; its encoded path is the same in either.
+    let mut url = url::Url::parse(&format!("unix://{}", file.path()))
+        .with_context(|| format!("cannot make a unix URL of {}", socket.display()))?;
+    url.query_pairs_mut()
+        .append_pair("db", "0")
+        .append_pair("user", "default")
+        .append_pair("pass", password);
+    Ok(url.into())
+}
+
 /// A running private `redis-server`.
 pub struct PrivateRedis {
     child: Child,
     url: String,
     dir: PathBuf,
+    /// The socket's folder when it is not `dir` (removed on drop).
+    _socket_dir: Option<tempfile::TempDir>,
 }
 
 impl PrivateRedis {
@@ -88,6 +135,9 @@ impl PrivateRedis {
         }
         create_private_dir(dir)
             .with_context(|| format!("cannot create the Redis data folder {}", dir.display()))?;
+        // The URL names the socket by an absolute path, whatever our cwd.
+        let dir = &std::fs::canonicalize(dir)
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
         if let Some(url) = running_url(dir).await {
             bail!(
                 "a private redis-server for this config is already running at {}; is another \
@@ -97,16 +147,22 @@ impl PrivateRedis {
         }
         // Data written by an older version, before files were private.
         tighten_files(dir);
-        let port = free_port()?;
+        let (socket, socket_dir) = socket_path(dir)?;
+        // A socket left by a server killed with us: nothing answers there.
+        let _ = std::fs::remove_file(&socket);
         let password = random_password();
+        let url = socket_url(&socket, &password)?;
         let conf = dir.join(CONF_FILE);
         write_private_file(&conf, &format!("requirepass {password}\n"))?;
         let log = dir.join("redis.log");
         let mut command = Command::new("redis-server");
         command
             .arg(&conf)
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+            // No TCP listener at all: nothing to race for.
+            .args(["--port", "0"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .args(["--unixsocketperm", "700"])
             .arg("--dir")
             .arg(dir)
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
@@ -142,11 +198,11 @@ impl PrivateRedis {
                 anyhow::anyhow!("cannot start redis-server: {err}")
             }
         })?;
-        let url = format!("redis://default:{password}@127.0.0.1:{port}/0");
         let mut server = PrivateRedis {
             child,
             url,
             dir: dir.to_path_buf(),
+            _socket_dir: socket_dir,
         };
         server.wait_ready(&log).await?;
         write_private_file(&dir.join(URL_FILE), &server.url)?;
@@ -228,9 +284,17 @@ impl PrivateRedis {
 
 /// The URL of the private server started for the data folder `dir`, if one
 /// is running and answers.
+///
+/// The URL file may outlive its server (a host killed with SIGKILL), so
+/// before the password is sent the socket it names must be one only we
+/// could have made: see [`socket_is_ours`].
 pub async fn running_url(dir: &Path) -> Option<String> {
     let url = std::fs::read_to_string(dir.join(URL_FILE)).ok()?;
     let url = url.trim().to_string();
+    if let Err(why) = socket_is_ours(&url) {
+        tracing::warn!(file = %dir.join(URL_FILE).display(), "not using the private redis-server it names: {why}");
+        return None;
+    }
     let client = redis::Client::open(url.as_str()).ok()?;
     let mut conn = tokio::time::timeout(
         Duration::from_secs(1),
@@ -246,14 +310,30 @@ pub async fn running_url(dir: &Path) -> Option<String> {
     Some(url)
 }
 
+/// Whether `url` names a unix socket of ours in a folder only we may
+/// write: whoever can write a folder can put a socket there, and would read
+/// the password we send to it. A TCP URL (an older eventhost's) is not
+/// trusted at all: its port may have been taken since.
+fn socket_is_ours(url: &str) -> Result<(), String> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|err| format!("not a Redis URL ({err})"))?;
+    let redis::ConnectionAddr::Unix(socket) = info.addr() else {
+        return Err("it is not a unix socket".into());
+    };
+    let folder = socket
+        .parent()
+        .ok_or_else(|| format!("{} has no folder", socket.display()))?;
+    let meta = std::fs::metadata(folder).map_err(|err| format!("{}: {err}", folder.display()))?;
+    crate::ownership::check(&meta).map_err(|err| format!("{}: {err}", folder.display()))?;
+    let meta =
+        std::fs::symlink_metadata(socket).map_err(|err| format!("{}: {err}", socket.display()))?;
+    crate::ownership::check(&meta).map_err(|err| format!("{}: {err}", socket.display()))?;
+    Ok(())
+}
+
 /// `url` without its password, for logs.
 fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
+    crate::bus::connection::redact(url)
 }
 
 /// Makes the files in `dir` readable by our user only.
@@ -271,11 +351,6 @@ fn tighten_files(dir: &Path) {
             tighten_files(&path);
         }
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 #[cfg(test)]
@@ -314,13 +389,40 @@ mod tests {
         let (a, b) = (random_password(), random_password());
         assert_eq!(a.len(), 64);
         assert_ne!(a, b);
+        let url = socket_url(Path::new("/run/a b/redis.sock"), &a).unwrap();
         assert_eq!(
-            redacted("redis://default:s3cret@127.0.0.1:6379/0"),
-            "redis://127.0.0.1:6379/0"
+            url,
+            format!("unix:///run/a%20b/redis.sock?db=0&user=default&pass={a}")
         );
+        assert!(!redacted(&url).contains(&a), "{}", redacted(&url));
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).unwrap();
         assert_eq!(
-            redacted("redis://127.0.0.1:6379/0"),
-            "redis://127.0.0.1:6379/0"
+            info.addr().to_string(),
+            "/run/a b/redis.sock",
+            "redis-rs reads the path back"
         );
+    }
+
+    #[test]
+    fn a_socket_path_too_long_for_the_kernel_moves_to_a_private_temporary_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, guard) = socket_path(dir.path()).unwrap();
+        assert_eq!(path, dir.path().join(SOCKET_FILE));
+        assert!(guard.is_none());
+        let deep = dir.path().join("d".repeat(120));
+        let (path, guard) = socket_path(&deep).unwrap();
+        let guard = guard.expect("a short folder");
+        assert!(
+            path.as_os_str().len() <= MAX_SOCKET_PATH,
+            "{}",
+            path.display()
+        );
+        assert_eq!(path.parent().unwrap(), guard.path());
+        let mode = std::fs::metadata(guard.path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

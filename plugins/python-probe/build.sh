@@ -18,7 +18,9 @@ tool="$venv/bin/componentize-py"
 if [[ ! -x "$tool" ]] || [[ "$("$tool" --version)" != "componentize-py $version" ]]; then
     echo "installing componentize-py $version into $venv" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$version"
+    # The wheels' hashes are pinned, as `eventhost build` pins them.
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        --require-hashes --only-binary=:all: --no-deps -r "$here/requirements.txt"
 fi
 
 # Build from a copy so PROBE_BUILD never edits the source.

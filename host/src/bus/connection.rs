@@ -265,6 +265,7 @@ pub fn is_nogroup(err: &redis::RedisError) -> bool {
 
 /// `redis://user:secret@host` → `redis://user:***@host`.
 pub fn redact(url: &str) -> String {
+    let url = redact_query(url);
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -278,8 +279,24 @@ pub fn redact(url: &str) -> String {
                 None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
             }
         }
-        _ => url.to_string(),
+        _ => url,
     }
+}
+
+/// `url` with the values of `pass` and `password` in its query hidden: a
+/// unix socket URL (`unix:///path?pass=...`) carries its password there.
+fn redact_query(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key == "pass" || key == "password" => format!("{key}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
 }
 
 #[cfg(test)]
@@ -298,5 +315,13 @@ mod tests {
         );
         assert_eq!(redact("redis://:s3cret@db"), "redis://:***@db");
         assert_eq!(redact("rediss://token@db"), "rediss://***@db");
+        assert_eq!(
+            redact("unix:///run/r.sock?db=0&user=default&pass=s3cret"),
+            "unix:///run/r.sock?db=0&user=default&pass=***"
+        );
+        assert_eq!(
+            redact("redis+unix:///r.sock?password=s3cret&db=1"),
+            "redis+unix:///r.sock?password=***&db=1"
+        );
     }
 }

@@ -6,6 +6,11 @@
 //! Subscribers are those LeanMQ's registry names (`events:sub:<name>`),
 //! those a live host runs, and any the caller adds (its config's): a
 //! subscriber no host runs any more still shows, with its backlog.
+//!
+//! Anyone who can write Redis can add members to the registry, and each
+//! one read costs a queue's worth of commands and a row, so at most
+//! [`REGISTRY_READ`] members are read (SSCAN, never SMEMBERS) and the rest
+//! are counted, not shown.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +24,14 @@ use super::group::group_info;
 use super::heartbeat::{self, HostRecord, Known, ReloadNote};
 use super::keys::{Keys, QueueKeys};
 
+/// Most members of LeanMQ's registry one status reads: enough for any real
+/// bus, few enough that a registry flooded with junk costs a status (and
+/// every console refresh) at most this many queues' commands and rows.
+pub const REGISTRY_READ: usize = 1_000;
+
+/// Members asked for per SSCAN: a few round trips reach the cap.
+const SSCAN_COUNT: usize = 250;
+
 /// The whole bus.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -27,6 +40,9 @@ pub struct Status {
     pub hosts: Vec<HostStatus>,
     pub fanout: QueueStatus,
     pub subscribers: Vec<SubscriberStatus>,
+    /// Members of the registry past [`REGISTRY_READ`], neither read nor
+    /// shown (subscribers of the config and of live hosts always are).
+    pub registry_not_read: u64,
 }
 
 /// One host, alive or gone lately.
@@ -154,10 +170,8 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisRe
         .collect();
 
     let mut names: BTreeSet<String> = also.iter().cloned().collect();
-    let registry: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(keys.registry())
-        .query_async(conn)
-        .await?;
+    let (registry, registry_not_read) =
+        registry_members(conn, &keys.registry(), REGISTRY_READ).await?;
     names.extend(
         registry
             .iter()
@@ -251,7 +265,42 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisRe
         hosts,
         fanout,
         subscribers,
+        registry_not_read,
     })
+}
+
+/// At most `cap` distinct members of the set `key`, and how many more it
+/// holds. SSCAN may return a member twice and more than it was asked
+/// for; both are absorbed here.
+async fn registry_members(
+    conn: &mut RedisConn,
+    key: &str,
+    cap: usize,
+) -> RedisResult<(BTreeSet<String>, u64)> {
+    let total: u64 = redis::cmd("SCARD").arg(key).query_async(conn).await?;
+    let mut members = BTreeSet::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(SSCAN_COUNT)
+            .query_async(conn)
+            .await?;
+        for member in batch {
+            if members.len() == cap {
+                break;
+            }
+            members.insert(member);
+        }
+        if next == 0 || members.len() == cap {
+            break;
+        }
+        cursor = next;
+    }
+    let not_read = total.saturating_sub(members.len() as u64);
+    Ok((members, not_read))
 }
 
 /// Length, lag, pending and DLQ depth of one queue.

@@ -83,8 +83,12 @@ fn print(status: &Status) {
         f.dlq_depth
     ));
     pending_lines(f);
+    let not_read = registry_note(status);
     if status.subscribers.is_empty() {
         say("subscribers: none");
+        if let Some(note) = not_read {
+            say(note);
+        }
         return;
     }
     say("subscribers:");
@@ -182,6 +186,22 @@ fn print(status: &Status) {
         }
         pending_lines(&s.queue);
     }
+    if let Some(note) = not_read {
+        say(note);
+    }
+}
+
+/// What the table leaves out when the registry holds more than a status
+/// reads.
+fn registry_note(status: &Status) -> Option<String> {
+    (status.registry_not_read > 0).then(|| {
+        format!(
+            "  {} more members of the LeanMQ registry not shown (status reads at most {} of \
+             them; the config's subscribers and those of live hosts are always shown)",
+            status.registry_not_read,
+            status::REGISTRY_READ
+        )
+    })
 }
 
 /// Who holds a queue's pending entries.

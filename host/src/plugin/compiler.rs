@@ -9,7 +9,15 @@
 //! at the wall-clock limit, and takes back the compiled code. The code is
 //! produced by the host's own binary and engine settings; what comes back
 //! is loaded by the parent's engine, which checks that it is compatible.
+//!
+//! The child writes the code straight into a file the parent gives it as
+//! its stdout, and the parent maps that file (`Component::deserialize_file`)
+//! instead of reading it: compiled code can be tens of times the size of
+//! its component and up to `compile_memory_mb`, and each compile running
+//! at once would otherwise hold that much of the host's own memory, twice
+//! (the bytes read, then wasmtime's copy).
 
+use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::PathBuf;
@@ -33,23 +41,28 @@ pub struct CompileLimits {
     pub memory_bytes: u64,
 }
 
-/// Compiles `bytes` (a component) in a child under `limits`; the compiled
-/// code, or why not, in words for a refusal.
-pub fn compile(limits: &CompileLimits, bytes: &[u8]) -> Result<Vec<u8>, String> {
+/// Compiles `bytes` (a component) in a child under `limits`, which writes
+/// the compiled code into `out` (an empty file, then mapped by the caller);
+/// why not, in words for a refusal.
+pub fn compile(limits: &CompileLimits, bytes: &[u8], out: &File) -> Result<(), String> {
     let started = Instant::now();
     let memory = limits.memory_bytes;
     // The CPU limit backs the wall-clock one: every core may compile.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let cpu_seconds = limits.timeout.as_secs().max(1) * cores + 1;
+    let out = out
+        .try_clone()
+        .map_err(|err| format!("cannot hand the compiler its output file: {err}"))?;
     let mut command = Command::new(&limits.exe);
     command
         .arg(SUBCOMMAND)
         .env_clear()
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::from(out))
         .stderr(Stdio::piped());
     // SAFETY: between fork and exec the closure only calls async-signal-safe
-    // functions (setrlimit, prctl) on values computed before the fork.
+    // functions (setrlimit, open, write, close, prctl) on values computed
+    // before the fork.
     unsafe {
         command.pre_exec(move || {
             let set = |resource, soft: u64, hard: u64| {
@@ -65,6 +78,17 @@ pub fn compile(limits: &CompileLimits, bytes: &[u8]) -> Result<Vec<u8>, String> 
             set(libc::RLIMIT_AS, memory, memory)?;
             set(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
             set(libc::RLIMIT_CORE, 0, 0)?;
+            // Several compiles may run at once, each up to its memory
+            // limit: if the machine runs out, the kernel kills a compiler
+            // (its build is refused), not the host. Best effort.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, b"1000".as_ptr().cast(), 4);
+                libc::close(fd);
+            }
             // Dies with the host, so a stopped host leaves no compiler.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
@@ -77,16 +101,11 @@ pub fn compile(limits: &CompileLimits, bytes: &[u8]) -> Result<Vec<u8>, String> 
         )
     })?;
     let mut stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let input = bytes.to_vec();
     let writer = std::thread::spawn(move || {
         // A child that died early closes the pipe: its status says why.
         let _ = stdin.write_all(&input);
-    });
-    let reader = std::thread::spawn(move || {
-        let mut code = Vec::new();
-        stdout.take(memory).read_to_end(&mut code).map(|_| code)
     });
     let errors = std::thread::spawn(move || {
         let mut text = String::new();
@@ -109,7 +128,6 @@ pub fn compile(limits: &CompileLimits, bytes: &[u8]) -> Result<Vec<u8>, String> 
         }
     };
     let _ = writer.join();
-    let code = reader.join().expect("the reader does not panic");
     let errors = errors.join().expect("the error reader does not panic");
     let limit_words = || {
         format!(
@@ -126,7 +144,7 @@ pub fn compile(limits: &CompileLimits, bytes: &[u8]) -> Result<Vec<u8>, String> 
         ));
     }
     if status.success() {
-        return code.map_err(|err| format!("cannot read the compiled code: {err}"));
+        return Ok(());
     }
     // An allocation the address-space limit refused aborts the child.
     if status.signal() == Some(libc::SIGABRT) {
@@ -136,9 +154,18 @@ pub fn compile(limits: &CompileLimits, bytes: &[u8]) -> Result<Vec<u8>, String> 
             limit_words()
         ));
     }
-    if matches!(status.signal(), Some(libc::SIGXCPU | libc::SIGKILL)) {
+    if status.signal() == Some(libc::SIGXCPU) {
         return Err(format!(
             "compiling it used more CPU time than its limit; refused {}",
+            limit_words()
+        ));
+    }
+    // The CPU limit's hard end, or the kernel out of memory choosing the
+    // compiler (it asks to be chosen first).
+    if status.signal() == Some(libc::SIGKILL) {
+        return Err(format!(
+            "the compiler was killed: it used more CPU time than its limit, or the machine ran \
+             out of memory; refused {}",
             limit_words()
         ));
     }
@@ -149,7 +176,8 @@ pub fn compile(limits: &CompileLimits, bytes: &[u8]) -> Result<Vec<u8>, String> 
 }
 
 /// The child's side: reads a component on stdin, compiles it with the
-/// host's engine settings, writes the compiled code on stdout. Exit 1 with
+/// host's engine settings, writes the compiled code on stdout (the file the
+/// parent maps). Exit 1 with
 /// the reason on stderr if it is not a valid component.
 pub fn serve_child() -> std::process::ExitCode {
     let mut bytes = Vec::new();

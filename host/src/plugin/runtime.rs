@@ -5,6 +5,7 @@
 //! compiled components are cached on disk by content so a restart or a
 //! reload of a known build does not compile again.
 
+use std::io::Seek as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
@@ -15,7 +16,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{types::ComponentItem, Component, Linker};
 use wasmtime::Engine;
 
-use super::cache::CompiledCache;
+use super::cache::{self, CompiledCache};
 use super::capacity::InstanceCapacity;
 use super::compiler::{self, CompileLimits};
 use super::engine::{engine_config, engine_fingerprint, start_epoch_clock};
@@ -23,6 +24,14 @@ use super::files::FileBudget;
 use super::host_api::{StoreData, Subscriber, SubscriberPre};
 use super::threads::PluginThreads;
 use crate::config::PluginsConfig;
+
+/// Code compiled just now, to cache once the build is accepted.
+enum Compiled {
+    /// Compiled in this process.
+    Bytes(Vec<u8>),
+    /// Compiled by a child into this file, which the component maps.
+    File(tempfile::NamedTempFile),
+}
 
 /// The wasmtime engine and linker shared by every plugin.
 pub struct PluginRuntime {
@@ -348,8 +357,9 @@ impl PluginRuntime {
             let code = cache.load(&file.digest)?;
             // SAFETY: the code is what this host's engine compiled from these
             // very bytes: the entry's MAC, under a key only this user can
-            // read, proves it (see `cache`).
-            match unsafe { Component::deserialize(&self.engine, &code) } {
+            // read, proves it (see `cache`), read through the descriptor it
+            // is mapped from. Mapped, not read into our memory.
+            match unsafe { Component::deserialize_file(&self.engine, cache::mappable(&code)) } {
                 Ok(component) => Some(component),
                 Err(err) => {
                     tracing::warn!(plugin = %file.path.display(), "ignoring an unusable compiled cache entry: {err:#}");
@@ -357,29 +367,58 @@ impl PluginRuntime {
                 }
             }
         });
+        let cannot_load = |err: wasmtime::Error| format!("cannot load its compiled code: {err:#}");
         let (component, compiled) = match from_cache {
             Some(component) => (component, None),
-            None => {
-                let code = match &self.settings.compile_limits {
-                    Some(limits) => compiler::compile(limits, &file.bytes).map_err(refuse)?,
-                    None => self
+            None => match &self.settings.compile_limits {
+                Some(limits) => {
+                    let out = self.compile_output().map_err(|err| {
+                        refuse(format!("cannot make a file for its compiled code: {err}"))
+                    })?;
+                    compiler::compile(limits, &file.bytes, out.as_file()).map_err(refuse)?;
+                    // SAFETY: this very program, with the same engine
+                    // settings, compiled the code just now into this file,
+                    // which only we can write; `deserialize_file` checks the
+                    // settings are compatible. It maps the file: the code is
+                    // not read into our memory.
+                    let component =
+                        unsafe { Component::deserialize_file(&self.engine, out.path()) }
+                            .map_err(|err| refuse(cannot_load(err)))?;
+                    (component, Some(Compiled::File(out)))
+                }
+                None => {
+                    let code = self
                         .engine
                         .precompile_component(&file.bytes)
-                        .map_err(|err| refuse(format!("not a valid component: {err:#}")))?,
-                };
-                // SAFETY: this engine, or this very program with the same
-                // engine settings in a child, compiled the code just now;
-                // `deserialize` checks the settings are compatible.
-                let component = unsafe { Component::deserialize(&self.engine, &code) }
-                    .map_err(|err| refuse(format!("cannot load its compiled code: {err:#}")))?;
-                (component, Some(code))
-            }
+                        .map_err(|err| refuse(format!("not a valid component: {err:#}")))?;
+                    // SAFETY: this engine compiled the code just now.
+                    let component = unsafe { Component::deserialize(&self.engine, &code) }
+                        .map_err(|err| refuse(cannot_load(err)))?;
+                    (component, Some(Compiled::Bytes(code)))
+                }
+            },
         };
         let cached = compiled.is_none();
         let pre = self.validate(&component).map_err(refuse)?;
         // Only an accepted build is worth keeping.
-        if let (Some(cache), Some(code)) = (&self.cache, &compiled) {
-            cache.store(&file.digest, code);
+        if let (Some(cache), Some(code)) = (&self.cache, compiled) {
+            match code {
+                Compiled::Bytes(code) => cache.store(&file.digest, &code),
+                Compiled::File(out) => {
+                    // The child wrote through a copy of our descriptor, which
+                    // shares its offset: read from the start.
+                    let mut code = out.as_file();
+                    match code
+                        .seek(std::io::SeekFrom::Start(0))
+                        .and_then(|_| code.metadata())
+                    {
+                        Ok(meta) => cache.store_from(&file.digest, &mut code, meta.len()),
+                        Err(err) => {
+                            tracing::warn!(plugin = %file.path.display(), "cannot cache its compiled code: {err}")
+                        }
+                    }
+                }
+            }
         }
         Ok(CompiledPlugin {
             path: file.path,
@@ -388,6 +427,21 @@ impl PluginRuntime {
             cached,
             load_time: started.elapsed(),
         })
+    }
+
+    /// An empty file for a child's compiled code, removed when dropped (a
+    /// component mapped from it keeps its pages): in the compiled cache's
+    /// folder, private and on the cache's disk, else in the temporary
+    /// folder. Its name is no entry's, so the cache never loads it.
+    fn compile_output(&self) -> std::io::Result<tempfile::NamedTempFile> {
+        let dir = self
+            .cache
+            .as_ref()
+            .map_or_else(std::env::temp_dir, |cache| cache.dir().to_path_buf());
+        tempfile::Builder::new()
+            .prefix(".compiling-")
+            .suffix(".part")
+            .tempfile_in(dir)
     }
 
     /// Checks the component against the `subscriber` world and explains a

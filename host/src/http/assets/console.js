@@ -95,6 +95,12 @@ function render(status) {
     cell(row, last ? last.outcome + " " + ago(status.at - last.at) + ": " + last.detail : "–", "reload");
     body.appendChild(row);
   }
+  // The status reads a bounded part of the registry; say what it left out.
+  const notRead = $("#not-read");
+  notRead.hidden = !status.registry_not_read;
+  notRead.textContent = status.registry_not_read
+    ? status.registry_not_read + " more members of the LeanMQ registry not shown"
+    : "";
   const f = status.fanout;
   $("#fanout").textContent =
     "fan-out " + f.stream + ": length " + f.length + ", lag " + (f.lag === null ? "?" : f.lag) +
