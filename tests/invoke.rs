@@ -209,3 +209,57 @@ fn text_output_is_for_people() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("state set: count = \"2\""), "{text}");
 }
+
+/// A plugin's HTTP requests: made to a host `--grant-http` names, denied
+/// elsewhere, and each listed with its method, URL and what came of it.
+#[test]
+fn requests_to_granted_hosts_are_made_and_listed() {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let mut stream = stream;
+            let _ = stream.write_all(
+                b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            );
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let data = serde_json::json!({"url": url, "times": 1}).to_string();
+    let granted = format!("http://127.0.0.1:{port}");
+    let out = invoke(
+        "fetch.wasm",
+        &[
+            "--type",
+            "Fetch",
+            "--data",
+            &data,
+            "--grant-http",
+            &granted,
+            "--json",
+        ],
+        "",
+    );
+    let report = report(&out, 0);
+    let requests = report["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 1, "{report}");
+    assert_eq!(requests[0]["method"], "GET");
+    assert_eq!(requests[0]["url"], url);
+    assert_eq!(requests[0]["status"], 201);
+
+    let out = invoke("fetch.wasm", &["--type", "Fetch", "--data", &data], "");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "http: GET {url} -> no response: HttpRequestDenied"
+        )),
+        "{text}"
+    );
+}

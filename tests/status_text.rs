@@ -84,6 +84,9 @@ fn status_reads_a_bounded_part_of_a_flooded_registry_and_says_what_it_left_out()
     assert_eq!(status["subscribers"].as_array().unwrap().len(), READ);
 }
 
+/// The console's read token (reading the overview needs it).
+const READ_TOKEN: &str = "status-read-token-0123456789";
+
 /// The console's `/api/status` reads the same bounded part: with 100,000
 /// junk members it answers within 10 s, in under 2 MB, with the configured
 /// subscriber among those shown and the count of members left out.
@@ -92,7 +95,7 @@ fn the_consoles_status_reads_a_bounded_part_of_a_flooded_registry() {
     let world = World::new(&["probe.wasm"], "");
     let port = free_port();
     world.configure(&format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n[subscribers.probe]\nplugin = \"probe.wasm\"\n"
+        "[http]\nlisten = \"127.0.0.1:{port}\"\nread_token = \"{READ_TOKEN}\"\n\n[subscribers.probe]\nplugin = \"probe.wasm\"\n"
     ));
     let mut conn = world.conn();
     flood_registry(&mut conn);
@@ -105,7 +108,7 @@ fn the_consoles_status_reads_a_bounded_part_of_a_flooded_registry() {
         .unwrap();
     write!(
         stream,
-        "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {READ_TOKEN}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = Vec::new();

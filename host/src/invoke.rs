@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{EventFilter, Grants, SubscriberConfig};
 use crate::handler::{Effects, Event, Handler, Outcome, Seen, StateReader};
+use crate::outbound::{HttpGrant, RequestRecord};
 use crate::plugin::{PluginRuntime, WasmHandler};
 
 /// One event to run and how.
@@ -37,6 +38,8 @@ pub struct Invocation {
     pub attempt: u32,
     pub timeout: Duration,
     pub memory_bytes: usize,
+    /// Where the plugin may send HTTP requests (as `grants.http`).
+    pub http: Vec<HttpGrant>,
 }
 
 /// What one invocation came to: what the bus would commit, and why.
@@ -53,6 +56,8 @@ pub struct Report {
     pub state: StateChanges,
     /// What the plugin logged, and printed.
     pub logs: Vec<LogLine>,
+    /// The HTTP requests it made, sent or denied, in order.
+    pub requests: Vec<RequestRecord>,
     pub duration_ms: f64,
 }
 
@@ -131,9 +136,13 @@ pub async fn invoke(
         publish: crate::config::PublishLimits::default(),
         retry_backoff: Duration::ZERO,
         config: invocation.config.clone(),
-        grants: Grants::default(),
+        grants: Grants {
+            http: invocation.http.clone(),
+            ..Grants::default()
+        },
     };
     let handler = WasmHandler::new(runtime, &settings, Arc::new(plugin));
+    handler.outbound().record();
     let event = event(&invocation);
     let state = Arc::new(MemoryState(invocation.state.into_iter().collect()));
     logs.clear();
@@ -146,6 +155,7 @@ pub async fn invoke(
         published: Vec::new(),
         state: StateChanges::default(),
         logs: logs.take(),
+        requests: handler.outbound().take_records(),
         duration_ms,
     };
     match outcome {
@@ -334,6 +344,7 @@ mod tests {
             published: Vec::new(),
             state: StateChanges::default(),
             logs: Vec::new(),
+            requests: Vec::new(),
             duration_ms: 0.0,
         };
         describe_effects(&mut report, &effects);

@@ -38,6 +38,10 @@ pub(super) struct InvokeArgs {
     /// The memory limit, as a subscriber's `memory_mb`.
     #[arg(long, default_value_t = 64)]
     memory_mb: usize,
+    /// Where the plugin may send HTTP requests, as in `grants.http`
+    /// (repeat for more), e.g. `--grant-http http://127.0.0.1:8080`.
+    #[arg(long = "grant-http", value_name = "URL")]
+    grant_http: Vec<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -87,6 +91,14 @@ pub(super) async fn invoke(args: InvokeArgs, logs: &LogCollector) -> anyhow::Res
         attempt: args.attempt,
         timeout: std::time::Duration::from_millis(args.timeout_ms),
         memory_bytes: args.memory_mb << 20,
+        http: args
+            .grant_http
+            .iter()
+            .map(|grant| {
+                crate::outbound::HttpGrant::parse(grant)
+                    .map_err(|message| anyhow::anyhow!("--grant-http {message}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     let runtime = PluginRuntime::new(RuntimeSettings::with_cache(&cache_dir).compiling_in_child(
         std::time::Duration::from_secs(config::DEFAULT_COMPILE_TIMEOUT_S),
@@ -123,6 +135,19 @@ fn print_report(report: &Report) {
         say(format_args!(
             "published: {} {}",
             event.event_type, event.data
+        ));
+    }
+    for request in &report.requests {
+        let came = match (request.status, &request.error) {
+            (Some(status), _) => status.to_string(),
+            (None, Some(error)) => format!("no response: {error}"),
+            (None, None) => "no response".into(),
+        };
+        say(format_args!(
+            "http: {} {} -> {came} ({:.1} ms)",
+            request.method,
+            super::text::shown(&request.url, 200),
+            request.duration_ms
         ));
     }
 }

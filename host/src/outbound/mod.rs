@@ -10,8 +10,8 @@ mod send;
 
 pub use grant::{GrantedHost, HttpGrant, Target};
 pub use send::{
-    Policy, Sockets, IN_FLIGHT_PER_INSTANCE, IN_FLIGHT_PER_SUBSCRIBER, MAX_REQUEST_BODY,
-    MAX_RESPONSE_BODY,
+    Policy, RequestRecord, Sockets, IN_FLIGHT_PER_INSTANCE, IN_FLIGHT_PER_SUBSCRIBER,
+    MAX_REQUEST_BODY, MAX_RESPONSE_BODY,
 };
 
 use std::path::Path;

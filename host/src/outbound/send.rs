@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,6 +42,20 @@ pub struct Policy {
     limit: Duration,
     in_flight: Arc<Semaphore>,
     sockets: Arc<dyn Sockets>,
+    /// Every request, once [`Policy::record`] asked (`eventhost invoke`).
+    journal: Mutex<Option<Vec<RequestRecord>>>,
+}
+
+/// One request and what came of it, as `eventhost invoke` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RequestRecord {
+    pub method: String,
+    pub url: String,
+    /// The response's status, if one came.
+    pub status: Option<u16>,
+    /// Why none came (`HttpRequestDenied`, a timeout...).
+    pub error: Option<String>,
+    pub duration_ms: f64,
 }
 
 /// Where a connection's descriptor is counted: the subscriber's share of
@@ -75,7 +89,20 @@ impl Policy {
             limit,
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT_PER_SUBSCRIBER)),
             sockets,
+            journal: Mutex::new(None),
         }
+    }
+
+    /// Keeps a record of every request from now on.
+    pub fn record(&self) {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The requests recorded so far, taken.
+    pub fn take_records(&self) -> Vec<RequestRecord> {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        journal.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Sends `request` if a grant allows it; `instance` bounds the
@@ -107,6 +134,17 @@ impl Policy {
             }
         };
         metrics::outbound_request(&self.subscriber, outcome);
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(records) = journal.as_mut() {
+            records.push(RequestRecord {
+                method: method.to_string(),
+                url: uri.to_string(),
+                status: result.as_ref().ok().map(|(r, _)| r.status().as_u16()),
+                error: result.as_ref().err().map(|err| format!("{err:?}")),
+                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            });
+        }
+        drop(journal);
         result
     }
 

@@ -122,6 +122,12 @@ impl WasmHandler {
     pub fn plugin(&self) -> &Arc<CompiledPlugin> {
         &self.calls.plugin
     }
+
+    /// The subscriber's outbound HTTP policy: `eventhost invoke` records
+    /// through it what requests a call made.
+    pub fn outbound(&self) -> &Arc<outbound::Policy> {
+        &self.calls.outbound
+    }
 }
 
 #[async_trait]
