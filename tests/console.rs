@@ -275,13 +275,20 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
     client.close().await.unwrap();
 }
 
-#[test]
-fn changes_from_another_origin_or_without_the_token_are_refused() {
-    let mut world = World::new(&["probe.wasm"], "");
+/// A world of the probe on `Ping` whose host serves the console on a free
+/// port with the admin token [`TOKEN`]; the console's address.
+fn console_world() -> (World, String) {
+    let world = World::new(&["probe.wasm"], "");
     let addr = format!("127.0.0.1:{}", free_port());
     world.configure(&format!(
         "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
     ));
+    (world, addr)
+}
+
+#[test]
+fn changes_from_another_origin_or_without_the_token_are_refused() {
+    let (mut world, addr) = console_world();
     let _host = world.host();
     let mut conn = world.conn();
     publish(&mut conn, "Ping", json!({"act": "reject"}));
@@ -347,11 +354,7 @@ fn changes_from_another_origin_or_without_the_token_are_refused() {
 /// refuses reads, saying what to set.
 #[test]
 fn reads_need_a_token_and_the_read_token_changes_nothing() {
-    let world = World::new(&["probe.wasm"], "");
-    let addr = format!("127.0.0.1:{}", free_port());
-    world.configure(&format!(
-        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
-    ));
+    let (world, addr) = console_world();
     let mut host = Host::serving(&world.config(), &[("EVENTHOST_READ_TOKEN", READ)]);
     host.wait_for_log("HTTP on");
     let mut conn = world.conn();
@@ -495,11 +498,7 @@ fn big_letter(i: usize, bytes: usize) -> String {
 #[test]
 fn listing_big_dead_letters_reads_a_bounded_page() {
     use support::attack::status_kib;
-    let world = World::new(&["probe.wasm"], "");
-    let addr = format!("127.0.0.1:{}", free_port());
-    world.configure(&format!(
-        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
-    ));
+    let (world, addr) = console_world();
     let mut host = world.host();
     host.wait_for_log("eventhost running");
     let mut conn = world.conn();
@@ -642,11 +641,7 @@ fn listing_big_dead_letters_reads_a_bounded_page() {
 /// fields of 100 KB) is read whole, alone, to decide.
 #[test]
 fn a_purge_by_kind_reads_a_letter_whole_when_its_ends_do_not_say() {
-    let world = World::new(&["probe.wasm"], "");
-    let addr = format!("127.0.0.1:{}", free_port());
-    world.configure(&format!(
-        "[http]\nlisten = \"{addr}\"\nadmin_token = \"{TOKEN}\"\n\n{PROBE}events = [\"Ping\"]\n"
-    ));
+    let (world, addr) = console_world();
     let mut host = world.host();
     host.wait_for_log("eventhost running");
     let mut conn = world.conn();

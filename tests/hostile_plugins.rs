@@ -414,6 +414,21 @@ fn component_of(functions: usize, body: &[u8], export_f0: bool) -> Vec<u8> {
     component
 }
 
+/// A watched world of the probe as `victim` (on `Victim`, from
+/// `victim.wasm`) beside the bystander, compiling with a limit of
+/// `compile_timeout_s`: the compile tests swap `victim.wasm` under it.
+fn victim_world(compile_timeout_s: u32) -> World {
+    let world = World::new(&["probe.wasm"], "");
+    world.install("probe.wasm", "victim.wasm");
+    let header = world.header().replace(
+        "watch = false",
+        &format!("watch = true\ncompile_timeout_s = {compile_timeout_s}"),
+    );
+    let victim = "[subscribers.victim]\nplugin = \"victim.wasm\"\nevents = [\"Victim\"]\n\n";
+    world.write_config(&format!("{header}{victim}{BYSTANDER}"));
+    world
+}
+
 /// A plugin file that takes seconds to compile is compiled in a child
 /// process, stopped at `compile_timeout_s` and refused like any bad build
 /// (the build in use keeps running); meanwhile a config change applies at
@@ -423,13 +438,7 @@ fn component_of(functions: usize, body: &[u8], export_f0: bool) -> Vec<u8> {
 #[test]
 fn a_slow_compile_is_stopped_and_holds_up_nothing() {
     let _attack = one_attack_at_a_time();
-    let world = World::new(&["probe.wasm"], "");
-    world.install("probe.wasm", "victim.wasm");
-    let header = world
-        .header()
-        .replace("watch = false", "watch = true\ncompile_timeout_s = 1");
-    let victim = "[subscribers.victim]\nplugin = \"victim.wasm\"\nevents = [\"Victim\"]\n\n";
-    world.write_config(&format!("{header}{victim}{BYSTANDER}"));
+    let world = victim_world(1);
     let mut host = world.host();
     let mut conn = world.conn();
     let alone = Pace::measure(&world, 1000, WAIT);
@@ -440,7 +449,8 @@ fn a_slow_compile_is_stopped_and_holds_up_nothing() {
     // A config change while it compiles: a new subscriber, at once.
     std::thread::sleep(Duration::from_millis(700));
     let late = "[subscribers.late]\nplugin = \"probe.wasm\"\nevents = [\"Late\"]\n\n";
-    world.write_config(&format!("{header}{victim}{late}{BYSTANDER}"));
+    let config = std::fs::read_to_string(world.config()).unwrap();
+    world.write_config(&format!("{config}{late}"));
     host.wait_for_log("config reloaded: 1 added");
     let config_applied = started.elapsed();
     let during = Pace::measure(&world, 1000, WAIT);
@@ -551,13 +561,7 @@ fn a_compiles_code_is_mapped_from_a_file_not_read_into_the_host() {
     let code_mib = (compiled.stdout.len() >> 20) as u64;
     assert!(code_mib >= 40, "the code is large: {code_mib} MiB");
 
-    let world = World::new(&["probe.wasm"], "");
-    world.install("probe.wasm", "victim.wasm");
-    let header = world
-        .header()
-        .replace("watch = false", "watch = true\ncompile_timeout_s = 600");
-    let victim = "[subscribers.victim]\nplugin = \"victim.wasm\"\nevents = [\"Victim\"]\n\n";
-    world.write_config(&format!("{header}{victim}{BYSTANDER}"));
+    let world = victim_world(600);
     let mut host = world.host();
     let mut conn = world.conn();
     let id = publish(&mut conn, "Victim", json!({}));
@@ -596,13 +600,7 @@ fn a_compiles_code_is_mapped_from_a_file_not_read_into_the_host() {
 #[test]
 fn a_compiler_is_the_first_the_kernel_kills_when_memory_runs_out() {
     let _attack = one_attack_at_a_time();
-    let world = World::new(&["probe.wasm"], "");
-    world.install("probe.wasm", "victim.wasm");
-    let header = world
-        .header()
-        .replace("watch = false", "watch = true\ncompile_timeout_s = 600");
-    let victim = "[subscribers.victim]\nplugin = \"victim.wasm\"\nevents = [\"Victim\"]\n\n";
-    world.write_config(&format!("{header}{victim}{BYSTANDER}"));
+    let world = victim_world(600);
     let host = world.host();
     let score = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
