@@ -1,23 +1,27 @@
 //! A subscriber loop: its stream → its handler → one commit per batch.
 //!
-//! Per batch: take due retries, else entries left by a dead consumer, else
-//! new entries; run them through the handler ([`batch`]); decide the fate of
-//! each that failed ([`verdict`]); then commit every result in one script
-//! call: acknowledgements with their effects, and dead letters. A `retry`
-//! failure stays pending and is claimed again after its backoff, which bumps
-//! its delivery count: the attempt number survives a crash. The commit
-//! and what Redis refuses of it are in [`commit`]; what the daemon holds
-//! to change or stop the loop is a [`Subscription`].
+//! Per batch: events to run again after a conflict ([`again`]), then due
+//! retries, else entries left by a dead consumer, else new entries; run
+//! them through the handler ([`batch`]); decide the fate of each that
+//! failed ([`verdict`]); then commit every result in one script call:
+//! acknowledgements with their effects, and dead letters; then carry out
+//! what was decided ([`settle`]). A `retry` failure stays pending and is
+//! claimed again after its backoff, which bumps its delivery count: the
+//! attempt number survives a crash. The commit and what Redis refuses of
+//! it are in [`commit`]; what the daemon holds to change or stop the loop
+//! is a [`Subscription`].
 
+mod again;
 mod batch;
 mod commit;
+mod settle;
 mod subscription;
 pub mod verdict;
 
 pub use subscription::Subscription;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +38,7 @@ use super::BLOCK;
 use crate::config::{BusConfig, SubscriberConfig};
 use crate::handler::{FailureKind, Outcome, Reads, StateReader};
 use crate::telemetry::metrics::SubscriberMetrics;
+use again::AgainQueue;
 use verdict::Verdict;
 
 /// How often to look for new entries while a retry is about to be due.
@@ -63,17 +68,7 @@ pub struct SubscriberLoop {
     metrics: SubscriberMetrics,
     retries: BinaryHeap<Reverse<Retry>>,
     /// Entries to run again after a conflict, without a new delivery.
-    again: Vec<Again>,
-    /// When the leases on the entries waiting in `again` were last renewed.
-    again_renewed: Instant,
-}
-
-/// An entry to run again after a conflict, with the state keys it read
-/// when it conflicted: entries that read none of the same keys run again
-/// side by side, the others one after another.
-struct Again {
-    work: Work,
-    keys: Vec<String>,
+    again: AgainQueue,
 }
 
 /// One entry in hand, with the attempt it is on.
@@ -139,8 +134,7 @@ impl SubscriberLoop {
             bus,
             metrics,
             retries: BinaryHeap::new(),
-            again: Vec::new(),
-            again_renewed: Instant::now(),
+            again: AgainQueue::new(),
         }
     }
 
@@ -182,7 +176,7 @@ impl SubscriberLoop {
     }
 
     /// The next batch: events to run again after a conflict first (see
-    /// [`Self::again_lane`]), then, in the room left, due retries, else
+    /// [`again`]), then, in the room left, due retries, else
     /// abandoned entries, else new ones. A subscriber at concurrency 1 runs
     /// what conflicted alone and in order; a `stopping` loop runs nothing
     /// else.
@@ -192,8 +186,10 @@ impl SubscriberLoop {
         finishing: bool,
         stopping: bool,
     ) -> RedisResult<Vec<Work>> {
-        self.keep_again_leases().await?;
-        let mut work = self.again_lane(settings.concurrency);
+        self.again
+            .keep_leases(&self.group, self.bus.claim_idle)
+            .await?;
+        let mut work = self.again.lane(settings.concurrency, self.bus.read_batch);
         if stopping || (settings.concurrency <= 1 && !work.is_empty()) {
             return Ok(work);
         }
@@ -203,50 +199,6 @@ impl SubscriberLoop {
             work.extend(self.next_fresh(room, wait).await?);
         }
         Ok(work)
-    }
-
-    /// Takes the events that run again in the next batch, oldest first:
-    /// each that read none of the keys an older one taken read. Under
-    /// contention for one key, re-runs side by side would only conflict
-    /// again (one commits per round, the rest re-run): they take turns, one
-    /// per batch, while the events beside them (new ones, and conflicts
-    /// over other keys) go on at full concurrency, so one hot key holds
-    /// neither the batch nor a shutdown. The oldest commits first (see
-    /// [`Self::process`]), so no event of this host loses to newer ones
-    /// for ever. At concurrency 1, every one of them, in stream order.
-    fn again_lane(&mut self, concurrency: usize) -> Vec<Work> {
-        self.again.sort_by_key(|a| stream_order(&a.work.entry.id));
-        if concurrency <= 1 {
-            return self.again.drain(..).map(|a| a.work).collect();
-        }
-        let mut read: HashSet<String> = HashSet::new();
-        let mut lane = Vec::new();
-        let mut waiting = Vec::new();
-        for again in self.again.drain(..) {
-            let clear = !again.keys.iter().any(|key| read.contains(key));
-            if clear && lane.len() < self.bus.read_batch {
-                read.extend(again.keys);
-                lane.push(again.work);
-            } else {
-                waiting.push(again);
-            }
-        }
-        self.again = waiting;
-        lane
-    }
-
-    /// Renews the leases on the events in `again`, at a third of
-    /// `claim_idle`: they are in hand (conflicting round after round, or
-    /// waiting their turn), not abandoned, and no consumer may reclaim
-    /// them (which would count a delivery, and run them twice at once).
-    async fn keep_again_leases(&mut self) -> RedisResult<()> {
-        if self.again.is_empty() || self.again_renewed.elapsed() < self.bus.claim_idle / 3 {
-            return Ok(());
-        }
-        let ids: Vec<String> = self.again.iter().map(|a| a.work.entry.id.clone()).collect();
-        self.group.renew(&ids).await?;
-        self.again_renewed = Instant::now();
-        Ok(())
     }
 
     /// Up to `room` entries: due retries, else abandoned entries, else new
@@ -376,7 +328,7 @@ impl SubscriberLoop {
             .iter()
             .flatten()
             .map(|w| w.entry.id.clone())
-            .chain(self.again.iter().map(|a| a.work.entry.id.clone()))
+            .chain(self.again.ids())
             .collect();
         let mut outcomes = batch::run(
             &self.subscription,
@@ -486,108 +438,11 @@ impl SubscriberLoop {
             keys: keys_of(reads),
         }
     }
-
-    /// Carries out the decisions of a committed batch. An entry in
-    /// `conflicts` read state that changed before its commit: nothing of it
-    /// was written, and it runs again at once, not as a new attempt.
-    fn settle(
-        &mut self,
-        settings: &SubscriberConfig,
-        decided: Vec<Decided>,
-        conflicts: Vec<String>,
-    ) {
-        let now = crate::handler::unix_now();
-        for Decided {
-            mut work,
-            event_id,
-            fate,
-            keys,
-        } in decided
-        {
-            if conflicts.contains(&work.entry.id) {
-                self.metrics.conflicts.increment(1);
-                work.conflicts += 1;
-                let longest_wait = self.bus.claim_idle / 2;
-                match verdict::after_conflict(work.conflicts, settings, longest_wait) {
-                    None => {
-                        tracing::debug!(
-                            subscriber = %settings.name,
-                            event_id,
-                            stream_id = %work.entry.id,
-                            "state it read changed before its commit; running it again"
-                        );
-                        self.again.push(Again { work, keys });
-                    }
-                    Some(delay) => {
-                        tracing::info!(
-                            subscriber = %settings.name,
-                            event_id,
-                            stream_id = %work.entry.id,
-                            "state it read changed before its commit {} times in a row (other \
-                             hosts commit to the same keys); running it again in {delay:?}, \
-                             on the same attempt",
-                            work.conflicts
-                        );
-                        self.retries.push(Reverse(Retry {
-                            due: Instant::now() + delay,
-                            id: work.entry.id,
-                            attempt: work.attempt,
-                            conflicts: work.conflicts,
-                        }));
-                    }
-                }
-                continue;
-            }
-            match fate {
-                Fate::Handled(published) => {
-                    tracing::debug!(subscriber = %settings.name, event_id, "handled");
-                    self.metrics.handled();
-                    if let Some(published) = published {
-                        self.metrics.latency((now - published).max(0.0));
-                    }
-                }
-                Fate::Retry { next, delay } => {
-                    self.metrics.retried.increment(1);
-                    self.retries.push(Reverse(Retry {
-                        due: Instant::now() + delay,
-                        id: work.entry.id,
-                        attempt: next,
-                        conflicts: 0,
-                    }));
-                }
-                Fate::RunAgain => self.again.push(Again { work, keys }),
-                Fate::Wait { delay } => self.retries.push(Reverse(Retry {
-                    due: Instant::now() + delay,
-                    id: work.entry.id,
-                    attempt: work.attempt,
-                    conflicts: work.conflicts,
-                })),
-                Fate::DeadLettered { kind, reason } => {
-                    tracing::warn!(
-                        subscriber = %settings.name,
-                        event_id,
-                        stream_id = %work.entry.id,
-                        attempt = work.attempt,
-                        kind,
-                        "dead-lettered: {reason}"
-                    );
-                    self.metrics.dead_lettered(kind);
-                }
-                Fate::Stuck => {}
-            }
-        }
-    }
 }
 
 /// The keys of `reads`.
 fn keys_of(reads: &Reads) -> Vec<String> {
     reads.iter().map(|(key, _)| key.clone()).collect()
-}
-
-/// A stream id's place in its stream: `<ms>-<seq>`, compared as numbers.
-fn stream_order(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 #[async_trait]
