@@ -44,6 +44,33 @@ pub struct Policy {
     sockets: Arc<dyn Sockets>,
     /// Every request, once [`Policy::record`] asked (`eventhost invoke`).
     journal: Mutex<Option<Vec<RequestRecord>>>,
+    log_pace: LogPace,
+}
+
+/// At most one log line a second about a subscriber's requests: a plugin
+/// that sends denied or failing requests in a loop must not flood the
+/// host's log (each is counted in the metric all the same).
+#[derive(Default)]
+struct LogPace {
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogPace {
+    /// `Some(lines skipped since the last one)` if a line may go out now.
+    fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                state.0 = Some(now);
+                Some(std::mem::take(&mut state.1))
+            }
+        }
+    }
 }
 
 /// One request and what came of it, as `eventhost invoke` lists it.
@@ -90,6 +117,7 @@ impl Policy {
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT_PER_SUBSCRIBER)),
             sockets,
             journal: Mutex::new(None),
+            log_pace: LogPace::default(),
         }
     }
 
@@ -129,7 +157,9 @@ impl Policy {
             }
             Err(Error::HttpRequestDenied) => "denied",
             Err(err) => {
-                tracing::info!(subscriber = %self.subscriber, %method, %uri, "outbound request failed: {err}");
+                if let Some(skipped) = self.log_pace.allow() {
+                    tracing::info!(subscriber = %self.subscriber, %method, %uri, skipped, "outbound request failed: {err}");
+                }
                 "failed"
             }
         };
@@ -157,14 +187,16 @@ impl Policy {
     ) -> Result<Sent, Error> {
         let target = Target::of(request.uri()).ok_or(Error::HttpRequestUriInvalid)?;
         let Some(grant) = self.grants.iter().find(|g| g.allows(&target)) else {
-            tracing::warn!(
-                subscriber = %self.subscriber,
-                uri = %request.uri(),
-                "outbound request denied: no grant of this subscriber names {}://{}:{} (grants.http)",
-                if target.https { "https" } else { "http" },
-                target.host,
-                target.port
-            );
+            if let Some(skipped) = self.log_pace.allow() {
+                tracing::warn!(skipped = skipped,
+                    subscriber = %self.subscriber,
+                    uri = %request.uri(),
+                    "outbound request denied: no grant of this subscriber names {}://{}:{} (grants.http)",
+                    if target.https { "https" } else { "http" },
+                    target.host,
+                    target.port
+                );
+            }
             return Err(Error::HttpRequestDenied);
         };
         let permits = (
@@ -179,7 +211,9 @@ impl Policy {
         let waits = Waits::new(options, left);
         let address = self.resolve(&target, grant, waits.connect).await?;
         let socket = self.sockets.hold_one().map_err(|why| {
-            tracing::warn!(subscriber = %self.subscriber, "outbound request refused a connection: {why}");
+            if let Some(skipped) = self.log_pace.allow() {
+            tracing::warn!(skipped = skipped, subscriber = %self.subscriber, "outbound request refused a connection: {why}");
+            }
             Error::ConnectionLimitReached
         })?;
 
@@ -270,18 +304,20 @@ impl Policy {
             Some(address) => Ok(*address),
             None if addresses.is_empty() => Err(Error::DestinationNotFound),
             None => {
-                tracing::warn!(
-                    subscriber = %self.subscriber,
-                    host = %target.host,
-                    "outbound request denied: {} resolves to internal addresses only ({}); \
-                     only a grant that names such an address literally reaches it",
-                    target.host,
-                    addresses
-                        .iter()
-                        .map(|a| a.ip().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                if let Some(skipped) = self.log_pace.allow() {
+                    tracing::warn!(skipped = skipped,
+                        subscriber = %self.subscriber,
+                        host = %target.host,
+                        "outbound request denied: {} resolves to internal addresses only ({}); \
+                         only a grant that names such an address literally reaches it",
+                        target.host,
+                        addresses
+                            .iter()
+                            .map(|a| a.ip().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
                 Err(Error::HttpRequestDenied)
             }
         }
@@ -387,3 +423,32 @@ impl Body for ResponseBody {
 }
 
 use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_log_line_a_second_says_how_many_it_skipped() {
+        let pace = LogPace::default();
+        assert_eq!(pace.allow(), Some(0));
+        assert_eq!(pace.allow(), None);
+        assert_eq!(pace.allow(), None);
+        pace.state.lock().unwrap().0 = Some(std::time::Instant::now() - Duration::from_secs(2));
+        assert_eq!(pace.allow(), Some(2));
+    }
+
+    #[test]
+    fn a_request_waits_what_it_asked_never_past_the_call() {
+        let limit = Duration::from_millis(800);
+        let asked = RequestOptions {
+            connect_timeout: Some(Duration::from_millis(100)),
+            first_byte_timeout: Some(Duration::from_secs(60)),
+            between_bytes_timeout: None,
+        };
+        let waits = Waits::new(Some(asked), limit);
+        assert_eq!(waits.connect, Duration::from_millis(100));
+        assert_eq!(waits.first_byte, limit);
+        assert_eq!(waits.between_bytes, limit);
+    }
+}
