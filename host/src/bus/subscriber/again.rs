@@ -15,6 +15,7 @@ use redis::RedisResult;
 
 use super::Work;
 use crate::bus::group::GroupConsumer;
+use crate::handler::Reads;
 
 /// The events a subscriber loop holds to run again, without a new delivery.
 pub(super) struct AgainQueue {
@@ -39,8 +40,10 @@ impl AgainQueue {
         }
     }
 
-    /// Holds `work`, which read `keys`, to run again.
-    pub(super) fn push(&mut self, work: Work, keys: Vec<String>) {
+    /// Holds `work`, which read `reads` in the run that conflicted, to run
+    /// again.
+    pub(super) fn push(&mut self, work: Work, reads: &Reads) {
+        let keys = reads.iter().map(|(key, _)| key.clone()).collect();
         self.waiting.push(Again { work, keys });
     }
 

@@ -85,8 +85,9 @@ struct Decided {
     work: Work,
     event_id: String,
     fate: Fate,
-    /// The state keys its run read, if it ran.
-    keys: Vec<String>,
+    /// What its run read, if it ran: moved here, not copied, since only
+    /// an entry that conflicts needs it (to schedule its re-run).
+    reads: Reads,
 }
 
 /// What becomes of an entry once its batch is committed.
@@ -314,7 +315,7 @@ impl SubscriberLoop {
                         item,
                         String::new(),
                         verdict,
-                        &Vec::new(),
+                        Reads::new(),
                     ));
                     held.push(None);
                 }
@@ -351,13 +352,13 @@ impl SubscriberLoop {
         for (index, event_id, outcome) in outcomes {
             let item = held[index].take().expect("one outcome per job");
             match outcome {
-                Outcome::Ok(effects) => {
+                Outcome::Ok(mut effects) => {
                     batch.ok(&item.entry.id, &effects, now);
                     decided.push(Decided {
                         work: item,
                         event_id,
                         fate: Fate::Handled(published[index]),
-                        keys: keys_of(effects.reads()),
+                        reads: effects.take_reads(),
                     });
                 }
                 Outcome::Failed(failure) => {
@@ -395,7 +396,7 @@ impl SubscriberLoop {
                         item,
                         event_id,
                         verdict,
-                        &failure.reads,
+                        failure.reads,
                     ));
                 }
             }
@@ -412,12 +413,12 @@ impl SubscriberLoop {
         work: Work,
         event_id: String,
         verdict: Verdict,
-        reads: &Reads,
+        reads: Reads,
     ) -> Decided {
         let fate = match verdict {
             Verdict::Retry { next, delay } => {
                 if !reads.is_empty() {
-                    batch.check(&work.entry.id, reads);
+                    batch.check(&work.entry.id, &reads);
                 }
                 Fate::Retry { next, delay }
             }
@@ -427,7 +428,7 @@ impl SubscriberLoop {
                 let letters = DeadLetterer::subscriber(&settings.name, self.bus.max_payload_bytes);
                 let now = crate::handler::unix_now();
                 let payload = letters.letter(&work.entry, kind, &reason, work.attempt, now);
-                batch.dead_letter(&work.entry.id, payload, reads);
+                batch.dead_letter(&work.entry.id, payload, &reads);
                 Fate::DeadLettered { kind, reason }
             }
         };
@@ -435,14 +436,9 @@ impl SubscriberLoop {
             work,
             event_id,
             fate,
-            keys: keys_of(reads),
+            reads,
         }
     }
-}
-
-/// The keys of `reads`.
-fn keys_of(reads: &Reads) -> Vec<String> {
-    reads.iter().map(|(key, _)| key.clone()).collect()
 }
 
 #[async_trait]

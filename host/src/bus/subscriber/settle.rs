@@ -22,7 +22,7 @@ impl SubscriberLoop {
             mut work,
             event_id,
             fate,
-            keys,
+            reads,
         } in decided
         {
             if conflicts.contains(&work.entry.id) {
@@ -37,7 +37,7 @@ impl SubscriberLoop {
                             stream_id = %work.entry.id,
                             "state it read changed before its commit; running it again"
                         );
-                        self.again.push(work, keys);
+                        self.again.push(work, &reads);
                     }
                     Some(delay) => {
                         tracing::info!(
@@ -76,7 +76,7 @@ impl SubscriberLoop {
                         conflicts: 0,
                     }));
                 }
-                Fate::RunAgain => self.again.push(work, keys),
+                Fate::RunAgain => self.again.push(work, &reads),
                 Fate::Wait { delay } => self.retries.push(Reverse(Retry {
                     due: Instant::now() + delay,
                     id: work.entry.id,
