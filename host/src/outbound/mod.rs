@@ -64,6 +64,8 @@ pub struct Hooks {
 
 /// The requests of one call: what their idempotency keys derive from.
 struct CallRequests {
+    /// When the call started: which call this is.
+    started: std::time::Instant,
     /// The subscriber and the event: the same on every run of the event.
     seed: String,
     /// The index of the call's next request.
@@ -82,14 +84,28 @@ impl Hooks {
         }
     }
 
-    /// Requests from now on belong to the call whose subscriber and event
-    /// `seed` names, and whose time is up at `deadline`.
-    pub fn begin_call(&mut self, seed: String, deadline: std::time::Instant) {
-        self.call = Some(CallRequests {
-            seed,
-            next: 0,
-            deadline,
-        });
+    /// Requests from now on belong to the call that started at `started`
+    /// (its subscriber and event make `seed`; its time is up at
+    /// `deadline`), or to no call. Called on each use of `wasi:http`, so a
+    /// call that makes no request costs nothing here; the seed is made once
+    /// per call that does.
+    pub fn enter_call(
+        &mut self,
+        call: Option<(std::time::Instant, std::time::Instant)>,
+        seed: impl FnOnce() -> String,
+    ) {
+        match call {
+            Some((started, _)) if self.call.as_ref().is_some_and(|c| c.started == started) => {}
+            Some((started, deadline)) => {
+                self.call = Some(CallRequests {
+                    started,
+                    seed: seed(),
+                    next: 0,
+                    deadline,
+                })
+            }
+            None => self.call = None,
+        }
     }
 }
 

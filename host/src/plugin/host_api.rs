@@ -302,18 +302,15 @@ impl StoreData {
     }
 }
 
-impl StoreData {
-    /// The HTTP requests from now on belong to the call of `subscriber` on
-    /// event `event_id` (their idempotency keys derive from it), whose time
-    /// is up at `deadline`.
-    pub fn begin_requests(&mut self, event_id: &str, deadline: Instant) {
-        self.http_hooks
-            .begin_call(format!("{}/{event_id}", self.subscriber), deadline);
-    }
-}
-
 impl WasiHttpView for StoreData {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
+        // The requests belong to the call under way: their idempotency keys
+        // derive from its subscriber and event, their waits end with it.
+        let call = self.call.as_ref();
+        self.http_hooks
+            .enter_call(call.map(|c| (c.started, c.started + c.timeout)), || {
+                format!("{}/{}", self.subscriber, call.map_or("", |c| &c.event_id))
+            });
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,

@@ -361,7 +361,6 @@ impl PluginCalls {
         let timeout = self.limits.timeout;
         let data = instance.store.data_mut();
         data.limiter.hit = false;
-        data.begin_requests(&event.id, started + timeout);
         data.call = Some(Call {
             effects: Effects::for_event(event.hops, self.limits.publish),
             state,
