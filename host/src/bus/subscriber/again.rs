@@ -47,6 +47,11 @@ impl AgainQueue {
         self.waiting.push(Again { work, keys });
     }
 
+    /// How many wait their turn.
+    pub(super) fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }

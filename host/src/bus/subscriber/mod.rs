@@ -194,7 +194,12 @@ impl SubscriberLoop {
         if stopping || (settings.concurrency <= 1 && !work.is_empty()) {
             return Ok(work);
         }
-        let room = self.bus.read_batch.saturating_sub(work.len());
+        // What waits its turn counts too: a flood of events on one hot key
+        // holds at most a batch's worth in the host, not all of them.
+        let room = self
+            .bus
+            .read_batch
+            .saturating_sub(work.len() + self.again.len());
         if room > 0 {
             let wait = !finishing && work.is_empty();
             work.extend(self.next_fresh(room, wait).await?);
