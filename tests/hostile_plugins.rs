@@ -414,6 +414,17 @@ fn component_of(functions: usize, body: &[u8], export_f0: bool) -> Vec<u8> {
     component
 }
 
+/// `eventhost check` of `world`'s config passes (it compiles what the
+/// cache lacks), or the test fails with what it said.
+fn check_passes(world: &World) {
+    let check = world.eventhost(&["check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
 /// A watched world of the probe as `victim` (on `Victim`, from
 /// `victim.wasm`) beside the bystander, compiling with a limit of
 /// `compile_timeout_s`: the compile tests swap `victim.wasm` under it.
@@ -654,12 +665,7 @@ fn a_cached_build_is_mapped_not_read_into_the_host() {
     );
     let peak_of = |subscribers: &str| {
         world.write_config(&format!("{header}{subscribers}"));
-        let check = world.eventhost(&["check"]);
-        assert!(
-            check.status.success(),
-            "{}",
-            String::from_utf8_lossy(&check.stdout)
-        );
+        check_passes(&world);
         let host = world.host_within(Duration::from_secs(300));
         let log = host.log();
         let peak = peak_mib(&host);
@@ -830,12 +836,7 @@ fn a_cache_entry_is_loaded_only_for_the_bytes_it_was_compiled_from() {
         "{BYSTANDER}\n[subscribers.hostile]\nplugin = \"hostile.wasm\"\nevents = [\"Hostile\"]\n"
     );
     world.write_config(&format!("{header}{subscribers}"));
-    let check = world.eventhost(&["check"]);
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    check_passes(&world);
     let plugins = world.dir.path().join("plugins");
     let probe = entries_of(&cache, &plugins.join("probe.wasm"));
     let hostile = entries_of(&cache, &plugins.join("hostile.wasm"));
