@@ -23,6 +23,11 @@ pub use crate::config::Endpoint;
 /// How long a non-blocking command may take before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the cluster client retries a request itself (through a
+/// failover, slots moving), at most 1 s apart, before the loop sees the
+/// error.
+const CLUSTER_RETRIES: u32 = 5;
+
 /// Opens connections to the bus's Redis.
 #[derive(Clone)]
 pub struct Connector {
@@ -68,9 +73,16 @@ impl Connector {
                         .collect::<Vec<_>>()
                         .join(",")
                 );
+                // redis-rs retries a request 16 times, up to 655 s apart, by
+                // default: one command to a dead master could then hold a
+                // loop (and a shutdown) for minutes. The loops retry on their
+                // own, checking for a stop between tries.
                 let client = ClusterClient::builder(seeds.iter().map(String::as_str))
                     .tcp_settings(tcp())
                     .connection_timeout(Duration::from_secs(2))
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(100)
+                    .max_retry_wait(1_000)
                     .build()
                     .map_err(|err| {
                         anyhow::anyhow!("invalid Redis Cluster seeds {display}: {err}")

@@ -94,6 +94,14 @@ pub async fn run(
     result
 }
 
+/// The longest a stop waits for the loops: handlers get
+/// `STOP_GRACE`, a commit through a lost
+/// connection [`SHUTDOWN_PATIENCE`](crate::bus::worker::SHUTDOWN_PATIENCE) more;
+/// past this, a command stuck on an unreachable Redis must not keep the
+/// process from exiting (nothing is lost: what is not committed stays
+/// pending).
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// What [`run`] hands the daemon beside the config and the bus.
 struct Wiring {
     handlers: Arc<dyn HandlerFactory>,
@@ -218,10 +226,18 @@ impl Daemon {
             redis: None,
             waiting: vec!["stopping".into()],
         });
-        if let Some(fanout) = self.fanout {
-            let _ = fanout.await;
+        let loops = async {
+            if let Some(fanout) = self.fanout {
+                let _ = fanout.await;
+            }
+            self.subscribers.stop().await;
+        };
+        if tokio::time::timeout(STOP_DEADLINE, loops).await.is_err() {
+            tracing::warn!(
+                "a loop did not stop within {STOP_DEADLINE:?} (Redis unreachable?); exiting: \
+                 what it did not commit stays pending and is reclaimed on the next start"
+            );
         }
-        self.subscribers.stop().await;
         // Gone at once for `status`, not when the heartbeat expires.
         let leave = tokio::time::timeout(std::time::Duration::from_secs(1), self.bus.leave());
         if let Ok(Err(err)) = leave.await {
