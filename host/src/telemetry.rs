@@ -211,6 +211,18 @@ pub mod metrics {
         .increment(1);
     }
 
+    /// A request queued with `send-after-commit`: `denied` (at the call:
+    /// no grant names it), `sent` (a response under 400), `retried` (a
+    /// send that will be tried again), `dead_lettered` (in the DLQ).
+    pub fn after_commit(subscriber: &str, outcome: &'static str) {
+        counter!(
+            "eventhost_http_after_commit_total",
+            "subscriber" => subscriber.to_string(),
+            "outcome" => outcome
+        )
+        .increment(1);
+    }
+
     /// On a cluster, events copied though their id was copied lately with
     /// other content: delivered (an id alone never decides that two events
     /// are one), and counted, since a producer forges or reuses ids.
