@@ -17,6 +17,9 @@ pub enum Point {
     /// On a cluster: an outbox batch is relayed to the ingress, not yet
     /// acknowledged in the outbox.
     RelayAfterPublish,
+    /// The after-commit sender has read committed requests (they are
+    /// pending for this host), none of them sent.
+    CommitBeforeSend,
 }
 
 impl Point {
@@ -24,6 +27,7 @@ impl Point {
         match self {
             Point::FanoutAfterCopy => "fanout-after-copy",
             Point::RelayAfterPublish => "relay-after-publish",
+            Point::CommitBeforeSend => "commit-before-send",
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct CommitKeys<'a> {
     pub state: &'a str,
     /// Where published events go: `events:all`.
     pub all: &'a str,
+    /// Where requests to send after the commit go: `events:sub:<name>:http`.
+    pub http: &'a str,
 }
 
 /// What a commit came to.
@@ -186,6 +188,11 @@ impl CommitBatch {
         for key in deletes {
             record.push(key.as_bytes().to_vec());
             record.push(stamp_field(key).into_bytes());
+        }
+        let requests = effects.requests();
+        record.push(count(requests.len()));
+        for request in requests {
+            record.push(request.to_json().into_bytes());
         }
         self.records.push(record);
     }
@@ -370,7 +377,8 @@ impl CommitBatch {
         call.key(keys.stream)
             .key(keys.dlq)
             .key(keys.state)
-            .key(keys.all);
+            .key(keys.all)
+            .key(keys.http);
         call.arg(self.group.as_slice())
             .arg(if self.ordered { "1" } else { "0" })
             .arg(quiet.len());
@@ -441,7 +449,8 @@ mod tests {
                 "b",
                 "\0stamp:b",
                 "c",
-                "\0stamp:c"
+                "\0stamp:c",
+                "0"
             ]
         );
     }

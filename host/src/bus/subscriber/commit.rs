@@ -21,6 +21,7 @@ impl SubscriberLoop {
             dlq: &queue.dlq,
             state: &self.state_key,
             all: &self.publish_to,
+            http: &self.requests_to,
         };
         let name = &self.subscription.name;
         let mut patience = Patience::new(name, &self.subscription.stop);
