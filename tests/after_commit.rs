@@ -406,3 +406,63 @@ fn invoke_lists_queued_requests_without_sending_them() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(receiver.got().is_empty(), "invoke sends nothing it queued");
 }
+
+#[test]
+fn on_a_cluster_requests_are_sent_once_and_failures_dead_lettered_and_replayed() {
+    use redis::Commands;
+    use support::cluster::{event, partition_for, partitions, Cluster, ClusterWorld};
+
+    let receiver = Receiver::start();
+    let base = format!("http://127.0.0.1:{}", receiver.port);
+    let world = ClusterWorld::new(
+        Cluster::start(3, 0),
+        &["queue_http.wasm"],
+        "",
+        &format!(
+            "[subscribers.queuer]\nplugin = \"queue_http.wasm\"\nevents = [\"Queue\"]\n\
+             [subscribers.queuer.grants]\nhttp = [\"{base}\"]\n"
+        ),
+    );
+    let _host = world.host();
+    let mut conn = world.cluster.conn();
+    let parts = partitions(&mut conn);
+    let mut publish = |data: Value| {
+        let (id, text) = event("Queue", data);
+        let _: String = conn
+            .xadd(partition_for(&parts, &id), "*", &[("data", text)])
+            .unwrap();
+        id
+    };
+    let ids: Vec<String> = (0..10)
+        .map(|_| publish(json!({"url": format!("{base}/pay"), "times": 2})))
+        .collect();
+    let flaky = publish(json!({"url": format!("{base}/flaky"), "attempts": 1}));
+    let mut conn = world.cluster.conn();
+    eventually("every request arrives", WAIT, || {
+        receiver.keys_per_request().len() == 21
+    });
+    eventually("the 503 is dead-lettered", WAIT, || {
+        conn.xlen::<_, usize>("events:sub:{queuer}:dlq").unwrap() == 1
+    });
+
+    *receiver.flaky.lock().unwrap() = false;
+    let out = world.eventhost(&["dlq", "replay", "queuer", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    eventually("the replayed request is sent", WAIT, || {
+        receiver.got().iter().filter(|g| g.path == "/flaky").count() == 2
+    });
+    eventually("and deleted", WAIT, || {
+        conn.xlen::<_, usize>("events:sub:{queuer}:http").unwrap() == 0
+            && conn.xlen::<_, usize>("events:sub:{queuer}:dlq").unwrap() == 0
+    });
+    let st: std::collections::HashMap<String, String> =
+        conn.hgetall("events:state:{queuer}").unwrap();
+    let keys = receiver.keys_per_request();
+    for (event, times) in ids.iter().map(|id| (id, 2)).chain([(&flaky, 1)]) {
+        for n in 0..times {
+            let got = &keys[&(event.clone(), n)];
+            assert_eq!(got.len(), 1, "{event}/{n}: {got:?}");
+            assert_eq!(got.first(), st.get(&format!("key:{event}:{n}")));
+        }
+    }
+}
