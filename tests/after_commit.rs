@@ -356,6 +356,12 @@ fn a_receiver_down_for(outage: Duration) {
     eventually("every event is committed", WAIT, || {
         state(&mut conn, "queuer").len() == EVENTS
     });
+    let status = world.eventhost(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains(&format!("after-commit requests: {EVENTS} queued")),
+        "{status}"
+    );
     std::thread::sleep(outage);
     assert_eq!(len(&mut conn, "events:sub:queuer:dlq"), 0);
     let receiver = Receiver::start_on(TcpListener::bind(("127.0.0.1", port)).unwrap());

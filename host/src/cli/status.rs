@@ -185,6 +185,14 @@ fn print(status: &Status) {
             }
         }
         pending_lines(&s.queue);
+        let after = &s.after_commit;
+        if after.queued > 0 {
+            say(format_args!(
+                "    after-commit requests: {} queued, {} being sent (failed ones: its dlq, \
+                 kind http; rates: eventhost_http_after_commit_total)",
+                after.queued, after.sending
+            ));
+        }
     }
     if let Some(note) = not_read {
         say(note);
