@@ -59,8 +59,9 @@ fn receiver() -> (u16, Arc<AtomicUsize>, Arc<Mutex<Option<Instant>>>) {
                 }
                 let mut body = vec![0; length];
                 let _ = reader.read_exact(&mut body);
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
                 f.lock().unwrap().get_or_insert_with(Instant::now);
                 c.fetch_add(1, Ordering::Relaxed);
             });
