@@ -373,6 +373,16 @@ fn a_receiver_down_for(outage: Duration) {
     });
     each_request_once(&mut conn, &receiver, &ids, 1);
     assert_eq!(len(&mut conn, "events:sub:queuer:dlq"), 0);
+    // The rate is per heartbeat: the first beat after the sends shows it.
+    eventually("status shows the rate they were sent at", WAIT, || {
+        let out = world.eventhost(&["status", "--json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        status["subscribers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == "queuer" && s["after_commit"]["sent_per_s"].as_f64() > Some(0.0))
+    });
 }
 
 #[test]

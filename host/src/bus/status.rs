@@ -159,6 +159,9 @@ pub struct SubscriberStatus {
 pub struct AfterCommitStatus {
     pub queued: u64,
     pub sending: u64,
+    /// Over the last beat, every live host together.
+    pub sent_per_s: f64,
+    pub dead_lettered_per_s: f64,
 }
 
 /// The build of a plugin one host runs.
@@ -205,12 +208,20 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisRe
     let mut subscribers = Vec::with_capacity(names.len());
     for name in names {
         let mut queue = queue_status(conn, &keys.subscriber(&name), now).await?;
-        let after_commit = after_commit_status(conn, &keys.requests(&name)).await?;
+        let mut after_commit = after_commit_status(conn, &keys.requests(&name)).await?;
         let running: Vec<(&str, &heartbeat::SubscriberRecord)> = alive
             .iter()
             .filter_map(|h| Some((h.consumer.as_str(), h.subscribers.get(&name)?)))
             .collect();
         queue.handled_per_s = running.iter().map(|(_, r)| r.rates.handled_per_s).sum();
+        after_commit.sent_per_s = running
+            .iter()
+            .map(|(_, r)| r.after_commit.handled_per_s)
+            .sum();
+        after_commit.dead_lettered_per_s = running
+            .iter()
+            .map(|(_, r)| r.after_commit.dead_lettered_per_s)
+            .sum();
         queue.dead_lettered_per_s = running
             .iter()
             .map(|(_, r)| r.rates.dead_lettered_per_s)
@@ -334,6 +345,7 @@ async fn after_commit_status(
     Ok(AfterCommitStatus {
         queued,
         sending: info.map_or(0, |g| g.pending as u64),
+        ..AfterCommitStatus::default()
     })
 }
 
