@@ -187,6 +187,7 @@ fn committed_requests_are_sent_once_and_a_failing_handler_sends_nothing() {
         "Queue",
         json!({"url": format!("http://127.0.0.1:{}/x", other.port)}),
     );
+    let too_big = publish(&mut conn, "Queue", json!({"url": url, "pad": 2 << 20}));
     publish(&mut conn, "Transfer", json!({"account": "a", "amount": 5}));
 
     eventually("the failing events are dead-lettered", WAIT, || {
@@ -214,6 +215,8 @@ fn committed_requests_are_sent_once_and_a_failing_handler_sends_nothing() {
     let st = state(&mut conn, "queuer");
     let refusal = &st[&format!("refused:{denied}")];
     assert!(refusal.starts_with("HttpRequestDenied"), "{refusal}");
+    let refusal = &st[&format!("refused:{too_big}")];
+    assert!(refusal.contains("bus.max_payload_bytes"), "{refusal}");
     assert!(other.got().is_empty(), "a denied request never leaves");
     assert_eq!(len(&mut conn, "events:sub:queuer:http"), 0, "sent: deleted");
 

@@ -251,6 +251,12 @@ impl Effects {
         self.requests.push(request);
     }
 
+    /// Largest entry the bus takes (`bus.max_payload_bytes`): a queued
+    /// request is one, read back by a sender with others in a batch.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.limits.max_bytes
+    }
+
     /// The requests queued, in order.
     pub fn requests(&self) -> &[QueuedRequest] {
         &self.requests

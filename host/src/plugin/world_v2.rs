@@ -114,6 +114,14 @@ impl self::eventhost::plugin::host::Host for StoreData {
                 .unwrap_or(DEFAULT_ATTEMPTS)
                 .clamp(1, MAX_ATTEMPTS),
         };
+        let limit = call.effects.max_entry_bytes();
+        if queued.cost() > limit {
+            return Ok(Err(format!(
+                "the request would be {} bytes, over the limit of {limit} \
+                 (bus.max_payload_bytes)",
+                queued.cost()
+            )));
+        }
         let after = call.effects.bytes() + queued.cost();
         call.charge(after, || {
             format!(

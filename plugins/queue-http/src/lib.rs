@@ -1,6 +1,6 @@
 //! A plugin that queues, with `send-after-commit`, the requests its event
 //! names: `times` POSTs (1 if left out) of `{"event": <id>, "n": <i>}` to
-//! `url`, each allowed `attempts` sends; then it fails as `fail` says
+//! `url` (padded with `pad` bytes), each allowed `attempts` sends; then it fails as `fail` says
 //! (`"retry"`, `"reject"`) or succeeds. It records each request's
 //! idempotency key in its state (`key:<event id>:<i>`), or the host's
 //! refusal (`refused:<event id>`), so a test can compare what was queued
@@ -17,6 +17,8 @@ struct Queue {
     attempts: Option<u32>,
     #[serde(default)]
     fail: Option<String>,
+    #[serde(default)]
+    pad: usize,
 }
 
 struct QueueHttp;
@@ -29,7 +31,10 @@ impl Guest for QueueHttp {
                 method: "POST".into(),
                 url: queue.url.clone(),
                 headers: vec![("content-type".into(), "application/json".into())],
-                body: Some(serde_json::json!({"event": event.id, "n": n}).to_string()),
+                body: Some(
+                    serde_json::json!({"event": event.id, "n": n, "pad": "x".repeat(queue.pad)})
+                        .to_string(),
+                ),
                 attempts: queue.attempts,
             };
             match eventhost_plugin::send_after_commit(&request) {
