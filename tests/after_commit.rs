@@ -485,3 +485,62 @@ fn on_a_cluster_requests_are_sent_once_and_failures_dead_lettered_and_replayed()
         }
     }
 }
+
+#[tokio::test]
+async fn the_commit_queues_a_request_once_and_only_with_its_acknowledgement() {
+    use eventhost::bus::connection::{Connector, Endpoint};
+    use eventhost::bus::scripts::{CommitBatch, CommitKeys};
+    use eventhost::handler::{Effects, QueuedRequest};
+    use redis::AsyncCommands;
+
+    let redis = Redis::start();
+    let mut conn = Connector::new(&Endpoint::Server(redis.url()))
+        .unwrap()
+        .commands()
+        .await
+        .unwrap();
+    let () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "s", "g", "0", "MKSTREAM"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let first: String = conn.xadd("s", "*", &[("data", "{}")]).await.unwrap();
+    let second: String = conn.xadd("s", "*", &[("data", "{}")]).await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "g", "c", "COUNT", "2", "STREAMS", "s", ">"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let request = QueuedRequest {
+        key: "k-1".into(),
+        subscriber: "s".into(),
+        event_id: "e-1".into(),
+        method: "POST".into(),
+        url: "http://127.0.0.1:9/x".into(),
+        headers: vec![("idempotency-key".into(), "k-1".into())],
+        body: Some("{}".into()),
+        attempts: 3,
+    };
+    let mut effects = Effects::default();
+    effects.queue(request.clone());
+    let keys = CommitKeys {
+        stream: "s",
+        dlq: "s:dlq",
+        state: "state",
+        all: "all",
+        http: "s:http",
+    };
+    let mut batch = CommitBatch::new("g", false);
+    batch.ok(&first, &effects, 1.0);
+    batch.dead_letter(&second, "{\"dead\":true}".into(), &Vec::new());
+    assert_eq!(batch.apply(&mut conn, &keys).await.unwrap().skipped, 0);
+    let queued: Vec<(String, Vec<(String, String)>)> =
+        conn.xrange("s:http", "-", "+").await.unwrap();
+    assert_eq!(queued.len(), 1, "the dead letter queued nothing");
+    assert_eq!(queued[0].1, [("data".to_string(), request.to_json())]);
+
+    // Committed again (a stalled host's late result): nothing queued twice.
+    assert_eq!(batch.apply(&mut conn, &keys).await.unwrap().skipped, 2);
+    let len: usize = conn.xlen("s:http").await.unwrap();
+    assert_eq!(len, 1);
+}
