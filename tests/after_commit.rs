@@ -10,105 +10,15 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::receiver::{Got, Receiver};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// One request a receiver got: its path, `Idempotency-Key` and body.
-#[derive(Debug, Clone)]
-struct Got {
-    path: String,
-    key: String,
-    body: Value,
-}
-
-/// A small HTTP/1.1 receiver on loopback: answers `/reject` with 400
-/// `no such account`, `/flaky` with 503 `try later` while `flaky` is set,
-/// anything else with 200; keeps every request it got.
-struct Receiver {
-    port: u16,
-    got: Arc<Mutex<Vec<Got>>>,
-    flaky: Arc<Mutex<bool>>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        Receiver::start_on(TcpListener::bind("127.0.0.1:0").unwrap())
-    }
-
-    fn start_on(listener: TcpListener) -> Receiver {
-        let port = listener.local_addr().unwrap().port();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let flaky = Arc::new(Mutex::new(true));
-        let (record, failing) = (got.clone(), flaky.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut first = String::new();
-                if reader.read_line(&mut first).is_err() {
-                    continue;
-                }
-                let (mut key, mut length) = (String::new(), 0usize);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(value) = lower.strip_prefix("idempotency-key:") {
-                        key = value.trim().to_string();
-                    }
-                    if let Some(value) = lower.strip_prefix("content-length:") {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let (status, answer) = match path.as_str() {
-                    "/reject" => ("400 Bad Request", "no such account"),
-                    "/flaky" if *failing.lock().unwrap() => ("503 Unavailable", "try later"),
-                    _ => ("200 OK", "ok"),
-                };
-                record.lock().unwrap().push(Got {
-                    path,
-                    key,
-                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                });
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    answer.len()
-                );
-                let _ = stream.write_all(head.as_bytes());
-                let _ = stream.write_all(answer.as_bytes());
-            }
-        });
-        Receiver { port, got, flaky }
-    }
-
-    fn got(&self) -> Vec<Got> {
-        self.got.lock().unwrap().clone()
-    }
-
-    /// The distinct keys received per (event, n) request.
-    fn keys_per_request(&self) -> BTreeMap<(String, u64), BTreeSet<String>> {
-        let mut keys: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
-        for got in self.got() {
-            let event = got.body["event"].as_str().unwrap_or_default().to_string();
-            let n = got.body["n"].as_u64().unwrap_or(u64::MAX);
-            keys.entry((event, n)).or_default().insert(got.key);
-        }
-        keys
-    }
-}
 
 /// A world with the queue-http plugin as subscriber `queuer` (on `Queue`),
 /// granted the receiver's port, `max_attempts = 2`, and `extra` tables.
@@ -244,7 +154,7 @@ fn committed_requests_are_sent_once_and_a_failing_handler_sends_nothing() {
 fn a_host_killed_between_commit_and_send_sends_after_restart() {
     let receiver = Receiver::start();
     let world = world(receiver.port, "");
-    let mut crashing = world.host_with_env(&[("EVENTHOST_CRASH_AT", "commit-before-send")]);
+    let mut crashing = world.host_with_env(&[("EVENTHOST_CRASH_AT", "sender-after-read")]);
     let mut conn = world.conn();
     let url = format!("http://127.0.0.1:{}/pay", receiver.port);
     let id = publish(&mut conn, "Queue", json!({"url": url, "times": 3}));
@@ -252,7 +162,7 @@ fn a_host_killed_between_commit_and_send_sends_after_restart() {
     assert!(
         crashing
             .log()
-            .contains("EVENTHOST_CRASH_AT=commit-before-send"),
+            .contains("EVENTHOST_CRASH_AT=sender-after-read"),
         "{}",
         crashing.log()
     );
@@ -278,6 +188,36 @@ fn a_host_killed_between_commit_and_send_sends_after_restart() {
     });
     each_request_once(&mut conn, &receiver, &[id], 3);
     assert_eq!(receiver.got().len(), 3);
+}
+
+#[test]
+fn a_host_killed_right_after_the_commit_sends_after_restart() {
+    let receiver = Receiver::start();
+    let world = world(receiver.port, "");
+    let mut crashing = world.host_with_env(&[("EVENTHOST_CRASH_AT", "commit-queued")]);
+    let mut conn = world.conn();
+    let url = format!("http://127.0.0.1:{}/pay", receiver.port);
+    let id = publish(&mut conn, "Queue", json!({"url": url, "times": 3}));
+    eventually("the host kills itself", WAIT, || !crashing.is_running());
+    assert!(
+        crashing.log().contains("EVENTHOST_CRASH_AT=commit-queued"),
+        "{}",
+        crashing.log()
+    );
+    assert_eq!(
+        pending(&mut conn, "events:sub:queuer", "sub:queuer-group"),
+        0
+    );
+    // Its sender may have sent some before the kill: sent again after the
+    // restart, with the same key.
+    let _host = world.host();
+    eventually("every request is sent", WAIT, || {
+        receiver.keys_per_request().len() == 3
+    });
+    eventually("and deleted", WAIT, || {
+        len(&mut conn, "events:sub:queuer:http") == 0
+    });
+    each_request_once(&mut conn, &receiver, &[id], 3);
 }
 
 #[test]

@@ -253,7 +253,7 @@ impl Worker for Sender {
         if entries.is_empty() {
             return Ok(Round::Continue);
         }
-        super::crash::here(super::crash::Point::CommitBeforeSend);
+        super::crash::here(super::crash::Point::SenderAfterRead);
         let done = self.send_all(&entries).await;
         self.settle(&entries, done).await?;
         Ok(Round::Continue)

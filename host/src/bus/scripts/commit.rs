@@ -46,6 +46,8 @@ pub struct CommitBatch {
     /// Everything else, one record per entry, encoded as commit.lua reads it.
     records: Vec<Record>,
     entries: usize,
+    /// Requests queued to send after the commit, all records together.
+    requests: usize,
 }
 
 /// One entry's record: its id and its arguments to commit.lua.
@@ -132,6 +134,7 @@ impl CommitBatch {
             quiet: Vec::new(),
             records: Vec::new(),
             entries: 0,
+            requests: 0,
         }
     }
 
@@ -194,6 +197,7 @@ impl CommitBatch {
         for request in requests {
             record.push(request.to_json().into_bytes());
         }
+        self.requests += requests.len();
         self.records.push(record);
     }
 
@@ -240,6 +244,11 @@ impl CommitBatch {
             }
         }
         record
+    }
+
+    /// How many requests to send after the commit the batch queues.
+    pub fn requests(&self) -> usize {
+        self.requests
     }
 
     /// Number of entries in the batch.

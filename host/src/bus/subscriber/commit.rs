@@ -31,6 +31,9 @@ impl SubscriberLoop {
                 Err(err) => patience.failed(err).await?,
             }
         };
+        if batch.requests() > 0 {
+            crate::bus::crash::here(crate::bus::crash::Point::CommitQueued);
+        }
         // Done is done: a commit that too few replicas have yet is not
         // undone (a failover may still lose it; then its entries are
         // delivered again), only reported.
