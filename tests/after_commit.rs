@@ -364,6 +364,21 @@ fn invoke_lists_queued_requests_without_sending_them() {
     assert_ne!(queued[0]["key"], queued[1]["key"]);
     std::thread::sleep(Duration::from_millis(300));
     assert!(receiver.got().is_empty(), "invoke sends nothing it queued");
+
+    // What is not a URL is refused at the call, like a URL no grant names.
+    let out = std::process::Command::new(eventhost_bin())
+        .arg("invoke")
+        .arg(plugins().join("queue_http.wasm"))
+        .args(["--type", "Queue", "--json", "--data"])
+        .arg(json!({"url": "not a url", "event_id": "e-2"}).to_string())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused = report["state"]["set"]["refused:e-2"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(refused.contains("is not a URL"), "{report}");
+    assert_eq!(report["queued"].as_array().map(Vec::len), Some(0));
 }
 
 #[test]
