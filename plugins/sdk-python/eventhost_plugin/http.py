@@ -213,6 +213,9 @@ def request(
         if not any(k.lower() == "content-type" for k in sent):
             sent["content-type"] = "application/json"
     data = body.encode() if isinstance(body, str) else bytes(body)
+    if data and not any(k.lower() == "content-length" for k in sent):
+        # Else the body goes out chunked, which not every server reads.
+        sent["content-length"] = str(len(data))
     if _transport is None:
         raise HttpError(
             "Unavailable",

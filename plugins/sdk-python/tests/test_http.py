@@ -40,7 +40,7 @@ def test_post_json_sends_the_body_and_its_content_type(recorder: Recorder) -> No
         (
             "POST",
             "https://api.example.org/v1/charges",
-            {"content-type": "application/json"},
+            {"content-type": "application/json", "content-length": "15"},
             b'{"order":"o-1"}',
             2.5,
         )
