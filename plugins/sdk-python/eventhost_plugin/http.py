@@ -132,7 +132,10 @@ class _WitTransport:
                     stream.blocking_write_and_flush(body[at : at + _CHUNK])
                 except self._err:
                     break  # the request failed: its future says why
-        t.OutgoingBody.finish(outgoing, None)
+        try:
+            t.OutgoingBody.finish(outgoing, None)
+        except self._err:
+            pass  # the request failed: its future says why
         with future:
             with future.subscribe() as ready:
                 ready.block()
