@@ -5,6 +5,7 @@
 
 pub mod attack;
 pub mod cluster;
+pub mod http_server;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
