@@ -23,7 +23,7 @@ import argparse
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from loopback_http import JsonHandler, serve
 
 
 def fnv1a(text):
@@ -80,33 +80,12 @@ class Ledger:
 
 
 def handler(ledger, stall_ms):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def answer(self, status, body):
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def do_GET(self):
             if self.path == "/stats":
                 self.answer(200, ledger.snapshot())
             else:
                 self.answer(404, {"error": {"code": "not_found"}})
-
-        def body(self):
-            if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()  # the CRLF after the chunk
-                if size == 0:
-                    return b"".join(chunks)
 
         def do_POST(self):
             raw = self.body()
@@ -129,17 +108,7 @@ def handler(ledger, stall_ms):
                 time.sleep(stall_ms / 1000)
             self.answer(status, body)
 
-        def log_message(self, *args):
-            pass  # one line per request would drown the example's output
-
     return Handler
-
-
-class Server(ThreadingHTTPServer):
-    # The default backlog of 5 drops connections when the service's calls
-    # arrive together, and a dropped SYN costs the client a second.
-    request_queue_size = 256
-    daemon_threads = True
 
 
 def main():
@@ -150,12 +119,7 @@ def main():
     parser.add_argument("--stall-ms", type=int, default=150)
     args = parser.parse_args()
     ledger = Ledger(args.decline_percent, args.timeout_percent)
-    server = Server(("127.0.0.1", args.port), handler(ledger, args.stall_ms))
-    print("listening on http://127.0.0.1:%d" % server.server_address[1], flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    serve(handler(ledger, args.stall_ms), args.port)
 
 
 if __name__ == "__main__":
