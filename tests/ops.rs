@@ -480,28 +480,6 @@ fn status_shows_hosts_builds_backlog_pending_and_rates_from_redis_alone() {
     assert!(text.contains("gone, last seen"), "{text}");
 }
 
-/// `GET path` on `addr`: the status code and the body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let code = reply
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {reply}"));
-    let body = reply
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, body)| body)
-        .to_string();
-    (code, body)
-}
-
 #[test]
 fn one_listener_serves_metrics_health_and_readiness() {
     let mut world = world();
@@ -516,9 +494,9 @@ fn one_listener_serves_metrics_health_and_readiness() {
         seen_all(&mut conn, "probe", std::slice::from_ref(&id))
     });
 
-    let (code, body) = get(&addr, "/healthz");
+    let (code, body) = http_get(&addr, "/healthz");
     assert_eq!((code, body.as_str()), (200, r#"{"alive":true}"#));
-    let (code, body) = get(&addr, "/readyz");
+    let (code, body) = http_get(&addr, "/readyz");
     assert_eq!(code, 200, "{body}");
     let ready: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ready, json!({"ready": true, "redis": "ok", "waiting": []}));
@@ -527,19 +505,19 @@ fn one_listener_serves_metrics_health_and_readiness() {
         Duration::from_secs(10),
         || {
             counter(
-                &get(&addr, "/metrics").1,
+                &http_get(&addr, "/metrics").1,
                 "eventhost_handled_total{subscriber=\"probe\"}",
             ) == 1
         },
     );
-    assert_eq!(get(&addr, "/nothing-here").0, 404);
+    assert_eq!(http_get(&addr, "/nothing-here").0, 404);
     eventually("status names the listener", Duration::from_secs(10), || {
         json_of(&world, &["status", "--json"])["hosts"][0]["listen"] == addr.as_str()
     });
 
     // Redis gone: alive, not ready, and the body says why.
     world.redis.kill();
-    let (code, body) = get(&addr, "/readyz");
+    let (code, body) = http_get(&addr, "/readyz");
     assert_eq!(code, 503, "{body}");
     let ready: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ready["ready"], false);
@@ -547,10 +525,10 @@ fn one_listener_serves_metrics_health_and_readiness() {
         ready["waiting"][0].as_str().unwrap().starts_with("redis: "),
         "{body}"
     );
-    assert_eq!(get(&addr, "/healthz").0, 200);
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
     world.redis.launch();
     eventually("ready again", Duration::from_secs(20), || {
-        get(&addr, "/readyz").0 == 200
+        http_get(&addr, "/readyz").0 == 200
     });
     assert!(host.stop().success());
 }
@@ -577,7 +555,7 @@ fn the_old_metrics_key_still_serves_with_a_warning() {
         "{}",
         host.log()
     );
-    assert_eq!(get(&addr, "/readyz").0, 200);
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
 }
 
 #[test]

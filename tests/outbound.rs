@@ -17,9 +17,12 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A W3C trace context an event carries.
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 /// A small HTTP/1.1 server on loopback: it answers `/big` with 9 MiB and
 /// any other path with `hello <path>`, and keeps each request's first line,
-/// `Host` and `Idempotency-Key` headers.
+/// `Host`, `traceparent` (if any) and `Idempotency-Key` headers.
 struct Server {
     port: u16,
     seen: Arc<Mutex<Vec<String>>>,
@@ -41,6 +44,7 @@ impl Server {
                 }
                 let mut host = String::new();
                 let mut key = String::new();
+                let mut trace = String::new();
                 let mut length = 0usize;
                 loop {
                     let mut line = String::new();
@@ -54,6 +58,9 @@ impl Server {
                     if let Some(value) = lower.strip_prefix("idempotency-key:") {
                         key = value.trim().to_string();
                     }
+                    if let Some(value) = lower.strip_prefix("traceparent:") {
+                        trace = format!(" trace={}", value.trim());
+                    }
                     if let Some(value) = lower.strip_prefix("content-length:") {
                         length = value.trim().parse().unwrap_or(0);
                     }
@@ -64,7 +71,7 @@ impl Server {
                 record
                     .lock()
                     .unwrap()
-                    .push(format!("{} host={host} key={key}", first.trim()));
+                    .push(format!("{} host={host}{trace} key={key}", first.trim()));
                 let answer = if path == "/big" {
                     vec![b'x'; 9 << 20]
                 } else {
@@ -337,7 +344,7 @@ fn https_to_a_private_endpoint_trusts_the_ca_its_grants_name() {
 /// call differ, a retry of the event sends the same keys again, and
 /// another event's differ.
 #[test]
-fn each_request_carries_an_idempotency_key_the_same_on_every_attempt() {
+fn each_request_carries_an_idempotency_key_the_same_on_every_attempt_and_the_events_trace() {
     let server = Server::start();
     let port = server.port;
     let world = World::new(&["fetch.wasm"], "");
@@ -353,7 +360,7 @@ fn each_request_carries_an_idempotency_key_the_same_on_every_attempt() {
     let retried = publish(
         &mut conn,
         "Fetch",
-        json!({"url": url, "times": 2, "retry_first": true}),
+        json!({"url": url, "times": 2, "retry_first": true, "traceparent": TRACE}),
     );
     eventually("the retried event is committed", WAIT, || {
         state(&mut conn, "fetcher").contains_key(&format!("status:{retried}"))
@@ -375,6 +382,13 @@ fn each_request_carries_an_idempotency_key_the_same_on_every_attempt() {
     assert_ne!(keys[0], keys[1], "two requests of one call");
     assert_eq!(keys[0..2], keys[2..4], "the retry sends the same keys");
     assert!(!keys[..4].contains(&keys[4]), "another event's key differs");
+    let traced = |line: &String| line.contains(&format!(" trace={TRACE} "));
+    let seen = server.seen();
+    assert!(seen[..4].iter().all(traced), "{seen:?}");
+    assert!(
+        !seen[4].contains("trace="),
+        "an event without one: {seen:?}"
+    );
     host.stop();
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The orders example, end to end: installs what is missing, builds eventhost
-# and the four service plugins, starts the host (with its own redis-server),
-# places N orders (default 1000), waits until every order is shipped or its
+# and the four service plugins, starts the payment provider (a small HTTP
+# server the payment service charges) and the host (with its own
+# redis-server), places N orders (default 1000), waits until every order is shipped or its
 # payment is dead-lettered, and prints what happened.
 #
 #   examples/orders/run.sh [N]
@@ -103,6 +104,44 @@ stop_host() {
   rm -f "$PID_FILE"
 }
 
+# --- the payment provider, a real HTTP server the payment service calls ---
+
+PROVIDER_PORT=8471 # as granted in eventhost.toml
+PROVIDER_LOG="$STATE/provider.log"
+PROVIDER_PID=""
+
+start_provider() {
+  python3 "$EXAMPLE/servers/payment_provider.py" --port "$PROVIDER_PORT" \
+    --decline-percent 10 --timeout-percent 20 >"$PROVIDER_LOG" 2>&1 &
+  PROVIDER_PID=$!
+  local waited=0
+  until grep -q "listening on" "$PROVIDER_LOG" 2>/dev/null; do
+    if ! kill -0 "$PROVIDER_PID" 2>/dev/null || ((waited > 100)); then
+      cat "$PROVIDER_LOG" >&2
+      fail "the payment provider did not start on 127.0.0.1:$PROVIDER_PORT (in use? eventhost.toml grants that port)"
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+}
+
+stop_provider() {
+  [[ -n "$PROVIDER_PID" ]] || return 0
+  kill "$PROVIDER_PID" 2>/dev/null || true
+  wait "$PROVIDER_PID" 2>/dev/null || true
+  PROVIDER_PID=""
+}
+
+# What the provider saw, as `name value` lines.
+provider_stats() {
+  python3 - "$PROVIDER_PORT" <<'PY'
+import json, sys, urllib.request
+stats = json.load(urllib.request.urlopen("http://127.0.0.1:%s/stats" % sys.argv[1], timeout=5))
+for name, value in stats.items():
+    print(name, value)
+PY
+}
+
 on_exit() {
   local status=$?
   trap - EXIT INT TERM
@@ -112,6 +151,7 @@ on_exit() {
     echo "---" >&2
   fi
   stop_host
+  stop_provider
   exit "$status"
 }
 trap on_exit EXIT
@@ -179,6 +219,8 @@ done
 # --- 2. start the host -------------------------------------------------------
 
 clean_previous_run
+say "starting the payment provider on 127.0.0.1:$PROVIDER_PORT (servers/payment_provider.py)"
+start_provider
 say "starting: eventhost run --config $CONFIG   (log: $LOG)"
 # In a session of its own (when setsid exists) so a Ctrl-C in the terminal
 # reaches only this script, whose trap stops the host with one SIGTERM; a
@@ -325,6 +367,8 @@ other_dlq=0
 for stream in events:all:dlq events:sub:order-service:dlq events:sub:shipping-service:dlq events:sub:notification-service:dlq; do
   other_dlq=$((other_dlq + $(rc XLEN "$stream")))
 done
+declare -A provider
+while read -r name value; do provider[$name]=$value; done < <(provider_stats)
 elapsed="$(awk -v a="$start" -v b="$done_at" 'BEGIN { printf "%.2f", b - a }')"
 rate="$(awk -v d="$deliveries" -v a="$start" -v b="$done_at" 'BEGIN { printf "%.0f", d / (b - a) }')"
 
@@ -336,7 +380,12 @@ printf '  %-24s %7d   (payment-service DLQ, events:sub:payment-service:dlq)\n' "
 if [[ -n "$example_reason" ]]; then
   printf '  %-24s %s\n' "" "e.g. \"$example_reason\""
 fi
-printf '  %-24s %7d   (provider timed out on attempt 1, paid on attempt 2)\n' "retried (flaky)" "$retried"
+printf '  %-24s %7d   (the provider timed out, paid on the retry)\n' "retried (flaky)" "$retried"
+printf '  %-24s %7d   requests: %d charged, %d declined, %d timed out, %d answered again by key\n' \
+  "payment provider saw" "${provider[requests]}" "${provider[charges]}" "${provider[declined]}" \
+  "${provider[timeouts]}" "${provider[replayed]}"
+printf '  %-24s %7d   orders charged twice; %d distinct Idempotency-Keys\n' "" \
+  "${provider[double_charged]}" "${provider[keys]}"
 printf '  %-24s %7d\n' "shipped" "$status_shipped"
 printf '  %-24s %7d\n' "notifications sent" "$notified"
 for type in OrderCreatedEvent PaymentProcessedEvent OrderShippedEvent; do
@@ -369,12 +418,17 @@ problems=()
 ((paid == status_shipped && shipments == status_shipped)) || problems+=("$paid payments and $shipments shipments for $status_shipped shipped orders")
 ((retries_dead == 0)) || problems+=("$retries_dead flaky payments ran out of attempts")
 ((other_dlq == 0)) || problems+=("$other_dlq entries in other DLQs")
+((provider[double_charged] == 0)) || problems+=("the provider charged ${provider[double_charged]} orders twice")
+((provider[charges] == paid)) || problems+=("the provider made ${provider[charges]} charges for $paid payments")
+((provider[declined] == declined)) || problems+=("the provider declined ${provider[declined]} cards, $declined payments are dead-lettered")
+((provider[timeouts] == retried)) || problems+=("the provider timed out ${provider[timeouts]} times, the service retried $retried")
 if ((${#problems[@]} > 0)); then
   printf '  problem: %s\n' "${problems[@]}" >&2
   fail "the orders did not end as expected"
 fi
 
 echo
-say "stopping the host (SIGTERM; it stops its redis-server)"
+say "stopping the host (SIGTERM; it stops its redis-server) and the provider"
 stop_host
+stop_provider
 echo "    done. The host's log is $LOG."

@@ -201,6 +201,7 @@ fn event(invocation: &Invocation) -> Event {
         attempt: invocation.attempt,
         data: Value::Object(data).to_string(),
         hops: 0,
+        traceparent: None,
     }
 }
 

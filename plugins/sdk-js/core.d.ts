@@ -56,12 +56,13 @@ export declare class Reject extends Error {
 }
 
 /** A handler: return for ok, throw `Retry`/`Reject` to fail; anything else
- * thrown is logged and traps the component. Must be synchronous. */
-export type Handler<Data extends object = Record<string, any>> = (event: Event<Data>) => void;
+ * thrown is logged and traps the component. It may be async (to `await
+ * fetch(...)`): the component waits for its Promise. */
+export type Handler<Data extends object = Record<string, any>> = (event: Event<Data>) => void | Promise<void>;
 
 /** Wraps a handler as the component's export: `export const handle = handler(fn);` */
-export declare function handler<Data extends object = Record<string, any>>(fn: Handler<Data>): (raw: RawEvent) => void;
-export declare function dispatch(fn: Handler<any>, raw: RawEvent): void;
+export declare function handler<Data extends object = Record<string, any>>(fn: Handler<Data>): (raw: RawEvent) => void | Promise<void>;
+export declare function dispatch(fn: Handler<any>, raw: RawEvent): void | Promise<void>;
 export declare function toEvent(raw: RawEvent): Event;
 /** Installs a host (tests); returns the previous one. */
 export declare function setHost(host: Host | null): Host | null;

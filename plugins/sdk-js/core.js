@@ -76,26 +76,37 @@ export function toEvent(raw) {
 /** Runs `fn` on one raw event and maps its outcome to the export's result:
  * returns for ok; throws the WIT `failure` value (`{tag, val}`) for
  * `Retry`/`Reject`; logs any other error at level `error` and rethrows it,
- * which traps the component. */
+ * which traps the component. An async handler (one that awaits `fetch`)
+ * returns a Promise settled the same way: the component waits for it. */
 export function dispatch(fn, raw) {
+  let result;
   try {
-    const result = fn(toEvent(raw));
-    if (result !== null && typeof result === "object" && typeof result.then === "function") {
-      throw new TypeError("the handler returned a Promise: handlers must be synchronous");
-    }
+    result = fn(toEvent(raw));
   } catch (err) {
-    if (err instanceof Retry) throw { tag: "retry", val: err.reason };
-    if (err instanceof Reject) throw { tag: "reject", val: err.reason };
-    const name = err instanceof Error ? err.name : typeof err;
-    const message = err instanceof Error ? err.message : String(err);
-    const stack = err instanceof Error && err.stack ? `\n${err.stack}`.trimEnd() : "";
-    try {
-      host().log("error", `uncaught ${name} handling ${raw.eventType} event ${raw.id}: ${message}${stack}`);
-    } catch {
-      // No host to log to: the trap still carries the error.
-    }
-    throw err;
+    fail(err, raw);
   }
+  if (result !== null && typeof result === "object" && typeof result.then === "function") {
+    return Promise.resolve(result).then(
+      () => undefined,
+      (err) => fail(err, raw),
+    );
+  }
+  return undefined;
+}
+
+/** Throws what `err`, escaping a handler of `raw`, means for the export. */
+function fail(err, raw) {
+  if (err instanceof Retry) throw { tag: "retry", val: err.reason };
+  if (err instanceof Reject) throw { tag: "reject", val: err.reason };
+  const name = err instanceof Error ? err.name : typeof err;
+  const message = err instanceof Error ? err.message : String(err);
+  const stack = err instanceof Error && err.stack ? `\n${err.stack}`.trimEnd() : "";
+  try {
+    host().log("error", `uncaught ${name} handling ${raw.eventType} event ${raw.id}: ${message}${stack}`);
+  } catch {
+    // No host to log to: the trap still carries the error.
+  }
+  throw err;
 }
 
 /** Wraps `fn(event)` as the component's `handle` export:

@@ -20,10 +20,11 @@ export declare class FakeHost implements Host {
   stateSet(key: string, value: string): void;
   stateDelete(key: string): void;
   configGet(key: string): string | undefined;
+  /** A Promise of the result for an async handler. */
   run(
-    handle: (raw: RawEvent) => void,
+    handle: (raw: RawEvent) => void | Promise<void>,
     eventType: string,
     data: object | string,
     options?: { id?: string; streamId?: string; timestamp?: number; attempt?: number },
-  ): RunResult;
+  ): RunResult | Promise<RunResult>;
 }

@@ -47,20 +47,34 @@ export class FakeHost {
   }
 
   /** Runs `handle` (the export built by `handler(fn)`) on one event and says
-   * how it ended: {outcome: "ok"|"retry"|"reject"|"crash", reason, error}. */
+   * how it ended: {outcome: "ok"|"retry"|"reject"|"crash", reason, error}.
+   * For an async handler, a Promise of that, settled once the handler's is
+   * (`await host.run(...)`); this host is installed until then. */
   run(handle, eventType, data, { id = "test-1", streamId = "0-1", timestamp, attempt = 1 } = {}) {
     const raw = { id, eventType, streamId, timestamp, attempt, data: typeof data === "string" ? data : JSON.stringify(data) };
     const previous = setHost(this);
+    let pending = false;
     try {
-      handle(raw);
+      const result = handle(raw);
+      if (result !== null && typeof result === "object" && typeof result.then === "function") {
+        pending = true;
+        return Promise.resolve(result)
+          .then(() => ({ outcome: "ok", reason: null }), outcomeOf)
+          .finally(() => setHost(previous));
+      }
       return { outcome: "ok", reason: null };
     } catch (err) {
-      if (err !== null && typeof err === "object" && (err.tag === "retry" || err.tag === "reject")) {
-        return { outcome: err.tag, reason: err.val };
-      }
-      return { outcome: "crash", reason: err instanceof Error ? err.message : String(err), error: err };
+      return outcomeOf(err);
     } finally {
-      setHost(previous);
+      if (!pending) setHost(previous);
     }
   }
+}
+
+/** The outcome a value thrown by a `handler(fn)` export stands for. */
+function outcomeOf(err) {
+  if (err !== null && typeof err === "object" && (err.tag === "retry" || err.tag === "reject")) {
+    return { outcome: err.tag, reason: err.val };
+  }
+  return { outcome: "crash", reason: err instanceof Error ? err.message : String(err), error: err };
 }

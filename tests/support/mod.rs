@@ -5,6 +5,7 @@
 
 pub mod attack;
 pub mod cluster;
+pub mod http_server;
 pub mod receiver;
 
 use std::collections::HashMap;
@@ -831,4 +832,26 @@ pub fn settled(conn: &mut redis::Connection, subscribers: &[&str]) -> bool {
         && subscribers
             .iter()
             .all(|s| pending(conn, &format!("events:sub:{s}"), &format!("sub:{s}-group")) == 0)
+}
+
+/// `GET path` on `addr`: the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let code = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {reply}"));
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_string();
+    (code, body)
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, ensure, Context as _};
 
-use super::{tools, Lang};
+use super::{http_wit, tools, Lang};
 
 /// Says which language the project in `dir` is written in, from the files
 /// that each toolchain needs: `Cargo.toml` (Rust), else `pyproject.toml`,
@@ -243,15 +243,25 @@ fn py_project(dir: &Path) -> anyhow::Result<PyProject> {
 fn build_python(dir: &Path) -> anyhow::Result<PathBuf> {
     let source = python_app(dir)?;
     let wit = wit_dir(dir)?;
+    let version = http_wit::eventhost_version(&wit)?;
     let project = py_project(dir)?;
     let tool = tools::componentize_py()?;
+    // The project's `subscriber` world plus `wasi:http`'s outgoing handler,
+    // whose WIT is written beside the project's for this build only.
+    let outbound = tempfile::tempdir().context("creating a folder for the wasi:http WIT")?;
+    http_wit::write(outbound.path(), &version)?;
     build_into(dir, &stem(project.name.as_deref(), dir), |out| {
         let mut command = Command::new(&tool);
         command
             .arg("-q")
             .arg("-d")
             .arg(&wit)
-            .args(["-w", "subscriber", "componentize", "-p"])
+            .arg("-d")
+            .arg(outbound.path())
+            .args(["-w", http_wit::WORLD])
+            .arg("--import-interface-name")
+            .arg(format!("eventhost:plugin/types@{version}=types"))
+            .args(["componentize", "-p"])
             .arg(&source);
         for path in &project.python_path {
             command.arg("-p").arg(path);
@@ -331,11 +341,11 @@ fn build_js(dir: &Path) -> anyhow::Result<PathBuf> {
                 .arg("--wit")
                 .arg(&wit)
                 .args(["--world-name", "subscriber"])
-                // `fetch` (wasi:http, which the host links) is not built in
-                // yet: a JavaScript plugin's size and start-up cost with it
-                // are not measured; `fetch-event` is the incoming-handler
+                // `fetch` stays in: it calls the wasi:http the host links,
+                // for 14 KB of component and no measurable start-up (see
+                // docs/plugins.md). `fetch-event` is the incoming-handler
                 // world, which a subscriber never exports.
-                .args(["--disable", "http", "fetch-event"])
+                .args(["--disable", "fetch-event"])
                 .arg("-o")
                 .arg(out)
                 .current_dir(&package.root),

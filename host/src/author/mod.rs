@@ -14,6 +14,7 @@
 //! cannot drift from what the host implements.
 
 mod build;
+mod http_wit;
 mod new;
 mod templates;
 mod tools;

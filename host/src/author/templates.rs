@@ -126,6 +126,10 @@ const PYTHON: &[Entry] = &[
         include_str!("../../../plugins/sdk-python/eventhost_plugin/testing.py"),
     ),
     v(
+        "src/eventhost_plugin/http.py",
+        include_str!("../../../plugins/sdk-python/eventhost_plugin/http.py"),
+    ),
+    v(
         "src/eventhost_plugin/py.typed",
         include_str!("../../../plugins/sdk-python/eventhost_plugin/py.typed"),
     ),

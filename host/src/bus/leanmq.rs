@@ -116,6 +116,8 @@ struct Metadata {
     /// Kept by eventhost: publishes from the producer's event to this one.
     #[serde(default)]
     hops: Option<Value>,
+    #[serde(default)]
+    traceparent: Option<Value>,
 }
 
 /// The `event_type` of an entry, which is all the fan-out needs to route it.
@@ -169,6 +171,10 @@ pub fn decode_event(entry: &StreamEntry, attempt: u32, limit: usize) -> Result<E
         .and_then(|raw| serde_json::from_str::<f64>(raw.get()).ok())
         .or_else(|| metadata.timestamp.as_ref().and_then(Value::as_f64));
 
+    let traceparent = fields
+        .string("traceparent")
+        .or_else(|| metadata.traceparent.as_ref().and_then(value_text))
+        .filter(|t| is_traceparent(t));
     let text = std::str::from_utf8(data).map_err(|_| Malformed::NotUtf8)?;
     let data = if fields
         .0
@@ -191,7 +197,28 @@ pub fn decode_event(entry: &StreamEntry, attempt: u32, limit: usize) -> Result<E
             .as_ref()
             .and_then(Value::as_u64)
             .map_or(0, |h| h.min(u32::MAX as u64) as u32),
+        traceparent,
     })
+}
+
+/// Whether `text` is a W3C `traceparent` (version, trace id, parent id,
+/// flags: `00-<32 hex>-<16 hex>-<2 hex>`): only such text is sent on as a
+/// header, whatever a producer wrote.
+fn is_traceparent(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
+        && (parts[0] != "00" || parts.len() == 4)
+        && text.len() <= 256
 }
 
 /// Rewrites the object without LeanMQ's keys, leaving other values verbatim.
@@ -378,5 +405,27 @@ mod tests {
         assert_eq!(data["_metadata"]["hops"], 1, "counted by the host");
         let entry = entry(&publish_payload(&effects.published()[0], 12.5));
         assert_eq!(decode_event(&entry, 1, 1 << 20).unwrap().hops, 1);
+    }
+
+    #[test]
+    fn a_well_formed_traceparent_is_carried_and_anything_else_dropped() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traceparent = |text: &str| decode_event(&entry(text), 1, 1 << 20).unwrap().traceparent;
+        let top = format!(r#"{{"event_type":"T","traceparent":"{good}"}}"#);
+        assert_eq!(traceparent(&top).as_deref(), Some(good));
+        let meta = format!(r#"{{"event_type":"T","_metadata":{{"traceparent":"{good}"}}}}"#);
+        assert_eq!(traceparent(&meta).as_deref(), Some(good));
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\\r\\nX-Evil: 1",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "",
+        ] {
+            let text = format!(r#"{{"event_type":"T","traceparent":"{bad}"}}"#);
+            assert_eq!(traceparent(&text), None, "{bad}");
+        }
+        assert_eq!(traceparent(r#"{"event_type":"T"}"#), None);
     }
 }

@@ -46,6 +46,10 @@ pub struct Event {
     /// 0 from a producer): what it publishes is one more, up to a limit,
     /// so a cycle of plugins ends.
     pub hops: u32,
+    /// The W3C trace context the event carries (`traceparent`, top level or
+    /// in `_metadata`), checked: sent on the requests its handler makes, so
+    /// a trace crosses the bus and the plugin.
+    pub traceparent: Option<String>,
 }
 
 /// How one call of a handler ended.

@@ -57,6 +57,17 @@ pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientCo
 /// The header a request's idempotency key goes in.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// The header of the W3C trace context.
+const TRACEPARENT: &str = "traceparent";
+
+/// What a call's requests carry from its event.
+pub struct CallContext {
+    /// The subscriber and the event: the same on every run of the event.
+    pub seed: String,
+    /// The event's trace context, if it has one.
+    pub traceparent: Option<String>,
+}
+
 /// One instance's `wasi:http` hooks: its subscriber's policy, its own
 /// bound on requests in flight, and the call its requests belong to.
 pub struct Hooks {
@@ -71,6 +82,8 @@ struct CallRequests {
     started: std::time::Instant,
     /// The subscriber and the event: the same on every run of the event.
     seed: String,
+    /// Sent as `traceparent` unless the plugin sets its own.
+    traceparent: Option<http::HeaderValue>,
     /// The index of the call's next request.
     next: u32,
     /// When the call's time is up: no request waits past it.
@@ -93,21 +106,23 @@ impl Hooks {
     }
 
     /// Requests from now on belong to the call that started at `started`
-    /// (its subscriber and event make `seed`; its time is up at
-    /// `deadline`), or to no call. Called on each use of `wasi:http`, so a
-    /// call that makes no request costs nothing here; the seed is made once
+    /// (its time is up at `deadline`; `context` says what its requests
+    /// carry), or to no call. Called on each use of `wasi:http`, so a call
+    /// that makes no request costs nothing here; the context is made once
     /// per call that does.
     pub fn enter_call(
         &mut self,
         call: Option<(std::time::Instant, std::time::Instant)>,
-        seed: impl FnOnce() -> String,
+        context: impl FnOnce() -> CallContext,
     ) {
         match call {
             Some((started, _)) if self.call.as_ref().is_some_and(|c| c.started == started) => {}
             Some((started, deadline)) => {
+                let CallContext { seed, traceparent } = context();
                 self.call = Some(CallRequests {
                     started,
-                    seed: seed(),
+                    seed,
+                    traceparent: traceparent.and_then(|t| http::HeaderValue::from_str(&t).ok()),
                     next: 0,
                     deadline,
                 })
@@ -166,6 +181,13 @@ impl WasiHttpHooks for Hooks {
                 let key = idempotency_key(&call.seed, index);
                 let value = http::HeaderValue::from_str(&key).expect("a UUID is a header value");
                 request.headers_mut().insert(IDEMPOTENCY_KEY, value);
+            }
+            if let Some(traceparent) = &call.traceparent {
+                if !request.headers().contains_key(TRACEPARENT) {
+                    request
+                        .headers_mut()
+                        .insert(TRACEPARENT, traceparent.clone());
+                }
             }
         }
         let policy = self.policy.clone();

@@ -220,6 +220,7 @@ impl Policy {
                     target.port
                 );
             }
+            drain(request.into_body(), left.min(DRAIN_WAIT)).await;
             return Err(Error::HttpRequestDenied);
         };
         let permits = (
@@ -244,6 +245,9 @@ impl Policy {
             .await
             .map_err(|_| Error::ConnectionTimeout)?
             .map_err(connect_error)?;
+        // Without it a request written in two parts (head, then a streamed
+        // body's end) waits for the server's delayed ACK: 40 ms, often.
+        let _ = tcp.set_nodelay(true);
         let io: Box<dyn Stream> = if target.https {
             let name = rustls::pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|_| Error::HttpRequestUriInvalid)?;
@@ -376,6 +380,31 @@ impl Waits {
     }
 }
 
+/// How long a denied request's body is read before the denial is
+/// answered: long enough for a client that writes its body while it waits
+/// (all of them in practice), short enough that one holding it open
+/// delays its refusal by little.
+const DRAIN_WAIT: Duration = Duration::from_millis(250);
+
+/// Reads and drops what the plugin writes of a body that will not be sent,
+/// up to [`MAX_REQUEST_BODY`] bytes, its end, or `wait`. A denial answered
+/// at once leaves the plugin writing into a stream that has gone, and
+/// StarlingMonkey's `fetch` (JavaScript) then sometimes aborts the whole
+/// component ("event loop error, but no exception is pending") instead of
+/// rejecting: read, the body's writes succeed and `fetch` rejects.
+async fn drain(mut body: WasiBody, wait: Duration) {
+    let read = async {
+        let mut bytes = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if bytes > MAX_REQUEST_BODY {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(wait, read).await;
+}
+
 fn connect_error(err: std::io::Error) -> Error {
     match err.kind() {
         std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
@@ -459,6 +488,39 @@ mod tests {
         assert_eq!(pace.allow(), None);
         pace.state.lock().unwrap().0 = Some(std::time::Instant::now() - Duration::from_secs(2));
         assert_eq!(pace.allow(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_denied_body_is_read_to_its_end_or_for_its_wait_at_most() {
+        let ended = http_body_util::Full::new(Bytes::from_static(b"amount=100"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let started = std::time::Instant::now();
+        drain(ended, Duration::from_secs(5)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "read to its end"
+        );
+        // A body whose writer never finishes it: the wait bounds the read.
+        struct Open;
+        impl Body for Open {
+            type Data = Bytes;
+            type Error = Error;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+                Poll::Pending
+            }
+        }
+        let open = Open.boxed_unsync();
+        let started = std::time::Instant::now();
+        drain(open, Duration::from_millis(100)).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct Call {
     /// Seed of the ids of published events: stable across re-runs.
     pub id_seed: String,
     pub event_id: String,
+    /// The event's trace context, sent on the call's HTTP requests.
+    pub traceparent: Option<String>,
     pub started: Instant,
     pub timeout: Duration,
     /// Set when the epoch callback interrupted the call.
@@ -318,7 +320,10 @@ impl WasiHttpView for StoreData {
         let call = self.call.as_ref();
         self.http_hooks
             .enter_call(call.map(|c| (c.started, c.started + c.timeout)), || {
-                format!("{}/{}", self.subscriber, call.map_or("", |c| &c.event_id))
+                outbound::CallContext {
+                    seed: format!("{}/{}", self.subscriber, call.map_or("", |c| &c.event_id)),
+                    traceparent: call.and_then(|c| c.traceparent.clone()),
+                }
             });
         WasiHttpCtxView {
             ctx: &mut self.http,

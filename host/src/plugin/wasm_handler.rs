@@ -377,6 +377,7 @@ impl PluginCalls {
             state,
             id_seed: format!("{}/{}", self.subscriber, event.stream_id),
             event_id: event.id.clone(),
+            traceparent: event.traceparent.clone(),
             started,
             timeout,
             timed_out: false,

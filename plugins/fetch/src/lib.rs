@@ -1,8 +1,9 @@
 //! A plugin that sends the request its event names, with an ordinary
 //! wasip2 HTTP client (`waki`, over the standard `wasi:http`), and records
 //! what came back in its state: `status:<event id>` and `body:<event id>`,
-//! or `error:<event id>` with the error the host gave. It always returns
-//! ok, so a test reads every outcome from state.
+//! or `error:<event id>` with the error the host gave (for a redirect, the
+//! body is its `Location`). It always returns ok, so a test reads every
+//! outcome from state.
 
 use eventhost_plugin::{Event, Failure, Guest};
 
@@ -18,6 +19,31 @@ struct Fetch {
     /// Ask for a retry after the first attempt's requests.
     #[serde(default)]
     retry_first: bool,
+    /// Follow a redirect (3xx with a `Location`) with a GET there, as a
+    /// browser-like client would: the host checks that request like any.
+    #[serde(default)]
+    follow: bool,
+}
+
+/// Sends one request: its status and body, or the error.
+fn send(client: &waki::Client, url: &str, body: Option<&str>) -> Result<(u16, Vec<u8>), String> {
+    let request = match body {
+        Some(body) => client.post(url).body(body.as_bytes().to_vec()),
+        None => client.get(url),
+    };
+    request
+        .send()
+        .and_then(|response| {
+            let status = response.status_code();
+            let location = response
+                .header("location")
+                .and_then(|l| l.to_str().ok())
+                .map(|l| l.as_bytes().to_vec());
+            let body = response.body()?;
+            // A redirect's body is where it points, for `follow`.
+            Ok((status, location.unwrap_or(body)))
+        })
+        .map_err(|err| format!("{err:#}"))
 }
 
 struct FetchPlugin;
@@ -28,18 +54,13 @@ impl Guest for FetchPlugin {
         let client = waki::Client::new();
         let mut outcome = Err("no request sent".to_string());
         for _ in 0..fetch.times.unwrap_or(1) {
-            let request = match &fetch.body {
-                Some(body) => client.post(&fetch.url).body(body.as_bytes().to_vec()),
-                None => client.get(&fetch.url),
-            };
-            outcome = request
-                .send()
-                .and_then(|response| {
-                    let status = response.status_code();
-                    let body = response.body()?;
-                    Ok((status, body))
-                })
-                .map_err(|err| format!("{err:#}"));
+            outcome = send(&client, &fetch.url, fetch.body.as_deref());
+        }
+        if let Ok((300..=399, location)) = &outcome {
+            if fetch.follow {
+                let location = String::from_utf8_lossy(location).into_owned();
+                outcome = send(&client, &location, None);
+            }
         }
         match outcome {
             Ok((status, body)) => {

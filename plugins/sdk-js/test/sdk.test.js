@@ -48,11 +48,18 @@ test("an uncaught error is logged, then rethrown (a trap in the component)", () 
   assert.deepEqual([thrown.outcome, thrown.reason], ["crash", "a string"]);
 });
 
-test("an async handler is a bug", () => {
+test("an async handler's outcome is its Promise's", async () => {
   const host = new FakeHost();
-  const out = host.run(handler(async () => {}), "T", {});
-  assert.equal(out.outcome, "crash");
-  assert.match(out.reason, /must be synchronous/);
+  const tick = () => new Promise((resolve) => setTimeout(resolve, 1));
+  const ok = await host.run(handler(async () => { await tick(); state.set("k", "v"); }), "T", {});
+  assert.deepEqual(ok, { outcome: "ok", reason: null });
+  assert.equal(host.state.k, "v", "the host stays installed across the await");
+  const retried = await host.run(handler(async () => { await tick(); throw new Retry("later"); }), "T", {});
+  assert.deepEqual(retried, { outcome: "retry", reason: "later" });
+  const boom = new TypeError("late");
+  const crashed = await host.run(handler(async () => { await tick(); throw boom; }), "T", {}, { id: "e-7" });
+  assert.deepEqual([crashed.outcome, crashed.error], ["crash", boom]);
+  assert.match(host.logs.at(-1).message, /^uncaught TypeError handling T event e-7: late/);
 });
 
 test("data that is not a JSON object rejects", () => {

@@ -1,15 +1,18 @@
 //! Payment service of the orders example (LeanMQ's event-driven microservices
 //! example rebuilt as eventhost plugins).
 //!
-//! Subscribes to `OrderCreatedEvent`, "charges" the order and publishes
-//! `PaymentProcessedEvent`. To show the DLQ and retries at work, a
-//! configurable share of payments fails, decided by a stable hash of the
-//! order id so a replay behaves exactly like the first run:
+//! Subscribes to `OrderCreatedEvent`, charges the order at the payment
+//! provider over HTTP (`POST <provider_url>`, a real server the example
+//! starts, granted in the subscriber's `grants.http`) and publishes
+//! `PaymentProcessedEvent`. What the provider answers drives eventhost's
+//! retries and DLQ:
 //!
-//! * config `decline_percent` (default 10): the card is declined, a poison
-//!   message that goes to the DLQ at once;
-//! * config `flaky_percent` (default 0): the provider "times out" on the first
-//!   attempt, and the retry succeeds.
+//! * 200: paid, under the provider's charge id;
+//! * 402 (the card is declined) or another 4xx: a poison message for the
+//!   DLQ at once (`reject`, with the provider's words);
+//! * 5xx, a timeout, no connection: `retry`. eventhost sends the same
+//!   `Idempotency-Key` on every attempt of the event, so the provider never
+//!   charges an order twice.
 
 use eventhost_plugin::{Event, Failure, Guest, Level};
 use serde::{Deserialize, Serialize};
@@ -27,7 +30,7 @@ pub struct OrderCreated {
 /// `PaymentProcessedEvent` data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Payment {
-    /// Stable id derived from the order id.
+    /// The provider's charge id.
     pub payment_id: String,
     /// The order paid for.
     pub order_id: String,
@@ -37,57 +40,81 @@ pub struct Payment {
     pub status: String,
 }
 
-/// What happens to an order's payment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Charge it.
-    Approve,
-    /// The card is declined: never retry.
-    Decline,
-    /// The provider times out: try again later.
-    TimeOut,
+/// What the provider says about a charge, as far as this service reads it.
+#[derive(Debug, Deserialize)]
+struct ProviderAnswer {
+    charge_id: Option<String>,
+    error: Option<ProviderError>,
 }
 
-/// 64-bit FNV-1a: a stable hash, so every run makes the same decisions.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+#[derive(Debug, Deserialize)]
+struct ProviderError {
+    code: String,
+    message: String,
 }
 
-/// Decides an order's payment. The order id hashes to a bucket in 0..100:
-/// the first `decline_percent` buckets are declined, the next
-/// `flaky_percent` time out on the first attempt only, the rest succeed.
-pub fn decide(order_id: &str, decline_percent: u64, flaky_percent: u64, attempt: u32) -> Decision {
-    let bucket = fnv1a(order_id.as_bytes()) % 100;
-    if bucket < decline_percent {
-        Decision::Decline
-    } else if bucket < decline_percent.saturating_add(flaky_percent) && attempt == 1 {
-        Decision::TimeOut
-    } else {
-        Decision::Approve
+/// The outcome of a charge from the provider's `status` and `body`: the
+/// payment, or how the event fails.
+pub fn outcome(order: &OrderCreated, status: u16, body: &[u8]) -> Result<Payment, Failure> {
+    let answer: Option<ProviderAnswer> = serde_json::from_slice(body).ok();
+    let said = match answer.as_ref().and_then(|a| a.error.as_ref()) {
+        Some(e) => format!("{} ({})", e.message, e.code),
+        None => format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ),
+    };
+    match status {
+        200..=299 => match answer.and_then(|a| a.charge_id) {
+            Some(charge_id) => Ok(Payment {
+                payment_id: charge_id,
+                order_id: order.order_id.clone(),
+                amount: order.total,
+                status: "succeeded".into(),
+            }),
+            None => Err(Failure::Retry(format!(
+                "payment provider answered {status} without a charge id for order {}",
+                order.order_id
+            ))),
+        },
+        504 => Err(Failure::Retry(format!(
+            "payment provider timed out for order {}",
+            order.order_id
+        ))),
+        402 => Err(Failure::Reject(format!(
+            "card declined for order {} (amount {:.2}): {said}",
+            order.order_id, order.total
+        ))),
+        400..=499 => Err(Failure::Reject(format!(
+            "payment provider refused the charge for order {}: {said}",
+            order.order_id
+        ))),
+        _ => Err(Failure::Retry(format!(
+            "payment provider failed for order {}: {said}",
+            order.order_id
+        ))),
     }
 }
 
-/// The payment id for an order; salted so it does not share digits with the
-/// other ids derived from the same order id.
-pub fn payment_id(order_id: &str) -> String {
-    format!(
-        "payment-{:016x}",
-        fnv1a(format!("payment:{order_id}").as_bytes())
-    )
-}
-
-/// Reads a percentage from config, rejecting values above 100 so a typo
-/// cannot silently decline everything.
-fn percent(key: &str, default: u64) -> Result<u64, Failure> {
-    let value = eventhost_plugin::config_or(key, default)?;
-    if value > 100 {
-        return Err(Failure::Reject(format!(
-            "config key `{key}` must be 0..=100, got {value}"
-        )));
+/// Charges `order` at `url`; the host adds the `Idempotency-Key`.
+fn charge(url: &str, order: &OrderCreated) -> Result<Payment, Failure> {
+    let body = serde_json::json!({"order_id": order.order_id, "amount": order.total});
+    let response = waki::Client::new()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .body(body.to_string().into_bytes())
+        .send()
+        .and_then(|r| {
+            let status = r.status_code();
+            Ok((status, r.body()?))
+        });
+    match response {
+        Ok((status, body)) => outcome(order, status, &body),
+        Err(err) => Err(Failure::Retry(format!(
+            "payment provider unreachable for order {}: {err:#}",
+            order.order_id
+        ))),
     }
-    Ok(value)
 }
 
 struct PaymentService;
@@ -96,45 +123,26 @@ impl Guest for PaymentService {
     fn handle(event: Event) -> Result<(), Failure> {
         let order: OrderCreated = eventhost_plugin::data(&event)?;
         let key = format!("payment:{}", order.order_id);
-        // Never charge an order twice, whatever the delivery count.
+        // Paid already (an event delivered again): nothing to charge.
         if eventhost_plugin::state_get(&key).is_some() {
             return Ok(());
         }
-        let decline_percent = percent("decline_percent", 10)?;
-        let flaky_percent = percent("flaky_percent", 0)?;
-        match decide(
-            &order.order_id,
-            decline_percent,
-            flaky_percent,
-            event.attempt,
-        ) {
-            Decision::Decline => Err(Failure::Reject(format!(
-                "card declined for order {} (amount {:.2})",
-                order.order_id, order.total
-            ))),
-            Decision::TimeOut => Err(Failure::Retry(format!(
-                "payment provider timed out for order {}",
-                order.order_id
-            ))),
-            Decision::Approve => {
-                let payment = Payment {
-                    payment_id: payment_id(&order.order_id),
-                    order_id: order.order_id,
-                    amount: order.total,
-                    status: "succeeded".into(),
-                };
-                eventhost_plugin::state_set_json(&key, &payment)?;
-                eventhost_plugin::publish_json("PaymentProcessedEvent", &payment)?;
-                eventhost_plugin::log(
-                    Level::Info,
-                    &format!(
-                        "payment {} for order {} succeeded (amount {:.2})",
-                        payment.payment_id, payment.order_id, payment.amount
-                    ),
-                );
-                Ok(())
-            }
-        }
+        let Some(url) = eventhost_plugin::config_get("provider_url") else {
+            return Err(Failure::Reject(
+                "config key `provider_url` is not set: where to charge orders".into(),
+            ));
+        };
+        let payment = charge(&url, &order)?;
+        eventhost_plugin::state_set_json(&key, &payment)?;
+        eventhost_plugin::publish_json("PaymentProcessedEvent", &payment)?;
+        eventhost_plugin::log(
+            Level::Info,
+            &format!(
+                "payment {} for order {} succeeded (amount {:.2})",
+                payment.payment_id, payment.order_id, payment.amount
+            ),
+        );
+        Ok(())
     }
 }
 
@@ -144,70 +152,60 @@ eventhost_plugin::export!(PaymentService);
 mod tests {
     use super::*;
 
-    fn ids() -> impl Iterator<Item = String> {
-        (0..2000).map(|n| format!("order-{n:012x}"))
+    fn order() -> OrderCreated {
+        OrderCreated {
+            order_id: "order-1".into(),
+            total: 12.5,
+        }
+    }
+
+    fn split(failure: Failure) -> (bool, String) {
+        match failure {
+            Failure::Retry(r) => (true, r),
+            Failure::Reject(r) => (false, r),
+        }
     }
 
     #[test]
-    fn fnv1a_matches_reference_vectors() {
-        assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
-        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
-        assert_eq!(fnv1a(b"foobar"), 0x85944171f73967e8);
-    }
-
-    #[test]
-    fn extremes_decline_all_or_nothing() {
-        assert!(ids().all(|id| decide(&id, 100, 0, 1) == Decision::Decline));
-        assert!(ids().all(|id| decide(&id, 0, 0, 1) == Decision::Approve));
-    }
-
-    #[test]
-    fn decline_share_is_roughly_the_configured_percent() {
-        let declined = ids()
-            .filter(|id| decide(id, 10, 0, 1) == Decision::Decline)
-            .count();
-        // 10% of 2000 is 200; a decent hash stays well within ±50.
-        assert!(
-            (150..=250).contains(&declined),
-            "declined {declined} of 2000"
+    fn a_charge_is_paid_under_the_providers_id() {
+        let body =
+            br#"{"charge_id":"ch_1","order_id":"order-1","amount":12.5,"status":"succeeded"}"#;
+        let payment = outcome(&order(), 200, body).unwrap();
+        assert_eq!(payment.payment_id, "ch_1");
+        assert_eq!(
+            (payment.amount, payment.status.as_str()),
+            (12.5, "succeeded")
         );
     }
 
     #[test]
-    fn flaky_payments_time_out_once_then_succeed() {
-        let flaky: Vec<String> = ids()
-            .filter(|id| decide(id, 0, 20, 1) == Decision::TimeOut)
-            .collect();
-        assert!(!flaky.is_empty());
-        for id in &flaky {
-            assert_eq!(decide(id, 0, 20, 2), Decision::Approve);
-        }
+    fn a_decline_is_rejected_with_the_providers_words() {
+        let body = br#"{"error":{"code":"card_declined","message":"the card was declined"}}"#;
+        let (retry, reason) = split(outcome(&order(), 402, body).unwrap_err());
+        assert!(!retry);
+        assert_eq!(
+            reason,
+            "card declined for order order-1 (amount 12.50): the card was declined (card_declined)"
+        );
     }
 
     #[test]
-    fn flaky_band_follows_the_decline_band() {
-        for id in ids() {
-            let bucket = fnv1a(id.as_bytes()) % 100;
-            let expected = match bucket {
-                0..10 => Decision::Decline,
-                10..15 => Decision::TimeOut,
-                _ => Decision::Approve,
-            };
-            assert_eq!(decide(&id, 10, 5, 1), expected, "{id} in bucket {bucket}");
-            // Declines are final, whatever the attempt.
-            if expected == Decision::Decline {
-                assert_eq!(decide(&id, 10, 5, 3), Decision::Decline);
-            }
-        }
+    fn timeouts_and_server_errors_are_retried() {
+        let (retry, reason) = split(outcome(&order(), 504, b"{}").unwrap_err());
+        assert!(retry);
+        assert_eq!(reason, "payment provider timed out for order order-1");
+        let (retry, reason) = split(outcome(&order(), 500, b"oops").unwrap_err());
+        assert!(retry);
+        assert!(reason.ends_with("HTTP 500: oops"), "{reason}");
+        // A 200 without a charge id is not a payment.
+        assert!(reason_is_retry(outcome(&order(), 200, b"{}")));
+        // A refused request is not a decline, but it is final too.
+        let (retry, reason) = split(outcome(&order(), 400, b"bad").unwrap_err());
+        assert!(!retry);
+        assert!(reason.starts_with("payment provider refused"), "{reason}");
     }
 
-    #[test]
-    fn decisions_and_ids_are_stable() {
-        for id in ids().take(50) {
-            assert_eq!(decide(&id, 30, 30, 1), decide(&id, 30, 30, 1));
-            assert_eq!(payment_id(&id), payment_id(&id));
-        }
-        assert_ne!(payment_id("order-a"), payment_id("order-b"));
-        assert!(payment_id("order-a").starts_with("payment-"));
+    fn reason_is_retry(result: Result<Payment, Failure>) -> bool {
+        matches!(result, Err(Failure::Retry(_)))
     }
 }
