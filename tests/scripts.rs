@@ -218,6 +218,7 @@ const KEYS: CommitKeys<'static> = CommitKeys {
     dlq: "s:dlq",
     state: "state",
     all: "all",
+    http: "s:http",
 };
 
 /// Effects that read `reads` and set `key` to `value`.
@@ -600,6 +601,7 @@ async fn a_replay_moves_each_dead_letter_once_with_its_history() {
         dlq: "dlq",
         dlq_group: "dg",
         stream: "s",
+        requests: None,
     };
     let moved = scripts::replay(&mut s.conn, &keys, &dead[..2])
         .await

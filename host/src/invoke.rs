@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::{EventFilter, Grants, SubscriberConfig};
-use crate::handler::{Effects, Event, Handler, Outcome, Seen, StateReader};
+use crate::handler::{Effects, Event, Handler, Outcome, QueuedRequest, Seen, StateReader};
 use crate::outbound::{HttpGrant, RequestRecord};
 use crate::plugin::{PluginRuntime, WasmHandler};
 
@@ -58,6 +58,9 @@ pub struct Report {
     pub logs: Vec<LogLine>,
     /// The HTTP requests it made, sent or denied, in order.
     pub requests: Vec<RequestRecord>,
+    /// The requests it queued with `send-after-commit`: listed, never sent
+    /// (the bus sends them only once the event is committed).
+    pub queued: Vec<QueuedRequest>,
     pub duration_ms: f64,
 }
 
@@ -156,6 +159,7 @@ pub async fn invoke(
         state: StateChanges::default(),
         logs: logs.take(),
         requests: handler.outbound().take_records(),
+        queued: Vec::new(),
         duration_ms,
     };
     match outcome {
@@ -202,6 +206,7 @@ fn event(invocation: &Invocation) -> Event {
 }
 
 fn describe_effects(report: &mut Report, effects: &Effects) {
+    report.queued = effects.requests().to_vec();
     for published in effects.published() {
         report.published.push(PublishedEvent {
             event_type: published.event_type.clone(),
@@ -346,6 +351,7 @@ mod tests {
             state: StateChanges::default(),
             logs: Vec::new(),
             requests: Vec::new(),
+            queued: Vec::new(),
             duration_ms: 0.0,
         };
         describe_effects(&mut report, &effects);

@@ -170,6 +170,13 @@ pub mod metrics {
             .clone()
     }
 
+    /// The tally of subscriber `name`'s after-commit requests: `handled`
+    /// counts those sent, `dead_lettered` those dead-lettered.
+    pub fn after_commit_tally(name: &str) -> Arc<Tally> {
+        // ':' is in no subscriber's name: a key of its own.
+        tally(&format!("{name}:http"))
+    }
+
     /// The fan-out's tally.
     pub fn fanout_tally() -> Arc<Tally> {
         FANOUT.clone()
@@ -205,6 +212,27 @@ pub mod metrics {
     pub fn outbound_request(subscriber: &str, outcome: &'static str) {
         counter!(
             "eventhost_http_requests_total",
+            "subscriber" => subscriber.to_string(),
+            "outcome" => outcome
+        )
+        .increment(1);
+    }
+
+    /// A request queued with `send-after-commit`: `denied` (at the call:
+    /// no grant names it), `sent` (a response under 400), `retried` (a
+    /// send that will be tried again), `dead_lettered` (in the DLQ).
+    pub fn after_commit(subscriber: &str, outcome: &'static str) {
+        match outcome {
+            "sent" => after_commit_tally(subscriber)
+                .handled
+                .fetch_add(1, Ordering::Relaxed),
+            "dead_lettered" => after_commit_tally(subscriber)
+                .dead_lettered
+                .fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        counter!(
+            "eventhost_http_after_commit_total",
             "subscriber" => subscriber.to_string(),
             "outcome" => outcome
         )

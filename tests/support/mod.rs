@@ -6,6 +6,7 @@
 pub mod attack;
 pub mod cluster;
 pub mod http_server;
+pub mod receiver;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -43,14 +43,16 @@ const fn v(path: &'static str, text: &'static str) -> Entry {
 
 /// The contract, which every project carries.
 pub(crate) const WIT: &str = include_str!("../../../wit/eventhost.wit");
+/// Version 0.2.0 of the contract, which the Rust SDK builds against.
+pub(crate) const WIT_V0_2: &str = include_str!("../../../wit/v0.2/eventhost.wit");
 
 /// The repository's workspace manifest: the vendored Rust SDK inherits its
 /// `[workspace.package]` settings.
 const WORKSPACE_MANIFEST: &str = include_str!("../../../Cargo.toml");
 
-/// The Rust SDK's sources. Its bindings come from `path: "../../wit"`,
+/// The Rust SDK's sources. Its bindings come from `path: "../../wit/v0.2"`,
 /// relative to its manifest: vendored at `vendor/eventhost-plugin/`, that is
-/// the project's `wit/`, as it is the repository's in `plugins/sdk`.
+/// the project's `wit/v0.2/`, as it is the repository's in `plugins/sdk`.
 pub(crate) const RUST_SDK_MANIFEST: &str = include_str!("../../../plugins/sdk/Cargo.toml");
 pub(crate) const RUST_SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
 
@@ -87,6 +89,7 @@ const RUST: &[Entry] = &[
     ),
     SUBSCRIBER,
     v("wit/eventhost.wit", WIT),
+    v("wit/v0.2/eventhost.wit", WIT_V0_2),
     v("vendor/eventhost-plugin/Cargo.toml", RUST_SDK_MANIFEST),
     v("vendor/eventhost-plugin/src/lib.rs", RUST_SDK_LIB),
 ];
@@ -437,8 +440,13 @@ mod tests {
             manifest["dependencies"]["eventhost-plugin"]["path"].as_str(),
             Some("vendor/eventhost-plugin")
         );
-        // vendor/eventhost-plugin/../../wit is the project's wit/.
-        assert!(RUST_SDK_LIB.contains("path: \"../../wit\""));
+        // vendor/eventhost-plugin/../../wit/v0.2 is the project's
+        // wit/v0.2/, which the project carries.
+        assert!(RUST_SDK_LIB.contains("path: \"../../wit/v0.2\""));
+        assert_eq!(
+            file(Lang::Rust, &vars(&[]), "wit/v0.2/eventhost.wit"),
+            WIT_V0_2
+        );
     }
 
     #[test]

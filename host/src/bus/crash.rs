@@ -17,6 +17,12 @@ pub enum Point {
     /// On a cluster: an outbox batch is relayed to the ingress, not yet
     /// acknowledged in the outbox.
     RelayAfterPublish,
+    /// A commit that queued requests to send after it is written; the
+    /// sender may or may not have read them yet.
+    CommitQueued,
+    /// The after-commit sender has read committed requests (they are
+    /// pending for this host), none of them sent.
+    SenderAfterRead,
 }
 
 impl Point {
@@ -24,6 +30,8 @@ impl Point {
         match self {
             Point::FanoutAfterCopy => "fanout-after-copy",
             Point::RelayAfterPublish => "relay-after-publish",
+            Point::CommitQueued => "commit-queued",
+            Point::SenderAfterRead => "sender-after-read",
         }
     }
 }

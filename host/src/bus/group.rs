@@ -52,6 +52,8 @@ pub struct GroupConsumer {
     next_tidy: Instant,
     /// When the next scan for abandoned entries is due.
     next_reclaim: Instant,
+    /// Its stream is a LeanMQ queue, set up with LeanMQ's bookkeeping.
+    leanmq: bool,
 }
 
 impl GroupConsumer {
@@ -73,6 +75,7 @@ impl GroupConsumer {
             cursor: "0-0".into(),
             next_tidy: Instant::now() + TIDY_EVERY.0,
             next_reclaim: Instant::now(),
+            leanmq: true,
         }
     }
 
@@ -80,6 +83,13 @@ impl GroupConsumer {
     /// block up to `block`) after a large read: see [`Self::shed`].
     pub fn reopens_with(mut self, connector: Connector, block: Duration) -> Self {
         self.reopen = Some((connector, block));
+        self
+    }
+
+    /// The same, on a stream that is no LeanMQ queue: a lost group is
+    /// recreated without LeanMQ's bookkeeping (see [`layout::ensure_group`]).
+    pub fn plain(mut self) -> Self {
+        self.leanmq = false;
         self
     }
 
@@ -122,6 +132,10 @@ impl GroupConsumer {
 
     /// Recreates the stream and group after Redis lost them.
     pub async fn recreate(&mut self) -> RedisResult<()> {
+        if !self.leanmq {
+            let queue = &self.queue;
+            return layout::ensure_group(&mut self.commands, &queue.stream, &queue.group).await;
+        }
         layout::ensure_queue(&mut self.commands, &self.keys, &self.queue).await
     }
 

@@ -79,6 +79,9 @@ pub struct SubscriberRecord {
     /// Its event types; `["*"]` for every type.
     pub events: Vec<String>,
     pub rates: Rates,
+    /// Its requests sent after the commit (`handled`) and dead-lettered.
+    #[serde(default)]
+    pub after_commit: Rates,
 }
 
 /// Counts since the host started, and per second over the last beat.

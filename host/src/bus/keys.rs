@@ -135,7 +135,7 @@ impl Keys {
     /// The subscriber whose stream is `stream`, if it is one.
     pub fn subscriber_of(&self, stream: &str) -> Option<String> {
         let name = stream.strip_prefix(&format!("{}sub:", self.prefix))?;
-        if name.ends_with(":dlq") || name.ends_with(":metadata") {
+        if name.ends_with(":dlq") || name.ends_with(":metadata") || name.ends_with(":http") {
             return None;
         }
         match self.cluster {
@@ -145,6 +145,21 @@ impl Keys {
                 .and_then(|n| n.strip_suffix('}'))
                 .map(str::to_string),
         }
+    }
+
+    /// Where a subscriber's commits queue the requests its calls asked to
+    /// send after the commit: `events:sub:<name>:http` (cluster:
+    /// `events:sub:{<name>}:http`, in its slot), read by the sender in
+    /// group `sub:<name>-group-http`; its failures go to the subscriber's
+    /// DLQ.
+    pub fn requests(&self, name: &str) -> QueueKeys {
+        // The subscriber loop derives the same name from its stream.
+        let subscriber = self.subscriber(name);
+        let mut queue = QueueKeys::new(&self.prefix, &format!("sub:{}:http", self.tag(name)));
+        queue.group = format!("sub:{name}-group-http");
+        queue.dlq = subscriber.dlq;
+        queue.dlq_group = subscriber.dlq_group;
+        queue
     }
 
     /// A subscriber's state hash: `events:state:<name>` (cluster:
@@ -227,6 +242,24 @@ pub fn slot(key: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscribers_requests_are_its_stream_and_http_in_its_slot() {
+        for keys in [Keys::new("events:"), Keys::cluster("events:", 4)] {
+            let requests = keys.requests("pay");
+            let subscriber = keys.subscriber("pay");
+            assert_eq!(requests.stream, format!("{}:http", subscriber.stream));
+            assert_eq!(
+                requests.dlq, subscriber.dlq,
+                "its failures are the subscriber's"
+            );
+            assert_eq!(keys.subscriber_of(&requests.stream), None);
+        }
+        assert_eq!(
+            slot(&Keys::cluster("events:", 4).requests("pay").stream),
+            slot("events:state:{pay}")
+        );
+    }
 
     #[test]
     fn names_match_leanmq() {

@@ -82,6 +82,17 @@ pub async fn agree_on_partitions<C: ConnectionLike + Send>(
     Ok(())
 }
 
+/// Makes sure `stream` and its `group` exist, without LeanMQ's
+/// bookkeeping: for the streams that are no LeanMQ queue (a subscriber's
+/// `:http` stream, whose DLQ is the subscriber's).
+pub async fn ensure_group<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
+    create_group(conn, stream, group).await
+}
+
 async fn create_group<C: ConnectionLike + Send>(
     conn: &mut C,
     stream: &str,

@@ -17,7 +17,11 @@
 //! one fan-out per ingress partition, whose copies are idempotent
 //! (`scripts/copy.lua`), and per subscriber a [`relay`] that moves what its
 //! commits published from its outbox to the ingress.
+//!
+//! On both, per subscriber, an [`after_commit`] sender has the requests its
+//! commits queued sent, through the subscriber's handler.
 
+pub mod after_commit;
 pub mod connection;
 pub mod crash;
 pub mod dlq;
@@ -124,6 +128,14 @@ impl Bus {
         layout::ensure_queue(&mut self.commands.clone(), &self.keys, &queue)
             .await
             .with_context(|| format!("cannot set up {}", queue.stream))?;
+        let requests = self.keys.requests(name);
+        layout::ensure_group(
+            &mut self.commands.clone(),
+            &requests.stream,
+            &requests.group,
+        )
+        .await
+        .with_context(|| format!("cannot set up {}", requests.stream))?;
         if let Some(outbox) = self.keys.outbox(name) {
             layout::ensure_queue(&mut self.commands.clone(), &self.keys, &outbox)
                 .await
@@ -180,6 +192,16 @@ impl Bus {
         let publish_to = outbox
             .as_ref()
             .map_or_else(|| self.keys.all().stream, |o| o.stream.clone());
+        // The sender outlives the loop: it stops once the loop has (after
+        // its grace, on shutdown); what it has not sent stays in Redis.
+        let stop_sender = CancellationToken::new();
+        let sender = after_commit::Sender::new(
+            subscription.clone(),
+            self.consumer(self.keys.requests(&name)).await?.plain(),
+            self.config.clone(),
+            stop_sender.clone(),
+        );
+        let sender = tokio::spawn(sender.run());
         let subscriber = SubscriberLoop::new(
             subscription,
             group,
@@ -190,7 +212,11 @@ impl Bus {
             self.config.clone(),
         );
         let Some(outbox) = outbox else {
-            return Ok(tokio::spawn(subscriber.run()));
+            return Ok(tokio::spawn(async move {
+                subscriber.run().await;
+                stop_sender.cancel();
+                let _ = sender.await;
+            }));
         };
         // The relay outlives the loop: what the loop's last commits
         // published is relayed before the task ends.
@@ -207,7 +233,8 @@ impl Bus {
         Ok(tokio::spawn(async move {
             subscriber.run().await;
             stop_relay.cancel();
-            let _ = relay.await;
+            stop_sender.cancel();
+            let _ = tokio::join!(relay, sender);
         }))
     }
 

@@ -145,8 +145,23 @@ pub struct SubscriberStatus {
     pub p99_ms: Option<f64>,
     /// The latest reload or refusal that concerned it, on any live host.
     pub last_reload: Option<ReloadNote>,
+    /// Its requests queued with `send-after-commit`, not sent yet.
+    pub after_commit: AfterCommitStatus,
     #[serde(flatten)]
     pub queue: QueueStatus,
+}
+
+/// A subscriber's `:http` stream: committed requests waiting to be sent
+/// (`queued`, all of them) and those a sender holds now (`sending`: being
+/// sent, or waiting out a backoff). Sent ones are deleted; failed ones are
+/// in its DLQ with kind `http`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AfterCommitStatus {
+    pub queued: u64,
+    pub sending: u64,
+    /// Over the last beat, every live host together.
+    pub sent_per_s: f64,
+    pub dead_lettered_per_s: f64,
 }
 
 /// The build of a plugin one host runs.
@@ -193,11 +208,20 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisRe
     let mut subscribers = Vec::with_capacity(names.len());
     for name in names {
         let mut queue = queue_status(conn, &keys.subscriber(&name), now).await?;
+        let mut after_commit = after_commit_status(conn, &keys.requests(&name)).await?;
         let running: Vec<(&str, &heartbeat::SubscriberRecord)> = alive
             .iter()
             .filter_map(|h| Some((h.consumer.as_str(), h.subscribers.get(&name)?)))
             .collect();
         queue.handled_per_s = running.iter().map(|(_, r)| r.rates.handled_per_s).sum();
+        after_commit.sent_per_s = running
+            .iter()
+            .map(|(_, r)| r.after_commit.handled_per_s)
+            .sum();
+        after_commit.dead_lettered_per_s = running
+            .iter()
+            .map(|(_, r)| r.after_commit.dead_lettered_per_s)
+            .sum();
         queue.dead_lettered_per_s = running
             .iter()
             .map(|(_, r)| r.rates.dead_lettered_per_s)
@@ -229,6 +253,7 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisRe
                 })
                 .collect(),
             name,
+            after_commit,
             queue,
         });
     }
@@ -301,6 +326,27 @@ async fn registry_members(
     }
     let not_read = total.saturating_sub(members.len() as u64);
     Ok((members, not_read))
+}
+
+/// How many committed requests a subscriber's `:http` stream holds, and
+/// how many of them a sender holds.
+async fn after_commit_status(
+    conn: &mut RedisConn,
+    queue: &QueueKeys,
+) -> RedisResult<AfterCommitStatus> {
+    let queued: u64 = redis::cmd("XLEN")
+        .arg(&queue.stream)
+        .query_async(conn)
+        .await?;
+    if queued == 0 {
+        return Ok(AfterCommitStatus::default());
+    }
+    let info = group_info(conn, &queue.stream, &queue.group).await?;
+    Ok(AfterCommitStatus {
+        queued,
+        sending: info.map_or(0, |g| g.pending as u64),
+        ..AfterCommitStatus::default()
+    })
 }
 
 /// Length, lag, pending and DLQ depth of one queue.

@@ -150,6 +150,15 @@ fn print_report(report: &Report) {
             request.duration_ms
         ));
     }
+    for queued in &report.queued {
+        say(format_args!(
+            "queued after commit (not sent): {} {} (idempotency-key {}, {} attempts)",
+            queued.method,
+            super::text::shown(&queued.url, 200),
+            queued.key,
+            queued.attempts
+        ));
+    }
 }
 
 /// Where `invoke` caches compiled plugins when no config says: the user's

@@ -185,6 +185,14 @@ fn print(status: &Status) {
             }
         }
         pending_lines(&s.queue);
+        let after = &s.after_commit;
+        if after.queued > 0 || after.sent_per_s > 0.0 || after.dead_lettered_per_s > 0.0 {
+            say(format_args!(
+                "    after-commit requests: {} queued, {} being sent, {:.1}/s sent, {:.1}/s \
+                 dead-lettered (kind http, in its dlq)",
+                after.queued, after.sending, after.sent_per_s, after.dead_lettered_per_s
+            ));
+        }
     }
     if let Some(note) = not_read {
         say(note);

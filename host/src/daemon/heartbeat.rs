@@ -45,6 +45,10 @@ impl Heartbeat {
             };
             let tally = metrics::tally(name);
             let rates = self.meter.rates(name, tally.read(), tally.latency(), now);
+            let http = metrics::after_commit_tally(name);
+            let after_commit =
+                self.meter
+                    .rates(&format!("{name}:http"), http.read(), Vec::new(), now);
             subscribers.insert(
                 name.to_string(),
                 SubscriberRecord {
@@ -52,6 +56,7 @@ impl Heartbeat {
                     build: running.handlers().build(&settings),
                     events,
                     rates,
+                    after_commit,
                 },
             );
         }

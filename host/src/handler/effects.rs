@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use super::{json_kind, Published, Reads, Seen};
+use super::{json_kind, Published, QueuedRequest, Reads, Seen};
 use crate::config::PublishLimits;
 
 /// Room left for what the bus adds to a published object: `event_type`
@@ -62,6 +62,8 @@ pub type StateWrite = (String, Option<String>);
 #[derive(Debug, Default)]
 pub struct Effects {
     published: Vec<Published>,
+    /// Requests to send once the event is committed.
+    requests: Vec<QueuedRequest>,
     /// One write per key, at the position of its first write.
     writes: Vec<StateWrite>,
     /// Where each written key is in `writes`.
@@ -242,6 +244,24 @@ impl Effects {
         Ok(event_id)
     }
 
+    /// Buffers a request to send after the commit; the caller checked it
+    /// against the budget (see [`QueuedRequest::cost`]).
+    pub fn queue(&mut self, request: QueuedRequest) {
+        self.bytes += request.cost();
+        self.requests.push(request);
+    }
+
+    /// Largest entry the bus takes (`bus.max_payload_bytes`): a queued
+    /// request is one, read back by a sender with others in a batch.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.limits.max_bytes
+    }
+
+    /// The requests queued, in order.
+    pub fn requests(&self) -> &[QueuedRequest] {
+        &self.requests
+    }
+
     /// The events published, in order.
     pub fn published(&self) -> &[Published] {
         &self.published
@@ -254,9 +274,12 @@ impl Effects {
     }
 
     /// Whether the call did nothing but succeed: no writes, no publishes,
-    /// nothing read that its result could rest on.
+    /// no queued requests, nothing read that its result could rest on.
     pub fn is_empty(&self) -> bool {
-        self.published.is_empty() && self.writes.is_empty() && self.reads.is_empty()
+        self.published.is_empty()
+            && self.writes.is_empty()
+            && self.reads.is_empty()
+            && self.requests.is_empty()
     }
 }
 

@@ -9,9 +9,14 @@
 //! commit is its [`Effects`].
 
 mod effects;
+mod request;
 
 pub use effects::{
     read_cost, Effects, PublishRefused, StateWrite, EFFECT_OVERHEAD_BYTES, ENVELOPE_BYTES,
+};
+pub use request::{
+    retry_delay, Delivery, QueuedRequest, RequestSender, DEFAULT_ATTEMPTS, MAX_ATTEMPTS,
+    MAX_QUEUED_PER_CALL,
 };
 
 use std::fmt;
@@ -220,6 +225,13 @@ pub trait StateReader: Send + Sync {
 pub trait Handler: Send + Sync {
     /// Handles one event; must not panic, every failure is an [`Outcome`].
     async fn handle(&self, event: Event, state: Arc<dyn StateReader>) -> Outcome;
+
+    /// What sends the requests its calls queued with `send-after-commit`,
+    /// under the subscriber's grants; `None` for a handler that cannot
+    /// queue any (native ones).
+    fn request_sender(&self) -> Option<Arc<dyn RequestSender>> {
+        None
+    }
 }
 
 /// Makes the handlers of subscribers: wasm plugins for `eventhost run`,

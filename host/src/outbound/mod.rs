@@ -5,8 +5,11 @@
 //! limit), bytes and number. Knows nothing of Redis.
 
 mod address;
+mod after_commit;
 mod grant;
 mod send;
+
+pub use after_commit::{AfterCommitSender, SEND_TIMEOUT};
 
 pub use grant::{GrantedHost, HttpGrant, Target};
 pub use send::{
@@ -52,7 +55,7 @@ pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientCo
 }
 
 /// The header a request's idempotency key goes in.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The header of the W3C trace context.
 const TRACEPARENT: &str = "traceparent";
@@ -97,6 +100,11 @@ impl Hooks {
         }
     }
 
+    /// The subscriber's policy.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
     /// Requests from now on belong to the call that started at `started`
     /// (its time is up at `deadline`; `context` says what its requests
     /// carry), or to no call. Called on each use of `wasi:http`, so a call
@@ -132,6 +140,17 @@ pub fn idempotency_key(seed: &str, index: u32) -> String {
     uuid::Uuid::new_v5(
         &uuid::Uuid::NAMESPACE_URL,
         format!("eventhost:{seed}/http/{index}").as_bytes(),
+    )
+    .to_string()
+}
+
+/// The `Idempotency-Key` of a call's queued request number `index` (see
+/// `send-after-commit`): like [`idempotency_key`], stable across runs of
+/// the event, and apart from the keys of its direct requests.
+pub fn after_commit_key(seed: &str, index: u32) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("eventhost:{seed}/after-commit/{index}").as_bytes(),
     )
     .to_string()
 }

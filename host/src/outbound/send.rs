@@ -133,6 +133,29 @@ impl Policy {
         journal.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// Whether a grant names the destination of `url`, as [`Self::send`]
+    /// would find; else why not, starting `HttpRequestDenied`. Resolving
+    /// the name is left to the send.
+    pub fn admits(&self, url: &str) -> Result<(), String> {
+        let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+        let target = Target::of(&uri)
+            .ok_or_else(|| format!("{url:?} is not an absolute http:// or https:// URL"))?;
+        if self.grants.iter().any(|g| g.allows(&target)) {
+            return Ok(());
+        }
+        Err(format!(
+            "HttpRequestDenied: no grant of this subscriber names {}://{}:{} (grants.http)",
+            if target.https { "https" } else { "http" },
+            target.host,
+            target.port
+        ))
+    }
+
+    /// The subscriber it serves.
+    pub fn subscriber(&self) -> &str {
+        &self.subscriber
+    }
+
     /// Sends `request` if a grant allows it; `instance` bounds the
     /// instance's requests in flight; no wait goes past `deadline`, the end
     /// of the call's time.

@@ -134,7 +134,11 @@ impl Call {
 
     /// Stops the call if its buffered effects would reach `after` bytes,
     /// over its budget; `what` says what it asked for.
-    fn charge(&mut self, after: usize, what: impl FnOnce() -> String) -> wasmtime::Result<()> {
+    pub(super) fn charge(
+        &mut self,
+        after: usize,
+        what: impl FnOnce() -> String,
+    ) -> wasmtime::Result<()> {
         if after <= self.effects_budget {
             return Ok(());
         }
@@ -237,7 +241,12 @@ impl StoreData {
         self.call.as_ref().map_or("", |c| c.event_id.as_str())
     }
 
-    fn call(&mut self) -> wasmtime::Result<&mut Call> {
+    /// The subscriber's outbound HTTP policy: what its grants admit.
+    pub(super) fn http_policy(&self) -> &Arc<outbound::Policy> {
+        self.http_hooks.policy()
+    }
+
+    pub(super) fn call(&mut self) -> wasmtime::Result<&mut Call> {
         self.call
             .as_mut()
             .ok_or_else(|| wasmtime::format_err!("host function called outside of handle"))

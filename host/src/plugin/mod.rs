@@ -17,6 +17,8 @@
 //! - [`failure`]: what a failed call is reported as, with the plugin's own
 //!   last words;
 //! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
+//! - [`world_v2`]: the 0.2.0 world, linked beside 0.1.0's, and its
+//!   `send-after-commit`;
 //! - [`capacity`]: the instance pool, shared fairly between subscribers;
 //! - [`files`]: the host's file descriptors a plugin may hold;
 //! - [`limiter`] and [`output`]: an instance's memory budget and the tail of
@@ -38,6 +40,7 @@ mod output;
 mod runtime;
 mod threads;
 mod wasm_handler;
+mod world_v2;
 
 pub use compiler::{serve_child as serve_compile_child, SUBCOMMAND as COMPILE_SUBCOMMAND};
 pub use runtime::{

@@ -241,6 +241,8 @@ impl PluginRuntime {
         Subscriber::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |data| data)
             .map_err(anyhow::Error::from)
             .context("linking the eventhost host interface")?;
+        super::world_v2::add_to_linker(&mut linker)
+            .context("linking the eventhost host interface 0.2.0")?;
 
         let cache = match CompiledCache::open(
             &settings.cache_dir,

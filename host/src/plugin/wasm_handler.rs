@@ -20,7 +20,9 @@ use super::logs::LogGate;
 use super::runtime::{CompiledPlugin, PluginRuntime};
 use super::threads::PluginThreads;
 use crate::config::{Grants, PublishLimits, SubscriberConfig};
-use crate::handler::{Effects, Event, Failure, FailureKind, Handler, Outcome, StateReader};
+use crate::handler::{
+    Effects, Event, Failure, FailureKind, Handler, Outcome, RequestSender, StateReader,
+};
 use crate::outbound;
 
 /// How long past its limit a call blocked in a host function may take before
@@ -103,6 +105,9 @@ pub struct WasmHandler {
     calls: Arc<PluginCalls>,
     /// `None` if they could not be started: calls then run on the caller's.
     threads: Option<Arc<PluginThreads>>,
+    /// Sends what its calls queued with `send-after-commit`, under the
+    /// same grants, with a send's own time limit.
+    sender: Arc<outbound::AfterCommitSender>,
 }
 
 impl WasmHandler {
@@ -112,7 +117,9 @@ impl WasmHandler {
         settings: &SubscriberConfig,
         plugin: Arc<CompiledPlugin>,
     ) -> Self {
+        let policy = outbound_policy(&runtime, settings, outbound::SEND_TIMEOUT);
         WasmHandler {
+            sender: Arc::new(outbound::AfterCommitSender::new(Arc::new(policy))),
             threads: runtime.threads_for(&settings.name, settings.concurrency),
             calls: Arc::new(PluginCalls::new(runtime, settings, plugin)),
         }
@@ -151,6 +158,10 @@ impl Handler for WasmHandler {
             )),
         }
     }
+
+    fn request_sender(&self) -> Option<Arc<dyn RequestSender>> {
+        Some(self.sender.clone())
+    }
 }
 
 /// Calls of one build under one subscriber's settings, in instances kept
@@ -182,7 +193,7 @@ impl PluginCalls {
         let capacity = runtime.capacity();
         capacity.register(Arc::downgrade(&idle) as std::sync::Weak<dyn Evict>);
         let share = capacity.share_for(settings.concurrency);
-        let outbound = Arc::new(outbound_policy(&runtime, settings));
+        let outbound = Arc::new(outbound_policy(&runtime, settings, settings.timeout));
         PluginCalls {
             runtime,
             subscriber: settings.name.as_str().into(),
@@ -450,7 +461,11 @@ impl PluginCalls {
 /// The outbound HTTP policy of the subscriber with `settings`. A CA file
 /// that cannot be read was refused at start (preflight); one broken since
 /// leaves the public roots only, said once.
-fn outbound_policy(runtime: &Arc<PluginRuntime>, settings: &SubscriberConfig) -> outbound::Policy {
+fn outbound_policy(
+    runtime: &Arc<PluginRuntime>,
+    settings: &SubscriberConfig,
+    limit: std::time::Duration,
+) -> outbound::Policy {
     let grants = &settings.grants;
     let tls = outbound::tls_config(grants.http_ca.as_deref()).unwrap_or_else(|err| {
         tracing::warn!(
@@ -463,7 +478,7 @@ fn outbound_policy(runtime: &Arc<PluginRuntime>, settings: &SubscriberConfig) ->
         settings.name.as_str().into(),
         grants.http.clone(),
         tls,
-        settings.timeout,
+        limit,
         Arc::new(SubscriberSockets {
             runtime: runtime.clone(),
             subscriber: settings.name.clone(),

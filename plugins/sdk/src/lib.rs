@@ -1,7 +1,8 @@
 //! Rust guest SDK for eventhost plugins.
 //!
 //! An eventhost plugin is a WebAssembly component implementing the
-//! `eventhost:plugin/subscriber` world (see `wit/eventhost.wit`): the host
+//! `eventhost:plugin/subscriber` world; this crate builds against version
+//! 0.2.0 (`wit/v0.2/eventhost.wit`: 0.1.0 plus [`send_after_commit`]). The host
 //! calls [`Guest::handle`] once per delivered event, and the plugin talks back
 //! through the host functions ([`log`], [`publish`], [`state_get`], ...).
 //! This crate generates those bindings once so that plugin crates need
@@ -31,6 +32,23 @@
 //! effects first and fail afterwards without leaving half-done work behind.
 //! Every helper here that can fail returns a [`Failure`], so handlers can use
 //! `?` throughout.
+//!
+//! A request that must reach another service only if the event is handled
+//! is queued with [`send_after_commit`] (or [`post_json_after_commit`]):
+//! committed with the event like a publish, sent by the host afterwards
+//! with backoff and one `Idempotency-Key`, dead-lettered with its response
+//! if it never succeeds:
+//!
+//! ```no_run
+//! # use eventhost_plugin::{Event, Failure};
+//! # fn handle(event: Event) -> Result<(), Failure> {
+//! let key = eventhost_plugin::post_json_after_commit(
+//!     "https://api.example.com/v1/receipts",
+//!     &serde_json::json!({"order": event.id}),
+//! )?;
+//! eventhost_plugin::log(eventhost_plugin::Level::Info, &format!("receipt queued as {key}"));
+//! # Ok(()) }
+//! ```
 
 use std::str::FromStr;
 
@@ -46,7 +64,7 @@ use serde::Serialize;
 )]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "../../wit/v0.2",
         world: "subscriber",
         // Lets plugin crates write `eventhost_plugin::export!(MyPlugin)`
         // without depending on wit-bindgen themselves.
@@ -74,7 +92,8 @@ pub use bindings::eventhost::plugin::types::{Event, Failure, Level};
 /// as `eventhost_plugin::state_get(..)`; the helpers below wrap the common
 /// JSON and counter patterns on top of them.
 pub use bindings::eventhost::plugin::host::{
-    config_get, log, publish, state_delete, state_get, state_set,
+    config_get, log, publish, send_after_commit, state_delete, state_get, state_set,
+    OutgoingRequest,
 };
 
 /// Parses the event's JSON data into `T`.
@@ -102,6 +121,26 @@ pub fn publish_json<T: Serialize + ?Sized>(event_type: &str, data: &T) -> Result
         .map_err(|e| Failure::Reject(format!("cannot serialise {event_type} event: {e}")))?;
     publish(event_type, &json)
         .map_err(|e| Failure::Reject(format!("cannot publish {event_type} event: {e}")))
+}
+
+/// Queues a `POST` of `body` as JSON to `url`, sent by the host only once
+/// this event is committed (see [`send_after_commit`]); returns the
+/// request's `Idempotency-Key`. A URL no grant names, or a body that does
+/// not serialise, will never work: a [`Failure::Reject`].
+pub fn post_json_after_commit<T: Serialize + ?Sized>(
+    url: &str,
+    body: &T,
+) -> Result<String, Failure> {
+    let body = serde_json::to_string(body)
+        .map_err(|e| Failure::Reject(format!("cannot serialise the body for {url}: {e}")))?;
+    send_after_commit(&OutgoingRequest {
+        method: "POST".into(),
+        url: url.into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Some(body),
+        attempts: None,
+    })
+    .map_err(|e| Failure::Reject(format!("cannot queue a POST to {url}: {e}")))
 }
 
 /// Reads the config value `key` (config values are always strings) and parses

@@ -101,6 +101,8 @@ pub struct Dlq {
     conn: RedisConn,
     target: Target,
     queue: QueueKeys,
+    /// A subscriber's `:http` stream: where letters of requests go back.
+    requests: Option<String>,
 }
 
 impl Dlq {
@@ -109,10 +111,15 @@ impl Dlq {
     pub fn new(conn: RedisConn, keys: &Keys, target: Target) -> Result<Self, DlqError> {
         target.reachable(keys)?;
         let queue = target.queue(keys);
+        let requests = match &target {
+            Target::Bus => None,
+            Target::Subscriber(name) => Some(keys.requests(name).stream),
+        };
         Ok(Dlq {
             conn,
             target,
             queue,
+            requests,
         })
     }
 
@@ -356,6 +363,7 @@ impl Dlq {
             dlq: &self.queue.dlq,
             dlq_group: &self.queue.dlq_group,
             stream: &self.queue.stream,
+            requests: self.requests.as_deref(),
         };
         let moved = scripts::replay(&mut self.conn, &keys, ids)
             .await

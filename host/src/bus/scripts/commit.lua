@@ -7,6 +7,7 @@
 --
 -- KEYS[1] the subscriber stream   KEYS[2] its DLQ   KEYS[3] its state hash
 -- KEYS[4] events:all (where published events go)
+-- KEYS[5] events:sub:<name>:http (requests to send after the commit)
 -- ARGV[1] the subscriber's group, ARGV[2] '1' if the batch is ordered (one
 -- event at a time), ARGV[3] q, then q ids handled ok with no effects and no
 -- reads, then one record per other entry, each starting with what its
@@ -15,7 +16,8 @@
 --   field, '1', value          -- it held this value (1 KiB at most)
 --   field, '2', length, stamp  -- it held a larger value, of this length,
 --                                 stamped so ('' no stamp): see below
---   'ok', id, r, reads, p, p payloads, s, s (field, value) pairs, d, d fields
+--   'ok', id, r, reads, p, p payloads, s, s (field, value) pairs, d, d fields,
+--         h, h requests (queued with send-after-commit, sent by the sender)
 --   'dlq', id, r, reads, payload
 --   'check', id, r, reads          -- a retry: only checked, stays pending
 --
@@ -89,6 +91,10 @@ while i <= n do
     local d = tonumber(ARGV[i])
     if not d or d < 0 then return malformed('deletes at argument ' .. i) end
     i = i + 1 + d
+    local h = tonumber(ARGV[i])
+    if not h or h < 0 then return malformed('requests at argument ' .. i) end
+    i = i + 1 + h
+    if h > 0 then used[5] = true end
     if p > 0 then used[4] = true end
     if s + d > 0 then used[3] = true end
   elseif kind == 'dlq' then
@@ -188,6 +194,13 @@ while i <= n do
     local d = tonumber(ARGV[i])
     if acked and d > 0 then chunked('HDEL', i + 1, i + d) end
     i = i + 1 + d
+    local h = tonumber(ARGV[i])
+    if acked then
+      for j = i + 1, i + h do
+        redis.call('XADD', KEYS[5], '*', 'data', ARGV[j])
+      end
+    end
+    i = i + 1 + h
   elseif kind == 'dlq' then
     if acked then
       redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])

@@ -46,6 +46,8 @@ pub struct CommitBatch {
     /// Everything else, one record per entry, encoded as commit.lua reads it.
     records: Vec<Record>,
     entries: usize,
+    /// Requests queued to send after the commit, all records together.
+    requests: usize,
 }
 
 /// One entry's record: its id and its arguments to commit.lua.
@@ -74,6 +76,8 @@ pub struct CommitKeys<'a> {
     pub state: &'a str,
     /// Where published events go: `events:all`.
     pub all: &'a str,
+    /// Where requests to send after the commit go: `events:sub:<name>:http`.
+    pub http: &'a str,
 }
 
 /// What a commit came to.
@@ -130,6 +134,7 @@ impl CommitBatch {
             quiet: Vec::new(),
             records: Vec::new(),
             entries: 0,
+            requests: 0,
         }
     }
 
@@ -187,6 +192,12 @@ impl CommitBatch {
             record.push(key.as_bytes().to_vec());
             record.push(stamp_field(key).into_bytes());
         }
+        let requests = effects.requests();
+        record.push(count(requests.len()));
+        for request in requests {
+            record.push(request.to_json().into_bytes());
+        }
+        self.requests += requests.len();
         self.records.push(record);
     }
 
@@ -233,6 +244,11 @@ impl CommitBatch {
             }
         }
         record
+    }
+
+    /// How many requests to send after the commit the batch queues.
+    pub fn requests(&self) -> usize {
+        self.requests
     }
 
     /// Number of entries in the batch.
@@ -370,7 +386,8 @@ impl CommitBatch {
         call.key(keys.stream)
             .key(keys.dlq)
             .key(keys.state)
-            .key(keys.all);
+            .key(keys.all)
+            .key(keys.http);
         call.arg(self.group.as_slice())
             .arg(if self.ordered { "1" } else { "0" })
             .arg(quiet.len());
@@ -441,7 +458,8 @@ mod tests {
                 "b",
                 "\0stamp:b",
                 "c",
-                "\0stamp:c"
+                "\0stamp:c",
+                "0"
             ]
         );
     }

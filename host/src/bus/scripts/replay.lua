@@ -2,6 +2,9 @@
 -- stream it failed from, atomically.
 --
 -- KEYS[1] the DLQ   KEYS[2] the stream to replay into
+-- KEYS[3] (a subscriber's) the stream of its requests to send after a
+-- commit: a letter marked `after_commit` (a request that was never sent,
+-- not an event) goes back there, to be sent again with the same key.
 -- ARGV[1] the DLQ's consumer group (LeanMQ's DLQ readers), then entry ids.
 --
 -- Per entry, in one script: read it, XADD its fields (the `data` object
@@ -15,7 +18,7 @@
 --
 -- Returns {dlq id, new stream id, ...} for every entry moved.
 
-for k = 1, 2 do
+for k = 1, #KEYS do
   local t = redis.call('TYPE', KEYS[k])['ok']
   if t ~= 'stream' and t ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is a ' .. t .. ', not a stream')
@@ -27,7 +30,11 @@ for i = 2, #ARGV do
   local id = ARGV[i]
   local found = redis.call('XRANGE', KEYS[1], id, id)
   if #found == 1 then
-    local new = redis.call('XADD', KEYS[2], '*', unpack(found[1][2]))
+    local fields, into = found[1][2], KEYS[2]
+    for f = 1, #fields - 1, 2 do
+      if fields[f] == 'after_commit' and KEYS[3] then into = KEYS[3] end
+    end
+    local new = redis.call('XADD', into, '*', unpack(fields))
     redis.call('XDEL', KEYS[1], id)
     -- The group may not exist (a DLQ LeanMQ never opened): nothing to ack.
     redis.pcall('XACK', KEYS[1], ARGV[1], id)

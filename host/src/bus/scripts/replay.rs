@@ -24,6 +24,9 @@ pub struct ReplayKeys<'a> {
     pub dlq_group: &'a str,
     /// The stream the entries go back to.
     pub stream: &'a str,
+    /// A subscriber's `:http` stream, where its letters of requests never
+    /// sent go back to.
+    pub requests: Option<&'a str>,
 }
 
 /// Moves the entries `ids` of the DLQ into the stream, each atomically;
@@ -37,7 +40,11 @@ pub async fn replay(
         return Ok(Vec::new());
     }
     let mut call = SCRIPT.prepare_invoke();
-    call.key(keys.dlq).key(keys.stream).arg(keys.dlq_group);
+    call.key(keys.dlq).key(keys.stream);
+    if let Some(requests) = keys.requests {
+        call.key(requests);
+    }
+    call.arg(keys.dlq_group);
     for id in ids {
         call.arg(id);
     }

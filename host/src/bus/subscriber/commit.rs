@@ -21,6 +21,7 @@ impl SubscriberLoop {
             dlq: &queue.dlq,
             state: &self.state_key,
             all: &self.publish_to,
+            http: &self.requests_to,
         };
         let name = &self.subscription.name;
         let mut patience = Patience::new(name, &self.subscription.stop);
@@ -30,6 +31,9 @@ impl SubscriberLoop {
                 Err(err) => patience.failed(err).await?,
             }
         };
+        if batch.requests() > 0 {
+            crate::bus::crash::here(crate::bus::crash::Point::CommitQueued);
+        }
         // Done is done: a commit that too few replicas have yet is not
         // undone (a failover may still lose it; then its entries are
         // delivered again), only reported.

@@ -63,6 +63,8 @@ pub struct SubscriberLoop {
     /// Where its commits put what its handlers publish: `events:all`, or
     /// on a cluster its outbox.
     publish_to: String,
+    /// Where its commits queue requests to send after them.
+    requests_to: String,
     replicas: Replicas,
     bus: BusConfig,
     metrics: SubscriberMetrics,
@@ -124,6 +126,8 @@ impl SubscriberLoop {
         replicas: Replicas,
         bus: BusConfig,
     ) -> Self {
+        // `Keys::requests`: the subscriber's stream and `:http`, in its slot.
+        let requests_to = format!("{}:http", group.queue().stream);
         let metrics = SubscriberMetrics::new(&subscription.name);
         SubscriberLoop {
             subscription,
@@ -131,6 +135,7 @@ impl SubscriberLoop {
             state,
             state_key,
             publish_to,
+            requests_to,
             replicas,
             bus,
             metrics,
