@@ -119,6 +119,14 @@ fn granted_and_refused(lang: &str, refusal: &str) {
         reasons[0].contains(refusal),
         "{lang}: the DLQ reason says why: {reasons:?}"
     );
+    // Whatever the plugin made of it, the host says which request it
+    // denied and why.
+    let note = format!(
+        "(the host denied a request of this call: GET {ungranted}: HttpRequestDenied: \
+         no grant of this subscriber names http://127.0.0.1:{}",
+        other.port
+    );
+    assert!(reasons[0].contains(&note), "{lang}: {reasons:?}");
     assert!(
         !state(&mut conn, "fetcher").contains_key(&format!("error:{escaped}")),
         "{lang}: a trapped call commits nothing"
@@ -145,7 +153,8 @@ fn a_python_plugin_reaches_a_granted_server_and_is_refused_another() {
 #[test]
 fn a_javascript_plugin_reaches_a_granted_server_and_is_refused_another() {
     // fetch rejects with a TypeError that does not say why (StarlingMonkey
-    // keeps the wasi:http error code to itself); the host's log does.
+    // keeps the wasi:http error code to itself); the host's log and the DLQ
+    // reason do.
     granted_and_refused(
         "js",
         "TypeError: NetworkError when attempting to fetch resource",

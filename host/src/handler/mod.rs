@@ -86,6 +86,16 @@ impl Failure {
         self.reads = reads;
         self
     }
+
+    /// The same failure, its reason followed by what the host saw that the
+    /// plugin may not have said (a request the grants denied, which a
+    /// client may report as no more than a network error).
+    pub fn with_host_note(mut self, note: Option<String>) -> Self {
+        if let Some(note) = note {
+            self.message = format!("{} (the host {note})", self.message);
+        }
+        self
+    }
 }
 
 /// The state a call read, each key once with what it saw, in the order

@@ -88,6 +88,10 @@ struct CallRequests {
     next: u32,
     /// When the call's time is up: no request waits past it.
     deadline: std::time::Instant,
+    /// The first request of the call the grants denied, and why: a call
+    /// that then fails says so in its reason, since a client may tell its
+    /// plugin no more than "network error".
+    denied: Option<String>,
 }
 
 impl Hooks {
@@ -125,10 +129,20 @@ impl Hooks {
                     traceparent: traceparent.and_then(|t| http::HeaderValue::from_str(&t).ok()),
                     next: 0,
                     deadline,
+                    denied: None,
                 })
             }
             None => self.call = None,
         }
+    }
+}
+
+impl Hooks {
+    /// The first request the grants denied in the call that started at
+    /// `started`, taken: `GET <url>: HttpRequestDenied: ...`.
+    pub fn denied_in(&mut self, started: std::time::Instant) -> Option<String> {
+        let call = self.call.as_mut().filter(|c| c.started == started)?;
+        call.denied.take()
     }
 }
 
@@ -176,6 +190,12 @@ impl WasiHttpHooks for Hooks {
         if let Some(call) = &mut self.call {
             let index = call.next;
             call.next += 1;
+            if call.denied.is_none() {
+                let uri = request.uri().to_string();
+                if let Err(why) = self.policy.admits(&uri) {
+                    call.denied = Some(format!("{} {uri}: {why}", request.method()));
+                }
+            }
             // The plugin's own key, if it set one, stands.
             if !request.headers().contains_key(IDEMPOTENCY_KEY) {
                 let key = idempotency_key(&call.seed, index);

@@ -241,6 +241,12 @@ impl StoreData {
         self.call.as_ref().map_or("", |c| c.event_id.as_str())
     }
 
+    /// The first request the grants denied in the call that started at
+    /// `started`, if any (see [`outbound::Hooks::denied_in`]).
+    pub(super) fn http_denied_in(&mut self, started: Instant) -> Option<String> {
+        self.http_hooks.denied_in(started)
+    }
+
     /// The subscriber's outbound HTTP policy: what its grants admit.
     pub(super) fn http_policy(&self) -> &Arc<outbound::Policy> {
         self.http_hooks.policy()

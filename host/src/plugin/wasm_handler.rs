@@ -428,6 +428,9 @@ impl PluginCalls {
         data.settle_files();
         data.finish_log();
         let mut call = data.call.take().expect("the call state is set above");
+        let denied = data
+            .http_denied_in(call.started)
+            .map(|why| format!("denied a request of this call: {why}"));
         let outcome = match result {
             // A publish past the hop limit fails the call, whatever the
             // plugin made of the refusal: a cycle must end in the DLQ.
@@ -441,14 +444,19 @@ impl PluginCalls {
             Ok(Ok(())) => Outcome::Ok(call.effects),
             Ok(Err(WitFailure::Retry(message))) => Outcome::Failed(
                 Failure::new(FailureKind::Retry, plugin_reason(&message))
-                    .with_reads(call.effects.take_reads()),
+                    .with_reads(call.effects.take_reads())
+                    .with_host_note(denied),
             ),
             Ok(Err(WitFailure::Reject(message))) => Outcome::Failed(
                 Failure::new(FailureKind::Reject, plugin_reason(&message))
-                    .with_reads(call.effects.take_reads()),
+                    .with_reads(call.effects.take_reads())
+                    .with_host_note(denied),
             ),
             Err(err) => {
-                let failure = self.failures().classify_trap(data, &call, err);
+                let failure = self
+                    .failures()
+                    .classify_trap(data, &call, err)
+                    .with_host_note(denied);
                 // The instance is dropped here: its memory may be corrupt.
                 return Outcome::Failed(failure);
             }
