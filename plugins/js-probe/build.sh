@@ -40,7 +40,7 @@ fi
 mkdir -p "$(dirname "$out")"
 # No fetch (the probe makes no requests: its figures stay comparable with
 # earlier builds) and no fetch-event (a subscriber serves no requests).
-"$tool" "$stage/probe.js" --wit "$repo/wit" --world-name subscriber \
+"$tool" "$stage/probe.js" --wit "$repo/wit/v0.2" --world-name subscriber \
     --disable http fetch-event -o "$stage/out.wasm"
 mv "$stage/out.wasm" "$out"
 echo "wrote $out ($(stat -c %s "$out") bytes)" >&2

@@ -16,7 +16,7 @@
 // component traps); anything else -> reject. Data that is not a JSON object
 // -> reject.
 //
-// Built with componentize-js against wit/eventhost.wit (see build.sh).
+// Built with componentize-js against wit/v0.2/eventhost.wit (see build.sh).
 
 import {
   log,

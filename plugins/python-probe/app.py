@@ -16,7 +16,7 @@ Outcomes by ``"act"``: absent/``"ok"`` -> ok; ``"retry"`` -> failure::retry;
 exception (componentize-py turns it into a trap); anything else -> reject.
 Data that is not a JSON object -> reject.
 
-Built with componentize-py against wit/eventhost.wit (see build.sh).
+Built with componentize-py against wit/v0.2/eventhost.wit (see build.sh).
 """
 
 import json

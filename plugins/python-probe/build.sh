@@ -42,7 +42,7 @@ fi
 mkdir -p "$(dirname "$out")"
 # No venv site-packages on the path: the app needs only the standard library
 # (componentize-py would otherwise bundle the venv's packages).
-(cd "$stage" && env -u VIRTUAL_ENV "$tool" -q -d "$repo/wit" -w subscriber componentize \
+(cd "$stage" && env -u VIRTUAL_ENV "$tool" -q -d "$repo/wit/v0.2" -w subscriber componentize \
     -p "$stage" -o "$stage/out.wasm" app)
 mv "$stage/out.wasm" "$out"
 echo "wrote $out ($(stat -c %s "$out") bytes)" >&2

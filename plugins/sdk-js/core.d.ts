@@ -32,7 +32,16 @@ export interface RawEvent {
   data: string;
 }
 
-/** The raw host imports (`eventhost:plugin/host@0.1.0`), as the SDK uses them. */
+/** The record `sendAfterCommit` hands the host (`outgoing-request`). */
+export interface OutgoingRequest {
+  method: string;
+  url: string;
+  headers: [string, string][];
+  body?: string;
+  attempts?: number;
+}
+
+/** The raw host imports (`eventhost:plugin/host@0.2.0`), as the SDK uses them. */
 export interface Host {
   log(level: Level, message: string): void;
   /** Returns the new event id; throws (`{payload: string}`) when refused. */
@@ -41,6 +50,8 @@ export interface Host {
   stateSet(key: string, value: string): void;
   stateDelete(key: string): void;
   configGet(key: string): string | undefined | null;
+  /** Returns the Idempotency-Key; throws (`{payload: string}`) when refused. */
+  sendAfterCommit(request: OutgoingRequest): string;
 }
 
 /** Throw to fail with `failure::retry`: retried with backoff, then the DLQ. */
@@ -88,3 +99,29 @@ export declare const log: { readonly [L in Level]: (message: string) => void };
 
 /** Publishes an event and returns its id; refused or unserialisable: `Reject`. */
 export declare function publish(eventType: string, data: Record<string, unknown>): string;
+
+/** The host refused to queue a request (`why`: `HttpRequestDenied: ...`);
+ * a `Reject`, so uncaught it dead-letters the event. */
+export declare class SendRefused extends Reject {
+  constructor(reason: string, why: string);
+  readonly why: string;
+}
+
+export type Headers = Record<string, string> | [string, string][];
+
+/** Queues a request sent only once the event is committed; returns its
+ * Idempotency-Key. Refused (no grant names the URL): `SendRefused`. */
+export declare function sendAfterCommit(request: {
+  method?: string;
+  url: string;
+  headers?: Headers;
+  body?: string | null;
+  attempts?: number | null;
+}): string;
+
+/** Queues a JSON POST sent only once the event is committed; returns its key. */
+export declare function postJsonAfterCommit(
+  url: string,
+  value: unknown,
+  options?: { headers?: Headers; attempts?: number | null },
+): string;

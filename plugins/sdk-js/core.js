@@ -1,7 +1,7 @@
 // eventhost-plugin for JavaScript: the SDK's logic, with the host injected.
 //
 // `index.js` wires this to the component's real host imports
-// (`eventhost:plugin/host@0.1.0`, which exist only inside a component built by
+// (`eventhost:plugin/host@0.2.0`, which exist only inside a component built by
 // componentize-js); tests and `testing.js` inject a fake with `setHost`.
 
 /** The log levels of the WIT contract, in order. */
@@ -30,8 +30,8 @@ export class Reject extends Error {
 let current = null;
 
 /** Installs `host` (an object with the raw binding's functions: `log`,
- * `publish`, `stateGet`, `stateSet`, `stateDelete`, `configGet`) and returns
- * the previous one. */
+ * `publish`, `stateGet`, `stateSet`, `stateDelete`, `configGet`,
+ * `sendAfterCommit`) and returns the previous one. */
 export function setHost(host) {
   const previous = current;
   current = host;
@@ -203,4 +203,69 @@ export function publish(eventType, data) {
     const why = err !== null && typeof err === "object" && "payload" in err ? err.payload : String(err);
     throw new Reject(`cannot publish ${eventType} event: ${why}`);
   }
+}
+
+/** Thrown when the host refuses to queue a request (a URL no grant names:
+ * `HttpRequestDenied: ...`). Such a request will never be accepted, so it is
+ * a `Reject`: uncaught, the event goes to the DLQ with the reason; catch it
+ * to carry on without the request. */
+export class SendRefused extends Reject {
+  constructor(reason, why) {
+    super(reason);
+    this.name = "SendRefused";
+    this.why = why;
+  }
+}
+
+/** Header pairs for the binding, from an object or a list of `[name, value]`. */
+function headerPairs(headers) {
+  const pairs = Array.isArray(headers) ? headers : Object.entries(headers ?? {});
+  return pairs.map(([name, value]) => [String(name), String(value)]);
+}
+
+/** Queues an HTTP request that the host sends only once this event is
+ * committed (never if the handler fails), retrying up to `attempts` times
+ * with the same `Idempotency-Key`, and returns that key. Use it for effects
+ * that must not happen unless the event's other effects do (a webhook, a
+ * notification); `fetch` sends at once instead. `body` is text (or absent).
+ * Refused at once unless a grant names the URL: `SendRefused`. */
+export function sendAfterCommit({ method = "POST", url, headers = {}, body = null, attempts = null } = {}) {
+  if (typeof url !== "string" || url === "") throw new TypeError("sendAfterCommit: url must be a string");
+  if (!absent(body) && typeof body !== "string") {
+    throw new TypeError(`sendAfterCommit: body must be a string (JSON.stringify it), got ${typeof body}`);
+  }
+  if (!absent(attempts) && !(Number.isInteger(attempts) && attempts > 0)) {
+    throw new TypeError(`sendAfterCommit: attempts must be a positive integer, got ${attempts}`);
+  }
+  const request = {
+    method: String(method).toUpperCase(),
+    url,
+    headers: headerPairs(headers),
+    body: absent(body) ? undefined : body,
+    attempts: absent(attempts) ? undefined : attempts,
+  };
+  try {
+    return host().sendAfterCommit(request);
+  } catch (err) {
+    const why = err !== null && typeof err === "object" && "payload" in err ? err.payload : String(err);
+    throw new SendRefused(`cannot queue ${request.method} ${url}: ${why}`, why);
+  }
+}
+
+/** Queues a `POST` of `value` as JSON to `url`, sent only once this event
+ * is committed (see `sendAfterCommit`); returns its `Idempotency-Key`. */
+export function postJsonAfterCommit(url, value, { headers = {}, attempts = null } = {}) {
+  let body;
+  try {
+    body = JSON.stringify(value);
+  } catch (err) {
+    throw new Reject(`cannot serialise the body for ${url}: ${err.message}`);
+  }
+  return sendAfterCommit({
+    method: "POST",
+    url,
+    headers: [["content-type", "application/json"], ...headerPairs(headers)],
+    body,
+    attempts,
+  });
 }

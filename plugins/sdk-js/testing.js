@@ -5,17 +5,25 @@
 //   assert.equal(host.run(handle, "Demo", {}).outcome, "ok");
 //   assert.equal(host.state.count, "42");
 //
+// Requests queued with `sendAfterCommit`/`postJsonAfterCommit` are kept in
+// `host.queued` ({method, url, headers, body, attempts, key}, `body` parsed
+// as `json` too when it is JSON); `grants` (URL prefixes) makes it refuse
+// the others as the host does.
+//
 // Effects land at once, so check the outcome before trusting them (the real
 // host discards them unless the outcome is ok).
 import { LEVELS, setHost } from "./core.js";
 
 export class FakeHost {
-  constructor({ state = {}, config = {}, refusePublish = null } = {}) {
+  constructor({ state = {}, config = {}, refusePublish = null, grants = null } = {}) {
     this.state = { ...state };
     this.config = { ...config };
     this.logs = [];
     this.published = [];
+    this.queued = [];
     this.refusePublish = refusePublish;
+    // null grants every URL; a list grants the URLs starting with one.
+    this.grants = grants;
     this.nextId = 1;
   }
 
@@ -28,6 +36,21 @@ export class FakeHost {
     if (this.refusePublish !== null) throw { payload: this.refusePublish };
     this.published.push({ eventType, data: JSON.parse(data) });
     return `published-${this.nextId++}`;
+  }
+
+  sendAfterCommit({ method, url, headers, body, attempts }) {
+    if (this.grants !== null && !this.grants.some((grant) => url.startsWith(grant))) {
+      throw { payload: `HttpRequestDenied: no grant of this subscriber names ${url} (grants.http)` };
+    }
+    const key = `fake-key-${this.nextId++}`;
+    let json;
+    try {
+      json = body === undefined ? undefined : JSON.parse(body);
+    } catch {
+      json = undefined;
+    }
+    this.queued.push({ method, url, headers, body, json, attempts, key });
+    return key;
   }
 
   stateGet(key) {

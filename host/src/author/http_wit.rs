@@ -153,5 +153,13 @@ mod tests {
             eventhost_version(&repo_wit).unwrap(),
             package_version(include_str!("../../../wit/eventhost.wit")).unwrap()
         );
+        // Python and JavaScript projects carry the 0.2.0 contract.
+        assert_eq!(eventhost_version(&repo_wit.join("v0.2")).unwrap(), "0.2.0");
+        write(dir.path(), "0.2.0").unwrap();
+        let world = fs::read_to_string(dir.path().join("outbound.wit")).unwrap();
+        assert!(
+            world.contains("include eventhost:plugin/subscriber@0.2.0;"),
+            "{world}"
+        );
     }
 }

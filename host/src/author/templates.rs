@@ -43,7 +43,8 @@ const fn v(path: &'static str, text: &'static str) -> Entry {
 
 /// The contract, which every project carries.
 pub(crate) const WIT: &str = include_str!("../../../wit/eventhost.wit");
-/// Version 0.2.0 of the contract, which the Rust SDK builds against.
+/// Version 0.2.0 of the contract, which every SDK builds against (the Python
+/// and JavaScript ones queue requests with its `send-after-commit`).
 pub(crate) const WIT_V0_2: &str = include_str!("../../../wit/v0.2/eventhost.wit");
 
 /// The repository's workspace manifest: the vendored Rust SDK inherits its
@@ -116,7 +117,8 @@ const PYTHON: &[Entry] = &[
         include_str!("../../templates/python/gitignore.tmpl"),
     ),
     SUBSCRIBER,
-    v("wit/eventhost.wit", WIT),
+    // Their build reads `wit/` itself: the 0.2.0 contract, as the SDK's.
+    v("wit/eventhost.wit", WIT_V0_2),
     v(
         "src/eventhost_plugin/__init__.py",
         include_str!("../../../plugins/sdk-python/eventhost_plugin/__init__.py"),
@@ -124,6 +126,10 @@ const PYTHON: &[Entry] = &[
     v(
         "src/eventhost_plugin/testing.py",
         include_str!("../../../plugins/sdk-python/eventhost_plugin/testing.py"),
+    ),
+    v(
+        "src/eventhost_plugin/after_commit.py",
+        include_str!("../../../plugins/sdk-python/eventhost_plugin/after_commit.py"),
     ),
     v(
         "src/eventhost_plugin/http.py",
@@ -154,7 +160,8 @@ const JS: &[Entry] = &[
         include_str!("../../templates/js/gitignore.tmpl"),
     ),
     SUBSCRIBER,
-    v("wit/eventhost.wit", WIT),
+    // componentize-js reads `wit/` itself: the 0.2.0 contract, as the SDK's.
+    v("wit/eventhost.wit", WIT_V0_2),
     v(
         "sdk/index.js",
         include_str!("../../../plugins/sdk-js/index.js"),
@@ -393,7 +400,10 @@ mod tests {
     fn every_project_has_the_wit_a_readme_a_test_and_the_subscriber_table() {
         for lang in Lang::ALL {
             let v = vars(&["OrderCreated", "OrderPaid"]);
-            assert_eq!(file(lang, &v, "wit/eventhost.wit"), WIT);
+            // Rust keeps 0.1.0 at the top (its SDK reads wit/v0.2/); the
+            // Python and JavaScript builds read wit/ itself, so it is 0.2.0.
+            let wit = if lang == Lang::Rust { WIT } else { WIT_V0_2 };
+            assert_eq!(file(lang, &v, "wit/eventhost.wit"), wit, "{lang}");
             let table = file(lang, &v, "subscriber.toml");
             let parsed: toml::Table = toml::from_str(&table).unwrap();
             let sub = &parsed["subscribers"]["order-audit"];

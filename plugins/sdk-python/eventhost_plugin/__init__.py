@@ -1,7 +1,7 @@
 """Python SDK for eventhost plugins (WebAssembly components built with componentize-py).
 
 A plugin is a module whose ``WitWorld`` class implements the ``subscriber``
-world of ``wit/eventhost.wit``. This SDK writes that class for you and gives
+world of ``wit/eventhost.wit`` (``eventhost:plugin@0.2.0``). This SDK writes that class for you and gives
 the handler a friendlier shape than the raw bindings::
 
     from eventhost_plugin import Event, Reject, export, log, publish, state
@@ -24,8 +24,10 @@ traceback, at level ``error``) and lets it propagate, which traps the
 component; the host dead-letters the event at once with kind ``trap`` and
 throws the instance away, exactly like a panic in a Rust plugin.
 
-Everything a handler publishes or writes to state is buffered by the host and
-committed only if it returns ``ok``.
+Everything a handler publishes, writes to state or queues with
+:func:`send_after_commit` / :func:`post_json_after_commit` is buffered by the
+host and committed only if it returns ``ok`` (queued requests are sent only
+then); :mod:`eventhost_plugin.http` sends a request at once instead.
 
 Import everything the handler needs at the top of its module: inside the
 component, modules can be imported only while componentize-py builds it, not
@@ -50,13 +52,17 @@ __all__ = [
     "Binding",
     "Event",
     "PublishError",
+    "QueueError",
     "Reject",
     "Retry",
+    "SendRefused",
     "config",
     "dispatch",
     "export",
     "log",
+    "post_json_after_commit",
     "publish",
+    "send_after_commit",
     "state",
     "use_binding",
 ]
@@ -99,6 +105,14 @@ class Binding(Protocol):
     def state_set(self, key: str, value: str) -> None: ...
     def state_delete(self, key: str) -> None: ...
     def config_get(self, key: str) -> Optional[str]: ...
+    def send_after_commit(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: Optional[str],
+        attempts: Optional[int],
+    ) -> str: ...
     def retry(self, reason: str) -> BaseException: ...
     def reject(self, reason: str) -> BaseException: ...
 
@@ -140,6 +154,20 @@ class _WitBinding:
 
     def config_get(self, key: str) -> Optional[str]:
         return self._host.config_get(key)
+
+    def send_after_commit(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: Optional[str],
+        attempts: Optional[int],
+    ) -> str:
+        request = self._host.OutgoingRequest(method, url, headers, body, attempts)
+        try:
+            return str(self._host.send_after_commit(request))
+        except self._err as err:
+            raise QueueError(str(err.value)) from None
 
     def retry(self, reason: str) -> BaseException:
         return self._err(self._retry(reason))
@@ -388,3 +416,12 @@ def publish(event_type: str, data: Mapping[str, Any]) -> str:
         return _host().publish(event_type, text)
     except PublishError as err:
         raise Reject(f"cannot publish {event_type} event: {err}") from None
+
+
+# After the names it uses: it imports `Reject` and `_host` from here.
+from .after_commit import (  # noqa: E402
+    QueueError,
+    SendRefused,
+    post_json_after_commit,
+    send_after_commit,
+)

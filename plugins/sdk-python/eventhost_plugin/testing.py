@@ -6,8 +6,12 @@
     outcome = host.run(handle, "Demo", {"x": 1})
     assert outcome.outcome == "ok" and host.state["count"] == "42"
 
-It behaves like the host with one difference: effects land in ``state`` and
-``published`` immediately, so check ``outcome`` before trusting them (the real
+Requests queued with ``send_after_commit`` / ``post_json_after_commit`` are
+kept in ``queued`` (:class:`Queued`); ``grants`` (URL prefixes) makes the
+fake refuse the others, as the host does.
+
+It behaves like the host with one difference: effects land in ``state``,
+``published`` and ``queued`` immediately, so check ``outcome`` before trusting them (the real
 host discards them unless the outcome is ``ok``). For the real sandbox, build
 the component and use ``eventhost invoke``.
 """
@@ -19,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from . import LEVELS, Handler, PublishError, dispatch
+from . import LEVELS, Handler, PublishError, QueueError, dispatch
 
 
 class FailureRaised(Exception):
@@ -55,6 +59,24 @@ class Outcome:
 
 
 @dataclass
+class Queued:
+    """One request a handler queued to be sent after the commit."""
+
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    body: Optional[str]
+    attempts: Optional[int]
+    key: str
+    """The ``Idempotency-Key`` the call returned."""
+
+    @property
+    def json(self) -> Any:
+        """``body`` parsed as JSON (``None`` without a body)."""
+        return None if self.body is None else json.loads(self.body)
+
+
+@dataclass
 class FakeHost:
     """A :class:`eventhost_plugin.Binding` that keeps everything in memory."""
 
@@ -62,9 +84,12 @@ class FakeHost:
     config: dict[str, str] = field(default_factory=dict)
     logs: list[tuple[str, str]] = field(default_factory=list)
     published: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    queued: list[Queued] = field(default_factory=list)
     refuse_publish: Optional[str] = None
     """When set, ``publish`` fails with this message, as the host does for
     an invalid event."""
+    grants: Optional[list[str]] = None
+    """URL prefixes ``send_after_commit`` accepts; ``None`` accepts all."""
 
     def log(self, level: str, message: str) -> None:
         if level not in LEVELS:
@@ -79,6 +104,20 @@ class FakeHost:
             raise PublishError("data is not a JSON object")
         self.published.append((event_type, parsed))
         return str(uuid.uuid4())
+
+    def send_after_commit(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: Optional[str],
+        attempts: Optional[int],
+    ) -> str:
+        if self.grants is not None and not any(url.startswith(g) for g in self.grants):
+            raise QueueError(f"HttpRequestDenied: no grant of this subscriber names {url} (grants.http)")
+        key = str(uuid.uuid4())
+        self.queued.append(Queued(method, url, list(headers), body, attempts, key))
+        return key
 
     def state_get(self, key: str) -> Optional[str]:
         return self.state.get(key)

@@ -216,6 +216,20 @@ class FakeWitHost(types.ModuleType):
     def config_get(self, key: str) -> str | None:
         return {"who": "me"}.get(key)
 
+    @dataclass
+    class OutgoingRequest:
+        method: str
+        url: str
+        headers: list[tuple[str, str]]
+        body: str | None
+        attempts: int | None
+
+    def send_after_commit(self, request: "FakeWitHost.OutgoingRequest") -> str:
+        if "denied" in request.url:
+            raise Err("HttpRequestDenied: no grant names it")
+        self.calls.append(("send_after_commit", request))
+        return "key-1"
+
 
 @pytest.fixture
 def wit() -> Iterator[FakeWitHost]:
@@ -318,3 +332,16 @@ def test_inside_the_component_the_binding_is_made_at_import(wit: FakeWitHost) ->
     assert type(copy._binding).__name__ == "_WitBinding"
     copy.state.set("k", "v")
     assert wit.store == {"k": "v"}
+
+
+def test_the_real_binding_queues_a_request_record_and_maps_refusals(wit: FakeWitHost) -> None:
+    assert sdk.post_json_after_commit("https://h.example/in", {"a": 1}, attempts=2) == "key-1"
+    ((kind, request),) = wit.calls
+    assert kind == "send_after_commit"
+    assert request == FakeWitHost.OutgoingRequest(
+        "POST", "https://h.example/in", [("content-type", "application/json")], '{"a":1}', 2
+    )
+    with pytest.raises(sdk.SendRefused) as refused:
+        sdk.send_after_commit("get", "https://denied.example/")
+    assert refused.value.why == "HttpRequestDenied: no grant names it"
+    assert refused.value.reason == "cannot queue GET https://denied.example/: HttpRequestDenied: no grant names it"

@@ -4,12 +4,16 @@
 // Subscribed to every event type ("*"). For orders created, paid and shipped
 // it "sends" a notification, which in this example means logging it through
 // the host at info level, and counts what it sent in state: `notified` and
-// `notified:<event_type>`. Any other event is ignored.
+// `notified:<event_type>`. When its config has `webhook_url`, it also queues
+// one webhook per notification, a POST of {event_type, order_id, subject}
+// to that URL that the host sends only once the event is committed (with an
+// Idempotency-Key, retried; never if the handler fails). Any other event is
+// ignored.
 //
 // The rules live here, apart from app.js, so plain Node tests can run them
 // against the SDK's fake host (app.js imports the component's host).
 
-import { Reject, log, state } from "./sdk/core.js";
+import { Reject, config, log, postJsonAfterCommit, state } from "./sdk/core.js";
 
 // What each event type needs from its data, and the notification it makes.
 const NOTICES = {
@@ -44,7 +48,9 @@ export function notificationFor(eventType, data) {
   return { subject: notice.subject, body: notice.body(data) };
 }
 
-/** The handler: log the notification, count it. */
+/** The handler: log the notification, count it, and queue its webhook
+ * when one is configured (sent after the commit, so a failed event never
+ * announces anything). */
 export function handleEvent(event) {
   let notification;
   try {
@@ -57,4 +63,12 @@ export function handleEvent(event) {
   log.info(`[${notification.subject}] ${notification.body}`);
   state.increment("notified");
   state.increment(`notified:${event.eventType}`);
+  const webhook = config.get("webhook_url");
+  if (webhook !== null) {
+    postJsonAfterCommit(webhook, {
+      event_type: event.eventType,
+      order_id: event.data.order_id,
+      subject: notification.subject,
+    });
+  }
 }

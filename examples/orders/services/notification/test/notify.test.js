@@ -39,6 +39,37 @@ test("every notification is logged and counted, other events are not", () => {
   ]);
 });
 
+test("with webhook_url, each notification queues one webhook; other events none", () => {
+  const url = "http://127.0.0.1:9/hooks";
+  const host = new FakeHost({ config: { webhook_url: url } });
+  const paid = { payment_id: "p", order_id: "o-2", amount: 5, status: "succeeded" };
+  assert.equal(host.run(handle, "PaymentProcessedEvent", paid).outcome, "ok");
+  assert.equal(host.run(handle, "CreateOrderCommand", { order_id: "o-2" }).outcome, "ok");
+  assert.equal(host.queued.length, 1);
+  const [hook] = host.queued;
+  assert.equal(hook.method, "POST");
+  assert.equal(hook.url, url);
+  assert.deepEqual(hook.json, { event_type: "PaymentProcessedEvent", order_id: "o-2", subject: "Payment Confirmation" });
+  assert.deepEqual(hook.headers, [["content-type", "application/json"]]);
+});
+
+test("without webhook_url nothing is queued", () => {
+  const host = new FakeHost();
+  const created = { order_id: "o-3", user_id: "u", total: 1 };
+  assert.equal(host.run(handle, "OrderCreatedEvent", created).outcome, "ok");
+  assert.deepEqual(host.queued, []);
+  assert.equal(host.state.notified, "1");
+});
+
+test("an ungranted webhook_url rejects the event with the host's reason", () => {
+  const host = new FakeHost({ config: { webhook_url: "http://elsewhere.example/hooks" }, grants: ["http://127.0.0.1:"] });
+  const created = { order_id: "o-4", user_id: "u", total: 1 };
+  const out = host.run(handle, "OrderCreatedEvent", created);
+  assert.equal(out.outcome, "reject");
+  assert.match(out.reason, /HttpRequestDenied/);
+  assert.deepEqual(host.queued, []);
+});
+
 test("a known event with the wrong data is rejected", () => {
   const host = new FakeHost();
   const out = host.run(handle, "OrderCreatedEvent", { order_id: "o" }, { id: "e-9" });
