@@ -64,28 +64,25 @@ fn example_subscribers() -> String {
 const DECLINE_PERCENT: u64 = 10;
 const TIMEOUT_PERCENT: u64 = 20;
 
-/// The example's payment provider (`servers/payment_provider.py`), a real
-/// HTTP server on a free port, stopped on drop.
-struct Provider {
+/// One of the example's servers (`examples/orders/servers/`), a real HTTP
+/// server on a free port, stopped on drop.
+struct ExampleServer {
     child: std::process::Child,
     addr: String,
+    /// The address the example's config grants it.
+    shipped: &'static str,
 }
 
-impl Provider {
-    fn start() -> Provider {
+impl ExampleServer {
+    fn start(script: &str, shipped: &'static str, args: &[String]) -> ExampleServer {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new("python3")
-            .arg(root().join("examples/orders/servers/payment_provider.py"))
-            .args([
-                "--port",
-                "0",
-                "--decline-percent",
-                &DECLINE_PERCENT.to_string(),
-            ])
-            .args(["--timeout-percent", &TIMEOUT_PERCENT.to_string()])
+            .arg(root().join("examples/orders/servers").join(script))
+            .args(["--port", "0"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .expect("python3 runs the payment provider");
+            .expect("python3 runs the example's servers");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -93,9 +90,29 @@ impl Provider {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("the provider said {line:?}"))
+            .unwrap_or_else(|| panic!("{script} said {line:?}"))
             .to_string();
-        Provider { child, addr }
+        ExampleServer {
+            child,
+            addr,
+            shipped,
+        }
+    }
+
+    /// The payment provider, with the bad days `run.sh` gives it.
+    fn provider() -> ExampleServer {
+        let args = [
+            "--decline-percent".to_string(),
+            DECLINE_PERCENT.to_string(),
+            "--timeout-percent".to_string(),
+            TIMEOUT_PERCENT.to_string(),
+        ];
+        ExampleServer::start("payment_provider.py", "127.0.0.1:8471", &args)
+    }
+
+    /// The receiver of the notification service's webhooks.
+    fn receiver() -> ExampleServer {
+        ExampleServer::start("webhook_receiver.py", "127.0.0.1:8472", &[])
     }
 
     /// What it saw, from `GET /stats`.
@@ -105,17 +122,19 @@ impl Provider {
         parse(&body)
     }
 
-    /// The example's subscribers, sent to this provider instead of the
-    /// port the example grants.
-    fn subscribers(&self) -> String {
-        let shipped = "127.0.0.1:8471";
-        let text = example_subscribers();
-        assert!(text.contains(shipped), "the example grants {shipped}");
-        text.replace(shipped, &self.addr)
+    /// `config` with this server's address where the example grants its
+    /// port.
+    fn in_place(&self, config: &str) -> String {
+        assert!(
+            config.contains(self.shipped),
+            "the example grants {}",
+            self.shipped
+        );
+        config.replace(self.shipped, &self.addr)
     }
 }
 
-impl Drop for Provider {
+impl Drop for ExampleServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -216,8 +235,9 @@ fn every_order_ends_shipped_or_declined_and_every_service_agrees() {
     );
     let (n, s) = (ORDERS, shipped.len());
 
-    let provider = Provider::start();
-    let world = example_world(&provider.subscribers());
+    let provider = ExampleServer::provider();
+    let receiver = ExampleServer::receiver();
+    let world = example_world(&receiver.in_place(&provider.in_place(&example_subscribers())));
     let host = world.host_within(Duration::from_secs(300));
     let mut conn = world.conn();
     let started = Instant::now();
@@ -239,6 +259,7 @@ fn every_order_ends_shipped_or_declined_and_every_service_agrees() {
             && len(&mut conn, "events:sub:payment-service:dlq") == declined.len()
             && notified.get("notified").map(String::as_str) == Some(&(n + 2 * s).to_string())
             && settled(&mut conn, &SERVICES)
+            && receiver.stats()["keys"] == n + 2 * s
         {
             break;
         }
@@ -349,6 +370,17 @@ fn every_order_ends_shipped_or_declined_and_every_service_agrees() {
         "double_charged": 0,
     });
     assert_eq!(stats, expect, "what the provider saw");
+
+    // One webhook per notification, each with a key of its own, sent once
+    // its event was committed (a repeat would carry a key seen before).
+    let got = receiver.stats();
+    assert_eq!(got["keys"], n + 2 * s, "{got}");
+    assert_eq!(got["without_key"], 0, "{got}");
+    assert_eq!(
+        got["by_type"],
+        json!({"OrderCreatedEvent": n, "PaymentProcessedEvent": s, "OrderShippedEvent": s}),
+        "{got}"
+    );
 
     // Notifications: one per created order, payment and shipment.
     let notified = state(&mut conn, "notification-service");

@@ -104,41 +104,49 @@ stop_host() {
   rm -f "$PID_FILE"
 }
 
-# --- the payment provider, a real HTTP server the payment service calls ---
+# --- the servers the services call: the payment provider and the webhook
+# receiver, small real HTTP servers on the ports eventhost.toml grants ---
 
-PROVIDER_PORT=8471 # as granted in eventhost.toml
-PROVIDER_LOG="$STATE/provider.log"
-PROVIDER_PID=""
+PROVIDER_PORT=8471
+RECEIVER_PORT=8472
+SERVER_PIDS=()
 
-start_provider() {
-  python3 "$EXAMPLE/servers/payment_provider.py" --port "$PROVIDER_PORT" \
-    --decline-percent 10 --timeout-percent 20 >"$PROVIDER_LOG" 2>&1 &
-  PROVIDER_PID=$!
+# start_server NAME PORT SCRIPT ARGS...: starts it, logging to
+# $STATE/NAME.log, and waits until it listens.
+start_server() {
+  local name="$1" port="$2" script="$3" log="$STATE/$1.log"
+  shift 3
+  python3 "$EXAMPLE/servers/$script" --port "$port" "$@" >"$log" 2>&1 &
+  SERVER_PIDS+=($!)
   local waited=0
-  until grep -q "listening on" "$PROVIDER_LOG" 2>/dev/null; do
-    if ! kill -0 "$PROVIDER_PID" 2>/dev/null || ((waited > 100)); then
-      cat "$PROVIDER_LOG" >&2
-      fail "the payment provider did not start on 127.0.0.1:$PROVIDER_PORT (in use? eventhost.toml grants that port)"
+  until grep -q "listening on" "$log" 2>/dev/null; do
+    if ! kill -0 "${SERVER_PIDS[-1]}" 2>/dev/null || ((waited > 100)); then
+      cat "$log" >&2
+      fail "the $name did not start on 127.0.0.1:$port (in use? eventhost.toml grants that port)"
     fi
     sleep 0.1
     waited=$((waited + 1))
   done
 }
 
-stop_provider() {
-  [[ -n "$PROVIDER_PID" ]] || return 0
-  kill "$PROVIDER_PID" 2>/dev/null || true
-  wait "$PROVIDER_PID" 2>/dev/null || true
-  PROVIDER_PID=""
+stop_servers() {
+  local pid
+  for pid in "${SERVER_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  SERVER_PIDS=()
 }
 
-# What the provider saw, as `name value` lines.
-provider_stats() {
-  python3 - "$PROVIDER_PORT" <<'PY'
+# What the server on PORT saw (GET /stats), as `name value` lines; a
+# nested object's members as `name.member value`.
+server_stats() {
+  python3 - "$1" <<'PY'
 import json, sys, urllib.request
 stats = json.load(urllib.request.urlopen("http://127.0.0.1:%s/stats" % sys.argv[1], timeout=5))
 for name, value in stats.items():
-    print(name, value)
+    for key, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+        print(name if key is None else name + "." + key, v)
 PY
 }
 
@@ -151,7 +159,7 @@ on_exit() {
     echo "---" >&2
   fi
   stop_host
-  stop_provider
+  stop_servers
   exit "$status"
 }
 trap on_exit EXIT
@@ -219,8 +227,9 @@ done
 # --- 2. start the host -------------------------------------------------------
 
 clean_previous_run
-say "starting the payment provider on 127.0.0.1:$PROVIDER_PORT (servers/payment_provider.py)"
-start_provider
+say "starting the payment provider (127.0.0.1:$PROVIDER_PORT) and the webhook receiver (127.0.0.1:$RECEIVER_PORT)"
+start_server "payment provider" "$PROVIDER_PORT" payment_provider.py --decline-percent 10 --timeout-percent 20
+start_server "webhook receiver" "$RECEIVER_PORT" webhook_receiver.py
 say "starting: eventhost run --config $CONFIG   (log: $LOG)"
 # In a session of its own (when setsid exists) so a Ctrl-C in the terminal
 # reaches only this script, whose trap stops the host with one SIGTERM; a
@@ -302,7 +311,8 @@ printf '    %d orders published in %.2f s\n' "$N" "$(awk -v a="$start" -v b="$pu
 # lag <n> ..."; an unknown lag counts as unfinished).
 unfinished() {
   local stream
-  for stream in events:all "${SUBSCRIBERS[@]/#/events:sub:}"; do
+  # (and the notification service's webhooks, queued to be sent)
+  for stream in events:all "${SUBSCRIBERS[@]/#/events:sub:}" events:sub:notification-service:http; do
     echo "XINFO GROUPS $stream"
   done | rc | tr -d '\r' |
     awk 'prev == "pending" || prev == "lag" { s += ($0 == "" ? 1 : $0) } { prev = $0 } END { print s + 0 }'
@@ -367,8 +377,9 @@ other_dlq=0
 for stream in events:all:dlq events:sub:order-service:dlq events:sub:shipping-service:dlq events:sub:notification-service:dlq; do
   other_dlq=$((other_dlq + $(rc XLEN "$stream")))
 done
-declare -A provider
-while read -r name value; do provider[$name]=$value; done < <(provider_stats)
+declare -A provider receiver
+while read -r name value; do provider[$name]=$value; done < <(server_stats "$PROVIDER_PORT")
+while read -r name value; do receiver[$name]=$value; done < <(server_stats "$RECEIVER_PORT")
 elapsed="$(awk -v a="$start" -v b="$done_at" 'BEGIN { printf "%.2f", b - a }')"
 rate="$(awk -v d="$deliveries" -v a="$start" -v b="$done_at" 'BEGIN { printf "%.0f", d / (b - a) }')"
 
@@ -388,6 +399,8 @@ printf '  %-24s %7d   orders charged twice; %d distinct Idempotency-Keys\n' "" \
   "${provider[double_charged]}" "${provider[keys]}"
 printf '  %-24s %7d\n' "shipped" "$status_shipped"
 printf '  %-24s %7d\n' "notifications sent" "$notified"
+printf '  %-24s %7d   webhooks with %d distinct Idempotency-Keys (sent after each commit)\n' \
+  "webhook receiver got" "${receiver[requests]}" "${receiver[keys]}"
 for type in OrderCreatedEvent PaymentProcessedEvent OrderShippedEvent; do
   printf '  %-24s %7d\n' "  $type" "$(counter events:state:notification-service "notified:$type")"
 done
@@ -421,6 +434,8 @@ problems=()
 ((provider[double_charged] == 0)) || problems+=("the provider charged ${provider[double_charged]} orders twice")
 ((provider[charges] == paid)) || problems+=("the provider made ${provider[charges]} charges for $paid payments")
 ((provider[declined] == declined)) || problems+=("the provider declined ${provider[declined]} cards, $declined payments are dead-lettered")
+((receiver[keys] == notified)) || problems+=("the receiver got ${receiver[keys]} distinct webhooks for $notified notifications")
+((receiver[without_key] == 0)) || problems+=("${receiver[without_key]} webhooks came without an Idempotency-Key")
 ((provider[timeouts] == retried)) || problems+=("the provider timed out ${provider[timeouts]} times, the service retried $retried")
 if ((${#problems[@]} > 0)); then
   printf '  problem: %s\n' "${problems[@]}" >&2
@@ -428,7 +443,7 @@ if ((${#problems[@]} > 0)); then
 fi
 
 echo
-say "stopping the host (SIGTERM; it stops its redis-server) and the provider"
+say "stopping the host (SIGTERM; it stops its redis-server) and the servers"
 stop_host
-stop_provider
+stop_servers
 echo "    done. The host's log is $LOG."
