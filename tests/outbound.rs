@@ -7,12 +7,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
+use support::http_server::read_request;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -38,44 +39,24 @@ impl Server {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut first = String::new();
-                if reader.read_line(&mut first).is_err() {
+                let Some(request) = read_request(&mut reader) else {
                     continue;
-                }
-                let mut host = String::new();
-                let mut key = String::new();
-                let mut trace = String::new();
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(value) = lower.strip_prefix("host:") {
-                        host = value.trim().to_string();
-                    }
-                    if let Some(value) = lower.strip_prefix("idempotency-key:") {
-                        key = value.trim().to_string();
-                    }
-                    if let Some(value) = lower.strip_prefix("traceparent:") {
-                        trace = format!(" trace={}", value.trim());
-                    }
-                    if let Some(value) = lower.strip_prefix("content-length:") {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = std::io::Read::read_exact(&mut reader, &mut body);
-                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-                record
-                    .lock()
-                    .unwrap()
-                    .push(format!("{} host={host}{trace} key={key}", first.trim()));
+                };
+                let header = |name| request.header(name).unwrap_or_default();
+                let trace = request
+                    .header("traceparent")
+                    .map_or(String::new(), |t| format!(" trace={t}"));
+                record.lock().unwrap().push(format!(
+                    "{} host={}{trace} key={}",
+                    request.line,
+                    header("host"),
+                    header("idempotency-key")
+                ));
+                let (path, body) = (request.path(), &request.body);
                 let answer = if path == "/big" {
                     vec![b'x'; 9 << 20]
                 } else {
-                    format!("hello {path} {}", String::from_utf8_lossy(&body)).into_bytes()
+                    format!("hello {path} {}", String::from_utf8_lossy(body)).into_bytes()
                 };
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

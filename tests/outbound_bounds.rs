@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::attack::{peak_mib, Attack, Pace, BYSTANDER};
+use support::http_server::read_request;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -42,11 +43,9 @@ impl Loopback {
                 let (answer, sent) = (answer.clone(), sent.clone());
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-                        line.clear();
+                    if read_request(&mut reader).is_some() {
+                        answer(&mut stream, &sent);
                     }
-                    answer(&mut stream, &sent);
                 });
             }
         });

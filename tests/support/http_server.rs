@@ -2,9 +2,66 @@
 //! every request `hello <path> <body>` and keeps what it was sent, so a
 //! test can tell what reached it (and that a denied request did not).
 
-use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
+
+/// One request as read off a connection: every test server parses with
+/// [`read_request`].
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The request line, e.g. `POST /charge HTTP/1.1`.
+    pub line: String,
+    /// The headers, names in lowercase, values trimmed.
+    pub headers: Vec<(String, String)>,
+    /// The body, as long as its `Content-Length` says.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The path of the request line.
+    pub fn path(&self) -> &str {
+        self.line.split_whitespace().nth(1).unwrap_or("/")
+    }
+}
+
+/// Reads one request (its head, and a body of its `Content-Length`) from
+/// `reader`; `None` if the connection ended before a request line.
+pub fn read_request(reader: &mut impl BufRead) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+            break;
+        }
+        let (name, value) = header.split_once(':').unwrap_or((&header, ""));
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0usize);
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    Some(Request {
+        line: line.trim().to_string(),
+        headers,
+        body,
+    })
+}
 
 /// One request as the server read it.
 #[derive(Clone, Debug)]
@@ -37,34 +94,18 @@ impl HttpServer {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
+                let Some(request) = read_request(&mut reader) else {
                     continue;
-                }
-                let (mut host, mut key, mut length) = (String::new(), String::new(), 0usize);
-                loop {
-                    let mut header = String::new();
-                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                        break;
-                    }
-                    let (name, value) = header.split_once(':').unwrap_or((&header, ""));
-                    let value = value.trim().to_string();
-                    match name.to_ascii_lowercase().as_str() {
-                        "host" => host = value,
-                        "idempotency-key" => key = value,
-                        "content-length" => length = value.parse().unwrap_or(0),
-                        _ => {}
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                let body = String::from_utf8_lossy(&body).into_owned();
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let answer = format!("hello {path} {body}");
+                };
+                let body = String::from_utf8_lossy(&request.body).into_owned();
+                let answer = format!("hello {} {body}", request.path());
                 record.lock().unwrap().push(Seen {
-                    line: line.trim().to_string(),
-                    host,
-                    key,
+                    line: request.line.clone(),
+                    host: request.header("host").unwrap_or_default().to_string(),
+                    key: request
+                        .header("idempotency-key")
+                        .unwrap_or_default()
+                        .to_string(),
                     body,
                 });
                 let _ = write!(

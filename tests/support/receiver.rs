@@ -2,11 +2,13 @@
 //! keeps every request it gets (path, `Idempotency-Key`, JSON body).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+
+use super::http_server::read_request;
 
 /// One request a receiver got: its path, `Idempotency-Key` and body.
 #[derive(Debug, Clone)]
@@ -42,27 +44,15 @@ impl Receiver {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut first = String::new();
-                if reader.read_line(&mut first).is_err() {
+                let Some(request) = read_request(&mut reader) else {
                     continue;
-                }
-                let (mut key, mut length) = (String::new(), 0usize);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(value) = lower.strip_prefix("idempotency-key:") {
-                        key = value.trim().to_string();
-                    }
-                    if let Some(value) = lower.strip_prefix("content-length:") {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                };
+                let path = request.path().to_string();
+                let key = request
+                    .header("idempotency-key")
+                    .unwrap_or_default()
+                    .to_string();
+                let body = request.body;
                 let (status, answer) = match path.as_str() {
                     "/reject" => ("400 Bad Request", "no such account"),
                     "/flaky" if *failing.lock().unwrap() => ("503 Unavailable", "try later"),
