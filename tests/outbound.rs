@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use support::http_server::read_request;
+use support::http_server::{fetched, read_request};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -74,27 +74,6 @@ impl Server {
     }
 }
 
-/// What the fetch plugin recorded for event `id`: `Ok((status, body))` or
-/// `Err(error)`.
-fn outcome(
-    conn: &mut redis::Connection,
-    subscriber: &str,
-    id: &str,
-) -> Result<(String, String), String> {
-    let mut st = std::collections::HashMap::new();
-    eventually("the plugin records the outcome", WAIT, || {
-        st = state(conn, subscriber);
-        st.contains_key(&format!("status:{id}")) || st.contains_key(&format!("error:{id}"))
-    });
-    match st.get(&format!("error:{id}")) {
-        Some(error) => Err(error.clone()),
-        None => Ok((
-            st[&format!("status:{id}")].clone(),
-            st[&format!("body:{id}")].clone(),
-        )),
-    }
-}
-
 #[test]
 fn a_granted_request_is_sent_and_every_other_is_denied_and_counted() {
     let server = Server::start();
@@ -121,7 +100,7 @@ fn a_granted_request_is_sent_and_every_other_is_denied_and_counted() {
         "Fetch",
         json!({"url": format!("{url}?amount=100")}),
     );
-    let (status, body) = outcome(&mut conn, "fetcher", &id).expect("a granted request is sent");
+    let (status, body) = fetched(&mut conn, "fetcher", &id).expect("a granted request is sent");
     assert_eq!(status, "200");
     assert_eq!(body, "hello /charge?amount=100 ");
     let seen = server.seen();
@@ -154,7 +133,7 @@ fn a_granted_request_is_sent_and_every_other_is_denied_and_counted() {
         ),
     ];
     for (subscriber, id) in &denied {
-        let error = outcome(&mut conn, subscriber, id).expect_err("denied");
+        let error = fetched(&mut conn, subscriber, id).expect_err("denied");
         assert!(error.contains("HttpRequestDenied"), "{subscriber}: {error}");
     }
     assert_eq!(
@@ -171,7 +150,7 @@ fn a_granted_request_is_sent_and_every_other_is_denied_and_counted() {
         "Fetch",
         json!({"url": format!("http://127.0.0.1:{port}/big")}),
     );
-    let error = outcome(&mut conn, "fetcher", &big).expect_err("over the limit");
+    let error = fetched(&mut conn, "fetcher", &big).expect_err("over the limit");
     assert!(error.contains("read failed"), "{error}");
 
     let text = scrape(&metrics);
@@ -309,11 +288,11 @@ fn https_to_a_private_endpoint_trusts_the_ca_its_grants_name() {
     let mut conn = world.conn();
     let url = format!("https://127.0.0.1:{port}/");
     let id = publish(&mut conn, "Fetch", json!({"url": url}));
-    let (status, body) = outcome(&mut conn, "trusting", &id).expect("trusted through its CA file");
+    let (status, body) = fetched(&mut conn, "trusting", &id).expect("trusted through its CA file");
     assert_eq!(status, "200");
     assert!(body.contains("s_server"), "{body}");
     let id = publish(&mut conn, "FetchPublic", json!({"url": url}));
-    let error = outcome(&mut conn, "public", &id).expect_err("not trusted");
+    let error = fetched(&mut conn, "public", &id).expect_err("not trusted");
     assert!(error.contains("TlsCertificateError"), "{error}");
     host.stop();
     let _ = server.kill();
@@ -348,7 +327,7 @@ fn each_request_carries_an_idempotency_key_the_same_on_every_attempt_and_the_eve
             && pending(&mut conn, "events:sub:fetcher", "sub:fetcher-group") == 0
     });
     let other = publish(&mut conn, "Fetch", json!({"url": url}));
-    outcome(&mut conn, "fetcher", &other).expect("sent");
+    fetched(&mut conn, "fetcher", &other).expect("sent");
     let keys: Vec<String> = server
         .seen()
         .iter()
@@ -387,7 +366,7 @@ fn grants_reload_live() {
     let mut conn = world.conn();
     let url = format!("http://127.0.0.1:{port}/");
     let before = publish(&mut conn, "Fetch", json!({"url": url}));
-    let error = outcome(&mut conn, "fetcher", &before).expect_err("not granted yet");
+    let error = fetched(&mut conn, "fetcher", &before).expect_err("not granted yet");
     assert!(error.contains("HttpRequestDenied"), "{error}");
 
     world.configure_watched(&format!(
@@ -395,7 +374,7 @@ fn grants_reload_live() {
     ));
     host.wait_for_log("settings changed");
     let after = publish(&mut conn, "Fetch", json!({"url": url}));
-    let (status, _) = outcome(&mut conn, "fetcher", &after).expect("granted now");
+    let (status, _) = fetched(&mut conn, "fetcher", &after).expect("granted now");
     assert_eq!(status, "200");
     assert_eq!(server.seen().len(), 1);
     host.stop();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::attack::{peak_mib, Attack, Pace, BYSTANDER};
-use support::http_server::read_request;
+use support::http_server::{fetched, read_request};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -109,23 +109,6 @@ fn slow_fetcher(grants: &[&Loopback], timeout_ms: u64) -> World {
     world
 }
 
-/// What the fetch plugin recorded for event `id`: `Ok((status, body))` or
-/// `Err(error)`.
-fn outcome(conn: &mut redis::Connection, id: &str) -> Result<(String, String), String> {
-    let mut st = std::collections::HashMap::new();
-    eventually("the plugin records the outcome", WAIT, || {
-        st = state(conn, "fetcher");
-        st.contains_key(&format!("status:{id}")) || st.contains_key(&format!("error:{id}"))
-    });
-    match st.get(&format!("error:{id}")) {
-        Some(error) => Err(error.clone()),
-        None => Ok((
-            st[&format!("status:{id}")].clone(),
-            st[&format!("body:{id}")].clone(),
-        )),
-    }
-}
-
 #[test]
 fn a_redirect_out_of_the_grants_is_not_followed_and_a_client_following_it_is_denied() {
     let elsewhere = Loopback::ok();
@@ -142,7 +125,8 @@ fn a_redirect_out_of_the_grants_is_not_followed_and_a_client_following_it_is_den
     let mut conn = world.conn();
 
     let id = publish(&mut conn, "Fetch", json!({"url": granted.url()}));
-    let (status, location) = outcome(&mut conn, &id).expect("the redirect itself is granted");
+    let (status, location) =
+        fetched(&mut conn, "fetcher", &id).expect("the redirect itself is granted");
     assert_eq!(
         (status.as_str(), location.as_str()),
         ("302", elsewhere.url().as_str()),
@@ -153,7 +137,7 @@ fn a_redirect_out_of_the_grants_is_not_followed_and_a_client_following_it_is_den
         "Fetch",
         json!({"url": granted.url(), "follow": true}),
     );
-    let error = outcome(&mut conn, &id).expect_err("following it leaves the grants");
+    let error = fetched(&mut conn, "fetcher", &id).expect_err("following it leaves the grants");
     assert!(error.contains("HttpRequestDenied"), "{error}");
     assert_eq!(
         elsewhere.connections(),
@@ -218,10 +202,10 @@ fn a_1_gib_response_is_cut_at_its_bound_and_the_host_memory_stays_flat() {
     let mut conn = world.conn();
     // Once warm: the first call's compile and instance are not the response.
     let warm = publish(&mut conn, "Fetch", json!({"url": "http://127.0.0.2:1/"}));
-    outcome(&mut conn, &warm).expect_err("warming up");
+    fetched(&mut conn, "fetcher", &warm).expect_err("warming up");
     let before = peak_mib(&host);
     let id = publish(&mut conn, "Fetch", json!({"url": huge.url()}));
-    let error = outcome(&mut conn, &id).expect_err("the body is over its bound");
+    let error = fetched(&mut conn, "fetcher", &id).expect_err("the body is over its bound");
     let grew = peak_mib(&host) - before;
     let written = huge.written.load(Ordering::SeqCst) >> 20;
     println!("a 1 GiB response: the plugin saw {error:?}; the server wrote {written} MiB; host peak RSS +{grew} MiB");

@@ -5,6 +5,9 @@
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{eventually, state};
 
 /// One request as read off a connection: every test server parses with
 /// [`read_request`].
@@ -121,5 +124,30 @@ impl HttpServer {
     /// Every request seen so far, in order.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+}
+
+/// What the fetch plugin recorded for event `id`: `Ok((status, body))` or
+/// `Err(error)`.
+pub fn fetched(
+    conn: &mut redis::Connection,
+    subscriber: &str,
+    id: &str,
+) -> Result<(String, String), String> {
+    let mut st = std::collections::HashMap::new();
+    eventually(
+        "the plugin records the outcome",
+        Duration::from_secs(30),
+        || {
+            st = state(conn, subscriber);
+            st.contains_key(&format!("status:{id}")) || st.contains_key(&format!("error:{id}"))
+        },
+    );
+    match st.get(&format!("error:{id}")) {
+        Some(error) => Err(error.clone()),
+        None => Ok((
+            st[&format!("status:{id}")].clone(),
+            st[&format!("body:{id}")].clone(),
+        )),
     }
 }
