@@ -416,10 +416,11 @@ fn status_shows_hosts_builds_backlog_pending_and_rates_from_redis_alone() {
     assert_eq!(status["fanout"]["stream"], "events:all");
 
     // A slow handler holds an entry: pending, by consumer, with its age.
-    publish(&mut conn, "Ping", json!({"act": "sleep", "sleep_ms": 4000}));
+    // Long enough for three `status` runs on a busy machine.
+    publish(&mut conn, "Ping", json!({"act": "sleep", "sleep_ms": 8000}));
     eventually(
         "status sees the entry pending",
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         || {
             status = json_of(&world, &["status", "--json"]);
             let probe = &status["subscribers"][0];
