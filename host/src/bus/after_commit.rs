@@ -28,7 +28,7 @@ use super::subscriber::Subscription;
 use super::worker::{self, Patience, Round, Worker};
 use super::BLOCK;
 use crate::config::BusConfig;
-use crate::handler::{retry_delay, Delivery, QueuedRequest};
+use crate::handler::{retry_delay, Delivery, QueuedRequest, MAX_ATTEMPTS};
 use crate::telemetry::metrics;
 
 /// The `kind` of a dead letter of a request that was never sent.
@@ -85,17 +85,23 @@ impl Sender {
     /// (it stays pending).
     async fn deliver(&self, entry: &StreamEntry) -> Option<Done> {
         let subscriber = self.subscription.name.as_str();
+        // The entry is read back from Redis, where anyone with access may
+        // have written it: bounded as a commit writes it, before parsing,
+        // and its attempts clamped, so no entry is retried without end.
+        let limit = self.bus.max_payload_bytes;
         let parsed = entry
             .data()
             .ok_or_else(|| "an entry without data".to_string())
-            .and_then(|data| {
-                serde_json::from_slice::<QueuedRequest>(data)
-                    .map_err(|err| format!("not a queued request: {err}"))
+            .and_then(|data| match data.len() {
+                n if n > limit => Err(format!("an entry of {n} bytes, over {limit}")),
+                _ => serde_json::from_slice::<QueuedRequest>(data)
+                    .map_err(|err| format!("not a queued request: {err}")),
             });
-        let request = match parsed {
+        let mut request = match parsed {
             Ok(request) => request,
             Err(why) => return Some(self.dead_letter(entry, &why, 1)),
         };
+        request.attempts = request.attempts.clamp(1, MAX_ATTEMPTS);
         let mut attempt = 1;
         loop {
             let delivery = match self.subscription.handler().request_sender() {
