@@ -159,6 +159,14 @@ local function chunked(command, from, to)
   end
 end
 
+-- Appends ARGV[from..to], one entry each, to the stream `key`: an
+-- event's publishes, or its queued requests.
+local function append(key, from, to)
+  for j = from, to do
+    redis.call('XADD', key, '*', 'data', ARGV[j])
+  end
+end
+
 local blocked = false
 i = 4 + quiet
 while i <= n do
@@ -182,11 +190,7 @@ while i <= n do
   end
   if kind == 'ok' then
     local p = tonumber(ARGV[i])
-    if acked then
-      for j = i + 1, i + p do
-        redis.call('XADD', KEYS[4], '*', 'data', ARGV[j])
-      end
-    end
+    if acked then append(KEYS[4], i + 1, i + p) end
     i = i + 1 + p
     local s = tonumber(ARGV[i])
     if acked and s > 0 then chunked('HSET', i + 1, i + 2 * s) end
@@ -195,11 +199,7 @@ while i <= n do
     if acked and d > 0 then chunked('HDEL', i + 1, i + d) end
     i = i + 1 + d
     local h = tonumber(ARGV[i])
-    if acked then
-      for j = i + 1, i + h do
-        redis.call('XADD', KEYS[5], '*', 'data', ARGV[j])
-      end
-    end
+    if acked then append(KEYS[5], i + 1, i + h) end
     i = i + 1 + h
   elseif kind == 'dlq' then
     if acked then
