@@ -108,6 +108,25 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// The counters eventhost keeps, in one place so their names stay consistent.
+/// Text from outside (a plugin, a remote server) made safe for one log
+/// line: `text` with every control character escaped (`\n`, `\r`, `\t`, `\e`
+/// as `\u{1b}`, …) and cut to about `max` bytes, saying how much was cut.
+pub fn escape(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 16);
+    for (at, c) in text.char_indices() {
+        if out.len() >= max {
+            out.push_str(&format!("… ({} more bytes cut)", text.len() - at));
+            return out;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub mod metrics {
     use metrics::{counter, gauge, histogram, Counter, Histogram};
 

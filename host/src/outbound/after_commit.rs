@@ -126,5 +126,7 @@ async fn first_bytes(mut body: wasmtime_wasi_http::WasiBody) -> String {
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
     head.truncate(REASON_BODY_BYTES);
-    String::from_utf8_lossy(&head).into_owned()
+    // A remote server's words go to the log and the DLQ: escaped, so they
+    // cannot forge a line.
+    crate::telemetry::escape(&String::from_utf8_lossy(&head), 2 * REASON_BODY_BYTES)
 }

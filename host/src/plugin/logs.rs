@@ -22,23 +22,7 @@ pub const RATE_PER_SECOND: f64 = 100.0;
 /// Lines a subscriber may log at once before the rate applies.
 pub const BURST: f64 = 500.0;
 
-/// `text` with every control character escaped (`\n`, `\r`, `\t`, `\e`
-/// as `\u{1b}`, …) and cut to about `max` bytes, saying how much was cut.
-pub fn escape(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max) + 16);
-    for (at, c) in text.char_indices() {
-        if out.len() >= max {
-            out.push_str(&format!("… ({} more bytes cut)", text.len() - at));
-            return out;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use crate::telemetry::escape;
 
 /// What one call logged and dropped; reset at the start of each call.
 #[derive(Debug, Default)]
