@@ -204,6 +204,7 @@ async fn plugin(addr: SocketAddr, requests: usize) -> Run {
         effects_bytes: 1 << 20,
         publish: PublishLimits::default(),
         retry_backoff: Duration::ZERO,
+        order: None,
         config: BTreeMap::new(),
         grants: Grants {
             http: vec![HttpGrant::parse(&format!("http://{addr}")).unwrap()],

@@ -138,6 +138,7 @@ pub async fn invoke(
         effects_bytes: crate::config::DEFAULT_EFFECTS_MB << 20,
         publish: crate::config::PublishLimits::default(),
         retry_backoff: Duration::ZERO,
+        order: None,
         config: invocation.config.clone(),
         grants: Grants {
             http: invocation.http.clone(),

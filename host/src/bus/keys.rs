@@ -42,6 +42,31 @@ impl QueueKeys {
     }
 }
 
+/// Where a subscriber with `order_by` keeps each key's order: of the
+/// events of one key, only the oldest (the key's holder) is in the
+/// subscriber's stream; the others wait in the key's list until the
+/// holder is committed or dead-lettered (see `scripts/order.lua`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderKeys {
+    /// `events:order:<name>`, a hash: key → the stream id of its holder,
+    /// or `park:<dlq id>` while a dead letter parks it.
+    pub holders: String,
+    /// `events:order:<name>:held`, a sorted set: each key with events
+    /// waiting → when (ms) its oldest waiting event was routed.
+    pub held: String,
+    /// `events:order:<name>:parked`, a sorted set: each parked key → when
+    /// (ms) it was parked.
+    pub parked: String,
+}
+
+impl OrderKeys {
+    /// The list of `key`'s waiting events, oldest first, each
+    /// `<ms routed> <data>`: `events:order:<name>:q:<key>`.
+    pub fn waiting(&self, key: &str) -> String {
+        format!("{}:q:{key}", self.holders)
+    }
+}
+
 /// Every key the bus uses, derived from one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -185,6 +210,17 @@ impl Keys {
         format!("{}seen:{}", self.prefix, self.tag(name))
     }
 
+    /// The keys that keep a subscriber's events in order per key (its
+    /// `order_by`), all in its slot.
+    pub fn order(&self, name: &str) -> OrderKeys {
+        let holders = format!("{}order:{}", self.prefix, self.tag(name));
+        OrderKeys {
+            held: format!("{holders}:held"),
+            parked: format!("{holders}:parked"),
+            holders,
+        }
+    }
+
     /// `name`, as a hash tag on a cluster.
     fn tag(&self, name: &str) -> String {
         match self.cluster {
@@ -288,6 +324,11 @@ mod tests {
         assert_eq!(keys.ingress(), [keys.all()]);
         assert_eq!(keys.ingress_for("any"), keys.all());
         assert_eq!(keys.outbox("pay"), None);
+        let order = keys.order("pay");
+        assert_eq!(order.holders, "events:order:pay");
+        assert_eq!(order.held, "events:order:pay:held");
+        assert_eq!(order.parked, "events:order:pay:parked");
+        assert_eq!(order.waiting("o-1"), "events:order:pay:q:o-1");
         assert_eq!(keys.subscriber_of("events:sub:pay").as_deref(), Some("pay"));
         assert_eq!(keys.subscriber_of("events:sub:pay:dlq"), None);
     }
@@ -307,6 +348,10 @@ mod tests {
             keys.state("pay"),
             outbox.stream,
             keys.seen("pay"),
+            keys.order("pay").holders,
+            keys.order("pay").held,
+            keys.order("pay").parked,
+            keys.order("pay").waiting("order-{7}"),
         ];
         assert!(all.iter().all(|k| slot(k) == slot("pay")), "{all:?}");
         assert_eq!(keys.subscriber_of(&sub.stream).as_deref(), Some("pay"));

@@ -294,6 +294,9 @@ pub struct SubscriberConfig {
     pub publish: PublishLimits,
     /// First retry delay; doubles per attempt up to [`MAX_RETRY_BACKOFF`].
     pub retry_backoff: Duration,
+    /// `order_by`: events with the same key are handled one at a time, in
+    /// the order they were routed; `None`: no order is kept.
+    pub order: Option<OrderBy>,
     /// What the plugin reads with `config-get`.
     pub config: BTreeMap<String, String>,
     /// Environment variables and folders the plugin may read.
@@ -309,6 +312,43 @@ impl SubscriberConfig {
         let doublings = next_attempt.saturating_sub(2).min(16);
         (self.retry_backoff * (1u32 << doublings)).min(MAX_RETRY_BACKOFF)
     }
+}
+
+/// How a subscriber keeps the events of one key in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderBy {
+    /// The field that holds an event's key, as written (`order_id`,
+    /// `customer.id`): a top-level field, or a dotted path into objects.
+    pub field: String,
+    /// What a dead letter does to its key.
+    pub on_dead_letter: OnDeadLetter,
+    /// What becomes of an event without the field.
+    pub without_key: WithoutKey,
+}
+
+impl OrderBy {
+    /// The path of [`OrderBy::field`], one name per level.
+    pub fn path(&self) -> impl Iterator<Item = &str> {
+        self.field.split('.')
+    }
+}
+
+/// What a dead letter does to the key of its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDeadLetter {
+    /// The key moves on to its next event.
+    Skip,
+    /// The key waits until an operator replays or skips the dead letter.
+    Park,
+}
+
+/// What becomes of an event that has no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithoutKey {
+    /// It is handled without an order, as if the subscriber kept none.
+    Run,
+    /// It is dead-lettered, with the reason.
+    Refuse,
 }
 
 /// Which event types a subscriber receives.

@@ -142,6 +142,7 @@ mod tests {
             effects_bytes: 16 << 20,
             publish: Default::default(),
             retry_backoff: Duration::from_millis(100),
+            order: None,
             config: Default::default(),
             grants: Grants::default(),
         }

@@ -23,10 +23,10 @@ use super::raw::{
 };
 use super::{
     BusConfig, Config, DirGrant, Endpoint, EventFilter, Grants, HttpConfig, LogFormat,
-    PluginsConfig, RedisConfig, Secret, SubscriberConfig, TelemetryConfig, DEFAULT_CACHE_MB,
-    DEFAULT_COMPILE_MEMORY_MB, DEFAULT_COMPILE_TIMEOUT_S, DEFAULT_DEDUPE_WINDOW_S,
-    DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES, DEFAULT_MAX_FILE_MB, DEFAULT_PARTITIONS,
-    MAX_RETRY_BACKOFF, MIN_TOKEN_CHARS, STATE_DIR,
+    OnDeadLetter, OrderBy, PluginsConfig, RedisConfig, Secret, SubscriberConfig, TelemetryConfig,
+    WithoutKey, DEFAULT_CACHE_MB, DEFAULT_COMPILE_MEMORY_MB, DEFAULT_COMPILE_TIMEOUT_S,
+    DEFAULT_DEDUPE_WINDOW_S, DEFAULT_EFFECTS_MB, DEFAULT_INSTANCES, DEFAULT_MAX_FILE_MB,
+    DEFAULT_PARTITIONS, MAX_RETRY_BACKOFF, MIN_TOKEN_CHARS, STATE_DIR,
 };
 use crate::config::{PublishLimits, DEFAULT_MAX_HOPS, DEFAULT_MAX_PAYLOAD_BYTES};
 

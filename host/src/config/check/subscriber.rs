@@ -96,6 +96,8 @@ impl Checker<'_> {
             }
         }
 
+        let order = self.check_order(raw.order_by, raw.on_dead_letter, raw.without_key, &key);
+
         let mut config = BTreeMap::new();
         for (k, v) in raw.config {
             let field = format!("{}.{}", key("config"), k.get_ref());
@@ -119,9 +121,78 @@ impl Checker<'_> {
                 max_hops: bus.max_hops,
             },
             retry_backoff: Duration::from_millis(backoff_ms),
+            order,
             config,
             grants,
         }
+    }
+
+    /// `order_by` and the two choices that go with it.
+    fn check_order(
+        &mut self,
+        order_by: Option<Spanned<String>>,
+        on_dead_letter: Option<Spanned<String>>,
+        without_key: Option<Spanned<String>>,
+        key: &dyn Fn(&str) -> String,
+    ) -> Option<OrderBy> {
+        let Some(field) = order_by else {
+            for (choice, name) in [
+                (on_dead_letter, "on_dead_letter"),
+                (without_key, "without_key"),
+            ] {
+                if let Some(choice) = choice {
+                    self.push(
+                        Some(choice.span()),
+                        &key(name),
+                        "only means something with order_by = \"<field>\"",
+                    );
+                }
+            }
+            return None;
+        };
+        let text = field.get_ref();
+        if text.is_empty() || text.split('.').any(str::is_empty) {
+            self.push(
+                Some(field.span()),
+                &key("order_by"),
+                "must name a field of the event's JSON, e.g. \"order_id\" or \"customer.id\"",
+            );
+        }
+        let on_dead_letter = match on_dead_letter {
+            None => OnDeadLetter::Skip,
+            Some(choice) => match choice.get_ref().as_str() {
+                "skip" => OnDeadLetter::Skip,
+                "park" => OnDeadLetter::Park,
+                other => {
+                    self.push(
+                        Some(choice.span()),
+                        &key("on_dead_letter"),
+                        format!("must be \"skip\" (the key moves on) or \"park\" (the key waits for `dlq replay` or `dlq skip`); got {other:?}"),
+                    );
+                    OnDeadLetter::Skip
+                }
+            },
+        };
+        let without_key = match without_key {
+            None => WithoutKey::Run,
+            Some(choice) => match choice.get_ref().as_str() {
+                "run" => WithoutKey::Run,
+                "refuse" => WithoutKey::Refuse,
+                other => {
+                    self.push(
+                        Some(choice.span()),
+                        &key("without_key"),
+                        format!("must be \"run\" (handled without an order) or \"refuse\" (dead-lettered); got {other:?}"),
+                    );
+                    WithoutKey::Run
+                }
+            },
+        };
+        Some(OrderBy {
+            field: field.into_inner(),
+            on_dead_letter,
+            without_key,
+        })
     }
 
     /// A string, number or boolean as the text a plugin reads.
