@@ -601,3 +601,209 @@ fn json_logs_carry_subscriber_event_stream_and_kind_as_fields() {
         assert!(host.stop().success());
     }
 }
+
+/// The read token of the order test's console.
+const READ_TOKEN: &str = "ops-read-token-0123456789";
+
+/// GET `path` on `addr` with the read token: the status and the body.
+fn get_read(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {READ_TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.to_string())
+}
+
+/// The value of the gauge `name{labels}` in a scrape, `None` if absent.
+fn gauge(scrape: &str, name_and_labels: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Unix time now, ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The subscriber named `name` in a status.
+fn subscriber<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no subscriber {name} in {status}"))
+}
+
+/// Order per key (`order_by`): the keys a dead letter parked and the
+/// events held behind their key's holder are read from the order keys in
+/// Redis (`events:order:<name>` and its `:held` and `:parked` sorted
+/// sets, written here as the bus writes them) and shown by `status`
+/// (text and JSON, with or without the config: a live host says which
+/// subscribers keep an order), the console's `/api/status` and
+/// `/metrics`; a subscriber without `order_by` shows none of it.
+#[test]
+fn parked_keys_and_the_oldest_held_event_are_in_status_the_console_and_the_metrics() {
+    let world = world();
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nread_token = \"{READ_TOKEN}\"\n\n\
+         {PROBE}events = [\"Ping\"]\norder_by = \"order_id\"\non_dead_letter = \"park\"\n\n\
+         [subscribers.plain]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n"
+    ));
+    let mut conn = world.conn();
+    let now = now_ms();
+    let _: () = redis::pipe()
+        // Six parked keys, o-1 the oldest (90 s), parked by dead letter 1-0.
+        .zadd("events:order:probe:parked", "o-1", now - 90_000)
+        .zadd("events:order:probe:parked", "o-2", now - 60_000)
+        .zadd("events:order:probe:parked", "o-3", now - 50_000)
+        .zadd("events:order:probe:parked", "o-4", now - 40_000)
+        .zadd("events:order:probe:parked", "o-5", now - 20_000)
+        .zadd("events:order:probe:parked", "o-6", now - 10_000)
+        .hset("events:order:probe", "o-1", "park:1-0")
+        .hset("events:order:probe", "o-2", "park:2-0")
+        // Two keys with events held, the oldest routed 30 s ago.
+        .zadd("events:order:probe:held", "o-7", now - 30_000)
+        .zadd("events:order:probe:held", "o-8", now - 5_000)
+        .hset("events:order:probe", "o-7", "1700000000000-0")
+        // Keys of a subscriber without order_by: not its business to show.
+        .zadd("events:order:plain:parked", "x", now - 1_000)
+        .query(&mut conn)
+        .unwrap();
+    let host = world.host();
+
+    let check = |status: &Value, what: &str| {
+        let order = &subscriber(status, "probe")["order"];
+        assert_eq!(order["order_by"], "order_id", "{what}: {order}");
+        assert_eq!(order["on_dead_letter"], "park", "{what}: {order}");
+        assert_eq!(order["parked"], 6, "{what}: {order}");
+        let shown = order["oldest_parked"].as_array().unwrap();
+        let keys: Vec<&str> = shown.iter().map(|k| k["key"].as_str().unwrap()).collect();
+        assert_eq!(
+            keys,
+            ["o-1", "o-2", "o-3", "o-4", "o-5"],
+            "{what}: five, oldest first"
+        );
+        let age = shown[0]["age_s"].as_f64().unwrap();
+        assert!((90.0..150.0).contains(&age), "{what}: {age}");
+        assert_eq!(shown[0]["parked_at"], (now - 90_000) as f64 / 1000.0);
+        assert_eq!(shown[0]["dead_letter"], "1-0", "{what}");
+        assert_eq!(shown[2]["dead_letter"], Value::Null, "{what}");
+        assert_eq!(order["held"], 2, "{what}: {order}");
+        let held = order["oldest_held_s"].as_f64().unwrap();
+        assert!((30.0..90.0).contains(&held), "{what}: {held}");
+        assert!(
+            subscriber(status, "plain").get("order").is_none(),
+            "{what}: without order_by, nothing new"
+        );
+    };
+    check(&json_of(&world, &["status", "--json"]), "status --json");
+
+    let text = ok(&world, &["status"]);
+    assert!(
+        text.contains(
+            "    order by order_id (a dead letter parks its key): 6 keys PARKED (each waits for \
+             `eventhost dlq replay` or `eventhost dlq skip` of its dead letter), 2 keys holding \
+             events back, the oldest routed "
+        ),
+        "{text}"
+    );
+    assert!(text.contains(" ago: o-1 (dead letter 1-0)\n"), "{text}");
+    assert!(
+        text.contains(" ago: o-5\n      and 1 more parked key\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("order by").count(), 1, "{text}");
+
+    // Without the config: the live host's heartbeat says probe keeps an order.
+    let bare = tempfile::tempdir().unwrap();
+    eventually(
+        "the host's heartbeat is in Redis",
+        Duration::from_secs(10),
+        || {
+            let out = eventhost_in(
+                bare.path(),
+                &["status", "--json", "--url", &world.redis.url()],
+            );
+            let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+            status["subscribers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "probe" && s["order"]["parked"] == 6)
+        },
+    );
+
+    let (code, body) = get_read(&addr, "/api/status");
+    assert_eq!(code, 200, "{body}");
+    check(&serde_json::from_str(&body).unwrap(), "/api/status");
+
+    let probe = |name: &str| format!("{name}{{subscriber=\"probe\"}}");
+    let mut scrape = String::new();
+    eventually(
+        "the metrics show the order keys",
+        Duration::from_secs(10),
+        || {
+            scrape = http_get(&addr, "/metrics").1;
+            gauge(&scrape, &probe("eventhost_order_parked_keys")) == Some(6.0)
+        },
+    );
+    assert_eq!(
+        gauge(&scrape, &probe("eventhost_order_held_keys")),
+        Some(2.0)
+    );
+    let oldest = gauge(&scrape, &probe("eventhost_order_oldest_held_seconds")).unwrap();
+    assert!((30.0..90.0).contains(&oldest), "{oldest}");
+    assert!(
+        !scrape
+            .lines()
+            .any(|l| l.starts_with("eventhost_order_") && l.contains("\"plain\"")),
+        "no order gauges for plain:\n{scrape}"
+    );
+
+    // Released and drained: nothing parked, nothing held.
+    let _: () = redis::pipe()
+        .del("events:order:probe:parked")
+        .del("events:order:probe:held")
+        .query(&mut conn)
+        .unwrap();
+    let status = json_of(&world, &["status", "--json"]);
+    let order = &subscriber(&status, "probe")["order"];
+    assert_eq!(
+        (&order["parked"], &order["held"], &order["oldest_held_s"]),
+        (&json!(0), &json!(0), &Value::Null),
+        "{order}"
+    );
+    assert_eq!(order["oldest_parked"], json!([]));
+    assert!(ok(&world, &["status"]).contains(
+        "order by order_id (a dead letter parks its key): no key parked, no event held\n"
+    ));
+    eventually(
+        "the metrics show nothing parked or held",
+        Duration::from_secs(10),
+        || {
+            scrape = http_get(&addr, "/metrics").1;
+            gauge(&scrape, &probe("eventhost_order_parked_keys")) == Some(0.0)
+                && gauge(&scrape, &probe("eventhost_order_held_keys")) == Some(0.0)
+                && gauge(&scrape, &probe("eventhost_order_oldest_held_seconds")) == Some(0.0)
+        },
+    );
+    assert!(host.stop().success());
+}
