@@ -120,8 +120,9 @@ function render(status) {
       k.key + (k.key_cut ? "…" : "") + " (" + span(k.age_s) + (k.dead_letter ? ", dead letter " + k.dead_letter : "") + ")");
     const more = order.parked - order.oldest_parked.length;
     if (more > 0) keys.push("and " + more + " more");
-    const item = el("li", sub.name + ": " + order.parked + (order.parked === 1 ? " key" : " keys") +
-      " parked by a dead letter (order_by " + order.order_by + "), waiting for a replay or a skip of its dead letter: " +
+    const item = el("li", sub.name + ": " + order.parked +
+      (order.parked === 1 ? " key parked by a dead letter" : " keys parked by dead letters") +
+      " (order_by " + order.order_by + "), each waiting for a replay or a skip of its dead letter: " +
       keys.join(", ") + " ", { "data-name": sub.name });
     item.appendChild(el("a", "(dead letters)", { href: "#dlq/" + encodeURIComponent(sub.name) }));
     parked.appendChild(item);
