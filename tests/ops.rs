@@ -807,3 +807,104 @@ fn parked_keys_and_the_oldest_held_event_are_in_status_the_console_and_the_metri
     );
     assert!(host.stop().success());
 }
+
+/// The same from the bus itself: the probe rejecting an event of key o-1
+/// (`on_dead_letter = "park"`) parks o-1, and the next event of o-1 waits
+/// behind it while o-2 runs; `status`, `/api/status` and `/metrics` show
+/// the parked key with its dead letter and the held event, until
+/// `eventhost dlq skip` lets the key move on.
+#[test]
+fn a_rejected_event_parks_its_key_in_status_until_its_dead_letter_is_skipped() {
+    let world = world();
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nread_token = \"{READ_TOKEN}\"\n\n\
+         {PROBE}events = [\"Ping\"]\norder_by = \"order_id\"\non_dead_letter = \"park\"\n"
+    ));
+    let host = world.host();
+    let mut conn = world.conn();
+    publish(
+        &mut conn,
+        "Ping",
+        json!({"order_id": "o-1", "act": "reject"}),
+    );
+    eventually(
+        "the rejected event is dead-lettered",
+        Duration::from_secs(10),
+        || len(&mut conn, DLQ) == 1,
+    );
+    let letter = entries(&mut conn, DLQ)[0].0.clone();
+    let next = publish(&mut conn, "Ping", json!({"order_id": "o-1", "n": 2}));
+    let other = publish(&mut conn, "Ping", json!({"order_id": "o-2"}));
+    eventually("the other key runs", Duration::from_secs(10), || {
+        seen_all(&mut conn, "probe", std::slice::from_ref(&other))
+    });
+    assert!(
+        !seen_all(&mut conn, "probe", std::slice::from_ref(&next)),
+        "o-1 is parked"
+    );
+
+    let mut status = Value::Null;
+    eventually(
+        "status shows o-1 parked and its next event held",
+        Duration::from_secs(10),
+        || {
+            status = json_of(&world, &["status", "--json"]);
+            let order = &subscriber(&status, "probe")["order"];
+            order["parked"] == 1 && order["held"] == 1
+        },
+    );
+    let order = &subscriber(&status, "probe")["order"];
+    assert_eq!(order["oldest_parked"][0]["key"], "o-1", "{order}");
+    assert_eq!(
+        order["oldest_parked"][0]["dead_letter"],
+        letter.as_str(),
+        "{order}"
+    );
+    assert!(order["oldest_held_s"].as_f64().unwrap() < 60.0, "{order}");
+    let text = ok(&world, &["status"]);
+    assert!(text.contains("1 key PARKED"), "{text}");
+    assert!(
+        text.contains(&format!(" ago: o-1 (dead letter {letter})\n")),
+        "{text}"
+    );
+    let (code, body) = get_read(&addr, "/api/status");
+    assert_eq!(code, 200, "{body}");
+    let api: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(subscriber(&api, "probe")["order"]["parked"], 1, "{body}");
+    let probe = |name: &str| format!("{name}{{subscriber=\"probe\"}}");
+    eventually(
+        "the metrics show the parked key",
+        Duration::from_secs(10),
+        || {
+            let scrape = http_get(&addr, "/metrics").1;
+            gauge(&scrape, &probe("eventhost_order_parked_keys")) == Some(1.0)
+                && gauge(&scrape, &probe("eventhost_order_held_keys")) == Some(1.0)
+        },
+    );
+
+    // Skipped: o-1 moves on to its next event; nothing parked or held.
+    let skipped = ok(&world, &["dlq", "skip", "probe", &letter]);
+    assert!(skipped.starts_with("1 key moved on"), "{skipped}");
+    eventually("o-1's next event runs", Duration::from_secs(10), || {
+        seen_all(&mut conn, "probe", std::slice::from_ref(&next))
+    });
+    let status = json_of(&world, &["status", "--json"]);
+    let order = &subscriber(&status, "probe")["order"];
+    assert_eq!(
+        (&order["parked"], &order["held"], &order["oldest_held_s"]),
+        (&json!(0), &json!(0), &Value::Null),
+        "{order}"
+    );
+    eventually(
+        "the metrics show nothing parked",
+        Duration::from_secs(10),
+        || {
+            let scrape = http_get(&addr, "/metrics").1;
+            gauge(&scrape, &probe("eventhost_order_parked_keys")) == Some(0.0)
+                && gauge(&scrape, &probe("eventhost_order_held_keys")) == Some(0.0)
+        },
+    );
+    assert_eq!(len(&mut conn, DLQ), 1, "the letter stays in the DLQ");
+    assert!(host.stop().success());
+}
