@@ -484,10 +484,13 @@ async fn the_commit_queues_a_request_once_and_only_with_its_acknowledgement() {
         state: "state",
         all: "all",
         http: "s:http",
+        holders: "order",
+        held: "order:held",
+        parked: "order:parked",
     };
     let mut batch = CommitBatch::new("g", false);
-    batch.ok(&first, &effects, 1.0);
-    batch.dead_letter(&second, "{\"dead\":true}".into(), &Vec::new());
+    batch.ok(&first, None, &effects, 1.0);
+    batch.dead_letter(&second, None, "{\"dead\":true}".into(), &Vec::new());
     assert_eq!(batch.apply(&mut conn, &keys).await.unwrap().skipped, 0);
     let queued: Vec<(String, Vec<(String, String)>)> =
         conn.xrange("s:http", "-", "+").await.unwrap();

@@ -6,8 +6,10 @@ mod support;
 use std::time::Duration;
 
 use eventhost::bus::connection::{Connector, Endpoint, RedisConn};
+use eventhost::bus::keys::{Keys, OrderKeys};
 use eventhost::bus::scripts::{
-    self, CommitBatch, CommitKeys, Committed, Copied, CopyBatch, FanoutBatch, ReplayKeys,
+    self, CommitBatch, CommitKeys, Committed, Copied, CopyBatch, FanoutBatch, FanoutKeys, Letter,
+    ReplayKeys, Target,
 };
 use eventhost::bus::state::stamp_field;
 use eventhost::handler::{Effects, Seen, COMPARED_BYTES};
@@ -22,6 +24,27 @@ async fn stream(conn: &mut RedisConn, stream: &str) -> Vec<(String, String)> {
         .into_iter()
         .map(|(id, fields)| (id, fields.into_iter().find(|(k, _)| k == "data").unwrap().1))
         .collect()
+}
+
+/// The fan-out's keys for `streams` (ingress `s`), each subscriber's order
+/// keys named after its stream.
+fn fanout_keys(streams: &[String]) -> FanoutKeys<'_> {
+    let named = |suffix: &str| -> &'static [String] {
+        let names: Vec<String> = streams.iter().map(|s| format!("{s}:{suffix}")).collect();
+        Box::leak(names.into_boxed_slice())
+    };
+    FanoutKeys {
+        all: "s",
+        all_dlq: "s:dlq",
+        streams,
+        holders: named("order"),
+        held: named("held"),
+    }
+}
+
+/// The order keys of the subscriber whose stream is `sub`.
+fn order() -> OrderKeys {
+    Keys::new("").order("sub")
 }
 
 /// A stream `s` with group `g` that has read `n` new entries.
@@ -41,12 +64,16 @@ async fn the_fanout_copies_each_pending_entry_once_and_dead_letters_the_rest() {
     let mut s = server().await;
     let ids = delivered(&mut s.conn, 3).await;
     let mut batch = FanoutBatch::new("g");
-    batch.route(&ids[0], &[0, 1], b"{\"event_type\":\"A\"}");
-    batch.route(&ids[1], &[], b"{\"event_type\":\"B\"}");
+    batch.route(
+        &ids[0],
+        &Target::unordered(&[0, 1]),
+        b"{\"event_type\":\"A\"}",
+    );
+    batch.route(&ids[1], &Target::unordered(&[]), b"{\"event_type\":\"B\"}");
     batch.dead_letter(&ids[2], "{\"_raw\":\"x\"}".into());
     let streams = ["sub:1".to_string(), "sub:2".to_string()];
     let skipped = batch
-        .apply(&mut s.conn, "s", "s:dlq", &streams)
+        .apply(&mut s.conn, &fanout_keys(&streams))
         .await
         .unwrap()
         .skipped;
@@ -67,7 +94,7 @@ async fn the_fanout_copies_each_pending_entry_once_and_dead_letters_the_rest() {
     // The same batch again (a retry after a lost reply, or another
     // consumer that reclaimed it): nothing is written twice.
     let skipped = batch
-        .apply(&mut s.conn, "s", "s:dlq", &streams)
+        .apply(&mut s.conn, &fanout_keys(&streams))
         .await
         .unwrap()
         .skipped;
@@ -81,18 +108,18 @@ async fn a_copy_repeated_within_the_window_is_dropped_and_one_past_it_is_not() {
     let mut s = server().await;
     let conn = &mut s.conn;
     let window = Duration::from_millis(400);
-    let mut batch = CopyBatch::new("sub", "seen");
-    batch.copy("1-0", "event-a", b"{\"n\":1}");
-    batch.copy("1-1", "event-b", b"{\"n\":2}");
+    let mut batch = CopyBatch::new("sub", "seen", &order());
+    batch.copy("1-0", "event-a", b"{\"n\":1}", None);
+    batch.copy("1-1", "event-b", b"{\"n\":2}", None);
     let first = batch.apply(conn, window).await.unwrap();
     assert_eq!(first, Copied::default());
     // A fan-out that crashed before acknowledging copies the batch again,
     // and another routes one of its events once more.
     let again = batch.apply(conn, window).await.unwrap();
     assert_eq!(again.dropped, 2);
-    let mut one = CopyBatch::new("sub", "seen");
-    one.copy("1-1", "event-b", b"{\"n\":2}");
-    one.copy("1-2", "event-c", b"{\"n\":3}");
+    let mut one = CopyBatch::new("sub", "seen", &order());
+    one.copy("1-1", "event-b", b"{\"n\":2}", None);
+    one.copy("1-2", "event-c", b"{\"n\":3}", None);
     assert_eq!(one.apply(conn, window).await.unwrap().dropped, 1);
     let data: Vec<String> = stream(conn, "sub")
         .await
@@ -103,8 +130,8 @@ async fn a_copy_repeated_within_the_window_is_dropped_and_one_past_it_is_not() {
 
     // Past the window an id is forgotten (and the set does not grow).
     tokio::time::sleep(window + Duration::from_millis(100)).await;
-    let mut late = CopyBatch::new("sub", "seen");
-    late.copy("1-0", "event-a", b"{\"n\":1}");
+    let mut late = CopyBatch::new("sub", "seen", &order());
+    late.copy("1-0", "event-a", b"{\"n\":1}", None);
     assert_eq!(late.apply(conn, window).await.unwrap().dropped, 0);
     let remembered: u64 = conn.zcard("seen").await.unwrap();
     assert_eq!(
@@ -122,11 +149,11 @@ async fn a_copy_with_a_seen_id_but_other_content_is_not_dropped() {
     let mut s = server().await;
     let conn = &mut s.conn;
     let window = Duration::from_secs(60);
-    let mut forged = CopyBatch::new("sub", "seen");
-    forged.copy("1-0", "event-a", b"{\"amount\":0}");
+    let mut forged = CopyBatch::new("sub", "seen", &order());
+    forged.copy("1-0", "event-a", b"{\"amount\":0}", None);
     assert_eq!(forged.apply(conn, window).await.unwrap().dropped, 0);
-    let mut real = CopyBatch::new("sub", "seen");
-    real.copy("1-1", "event-a", b"{\"amount\":100}");
+    let mut real = CopyBatch::new("sub", "seen", &order());
+    real.copy("1-1", "event-a", b"{\"amount\":100}", None);
     assert_eq!(
         real.apply(conn, window).await.unwrap(),
         Copied {
@@ -156,9 +183,9 @@ async fn a_copy_to_a_broken_stream_is_refused_whole_and_written_nowhere() {
     let mut s = server().await;
     let conn = &mut s.conn;
     let _: () = conn.set("sub", "not a stream").await.unwrap();
-    let mut batch = CopyBatch::new("sub", "seen");
-    batch.copy("1-0", "event-a", b"{}");
-    batch.copy("1-1", "event-b", b"{}");
+    let mut batch = CopyBatch::new("sub", "seen", &order());
+    batch.copy("1-0", "event-a", b"{}", None);
+    batch.copy("1-1", "event-b", b"{}", None);
     let copied = batch.apply(conn, Duration::from_secs(60)).await.unwrap();
     let refused: Vec<&str> = copied.refused.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(refused, ["1-0", "1-1"]);
@@ -183,9 +210,9 @@ async fn a_commit_writes_effects_once_and_only_for_pending_entries() {
         .publish("sub/1-0", "Shipped", "{\"order\":7}")
         .unwrap();
     let mut batch = CommitBatch::new("g", false);
-    batch.ok(&ids[0], &Effects::default(), 1.0);
-    batch.ok(&ids[1], &effects, 2.0);
-    batch.dead_letter(&ids[2], "{\"dead\":true}".into(), &Vec::new());
+    batch.ok(&ids[0], None, &Effects::default(), 1.0);
+    batch.ok(&ids[1], None, &effects, 2.0);
+    batch.dead_letter(&ids[2], None, "{\"dead\":true}".into(), &Vec::new());
     let keys = KEYS;
     let () = s.conn.hset("state", "gone", "before").await.unwrap();
     assert_eq!(
@@ -219,6 +246,9 @@ const KEYS: CommitKeys<'static> = CommitKeys {
     state: "state",
     all: "all",
     http: "s:http",
+    holders: "order",
+    held: "order:held",
+    parked: "order:parked",
 };
 
 /// Effects that read `reads` and set `key` to `value`.
@@ -240,23 +270,27 @@ async fn a_commit_applies_a_result_only_if_what_it_read_still_holds() {
     // Saw 5, still 5: applied; and the next record sees its write.
     batch.ok(
         &ids[0],
+        None,
         &read_then_set(&[("count", Some("5"))], "count", "6"),
         1.0,
     );
     batch.ok(
         &ids[1],
+        None,
         &read_then_set(&[("count", Some("6")), ("new", None)], "count", "7"),
         1.0,
     );
     // Saw 5, but the record before made it 7: a conflict, nothing written.
     batch.ok(
         &ids[2],
+        None,
         &read_then_set(&[("count", Some("5"))], "count", "99"),
         1.0,
     );
     // A dead letter resting on a read that no longer holds: not written.
     batch.dead_letter(
         &ids[3],
+        None,
         "{}".into(),
         &vec![("count".into(), Seen::default())],
     );
@@ -282,14 +316,15 @@ async fn in_an_ordered_batch_nothing_commits_after_a_conflict() {
     let ids = delivered(&mut s.conn, 3).await;
     let () = s.conn.hset("state", "a", "changed by hand").await.unwrap();
     let mut batch = CommitBatch::new("g", true);
-    batch.ok(&ids[0], &read_then_set(&[], "x", "1"), 1.0);
+    batch.ok(&ids[0], None, &read_then_set(&[], "x", "1"), 1.0);
     batch.ok(
         &ids[1],
+        None,
         &read_then_set(&[("a", Some("before"))], "a", "after"),
         1.0,
     );
     // Reads nothing that changed, but comes after the conflict.
-    batch.ok(&ids[2], &read_then_set(&[("b", None)], "b", "1"), 1.0);
+    batch.ok(&ids[2], None, &read_then_set(&[("b", None)], "b", "1"), 1.0);
     let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
     assert_eq!(committed.conflicts, [ids[1].clone(), ids[2].clone()]);
     let state: std::collections::HashMap<String, String> = s.conn.hgetall("state").await.unwrap();
@@ -309,7 +344,7 @@ async fn a_large_value_read_is_checked_by_its_length_and_stamp() {
     let large = "v".repeat(COMPARED_BYTES + 1);
     // Written by eventhost: the commit stamps it with the writing entry.
     let mut batch = CommitBatch::new("g", false);
-    batch.ok(&ids[0], &read_then_set(&[], "doc", &large), 1.0);
+    batch.ok(&ids[0], None, &read_then_set(&[], "doc", &large), 1.0);
     batch.apply(&mut s.conn, &KEYS).await.unwrap();
     let stamp: String = s.conn.hget("state", stamp_field("doc")).await.unwrap();
     assert_eq!(stamp, ids[0]);
@@ -327,7 +362,7 @@ async fn a_large_value_read_is_checked_by_its_length_and_stamp() {
     };
     // Unchanged: applied.
     let mut batch = CommitBatch::new("g", false);
-    batch.ok(&ids[1], &reads_doc("a", "1"), 1.0);
+    batch.ok(&ids[1], None, &reads_doc("a", "1"), 1.0);
     assert!(batch
         .apply(&mut s.conn, &KEYS)
         .await
@@ -338,10 +373,11 @@ async fn a_large_value_read_is_checked_by_its_length_and_stamp() {
     let mut batch = CommitBatch::new("g", false);
     batch.ok(
         &ids[2],
+        None,
         &read_then_set(&[], "doc", &"w".repeat(large.len())),
         1.0,
     );
-    batch.ok(&ids[3], &reads_doc("b", "1"), 1.0);
+    batch.ok(&ids[3], None, &reads_doc("b", "1"), 1.0);
     let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
     assert_eq!(committed.conflicts, [ids[3].clone()]);
     // Changed by hand to another length: a conflict too.
@@ -349,6 +385,7 @@ async fn a_large_value_read_is_checked_by_its_length_and_stamp() {
     let mut batch = CommitBatch::new("g", false);
     batch.check(
         &ids[3],
+        None,
         &vec![(
             "doc".into(),
             Seen {
@@ -391,7 +428,7 @@ async fn a_commit_of_nine_thousand_deletes_is_whole() {
         effects.set(format!("n{i}"), "w".into());
     }
     let mut batch = CommitBatch::new("g", false);
-    batch.ok(&ids[0], &effects, 1.0);
+    batch.ok(&ids[0], None, &effects, 1.0);
     let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
     assert_eq!(committed, Committed::default());
     let state: std::collections::HashMap<String, String> = s.conn.hgetall("state").await.unwrap();
@@ -408,10 +445,10 @@ async fn a_commit_refused_for_memory_writes_nothing() {
     let mut s = server().await;
     let ids = delivered(&mut s.conn, 2).await;
     let mut batch = CommitBatch::new("g", false);
-    batch.ok(&ids[0], &read_then_set(&[], "a", "1"), 1.0);
-    batch.dead_letter(&ids[1], "{}".into(), &Vec::new());
+    batch.ok(&ids[0], None, &read_then_set(&[], "a", "1"), 1.0);
+    batch.dead_letter(&ids[1], None, "{}".into(), &Vec::new());
     let mut fanout = FanoutBatch::new("g");
-    fanout.route(&ids[0], &[0], b"{}");
+    fanout.route(&ids[0], &Target::unordered(&[0]), b"{}");
     let streams = ["sub:1".to_string()];
     let () = redis::cmd("CONFIG")
         .arg(&["SET", "maxmemory", "1"])
@@ -425,7 +462,7 @@ async fn a_commit_refused_for_memory_writes_nothing() {
         "memory may come back: not a refusal"
     );
     let err = fanout
-        .apply(&mut s.conn, "s", "s:dlq", &streams)
+        .apply(&mut s.conn, &fanout_keys(&streams))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("OOM"), "{err}");
@@ -497,10 +534,10 @@ async fn a_record_redis_refuses_alone_is_returned_and_the_others_commit() {
     let ids = delivered(&mut s.conn, 4).await;
     let () = s.conn.set("state", "not a hash").await.unwrap();
     let mut batch = CommitBatch::new("g", false);
-    batch.ok(&ids[0], &Effects::default(), 1.0);
-    batch.dead_letter(&ids[1], "{\"n\":1}".into(), &Vec::new());
-    batch.ok(&ids[2], &read_then_set(&[], "a", "1"), 1.0);
-    batch.dead_letter(&ids[3], "{\"n\":3}".into(), &Vec::new());
+    batch.ok(&ids[0], None, &Effects::default(), 1.0);
+    batch.dead_letter(&ids[1], None, "{\"n\":1}".into(), &Vec::new());
+    batch.ok(&ids[2], None, &read_then_set(&[], "a", "1"), 1.0);
+    batch.dead_letter(&ids[3], None, "{\"n\":3}".into(), &Vec::new());
     let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
     assert_eq!(committed.refused.len(), 1, "{committed:?}");
     assert_eq!(committed.refused[0].0, ids[2]);
@@ -520,12 +557,12 @@ async fn a_fanout_entry_redis_refuses_alone_is_returned_and_the_rest_routed() {
     let ids = delivered(&mut s.conn, 3).await;
     let () = s.conn.set("sub:2", "not a stream").await.unwrap();
     let mut batch = FanoutBatch::new("g");
-    batch.route(&ids[0], &[0], b"{\"n\":0}");
-    batch.route(&ids[1], &[1], b"{\"n\":1}");
-    batch.route(&ids[2], &[0], b"{\"n\":2}");
+    batch.route(&ids[0], &Target::unordered(&[0]), b"{\"n\":0}");
+    batch.route(&ids[1], &Target::unordered(&[1]), b"{\"n\":1}");
+    batch.route(&ids[2], &Target::unordered(&[0]), b"{\"n\":2}");
     let streams = ["sub:1".to_string(), "sub:2".to_string()];
     let routed = batch
-        .apply(&mut s.conn, "s", "s:dlq", &streams)
+        .apply(&mut s.conn, &fanout_keys(&streams))
         .await
         .unwrap();
     assert_eq!(routed.skipped, 0);
@@ -548,13 +585,14 @@ async fn a_batch_over_the_call_limit_commits_in_parts_and_keeps_its_order() {
     let big = "v".repeat(40 << 20);
     let () = s.conn.hset("state", "seen", "changed").await.unwrap();
     let mut batch = CommitBatch::new("g", true);
-    batch.ok(&ids[0], &read_then_set(&[], "big0", &big), 1.0);
+    batch.ok(&ids[0], None, &read_then_set(&[], "big0", &big), 1.0);
     batch.ok(
         &ids[1],
+        None,
         &read_then_set(&[("seen", Some("before"))], "x", "1"),
         1.0,
     );
-    batch.ok(&ids[2], &read_then_set(&[], "big2", &big), 1.0);
+    batch.ok(&ids[2], None, &read_then_set(&[], "big2", &big), 1.0);
     let committed = batch.apply(&mut s.conn, &KEYS).await.unwrap();
     assert_eq!(committed.conflicts, [ids[1].clone(), ids[2].clone()]);
     let len0: usize = redis::cmd("HSTRLEN")
@@ -568,8 +606,8 @@ async fn a_batch_over_the_call_limit_commits_in_parts_and_keeps_its_order() {
 
     // Unordered: both parts commit.
     let mut batch = CommitBatch::new("g", false);
-    batch.ok(&ids[1], &read_then_set(&[], "x", "1"), 1.0);
-    batch.ok(&ids[2], &read_then_set(&[], "big2", &big), 1.0);
+    batch.ok(&ids[1], None, &read_then_set(&[], "x", "1"), 1.0);
+    batch.ok(&ids[2], None, &read_then_set(&[], "big2", &big), 1.0);
     assert_eq!(
         batch.apply(&mut s.conn, &KEYS).await.unwrap(),
         Committed::default()
@@ -602,8 +640,9 @@ async fn a_replay_moves_each_dead_letter_once_with_its_history() {
         dlq_group: "dg",
         stream: "s",
         requests: None,
+        order: None,
     };
-    let moved = scripts::replay(&mut s.conn, &keys, &dead[..2])
+    let moved = scripts::replay(&mut s.conn, &keys, &letters(&dead[..2]))
         .await
         .unwrap();
     assert_eq!(moved.len(), 2);
@@ -632,7 +671,9 @@ async fn a_replay_moves_each_dead_letter_once_with_its_history() {
     assert_eq!(pending.0, 0, "no pending entry left in the DLQ's group");
 
     // Again, with one more: only the one still there moves.
-    let again = scripts::replay(&mut s.conn, &keys, &dead).await.unwrap();
+    let again = scripts::replay(&mut s.conn, &keys, &letters(&dead))
+        .await
+        .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].dlq_id, dead[2]);
     assert_eq!(stream(&mut s.conn, "s").await.len(), 3);
@@ -772,4 +813,223 @@ async fn never_cuts_what_a_group_has_not_read_or_acknowledged() {
     let before = len(&mut s.conn).await;
     assert_eq!(trim(&mut s.conn, 10).await, 0);
     assert_eq!(len(&mut s.conn).await, before);
+}
+
+/// `ids`, as letters without a key.
+fn letters(ids: &[String]) -> Vec<Letter> {
+    ids.iter()
+        .map(|id| Letter {
+            id: id.clone(),
+            key: None,
+        })
+        .collect()
+}
+
+/// What group `sg` of the stream `sub` has not read yet: id, data and key.
+async fn read_sub(conn: &mut RedisConn) -> Vec<(String, String, Option<String>)> {
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg(&["CREATE", "sub", "sg", "0", "MKSTREAM"])
+        .query_async(conn)
+        .await
+        .unwrap_or(redis::Value::Nil);
+    let reply: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "sg", "c", "STREAMS", "sub", ">"])
+        .query_async(conn)
+        .await
+        .unwrap();
+    let read: Option<redis::streams::StreamReadReply> = redis::from_redis_value(reply).unwrap();
+    read.into_iter()
+        .flat_map(|r| r.keys)
+        .flat_map(|k| k.ids)
+        .map(|e| {
+            let data: String = e.get("data").unwrap();
+            let key: Option<String> = e.get("key");
+            (e.id, data, key)
+        })
+        .collect()
+}
+
+/// What the commit of the subscriber whose stream is `sub` writes.
+const SUB: CommitKeys<'static> = CommitKeys {
+    stream: "sub",
+    dlq: "sub:dlq",
+    state: "state",
+    all: "all",
+    http: "sub:http",
+    holders: "sub:order",
+    held: "sub:held",
+    parked: "sub:parked",
+};
+
+/// The order keys of `sub` as [`SUB`] names them.
+fn sub_order() -> OrderKeys {
+    OrderKeys {
+        holders: SUB.holders.into(),
+        held: SUB.held.into(),
+        parked: SUB.parked.into(),
+    }
+}
+
+/// Commits `id` (holding `key`) as handled, or dead-letters it as `letter`.
+async fn settle(conn: &mut RedisConn, id: &str, key: &str, letter: Option<&str>, park: bool) {
+    let mut batch = CommitBatch::new("sg", false).parking(park);
+    match letter {
+        None => batch.ok(id, Some(key), &Effects::default(), 1.0),
+        Some(payload) => batch.dead_letter(id, Some(key), payload.into(), &Vec::new()),
+    }
+    assert_eq!(batch.apply(conn, &SUB).await.unwrap(), Committed::default());
+}
+
+#[tokio::test]
+async fn a_keys_events_enter_the_stream_one_at_a_time_and_a_dead_letter_parks_or_moves_it_on() {
+    let mut s = server().await;
+    let conn = &mut s.conn;
+    let ids = delivered(conn, 4).await;
+    let streams = ["sub".to_string()];
+    let keys = FanoutKeys {
+        holders: &[SUB.holders.to_string()],
+        held: &[SUB.held.to_string()],
+        ..fanout_keys(&streams)
+    };
+    let to = |key| {
+        [Target {
+            stream: 0,
+            key: Some(key),
+        }]
+    };
+    let mut fanout = FanoutBatch::new("g");
+    fanout.route(&ids[0], &to("a"), b"a1");
+    fanout.route(&ids[1], &to("a"), b"a2");
+    fanout.route(&ids[2], &to("b"), b"b1");
+    fanout.route(&ids[3], &to("a"), b"a3");
+    fanout.apply(conn, &keys).await.unwrap();
+
+    // Only each key's oldest is in the stream; a2 and a3 wait, in order.
+    let read = read_sub(conn).await;
+    let seen: Vec<(&str, Option<&str>)> = read
+        .iter()
+        .map(|(_, data, key)| (data.as_str(), key.as_deref()))
+        .collect();
+    assert_eq!(seen, [("a1", Some("a")), ("b1", Some("b"))]);
+    let waiting: Vec<String> = conn.lrange("sub:order:q:a", 0, -1).await.unwrap();
+    assert!(
+        waiting[0].ends_with(" a2") && waiting[1].ends_with(" a3"),
+        "{waiting:?}"
+    );
+    let held: Vec<String> = conn.zrange("sub:held", 0, -1).await.unwrap();
+    assert_eq!(held, ["a"]);
+    let holder: String = conn.hget("sub:order", "a").await.unwrap();
+    assert_eq!(holder, read[0].0);
+
+    // a1 handled: a2 enters. b1 dead-lettered (the key moves on): b is
+    // forgotten, and its letter carries its key.
+    settle(conn, &read[0].0, "a", None, false).await;
+    settle(conn, &read[1].0, "b", Some("{\"b\":1}"), false).await;
+    let read = read_sub(conn).await;
+    assert_eq!((read.len(), read[0].1.as_str()), (1, "a2"));
+    let b: Option<String> = conn.hget("sub:order", "b").await.unwrap();
+    assert_eq!(b, None);
+    let dlq: Vec<(String, Vec<(String, String)>)> = conn.xrange("sub:dlq", "-", "+").await.unwrap();
+    assert_eq!(dlq[0].1[1], ("key".to_string(), "b".to_string()));
+
+    // a2 dead-lettered by a subscriber that parks: a3 stays back.
+    settle(conn, &read[0].0, "a", Some("{\"a\":2}"), true).await;
+    assert!(read_sub(conn).await.is_empty(), "a parked");
+    let dlq: Vec<(String, Vec<(String, String)>)> = conn.xrange("sub:dlq", "-", "+").await.unwrap();
+    let letter = dlq[1].0.clone();
+    let holder: String = conn.hget("sub:order", "a").await.unwrap();
+    assert_eq!(holder, format!("park:{letter}"));
+    let parked: Vec<String> = conn.zrange("sub:parked", 0, -1).await.unwrap();
+    assert_eq!(parked, ["a"]);
+
+    // Replayed, the parking letter runs first, then a3.
+    let order = sub_order();
+    let replay = ReplayKeys {
+        dlq: "sub:dlq",
+        dlq_group: "dg",
+        stream: "sub",
+        requests: None,
+        order: Some(&order),
+    };
+    let keyed = |id: &str, key: &str| Letter {
+        id: id.into(),
+        key: Some(key.into()),
+    };
+    let moved = scripts::replay(conn, &replay, &[keyed(&letter, "a")])
+        .await
+        .unwrap();
+    let read = read_sub(conn).await;
+    assert_eq!(moved[0].stream_id, read[0].0);
+    assert_eq!((read.len(), read[0].1.as_str()), (1, "{\"a\":2}"));
+    let parked: u64 = conn.zcard("sub:parked").await.unwrap();
+    assert_eq!(parked, 0);
+    settle(conn, &read[0].0, "a", None, true).await;
+    let read = read_sub(conn).await;
+    assert_eq!((read.len(), read[0].1.as_str()), (1, "a3"));
+    let held: u64 = conn.zcard("sub:held").await.unwrap();
+    assert_eq!(held, 0, "nothing waits behind a3");
+
+    // b's letter replayed while a3 runs: routed as a new event of b.
+    let moved = scripts::replay(conn, &replay, &[keyed(&dlq[0].0, "b")])
+        .await
+        .unwrap();
+    let read_b = read_sub(conn).await;
+    assert_eq!(moved[0].stream_id, read_b[0].0);
+    settle(conn, &read_b[0].0, "b", None, true).await;
+    settle(conn, &read[0].0, "a", None, true).await;
+    let left: Vec<String> = conn.keys("sub:order*").await.unwrap();
+    let others: Vec<String> = conn.keys("sub:*ed").await.unwrap();
+    assert!(left.is_empty() && others.is_empty(), "{left:?} {others:?}");
+}
+
+#[tokio::test]
+async fn a_skipped_dead_letter_lets_its_key_move_on_and_stays_in_the_dlq() {
+    let mut s = server().await;
+    let conn = &mut s.conn;
+    let ids = delivered(conn, 2).await;
+    let streams = ["sub".to_string()];
+    let keys = FanoutKeys {
+        holders: &[SUB.holders.to_string()],
+        held: &[SUB.held.to_string()],
+        ..fanout_keys(&streams)
+    };
+    let mut fanout = FanoutBatch::new("g");
+    for (id, data) in ids.iter().zip(["k1", "k2"]) {
+        let to = [Target {
+            stream: 0,
+            key: Some("k"),
+        }];
+        fanout.route(id, &to, data.as_bytes());
+    }
+    fanout.apply(conn, &keys).await.unwrap();
+    let read = read_sub(conn).await;
+    settle(conn, &read[0].0, "k", Some("{\"k\":1}"), true).await;
+    assert!(read_sub(conn).await.is_empty(), "k parked");
+    let dlq: Vec<(String, Vec<(String, String)>)> = conn.xrange("sub:dlq", "-", "+").await.unwrap();
+    let letter = Letter {
+        id: dlq[0].0.clone(),
+        key: Some("k".into()),
+    };
+    let order = sub_order();
+    let released = scripts::skip(
+        conn,
+        "sub:dlq",
+        "sub",
+        &order,
+        std::slice::from_ref(&letter),
+    )
+    .await
+    .unwrap();
+    assert_eq!(released, std::slice::from_ref(&letter.id));
+    let read = read_sub(conn).await;
+    assert_eq!((read.len(), read[0].1.as_str()), (1, "k2"));
+    let parked: u64 = conn.zcard("sub:parked").await.unwrap();
+    assert_eq!(parked, 0);
+    let depth: u64 = conn.xlen("sub:dlq").await.unwrap();
+    assert_eq!(depth, 1, "the letter stays");
+    // Skipped twice: nothing more moves on.
+    let again = scripts::skip(conn, "sub:dlq", "sub", &order, &[letter])
+        .await
+        .unwrap();
+    assert!(again.is_empty());
 }

@@ -155,7 +155,9 @@ impl Subscribers {
             .collect();
         let routes = Routes::new(
             self.bus.keys(),
-            settings.iter().map(|s| (s.name.as_str(), &s.events)),
+            settings
+                .iter()
+                .map(|s| (s.name.as_str(), &s.events, s.order.as_ref())),
         );
         self.bus.set_routes(routes).await;
     }

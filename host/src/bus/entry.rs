@@ -25,6 +25,16 @@ impl StreamEntry {
             .map(|(_, value)| value.as_slice())
     }
 
+    /// The `key` field, if present and text: the key of its event that
+    /// the entry holds, for a subscriber that keeps order per key (see
+    /// `scripts/order.lua`).
+    pub fn key(&self) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(name, _)| name == b"key")
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
     /// What the entry weighs: its fields' names and values.
     pub fn bytes(&self) -> usize {
         self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()

@@ -23,7 +23,7 @@ use super::entry::StreamEntry;
 use super::group::GroupConsumer;
 use super::leanmq::{self, DeadLetterer};
 use super::routes::{RouteTable, Routes};
-use super::scripts::{Copied, CopyBatch, FanoutBatch, Routed};
+use super::scripts::{Copied, CopyBatch, FanoutBatch, FanoutKeys, Routed, Target};
 use super::worker::{self, Patience, Round, Worker};
 use super::BLOCK;
 use crate::config::BusConfig;
@@ -107,13 +107,23 @@ impl Fanout {
                 self.copy(&mut batch, &copies, &work).await?;
                 super::crash::here(super::crash::Point::FanoutAfterCopy);
             }
-            let streams: &[String] = if self.cluster.is_some() {
-                &[]
-            } else {
-                &held.routes.streams
+            let routes = &held.routes;
+            let (streams, holders, held_sets): (&[String], &[String], &[String]) =
+                if self.cluster.is_some() {
+                    (&[], &[], &[])
+                } else {
+                    (&routes.streams, &routes.holders, &routes.held)
+                };
+            let queue = self.group.queue().clone();
+            let keys = FanoutKeys {
+                all: &queue.stream,
+                all_dlq: &queue.dlq,
+                streams,
+                holders,
+                held: held_sets,
             };
             if stopping || work.len() < self.bus.read_batch {
-                self.apply(&batch, streams, &work).await?;
+                self.apply(&batch, &keys, &work).await?;
             } else {
                 // A full batch: there is a backlog. Read the next batch while
                 // this one is applied, so Redis and the host work at the same
@@ -121,7 +131,7 @@ impl Fanout {
                 // strictly after this batch, so order is kept; if anything
                 // fails it stays pending and is reclaimed.
                 let next = self.group.read_new(self.bus.read_batch, None);
-                let (applied, next) = tokio::join!(self.apply(&batch, streams, &work), next);
+                let (applied, next) = tokio::join!(self.apply(&batch, &keys, &work), next);
                 self.prefetched = next.unwrap_or_default();
                 self.group.shed(&self.prefetched).await;
                 applied?;
@@ -143,7 +153,8 @@ impl Fanout {
                 .streams
                 .iter()
                 .zip(&routes.seen)
-                .map(|(stream, seen)| CopyBatch::new(stream, seen))
+                .zip(&routes.order)
+                .map(|((stream, seen), (order, _))| CopyBatch::new(stream, seen, order))
                 .collect(),
             None => Vec::new(),
         };
@@ -163,31 +174,42 @@ impl Fanout {
                 batch.dead_letter(&entry.id, payload);
                 continue;
             }
-            let routing = if self.cluster.is_some() {
-                leanmq::type_and_id(entry, self.bus.max_payload_bytes)
-            } else {
-                leanmq::event_type(entry, self.bus.max_payload_bytes).map(|t| (t, None))
-            };
-            match routing {
-                Ok((event_type, event_id)) => {
-                    let targets = routes.targets(&event_type);
+            match leanmq::routing(entry, self.bus.max_payload_bytes) {
+                Ok(routing) => {
+                    let event_type = &routing.event_type;
+                    let targets = routes.targets(event_type);
                     if targets.is_empty() {
                         metrics::fanout_unrouted();
                         tracing::debug!(stream_id = %entry.id, event_type, "no subscriber for this type");
                     } else {
                         metrics::fanout_routed(targets.len());
                     }
+                    // Each ordering subscriber's key: an event without one
+                    // goes unordered (its subscriber may refuse it).
+                    let keys: Vec<Option<String>> = targets
+                        .iter()
+                        .map(|&t| routes.order[t].1.as_ref().and_then(|o| routing.key(o)))
+                        .collect();
                     let data = entry.data().unwrap_or_default();
                     if copies.is_empty() {
-                        batch.route(&entry.id, targets, data);
+                        let to: Vec<Target<'_>> = targets
+                            .iter()
+                            .zip(&keys)
+                            .map(|(&stream, key)| Target {
+                                stream,
+                                key: key.as_deref(),
+                            })
+                            .collect();
+                        batch.route(&entry.id, &to, data);
                         continue;
                     }
                     // Without an id of its own, an entry is known by where
                     // it sits: a repeated copy of it is still dropped.
-                    let known_as =
-                        event_id.unwrap_or_else(|| format!("{}/{}", queue.stream, entry.id));
-                    for &t in targets {
-                        copies[t].copy(&entry.id, &known_as, data);
+                    let known_as = routing
+                        .id()
+                        .unwrap_or_else(|| format!("{}/{}", queue.stream, entry.id));
+                    for (&t, key) in targets.iter().zip(&keys) {
+                        copies[t].copy(&entry.id, &known_as, data, key.as_deref());
                     }
                     batch.route(&entry.id, &[], b"");
                 }
@@ -295,10 +317,10 @@ impl Fanout {
     async fn apply(
         &mut self,
         batch: &FanoutBatch,
-        streams: &[String],
+        keys: &FanoutKeys<'_>,
         work: &[(StreamEntry, u32)],
     ) -> RedisResult<()> {
-        let routed = self.apply_once(batch, streams).await?;
+        let routed = self.apply_once(batch, keys).await?;
         if routed.skipped > 0 {
             tracing::info!(
                 "fan-out skipped {} entries another consumer had already routed",
@@ -316,7 +338,7 @@ impl Fanout {
             tracing::error!(stream_id = %q.id, "{}; quarantined in {}", q.reason, queue.dlq);
             quarantine.dead_letter(q.id, q.payload);
         }
-        let routed = self.apply_once(&quarantine, streams).await?;
+        let routed = self.apply_once(&quarantine, keys).await?;
         for (id, err) in routed.refused {
             tracing::error!(
                 stream_id = %id,
@@ -326,15 +348,15 @@ impl Fanout {
         Ok(())
     }
 
-    async fn apply_once(&mut self, batch: &FanoutBatch, streams: &[String]) -> RedisResult<Routed> {
-        let queue = self.group.queue().clone();
+    async fn apply_once(
+        &mut self,
+        batch: &FanoutBatch,
+        keys: &FanoutKeys<'_>,
+    ) -> RedisResult<Routed> {
         let mut patience = Patience::new("fan-out", &self.shutdown);
         loop {
             let commands = self.group.commands();
-            match batch
-                .apply(commands, &queue.stream, &queue.dlq, streams)
-                .await
-            {
+            match batch.apply(commands, keys).await {
                 Ok(routed) => return Ok(routed),
                 Err(err) => patience.failed(err).await?,
             }

@@ -63,7 +63,12 @@ impl OrderKeys {
     /// The list of `key`'s waiting events, oldest first, each
     /// `<ms routed> <data>`: `events:order:<name>:q:<key>`.
     pub fn waiting(&self, key: &str) -> String {
-        format!("{}:q:{key}", self.holders)
+        Self::waiting_of(&self.holders, key)
+    }
+
+    /// [`OrderKeys::waiting`], from the holders' key alone.
+    pub fn waiting_of(holders: &str, key: &str) -> String {
+        format!("{holders}:q:{key}")
     }
 }
 

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::entry::StreamEntry;
+use crate::config::OrderBy;
 use crate::handler::{json_kind, Event, Published};
 
 mod letter;
@@ -33,11 +34,17 @@ const BOOKKEEPING: [&str; 3] = ["_metadata", "_failures", "_requeues"];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Malformed {
     NoData,
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
     NotUtf8,
     NotJson(String),
     NotAnObject(&'static str),
     NoEventType,
+    /// It has no key where its subscriber orders by (the field, as
+    /// configured), and the subscriber refuses such events.
+    NoKey(String),
 }
 
 impl fmt::Display for Malformed {
@@ -53,6 +60,11 @@ impl fmt::Display for Malformed {
                 write!(f, "`data` is {kind}, not a JSON object")
             }
             Malformed::NoEventType => write!(f, "`data` has no string `event_type`"),
+            Malformed::NoKey(field) => write!(
+                f,
+                "`data` has no key at `{field}` (a string or number) to order it by, and the \
+                 subscriber refuses events without one (without_key = \"refuse\")"
+            ),
         }
     }
 }
@@ -120,9 +132,63 @@ struct Metadata {
     traceparent: Option<Value>,
 }
 
-/// The `event_type` of an entry, which is all the fan-out needs to route it.
-pub fn event_type(entry: &StreamEntry, limit: usize) -> Result<String, Malformed> {
-    typed(entry, limit).map(|(_, event_type)| event_type)
+/// What the fan-out reads of an entry: its type, and its fields, from
+/// which a route takes the event's id or its key only if it needs them.
+pub struct Routing<'a> {
+    pub event_type: String,
+    fields: Fields<'a>,
+}
+
+/// An entry as the fan-out routes it.
+pub fn routing(entry: &StreamEntry, limit: usize) -> Result<Routing<'_>, Malformed> {
+    let (fields, event_type) = typed(entry, limit)?;
+    Ok(Routing { event_type, fields })
+}
+
+impl Routing<'_> {
+    /// The id a repeated copy of the event is known by (its `event_id`,
+    /// else `_metadata.id`; `None`: it has neither).
+    pub fn id(&self) -> Option<String> {
+        event_id(&self.fields)
+    }
+
+    /// The event's key for `order` (see [`order_key`]).
+    pub fn key(&self, order: &OrderBy) -> Option<String> {
+        key_of(&self.fields, order)
+    }
+}
+
+/// Longest key kept as it is: a longer one is replaced by its SHA-256, so
+/// a producer cannot make Redis key names of any length.
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// An event's key for a subscriber that orders by `order`: the value at
+/// its field (a non-empty string as it is, a number or boolean as JSON
+/// writes it); `None` if it has none there, or an object, array or null.
+pub fn order_key(entry: &StreamEntry, order: &OrderBy, limit: usize) -> Option<String> {
+    let (fields, _) = typed(entry, limit).ok()?;
+    key_of(&fields, order)
+}
+
+fn key_of(fields: &Fields<'_>, order: &OrderBy) -> Option<String> {
+    let mut path = order.path();
+    let mut raw = fields.get(path.next()?)?;
+    for name in path {
+        let inner: Fields<'_> = serde_json::from_str(raw.get()).ok()?;
+        raw = inner.get(name)?;
+    }
+    let key = match serde_json::from_str::<Value>(raw.get()).ok()? {
+        Value::Bool(b) => b.to_string(),
+        other => value_text(&other)?,
+    };
+    if key.len() <= MAX_KEY_BYTES {
+        return Some(key);
+    }
+    use sha2::Digest;
+    Some(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    ))
 }
 
 /// An entry's fields and its (non-empty) `event_type`.
@@ -134,17 +200,6 @@ fn typed(entry: &StreamEntry, limit: usize) -> Result<(Fields<'_>, String), Malf
         .filter(|t| !t.is_empty())
         .ok_or(Malformed::NoEventType)?;
     Ok((fields, event_type))
-}
-
-/// What the fan-out reads of an entry on a Redis Cluster: its type, and the
-/// id that a repeated copy of it is known by (its `event_id`, else
-/// `_metadata.id`; `None`: it has neither).
-pub fn type_and_id(
-    entry: &StreamEntry,
-    limit: usize,
-) -> Result<(String, Option<String>), Malformed> {
-    let (fields, event_type) = typed(entry, limit)?;
-    Ok((event_type, event_id(&fields)))
 }
 
 /// An event's id: its `event_id`, else `_metadata.id`.
@@ -345,6 +400,51 @@ mod tests {
         let event = decode_event(&entry(r#"{"event_type":"T"}"#), 1, 100).unwrap();
         assert_eq!(event.id, "5-0");
         assert_eq!(event.timestamp, None);
+    }
+
+    fn event_type(entry: &StreamEntry, limit: usize) -> Result<String, Malformed> {
+        routing(entry, limit).map(|r| r.event_type)
+    }
+
+    fn by(field: &str) -> OrderBy {
+        OrderBy {
+            field: field.into(),
+            on_dead_letter: crate::config::OnDeadLetter::Skip,
+            without_key: crate::config::WithoutKey::Run,
+        }
+    }
+
+    #[test]
+    fn an_events_key_is_its_field_as_text_at_any_depth() {
+        let e = entry(
+            r#"{"event_type":"T","order_id":"o-1","n":42,"ok":true,"customer":{"id":"c-7","tier":{"n":2}},"none":null,"empty":"","list":[1]}"#,
+        );
+        let key = |field: &str| order_key(&e, &by(field), 1000);
+        assert_eq!(key("order_id").as_deref(), Some("o-1"));
+        assert_eq!(key("n").as_deref(), Some("42"));
+        assert_eq!(key("ok").as_deref(), Some("true"));
+        assert_eq!(key("customer.id").as_deref(), Some("c-7"));
+        assert_eq!(key("customer.tier.n").as_deref(), Some("2"));
+        for absent in [
+            "missing",
+            "none",
+            "empty",
+            "list",
+            "customer",
+            "order_id.x",
+            "customer.x",
+        ] {
+            assert_eq!(key(absent), None, "{absent}");
+        }
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        let e = entry(&format!(r#"{{"event_type":"T","order_id":"{long}"}}"#));
+        let hashed = order_key(&e, &by("order_id"), 1000).unwrap();
+        assert!(
+            hashed.starts_with("sha256:") && hashed.len() == 7 + 64,
+            "{hashed}"
+        );
+        let routing = routing(&e, 1000).unwrap();
+        assert_eq!(routing.key(&by("order_id")), Some(hashed));
     }
 
     #[test]

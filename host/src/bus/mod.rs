@@ -202,12 +202,16 @@ impl Bus {
             stop_sender.clone(),
         );
         let sender = tokio::spawn(sender.run());
+        let keys = subscriber::LoopKeys {
+            state: state_key,
+            publish_to,
+            order: self.keys.order(&name),
+        };
         let subscriber = SubscriberLoop::new(
             subscription,
             group,
             state,
-            state_key,
-            publish_to,
+            keys,
             self.replicas,
             self.config.clone(),
         );

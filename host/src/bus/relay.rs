@@ -79,9 +79,9 @@ impl Relay {
             // ours: anyone can write to Redis), any partition will do, and
             // the fan-out judges the entry. Read within the payload limit:
             // a huge entry written there is not parsed whole.
-            let event_id = leanmq::type_and_id(entry, self.bus.max_payload_bytes)
+            let event_id = leanmq::routing(entry, self.bus.max_payload_bytes)
                 .ok()
-                .and_then(|(_, id)| id)
+                .and_then(|routing| routing.id())
                 .unwrap_or_else(|| entry.id.clone());
             let partition: QueueKeys = self.keys.ingress_for(&event_id);
             by_partition.entry(partition.stream).or_default().push(data);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
-use super::keys::Keys;
-use crate::config::EventFilter;
+use super::keys::{Keys, OrderKeys};
+use crate::config::{EventFilter, OrderBy};
 
 /// Which subscriber streams each event type goes to.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -22,22 +22,33 @@ pub struct Routes {
     /// On a cluster, the seen set of each stream's subscriber (see
     /// `scripts/copy.lua`), in the same order.
     pub seen: Vec<String>,
+    /// Each stream's subscriber's order keys, and how it orders (`None`:
+    /// it keeps no order), in the same order.
+    pub order: Vec<(OrderKeys, Option<OrderBy>)>,
+    /// [`OrderKeys::holders`] and [`OrderKeys::held`] of each, as the
+    /// fan-out script takes them.
+    pub holders: Vec<String>,
+    pub held: Vec<String>,
     by_type: HashMap<String, Vec<usize>>,
     /// Subscribers of every type: the targets of a type nobody names.
     everything: Vec<usize>,
 }
 
 impl Routes {
-    /// Routes for `subscribers` (name and filter) under `keys`.
+    /// Routes for `subscribers` (name, filter, order) under `keys`.
     pub fn new<'a>(
         keys: &Keys,
-        subscribers: impl IntoIterator<Item = (&'a str, &'a EventFilter)>,
+        subscribers: impl IntoIterator<Item = (&'a str, &'a EventFilter, Option<&'a OrderBy>)>,
     ) -> Self {
         let mut routes = Routes::default();
         let mut named: Vec<(&str, usize)> = Vec::new();
-        for (i, (name, filter)) in subscribers.into_iter().enumerate() {
+        for (i, (name, filter, order)) in subscribers.into_iter().enumerate() {
             routes.streams.push(keys.subscriber(name).stream);
             routes.seen.push(keys.seen(name));
+            let order_keys = keys.order(name);
+            routes.holders.push(order_keys.holders.clone());
+            routes.held.push(order_keys.held.clone());
+            routes.order.push((order_keys, order.cloned()));
             match filter {
                 EventFilter::All => routes.everything.push(i),
                 EventFilter::Types(types) => named.extend(types.iter().map(|t| (t.as_str(), i))),
@@ -116,10 +127,10 @@ mod tests {
         let routes = Routes::new(
             &keys,
             [
-                ("pay", &pay),
-                ("ship", &ship),
-                ("order", &order),
-                ("notify", &notify),
+                ("pay", &pay, None),
+                ("ship", &ship, None),
+                ("order", &order, None),
+                ("notify", &notify, None),
             ],
         );
         assert_eq!(routes.streams[0], "events:sub:pay");
@@ -127,7 +138,7 @@ mod tests {
         assert_eq!(routes.targets("PaymentProcessedEvent"), &[1, 2, 3]);
         assert_eq!(routes.targets("OrderShippedEvent"), &[2, 3]);
         assert_eq!(routes.targets("SomethingElse"), &[3]);
-        let none = Routes::new(&keys, [("pay", &pay)]);
+        let none = Routes::new(&keys, [("pay", &pay, None)]);
         assert!(none.targets("Other").is_empty());
     }
 }

@@ -1,4 +1,4 @@
-//! `eventhost dlq list|show|replay|purge`: the arguments, and the output
+//! `eventhost dlq list|show|replay|skip|purge`: the arguments, and the output
 //! for a person (text) or a program (`--json`, stable field names). The
 //! work is [`crate::bus::dlq`]'s.
 
@@ -60,6 +60,22 @@ pub enum DlqCommand {
         /// Only say what would be replayed.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Let the keys these dead letters park move on (a subscriber with
+    /// `order_by` and `on_dead_letter = "park"`): each key's next event
+    /// runs. The letters stay in the DLQ, to replay (as new events of their
+    /// key) or purge later.
+    Skip {
+        /// The subscriber.
+        target: String,
+        /// Entry ids, as `list` prints them.
+        #[arg(required = true)]
+        ids: Vec<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -213,6 +229,40 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
                     say(format_args!(
                         "not in the DLQ (replayed or purged already): {}",
                         report.missing.join(", ")
+                    ));
+                }
+            }
+        }
+        DlqCommand::Skip {
+            target,
+            ids,
+            json,
+            redis,
+        } => {
+            let mut dlq = open(&redis, &target).await?;
+            let released = dlq.skip(&ids).await?;
+            let not_parking: Vec<&String> =
+                ids.iter().filter(|id| !released.contains(id)).collect();
+            if json {
+                say(serde_json::to_string_pretty(&json!({
+                    "dlq": dlq.queue().dlq,
+                    "released": released,
+                    "not_parking": not_parking,
+                }))?);
+            } else {
+                let n = released.len();
+                say(format_args!(
+                    "{n} key{} moved on past {n} dead letter{} of {} (the letters stay in the DLQ)",
+                    plural(n),
+                    plural(n),
+                    dlq.queue().dlq
+                ));
+                if !not_parking.is_empty() {
+                    let list: Vec<&str> = not_parking.iter().map(|s| s.as_str()).collect();
+                    say(format_args!(
+                        "not parking a key (not in the DLQ, skipped or replayed already, or its \
+                         subscriber does not park): {}",
+                        list.join(", ")
                     ));
                 }
             }

@@ -38,8 +38,8 @@ pub use time::{millis, parse_time, time_text};
 
 use super::connection::RedisConn;
 use super::entry::StreamEntry;
-use super::keys::{Keys, QueueKeys};
-use super::scripts::{self, Moved, PeekRange, ReplayKeys};
+use super::keys::{Keys, OrderKeys, QueueKeys};
+use super::scripts::{self, Letter, Moved, PeekRange, ReplayKeys};
 use error::OrUnavailable;
 
 /// Entries read per `XRANGE` while scanning a DLQ: big enough to scan
@@ -103,6 +103,9 @@ pub struct Dlq {
     queue: QueueKeys,
     /// A subscriber's `:http` stream: where letters of requests go back.
     requests: Option<String>,
+    /// A subscriber's order keys: where letters with a key go back in
+    /// their key's order, and what `skip` releases.
+    order: Option<OrderKeys>,
 }
 
 impl Dlq {
@@ -111,15 +114,16 @@ impl Dlq {
     pub fn new(conn: RedisConn, keys: &Keys, target: Target) -> Result<Self, DlqError> {
         target.reachable(keys)?;
         let queue = target.queue(keys);
-        let requests = match &target {
-            Target::Bus => None,
-            Target::Subscriber(name) => Some(keys.requests(name).stream),
+        let (requests, order) = match &target {
+            Target::Bus => (None, None),
+            Target::Subscriber(name) => (Some(keys.requests(name).stream), Some(keys.order(name))),
         };
         Ok(Dlq {
             conn,
             target,
             queue,
             requests,
+            order,
         })
     }
 
@@ -358,14 +362,76 @@ impl Dlq {
         Ok(deleted)
     }
 
+    /// Lets the keys the letters `ids` park move on to their next events
+    /// (a subscriber with `order_by` and `on_dead_letter = "park"`); the
+    /// letters stay in the DLQ. Returns the ids whose key moved on; the
+    /// others did not park a key (any more).
+    pub async fn skip(&mut self, ids: &[String]) -> Result<Vec<String>, DlqError> {
+        for id in ids {
+            select::entry_id(id)?;
+        }
+        let Some(order) = self.order.clone() else {
+            return Err(DlqError::Conflict(
+                "the bus's dead letters hold no key: only a subscriber's (with order_by) can be skipped"
+                    .into(),
+            ));
+        };
+        let letters = self.letters(ids).await?;
+        let released = scripts::skip(
+            &mut self.conn,
+            &self.queue.dlq,
+            &self.queue.stream,
+            &order,
+            &letters,
+        )
+        .await
+        .or_unavailable(|| format!("cannot release the keys of {}", self.queue.dlq))?;
+        for id in &released {
+            tracing::info!(dlq = %self.queue.dlq, dlq_id = %id, "skipped: its key moves on");
+        }
+        Ok(released)
+    }
+
+    /// `ids` with the key each letter carries (a subscriber's, with
+    /// `order_by`): read in one round trip.
+    async fn letters(&mut self, ids: &[String]) -> Result<Vec<Letter>, DlqError> {
+        if self.order.is_none() {
+            return Ok(ids
+                .iter()
+                .map(|id| Letter {
+                    id: id.clone(),
+                    key: None,
+                })
+                .collect());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("XRANGE").arg(&self.queue.dlq).arg(id).arg(id);
+        }
+        let found: Vec<Vec<StreamEntry>> = pipe
+            .query_async(&mut self.conn)
+            .await
+            .or_unavailable(|| format!("cannot read {}", self.queue.dlq))?;
+        Ok(ids
+            .iter()
+            .zip(found)
+            .map(|(id, entries)| Letter {
+                id: id.clone(),
+                key: entries.first().and_then(|e| e.key()).map(str::to_string),
+            })
+            .collect())
+    }
+
     async fn move_back(&mut self, ids: &[String]) -> Result<Vec<Moved>, DlqError> {
+        let letters = self.letters(ids).await?;
         let keys = ReplayKeys {
             dlq: &self.queue.dlq,
             dlq_group: &self.queue.dlq_group,
             stream: &self.queue.stream,
             requests: self.requests.as_deref(),
+            order: self.order.as_ref(),
         };
-        let moved = scripts::replay(&mut self.conn, &keys, ids)
+        let moved = scripts::replay(&mut self.conn, &keys, &letters)
             .await
             .or_unavailable(|| {
                 format!(

@@ -8,18 +8,27 @@
 -- KEYS[1] the subscriber stream   KEYS[2] its DLQ   KEYS[3] its state hash
 -- KEYS[4] events:all (where published events go)
 -- KEYS[5] events:sub:<name>:http (requests to send after the commit)
+-- KEYS[6..8] its order holders, held and parked sets (see order.lua), then
+-- the waiting lists of the keys of the batch's entries
 -- ARGV[1] the subscriber's group, ARGV[2] '1' if the batch is ordered (one
--- event at a time), ARGV[3] q, then q ids handled ok with no effects and no
--- reads, then one record per other entry, each starting with what its
--- result read, r reads of:
+-- event at a time), ARGV[3] '1' if a dead letter parks its key (else the
+-- key moves on), ARGV[4] q, then q ids handled ok with no effects, no
+-- reads and no key, then one record per other entry, each starting with
+-- its key if it has one (w, key: its waiting list is KEYS[8 + w]; or w =
+-- 0) and what its result read, r reads of:
 --   field, '0'                 -- it was absent
 --   field, '1', value          -- it held this value (1 KiB at most)
 --   field, '2', length, stamp  -- it held a larger value, of this length,
 --                                 stamped so ('' no stamp): see below
---   'ok', id, r, reads, p, p payloads, s, s (field, value) pairs, d, d fields,
---         h, h requests (queued with send-after-commit, sent by the sender)
---   'dlq', id, r, reads, payload
---   'check', id, r, reads          -- a retry: only checked, stays pending
+--   'ok', id, w, [key], r, reads, p, p payloads, s, s (field, value) pairs,
+--         d, d fields, h, h requests (queued with send-after-commit, sent
+--         by the sender)
+--   'dlq', id, w, [key], r, reads, payload
+--   'check', id, w, [key], r, reads  -- a retry: only checked, stays pending
+--
+-- An entry with a key holds it (order.lua): committed, it hands the key
+-- on to the key's next event; dead-lettered, it does too, or parks the key
+-- on its dead letter (which then carries the key, for `dlq replay`).
 --
 -- All or nothing: a script does not roll back, so everything that could
 -- fail is checked before the first write (the shape of every record, the
@@ -61,16 +70,26 @@ end
 -- Pass 1: the shape of every record, before anything is written. Nothing
 -- is kept (a table per record would cost more than walking twice), and a
 -- count that is not one ends the walk here, before any write.
-local quiet = tonumber(ARGV[3])
-if ARGV[1] == nil or ARGV[2] == nil or not quiet or quiet < 0 then
+local quiet = tonumber(ARGV[4])
+if ARGV[1] == nil or ARGV[2] == nil or ARGV[3] == nil or not quiet or quiet < 0 then
   return malformed('header')
 end
+local FIRST = 5 + quiet
 local used = {[1] = true}
-local i = 4 + quiet
+local i = FIRST
 while i <= n do
-  local kind, r = ARGV[i], tonumber(ARGV[i + 2])
+  local kind, w = ARGV[i], tonumber(ARGV[i + 2])
+  if not w or w < 0 or (w > 0 and KEYS[8 + w] == nil) then
+    return malformed('key at argument ' .. i)
+  end
+  if w > 0 then
+    used[6], used[7], used[8 + w] = true, true, true
+    if kind == 'dlq' then used[8] = true end
+    i = i + 1
+  end
+  local r = tonumber(ARGV[i + 3])
   if not r or r < 0 then return malformed('record at argument ' .. i) end
-  i = i + 3
+  i = i + 4
   if r > 0 then
     used[3] = true
     for _ = 1, r do
@@ -108,23 +127,22 @@ if i ~= n + 1 then return malformed('batch: its last record runs past the argume
 
 -- Only the keys this batch touches: a broken state hash refuses the
 -- records that use it, not a dead letter.
+local TYPES = {'stream', 'stream', 'hash', 'stream', 'stream', 'hash', 'zset', 'zset'}
 for k in pairs(used) do
-  local t = redis.call('TYPE', KEYS[k])['ok']
-  local want = (k == 3) and 'hash' or 'stream'
-  if t ~= want and t ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is a ' .. t .. ', not a ' .. want)
-  end
+  local err = order_type_error(KEYS[k], TYPES[k] or 'list')
+  if err then return redis.error_reply(err) end
 end
 
 -- Pass 2: the writes. `unpack` takes a few thousand values at most.
 local CHUNK = 1000
 local group = ARGV[1]
 local ordered = ARGV[2] == '1'
+local park = ARGV[3] == '1'
 local skipped = 0
 local result = {0, 0}
 
-for from = 4, 3 + quiet, CHUNK do
-  local to = math.min(from + CHUNK - 1, 3 + quiet)
+for from = 5, 4 + quiet, CHUNK do
+  local to = math.min(from + CHUNK - 1, 4 + quiet)
   local acked = redis.call('XACK', KEYS[1], group, unpack(ARGV, from, to))
   skipped = skipped + (to - from + 1) - acked
 end
@@ -168,11 +186,16 @@ local function append(key, from, to)
 end
 
 local blocked = false
-i = 4 + quiet
+i = FIRST
 while i <= n do
-  local kind, id = ARGV[i], ARGV[i + 1]
+  local kind, id, w = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local key
+  if w > 0 then
+    key = ARGV[i + 3]
+    i = i + 1
+  end
   local fresh
-  fresh, i = holds(i + 3, tonumber(ARGV[i + 2]))
+  fresh, i = holds(i + 4, tonumber(ARGV[i + 3]))
   local apply = fresh and not blocked
   if not apply then
     result[#result + 1] = id
@@ -201,8 +224,18 @@ while i <= n do
     local h = tonumber(ARGV[i])
     if acked then append(KEYS[5], i + 1, i + h) end
     i = i + 1 + h
+    if acked and key then
+      order_release(KEYS[1], KEYS[6], KEYS[7], KEYS[8 + w], key, id)
+    end
   elseif kind == 'dlq' then
-    if acked then
+    if acked and key then
+      local letter = redis.call('XADD', KEYS[2], '*', 'data', ARGV[i], 'key', key)
+      if park then
+        order_park(KEYS[6], KEYS[8], key, id, letter, order_now())
+      else
+        order_release(KEYS[1], KEYS[6], KEYS[7], KEYS[8 + w], key, id)
+      end
+    elseif acked then
       redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])
     end
     i = i + 1

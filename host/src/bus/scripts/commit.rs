@@ -6,12 +6,14 @@ use std::sync::LazyLock;
 
 use redis::{FromRedisValue, ParsingError, RedisError, RedisResult, Script, Value};
 
+use super::order::{order_args, with_order, WaitingLists};
 use crate::bus::connection::RedisConn;
 use crate::bus::leanmq;
 use crate::bus::state::stamp_field;
 use crate::handler::{Effects, Reads, COMPARED_BYTES};
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("commit.lua")));
+static SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&with_order(include_str!("commit.lua"))));
 
 /// Most argument bytes sent in one script call. Redis buffers a call whole
 /// (and closes a connection whose query passes 1 GiB), and runs it without
@@ -41,6 +43,11 @@ pub struct CommitBatch {
     /// Events ran one at a time, in stream order: a conflict holds back
     /// every record after it.
     ordered: bool,
+    /// A dead letter parks its key (`on_dead_letter = "park"`) instead of
+    /// letting the key move on.
+    park: bool,
+    /// The waiting lists of the keys its entries hold.
+    waiting: WaitingLists,
     /// Entries handled with no effects and no reads: just their ids.
     quiet: Vec<Vec<u8>>,
     /// Everything else, one record per entry, encoded as commit.lua reads it.
@@ -78,6 +85,10 @@ pub struct CommitKeys<'a> {
     pub all: &'a str,
     /// Where requests to send after the commit go: `events:sub:<name>:http`.
     pub http: &'a str,
+    /// The subscriber's order keys (see [`crate::bus::keys::OrderKeys`]).
+    pub holders: &'a str,
+    pub held: &'a str,
+    pub parked: &'a str,
 }
 
 /// What a commit came to.
@@ -131,6 +142,8 @@ impl CommitBatch {
         CommitBatch {
             group: group.as_bytes().to_vec(),
             ordered,
+            park: false,
+            waiting: WaitingLists::default(),
             quiet: Vec::new(),
             records: Vec::new(),
             entries: 0,
@@ -138,14 +151,22 @@ impl CommitBatch {
         }
     }
 
-    /// Acknowledges `id` and commits `effects` with it.
-    pub fn ok(&mut self, id: &str, effects: &Effects, now: f64) {
+    /// Makes a dead letter park its key, until it is replayed or skipped,
+    /// instead of letting the key move on.
+    pub fn parking(mut self, park: bool) -> Self {
+        self.park = park;
+        self
+    }
+
+    /// Acknowledges `id`, which holds `key` if it has one, and commits
+    /// `effects` with it.
+    pub fn ok(&mut self, id: &str, key: Option<&str>, effects: &Effects, now: f64) {
         self.entries += 1;
-        if effects.is_empty() {
+        if effects.is_empty() && key.is_none() {
             self.quiet.push(id.as_bytes().to_vec());
             return;
         }
-        let mut record = Self::record(b"ok", id, effects.reads());
+        let mut record = self.record(b"ok", id, key, effects.reads());
 
         let published = effects.published();
         record.push(count(published.len()));
@@ -203,8 +224,8 @@ impl CommitBatch {
 
     /// Acknowledges `id` and writes `payload` to the DLQ, if what the
     /// failure rests on, `reads`, still holds.
-    pub fn dead_letter(&mut self, id: &str, payload: String, reads: &Reads) {
-        let mut record = Self::record(b"dlq", id, reads);
+    pub fn dead_letter(&mut self, id: &str, key: Option<&str>, payload: String, reads: &Reads) {
+        let mut record = self.record(b"dlq", id, key, reads);
         record.push(payload.into_bytes());
         self.records.push(record);
         self.entries += 1;
@@ -212,13 +233,14 @@ impl CommitBatch {
 
     /// Checks that `reads` still hold for `id`, which stays pending (a
     /// retry that rests on what it read).
-    pub fn check(&mut self, id: &str, reads: &Reads) {
-        self.records.push(Self::record(b"check", id, reads));
+    pub fn check(&mut self, id: &str, key: Option<&str>, reads: &Reads) {
+        let record = self.record(b"check", id, key, reads);
+        self.records.push(record);
         self.entries += 1;
     }
 
-    /// A record's head: its kind, its entry, what it read.
-    fn record(kind: &[u8], id: &str, reads: &Reads) -> Record {
+    /// A record's head: its kind, its entry, its key, what it read.
+    fn record(&mut self, kind: &[u8], id: &str, key: Option<&str>, reads: &Reads) -> Record {
         let mut record = Record {
             id: id.to_string(),
             args: Vec::new(),
@@ -226,6 +248,10 @@ impl CommitBatch {
         };
         record.push(kind.to_vec());
         record.push(id.as_bytes().to_vec());
+        let place = key.map(|key| (self.waiting.place(0, key), key));
+        for arg in order_args(place) {
+            record.push(arg);
+        }
         record.push(count(reads.len()));
         for (key, seen) in reads {
             record.push(key.as_bytes().to_vec());
@@ -387,9 +413,16 @@ impl CommitBatch {
             .key(keys.dlq)
             .key(keys.state)
             .key(keys.all)
-            .key(keys.http);
+            .key(keys.http)
+            .key(keys.holders)
+            .key(keys.held)
+            .key(keys.parked);
+        for list in self.waiting.names(&[keys.holders]) {
+            call.key(list);
+        }
         call.arg(self.group.as_slice())
             .arg(if self.ordered { "1" } else { "0" })
+            .arg(if self.park { "1" } else { "0" })
             .arg(quiet.len());
         for id in quiet {
             call.arg(id.as_slice());
@@ -434,9 +467,12 @@ mod tests {
         effects.delete("b".into());
         effects.delete("c".into());
         let mut batch = CommitBatch::new("g", false);
-        batch.ok("4-0", &Effects::default(), 1.0);
-        batch.ok("5-0", &effects, 1.0);
-        assert_eq!(batch.len(), 2);
+        batch.ok("4-0", None, &Effects::default(), 1.0);
+        batch.ok("5-0", None, &effects, 1.0);
+        batch.ok("6-0", Some("o-1"), &Effects::default(), 1.0);
+        assert_eq!(batch.len(), 3);
+        let lists: Vec<String> = batch.waiting.names(&["o"]).collect();
+        assert_eq!(lists, ["o:q:o-1"]);
         assert_eq!(text(&batch.quiet), ["4-0"], "no effects: just the id");
         assert_eq!(
             text(
@@ -451,6 +487,7 @@ mod tests {
                 "5-0",
                 "0",
                 "0",
+                "0",
                 "1",
                 "a",
                 "3",
@@ -459,6 +496,15 @@ mod tests {
                 "\0stamp:b",
                 "c",
                 "\0stamp:c",
+                "0",
+                "ok",
+                "6-0",
+                "1",
+                "o-1",
+                "0",
+                "0",
+                "0",
+                "0",
                 "0"
             ]
         );

@@ -15,7 +15,11 @@
 -- KEYS[1] the subscriber stream   KEYS[2] its seen set (a sorted set:
 -- "<event id> <SHA-1 of its data>" -> when it was copied, in ms; and
 -- "<event id>" alone, so that an id seen with other content is told)
--- ARGV[1] how long (ms) an id is remembered, then pairs of: event id, data
+-- KEYS[3], KEYS[4] its order holders and held set (see order.lua), then
+-- the waiting lists of the keys the batch copies to
+-- ARGV[1] how long (ms) an id is remembered, then per copy: event id,
+-- data, w, and if w > 0 the event's key (its list is KEYS[4 + w]); w = 0:
+-- the subscriber keeps no order.
 --
 -- Everything that could fail is checked before the first write: a script
 -- does not roll back. The copy and its id are written together, so an id
@@ -27,18 +31,32 @@
 
 local n = #ARGV
 local window = tonumber(ARGV[1])
-if not window or n % 2 ~= 1 then
+if not window then
   return redis.error_reply('ERR copy: malformed arguments')
 end
-for k, want in ipairs({'stream', 'zset'}) do
-  local t = redis.call('TYPE', KEYS[k])['ok']
-  if t ~= want and t ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is a ' .. t .. ', not a ' .. want)
+local used = {[1] = 'stream', [2] = 'zset'}
+local i = 2
+while i <= n do
+  local w = tonumber(ARGV[i + 2])
+  if ARGV[i + 1] == nil or not w or w < 0 or (w > 0 and KEYS[4 + w] == nil) then
+    return redis.error_reply('ERR copy: malformed copy at argument ' .. i)
+  end
+  if w == 0 then
+    i = i + 3
+  else
+    used[3], used[4], used[4 + w] = 'hash', 'zset', 'list'
+    i = i + 4
   end
 end
+if i ~= n + 1 then
+  return redis.error_reply('ERR copy: the last copy runs past the arguments')
+end
+for k, want in pairs(used) do
+  local err = order_type_error(KEYS[k], want)
+  if err then return redis.error_reply(err) end
+end
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = order_now()
 
 -- Forget ids past the window, a bounded number per call (a long pause
 -- must not turn into one long call while Redis serves no one else); each
@@ -49,15 +67,22 @@ if old > 0 then
 end
 
 local dropped, reused = 0, 0
-for i = 2, n, 2 do
-  local seen = ARGV[i] .. ' ' .. redis.sha1hex(ARGV[i + 1])
+i = 2
+while i <= n do
+  local id, data, w = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local seen = id .. ' ' .. redis.sha1hex(data)
   if redis.call('ZADD', KEYS[2], 'NX', now, seen) == 1 then
-    redis.call('XADD', KEYS[1], '*', 'data', ARGV[i + 1])
-    if redis.call('ZADD', KEYS[2], now, ARGV[i]) == 0 then
+    if w == 0 then
+      redis.call('XADD', KEYS[1], '*', 'data', data)
+    else
+      order_admit(KEYS[1], KEYS[3], KEYS[4], KEYS[4 + w], ARGV[i + 3], data, now)
+    end
+    if redis.call('ZADD', KEYS[2], now, id) == 0 then
       reused = reused + 1
     end
   else
     dropped = dropped + 1
   end
+  i = i + (w == 0 and 3 or 4)
 end
 return {dropped, reused}

@@ -8,15 +8,22 @@ use std::time::Duration;
 use redis::{RedisResult, Script};
 
 use super::commit::{fit_in_one_call, is_refusal, refusal_text};
+use super::order::{order_args, with_order, WaitingLists};
 use crate::bus::connection::RedisConn;
+use crate::bus::keys::OrderKeys;
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("copy.lua")));
+static SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&with_order(include_str!("copy.lua"))));
 
 /// The copies for one subscriber: its stream, its seen set, and for each
 /// entry the id it is deduplicated by and its data.
 pub struct CopyBatch {
     stream: String,
     seen: String,
+    /// The subscriber's order keys: the event's key is in each copy that
+    /// keeps order.
+    order: OrderKeys,
+    waiting: WaitingLists,
     records: Vec<Copy>,
 }
 
@@ -27,6 +34,8 @@ struct Copy {
     /// What a repeated copy is known by: the event's id.
     event: String,
     data: Vec<u8>,
+    /// Its key's waiting list (by place) and its key, if it keeps order.
+    order: Vec<Vec<u8>>,
 }
 
 /// What a copy batch came to.
@@ -53,20 +62,25 @@ impl Copied {
 impl CopyBatch {
     /// An empty batch for the subscriber whose stream and seen set these
     /// are.
-    pub fn new(stream: &str, seen: &str) -> Self {
+    pub fn new(stream: &str, seen: &str, order: &OrderKeys) -> Self {
         CopyBatch {
             stream: stream.to_string(),
             seen: seen.to_string(),
+            order: order.clone(),
+            waiting: WaitingLists::default(),
             records: Vec::new(),
         }
     }
 
-    /// Copies `data`, the ingress entry `entry`, known as `event`.
-    pub fn copy(&mut self, entry: &str, event: &str, data: &[u8]) {
+    /// Copies `data`, the ingress entry `entry`, known as `event`; with
+    /// `key`, in the order of that key.
+    pub fn copy(&mut self, entry: &str, event: &str, data: &[u8], key: Option<&str>) {
+        let place = key.map(|key| (self.waiting.place(0, key), key));
         self.records.push(Copy {
             entry: entry.to_string(),
             event: event.to_string(),
             data: data.to_vec(),
+            order: order_args(place),
         });
     }
 
@@ -118,11 +132,20 @@ impl CopyBatch {
         records: &[Copy],
     ) -> RedisResult<(u64, u64)> {
         let mut call = SCRIPT.prepare_invoke();
-        call.key(&self.stream).key(&self.seen);
+        call.key(&self.stream)
+            .key(&self.seen)
+            .key(&self.order.holders)
+            .key(&self.order.held);
+        for list in self.waiting.names(&[&self.order.holders]) {
+            call.key(list);
+        }
         call.arg(window.as_millis() as u64);
         for record in records {
             call.arg(record.event.as_bytes())
                 .arg(record.data.as_slice());
+            for arg in &record.order {
+                call.arg(arg.as_slice());
+            }
         }
         call.invoke_async(conn).await
     }

@@ -4,10 +4,16 @@
 -- The shebang line makes Redis (7.0+) check its memory before the script
 -- runs: over `maxmemory` it is refused whole (-OOM), having written nothing.
 --
--- KEYS[1] events:all   KEYS[2] events:all:dlq   KEYS[3..] subscriber streams
--- ARGV[1] the group of events:all, then one record per entry:
---   id, n >= 0, n indexes into KEYS, data    -- copy data to those streams
---   id, -1, payload                          -- dead-letter payload
+-- KEYS[1] events:all   KEYS[2] events:all:dlq   KEYS[3..2+S] the S
+-- subscriber streams, then their S order holders, their S held sets (see
+-- order.lua; a subscriber without `order_by` never touches its own), then
+-- the waiting lists of the keys this batch routes.
+-- ARGV[1] the group of events:all, ARGV[2] S, then one record per entry:
+--   id, n >= 0, n targets, data   -- copy data to those streams
+--   id, -1, payload               -- dead-letter payload
+-- a target is `t, 0` (stream KEYS[t]) or, for a subscriber that keeps
+-- order per key, `t, w, key`, w > 0 (the key's waiting list is the w-th
+-- after the held sets, KEYS[2 + 3S + w]).
 --
 -- Each entry is acknowledged first and copied only if it was still pending:
 -- an entry that another consumer reclaimed and routed meanwhile is skipped,
@@ -20,25 +26,38 @@
 -- Pass 1: the shape of every record, and the keys it writes.
 local n = #ARGV
 local tonumber = tonumber
-local used = {[1] = true}
-local i = 2
+local S = tonumber(ARGV[2])
+if not S or S < 0 then
+  return redis.error_reply('ERR fan-out: malformed header')
+end
+local used = {[1] = 'stream'}
+local i = 3
 while i <= n do
   local c = tonumber(ARGV[i + 1])
   if not c or c < -1 then
     return redis.error_reply('ERR fan-out: malformed record at argument ' .. i)
   end
+  i = i + 2
   if c < 0 then
-    used[2] = true
-    c = 0
+    used[2] = 'stream'
   end
-  for t = i + 2, i + 1 + c do
-    local k = tonumber(ARGV[t])
-    if not k or k < 3 or KEYS[k] == nil then
-      return redis.error_reply('ERR fan-out: bad stream index at argument ' .. t)
+  for _ = 1, c do
+    local t, w = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    if not t or t < 3 or t > 2 + S or not w then
+      return redis.error_reply('ERR fan-out: bad target at argument ' .. i)
     end
-    used[k] = true
+    used[t] = 'stream'
+    if w == 0 then
+      i = i + 2
+    else
+      if w < 0 or KEYS[2 + 3 * S + w] == nil then
+        return redis.error_reply('ERR fan-out: bad waiting list at argument ' .. i)
+      end
+      used[t + S], used[t + 2 * S], used[2 + 3 * S + w] = 'hash', 'zset', 'list'
+      i = i + 3
+    end
   end
-  i = i + 3 + c
+  i = i + 1
 end
 if i ~= n + 1 then
   return redis.error_reply('ERR fan-out: the last record runs past the arguments')
@@ -46,30 +65,42 @@ end
 
 -- Only the keys this batch writes: a broken subscriber stream refuses the
 -- entries routed to it, not every batch.
-for k in pairs(used) do
-  local t = redis.call('TYPE', KEYS[k])['ok']
-  if t ~= 'stream' and t ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is a ' .. t .. ', not a stream')
-  end
+for k, want in pairs(used) do
+  local err = order_type_error(KEYS[k], want)
+  if err then return redis.error_reply(err) end
 end
 
 local group = ARGV[1]
+local now = order_now()
 local skipped = 0
-i = 2
+i = 3
 while i <= n do
   local id, c = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
   local acked = redis.call('XACK', KEYS[1], group, id) == 1
   if c >= 0 then
+    -- Where the data is: after the targets, each two or three arguments.
+    local d = i
+    for _ = 1, c do
+      d = d + (ARGV[d + 1] == '0' and 2 or 3)
+    end
+    local data = ARGV[d]
     if acked then
-      local data = ARGV[i + c]
-      for t = 0, c - 1 do
-        redis.call('XADD', KEYS[tonumber(ARGV[i + t])], '*', 'data', data)
+      for _ = 1, c do
+        local t, w = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+        if w == 0 then
+          redis.call('XADD', KEYS[t], '*', 'data', data)
+          i = i + 2
+        else
+          order_admit(KEYS[t], KEYS[t + S], KEYS[t + 2 * S], KEYS[2 + 3 * S + w], ARGV[i + 2],
+            data, now)
+          i = i + 3
+        end
       end
     else
       skipped = skipped + 1
     end
-    i = i + c + 1
+    i = d + 1
   else
     if acked then
       redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])

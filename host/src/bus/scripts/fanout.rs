@@ -6,16 +6,51 @@ use std::sync::LazyLock;
 use redis::{RedisResult, Script};
 
 use super::commit::{fit_in_one_call, is_refusal, refusal_text};
+use super::order::{order_args, with_order, WaitingLists};
 use super::Skipped;
 use crate::bus::connection::RedisConn;
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fanout.lua")));
+static SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&with_order(include_str!("fanout.lua"))));
 
 /// One fan-out batch: for each entry of `events:all`, its copies or its
 /// dead letter.
 pub struct FanoutBatch {
     group: Vec<u8>,
     records: Vec<Record>,
+    /// The waiting lists of the keys its ordered copies go to.
+    waiting: WaitingLists,
+}
+
+/// Where a fan-out writes: `events:all`, its DLQ, and per subscriber its
+/// stream and its order keys, by the index a target names.
+pub struct FanoutKeys<'a> {
+    pub all: &'a str,
+    pub all_dlq: &'a str,
+    pub streams: &'a [String],
+    /// [`OrderKeys::holders`] of each stream's subscriber.
+    pub holders: &'a [String],
+    /// [`OrderKeys::held`] of each stream's subscriber.
+    pub held: &'a [String],
+}
+
+/// Where one copy of an entry goes: a subscriber stream (an index into
+/// [`FanoutKeys::streams`]), and for a subscriber that keeps order per
+/// key, the event's key.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub stream: usize,
+    pub key: Option<&'a str>,
+}
+
+impl Target<'_> {
+    /// Copies to `streams`, none keeping order.
+    pub fn unordered(streams: &[usize]) -> Vec<Target<'static>> {
+        streams
+            .iter()
+            .map(|&stream| Target { stream, key: None })
+            .collect()
+    }
 }
 
 /// One entry's record: its id and its arguments to fanout.lua.
@@ -41,17 +76,22 @@ impl FanoutBatch {
         FanoutBatch {
             group: group.as_bytes().to_vec(),
             records: Vec::new(),
+            waiting: WaitingLists::default(),
         }
     }
 
-    /// Copies `data` to the subscriber streams at `targets` (indexes into
-    /// the streams given to [`FanoutBatch::apply`]); none just acknowledges.
-    pub fn route(&mut self, id: &str, targets: &[usize], data: &[u8]) {
+    /// Copies `data` to the subscriber streams at `targets`; none just
+    /// acknowledges.
+    pub fn route(&mut self, id: &str, targets: &[Target<'_>], data: &[u8]) {
         let mut args = vec![id.as_bytes().to_vec()];
         args.push(targets.len().to_string().into_bytes());
-        for t in targets {
+        for target in targets {
             // KEYS[1] and KEYS[2] are events:all and its DLQ; Lua counts from 1.
-            args.push((t + 3).to_string().into_bytes());
+            args.push((target.stream + 3).to_string().into_bytes());
+            let place = target
+                .key
+                .map(|key| (self.waiting.place(target.stream, key), key));
+            args.extend(order_args(place));
         }
         args.push(data.to_vec());
         self.push(id, args);
@@ -96,19 +136,13 @@ impl FanoutBatch {
     /// will not change, having written nothing, it is routed in halves until
     /// each record it refuses is alone; those are returned in
     /// [`Routed::refused`].
-    pub async fn apply(
-        &self,
-        conn: &mut RedisConn,
-        all: &str,
-        all_dlq: &str,
-        streams: &[String],
-    ) -> RedisResult<Routed> {
+    pub async fn apply(&self, conn: &mut RedisConn, keys: &FanoutKeys<'_>) -> RedisResult<Routed> {
         let mut routed = Routed::default();
         let mut rest: &[Record] = &self.records;
         while !rest.is_empty() {
             let take = fit_in_one_call(rest, |r| r.bytes);
             let (chunk, later) = rest.split_at(take);
-            match self.call(conn, all, all_dlq, streams, chunk).await {
+            match self.call(conn, keys, chunk).await {
                 Ok(skipped) => routed.skipped += skipped,
                 Err(err) if is_refusal(&err) => {
                     tracing::warn!(
@@ -117,16 +151,8 @@ impl FanoutBatch {
                         chunk.len()
                     );
                     let why = refusal_text(&err);
-                    self.route_around_refusals(
-                        conn,
-                        all,
-                        all_dlq,
-                        streams,
-                        chunk,
-                        why,
-                        &mut routed,
-                    )
-                    .await?;
+                    self.route_around_refusals(conn, keys, chunk, why, &mut routed)
+                        .await?;
                 }
                 Err(err) => return Err(err),
             }
@@ -139,13 +165,10 @@ impl FanoutBatch {
     /// halves until each one it refuses is alone, in order (no record is
     /// routed after one behind it). A few refused records among many cost
     /// about two calls per halving each, not one call per record.
-    #[allow(clippy::too_many_arguments)]
     async fn route_around_refusals(
         &self,
         conn: &mut RedisConn,
-        all: &str,
-        all_dlq: &str,
-        streams: &[String],
+        keys: &FanoutKeys<'_>,
         refused: &[Record],
         why: String,
         routed: &mut Routed,
@@ -166,7 +189,7 @@ impl FanoutBatch {
             let Some(part) = parts.pop() else {
                 return Ok(());
             };
-            match self.call(conn, all, all_dlq, streams, part).await {
+            match self.call(conn, keys, part).await {
                 Ok(skipped) => routed.skipped += skipped,
                 Err(err) if is_refusal(&err) => just_refused = Some((part, refusal_text(&err))),
                 Err(err) => return Err(err),
@@ -177,17 +200,22 @@ impl FanoutBatch {
     async fn call(
         &self,
         conn: &mut RedisConn,
-        all: &str,
-        all_dlq: &str,
-        streams: &[String],
+        keys: &FanoutKeys<'_>,
         records: &[Record],
     ) -> RedisResult<Skipped> {
         let mut call = SCRIPT.prepare_invoke();
-        call.key(all).key(all_dlq);
-        for stream in streams {
-            call.key(stream);
+        call.key(keys.all).key(keys.all_dlq);
+        for key in keys.streams.iter().chain(keys.holders).chain(keys.held) {
+            call.key(key);
         }
-        call.arg(self.group.as_slice());
+        // Every list the batch names: a part of it uses fewer, harmlessly.
+        if !self.waiting.is_empty() {
+            let holders: Vec<&str> = keys.holders.iter().map(String::as_str).collect();
+            for list in self.waiting.names(&holders) {
+                call.key(list);
+            }
+        }
+        call.arg(self.group.as_slice()).arg(keys.streams.len());
         for record in records {
             for arg in &record.args {
                 call.arg(arg.as_slice());
@@ -205,10 +233,17 @@ mod tests {
     #[test]
     fn fanout_records_point_past_the_fixed_keys() {
         let mut batch = FanoutBatch::new("all-group");
-        batch.route("1-0", &[0, 2], b"{}");
+        let to = |stream| Target { stream, key: None };
+        let keyed = Target {
+            stream: 1,
+            key: Some("o-9"),
+        };
+        batch.route("1-0", &[to(0), keyed, to(2)], b"{}");
         batch.route("1-1", &[], b"{}");
         batch.dead_letter("1-2", "{\"_raw\":\"x\"}".into());
         assert_eq!(batch.len(), 3);
+        let lists: Vec<String> = batch.waiting.names(&["a", "b", "c"]).collect();
+        assert_eq!(lists, ["b:q:o-9"]);
         let mut args = vec![batch.group.clone()];
         args.extend(batch.records.iter().flat_map(|r| r.args.clone()));
         assert_eq!(
@@ -216,9 +251,14 @@ mod tests {
             [
                 "all-group",
                 "1-0",
-                "2",
                 "3",
+                "3",
+                "0",
+                "4",
+                "1",
+                "o-9",
                 "5",
+                "0",
                 "{}",
                 "1-1",
                 "0",

@@ -19,15 +19,16 @@
 pub mod commit;
 pub mod copy;
 pub mod fanout;
+mod order;
 pub mod peek;
 pub mod replay;
 pub mod trim;
 
 pub use commit::{is_refusal, CommitBatch, CommitKeys, Committed, MAX_CALL_BYTES};
 pub use copy::{Copied, CopyBatch};
-pub use fanout::{FanoutBatch, Routed};
+pub use fanout::{FanoutBatch, FanoutKeys, Routed, Target};
 pub use peek::{peek, Peek, PeekRange, Peeked};
-pub use replay::{replay, Moved, ReplayKeys};
+pub use replay::{replay, skip, Letter, Moved, ReplayKeys};
 pub use trim::trim;
 
 /// Entries of a batch that were already acknowledged by someone else, so

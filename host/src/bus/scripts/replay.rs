@@ -1,19 +1,34 @@
 //! Moving dead letters back into the stream they failed from (see
-//! `replay.lua` for why each entry moves atomically).
+//! `replay.lua` for why each entry moves atomically), and letting the key
+//! a dead letter parks move on without it (`skip.lua`).
 
 use std::sync::LazyLock;
 
 use redis::{RedisResult, Script};
 
+use super::order::{order_args, with_order, WaitingLists};
 use crate::bus::connection::RedisConn;
+use crate::bus::keys::OrderKeys;
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("replay.lua")));
+static SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&with_order(include_str!("replay.lua"))));
+static SKIP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&with_order(include_str!("skip.lua"))));
 
-/// One dead letter moved: its id in the DLQ and its new id in the stream.
+/// One dead letter moved: its id in the DLQ and its new id in the stream
+/// (empty while it waits behind the holder of its key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Moved {
     pub dlq_id: String,
     pub stream_id: String,
+}
+
+/// A dead letter to replay or skip: its id, and the key it carries if its
+/// subscriber keeps order per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Letter {
+    pub id: String,
+    pub key: Option<String>,
 }
 
 /// Where a replay reads and writes.
@@ -27,29 +42,91 @@ pub struct ReplayKeys<'a> {
     /// A subscriber's `:http` stream, where its letters of requests never
     /// sent go back to.
     pub requests: Option<&'a str>,
+    /// A subscriber's order keys, where letters with a key go back in
+    /// their key's order.
+    pub order: Option<&'a OrderKeys>,
 }
 
-/// Moves the entries `ids` of the DLQ into the stream, each atomically;
+/// Each letter's arguments, and the waiting lists they name.
+fn letter_args(letters: &[Letter]) -> (Vec<Vec<u8>>, WaitingLists) {
+    let mut waiting = WaitingLists::default();
+    let mut args = Vec::with_capacity(letters.len() * 3);
+    for letter in letters {
+        args.push(letter.id.as_bytes().to_vec());
+        let key = letter.key.as_deref();
+        args.extend(order_args(key.map(|key| (waiting.place(0, key), key))));
+    }
+    (args, waiting)
+}
+
+/// Moves the `letters` of the DLQ into the stream, each atomically;
 /// returns those moved (ids no longer in the DLQ are skipped).
 pub async fn replay(
     conn: &mut RedisConn,
     keys: &ReplayKeys<'_>,
-    ids: &[String],
+    letters: &[Letter],
 ) -> RedisResult<Vec<Moved>> {
-    if ids.is_empty() {
+    if letters.is_empty() {
         return Ok(Vec::new());
     }
+    let (args, waiting) = letter_args(letters);
     let mut call = SCRIPT.prepare_invoke();
-    call.key(keys.dlq).key(keys.stream);
-    if let Some(requests) = keys.requests {
-        call.key(requests);
+    // Unused keys repeat the stream: a script names every key it may use.
+    call.key(keys.dlq)
+        .key(keys.stream)
+        .key(keys.requests.unwrap_or(keys.stream));
+    match keys.order {
+        Some(order) => {
+            call.key(&order.holders).key(&order.held).key(&order.parked);
+            for list in waiting.names(&[&order.holders]) {
+                call.key(list);
+            }
+        }
+        None => {
+            call.key(keys.stream).key(keys.stream).key(keys.stream);
+        }
     }
-    call.arg(keys.dlq_group);
-    for id in ids {
-        call.arg(id);
+    call.arg(keys.dlq_group)
+        .arg(if keys.requests.is_some() { "1" } else { "0" });
+    for arg in args {
+        call.arg(arg);
     }
     let flat: Vec<String> = call.invoke_async(conn).await?;
     Ok(pairs(flat))
+}
+
+/// Lets the keys the `letters` (of a subscriber's DLQ `dlq`, with stream
+/// `stream`) park move on to their next events; the letters stay. Returns
+/// the ids of those whose key moved on.
+pub async fn skip(
+    conn: &mut RedisConn,
+    dlq: &str,
+    stream: &str,
+    order: &OrderKeys,
+    letters: &[Letter],
+) -> RedisResult<Vec<String>> {
+    let letters: Vec<Letter> = letters
+        .iter()
+        .filter(|l| l.key.is_some())
+        .cloned()
+        .collect();
+    if letters.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (args, waiting) = letter_args(&letters);
+    let mut call = SKIP.prepare_invoke();
+    call.key(dlq)
+        .key(stream)
+        .key(&order.holders)
+        .key(&order.held)
+        .key(&order.parked);
+    for list in waiting.names(&[&order.holders]) {
+        call.key(list);
+    }
+    for arg in args {
+        call.arg(arg);
+    }
+    call.invoke_async(conn).await
 }
 
 /// `[dlq id, stream id, ...]` → the moves.

@@ -22,6 +22,9 @@ impl SubscriberLoop {
             state: &self.state_key,
             all: &self.publish_to,
             http: &self.requests_to,
+            holders: &self.order.holders,
+            held: &self.order.held,
+            parked: &self.order.parked,
         };
         let name = &self.subscription.name;
         let mut patience = Patience::new(name, &self.subscription.stop);
@@ -69,8 +72,7 @@ impl SubscriberLoop {
         if refused.is_empty() {
             return Ok(decided);
         }
-        let queue = self.group.queue().clone();
-        let mut batch = CommitBatch::new(&queue.group, false);
+        let mut batch = self.commit_batch(settings, false);
         let now = crate::handler::unix_now();
         let letters = DeadLetterer::subscriber(&settings.name, self.bus.max_payload_bytes);
         let what = format!("{}: Redis refused its commit", settings.name);
@@ -79,7 +81,11 @@ impl SubscriberLoop {
             Some((&d.work.entry, d.work.attempt))
         };
         for q in letters.quarantine(refused, &what, now, find) {
-            batch.dead_letter(q.id, q.payload, &Vec::new());
+            let key = decided
+                .iter()
+                .find(|d| d.work.entry.id == q.id)
+                .and_then(|d| d.work.entry.key());
+            batch.dead_letter(q.id, key, q.payload, &Vec::new());
             if let Some(d) = decided.iter_mut().find(|d| d.work.entry.id == q.id) {
                 d.fate = Fate::DeadLettered {
                     kind: REFUSED,

@@ -31,11 +31,12 @@ use redis::RedisResult;
 use super::connection::Replicas;
 use super::entry::StreamEntry;
 use super::group::GroupConsumer;
+use super::keys::OrderKeys;
 use super::leanmq::{self, DeadLetterer};
 use super::scripts::CommitBatch;
 use super::worker::{self, Round, Worker};
 use super::BLOCK;
-use crate::config::{BusConfig, SubscriberConfig};
+use crate::config::{BusConfig, OnDeadLetter, SubscriberConfig, WithoutKey};
 use crate::handler::{FailureKind, Outcome, Reads, StateReader};
 use crate::telemetry::metrics::SubscriberMetrics;
 use again::AgainQueue;
@@ -54,6 +55,17 @@ struct Retry {
     conflicts: u32,
 }
 
+/// Where a subscriber loop's commits write, besides its stream and DLQ.
+pub(in crate::bus) struct LoopKeys {
+    /// Its state hash.
+    pub state: String,
+    /// Where its commits put what its handlers publish: `events:all`, or
+    /// on a cluster its outbox.
+    pub publish_to: String,
+    /// Where it keeps order per key.
+    pub order: OrderKeys,
+}
+
 /// The loop of one subscriber in this process.
 pub struct SubscriberLoop {
     subscription: Arc<Subscription>,
@@ -63,6 +75,7 @@ pub struct SubscriberLoop {
     /// Where its commits put what its handlers publish: `events:all`, or
     /// on a cluster its outbox.
     publish_to: String,
+    order: OrderKeys,
     /// Where its commits queue requests to send after them.
     requests_to: String,
     replicas: Replicas,
@@ -114,15 +127,13 @@ enum Fate {
 }
 
 impl SubscriberLoop {
-    /// A loop for `subscription`, reading through `group`; its state hash
-    /// is `state_key`, its commits publish to `publish_to` and wait for
-    /// `replicas`.
+    /// A loop for `subscription`, reading through `group`; its commits
+    /// write to `keys` and wait for `replicas`.
     pub(in crate::bus) fn new(
         subscription: Arc<Subscription>,
         group: GroupConsumer,
         state: Arc<dyn StateReader>,
-        state_key: String,
-        publish_to: String,
+        keys: LoopKeys,
         replicas: Replicas,
         bus: BusConfig,
     ) -> Self {
@@ -133,8 +144,9 @@ impl SubscriberLoop {
             subscription,
             group,
             state,
-            state_key,
-            publish_to,
+            state_key: keys.state,
+            publish_to: keys.publish_to,
+            order: keys.order,
             requests_to,
             replicas,
             bus,
@@ -292,8 +304,7 @@ impl SubscriberLoop {
         work: Vec<Work>,
     ) -> (CommitBatch, Vec<Decided>) {
         let concurrency = settings.concurrency;
-        let queue = self.group.queue().clone();
-        let mut batch = CommitBatch::new(&queue.group, concurrency <= 1);
+        let mut batch = self.commit_batch(settings, concurrency <= 1);
         let mut jobs = Vec::with_capacity(work.len());
         let mut published = vec![None; work.len()];
         let mut decided = Vec::with_capacity(work.len());
@@ -308,6 +319,11 @@ impl SubscriberLoop {
                         item.attempt,
                         self.bus.max_payload_bytes,
                     ) {
+                        Ok(_) if self.refuses_without_key(settings, &item.entry) => {
+                            let field = settings.order.as_ref().map(|o| o.field.clone());
+                            let no_key = leanmq::Malformed::NoKey(field.unwrap_or_default());
+                            Some(verdict::malformed(settings, no_key))
+                        }
                         Ok(event) => {
                             published[index] = event.timestamp;
                             jobs.push((index, event));
@@ -363,7 +379,7 @@ impl SubscriberLoop {
             let item = held[index].take().expect("one outcome per job");
             match outcome {
                 Outcome::Ok(mut effects) => {
-                    batch.ok(&item.entry.id, &effects, now);
+                    batch.ok(&item.entry.id, item.entry.key(), &effects, now);
                     decided.push(Decided {
                         work: item,
                         event_id,
@@ -414,6 +430,30 @@ impl SubscriberLoop {
         (batch, decided)
     }
 
+    /// An empty commit for this subscriber; `ordered` if its events ran one
+    /// at a time, in stream order.
+    fn commit_batch(&self, settings: &SubscriberConfig, ordered: bool) -> CommitBatch {
+        let park = settings
+            .order
+            .as_ref()
+            .is_some_and(|o| o.on_dead_letter == OnDeadLetter::Park);
+        CommitBatch::new(&self.group.queue().group, ordered).parking(park)
+    }
+
+    /// Whether `entry` is refused for having no key: its subscriber orders
+    /// by a field it lacks, and says `without_key = "refuse"`. An entry
+    /// that holds a key has one; one that does not but whose event has
+    /// the field (put in the stream by hand, or routed before `order_by`
+    /// was set) runs without an order.
+    fn refuses_without_key(&self, settings: &SubscriberConfig, entry: &StreamEntry) -> bool {
+        match &settings.order {
+            Some(order) if order.without_key == WithoutKey::Refuse && entry.key().is_none() => {
+                leanmq::order_key(entry, order, self.bus.max_payload_bytes).is_none()
+            }
+            _ => false,
+        }
+    }
+
     /// Adds what a verdict writes (a dead letter, or the check of a retry's
     /// reads) to the commit; the rest waits for the commit to land.
     fn decide(
@@ -428,7 +468,7 @@ impl SubscriberLoop {
         let fate = match verdict {
             Verdict::Retry { next, delay } => {
                 if !reads.is_empty() {
-                    batch.check(&work.entry.id, &reads);
+                    batch.check(&work.entry.id, work.entry.key(), &reads);
                 }
                 Fate::Retry { next, delay }
             }
@@ -438,7 +478,7 @@ impl SubscriberLoop {
                 let letters = DeadLetterer::subscriber(&settings.name, self.bus.max_payload_bytes);
                 let now = crate::handler::unix_now();
                 let payload = letters.letter(&work.entry, kind, &reason, work.attempt, now);
-                batch.dead_letter(&work.entry.id, payload, &reads);
+                batch.dead_letter(&work.entry.id, work.entry.key(), payload, &reads);
                 Fate::DeadLettered { kind, reason }
             }
         };
