@@ -337,6 +337,8 @@ fn seen(holds: bool, what: impl FnOnce() -> String) -> Result<(), String> {
 struct Scale {
     /// Names the run in messages.
     what: &'static str,
+    /// The subscriber's `concurrency` on each host.
+    concurrency: usize,
     keys: usize,
     per_key: u64,
     poison: usize,
@@ -671,7 +673,7 @@ fn keep_every_keys_order<C: Conn>(
     assert_eq!(pending(&mut conn, &layout.stream, &layout.group), 0);
     println!(
         "{what}: {} events on {} keys ({} poison, {}% chance of a retry), 3 hosts at \
-         concurrency 8: published in {:.1?} ({} waves), all committed in order or dead \
+         concurrency {}: published in {:.1?} ({} waves), all committed in order or dead \
          in {:.1?}; kills at {kills:?} (time, events done); reload at {reloaded_at:.1?}; \
          {on_a} commits on build a, {on_b} on b; at most {most_held} keys had events \
          waiting at once",
@@ -679,6 +681,7 @@ fn keep_every_keys_order<C: Conn>(
         scale.keys,
         plan.poison.len(),
         scale.retry_percent,
+        scale.concurrency,
         published_in,
         plan.waves.len(),
         settled_at,
@@ -689,20 +692,20 @@ fn keep_every_keys_order<C: Conn>(
 }
 
 /// The subscriber's table for the big runs.
-fn ordered_subscriber() -> String {
+fn ordered_subscriber(concurrency: usize) -> String {
     format!(
-        "[subscribers.{SUB}]\nplugin = \"sequence.wasm\"\nevents = [\"Step\"]\nconcurrency = 8\n\
+        "[subscribers.{SUB}]\nplugin = \"sequence.wasm\"\nevents = [\"Step\"]\nconcurrency = {concurrency}\n\
          max_attempts = 8\nretry_backoff_ms = 20\norder_by = \"order_id\"\n"
     )
 }
 
-#[test]
-fn three_hosts_keep_every_keys_order_on_one_server() {
+/// The big run on one redis-server.
+fn on_one_server(scale: Scale) {
     let _big = one_big_run_at_a_time();
     sequence_b();
     let world = World::new(&[], "");
     world.install_file(sequence(), "sequence.wasm");
-    world.configure_watched(&ordered_subscriber());
+    world.configure_watched(&ordered_subscriber(scale.concurrency));
     let plugin_file = world.dir.path().join("plugins/sequence.wasm");
     let layout = Layout::single();
     let pattern = format!("{}*", layout.order);
@@ -714,15 +717,36 @@ fn three_hosts_keep_every_keys_order_on_one_server() {
         |_| vec!["events:all".to_string()],
         layout,
         move || scan(&mut scanner, &pattern),
-        Scale {
-            what: "one server",
-            keys: 500,
-            per_key: 40,
-            poison: 36,
-            retry_percent: 10,
-            limit: Duration::from_secs(600),
-        },
+        scale,
     );
+}
+
+#[test]
+fn three_hosts_keep_every_keys_order_on_one_server() {
+    on_one_server(Scale {
+        what: "one server",
+        concurrency: 8,
+        keys: 500,
+        per_key: 40,
+        poison: 36,
+        retry_percent: 10,
+        limit: Duration::from_secs(600),
+    });
+}
+
+/// At concurrency 1 a host commits its batch as one ordered run (a
+/// conflict stops the rest of the batch): the same must hold.
+#[test]
+fn three_hosts_at_concurrency_1_keep_every_keys_order() {
+    on_one_server(Scale {
+        what: "concurrency 1",
+        concurrency: 1,
+        keys: 100,
+        per_key: 30,
+        poison: 10,
+        retry_percent: 10,
+        limit: Duration::from_secs(300),
+    });
 }
 
 #[test]
@@ -731,7 +755,7 @@ fn three_hosts_keep_every_keys_order_on_a_cluster() {
     sequence_b();
     let world = ClusterWorld::new(Cluster::start(3, 0), &[], "", "");
     std::fs::copy(sequence(), world.dir.path().join("plugins/sequence.wasm")).unwrap();
-    world.configure_watching(true, "", "", &ordered_subscriber());
+    world.configure_watching(true, "", "", &ordered_subscriber(8));
     let plugin_file = world.dir.path().join("plugins/sequence.wasm");
     let layout = Layout::cluster();
     // Every order key shares the subscriber's slot: one node holds them.
@@ -750,6 +774,7 @@ fn three_hosts_keep_every_keys_order_on_a_cluster() {
         move || scan(&mut scanner, &pattern),
         Scale {
             what: "cluster",
+            concurrency: 8,
             keys: 500,
             per_key: 40,
             poison: 36,
@@ -941,6 +966,53 @@ fn a_parked_key_moves_on_when_its_dead_letter_is_skipped() {
         "A3 stays in the DLQ"
     );
     all_quiet(&world, &[SUB]);
+    host.stop();
+}
+
+/// Purging the dead letter a key is parked on must not strand the key:
+/// either the purge refuses (the letter stays, to replay or skip) or the
+/// key moves on, as a skip would. A parked key whose letter is gone has no
+/// command left that can release it.
+#[test]
+fn purging_the_dead_letter_a_key_is_parked_on_does_not_strand_the_key() {
+    let (world, host, a3) = a_parked_key();
+    let mut conn = world.conn();
+    let config = world.config();
+    let out = world.eventhost(&[
+        "dlq",
+        "purge",
+        SUB,
+        &a3,
+        "--yes",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    println!(
+        "purge: {}; {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dead = dead_letters(&mut conn, &Layout::single().dlq);
+    if out.status.success() {
+        assert!(dead.is_empty(), "purged");
+        wait(
+            "A moves on past its purged dead letter",
+            Duration::from_secs(10),
+            || {
+                let a = log_of(&state(&mut conn, SUB), "A");
+                let holders = hgetall(&mut conn, &Layout::single().order);
+                seen(a.len() == 9, || format!("log:A {a:?}; holders {holders:?}"))
+            },
+        );
+        all_quiet(&world, &[SUB]);
+    } else {
+        assert_eq!(
+            dead.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            [a3.as_str()],
+            "a refused purge keeps the letter"
+        );
+    }
     host.stop();
 }
 
