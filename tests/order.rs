@@ -1016,6 +1016,52 @@ fn purging_the_dead_letter_a_key_is_parked_on_does_not_strand_the_key() {
     host.stop();
 }
 
+/// LeanMQ's DLQ tools must work on eventhost's DLQs (DESIGN): a dead
+/// letter a key is parked on, requeued with LeanMQ's `requeue_messages`
+/// once its cause is fixed, must let its key go on, in order, as `dlq
+/// replay` does. LeanMQ puts back only the `data` field, without the
+/// letter's `key`.
+#[test]
+fn a_dead_letter_requeued_with_leanmqs_tools_lets_its_key_go_on() {
+    let (world, host, a3) = a_parked_key();
+    let mut conn = world.conn();
+    let () = redis::cmd("HSET")
+        .arg(Layout::single().state)
+        .arg("cure")
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
+    let dir = root().join("tests/python");
+    let out = Command::new("python3")
+        .arg("-B")
+        .arg(dir.join("dead_letters.py"))
+        .args(["--port", &world.redis.port.to_string()])
+        .args(["--queue", &format!("sub:{SUB}"), "requeue", &a3])
+        .current_dir(&dir)
+        .output()
+        .expect("running python3 (LeanMQ 0.2: pip install leanmq==0.2.0)");
+    assert!(
+        out.status.success(),
+        "LeanMQ's requeue failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait(
+        "A3..A10 are handled after LeanMQ's requeue",
+        Duration::from_secs(10),
+        || {
+            let a = log_of(&state(&mut conn, SUB), "A");
+            let holders = hgetall(&mut conn, &Layout::single().order);
+            seen(a.len() == 10, || {
+                format!("log:A {a:?}; holders {holders:?}")
+            })
+        },
+    );
+    assert_eq!(log_of(&state(&mut conn, SUB), "A"), seqs(1, 10));
+    all_quiet(&world, &[SUB]);
+    host.stop();
+}
+
 // ----- events without the key -----
 
 #[test]
