@@ -784,6 +784,72 @@ fn three_hosts_keep_every_keys_order_on_a_cluster() {
     );
 }
 
+// ----- a retry holds its key, and only it -----
+
+/// Key R's first event fails three times (backoff 400 ms, doubling, at
+/// most half of claim_idle_ms):
+/// R2..R5 wait for it, while 50 other keys, published after it, are all
+/// handled meanwhile; then R runs in order.
+#[test]
+fn a_retry_holds_back_its_key_and_no_other() {
+    let world = World::new(&[], "");
+    world.install_file(sequence(), "sequence.wasm");
+    world.configure(&format!(
+        "[subscribers.{SUB}]\nplugin = \"sequence.wasm\"\nevents = [\"Step\"]\nconcurrency = 4\n\
+         max_attempts = 5\nretry_backoff_ms = 400\norder_by = \"order_id\"\n"
+    ));
+    let host = world.host();
+    let mut conn = world.conn();
+    let mut adds = Vec::new();
+    let first = json!({"order_id": "R", "seq": 1, "retry_percent": 100, "max_chance_retries": 3});
+    adds.push(("events:all".to_string(), step_event(first).1));
+    for seq in 2..=5u64 {
+        let data = json!({"order_id": "R", "seq": seq});
+        adds.push(("events:all".to_string(), step_event(data).1));
+    }
+    for key in 0..50 {
+        for seq in 1..=3u64 {
+            let data = json!({"order_id": format!("s{key}"), "seq": seq});
+            adds.push(("events:all".to_string(), step_event(data).1));
+        }
+    }
+    let published = Instant::now();
+    conn.xadd_all(&adds);
+    wait(
+        "the other keys are handled",
+        Duration::from_secs(20),
+        || {
+            let st = state(&mut conn, SUB);
+            let done = (0..50)
+                .filter(|k| log_of(&st, &format!("s{k}")) == [1, 2, 3])
+                .count();
+            seen(done == 50, || format!("{done} of 50 keys done"))
+        },
+    );
+    let others = published.elapsed();
+    let st = state(&mut conn, SUB);
+    assert_eq!(
+        log_of(&st, "R"),
+        Vec::<u64>::new(),
+        "R1 is still retrying after {others:?}, and R2..R5 wait for it"
+    );
+    wait("R is handled", Duration::from_secs(30), || {
+        let r = log_of(&state(&mut conn, SUB), "R");
+        seen(r.len() == 5, || format!("log:R {r:?}"))
+    });
+    let r_done = published.elapsed();
+    assert_eq!(log_of(&state(&mut conn, SUB), "R"), seqs(1, 5));
+    assert!(
+        r_done >= Duration::from_millis(2000),
+        "R1 waited out its backoffs (400 ms, 800 ms, then at most half of \
+         claim_idle_ms): {r_done:?}"
+    );
+    assert_eq!(len(&mut conn, "events:sub:seq:dlq"), 0);
+    println!("retry: 50 other keys done in {others:?}; R (3 retries) done in {r_done:?}");
+    all_quiet(&world, &[SUB]);
+    host.stop();
+}
+
 // ----- a parked key -----
 
 /// One host, `on_dead_letter = "park"`; key A's 3rd event is poison until
@@ -921,6 +987,26 @@ fn all_quiet(world: &World, subscribers: &[&str]) {
 fn a_parked_key_waits_for_its_dead_letter_and_no_other_key_does() {
     let (world, host, a3) = a_parked_key();
     let mut conn = world.conn();
+    // The park is in Redis, not in a host: it outlives a kill -9, and new
+    // events of A queue behind it while B's run.
+    host.kill();
+    let host = world.host();
+    let mut adds = Vec::new();
+    for seq in 11..=12u64 {
+        let data = json!({"order_id": "A", "seq": seq});
+        adds.push(("events:all".to_string(), step_event(data).1));
+    }
+    for seq in 101..=110u64 {
+        let data = json!({"order_id": "B", "seq": seq});
+        adds.push(("events:all".to_string(), step_event(data).1));
+    }
+    conn.xadd_all(&adds);
+    wait("B101..B110 are handled", Duration::from_secs(20), || {
+        let b = log_of(&state(&mut conn, SUB), "B");
+        seen(b.len() == 110, || format!("log:B {b:?}"))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(log_of(&state(&mut conn, SUB), "A"), [1, 2], "A still waits");
     let () = redis::cmd("HSET")
         .arg(Layout::single().state)
         .arg("cure")
@@ -929,13 +1015,13 @@ fn a_parked_key_waits_for_its_dead_letter_and_no_other_key_does() {
         .unwrap();
     let said = dlq(&world, &["replay", SUB, &a3]);
     println!("replay: {said}");
-    wait("A3..A10 are handled", Duration::from_secs(30), || {
+    wait("A3..A12 are handled", Duration::from_secs(30), || {
         let a = log_of(&state(&mut conn, SUB), "A");
-        seen(a.len() == 10, || format!("log:A {a:?}"))
+        seen(a.len() == 12, || format!("log:A {a:?}"))
     });
     let st = state(&mut conn, SUB);
-    assert_eq!(log_of(&st, "A"), seqs(1, 10), "A3..A10 in order");
-    assert_eq!(log_of(&st, "B"), seqs(1, 100));
+    assert_eq!(log_of(&st, "A"), seqs(1, 12), "A3..A12 in order");
+    assert_eq!(log_of(&st, "B"), seqs(1, 110));
     assert_eq!(
         xlen(&mut conn, &Layout::single().dlq),
         0,
