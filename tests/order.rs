@@ -482,7 +482,7 @@ fn keep_every_keys_order<C: Conn>(
 ) {
     let what = scale.what;
     let started_hosts = Instant::now();
-    let mut hosts: Vec<Host> = (0..3).map(|_| Host::serving(config, &[])).collect();
+    let hosts: Vec<Host> = (0..3).map(|_| Host::serving(config, &[])).collect();
     let mut conn = connect();
     let ingress = ingress(&mut conn);
     println!(
@@ -508,14 +508,18 @@ fn keep_every_keys_order<C: Conn>(
         let dead = xlen(conn, &layout.dlq) as usize;
         (committed + dead, state)
     };
-    let restart = |hosts: &mut Vec<Host>, n: usize| {
-        let killed = hosts.remove(n);
+    // Each host, and when it was started.
+    let mut hosts: Vec<(Host, Instant)> = hosts.into_iter().map(|h| (h, started)).collect();
+    let restart = |hosts: &mut Vec<(Host, Instant)>, n: usize| {
+        let (killed, _) = hosts.remove(n);
         killed.kill();
         std::thread::sleep(Duration::from_millis(300));
-        hosts.insert(n, Host::serving(config, &[]));
+        let since = Instant::now();
+        hosts.insert(n, (Host::serving(config, &[]), since));
     };
 
     let mut kills = Vec::new();
+    let mut reload_written: Option<Instant> = None;
     let mut reload: Option<(Duration, HashMap<String, usize>)> = None;
     let settled_at;
     // The most keys seen with events waiting behind their holder.
@@ -538,30 +542,40 @@ fn keep_every_keys_order<C: Conn>(
             restart(&mut hosts, 0);
             kills.push((started.elapsed(), finished));
         }
-        if reload.is_none() && progress >= 0.40 {
+        if reload_written.is_none() && progress >= 0.35 {
             // Build b, written beside the plugin and renamed over it.
             let tmp = plugin_file.with_extension("wasm.tmp");
             std::fs::copy(sequence_b(), &tmp).unwrap();
             std::fs::rename(&tmp, plugin_file).unwrap();
-            eventually(
-                "every host reloaded build b",
-                Duration::from_secs(60),
-                || hosts.iter().all(|h| h.log().contains("reloaded: build")),
-            );
-            // Each key's commits so far: at most one more of it (the one
-            // in flight during the reload) may run on build a.
-            let state = hgetall(&mut conn, &layout.state);
-            let lengths = keys
-                .iter()
-                .map(|k| (k.clone(), log_of(&state, k).len()))
-                .collect();
-            reload = Some((started.elapsed(), lengths));
+            reload_written = Some(Instant::now());
         }
-        if kills.len() == 1 && reload.is_some() && progress >= 0.65 {
+        if let (Some(written), None) = (reload_written, &reload) {
+            // Every host reloaded b, or started after it was written.
+            if hosts
+                .iter()
+                .all(|(h, since)| *since > written || h.log().contains("reloaded: build"))
+            {
+                // Each key's commits so far: at most one more of it (the
+                // one in flight during the reload) may run on build a.
+                let state = hgetall(&mut conn, &layout.state);
+                let lengths = keys
+                    .iter()
+                    .map(|k| (k.clone(), log_of(&state, k).len()))
+                    .collect();
+                reload = Some((started.elapsed(), lengths));
+            } else {
+                assert!(
+                    written.elapsed() < Duration::from_secs(60),
+                    "{what}: the hosts did not reload build b within 60 s"
+                );
+            }
+        }
+        if kills.len() == 1 && progress >= 0.6 {
             restart(&mut hosts, 2);
             kills.push((started.elapsed(), finished));
         }
-        if finished >= plan.total && kills.len() == 2 && published_in.is_some() {
+        if finished >= plan.total && kills.len() == 2 && reload.is_some() && published_in.is_some()
+        {
             let quiet = pending(&mut conn, &layout.stream, &layout.group) == 0
                 && ingress
                     .iter()
@@ -590,7 +604,7 @@ fn keep_every_keys_order<C: Conn>(
                 keys.iter().filter(|k| log_of(&state, k).is_empty()).count(),
             );
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let published_in = published_in.unwrap();
 
@@ -686,7 +700,15 @@ fn keep_every_keys_order<C: Conn>(
         plan.waves.len(),
         settled_at,
     );
-    for host in hosts {
+    for (n, (_, at)) in kills.iter().enumerate() {
+        assert!(
+            *at < plan.total,
+            "{what}: kill {} came once every event was handled: the run is too short \
+             to kill a host midway",
+            n + 1
+        );
+    }
+    for (host, _) in hosts {
         host.stop();
     }
 }
