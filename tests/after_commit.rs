@@ -484,7 +484,7 @@ async fn the_commit_queues_a_request_once_and_only_with_its_acknowledgement() {
         state: "state",
         all: "all",
         http: "s:http",
-        holders: "order",
+        lists: "order",
         held: "order:held",
         parked: "order:parked",
     };

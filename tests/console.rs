@@ -275,6 +275,106 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
     client.close().await.unwrap();
 }
 
+/// Order per key: a subscriber with parked keys is named in the red box
+/// above the table with its oldest keys, their age and dead letter, and
+/// its row shows the parked count (in red) and the age of the oldest held
+/// event; a subscriber without `order_by` shows none. Keys come from
+/// events: a key holding markup is shown as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_parked_keys_and_the_oldest_held_event() {
+    let world = World::new(&["probe.wasm"], "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nread_token = \"{READ}\"\n\n\
+         [subscribers.svc]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n\
+         order_by = \"order_id\"\non_dead_letter = \"park\"\n\n\
+         [subscribers.plain]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n"
+    ));
+    let mut conn = world.conn();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let hostile = "<img src=x onerror=\"window.__pwned = 3\">";
+    let _: () = redis::pipe()
+        .zadd("events:order:svc:parked", "o-1", now - 180_000)
+        .zadd("events:order:svc:parked", hostile, now - 10_000)
+        .hset("events:order:svc", "o-1", "park:1-0")
+        .zadd("events:order:svc:held", "o-7", now - 30_000)
+        .query(&mut conn)
+        .unwrap();
+    let _host = world.host();
+
+    let driver = Driver::start();
+    let client = browser(&driver).await;
+    client.goto(&format!("http://{addr}/")).await.unwrap();
+    client
+        .find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(READ)
+        .await
+        .unwrap();
+    let row = "#subscribers tr[data-name=\"svc\"]";
+    text_until(
+        &client,
+        &format!("{row} td.parked"),
+        "shows 2 parked",
+        |t| t == "2",
+    )
+    .await;
+    let held = text_until(&client, &format!("{row} td.held"), "shows the held", |t| {
+        t.ends_with(" s (1 key)")
+    })
+    .await;
+    let seconds: u64 = held.split(' ').next().unwrap().parse().unwrap();
+    assert!((30..90).contains(&seconds), "{held}");
+    let plain = "#subscribers tr[data-name=\"plain\"]";
+    text_until(&client, &format!("{plain} td.parked"), "no order", |t| {
+        t == "–"
+    })
+    .await;
+    let alert = text_until(&client, "#parked", "names the parked keys", |t| {
+        t.starts_with("svc: 2 keys parked")
+    })
+    .await;
+    assert!(alert.contains("o-1 (3 min, dead letter 1-0)"), "{alert}");
+    assert!(alert.contains(hostile), "the key is shown as text: {alert}");
+    let red: Value = client
+        .execute(
+            &format!(
+                "return [getComputedStyle(document.querySelector('{row} td.parked')).color, \
+                 document.querySelector('#parked').hidden, window.__pwned === undefined, \
+                 document.querySelectorAll('main img').length];"
+            ),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(red, json!(["rgb(255, 255, 255)", false, true, 0]), "{red}");
+    let shot = client.screenshot().await.unwrap();
+    std::fs::write(root().join("target/console-parked.png"), shot).unwrap();
+
+    // Released: the box goes away.
+    let _: () = redis::cmd("DEL")
+        .arg("events:order:svc:parked")
+        .query(&mut conn)
+        .unwrap();
+    text_until(
+        &client,
+        &format!("{row} td.parked"),
+        "shows 0 parked",
+        |t| t == "0",
+    )
+    .await;
+    let hidden: Value = client
+        .execute("return document.querySelector('#parked').hidden;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(hidden, json!(true));
+    client.close().await.unwrap();
+}
+
 /// A world of the probe on `Ping` whose host serves the console on a free
 /// port with the admin token [`TOKEN`]; the console's address.
 fn console_world() -> (World, String) {

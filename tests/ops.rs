@@ -601,3 +601,310 @@ fn json_logs_carry_subscriber_event_stream_and_kind_as_fields() {
         assert!(host.stop().success());
     }
 }
+
+/// The read token of the order test's console.
+const READ_TOKEN: &str = "ops-read-token-0123456789";
+
+/// GET `path` on `addr` with the read token: the status and the body.
+fn get_read(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {READ_TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.to_string())
+}
+
+/// The value of the gauge `name{labels}` in a scrape, `None` if absent.
+fn gauge(scrape: &str, name_and_labels: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Unix time now, ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The subscriber named `name` in a status.
+fn subscriber<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no subscriber {name} in {status}"))
+}
+
+/// Order per key (`order_by`): the keys a dead letter parked and the
+/// events held behind their key's holder are read from the order keys in
+/// Redis (`events:order:<name>` and its `:held` and `:parked` sorted
+/// sets, written here as the bus writes them) and shown by `status`
+/// (text and JSON, with or without the config: a live host says which
+/// subscribers keep an order), the console's `/api/status` and
+/// `/metrics`; a subscriber without `order_by` shows none of it.
+#[test]
+fn parked_keys_and_the_oldest_held_event_are_in_status_the_console_and_the_metrics() {
+    let world = world();
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nread_token = \"{READ_TOKEN}\"\n\n\
+         {PROBE}events = [\"Ping\"]\norder_by = \"order_id\"\non_dead_letter = \"park\"\n\n\
+         [subscribers.plain]\nplugin = \"probe.wasm\"\nevents = [\"Ping\"]\n"
+    ));
+    let mut conn = world.conn();
+    let now = now_ms();
+    let _: () = redis::pipe()
+        // Six parked keys, o-1 the oldest (90 s), parked by dead letter 1-0.
+        .zadd("events:order:probe:parked", "o-1", now - 90_000)
+        .zadd("events:order:probe:parked", "o-2", now - 60_000)
+        .zadd("events:order:probe:parked", "o-3", now - 50_000)
+        .zadd("events:order:probe:parked", "o-4", now - 40_000)
+        .zadd("events:order:probe:parked", "o-5", now - 20_000)
+        .zadd("events:order:probe:parked", "o-6", now - 10_000)
+        .hset("events:order:probe", "o-1", "park:1-0")
+        .hset("events:order:probe", "o-2", "park:2-0")
+        // Two keys with events held, the oldest routed 30 s ago.
+        .zadd("events:order:probe:held", "o-7", now - 30_000)
+        .zadd("events:order:probe:held", "o-8", now - 5_000)
+        .hset("events:order:probe", "o-7", "1700000000000-0")
+        // Keys of a subscriber without order_by: not its business to show.
+        .zadd("events:order:plain:parked", "x", now - 1_000)
+        .query(&mut conn)
+        .unwrap();
+    let host = world.host();
+
+    let check = |status: &Value, what: &str| {
+        let order = &subscriber(status, "probe")["order"];
+        assert_eq!(order["order_by"], "order_id", "{what}: {order}");
+        assert_eq!(order["on_dead_letter"], "park", "{what}: {order}");
+        assert_eq!(order["parked"], 6, "{what}: {order}");
+        let shown = order["oldest_parked"].as_array().unwrap();
+        let keys: Vec<&str> = shown.iter().map(|k| k["key"].as_str().unwrap()).collect();
+        assert_eq!(
+            keys,
+            ["o-1", "o-2", "o-3", "o-4", "o-5"],
+            "{what}: five, oldest first"
+        );
+        let age = shown[0]["age_s"].as_f64().unwrap();
+        assert!((90.0..150.0).contains(&age), "{what}: {age}");
+        assert_eq!(shown[0]["parked_at"], (now - 90_000) as f64 / 1000.0);
+        assert_eq!(shown[0]["dead_letter"], "1-0", "{what}");
+        assert_eq!(shown[2]["dead_letter"], Value::Null, "{what}");
+        assert_eq!(order["held"], 2, "{what}: {order}");
+        let held = order["oldest_held_s"].as_f64().unwrap();
+        assert!((30.0..90.0).contains(&held), "{what}: {held}");
+        assert!(
+            subscriber(status, "plain").get("order").is_none(),
+            "{what}: without order_by, nothing new"
+        );
+    };
+    check(&json_of(&world, &["status", "--json"]), "status --json");
+
+    let text = ok(&world, &["status"]);
+    assert!(
+        text.contains(
+            "    order by order_id (a dead letter parks its key): 6 keys PARKED (each waits for \
+             `eventhost dlq replay` or `eventhost dlq skip` of its dead letter), 2 keys holding \
+             events back, the oldest routed "
+        ),
+        "{text}"
+    );
+    assert!(text.contains(" ago: o-1 (dead letter 1-0)\n"), "{text}");
+    assert!(
+        text.contains(" ago: o-5\n      and 1 more parked key\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("order by").count(), 1, "{text}");
+
+    // Without the config: the live host's heartbeat says probe keeps an order.
+    let bare = tempfile::tempdir().unwrap();
+    eventually(
+        "the host's heartbeat is in Redis",
+        Duration::from_secs(10),
+        || {
+            let out = eventhost_in(
+                bare.path(),
+                &["status", "--json", "--url", &world.redis.url()],
+            );
+            let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+            status["subscribers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "probe" && s["order"]["parked"] == 6)
+        },
+    );
+
+    let (code, body) = get_read(&addr, "/api/status");
+    assert_eq!(code, 200, "{body}");
+    check(&serde_json::from_str(&body).unwrap(), "/api/status");
+
+    let probe = |name: &str| format!("{name}{{subscriber=\"probe\"}}");
+    let mut scrape = String::new();
+    eventually(
+        "the metrics show the order keys",
+        Duration::from_secs(10),
+        || {
+            scrape = http_get(&addr, "/metrics").1;
+            gauge(&scrape, &probe("eventhost_order_parked_keys")) == Some(6.0)
+        },
+    );
+    assert_eq!(
+        gauge(&scrape, &probe("eventhost_order_held_keys")),
+        Some(2.0)
+    );
+    let oldest = gauge(&scrape, &probe("eventhost_order_oldest_held_seconds")).unwrap();
+    assert!((30.0..90.0).contains(&oldest), "{oldest}");
+    assert!(
+        !scrape
+            .lines()
+            .any(|l| l.starts_with("eventhost_order_") && l.contains("\"plain\"")),
+        "no order gauges for plain:\n{scrape}"
+    );
+
+    // Released and drained: nothing parked, nothing held.
+    let _: () = redis::pipe()
+        .del("events:order:probe:parked")
+        .del("events:order:probe:held")
+        .query(&mut conn)
+        .unwrap();
+    let status = json_of(&world, &["status", "--json"]);
+    let order = &subscriber(&status, "probe")["order"];
+    assert_eq!(
+        (&order["parked"], &order["held"], &order["oldest_held_s"]),
+        (&json!(0), &json!(0), &Value::Null),
+        "{order}"
+    );
+    assert_eq!(order["oldest_parked"], json!([]));
+    assert!(ok(&world, &["status"]).contains(
+        "order by order_id (a dead letter parks its key): no key parked, no event held\n"
+    ));
+    eventually(
+        "the metrics show nothing parked or held",
+        Duration::from_secs(10),
+        || {
+            scrape = http_get(&addr, "/metrics").1;
+            gauge(&scrape, &probe("eventhost_order_parked_keys")) == Some(0.0)
+                && gauge(&scrape, &probe("eventhost_order_held_keys")) == Some(0.0)
+                && gauge(&scrape, &probe("eventhost_order_oldest_held_seconds")) == Some(0.0)
+        },
+    );
+    assert!(host.stop().success());
+}
+
+/// The same from the bus itself: the probe rejecting an event of key o-1
+/// (`on_dead_letter = "park"`) parks o-1, and the next event of o-1 waits
+/// behind it while o-2 runs; `status`, `/api/status` and `/metrics` show
+/// the parked key with its dead letter and the held event, until
+/// `eventhost dlq skip` lets the key move on.
+#[test]
+fn a_rejected_event_parks_its_key_in_status_until_its_dead_letter_is_skipped() {
+    let world = world();
+    let addr = format!("127.0.0.1:{}", free_port());
+    world.configure(&format!(
+        "[http]\nlisten = \"{addr}\"\nread_token = \"{READ_TOKEN}\"\n\n\
+         {PROBE}events = [\"Ping\"]\norder_by = \"order_id\"\non_dead_letter = \"park\"\n"
+    ));
+    let host = world.host();
+    let mut conn = world.conn();
+    publish(
+        &mut conn,
+        "Ping",
+        json!({"order_id": "o-1", "act": "reject"}),
+    );
+    eventually(
+        "the rejected event is dead-lettered",
+        Duration::from_secs(10),
+        || len(&mut conn, DLQ) == 1,
+    );
+    let letter = entries(&mut conn, DLQ)[0].0.clone();
+    let next = publish(&mut conn, "Ping", json!({"order_id": "o-1", "n": 2}));
+    let other = publish(&mut conn, "Ping", json!({"order_id": "o-2"}));
+    eventually("the other key runs", Duration::from_secs(10), || {
+        seen_all(&mut conn, "probe", std::slice::from_ref(&other))
+    });
+    assert!(
+        !seen_all(&mut conn, "probe", std::slice::from_ref(&next)),
+        "o-1 is parked"
+    );
+
+    let mut status = Value::Null;
+    eventually(
+        "status shows o-1 parked and its next event held",
+        Duration::from_secs(10),
+        || {
+            status = json_of(&world, &["status", "--json"]);
+            let order = &subscriber(&status, "probe")["order"];
+            order["parked"] == 1 && order["held"] == 1
+        },
+    );
+    let order = &subscriber(&status, "probe")["order"];
+    assert_eq!(order["oldest_parked"][0]["key"], "o-1", "{order}");
+    assert_eq!(
+        order["oldest_parked"][0]["dead_letter"],
+        letter.as_str(),
+        "{order}"
+    );
+    assert!(order["oldest_held_s"].as_f64().unwrap() < 60.0, "{order}");
+    let text = ok(&world, &["status"]);
+    assert!(text.contains("1 key PARKED"), "{text}");
+    assert!(
+        text.contains(&format!(" ago: o-1 (dead letter {letter})\n")),
+        "{text}"
+    );
+    let (code, body) = get_read(&addr, "/api/status");
+    assert_eq!(code, 200, "{body}");
+    let api: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(subscriber(&api, "probe")["order"]["parked"], 1, "{body}");
+    let probe = |name: &str| format!("{name}{{subscriber=\"probe\"}}");
+    eventually(
+        "the metrics show the parked key",
+        Duration::from_secs(10),
+        || {
+            let scrape = http_get(&addr, "/metrics").1;
+            gauge(&scrape, &probe("eventhost_order_parked_keys")) == Some(1.0)
+                && gauge(&scrape, &probe("eventhost_order_held_keys")) == Some(1.0)
+        },
+    );
+
+    // Skipped: o-1 moves on to its next event; nothing parked or held.
+    let skipped = ok(&world, &["dlq", "skip", "probe", &letter]);
+    assert!(skipped.starts_with("1 key moved on"), "{skipped}");
+    eventually("o-1's next event runs", Duration::from_secs(10), || {
+        seen_all(&mut conn, "probe", std::slice::from_ref(&next))
+    });
+    let status = json_of(&world, &["status", "--json"]);
+    let order = &subscriber(&status, "probe")["order"];
+    assert_eq!(
+        (&order["parked"], &order["held"], &order["oldest_held_s"]),
+        (&json!(0), &json!(0), &Value::Null),
+        "{order}"
+    );
+    eventually(
+        "the metrics show nothing parked",
+        Duration::from_secs(10),
+        || {
+            let scrape = http_get(&addr, "/metrics").1;
+            gauge(&scrape, &probe("eventhost_order_parked_keys")) == Some(0.0)
+                && gauge(&scrape, &probe("eventhost_order_held_keys")) == Some(0.0)
+        },
+    );
+    assert_eq!(len(&mut conn, DLQ), 1, "the letter stays in the DLQ");
+    assert!(host.stop().success());
+}

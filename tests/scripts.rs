@@ -37,8 +37,8 @@ fn fanout_keys(streams: &[String]) -> FanoutKeys<'_> {
         all: "s",
         all_dlq: "s:dlq",
         streams,
-        holders: named("order"),
         held: named("held"),
+        lists: named("order"),
     }
 }
 
@@ -246,7 +246,7 @@ const KEYS: CommitKeys<'static> = CommitKeys {
     state: "state",
     all: "all",
     http: "s:http",
-    holders: "order",
+    lists: "order",
     held: "order:held",
     parked: "order:parked",
 };
@@ -856,7 +856,7 @@ const SUB: CommitKeys<'static> = CommitKeys {
     state: "state",
     all: "all",
     http: "sub:http",
-    holders: "sub:order",
+    lists: "sub:order",
     held: "sub:held",
     parked: "sub:parked",
 };
@@ -864,7 +864,7 @@ const SUB: CommitKeys<'static> = CommitKeys {
 /// The order keys of `sub` as [`SUB`] names them.
 fn sub_order() -> OrderKeys {
     OrderKeys {
-        holders: SUB.holders.into(),
+        lists: SUB.lists.into(),
         held: SUB.held.into(),
         parked: SUB.parked.into(),
     }
@@ -887,8 +887,8 @@ async fn a_keys_events_enter_the_stream_one_at_a_time_and_a_dead_letter_parks_or
     let ids = delivered(conn, 4).await;
     let streams = ["sub".to_string()];
     let keys = FanoutKeys {
-        holders: &[SUB.holders.to_string()],
         held: &[SUB.held.to_string()],
+        lists: &[SUB.lists.to_string()],
         ..fanout_keys(&streams)
     };
     let to = |key| {
@@ -911,15 +911,11 @@ async fn a_keys_events_enter_the_stream_one_at_a_time_and_a_dead_letter_parks_or
         .map(|(_, data, key)| (data.as_str(), key.as_deref()))
         .collect();
     assert_eq!(seen, [("a1", Some("a")), ("b1", Some("b"))]);
-    let waiting: Vec<String> = conn.lrange("sub:order:q:a", 0, -1).await.unwrap();
-    assert!(
-        waiting[0].ends_with(" a2") && waiting[1].ends_with(" a3"),
-        "{waiting:?}"
-    );
+    let list: Vec<String> = conn.lrange("sub:order:q:a", 0, -1).await.unwrap();
+    let ends: Vec<&str> = list.iter().map(|e| e.split(' ').nth(1).unwrap()).collect();
+    assert_eq!(ends, ["a1", "a2", "a3"], "the holder, then what waits");
     let held: Vec<String> = conn.zrange("sub:held", 0, -1).await.unwrap();
     assert_eq!(held, ["a"]);
-    let holder: String = conn.hget("sub:order", "a").await.unwrap();
-    assert_eq!(holder, read[0].0);
 
     // a1 handled: a2 enters. b1 dead-lettered (the key moves on): b is
     // forgotten, and its letter carries its key.
@@ -927,8 +923,8 @@ async fn a_keys_events_enter_the_stream_one_at_a_time_and_a_dead_letter_parks_or
     settle(conn, &read[1].0, "b", Some("{\"b\":1}"), false).await;
     let read = read_sub(conn).await;
     assert_eq!((read.len(), read[0].1.as_str()), (1, "a2"));
-    let b: Option<String> = conn.hget("sub:order", "b").await.unwrap();
-    assert_eq!(b, None);
+    let b: bool = conn.exists("sub:order:q:b").await.unwrap();
+    assert!(!b, "b is forgotten");
     let dlq: Vec<(String, Vec<(String, String)>)> = conn.xrange("sub:dlq", "-", "+").await.unwrap();
     assert_eq!(dlq[0].1[1], ("key".to_string(), "b".to_string()));
 
@@ -937,7 +933,7 @@ async fn a_keys_events_enter_the_stream_one_at_a_time_and_a_dead_letter_parks_or
     assert!(read_sub(conn).await.is_empty(), "a parked");
     let dlq: Vec<(String, Vec<(String, String)>)> = conn.xrange("sub:dlq", "-", "+").await.unwrap();
     let letter = dlq[1].0.clone();
-    let holder: String = conn.hget("sub:order", "a").await.unwrap();
+    let holder: String = conn.lindex("sub:order:q:a", 0).await.unwrap();
     assert_eq!(holder, format!("park:{letter}"));
     let parked: Vec<String> = conn.zrange("sub:parked", 0, -1).await.unwrap();
     assert_eq!(parked, ["a"]);
@@ -989,8 +985,8 @@ async fn a_skipped_dead_letter_lets_its_key_move_on_and_stays_in_the_dlq() {
     let ids = delivered(conn, 2).await;
     let streams = ["sub".to_string()];
     let keys = FanoutKeys {
-        holders: &[SUB.holders.to_string()],
         held: &[SUB.held.to_string()],
+        lists: &[SUB.lists.to_string()],
         ..fanout_keys(&streams)
     };
     let mut fanout = FanoutBatch::new("g");
@@ -1032,4 +1028,38 @@ async fn a_skipped_dead_letter_lets_its_key_move_on_and_stays_in_the_dlq() {
         .await
         .unwrap();
     assert!(again.is_empty());
+}
+
+#[tokio::test]
+async fn a_key_whose_list_was_overwritten_goes_unordered_and_stops_nothing() {
+    let mut s = server().await;
+    let conn = &mut s.conn;
+    let ids = delivered(conn, 2).await;
+    let () = conn.set("sub:order:q:z", "not a list").await.unwrap();
+    let streams = ["sub".to_string()];
+    let keys = FanoutKeys {
+        held: &[SUB.held.to_string()],
+        lists: &[SUB.lists.to_string()],
+        ..fanout_keys(&streams)
+    };
+    let mut fanout = FanoutBatch::new("g");
+    for (id, key) in ids.iter().zip(["z", "y"]) {
+        let to = [Target {
+            stream: 0,
+            key: Some(key),
+        }];
+        fanout.route(id, &to, key.as_bytes());
+    }
+    fanout.apply(conn, &keys).await.unwrap();
+    let read = read_sub(conn).await;
+    let seen: Vec<(&str, Option<&str>)> = read
+        .iter()
+        .map(|(_, data, key)| (data.as_str(), key.as_deref()))
+        .collect();
+    assert_eq!(seen, [("z", None), ("y", Some("y"))]);
+    // Its commit (were it to hold the key) writes nothing to the list.
+    settle(conn, &read[0].0, "z", None, false).await;
+    settle(conn, &read[1].0, "y", None, false).await;
+    let z: String = conn.get("sub:order:q:z").await.unwrap();
+    assert_eq!(z, "not a list");
 }

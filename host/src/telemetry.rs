@@ -272,6 +272,18 @@ pub mod metrics {
         gauge!("eventhost_dlq_depth", "dlq" => dlq.to_string()).set(entries as f64);
     }
 
+    /// A subscriber's order per key (`order_by`), read every heartbeat:
+    /// keys parked by a dead letter (each waits for an operator), keys
+    /// with events held behind their holder, and the seconds since the
+    /// oldest held event was routed (0 when none is). Redis's figures,
+    /// the same on every host: take the max over hosts, not the sum.
+    pub fn order(subscriber: &str, parked: u64, held: u64, oldest_held_s: f64) {
+        let label = [("subscriber", subscriber.to_string())];
+        gauge!("eventhost_order_parked_keys", &label).set(parked as f64);
+        gauge!("eventhost_order_held_keys", &label).set(held as f64);
+        gauge!("eventhost_order_oldest_held_seconds", &label).set(oldest_held_s);
+    }
+
     /// A plugin file or config change that was refused.
     pub fn reload_refused(what: &'static str) {
         counter!("eventhost_reload_refused_total", "what" => what).increment(1);

@@ -108,19 +108,19 @@ impl Fanout {
                 super::crash::here(super::crash::Point::FanoutAfterCopy);
             }
             let routes = &held.routes;
-            let (streams, holders, held_sets): (&[String], &[String], &[String]) =
+            let (streams, held_sets, lists): (&[String], &[String], &[String]) =
                 if self.cluster.is_some() {
                     (&[], &[], &[])
                 } else {
-                    (&routes.streams, &routes.holders, &routes.held)
+                    (&routes.streams, &routes.held, &routes.lists)
                 };
             let queue = self.group.queue().clone();
             let keys = FanoutKeys {
                 all: &queue.stream,
                 all_dlq: &queue.dlq,
                 streams,
-                holders,
                 held: held_sets,
+                lists,
             };
             if stopping || work.len() < self.bus.read_batch {
                 self.apply(&batch, &keys, &work).await?;

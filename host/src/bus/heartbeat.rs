@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::connection::RedisConn;
 use super::keys::Keys;
+use crate::config::{OnDeadLetter, OrderBy};
 use crate::telemetry::LATENCY_BUCKETS;
 
 /// How often a host refreshes its heartbeat.
@@ -82,6 +83,31 @@ pub struct SubscriberRecord {
     /// Its requests sent after the commit (`handled`) and dead-lettered.
     #[serde(default)]
     pub after_commit: Rates,
+    /// Its `order_by`, if it keeps the events of a key in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderSetting>,
+}
+
+/// How a subscriber keeps order per key, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSetting {
+    /// The field that holds an event's key (`order_by`).
+    pub by: String,
+    /// What a dead letter does to its key: `skip` or `park`.
+    pub on_dead_letter: String,
+}
+
+impl From<&OrderBy> for OrderSetting {
+    fn from(order: &OrderBy) -> Self {
+        OrderSetting {
+            by: order.field.clone(),
+            on_dead_letter: match order.on_dead_letter {
+                OnDeadLetter::Skip => "skip",
+                OnDeadLetter::Park => "park",
+            }
+            .to_string(),
+        }
+    }
 }
 
 /// Counts since the host started, and per second over the last beat.

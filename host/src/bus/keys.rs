@@ -48,11 +48,11 @@ impl QueueKeys {
 /// holder is committed or dead-lettered (see `scripts/order.lua`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderKeys {
-    /// `events:order:<name>`, a hash: key → the stream id of its holder,
-    /// or `park:<dlq id>` while a dead letter parks it.
-    pub holders: String,
+    /// `events:order:<name>`: what each key's list is named after (no key
+    /// of its own).
+    pub lists: String,
     /// `events:order:<name>:held`, a sorted set: each key with events
-    /// waiting → when (ms) its oldest waiting event was routed.
+    /// waiting behind its holder → when (ms) the first of them was routed.
     pub held: String,
     /// `events:order:<name>:parked`, a sorted set: each parked key → when
     /// (ms) it was parked.
@@ -60,15 +60,16 @@ pub struct OrderKeys {
 }
 
 impl OrderKeys {
-    /// The list of `key`'s waiting events, oldest first, each
-    /// `<ms routed> <data>`: `events:order:<name>:q:<key>`.
-    pub fn waiting(&self, key: &str) -> String {
-        Self::waiting_of(&self.holders, key)
+    /// The list of `key`: its holder, then its waiting events, oldest
+    /// first, each `<ms routed> <data>`; the holder is `park:<dlq id>`
+    /// while a dead letter parks the key: `events:order:<name>:q:<key>`.
+    pub fn list(&self, key: &str) -> String {
+        Self::list_of(&self.lists, key)
     }
 
-    /// [`OrderKeys::waiting`], from the holders' key alone.
-    pub fn waiting_of(holders: &str, key: &str) -> String {
-        format!("{holders}:q:{key}")
+    /// [`OrderKeys::list`], from [`OrderKeys::lists`] alone.
+    pub fn list_of(lists: &str, key: &str) -> String {
+        format!("{lists}:q:{key}")
     }
 }
 
@@ -218,11 +219,11 @@ impl Keys {
     /// The keys that keep a subscriber's events in order per key (its
     /// `order_by`), all in its slot.
     pub fn order(&self, name: &str) -> OrderKeys {
-        let holders = format!("{}order:{}", self.prefix, self.tag(name));
+        let lists = format!("{}order:{}", self.prefix, self.tag(name));
         OrderKeys {
-            held: format!("{holders}:held"),
-            parked: format!("{holders}:parked"),
-            holders,
+            held: format!("{lists}:held"),
+            parked: format!("{lists}:parked"),
+            lists,
         }
     }
 
@@ -330,10 +331,9 @@ mod tests {
         assert_eq!(keys.ingress_for("any"), keys.all());
         assert_eq!(keys.outbox("pay"), None);
         let order = keys.order("pay");
-        assert_eq!(order.holders, "events:order:pay");
         assert_eq!(order.held, "events:order:pay:held");
         assert_eq!(order.parked, "events:order:pay:parked");
-        assert_eq!(order.waiting("o-1"), "events:order:pay:q:o-1");
+        assert_eq!(order.list("o-1"), "events:order:pay:q:o-1");
         assert_eq!(keys.subscriber_of("events:sub:pay").as_deref(), Some("pay"));
         assert_eq!(keys.subscriber_of("events:sub:pay:dlq"), None);
     }
@@ -353,10 +353,9 @@ mod tests {
             keys.state("pay"),
             outbox.stream,
             keys.seen("pay"),
-            keys.order("pay").holders,
             keys.order("pay").held,
             keys.order("pay").parked,
-            keys.order("pay").waiting("order-{7}"),
+            keys.order("pay").list("order-{7}"),
         ];
         assert!(all.iter().all(|k| slot(k) == slot("pay")), "{all:?}");
         assert_eq!(keys.subscriber_of(&sub.stream).as_deref(), Some("pay"));

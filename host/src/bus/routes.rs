@@ -25,10 +25,10 @@ pub struct Routes {
     /// Each stream's subscriber's order keys, and how it orders (`None`:
     /// it keeps no order), in the same order.
     pub order: Vec<(OrderKeys, Option<OrderBy>)>,
-    /// [`OrderKeys::holders`] and [`OrderKeys::held`] of each, as the
+    /// [`OrderKeys::held`] and [`OrderKeys::lists`] of each, as the
     /// fan-out script takes them.
-    pub holders: Vec<String>,
     pub held: Vec<String>,
+    pub lists: Vec<String>,
     by_type: HashMap<String, Vec<usize>>,
     /// Subscribers of every type: the targets of a type nobody names.
     everything: Vec<usize>,
@@ -46,8 +46,8 @@ impl Routes {
             routes.streams.push(keys.subscriber(name).stream);
             routes.seen.push(keys.seen(name));
             let order_keys = keys.order(name);
-            routes.holders.push(order_keys.holders.clone());
             routes.held.push(order_keys.held.clone());
+            routes.lists.push(order_keys.lists.clone());
             routes.order.push((order_keys, order.cloned()));
             match filter {
                 EventFilter::All => routes.everything.push(i),

@@ -1,7 +1,8 @@
 //! The state of a bus as Redis alone tells it, for `eventhost status`: the
 //! hosts (from their heartbeats), the fan-out, and per subscriber its
 //! plugin build on each host, stream length, lag, pending entries by
-//! consumer, DLQ depth and rates summed over hosts.
+//! consumer, DLQ depth and rates summed over hosts; and, for a subscriber
+//! with `order_by`, its parked keys and the age of its oldest held event.
 //!
 //! Subscribers are those LeanMQ's registry names (`events:sub:<name>`),
 //! those a live host runs, and any the caller adds (its config's): a
@@ -21,8 +22,9 @@ use serde::Serialize;
 use super::connection::RedisConn;
 use super::dlq::id_millis;
 use super::group::group_info;
-use super::heartbeat::{self, HostRecord, Known, ReloadNote};
-use super::keys::{Keys, QueueKeys};
+use super::heartbeat::{self, HostRecord, Known, OrderSetting, ReloadNote};
+use super::keys::{Keys, OrderKeys, QueueKeys};
+use crate::config::SubscriberConfig;
 
 /// Most members of LeanMQ's registry one status reads: enough for any real
 /// bus, few enough that a registry flooded with junk costs a status (and
@@ -31,6 +33,30 @@ pub const REGISTRY_READ: usize = 1_000;
 
 /// Members asked for per SSCAN: a few round trips reach the cap.
 const SSCAN_COUNT: usize = 250;
+
+/// Most parked keys a status names, the oldest; the rest are counted.
+pub const PARKED_SHOWN: usize = 5;
+
+/// Most characters of a key a status shows: keys come from events, which
+/// anyone who can publish writes.
+pub const KEY_SHOWN: usize = 200;
+
+/// A subscriber the caller knows of (its config's): shown even if Redis
+/// has never heard of it, its order per key read even if no host runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Configured {
+    pub name: String,
+    pub order: Option<OrderSetting>,
+}
+
+impl From<&SubscriberConfig> for Configured {
+    fn from(settings: &SubscriberConfig) -> Self {
+        Configured {
+            name: settings.name.clone(),
+            order: settings.order.as_ref().map(Into::into),
+        }
+    }
+}
 
 /// The whole bus.
 #[derive(Debug, Serialize)]
@@ -147,8 +173,166 @@ pub struct SubscriberStatus {
     pub last_reload: Option<ReloadNote>,
     /// Its requests queued with `send-after-commit`, not sent yet.
     pub after_commit: AfterCommitStatus,
+    /// With `order_by` (as a live host runs it, else as the config says):
+    /// its parked keys and held events. Absent without `order_by`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderStatus>,
     #[serde(flatten)]
     pub queue: QueueStatus,
+}
+
+/// A subscriber's order per key, from its order keys
+/// ([`OrderKeys`]): cheap reads only (ZCARD, the first few members).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrderStatus {
+    /// The field that holds an event's key.
+    pub order_by: String,
+    /// What a dead letter does to its key: `skip` or `park`.
+    pub on_dead_letter: String,
+    /// Keys a dead letter parked: none of their events runs until
+    /// `eventhost dlq replay` or `eventhost dlq skip` releases them.
+    pub parked: u64,
+    /// The oldest parked keys, oldest first, at most [`PARKED_SHOWN`].
+    pub oldest_parked: Vec<ParkedKey>,
+    /// Keys with events waiting behind the one being handled.
+    pub held: u64,
+    /// Seconds since the oldest waiting event was routed; `None` when no
+    /// event waits.
+    pub oldest_held_s: Option<f64>,
+}
+
+/// One parked key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParkedKey {
+    /// The key, cut to [`KEY_SHOWN`] characters (`key_cut` then says so).
+    pub key: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub key_cut: bool,
+    /// When it was parked, seconds since the epoch.
+    pub parked_at: f64,
+    /// Seconds since then.
+    pub age_s: f64,
+    /// The id of the dead letter that parked it, in the subscriber's DLQ
+    /// (`None` if its holder no longer says `park:<id>`).
+    pub dead_letter: Option<String>,
+}
+
+/// What the metrics of a subscriber's order show: counts and an age, no
+/// key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct OrderCounts {
+    pub parked: u64,
+    pub held: u64,
+    pub oldest_held_s: Option<f64>,
+}
+
+/// Seconds from `ms` (a score: unix ms) to `now` (seconds), never less
+/// than zero: a clock a little behind another host's is now. A score
+/// Redis holds as an infinity says nothing: zero.
+fn age_s(now: f64, ms: f64) -> f64 {
+    let age = now - ms / 1000.0;
+    if age.is_finite() {
+        age.max(0.0)
+    } else {
+        0.0
+    }
+}
+
+/// `key` as shown: at most [`KEY_SHOWN`] characters, and whether it was
+/// cut.
+fn shown_key(key: String) -> (String, bool) {
+    match key.char_indices().nth(KEY_SHOWN) {
+        Some((at, _)) => (key[..at].to_string(), true),
+        None => (key, false),
+    }
+}
+
+/// The parked keys as shown, from the oldest members of `parked` (member,
+/// score) and what the holders hash says of each (`park:<dlq id>`).
+fn parked_keys(
+    now: f64,
+    oldest: Vec<(String, f64)>,
+    holders: Vec<Option<String>>,
+) -> Vec<ParkedKey> {
+    oldest
+        .into_iter()
+        .zip(holders.into_iter().chain(std::iter::repeat(None)))
+        .map(|((key, ms), holder)| {
+            let (key, key_cut) = shown_key(key);
+            ParkedKey {
+                key,
+                key_cut,
+                parked_at: ms / 1000.0,
+                age_s: age_s(now, ms),
+                dead_letter: holder.and_then(|h| h.strip_prefix("park:").map(str::to_string)),
+            }
+        })
+        .collect()
+}
+
+/// The counts of a subscriber's order at `now` (seconds): one round trip.
+pub async fn order_counts(
+    conn: &mut RedisConn,
+    keys: &OrderKeys,
+    now: f64,
+) -> RedisResult<OrderCounts> {
+    let (parked, held, oldest): (u64, u64, Vec<(String, f64)>) = redis::pipe()
+        .cmd("ZCARD")
+        .arg(&keys.parked)
+        .cmd("ZCARD")
+        .arg(&keys.held)
+        .cmd("ZRANGE")
+        .arg(&keys.held)
+        .arg(0)
+        .arg(0)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await?;
+    Ok(OrderCounts {
+        parked,
+        held,
+        oldest_held_s: oldest.first().map(|(_, ms)| age_s(now, *ms)),
+    })
+}
+
+/// A subscriber's order as `status` shows it: its counts, and its oldest
+/// parked keys with the dead letter that parked each. Two round trips at
+/// most, each bounded (never a scan).
+pub async fn order_status(
+    conn: &mut RedisConn,
+    keys: &OrderKeys,
+    setting: &OrderSetting,
+    now: f64,
+) -> RedisResult<OrderStatus> {
+    let counts = order_counts(conn, keys, now).await?;
+    let mut oldest_parked = Vec::new();
+    if counts.parked > 0 {
+        let oldest: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&keys.parked)
+            .arg(0)
+            .arg(PARKED_SHOWN - 1)
+            .arg("WITHSCORES")
+            .query_async(conn)
+            .await?;
+        let holders: Vec<Option<String>> = if oldest.is_empty() {
+            Vec::new()
+        } else {
+            redis::cmd("HMGET")
+                .arg(&keys.holders)
+                .arg(oldest.iter().map(|(key, _)| key).collect::<Vec<_>>())
+                .query_async(conn)
+                .await?
+        };
+        oldest_parked = parked_keys(now, oldest, holders);
+    }
+    Ok(OrderStatus {
+        order_by: setting.by.clone(),
+        on_dead_letter: setting.on_dead_letter.clone(),
+        parked: counts.parked,
+        oldest_parked,
+        held: counts.held,
+        oldest_held_s: counts.oldest_held_s,
+    })
 }
 
 /// A subscriber's `:http` stream: committed requests waiting to be sent
@@ -173,7 +357,7 @@ pub struct HostBuild {
 
 /// Reads the status of the bus under `keys`; `also` names subscribers to
 /// include even if Redis has never heard of them (the config's).
-pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisResult<Status> {
+pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[Configured]) -> RedisResult<Status> {
     let now = crate::handler::unix_now();
     let known = heartbeat::hosts(conn, keys).await?;
     let alive: Vec<&HostRecord> = known
@@ -184,7 +368,7 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisRe
         })
         .collect();
 
-    let mut names: BTreeSet<String> = also.iter().cloned().collect();
+    let mut names: BTreeSet<String> = also.iter().map(|c| c.name.clone()).collect();
     let (registry, registry_not_read) =
         registry_members(conn, &keys.registry(), REGISTRY_READ).await?;
     names.extend(
@@ -236,6 +420,19 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisRe
             .filter(|note| note.subscribers.contains(&name))
             .max_by(|a, b| a.at.total_cmp(&b.at))
             .cloned();
+        // As a live host runs it, else as the caller's config says.
+        let ordered = running
+            .iter()
+            .find_map(|(_, r)| r.order.as_ref())
+            .or_else(|| {
+                also.iter()
+                    .find(|c| c.name == name)
+                    .and_then(|c| c.order.as_ref())
+            });
+        let order = match ordered {
+            Some(setting) => Some(order_status(conn, &keys.order(&name), setting, now).await?),
+            None => None,
+        };
         subscribers.push(SubscriberStatus {
             p50_ms: heartbeat::quantile_ms(&latency, 0.5),
             p99_ms: heartbeat::quantile_ms(&latency, 0.99),
@@ -254,6 +451,7 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[String]) -> RedisRe
                 .collect(),
             name,
             after_commit,
+            order,
             queue,
         });
     }
@@ -408,4 +606,105 @@ async fn queue_status(
         dead_lettered_per_s: 0.0,
         group_exists: info.is_some(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_seconds_since_a_score_and_never_negative() {
+        let now = 1_000_000.0;
+        assert_eq!(age_s(now, 970_000_000.0), 30_000.0);
+        assert_eq!(age_s(now, (now - 30.0) * 1000.0), 30.0);
+        assert_eq!(
+            age_s(now, (now + 2.0) * 1000.0),
+            0.0,
+            "a clock ahead is now"
+        );
+        assert_eq!(age_s(now, f64::INFINITY), 0.0);
+        assert_eq!(age_s(now, f64::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn parked_keys_name_their_dead_letter_and_are_cut_by_characters() {
+        let now = 1_000.0;
+        let long = "é".repeat(KEY_SHOWN + 10);
+        let keys = parked_keys(
+            now,
+            vec![
+                ("o-1".into(), 820_000.0),
+                (long.clone(), 990_000.0),
+                ("o-3".into(), 999_500.0),
+            ],
+            vec![Some("park:1765-0".into()), Some("1766-0".into()), None],
+        );
+        assert_eq!(
+            keys[0],
+            ParkedKey {
+                key: "o-1".into(),
+                key_cut: false,
+                parked_at: 820.0,
+                age_s: 180.0,
+                dead_letter: Some("1765-0".into()),
+            }
+        );
+        assert_eq!(keys[1].key.chars().count(), KEY_SHOWN);
+        assert!(keys[1].key_cut && long.starts_with(&keys[1].key));
+        assert_eq!(keys[1].dead_letter, None, "a holder, not a parked one");
+        assert_eq!((keys[2].age_s, keys[2].dead_letter.as_deref()), (0.5, None));
+        assert_eq!(
+            parked_keys(now, vec![("o-4".into(), 1.0)], Vec::new())[0].dead_letter,
+            None,
+            "fewer holders than keys (a key released between the reads)"
+        );
+    }
+
+    #[test]
+    fn a_subscriber_without_order_by_shows_nothing_new() {
+        let status = SubscriberStatus {
+            name: "pay".into(),
+            plugin: None,
+            events: Vec::new(),
+            builds: Vec::new(),
+            p50_ms: None,
+            p99_ms: None,
+            last_reload: None,
+            after_commit: AfterCommitStatus::default(),
+            order: None,
+            queue: QueueStatus {
+                stream: "events:sub:pay".into(),
+                group: "sub:pay-group".into(),
+                length: 0,
+                lag: None,
+                pending: 0,
+                pending_by_consumer: Vec::new(),
+                dlq: "events:sub:pay:dlq".into(),
+                dlq_depth: 0,
+                handled_per_s: 0.0,
+                dead_lettered_per_s: 0.0,
+                group_exists: false,
+            },
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert!(json.get("order").is_none(), "{json}");
+        let ordered = OrderStatus {
+            order_by: "order_id".into(),
+            on_dead_letter: "park".into(),
+            parked: 0,
+            oldest_parked: Vec::new(),
+            held: 0,
+            oldest_held_s: None,
+        };
+        let json = serde_json::to_value(SubscriberStatus {
+            order: Some(ordered),
+            ..status
+        })
+        .unwrap();
+        assert_eq!(
+            json["order"],
+            serde_json::json!({"order_by": "order_id", "on_dead_letter": "park", "parked": 0,
+                               "oldest_parked": [], "held": 0, "oldest_held_s": null})
+        );
+    }
 }

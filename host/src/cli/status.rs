@@ -7,7 +7,7 @@
 
 use super::text::{first_chars, shown};
 use super::{connect, say, RedisArgs};
-use crate::bus::status::{self, QueueStatus, Status};
+use crate::bus::status::{self, Configured, OrderStatus, QueueStatus, Status};
 
 /// Most characters of a name in the subscribers' table.
 const CELL: usize = 64;
@@ -26,10 +26,10 @@ fn out(text: &str) -> String {
 /// Reads the status and prints it.
 pub async fn run(redis: &RedisArgs, json: bool) -> anyhow::Result<()> {
     let mut bus = connect(redis).await?;
-    let configured: Vec<String> = bus
+    let configured: Vec<Configured> = bus
         .config
         .as_ref()
-        .map(|c| c.subscribers.iter().map(|s| s.name.clone()).collect())
+        .map(|c| c.subscribers.iter().map(Configured::from).collect())
         .unwrap_or_default();
     let status = status::read(&mut bus.conn, &bus.keys, &configured)
         .await
@@ -193,6 +193,11 @@ fn print(status: &Status) {
                 after.queued, after.sending, after.sent_per_s, after.dead_lettered_per_s
             ));
         }
+        if let Some(order) = &s.order {
+            for line in order_lines(order) {
+                say(line);
+            }
+        }
     }
     if let Some(note) = not_read {
         say(note);
@@ -210,6 +215,58 @@ fn registry_note(status: &Status) -> Option<String> {
             status::REGISTRY_READ
         )
     })
+}
+
+/// A subscriber's order per key, under its row: the counts, then each of
+/// the oldest parked keys (they wait for an operator).
+fn order_lines(order: &OrderStatus) -> Vec<String> {
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    let held = match order.oldest_held_s {
+        Some(age) if order.held > 0 => format!(
+            "{} key{} holding events back, the oldest routed {} ago",
+            order.held,
+            plural(order.held),
+            duration(age)
+        ),
+        _ => "no event held".to_string(),
+    };
+    let parked = match order.parked {
+        0 => "no key parked".to_string(),
+        n => format!(
+            "{n} key{} PARKED (each waits for `eventhost dlq replay` or `eventhost dlq skip` \
+             of its dead letter)",
+            plural(n)
+        ),
+    };
+    let mut lines = vec![format!(
+        "    order by {} (a dead letter {} its key): {parked}, {held}",
+        out(&order.order_by),
+        if order.on_dead_letter == "park" {
+            "parks"
+        } else {
+            "skips to the next event of"
+        },
+    )];
+    for key in &order.oldest_parked {
+        let mut name = out(&key.key);
+        if key.key_cut && !name.ends_with('…') {
+            name.push('…');
+        }
+        lines.push(format!(
+            "      parked {} ago: {name}{}",
+            duration(key.age_s),
+            key.dead_letter
+                .as_deref()
+                .map_or(String::new(), |id| format!(" (dead letter {})", out(id)))
+        ));
+    }
+    let more = order
+        .parked
+        .saturating_sub(order.oldest_parked.len() as u64);
+    if more > 0 {
+        lines.push(format!("      and {more} more parked key{}", plural(more)));
+    }
+    lines
 }
 
 /// Who holds a queue's pending entries.
@@ -262,5 +319,75 @@ mod tests {
         assert_eq!(duration(3.0 * 3600.0), "3 h");
         assert_eq!(duration(5.0 * 86_400.0), "5 d");
         assert_eq!(ago(-1.0), "0 ms", "a clock a little ahead is now");
+    }
+
+    fn order() -> OrderStatus {
+        OrderStatus {
+            order_by: "order_id".into(),
+            on_dead_letter: "park".into(),
+            parked: 0,
+            oldest_parked: Vec::new(),
+            held: 0,
+            oldest_held_s: None,
+        }
+    }
+
+    #[test]
+    fn an_order_with_nothing_held_or_parked_is_one_line() {
+        assert_eq!(
+            order_lines(&order()),
+            ["    order by order_id (a dead letter parks its key): no key parked, no event held"]
+        );
+        let skip = OrderStatus {
+            on_dead_letter: "skip".into(),
+            held: 1,
+            oldest_held_s: Some(30.2),
+            ..order()
+        };
+        assert_eq!(
+            order_lines(&skip),
+            [
+                "    order by order_id (a dead letter skips to the next event of its key): \
+              no key parked, 1 key holding events back, the oldest routed 30 s ago"
+            ]
+        );
+    }
+
+    #[test]
+    fn parked_keys_are_listed_oldest_first_escaped_with_their_dead_letter() {
+        let parked = OrderStatus {
+            parked: 7,
+            oldest_parked: vec![
+                status::ParkedKey {
+                    key: "o-1".into(),
+                    key_cut: false,
+                    parked_at: 0.0,
+                    age_s: 180.0,
+                    dead_letter: Some("1765-0".into()),
+                },
+                status::ParkedKey {
+                    key: "o-\u{1b}[31m2".into(),
+                    key_cut: true,
+                    parked_at: 0.0,
+                    age_s: 12.0,
+                    dead_letter: None,
+                },
+            ],
+            held: 3,
+            oldest_held_s: Some(0.25),
+            ..order()
+        };
+        let lines = order_lines(&parked);
+        assert_eq!(
+            lines[0],
+            "    order by order_id (a dead letter parks its key): 7 keys PARKED (each waits for \
+             `eventhost dlq replay` or `eventhost dlq skip` of its dead letter), 3 keys holding \
+             events back, the oldest routed 250 ms ago"
+        );
+        assert_eq!(lines[1], "      parked 3 min ago: o-1 (dead letter 1765-0)");
+        assert!(!lines[2].contains('\u{1b}'), "{}", lines[2]);
+        assert!(lines[2].starts_with("      parked 12 s ago: o-") && lines[2].ends_with('…'));
+        assert_eq!(lines[3], "      and 5 more parked keys");
+        assert_eq!(lines.len(), 4);
     }
 }

@@ -2,10 +2,14 @@
 //! every few seconds (see [`crate::bus::heartbeat`]), so `eventhost
 //! status` sees every host from Redis alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::SocketAddr;
 
+use crate::bus::connection::RedisConn;
 use crate::bus::heartbeat::{HostRecord, RateMeter, SubscriberRecord};
+use crate::bus::keys::Keys;
+use crate::bus::status;
 use crate::config::EventFilter;
 use crate::handler::unix_now;
 use crate::subscribers::Subscribers;
@@ -16,6 +20,8 @@ pub struct Heartbeat {
     started_at: f64,
     hostname: String,
     meter: RateMeter,
+    /// The subscribers whose order gauges were set at the last beat.
+    ordered: BTreeSet<String>,
 }
 
 impl Heartbeat {
@@ -25,6 +31,7 @@ impl Heartbeat {
             started_at: unix_now(),
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             meter: RateMeter::default(),
+            ordered: BTreeSet::new(),
         }
     }
 
@@ -57,6 +64,7 @@ impl Heartbeat {
                     events,
                     rates,
                     after_commit,
+                    order: settings.order.as_ref().map(Into::into),
                 },
             );
         }
@@ -75,6 +83,41 @@ impl Heartbeat {
             fanout,
             subscribers,
             reloads: running.notes().cloned().collect(),
+        }
+    }
+
+    /// Reads the order per key of each running subscriber with `order_by`
+    /// into its gauges (a few cheap reads each: ZCARD and one member). A
+    /// subscriber that no longer keeps an order here (removed, or its
+    /// `order_by` taken out) has its gauges zeroed at once.
+    pub fn order_gauges(
+        &mut self,
+        conn: RedisConn,
+        keys: Keys,
+        running: &Subscribers,
+    ) -> impl Future<Output = redis::RedisResult<()>> + Send + 'static {
+        let ordered: BTreeSet<String> = running
+            .settings()
+            .filter(|(_, settings)| settings.order.is_some())
+            .map(|(name, _)| name.to_string())
+            .collect();
+        for gone in self.ordered.difference(&ordered) {
+            metrics::order(gone, 0, 0, 0.0);
+        }
+        self.ordered = ordered.clone();
+        async move {
+            let mut conn = conn;
+            let now = unix_now();
+            for name in ordered {
+                let counts = status::order_counts(&mut conn, &keys.order(&name), now).await?;
+                metrics::order(
+                    &name,
+                    counts.parked,
+                    counts.held,
+                    counts.oldest_held_s.unwrap_or(0.0),
+                );
+            }
+            Ok(())
         }
     }
 }

@@ -199,9 +199,22 @@ impl Daemon {
             self.heartbeat
                 .record(&self.config.bus.consumer, self.listen, &self.subscribers);
         let write = self.bus.beat(record);
+        // The order gauges are read from Redis: only for a listener's /metrics.
+        let gauges = self.listen.is_some().then(|| {
+            self.heartbeat.order_gauges(
+                self.bus.connection(),
+                self.bus.keys().clone(),
+                &self.subscribers,
+            )
+        });
         tokio::spawn(async move {
             if let Err(err) = write.await {
                 tracing::debug!("cannot write the heartbeat: {err}");
+            }
+            if let Some(gauges) = gauges {
+                if let Err(err) = gauges.await {
+                    tracing::debug!("cannot read the order of keys for the metrics: {err}");
+                }
             }
         });
     }

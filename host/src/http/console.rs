@@ -41,7 +41,7 @@ const MAX_LIST: usize = 1000;
 pub struct Console {
     pub keys: Keys,
     /// The configured subscribers, shown even before Redis knows them.
-    pub subscribers: Vec<String>,
+    pub subscribers: Vec<status::Configured>,
     /// Replay and purge are refused without it; it reads too.
     pub admin_token: Option<String>,
     /// Reads (the overview, the DLQ list and entries) are refused without

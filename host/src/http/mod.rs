@@ -80,7 +80,7 @@ impl Site {
                     &config.redis.prefix,
                     config.bus.partitions,
                 ),
-                subscribers: config.subscribers.iter().map(|s| s.name.clone()).collect(),
+                subscribers: config.subscribers.iter().map(Into::into).collect(),
                 admin_token,
                 read_token,
             },

@@ -23,7 +23,9 @@ impl Guest for HotKey {
             })?,
             None => 0,
         };
-        std::thread::sleep(std::time::Duration::from_millis(bump.pause_ms));
+        if bump.pause_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(bump.pause_ms));
+        }
         eventhost_plugin::state_set(&bump.key, &(value + 1).to_string());
         Ok(())
     }

@@ -8,14 +8,14 @@
 -- KEYS[1] the subscriber stream   KEYS[2] its DLQ   KEYS[3] its state hash
 -- KEYS[4] events:all (where published events go)
 -- KEYS[5] events:sub:<name>:http (requests to send after the commit)
--- KEYS[6..8] its order holders, held and parked sets (see order.lua), then
--- the waiting lists of the keys of the batch's entries
+-- KEYS[6], KEYS[7] its held and parked sets (see order.lua), then the
+-- lists of the keys of the batch's entries
 -- ARGV[1] the subscriber's group, ARGV[2] '1' if the batch is ordered (one
 -- event at a time), ARGV[3] '1' if a dead letter parks its key (else the
 -- key moves on), ARGV[4] q, then q ids handled ok with no effects, no
 -- reads and no key, then one record per other entry, each starting with
--- its key if it has one (w, key: its waiting list is KEYS[8 + w]; or w =
--- 0) and what its result read, r reads of:
+-- its key if it has one (w, key: its list is KEYS[7 + w]; or w = 0) and
+-- what its result read, r reads of:
 --   field, '0'                 -- it was absent
 --   field, '1', value          -- it held this value (1 KiB at most)
 --   field, '2', length, stamp  -- it held a larger value, of this length,
@@ -25,6 +25,7 @@
 --         by the sender)
 --   'dlq', id, w, [key], r, reads, payload
 --   'check', id, w, [key], r, reads  -- a retry: only checked, stays pending
+--   'done', id, w, key               -- handled ok, no effects, no reads
 --
 -- An entry with a key holds it (order.lua): committed, it hands the key
 -- on to the key's next event; dead-lettered, it does too, or parks the key
@@ -79,17 +80,18 @@ local used = {[1] = true}
 local i = FIRST
 while i <= n do
   local kind, w = ARGV[i], tonumber(ARGV[i + 2])
-  if not w or w < 0 or (w > 0 and KEYS[8 + w] == nil) then
+  if not w or w < 0 or (w > 0 and KEYS[7 + w] == nil) then
     return malformed('key at argument ' .. i)
   end
   if w > 0 then
-    used[6], used[7], used[8 + w] = true, true, true
-    if kind == 'dlq' then used[8] = true end
+    used[6], used[7] = true, true
     i = i + 1
   end
-  local r = tonumber(ARGV[i + 3])
-  if not r or r < 0 then return malformed('record at argument ' .. i) end
-  i = i + 4
+  local r = kind == 'done' and 0 or tonumber(ARGV[i + 3])
+  if not r or r < 0 or (kind == 'done' and w == 0) then
+    return malformed('record at argument ' .. i)
+  end
+  i = i + (kind == 'done' and 3 or 4)
   if r > 0 then
     used[3] = true
     for _ = 1, r do
@@ -119,7 +121,7 @@ while i <= n do
   elseif kind == 'dlq' then
     i = i + 1
     used[2] = true
-  elseif kind ~= 'check' then
+  elseif kind ~= 'check' and kind ~= 'done' then
     return malformed('record kind at argument ' .. i)
   end
 end
@@ -127,9 +129,9 @@ if i ~= n + 1 then return malformed('batch: its last record runs past the argume
 
 -- Only the keys this batch touches: a broken state hash refuses the
 -- records that use it, not a dead letter.
-local TYPES = {'stream', 'stream', 'hash', 'stream', 'stream', 'hash', 'zset', 'zset'}
+local TYPES = {'stream', 'stream', 'hash', 'stream', 'stream', 'zset', 'zset'}
 for k in pairs(used) do
-  local err = order_type_error(KEYS[k], TYPES[k] or 'list')
+  local err = order_type_error(KEYS[k], TYPES[k])
   if err then return redis.error_reply(err) end
 end
 
@@ -194,8 +196,12 @@ while i <= n do
     key = ARGV[i + 3]
     i = i + 1
   end
-  local fresh
-  fresh, i = holds(i + 4, tonumber(ARGV[i + 3]))
+  local fresh = true
+  if kind == 'done' then
+    i = i + 3
+  else
+    fresh, i = holds(i + 4, tonumber(ARGV[i + 3]))
+  end
   local apply = fresh and not blocked
   if not apply then
     result[#result + 1] = id
@@ -225,15 +231,19 @@ while i <= n do
     if acked then append(KEYS[5], i + 1, i + h) end
     i = i + 1 + h
     if acked and key then
-      order_release(KEYS[1], KEYS[6], KEYS[7], KEYS[8 + w], key, id)
+      order_release(KEYS[1], KEYS[6], KEYS[7 + w], key)
+    end
+  elseif kind == 'done' then
+    if acked then
+      order_release(KEYS[1], KEYS[6], KEYS[7 + w], key)
     end
   elseif kind == 'dlq' then
     if acked and key then
       local letter = redis.call('XADD', KEYS[2], '*', 'data', ARGV[i], 'key', key)
       if park then
-        order_park(KEYS[6], KEYS[8], key, id, letter, order_now())
+        order_park(KEYS[7], KEYS[7 + w], key, letter, order_now())
       else
-        order_release(KEYS[1], KEYS[6], KEYS[7], KEYS[8 + w], key, id)
+        order_release(KEYS[1], KEYS[6], KEYS[7 + w], key)
       end
     elseif acked then
       redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])

@@ -86,7 +86,7 @@ pub struct CommitKeys<'a> {
     /// Where requests to send after the commit go: `events:sub:<name>:http`.
     pub http: &'a str,
     /// The subscriber's order keys (see [`crate::bus::keys::OrderKeys`]).
-    pub holders: &'a str,
+    pub lists: &'a str,
     pub held: &'a str,
     pub parked: &'a str,
 }
@@ -162,8 +162,25 @@ impl CommitBatch {
     /// `effects` with it.
     pub fn ok(&mut self, id: &str, key: Option<&str>, effects: &Effects, now: f64) {
         self.entries += 1;
-        if effects.is_empty() && key.is_none() {
-            self.quiet.push(id.as_bytes().to_vec());
+        if effects.is_empty() {
+            match key {
+                None => self.quiet.push(id.as_bytes().to_vec()),
+                // No effects, but a key to hand on: a short record.
+                Some(key) => {
+                    let mut record = Record {
+                        id: id.to_string(),
+                        args: Vec::with_capacity(4),
+                        bytes: 0,
+                    };
+                    record.push(b"done".to_vec());
+                    record.push(id.as_bytes().to_vec());
+                    let place = self.waiting.place(0, key);
+                    for arg in order_args(Some((place, key))) {
+                        record.push(arg);
+                    }
+                    self.records.push(record);
+                }
+            }
             return;
         }
         let mut record = self.record(b"ok", id, key, effects.reads());
@@ -414,10 +431,9 @@ impl CommitBatch {
             .key(keys.state)
             .key(keys.all)
             .key(keys.http)
-            .key(keys.holders)
             .key(keys.held)
             .key(keys.parked);
-        for list in self.waiting.names(&[keys.holders]) {
+        for list in self.waiting.names(&[keys.lists]) {
             call.key(list);
         }
         call.arg(self.group.as_slice())
@@ -497,15 +513,10 @@ mod tests {
                 "c",
                 "\0stamp:c",
                 "0",
-                "ok",
+                "done",
                 "6-0",
                 "1",
-                "o-1",
-                "0",
-                "0",
-                "0",
-                "0",
-                "0"
+                "o-1"
             ]
         );
     }

@@ -15,10 +15,10 @@
 -- KEYS[1] the subscriber stream   KEYS[2] its seen set (a sorted set:
 -- "<event id> <SHA-1 of its data>" -> when it was copied, in ms; and
 -- "<event id>" alone, so that an id seen with other content is told)
--- KEYS[3], KEYS[4] its order holders and held set (see order.lua), then
--- the waiting lists of the keys the batch copies to
+-- KEYS[3] its held set (see order.lua), then the lists of the keys the
+-- batch copies to
 -- ARGV[1] how long (ms) an id is remembered, then per copy: event id,
--- data, w, and if w > 0 the event's key (its list is KEYS[4 + w]); w = 0:
+-- data, w, and if w > 0 the event's key (its list is KEYS[3 + w]); w = 0:
 -- the subscriber keeps no order.
 --
 -- Everything that could fail is checked before the first write: a script
@@ -38,13 +38,13 @@ local used = {[1] = 'stream', [2] = 'zset'}
 local i = 2
 while i <= n do
   local w = tonumber(ARGV[i + 2])
-  if ARGV[i + 1] == nil or not w or w < 0 or (w > 0 and KEYS[4 + w] == nil) then
+  if ARGV[i + 1] == nil or not w or w < 0 or (w > 0 and KEYS[3 + w] == nil) then
     return redis.error_reply('ERR copy: malformed copy at argument ' .. i)
   end
   if w == 0 then
     i = i + 3
   else
-    used[3], used[4], used[4 + w] = 'hash', 'zset', 'list'
+    used[3] = 'zset'
     i = i + 4
   end
 end
@@ -75,7 +75,7 @@ while i <= n do
     if w == 0 then
       redis.call('XADD', KEYS[1], '*', 'data', data)
     else
-      order_admit(KEYS[1], KEYS[3], KEYS[4], KEYS[4 + w], ARGV[i + 3], data, now)
+      order_admit(KEYS[1], KEYS[3], KEYS[3 + w], ARGV[i + 3], data, now)
     end
     if redis.call('ZADD', KEYS[2], now, id) == 0 then
       reused = reused + 1

@@ -132,11 +132,8 @@ impl CopyBatch {
         records: &[Copy],
     ) -> RedisResult<(u64, u64)> {
         let mut call = SCRIPT.prepare_invoke();
-        call.key(&self.stream)
-            .key(&self.seen)
-            .key(&self.order.holders)
-            .key(&self.order.held);
-        for list in self.waiting.names(&[&self.order.holders]) {
+        call.key(&self.stream).key(&self.seen).key(&self.order.held);
+        for list in self.waiting.names(&[&self.order.lists]) {
             call.key(list);
         }
         call.arg(window.as_millis() as u64);

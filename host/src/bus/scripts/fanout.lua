@@ -5,15 +5,15 @@
 -- runs: over `maxmemory` it is refused whole (-OOM), having written nothing.
 --
 -- KEYS[1] events:all   KEYS[2] events:all:dlq   KEYS[3..2+S] the S
--- subscriber streams, then their S order holders, their S held sets (see
--- order.lua; a subscriber without `order_by` never touches its own), then
--- the waiting lists of the keys this batch routes.
+-- subscriber streams, then their S held sets (see order.lua; a subscriber
+-- without `order_by` never touches its own), then the lists of the keys
+-- this batch routes.
 -- ARGV[1] the group of events:all, ARGV[2] S, then one record per entry:
 --   id, n >= 0, n targets, data   -- copy data to those streams
 --   id, -1, payload               -- dead-letter payload
 -- a target is `t, 0` (stream KEYS[t]) or, for a subscriber that keeps
--- order per key, `t, w, key`, w > 0 (the key's waiting list is the w-th
--- after the held sets, KEYS[2 + 3S + w]).
+-- order per key, `t, w, key`, w > 0 (the key's list is the w-th after
+-- the held sets, KEYS[2 + 2S + w]).
 --
 -- Each entry is acknowledged first and copied only if it was still pending:
 -- an entry that another consumer reclaimed and routed meanwhile is skipped,
@@ -50,10 +50,10 @@ while i <= n do
     if w == 0 then
       i = i + 2
     else
-      if w < 0 or KEYS[2 + 3 * S + w] == nil then
-        return redis.error_reply('ERR fan-out: bad waiting list at argument ' .. i)
+      if w < 0 or KEYS[2 + 2 * S + w] == nil then
+        return redis.error_reply('ERR fan-out: bad key list at argument ' .. i)
       end
-      used[t + S], used[t + 2 * S], used[2 + 3 * S + w] = 'hash', 'zset', 'list'
+      used[t + S] = 'zset'
       i = i + 3
     end
   end
@@ -92,8 +92,7 @@ while i <= n do
           redis.call('XADD', KEYS[t], '*', 'data', data)
           i = i + 2
         else
-          order_admit(KEYS[t], KEYS[t + S], KEYS[t + 2 * S], KEYS[2 + 3 * S + w], ARGV[i + 2],
-            data, now)
+          order_admit(KEYS[t], KEYS[t + S], KEYS[2 + 2 * S + w], ARGV[i + 2], data, now)
           i = i + 3
         end
       end

@@ -9,6 +9,8 @@ use super::commit::{fit_in_one_call, is_refusal, refusal_text};
 use super::order::{order_args, with_order, WaitingLists};
 use super::Skipped;
 use crate::bus::connection::RedisConn;
+#[cfg(doc)]
+use crate::bus::keys::OrderKeys;
 
 static SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&with_order(include_str!("fanout.lua"))));
@@ -28,10 +30,10 @@ pub struct FanoutKeys<'a> {
     pub all: &'a str,
     pub all_dlq: &'a str,
     pub streams: &'a [String],
-    /// [`OrderKeys::holders`] of each stream's subscriber.
-    pub holders: &'a [String],
     /// [`OrderKeys::held`] of each stream's subscriber.
     pub held: &'a [String],
+    /// [`OrderKeys::lists`] of each stream's subscriber.
+    pub lists: &'a [String],
 }
 
 /// Where one copy of an entry goes: a subscriber stream (an index into
@@ -205,13 +207,13 @@ impl FanoutBatch {
     ) -> RedisResult<Skipped> {
         let mut call = SCRIPT.prepare_invoke();
         call.key(keys.all).key(keys.all_dlq);
-        for key in keys.streams.iter().chain(keys.holders).chain(keys.held) {
+        for key in keys.streams.iter().chain(keys.held) {
             call.key(key);
         }
         // Every list the batch names: a part of it uses fewer, harmlessly.
         if !self.waiting.is_empty() {
-            let holders: Vec<&str> = keys.holders.iter().map(String::as_str).collect();
-            for list in self.waiting.names(&holders) {
+            let lists: Vec<&str> = keys.lists.iter().map(String::as_str).collect();
+            for list in self.waiting.names(&lists) {
                 call.key(list);
             }
         }

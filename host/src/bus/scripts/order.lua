@@ -3,19 +3,24 @@
 -- text in front of it; see order.rs).
 --
 -- Of the events of one key only one, its holder, is in the subscriber's
--- stream at a time; the others wait in the key's list, oldest first. Any
--- consumer may take any entry of the stream, so keys run in parallel, and
--- a key's next event enters the stream only when its holder is committed
--- or dead-lettered, in the script that does it: whatever the number of
+-- stream at a time; the others wait in the key's list. Any consumer may
+-- take any entry of the stream, so keys run in parallel, and a key's next
+-- event enters the stream only when its holder is committed or
+-- dead-lettered, in the script that does it: whatever the number of
 -- hosts, however they crash, one event of a key runs at a time, in the
 -- order the events were routed. A retry stays pending, so it holds its key
--- (and only it). Nothing is kept per key once it is quiet.
+-- (and only it). Nothing is kept for a key once it is quiet.
 --
--- Keys: the holders (hash: key -> the holder's stream id, or
--- 'park:<dlq id>' while a dead letter parks the key); held (sorted set:
--- each key with events waiting -> when its oldest was routed, ms); parked
--- (sorted set: each parked key -> when it was parked, ms); the key's list
--- of waiting events, each '<ms routed> <data>'.
+-- The key's list is its holder then its waiting events, oldest first,
+-- each '<ms routed> <data>'; the holder's element is 'park:<dlq id>' while
+-- a dead letter parks the key. An entry of the stream that holds a key
+-- says so in its field `key`: only these scripts write that field, one
+-- entry per key at a time, so a committed entry with a key is its key's
+-- holder. Beside the lists: held (sorted set: each key with events
+-- waiting -> when the first of them was routed, ms; kept while the key
+-- stays backed up) and parked (sorted set: each parked key -> when it was
+-- parked, ms). Each call costs a few list commands and no lookup: this
+-- runs once per event.
 
 -- The time on Redis's clock, in ms: one clock for every host.
 local function order_now()
@@ -33,48 +38,55 @@ local function order_type_error(key, want)
   return nil
 end
 
+-- The lists are not type-checked before the first write, as every other
+-- key is: that would cost a command per event and per script. Their
+-- commands are made with pcall instead, so a list whose key someone set
+-- to another type cannot stop a script half-way: the events of that key
+-- go unordered (as an event without a key does), and nothing else.
+
 -- Routes `data` of `key` into `stream`: as the key's holder if it has
--- none, else to the end of the key's list.
-local function order_admit(stream, holders, held, waiting, key, data, now)
-  if redis.call('HEXISTS', holders, key) == 1 then
-    if redis.call('RPUSH', waiting, now .. ' ' .. data) == 1 then
-      redis.call('ZADD', held, now, key)
-    end
-  else
-    local id = redis.call('XADD', stream, '*', 'data', data, 'key', key)
-    redis.call('HSET', holders, key, id)
+-- none (returns its stream id), else to the end of the key's list.
+local function order_admit(stream, held, list, key, data, now)
+  local n = redis.pcall('RPUSH', list, now .. ' ' .. data)
+  if type(n) ~= 'number' then
+    return redis.call('XADD', stream, '*', 'data', data)
   end
+  if n == 1 then
+    return redis.call('XADD', stream, '*', 'data', data, 'key', key)
+  elseif n == 2 then
+    redis.call('ZADD', held, now, key)
+  end
+  return nil
 end
 
--- Hands `key` on from `holder` to its next waiting event, which enters
--- `stream` as the new holder; with none waiting, the key is forgotten.
--- Nothing happens if `holder` no longer holds the key.
-local function order_release(stream, holders, held, waiting, key, holder)
-  if redis.call('HGET', holders, key) ~= holder then
+-- Hands `key` on from its holder (done, or its dead letter skipped) to
+-- its next waiting event, which enters `stream` as the new holder; with
+-- none waiting, the key is forgotten (its list is gone).
+local function order_release(stream, held, list, key)
+  redis.pcall('LPOP', list)
+  local next = redis.pcall('LRANGE', list, 0, 1)
+  if next.err or #next == 0 then
     return
   end
-  local next = redis.call('LPOP', waiting)
-  if not next then
-    redis.call('HDEL', holders, key)
-    return
+  local space = string.find(next[1], ' ', 1, true)
+  if space then
+    redis.call('XADD', stream, '*', 'data', string.sub(next[1], space + 1), 'key', key)
   end
-  local space = string.find(next, ' ', 1, true)
-  local id = redis.call('XADD', stream, '*', 'data', string.sub(next, space + 1), 'key', key)
-  redis.call('HSET', holders, key, id)
-  local head = redis.call('LINDEX', waiting, 0)
-  if head then
-    redis.call('ZADD', held, string.sub(head, 1, string.find(head, ' ', 1, true) - 1), key)
-  else
+  if #next == 1 then
     redis.call('ZREM', held, key)
   end
 end
 
--- Parks `key` on the dead letter `dlq_id` of its holder `holder`: its
--- next events wait until the letter is replayed or skipped.
-local function order_park(holders, parked, key, holder, dlq_id, now)
-  if redis.call('HGET', holders, key) ~= holder then
-    return
+-- Parks `key` on its holder's dead letter `dlq_id`: its next events wait
+-- until the letter is replayed or skipped.
+local function order_park(parked, list, key, dlq_id, now)
+  local set = redis.pcall('LSET', list, 0, 'park:' .. dlq_id)
+  if not set.err then
+    redis.call('ZADD', parked, now, key)
   end
-  redis.call('HSET', holders, key, 'park:' .. dlq_id)
-  redis.call('ZADD', parked, now, key)
+end
+
+-- Whether the dead letter `dlq_id` parks `key`.
+local function order_parks(list, dlq_id)
+  return redis.pcall('LINDEX', list, 0) == 'park:' .. dlq_id
 end

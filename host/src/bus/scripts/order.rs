@@ -37,12 +37,12 @@ impl WaitingLists {
         self.lists.len()
     }
 
-    /// The lists' names, in their places' order: `holders` is each
-    /// subscriber's holders key (see [`OrderKeys::waiting_of`]).
-    pub fn names<'a>(&'a self, holders: &'a [&str]) -> impl Iterator<Item = String> + 'a {
+    /// The lists' names, in their places' order: `lists` is each
+    /// subscriber's [`OrderKeys::lists`].
+    pub fn names<'a>(&'a self, lists: &'a [&str]) -> impl Iterator<Item = String> + 'a {
         self.lists
             .iter()
-            .map(|(subscriber, key)| OrderKeys::waiting_of(holders[*subscriber], key))
+            .map(|(subscriber, key)| OrderKeys::list_of(lists[*subscriber], key))
     }
 
     /// Whether there is none.
@@ -72,12 +72,12 @@ mod tests {
         assert_eq!(lists.place(0, "o-1"), 1);
         assert_eq!(lists.place(1, "o-1"), 2);
         assert_eq!(lists.place(0, "o-1"), 1);
-        let holders = [pay.holders.as_str(), ship.holders.as_str()];
+        let names = [pay.lists.as_str(), ship.lists.as_str()];
         assert_eq!(
-            lists.names(&holders).collect::<Vec<_>>(),
+            lists.names(&names).collect::<Vec<_>>(),
             ["events:order:pay:q:o-1", "events:order:ship:q:o-1"]
         );
-        assert_eq!(pay.waiting("o-1"), "events:order:pay:q:o-1");
+        assert_eq!(pay.list("o-1"), "events:order:pay:q:o-1");
     }
 
     #[test]

@@ -6,11 +6,11 @@
 -- commit: a letter marked `after_commit` (a request that was never sent,
 -- not an event) goes back there, to be sent again with the same key; used
 -- only if ARGV[2] is '1'.
--- KEYS[4..6] the subscriber's order holders, held and parked sets (see
--- order.lua), then the waiting lists of the letters' keys.
+-- KEYS[4], KEYS[5] the subscriber's held and parked sets (see order.lua),
+-- then the lists of the letters' keys.
 -- ARGV[1] the DLQ's consumer group (LeanMQ's DLQ readers), ARGV[2], then
 -- per entry: its id, w, and if w > 0 the key its letter carries (its list
--- is KEYS[6 + w]).
+-- is KEYS[5 + w]).
 --
 -- Per entry, in one script: read it, XADD its fields (the `data` object
 -- with its `_failures` history) to the stream under a new id, so its
@@ -35,11 +35,11 @@ if ARGV[2] == '1' then used[3] = 'stream' end
 local i = 3
 while i <= n do
   local w = tonumber(ARGV[i + 1])
-  if not w or w < 0 or (w > 0 and KEYS[6 + w] == nil) then
+  if not w or w < 0 or (w > 0 and KEYS[5 + w] == nil) then
     return redis.error_reply('ERR replay: malformed entry at argument ' .. i)
   end
   if w > 0 then
-    used[4], used[5], used[6], used[6 + w] = 'hash', 'zset', 'zset', 'list'
+    used[4], used[5] = 'zset', 'zset'
     i = i + 3
   else
     i = i + 2
@@ -67,16 +67,16 @@ while i <= n do
     end
     local new = ''
     if key and data then
-      if redis.call('HGET', KEYS[4], key) == 'park:' .. id then
+      local list = KEYS[5 + w]
+      now = now or order_now()
+      if order_parks(list, id) then
+        redis.call('LSET', list, 0, now .. ' ' .. data)
         new = redis.call('XADD', into, '*', 'data', data, 'key', key)
-        redis.call('HSET', KEYS[4], key, new)
-        redis.call('ZREM', KEYS[6], key)
+        redis.call('ZREM', KEYS[5], key)
       else
-        now = now or order_now()
-        order_admit(into, KEYS[4], KEYS[5], KEYS[6 + w], key, data, now)
-        -- Admitted as the key's holder, or waiting behind it.
-        local holder = redis.call('HGET', KEYS[4], key)
-        if redis.call('LLEN', KEYS[6 + w]) == 0 then new = holder end
+        -- The key's holder now, or waiting behind it.
+        new = order_admit(into, KEYS[4], list, key, data, now) or ''
+
       end
     else
       new = redis.call('XADD', into, '*', unpack(fields))

@@ -77,13 +77,13 @@ pub async fn replay(
         .key(keys.requests.unwrap_or(keys.stream));
     match keys.order {
         Some(order) => {
-            call.key(&order.holders).key(&order.held).key(&order.parked);
-            for list in waiting.names(&[&order.holders]) {
+            call.key(&order.held).key(&order.parked);
+            for list in waiting.names(&[&order.lists]) {
                 call.key(list);
             }
         }
         None => {
-            call.key(keys.stream).key(keys.stream).key(keys.stream);
+            call.key(keys.stream).key(keys.stream);
         }
     }
     call.arg(keys.dlq_group)
@@ -117,10 +117,9 @@ pub async fn skip(
     let mut call = SKIP.prepare_invoke();
     call.key(dlq)
         .key(stream)
-        .key(&order.holders)
         .key(&order.held)
         .key(&order.parked);
-    for list in waiting.names(&[&order.holders]) {
+    for list in waiting.names(&[&order.lists]) {
         call.key(list);
     }
     for arg in args {

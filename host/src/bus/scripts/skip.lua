@@ -4,24 +4,23 @@
 -- DLQ, where they can still be replayed (then as new events of their key)
 -- or purged.
 --
--- KEYS[1] the DLQ   KEYS[2] the subscriber's stream   KEYS[3..5] its order
--- holders, held and parked sets (see order.lua), then waiting lists.
--- ARGV: per letter, its id, w > 0 and its key (its list is KEYS[5 + w]).
+-- KEYS[1] the DLQ   KEYS[2] the subscriber's stream   KEYS[3], KEYS[4] its
+-- held and parked sets (see order.lua), then the lists of their keys.
+-- ARGV: per letter, its id, w > 0 and its key (its list is KEYS[4 + w]).
 --
 -- Returns the ids of the letters whose keys moved on; a letter that does
 -- not park its key (skipped already, or replayed) changes nothing.
 
 local n = #ARGV
-local used = {[2] = 'stream', [3] = 'hash', [4] = 'zset', [5] = 'zset'}
+local used = {[2] = 'stream', [3] = 'zset', [4] = 'zset'}
 if n % 3 ~= 0 then
   return redis.error_reply('ERR skip: malformed arguments')
 end
 for i = 1, n, 3 do
   local w = tonumber(ARGV[i + 1])
-  if not w or w < 1 or KEYS[5 + w] == nil then
+  if not w or w < 1 or KEYS[4 + w] == nil then
     return redis.error_reply('ERR skip: malformed letter at argument ' .. i)
   end
-  used[5 + w] = 'list'
 end
 for k, want in pairs(used) do
   local err = order_type_error(KEYS[k], want)
@@ -31,10 +30,9 @@ end
 local released = {}
 for i = 1, n, 3 do
   local id, w, key = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local holder = 'park:' .. id
-  if redis.call('HGET', KEYS[3], key) == holder then
-    order_release(KEYS[2], KEYS[3], KEYS[4], KEYS[5 + w], key, holder)
-    redis.call('ZREM', KEYS[5], key)
+  if order_parks(KEYS[4 + w], id) then
+    order_release(KEYS[2], KEYS[3], KEYS[4 + w], key)
+    redis.call('ZREM', KEYS[4], key)
     released[#released + 1] = id
   end
 end

@@ -22,7 +22,7 @@ impl SubscriberLoop {
             state: &self.state_key,
             all: &self.publish_to,
             http: &self.requests_to,
-            holders: &self.order.holders,
+            lists: &self.order.lists,
             held: &self.order.held,
             parked: &self.order.parked,
         };

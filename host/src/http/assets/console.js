@@ -31,6 +31,15 @@ function ago(seconds) {
   return Math.round(seconds / 3600) + " h ago";
 }
 
+// A span of seconds: "250 ms", "30 s", "3 min", "2 h", "4 d".
+function span(seconds) {
+  if (seconds < 1) return Math.round(seconds * 1000) + " ms";
+  if (seconds < 120) return Math.round(seconds) + " s";
+  if (seconds < 7200) return Math.round(seconds / 60) + " min";
+  if (seconds < 172800) return Math.round(seconds / 3600) + " h";
+  return Math.round(seconds / 86400) + " d";
+}
+
 function token() {
   return $("#token").value.trim();
 }
@@ -91,10 +100,34 @@ function render(status) {
     const dlq = cell(row, "", "num dlq");
     const link = el("a", sub.dlq_depth, { href: "#dlq/" + encodeURIComponent(sub.name) });
     dlq.appendChild(link);
+    // Order per key (order_by): parked keys need an operator.
+    const order = sub.order;
+    cell(row, order ? order.parked : "–", "num parked");
+    if (order && order.parked > 0) row.classList.add("parked");
+    cell(row, !order ? "–" : order.oldest_held_s === null ? "none"
+      : span(order.oldest_held_s) + " (" + order.held + (order.held === 1 ? " key)" : " keys)"), "num held");
     const last = sub.last_reload;
     cell(row, last ? last.outcome + " " + ago(status.at - last.at) + ": " + last.detail : "–", "reload");
     body.appendChild(row);
   }
+  // Parked keys first: none of their events runs until someone acts.
+  const parked = $("#parked");
+  parked.replaceChildren();
+  for (const sub of status.subscribers) {
+    const order = sub.order;
+    if (!order || !order.parked) continue;
+    const keys = order.oldest_parked.map((k) =>
+      k.key + (k.key_cut ? "…" : "") + " (" + span(k.age_s) + (k.dead_letter ? ", dead letter " + k.dead_letter : "") + ")");
+    const more = order.parked - order.oldest_parked.length;
+    if (more > 0) keys.push("and " + more + " more");
+    const item = el("li", sub.name + ": " + order.parked +
+      (order.parked === 1 ? " key parked by a dead letter" : " keys parked by dead letters") +
+      " (order_by " + order.order_by + "), each waiting for a replay or a skip of its dead letter: " +
+      keys.join(", ") + " ", { "data-name": sub.name });
+    item.appendChild(el("a", "(dead letters)", { href: "#dlq/" + encodeURIComponent(sub.name) }));
+    parked.appendChild(item);
+  }
+  parked.hidden = !parked.children.length;
   // The status reads a bounded part of the registry; say what it left out.
   const notRead = $("#not-read");
   notRead.hidden = !status.registry_not_read;
