@@ -299,7 +299,7 @@ async fn the_console_shows_parked_keys_and_the_oldest_held_event() {
     let _: () = redis::pipe()
         .zadd("events:order:svc:parked", "o-1", now - 180_000)
         .zadd("events:order:svc:parked", hostile, now - 10_000)
-        .hset("events:order:svc", "o-1", "park:1-0")
+        .rpush("events:order:svc:q:o-1", "park:1-0")
         .zadd("events:order:svc:held", "o-7", now - 30_000)
         .query(&mut conn)
         .unwrap();

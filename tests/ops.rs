@@ -653,8 +653,8 @@ fn subscriber<'a>(status: &'a Value, name: &str) -> &'a Value {
 
 /// Order per key (`order_by`): the keys a dead letter parked and the
 /// events held behind their key's holder are read from the order keys in
-/// Redis (`events:order:<name>` and its `:held` and `:parked` sorted
-/// sets, written here as the bus writes them) and shown by `status`
+/// Redis (each key's list `events:order:<name>:q:<key>` and the `:held`
+/// and `:parked` sorted sets, written here as the bus writes them) and shown by `status`
 /// (text and JSON, with or without the config: a live host says which
 /// subscribers keep an order), the console's `/api/status` and
 /// `/metrics`; a subscriber without `order_by` shows none of it.
@@ -677,12 +677,13 @@ fn parked_keys_and_the_oldest_held_event_are_in_status_the_console_and_the_metri
         .zadd("events:order:probe:parked", "o-4", now - 40_000)
         .zadd("events:order:probe:parked", "o-5", now - 20_000)
         .zadd("events:order:probe:parked", "o-6", now - 10_000)
-        .hset("events:order:probe", "o-1", "park:1-0")
-        .hset("events:order:probe", "o-2", "park:2-0")
+        .rpush("events:order:probe:q:o-1", "park:1-0")
+        .rpush("events:order:probe:q:o-2", "park:2-0")
         // Two keys with events held, the oldest routed 30 s ago.
         .zadd("events:order:probe:held", "o-7", now - 30_000)
         .zadd("events:order:probe:held", "o-8", now - 5_000)
-        .hset("events:order:probe", "o-7", "1700000000000-0")
+        .rpush("events:order:probe:q:o-7", format!("{} {{}}", now - 31_000))
+        .rpush("events:order:probe:q:o-7", format!("{} {{}}", now - 30_000))
         // Keys of a subscriber without order_by: not its business to show.
         .zadd("events:order:plain:parked", "x", now - 1_000)
         .query(&mut conn)

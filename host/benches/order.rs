@@ -206,7 +206,10 @@ fn run(workload: Workload, ordered: bool, cold: usize, hot: usize) -> Run {
             .unwrap();
         println!("ordered={ordered}\n{stats}");
 
-        for line in scrape(&metrics).lines().filter(|l| l.contains("keyed") && !l.starts_with('#')) {
+        for line in scrape(&metrics)
+            .lines()
+            .filter(|l| l.contains("keyed") && !l.starts_with('#'))
+        {
             println!("{line}");
         }
     }

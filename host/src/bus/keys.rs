@@ -52,7 +52,7 @@ pub struct OrderKeys {
     /// of its own).
     pub lists: String,
     /// `events:order:<name>:held`, a sorted set: each key with events
-    /// waiting behind its holder → when (ms) the first of them was routed.
+    /// waiting behind its holder → when (ms) the oldest of them was routed.
     pub held: String,
     /// `events:order:<name>:parked`, a sorted set: each parked key → when
     /// (ms) it was parked.

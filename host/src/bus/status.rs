@@ -248,7 +248,7 @@ fn shown_key(key: String) -> (String, bool) {
 }
 
 /// The parked keys as shown, from the oldest members of `parked` (member,
-/// score) and what the holders hash says of each (`park:<dlq id>`).
+/// score) and the head of each one's list (`park:<dlq id>`).
 fn parked_keys(
     now: f64,
     oldest: Vec<(String, f64)>,
@@ -317,11 +317,12 @@ pub async fn order_status(
         let holders: Vec<Option<String>> = if oldest.is_empty() {
             Vec::new()
         } else {
-            redis::cmd("HMGET")
-                .arg(&keys.holders)
-                .arg(oldest.iter().map(|(key, _)| key).collect::<Vec<_>>())
-                .query_async(conn)
-                .await?
+            // A parked key's list starts with `park:<dlq id>`, no payload.
+            let mut heads = redis::pipe();
+            for (key, _) in &oldest {
+                heads.cmd("LINDEX").arg(keys.list(key)).arg(0);
+            }
+            heads.query_async(conn).await?
         };
         oldest_parked = parked_keys(now, oldest, holders);
     }

@@ -323,7 +323,9 @@ impl Dlq {
         Ok(report)
     }
 
-    /// Deletes the selected entries for good; returns how many were.
+    /// Deletes the selected entries for good; returns how many were. A
+    /// letter that parks its key lets the key move on first, as `skip`
+    /// does: a key is never left parked on a letter that is gone.
     pub async fn purge(&mut self, selection: &Selection) -> Result<u64, DlqError> {
         let mut ids = Ids::of(selection);
         let mut deleted = 0;
@@ -331,6 +333,9 @@ impl Dlq {
             let batch = ids.next(self).await?;
             if batch.is_empty() {
                 break;
+            }
+            if self.order.is_some() {
+                self.skip(&batch).await?;
             }
             // XDEL and XACK together, so a LeanMQ reader keeps no pending
             // entry for what no longer exists.

@@ -26,6 +26,12 @@
 --   'dlq', id, w, [key], r, reads, payload
 --   'check', id, w, [key], r, reads  -- a retry: only checked, stays pending
 --   'done', id, w, key               -- handled ok, no effects, no reads
+--   'adopt', id, w, key, data        -- an entry without a key (requeued by
+--         LeanMQ, added by hand, routed before `order_by` was set): it
+--         leaves the stream and joins its key's order as a new event; if
+--         its key is parked on a dead letter no longer in the DLQ (LeanMQ
+--         requeued or another tool deleted it), it takes the letter's
+--         place, first in line
 --
 -- An entry with a key holds it (order.lua): committed, it hands the key
 -- on to the key's next event; dead-lettered, it does too, or parks the key
@@ -87,11 +93,12 @@ while i <= n do
     used[6], used[7] = true, true
     i = i + 1
   end
-  local r = kind == 'done' and 0 or tonumber(ARGV[i + 3])
-  if not r or r < 0 or (kind == 'done' and w == 0) then
+  local keyed = kind == 'done' or kind == 'adopt'
+  local r = keyed and 0 or tonumber(ARGV[i + 3])
+  if not r or r < 0 or (keyed and w == 0) then
     return malformed('record at argument ' .. i)
   end
-  i = i + (kind == 'done' and 3 or 4)
+  i = i + (keyed and 3 or 4)
   if r > 0 then
     used[3] = true
     for _ = 1, r do
@@ -121,6 +128,8 @@ while i <= n do
   elseif kind == 'dlq' then
     i = i + 1
     used[2] = true
+  elseif kind == 'adopt' then
+    i = i + 1
   elseif kind ~= 'check' and kind ~= 'done' then
     return malformed('record kind at argument ' .. i)
   end
@@ -188,6 +197,7 @@ local function append(key, from, to)
 end
 
 local blocked = false
+local now
 i = FIRST
 while i <= n do
   local kind, id, w = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -197,7 +207,7 @@ while i <= n do
     i = i + 1
   end
   local fresh = true
-  if kind == 'done' then
+  if kind == 'done' or kind == 'adopt' then
     i = i + 3
   else
     fresh, i = holds(i + 4, tonumber(ARGV[i + 3]))
@@ -237,11 +247,27 @@ while i <= n do
     if acked then
       order_release(KEYS[1], KEYS[6], KEYS[7 + w], key)
     end
+  elseif kind == 'adopt' then
+    if acked then
+      local list, data = KEYS[7 + w], ARGV[i]
+      local head = redis.pcall('LINDEX', list, 0)
+      local letter = type(head) == 'string' and string.match(head, '^park:(.+)$')
+      now = now or order_now()
+      if letter and #redis.pcall('XRANGE', KEYS[2], letter, letter) == 0 then
+        redis.call('LSET', list, 0, now .. ' ' .. data)
+        redis.call('XADD', KEYS[1], '*', 'data', data, 'key', key)
+        redis.call('ZREM', KEYS[7], key)
+      else
+        order_admit(KEYS[1], KEYS[6], list, key, data, now)
+      end
+    end
+    i = i + 1
   elseif kind == 'dlq' then
     if acked and key then
       local letter = redis.call('XADD', KEYS[2], '*', 'data', ARGV[i], 'key', key)
       if park then
-        order_park(KEYS[7], KEYS[7 + w], key, letter, order_now())
+        now = now or order_now()
+        order_park(KEYS[7], KEYS[7 + w], key, letter, now)
       else
         order_release(KEYS[1], KEYS[6], KEYS[7 + w], key)
       end

@@ -239,6 +239,26 @@ impl CommitBatch {
         self.records.push(record);
     }
 
+    /// Takes `id`, an entry without a key of a subscriber that keeps order
+    /// by `key`, out of the stream and into its key's order (see
+    /// `commit.lua`), with its `data`.
+    pub fn adopt(&mut self, id: &str, key: &str, data: &[u8]) {
+        let mut record = Record {
+            id: id.to_string(),
+            args: Vec::with_capacity(5),
+            bytes: 0,
+        };
+        record.push(b"adopt".to_vec());
+        record.push(id.as_bytes().to_vec());
+        let place = self.waiting.place(0, key);
+        for arg in order_args(Some((place, key))) {
+            record.push(arg);
+        }
+        record.push(data.to_vec());
+        self.records.push(record);
+        self.entries += 1;
+    }
+
     /// Acknowledges `id` and writes `payload` to the DLQ, if what the
     /// failure rests on, `reads`, still holds.
     pub fn dead_letter(&mut self, id: &str, key: Option<&str>, payload: String, reads: &Reads) {

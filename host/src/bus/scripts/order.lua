@@ -17,8 +17,7 @@
 -- says so in its field `key`: only these scripts write that field, one
 -- entry per key at a time, so a committed entry with a key is its key's
 -- holder. Beside the lists: held (sorted set: each key with events
--- waiting -> when the first of them was routed, ms; kept while the key
--- stays backed up) and parked (sorted set: each parked key -> when it was
+-- waiting -> when the oldest of them was routed, ms) and parked (sorted set: each parked key -> when it was
 -- parked, ms). Each call costs a few list commands and no lookup: this
 -- runs once per event.
 
@@ -74,6 +73,12 @@ local function order_release(stream, held, list, key)
   end
   if #next == 1 then
     redis.call('ZREM', held, key)
+  else
+    -- The key's oldest waiting event is now the one after the holder.
+    local routed = tonumber(string.sub(next[2], 1, (string.find(next[2], ' ', 1, true) or 1) - 1))
+    if routed then
+      redis.call('ZADD', held, routed, key)
+    end
   end
 end
 

@@ -124,6 +124,10 @@ enum Fate {
     },
     /// Redis refused its commit and its quarantine: it stays pending.
     Stuck,
+    /// Taken into the order of `key` (see [`Verdict::Adopt`]).
+    Adopted {
+        key: String,
+    },
 }
 
 impl SubscriberLoop {
@@ -319,16 +323,14 @@ impl SubscriberLoop {
                         item.attempt,
                         self.bus.max_payload_bytes,
                     ) {
-                        Ok(_) if self.refuses_without_key(settings, &item.entry) => {
-                            let field = settings.order.as_ref().map(|o| o.field.clone());
-                            let no_key = leanmq::Malformed::NoKey(field.unwrap_or_default());
-                            Some(verdict::malformed(settings, no_key))
-                        }
-                        Ok(event) => {
-                            published[index] = event.timestamp;
-                            jobs.push((index, event));
-                            None
-                        }
+                        Ok(event) => match self.without_key(settings, &item.entry) {
+                            Some(verdict) => Some(verdict),
+                            None => {
+                                published[index] = event.timestamp;
+                                jobs.push((index, event));
+                                None
+                            }
+                        },
                         Err(malformed) => Some(verdict::malformed(settings, malformed)),
                     }
                 }
@@ -440,17 +442,23 @@ impl SubscriberLoop {
         CommitBatch::new(&self.group.queue().group, ordered).parking(park)
     }
 
-    /// Whether `entry` is refused for having no key: its subscriber orders
-    /// by a field it lacks, and says `without_key = "refuse"`. An entry
-    /// that holds a key has one; one that does not but whose event has
-    /// the field (put in the stream by hand, or routed before `order_by`
-    /// was set) runs without an order.
-    fn refuses_without_key(&self, settings: &SubscriberConfig, entry: &StreamEntry) -> bool {
-        match &settings.order {
-            Some(order) if order.without_key == WithoutKey::Refuse && entry.key().is_none() => {
-                leanmq::order_key(entry, order, self.bus.max_payload_bytes).is_none()
-            }
-            _ => false,
+    /// What becomes of `entry` if it holds no key though its subscriber
+    /// orders by one (`None`: it runs). An event with the field (requeued
+    /// by LeanMQ, added by hand, routed before `order_by` was set) is
+    /// adopted into its key's order rather than run beside it; one
+    /// without runs unordered, or is refused if `without_key = "refuse"`.
+    fn without_key(&self, settings: &SubscriberConfig, entry: &StreamEntry) -> Option<Verdict> {
+        let order = settings.order.as_ref()?;
+        if entry.key().is_some() {
+            return None;
+        }
+        match leanmq::order_key(entry, order, self.bus.max_payload_bytes) {
+            Some(key) => Some(Verdict::Adopt { key }),
+            None if order.without_key == WithoutKey::Refuse => Some(verdict::malformed(
+                settings,
+                leanmq::Malformed::NoKey(order.field.clone()),
+            )),
+            None => None,
         }
     }
 
@@ -473,6 +481,11 @@ impl SubscriberLoop {
                 Fate::Retry { next, delay }
             }
             Verdict::RunAgain => Fate::RunAgain,
+            Verdict::Adopt { key } => {
+                let data = work.entry.data().unwrap_or_default();
+                batch.adopt(&work.entry.id, &key, data);
+                Fate::Adopted { key }
+            }
             Verdict::Wait { delay } => Fate::Wait { delay },
             Verdict::DeadLetter { kind, reason } => {
                 let letters = DeadLetterer::subscriber(&settings.name, self.bus.max_payload_bytes);

@@ -95,6 +95,14 @@ impl SubscriberLoop {
                     self.metrics.dead_lettered(kind);
                 }
                 Fate::Stuck => {}
+                Fate::Adopted { key } => tracing::info!(
+                    subscriber = %settings.name,
+                    event_id,
+                    stream_id = %work.entry.id,
+                    "an entry without a key (requeued or added by hand) joined the order of \
+                     key {}",
+                    crate::telemetry::escape(&key, 200)
+                ),
             }
         }
     }

@@ -19,6 +19,10 @@ pub enum Verdict {
     /// Stays pending and runs again after `delay` on the same attempt: the
     /// host had no capacity for it (backpressure, not a failure).
     Wait { delay: Duration },
+    /// Not run: an entry without a key, of a subscriber that orders by
+    /// one, leaves the stream and joins the order of its key as a new
+    /// event (see `commit.lua`).
+    Adopt { key: String },
 }
 
 /// How long an event that found no capacity waits before it runs again:
