@@ -89,7 +89,8 @@ struct Layout {
     stream: String,
     dlq: String,
     group: String,
-    /// `events:order:seq`: the holders hash, and the prefix of the rest.
+    /// `events:order:seq`: the prefix of the order keys (each key's list is
+    /// `<order>:q:<key>`).
     order: String,
 }
 
@@ -230,6 +231,34 @@ fn scan(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
         }
         cursor = next;
     }
+}
+
+/// The first element of the list `list` (a key's holder, or its park),
+/// its first 80 bytes.
+fn head_of(conn: &mut impl ConnectionLike, list: &str) -> Option<String> {
+    let head: Option<String> = redis::cmd("LINDEX").arg(list).arg(0).query(conn).ok()?;
+    head.map(|h| h.chars().take(80).collect())
+}
+
+/// The elements of the list `list` as "park:<id>" or the seq of the
+/// event waiting there.
+fn list_of(conn: &mut impl ConnectionLike, list: &str) -> Vec<String> {
+    let items: Vec<String> = redis::cmd("LRANGE")
+        .arg(list)
+        .arg(0)
+        .arg(-1)
+        .query(conn)
+        .unwrap_or_default();
+    items
+        .iter()
+        .map(|item| match item.split_once(' ') {
+            Some((_, data)) if !item.starts_with("park:") => {
+                let data: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                format!("seq {}", data["seq"])
+            }
+            _ => item.clone(),
+        })
+        .collect()
 }
 
 /// A stream id as (ms, seq), to compare.
@@ -586,13 +615,17 @@ fn keep_every_keys_order<C: Conn>(
             }
         }
         if started.elapsed() > scale.limit {
-            let holders = hgetall(&mut conn, &layout.order);
-            let stuck: Vec<_> = holders.iter().take(10).collect();
             let left = order_keys_left();
+            let stuck: Vec<_> = left
+                .iter()
+                .filter(|k| k.contains(":q:"))
+                .take(10)
+                .map(|k| (k.clone(), head_of(&mut conn, k)))
+                .collect();
             panic!(
                 "{what}: not done within {:?}: {finished} of {} events committed or \
                  dead-lettered; pending in {}: {}; kills at {kills:?}; reload at {:?}; \
-                 {} order keys left ({:?}...); holders (key → holder) {stuck:?}; \
+                 {} order keys left ({:?}...); lists and their heads {stuck:?}; \
                  {} keys committed nothing",
                 scale.limit,
                 plan.total,
@@ -1037,13 +1070,17 @@ fn a_parked_key() -> (World, Host, String) {
     assert_eq!(a3.key().as_deref(), Some("A"), "{:?}", a3.fields);
 
     // A is parked on that dead letter, and only A.
-    let holders = hgetall(&mut conn, &layout.order);
+    let list_a = format!("{}:q:A", layout.order);
     assert_eq!(
-        holders.get("A").map(String::as_str),
-        Some(format!("park:{}", a3.id).as_str()),
-        "A's holder: {holders:?}"
+        head_of(&mut conn, &list_a),
+        Some(format!("park:{}", a3.id)),
+        "A's list starts with its park"
     );
-    assert!(!holders.contains_key("B"), "B is done: {holders:?}");
+    let left = scan(&mut conn, &format!("{}*", layout.order));
+    assert!(
+        !left.contains(&format!("{}:q:B", layout.order)),
+        "B is done: {left:?}"
+    );
     let parked: Vec<(String, f64)> = redis::cmd("ZRANGE")
         .arg(format!("{}:parked", layout.order))
         .arg(0)
@@ -1055,15 +1092,30 @@ fn a_parked_key() -> (World, Host, String) {
         parked.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
         ["A"]
     );
-    let waiting: u64 = redis::cmd("LLEN")
-        .arg(format!("{}:q:A", layout.order))
+    let list: Vec<String> = redis::cmd("LRANGE")
+        .arg(&list_a)
+        .arg(0)
+        .arg(-1)
         .query(&mut conn)
         .unwrap();
-    assert_eq!(waiting, 7, "A4..A10 wait in A's list");
+    let waiting: Vec<u64> = list
+        .iter()
+        .filter(|e| !e.starts_with("park:"))
+        .filter_map(|e| e.split_once(' '))
+        .map(|(_, data)| {
+            serde_json::from_str::<Value>(data).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(waiting, seqs(4, 10), "A4..A10 wait in A's list");
     let status = world.eventhost(&["status", "--config", world.config().to_str().unwrap()]);
-    println!(
-        "status with A parked:\n{}{}",
-        String::from_utf8_lossy(&status.stdout),
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success()
+            && said.contains("1 key PARKED")
+            && said.contains(&format!("A (dead letter {})", a3.id)),
+        "status shows A parked on its dead letter:\n{said}{}",
         String::from_utf8_lossy(&status.stderr)
     );
     let id = a3.id.clone();
@@ -1209,8 +1261,10 @@ fn purging_the_dead_letter_a_key_is_parked_on_does_not_strand_the_key() {
             Duration::from_secs(10),
             || {
                 let a = log_of(&state(&mut conn, SUB), "A");
-                let holders = hgetall(&mut conn, &Layout::single().order);
-                seen(a.len() == 9, || format!("log:A {a:?}; holders {holders:?}"))
+                let head = head_of(&mut conn, &format!("{}:q:A", Layout::single().order));
+                seen(a.len() == 9, || {
+                    format!("log:A {a:?}; head of A's list {head:?}")
+                })
             },
         );
         all_quiet(&world, &[SUB]);
@@ -1259,9 +1313,13 @@ fn a_dead_letter_requeued_with_leanmqs_tools_lets_its_key_go_on() {
         Duration::from_secs(10),
         || {
             let a = log_of(&state(&mut conn, SUB), "A");
-            let holders = hgetall(&mut conn, &Layout::single().order);
+            let list = list_of(&mut conn, &format!("{}:q:A", Layout::single().order));
+            let dead: Vec<String> = dead_letters(&mut conn, &Layout::single().dlq)
+                .iter()
+                .map(|d| format!("{} seq {}", d.id, d.seq()))
+                .collect();
             seen(a.len() == 10, || {
-                format!("log:A {a:?}; holders {holders:?}")
+                format!("log:A {a:?}; A's list {list:?}; DLQ {dead:?}")
             })
         },
     );
