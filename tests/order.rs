@@ -1328,6 +1328,60 @@ fn a_dead_letter_requeued_with_leanmqs_tools_lets_its_key_go_on() {
     host.stop();
 }
 
+/// LeanMQ's `requeue_messages` is two steps: XADD the letter's data to
+/// the stream, then XDEL it from the DLQ. Here the second comes 500 ms
+/// after the first (a slow client), once the host has taken the requeued
+/// event into A's order while A was still parked on the letter: A must
+/// still go on, A3 first, once the letter is gone.
+#[test]
+fn a_parked_keys_dead_letter_deleted_just_after_its_requeue_strands_nothing() {
+    let (world, host, a3) = a_parked_key();
+    let mut conn = world.conn();
+    let layout = Layout::single();
+    let () = redis::cmd("HSET")
+        .arg(&layout.state)
+        .arg("cure")
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
+    let letter = dead_letters(&mut conn, &layout.dlq).remove(0);
+    let mut data = letter.data.clone();
+    data["_requeues"] =
+        json!([{"timestamp": 1.0, "from_dlq": layout.dlq, "to_queue": layout.stream}]);
+    xadd(&mut conn, &layout.stream, &data.to_string());
+    let list_a = format!("{}:q:A", layout.order);
+    wait(
+        "the requeued A3 is taken into A's order or run",
+        Duration::from_secs(10),
+        || {
+            let list = list_of(&mut conn, &list_a);
+            let a = log_of(&state(&mut conn, SUB), "A");
+            seen(list.len() > 8 || a.len() > 2, || {
+                format!("A's list {list:?}")
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let () = redis::cmd("XDEL")
+        .arg(&layout.dlq)
+        .arg(&a3)
+        .query::<u64>(&mut conn)
+        .map(|_| ())
+        .unwrap();
+    wait(
+        "A3..A10 are handled once the letter is gone",
+        Duration::from_secs(10),
+        || {
+            let a = log_of(&state(&mut conn, SUB), "A");
+            let list = list_of(&mut conn, &list_a);
+            seen(a.len() == 10, || format!("log:A {a:?}; A's list {list:?}"))
+        },
+    );
+    assert_eq!(log_of(&state(&mut conn, SUB), "A"), seqs(1, 10));
+    all_quiet(&world, &[SUB]);
+    host.stop();
+}
+
 // ----- events without the key -----
 
 #[test]
