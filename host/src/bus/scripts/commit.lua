@@ -29,9 +29,10 @@
 --   'adopt', id, w, key, data        -- an entry without a key (requeued by
 --         LeanMQ, added by hand, routed before `order_by` was set): it
 --         leaves the stream and joins its key's order as a new event; if
---         its key is parked on a dead letter no longer in the DLQ (LeanMQ
---         requeued or another tool deleted it), it takes the letter's
---         place, first in line
+--         its key is parked, it takes the dead letter's place, first in
+--         line, and the key is parked no more: LeanMQ's requeue of the
+--         letter adds the event, then deletes the letter in a second
+--         step, so whether the letter is still there says nothing
 --
 -- An entry with a key holds it (order.lua): committed, it hands the key
 -- on to the key's next event; dead-lettered, it does too, or parks the key
@@ -253,7 +254,7 @@ while i <= n do
       local head = redis.pcall('LINDEX', list, 0)
       local letter = type(head) == 'string' and string.match(head, '^park:(.+)$')
       now = now or order_now()
-      if letter and #redis.pcall('XRANGE', KEYS[2], letter, letter) == 0 then
+      if letter then
         redis.call('LSET', list, 0, now .. ' ' .. data)
         redis.call('XADD', KEYS[1], '*', 'data', data, 'key', key)
         redis.call('ZREM', KEYS[7], key)
