@@ -29,6 +29,17 @@ use super::BLOCK;
 use crate::config::BusConfig;
 use crate::telemetry::metrics;
 
+/// How often a fan-out waiting for an older batch to be routed looks again,
+/// and how often it looks for a dead host's batch to take over meanwhile.
+const ORDER_POLL: Duration = Duration::from_millis(2);
+const ORDER_RECLAIM: Duration = Duration::from_millis(100);
+
+/// A stream id as numbers, to compare: `<ms>-<seq>`.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// An entry of `events:all` delivered this often without being routed is
 /// dead-lettered: something keeps failing the batch it is in.
 const MAX_FANOUT_DELIVERIES: u32 = 5;
@@ -102,6 +113,9 @@ impl Fanout {
         }
         if !work.is_empty() {
             let held = self.routes.hold().await;
+            if held.routes.keeps_order() && !self.older_routed(&mut work, stopping).await? {
+                return Ok(());
+            }
             let (mut batch, copies) = self.plan(&work, &held.routes);
             if !copies.is_empty() {
                 self.copy(&mut batch, &copies, &work).await?;
@@ -140,6 +154,64 @@ impl Fanout {
         self.group
             .tidy(self.bus.stream_maxlen, self.bus.claim_idle)
             .await
+    }
+
+    /// With a subscriber that keeps order per key, a batch is routed only
+    /// once every older entry of the stream is: the events of a key reach
+    /// their subscriber in the order they were published, whichever host
+    /// read them. Waits while another host routes an older batch; one left
+    /// by a dead host is reclaimed (once idle for `claim_idle_ms`) and
+    /// routed in front of `work`. Whether to go on: not if stopping (the
+    /// batch stays pending, for whoever comes next).
+    async fn older_routed(
+        &mut self,
+        work: &mut Vec<(StreamEntry, u32)>,
+        stopping: bool,
+    ) -> RedisResult<bool> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let first = stream_id(&work[0].0.id);
+            let Some(oldest) = self.group.oldest_pending().await? else {
+                return Ok(true);
+            };
+            if stream_id(&oldest) >= first {
+                return Ok(true);
+            }
+            if stopping || self.shutdown.is_cancelled() {
+                return Ok(false);
+            }
+            // Idle long enough to be a dead host's: take it, and route it
+            // first. Looked for every ORDER_RECLAIM, not every poll.
+            let claimed = if waited.as_millis() % ORDER_RECLAIM.as_millis() == 0 {
+                self.group
+                    .reclaim_now(self.bus.claim_idle, self.bus.read_batch)
+                    .await?
+            } else {
+                Vec::new()
+            };
+            if claimed.is_empty() {
+                if waited == self.bus.claim_idle {
+                    tracing::info!(
+                        stream = %self.group.queue().stream,
+                        oldest,
+                        "waiting for an older batch to be routed first (order per key): \
+                         its host is slow, or died and it is reclaimed once idle for \
+                         claim_idle_ms"
+                    );
+                }
+                tokio::time::sleep(ORDER_POLL).await;
+                waited += ORDER_POLL;
+                continue;
+            }
+            let ids: Vec<String> = work.iter().map(|(e, _)| e.id.clone()).collect();
+            work.extend(
+                claimed
+                    .into_iter()
+                    .filter(|c| !ids.contains(&c.entry.id))
+                    .map(|c| (c.entry, c.deliveries)),
+            );
+            work.sort_by_key(|(entry, _)| stream_id(&entry.id));
+        }
     }
 
     /// Decides where each entry goes: the batch for the ingress stream,

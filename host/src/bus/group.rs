@@ -196,6 +196,29 @@ impl GroupConsumer {
         Ok(claimed)
     }
 
+    /// The oldest entry pending in the group, whoever holds it: what the
+    /// group has read and not yet acknowledged.
+    pub async fn oldest_pending(&mut self) -> RedisResult<Option<String>> {
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(&self.queue.stream)
+            .arg(&self.queue.group)
+            .query_async(&mut self.commands)
+            .await?;
+        let redis::Value::Array(parts) = summary else {
+            return Ok(None);
+        };
+        Ok(parts
+            .get(1)
+            .and_then(|min| redis::from_redis_value(min.clone()).ok()))
+    }
+
+    /// Reclaims entries idle for `idle` now, without waiting for the next
+    /// scan: for a caller that knows one is due.
+    pub async fn reclaim_now(&mut self, idle: Duration, count: usize) -> RedisResult<Vec<Claimed>> {
+        self.next_reclaim = Instant::now();
+        self.reclaim_due(idle, count).await
+    }
+
     /// How long until the next reclaim scan is due.
     pub fn until_reclaim(&self) -> Duration {
         self.next_reclaim.saturating_duration_since(Instant::now())

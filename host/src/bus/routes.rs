@@ -68,6 +68,12 @@ impl Routes {
         routes
     }
 
+    /// Whether a subscriber keeps order per key: then a batch is routed
+    /// only after every older one.
+    pub fn keeps_order(&self) -> bool {
+        self.order.iter().any(|(_, order)| order.is_some())
+    }
+
     /// The streams (as indexes) an event of `event_type` is copied to.
     pub fn targets(&self, event_type: &str) -> &[usize] {
         self.by_type.get(event_type).unwrap_or(&self.everything)
