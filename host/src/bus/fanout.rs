@@ -182,7 +182,7 @@ impl Fanout {
             }
             // Idle long enough to be a dead host's: take it, and route it
             // first. Looked for every ORDER_RECLAIM, not every poll.
-            let claimed = if waited.as_millis() % ORDER_RECLAIM.as_millis() == 0 {
+            let claimed = if waited.as_millis().is_multiple_of(ORDER_RECLAIM.as_millis()) {
                 self.group
                     .reclaim_now(self.bus.claim_idle, self.bus.read_batch)
                     .await?
