@@ -31,11 +31,7 @@ fn main() {
     println!(
         "order per key: {events} events over {KEYS} keys, trivial plugin, concurrency 8, one host"
     );
-    let only_stateful = std::env::var_os("ORDER_BENCH_STATS").is_some();
     for workload in [Workload::Trivial, Workload::Stateful] {
-        if only_stateful && matches!(workload, Workload::Trivial) {
-            continue;
-        }
         println!("{}:", workload.name());
         let mut plain = Vec::new();
         let mut ordered = Vec::new();
@@ -199,20 +195,6 @@ fn run(workload: Workload, ordered: bool, cold: usize, hot: usize) -> Run {
         std::thread::sleep(Duration::from_millis(2));
     }
     let took = started.elapsed();
-    if std::env::var_os("ORDER_BENCH_STATS").is_some() {
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut conn)
-            .unwrap();
-        println!("ordered={ordered}\n{stats}");
-
-        for line in scrape(&metrics)
-            .lines()
-            .filter(|l| l.contains("keyed") && !l.starts_with('#'))
-        {
-            println!("{line}");
-        }
-    }
     let per_event = |seconds: f64| seconds * 1e6 / total as f64;
     let host_us = per_event(cpu_seconds(host.pid()) - host_cpu);
     let redis_us = per_event(cpu_seconds(world.redis.pid()) - redis_cpu);
