@@ -12,6 +12,7 @@
 //! is written (and on enough replicas, if asked), acknowledged on the
 //! partition. A crash between the two copies the batch again, harmlessly.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,6 +50,9 @@ pub struct Fanout {
     group: GroupConsumer,
     /// New entries read while the last batch was being applied.
     prefetched: Vec<StreamEntry>,
+    /// Entries of the last batch held back behind an older one another
+    /// consumer holds (order per key), with their deliveries: next.
+    held_back: Vec<(StreamEntry, u32)>,
     routes: RouteTable,
     bus: BusConfig,
     /// On a Redis Cluster: how copies are made durable before the ingress
@@ -70,6 +74,7 @@ impl Fanout {
         Fanout {
             group,
             prefetched: Vec::new(),
+            held_back: Vec::new(),
             routes,
             bus,
             cluster,
@@ -88,8 +93,8 @@ impl Fanout {
     /// One batch: reclaimed entries first, else new ones. While stopping,
     /// only what was already read is routed.
     async fn route_batch(&mut self, stopping: bool) -> RedisResult<()> {
-        let mut work: Vec<(StreamEntry, u32)> = Vec::new();
-        if !stopping {
+        let mut work: Vec<(StreamEntry, u32)> = std::mem::take(&mut self.held_back);
+        if work.is_empty() && !stopping {
             let claimed = self
                 .group
                 .reclaim_due(self.bus.claim_idle, self.bus.read_batch)
@@ -156,13 +161,16 @@ impl Fanout {
             .await
     }
 
-    /// With a subscriber that keeps order per key, a batch is routed only
+    /// With a subscriber that keeps order per key, an entry is routed only
     /// once every older entry of the stream is: the events of a key reach
     /// their subscriber in the order they were published, whichever host
-    /// read them. Waits while another host routes an older batch; one left
-    /// by a dead host is reclaimed (once idle for `claim_idle_ms`) and
-    /// routed in front of `work`. Whether to go on: not if stopping (the
-    /// batch stays pending, for whoever comes next).
+    /// read them. `work` keeps what is older than the oldest entry another
+    /// consumer holds (a batch read at once has no gap; one with reclaimed
+    /// entries may): the rest is held back for the next round. With
+    /// nothing to route yet, waits while another host routes an older
+    /// batch; one left by a dead host is reclaimed (once idle for
+    /// `claim_idle_ms`) and joins `work`. Whether to go on: not if stopping
+    /// (what is held stays pending, for whoever comes next).
     async fn older_routed(
         &mut self,
         work: &mut Vec<(StreamEntry, u32)>,
@@ -170,11 +178,15 @@ impl Fanout {
     ) -> RedisResult<bool> {
         let mut waited = Duration::ZERO;
         loop {
-            let first = stream_id(&work[0].0.id);
-            let Some(oldest) = self.group.oldest_pending().await? else {
+            let last = work.last().expect("a batch").0.id.clone();
+            let pending = self.group.pending_up_to(&last, work.len() + 1).await?;
+            let mine: HashSet<&str> = work.iter().map(|(e, _)| e.id.as_str()).collect();
+            let Some(oldest) = pending.into_iter().find(|id| !mine.contains(id.as_str())) else {
                 return Ok(true);
             };
-            if stream_id(&oldest) >= first {
+            let older = work.partition_point(|(e, _)| stream_id(&e.id) < stream_id(&oldest));
+            if older > 0 {
+                self.held_back = work.split_off(older);
                 return Ok(true);
             }
             if stopping || self.shutdown.is_cancelled() {

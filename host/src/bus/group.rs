@@ -196,20 +196,19 @@ impl GroupConsumer {
         Ok(claimed)
     }
 
-    /// The oldest entry pending in the group, whoever holds it: what the
+    /// The ids of the oldest `count` entries pending in the group up to
+    /// `last` (included), whoever holds them, oldest first: what the
     /// group has read and not yet acknowledged.
-    pub async fn oldest_pending(&mut self) -> RedisResult<Option<String>> {
-        let summary: redis::Value = redis::cmd("XPENDING")
+    pub async fn pending_up_to(&mut self, last: &str, count: usize) -> RedisResult<Vec<String>> {
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(&self.queue.stream)
             .arg(&self.queue.group)
+            .arg("-")
+            .arg(last)
+            .arg(count)
             .query_async(&mut self.commands)
             .await?;
-        let redis::Value::Array(parts) = summary else {
-            return Ok(None);
-        };
-        Ok(parts
-            .get(1)
-            .and_then(|min| redis::from_redis_value(min.clone()).ok()))
+        Ok(pending.into_iter().map(|(id, ..)| id).collect())
     }
 
     /// Reclaims entries idle for `idle` now, without waiting for the next
