@@ -321,7 +321,10 @@ fn wasi_handles_are_bounded_per_instance() {
         "WASI handles: peak RSS {peak} MiB (before {before} MiB); bystander {alone} alone, \
          {during} during; SIGTERM → exit in {took:?}"
     );
-    assert!(peak < before + 32, "{peak} MiB vs {before} MiB before");
+    // The debug host's peak moves 6 to 33 MiB over such a run (measured:
+    // the bystander's burst beside three traps); wasmtime's default handle
+    // limit cost 45 MiB more, so the bound still tells the two apart.
+    assert!(peak < before + 40, "{peak} MiB vs {before} MiB before");
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
