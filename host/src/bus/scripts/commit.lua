@@ -140,10 +140,9 @@ if i ~= n + 1 then return malformed('batch: its last record runs past the argume
 -- Only the keys this batch touches: a broken state hash refuses the
 -- records that use it, not a dead letter.
 local TYPES = {'stream', 'stream', 'hash', 'stream', 'stream', 'zset', 'zset'}
-for k in pairs(used) do
-  local err = order_type_error(KEYS[k], TYPES[k])
-  if err then return redis.error_reply(err) end
-end
+for k in pairs(used) do used[k] = TYPES[k] end
+local refused = order_types_error(used)
+if refused then return redis.error_reply(refused) end
 
 -- Pass 2: the writes. `unpack` takes a few thousand values at most.
 local CHUNK = 1000

@@ -51,10 +51,8 @@ end
 if i ~= n + 1 then
   return redis.error_reply('ERR copy: the last copy runs past the arguments')
 end
-for k, want in pairs(used) do
-  local err = order_type_error(KEYS[k], want)
-  if err then return redis.error_reply(err) end
-end
+local refused = order_types_error(used)
+if refused then return redis.error_reply(refused) end
 
 local now = order_now()
 

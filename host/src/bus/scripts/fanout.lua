@@ -65,10 +65,8 @@ end
 
 -- Only the keys this batch writes: a broken subscriber stream refuses the
 -- entries routed to it, not every batch.
-for k, want in pairs(used) do
-  local err = order_type_error(KEYS[k], want)
-  if err then return redis.error_reply(err) end
-end
+local refused = order_types_error(used)
+if refused then return redis.error_reply(refused) end
 
 local group = ARGV[1]
 local now = order_now()

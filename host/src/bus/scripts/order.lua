@@ -37,6 +37,17 @@ local function order_type_error(key, want)
   return nil
 end
 
+-- The first refusal of the keys in `used` (index into KEYS -> the type
+-- it must be, or absent), or nil: every script checks what it touches
+-- before its first write.
+local function order_types_error(used)
+  for k, want in pairs(used) do
+    local err = order_type_error(KEYS[k], want)
+    if err then return err end
+  end
+  return nil
+end
+
 -- The lists are not type-checked before the first write, as every other
 -- key is: that would cost a command per event and per script. Their
 -- commands are made with pcall instead, so a list whose key someone set

@@ -45,10 +45,8 @@ while i <= n do
     i = i + 2
   end
 end
-for k, want in pairs(used) do
-  local err = order_type_error(KEYS[k], want)
-  if err then return redis.error_reply(err) end
-end
+local refused = order_types_error(used)
+if refused then return redis.error_reply(refused) end
 
 local moved = {}
 local now

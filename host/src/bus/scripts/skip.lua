@@ -22,10 +22,8 @@ for i = 1, n, 3 do
     return redis.error_reply('ERR skip: malformed letter at argument ' .. i)
   end
 end
-for k, want in pairs(used) do
-  local err = order_type_error(KEYS[k], want)
-  if err then return redis.error_reply(err) end
-end
+local refused = order_types_error(used)
+if refused then return redis.error_reply(refused) end
 
 local released = {}
 for i = 1, n, 3 do
