@@ -487,6 +487,8 @@ async fn the_commit_queues_a_request_once_and_only_with_its_acknowledgement() {
         lists: "order",
         held: "order:held",
         parked: "order:parked",
+        schedule: "s:schedule",
+        later: "all:schedule",
     };
     let mut batch = CommitBatch::new("g", false);
     batch.ok(&first, None, &effects, 1.0);

@@ -249,6 +249,8 @@ const KEYS: CommitKeys<'static> = CommitKeys {
     lists: "order",
     held: "order:held",
     parked: "order:parked",
+    schedule: "s:schedule",
+    later: "all:schedule",
 };
 
 /// Effects that read `reads` and set `key` to `value`.
@@ -383,7 +385,7 @@ async fn a_large_value_read_is_checked_by_its_length_and_stamp() {
     // Changed by hand to another length: a conflict too.
     let () = s.conn.hset("state", "doc", "short").await.unwrap();
     let mut batch = CommitBatch::new("g", false);
-    batch.check(
+    batch.retry(
         &ids[3],
         None,
         &vec![(
@@ -394,6 +396,8 @@ async fn a_large_value_read_is_checked_by_its_length_and_stamp() {
                 earlier_in_batch: false,
             },
         )],
+        Duration::ZERO,
+        2,
     );
     assert_eq!(
         batch.apply(&mut s.conn, &KEYS).await.unwrap().conflicts,
@@ -859,6 +863,8 @@ const SUB: CommitKeys<'static> = CommitKeys {
     lists: "sub:order",
     held: "sub:held",
     parked: "sub:parked",
+    schedule: "sub:schedule",
+    later: "all:schedule",
 };
 
 /// The order keys of `sub` as [`SUB`] names them.

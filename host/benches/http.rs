@@ -203,7 +203,7 @@ async fn plugin(addr: SocketAddr, requests: usize) -> Run {
         memory_bytes: 32 << 20,
         effects_bytes: 1 << 20,
         publish: PublishLimits::default(),
-        retry_backoff: Duration::ZERO,
+        retry: eventhost::config::RetryPolicy::default(),
         order: None,
         config: BTreeMap::new(),
         grants: Grants {

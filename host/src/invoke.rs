@@ -137,7 +137,7 @@ pub async fn invoke(
         memory_bytes: invocation.memory_bytes,
         effects_bytes: crate::config::DEFAULT_EFFECTS_MB << 20,
         publish: crate::config::PublishLimits::default(),
-        retry_backoff: Duration::ZERO,
+        retry: crate::config::RetryPolicy::default(),
         order: None,
         config: invocation.config.clone(),
         grants: Grants {

@@ -35,6 +35,24 @@ impl StreamEntry {
             .and_then(|(_, value)| std::str::from_utf8(value).ok())
     }
 
+    /// The attempt its first delivery is on: 1, or what its field
+    /// `attempt` says if a retry's schedule put it back (`later.lua`).
+    pub fn first_attempt(&self) -> u32 {
+        self.fields
+            .iter()
+            .find(|(name, _)| name == b"attempt")
+            .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse().ok())
+            .filter(|&attempt| attempt >= 1)
+            .unwrap_or(1)
+    }
+
+    /// The attempt its `deliveries`th delivery is on (a delivery that
+    /// ended without a result, a crash, counts as an attempt).
+    pub fn attempt(&self, deliveries: u32) -> u32 {
+        self.first_attempt()
+            .saturating_add(deliveries.saturating_sub(1))
+    }
+
     /// What the entry weighs: its fields' names and values.
     pub fn bytes(&self) -> usize {
         self.fields.iter().map(|(k, v)| k.len() + v.len()).sum()

@@ -32,6 +32,7 @@ pub mod heartbeat;
 pub mod keys;
 pub mod layout;
 pub mod leanmq;
+pub mod mover;
 pub mod relay;
 pub mod routes;
 pub mod scripts;
@@ -169,6 +170,11 @@ impl Bus {
             );
             loops.spawn(fanout.run());
         }
+        // Events published for later, from `eventhost publish` or (on one
+        // server) from handlers, are routed once due.
+        let ingress: Vec<String> = self.keys.ingress().into_iter().map(|q| q.stream).collect();
+        let mover = mover::Mover::new("publish", &ingress, self.commands.clone(), shutdown);
+        loops.spawn(mover.run());
         Ok(tokio::spawn(async move {
             loops.join_all().await;
         }))
@@ -202,11 +208,23 @@ impl Bus {
             stop_sender.clone(),
         );
         let sender = tokio::spawn(sender.run());
+        let stream = self.keys.subscriber(&name).stream;
         let keys = subscriber::LoopKeys {
             state: state_key,
-            publish_to,
+            publish_later: scripts::later::schedule_of(&publish_to),
+            schedule: scripts::later::schedule_of(&stream),
             order: self.keys.order(&name),
+            publish_to: publish_to.clone(),
         };
+        // Its retries come back when due; on a cluster, so do what its
+        // handlers publish for later, into its outbox.
+        let mut scheduled = vec![stream];
+        if outbox.is_some() {
+            scheduled.push(publish_to);
+        }
+        let stop_mover = CancellationToken::new();
+        let mover = mover::Mover::new(&name, &scheduled, self.commands.clone(), stop_mover.clone());
+        let mover = tokio::spawn(mover.run());
         let subscriber = SubscriberLoop::new(
             subscription,
             group,
@@ -219,7 +237,8 @@ impl Bus {
             return Ok(tokio::spawn(async move {
                 subscriber.run().await;
                 stop_sender.cancel();
-                let _ = sender.await;
+                stop_mover.cancel();
+                let _ = tokio::join!(sender, mover);
             }));
         };
         // The relay outlives the loop: what the loop's last commits
@@ -238,7 +257,8 @@ impl Bus {
             subscriber.run().await;
             stop_relay.cancel();
             stop_sender.cancel();
-            let _ = tokio::join!(relay, sender);
+            stop_mover.cancel();
+            let _ = tokio::join!(relay, sender, mover);
         }))
     }
 

@@ -292,8 +292,8 @@ pub struct SubscriberConfig {
     pub effects_bytes: usize,
     /// What one publish may be: `bus.max_payload_bytes` and `bus.max_hops`.
     pub publish: PublishLimits,
-    /// First retry delay; doubles per attempt up to [`MAX_RETRY_BACKOFF`].
-    pub retry_backoff: Duration,
+    /// How long a retry waits.
+    pub retry: RetryPolicy,
     /// `order_by`: events with the same key are handled one at a time, in
     /// the order they were routed; `None`: no order is kept.
     pub order: Option<OrderBy>,
@@ -303,14 +303,62 @@ pub struct SubscriberConfig {
     pub grants: Grants,
 }
 
-/// Longest wait between two attempts of one event.
-pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a failed event waits before its next attempt: a retry waits
+/// in Redis, not in a host, so it may wait hours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// `retry_backoff_ms`: the wait before the second attempt; it doubles
+    /// for each attempt after.
+    pub backoff: Duration,
+    /// `retry_backoff_max`: the longest wait.
+    pub backoff_max: Duration,
+    /// `retry_jitter`: the share of each wait that is random (0 to 1), so
+    /// events that failed together do not all come back together.
+    pub jitter: f64,
+}
+
+/// Longest `retry_backoff_ms` or `retry_backoff_max`: 30 days.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `retry_backoff_max` left out.
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+impl Default for RetryPolicy {
+    /// What a subscriber that sets none of the three gets.
+    fn default() -> Self {
+        RetryPolicy {
+            backoff: Duration::from_millis(100),
+            backoff_max: DEFAULT_RETRY_BACKOFF_MAX,
+            jitter: 0.1,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `next_attempt` (2 or more), jitter aside:
+    /// doubling from [`RetryPolicy::backoff`], at most
+    /// [`RetryPolicy::backoff_max`].
+    pub fn backoff_before(&self, next_attempt: u32) -> Duration {
+        let doublings = next_attempt.saturating_sub(2).min(64) as i32;
+        let wait = self.backoff.as_secs_f64() * 2f64.powi(doublings);
+        Duration::try_from_secs_f64(wait)
+            .unwrap_or(Duration::MAX)
+            .min(self.backoff_max)
+    }
+
+    /// [`RetryPolicy::backoff_before`] less the random share `draw` (from
+    /// 0 to 1) of its jitter.
+    pub fn delay_before(&self, next_attempt: u32, draw: f64) -> Duration {
+        let wait = self.backoff_before(next_attempt);
+        wait.mul_f64(1.0 - self.jitter * draw.clamp(0.0, 1.0))
+    }
+}
 
 impl SubscriberConfig {
-    /// How long to wait before attempt `next_attempt` (2 or more).
+    /// How long to wait before attempt `next_attempt` (2 or more), jitter
+    /// aside.
     pub fn backoff_before(&self, next_attempt: u32) -> Duration {
-        let doublings = next_attempt.saturating_sub(2).min(16);
-        (self.retry_backoff * (1u32 << doublings)).min(MAX_RETRY_BACKOFF)
+        self.retry.backoff_before(next_attempt)
     }
 }
 

@@ -86,6 +86,8 @@ pub struct RawSubscriber {
     pub memory_mb: Option<Spanned<i64>>,
     pub effects_mb: Option<Spanned<i64>>,
     pub retry_backoff_ms: Option<Spanned<i64>>,
+    pub retry_backoff_max: Option<Spanned<String>>,
+    pub retry_jitter: Option<Spanned<toml::Value>>,
     pub order_by: Option<Spanned<String>>,
     pub on_dead_letter: Option<Spanned<String>>,
     pub without_key: Option<Spanned<String>>,

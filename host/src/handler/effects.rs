@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use super::{json_kind, Published, QueuedRequest, Reads, Seen};
+use super::{json_kind, Due, Published, QueuedRequest, Reads, Seen};
 use crate::config::PublishLimits;
 
 /// Room left for what the bus adds to a published object: `event_type`
@@ -204,6 +204,17 @@ impl Effects {
         event_type: &str,
         data: &str,
     ) -> Result<String, PublishRefused> {
+        self.publish_at(id_seed, event_type, data, None)
+    }
+
+    /// [`Self::publish`], routed when `due` says (`None`: at once).
+    pub fn publish_at(
+        &mut self,
+        id_seed: &str,
+        event_type: &str,
+        data: &str,
+        due: Option<Due>,
+    ) -> Result<String, PublishRefused> {
         if let Some(refused) = self.refuse_early(event_type, data) {
             return Err(refused);
         }
@@ -240,6 +251,7 @@ impl Effects {
             event_id: event_id.clone(),
             data: object,
             hops: self.hops + 1,
+            due,
         });
         Ok(event_id)
     }

@@ -69,6 +69,9 @@ pub struct Failure {
     /// What the handler read before it decided to fail: a `retry` or a
     /// `reject` may rest on it, so it is checked like an `ok`'s reads.
     pub reads: Reads,
+    /// How long the handler asked its `retry` to wait (`retry-after`),
+    /// instead of the subscriber's backoff.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Failure {
@@ -78,6 +81,7 @@ impl Failure {
             kind,
             message: message.into(),
             reads: Reads::new(),
+            retry_after: None,
         }
     }
 
@@ -197,6 +201,23 @@ pub struct Published {
     /// Publishes from the producer's event to this one: the handled
     /// event's hops plus one.
     pub hops: u32,
+    /// When it is routed: `None` as soon as it is committed.
+    pub due: Option<Due>,
+}
+
+/// When an event published for later is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// This long after it is committed (on Redis's clock).
+    After(std::time::Duration),
+    /// At this Unix time, in ms (on Redis's clock).
+    At(u64),
+}
+
+impl Due {
+    /// Longest a publish may wait: a year (a plugin asking for more is
+    /// most likely confused about units).
+    pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
 }
 
 /// How a JSON value is described in error messages.

@@ -8,23 +8,30 @@
 -- KEYS[1] the subscriber stream   KEYS[2] its DLQ   KEYS[3] its state hash
 -- KEYS[4] events:all (where published events go)
 -- KEYS[5] events:sub:<name>:http (requests to send after the commit)
--- KEYS[6], KEYS[7] its held and parked sets (see order.lua), then the
+-- KEYS[6], KEYS[7] its held and parked sets (see order.lua)
+-- KEYS[8] its stream's schedule (retries due later: see move.lua)
+-- KEYS[9] the schedule of KEYS[4] (events published for later), then the
 -- lists of the keys of the batch's entries
 -- ARGV[1] the subscriber's group, ARGV[2] '1' if the batch is ordered (one
 -- event at a time), ARGV[3] '1' if a dead letter parks its key (else the
 -- key moves on), ARGV[4] q, then q ids handled ok with no effects, no
 -- reads and no key, then one record per other entry, each starting with
--- its key if it has one (w, key: its list is KEYS[7 + w]; or w = 0) and
+-- its key if it has one (w, key: its list is KEYS[9 + w]; or w = 0) and
 -- what its result read, r reads of:
 --   field, '0'                 -- it was absent
 --   field, '1', value          -- it held this value (1 KiB at most)
 --   field, '2', length, stamp  -- it held a larger value, of this length,
 --                                 stamped so ('' no stamp): see below
---   'ok', id, w, [key], r, reads, p, p payloads, s, s (field, value) pairs,
---         d, d fields, h, h requests (queued with send-after-commit, sent
---         by the sender)
+--   'ok', id, w, [key], r, reads, p, p payloads, l, l (when, payload)
+--         pairs (published for later: when is 'd<ms>' after now or
+--         'a<unix ms>'), s, s (field, value) pairs, d, d fields, h, h
+--         requests (queued with send-after-commit, sent by the sender)
 --   'dlq', id, w, [key], r, reads, payload
---   'check', id, w, [key], r, reads  -- a retry: only checked, stays pending
+--   'retry', id, w, [key], r, reads, delay, attempt  -- leaves the stream
+--         for its schedule, due in delay ms, to come back as attempt
+--         `attempt` (its fields, with 'attempt' set): nothing of it waits
+--         in a host. An entry with a key still holds it while it waits:
+--         its list is not touched, and it comes back with its key
 --   'done', id, w, key               -- handled ok, no effects, no reads
 --   'adopt', id, w, key, data        -- an entry without a key (requeued by
 --         LeanMQ, added by hand, routed before `order_by` was set): it
@@ -87,7 +94,7 @@ local used = {[1] = true}
 local i = FIRST
 while i <= n do
   local kind, w = ARGV[i], tonumber(ARGV[i + 2])
-  if not w or w < 0 or (w > 0 and KEYS[7 + w] == nil) then
+  if not w or w < 0 or (w > 0 and KEYS[9 + w] == nil) then
     return malformed('key at argument ' .. i)
   end
   if w > 0 then
@@ -114,6 +121,13 @@ while i <= n do
     local p = tonumber(ARGV[i])
     if not p or p < 0 then return malformed('publishes at argument ' .. i) end
     i = i + 1 + p
+    local l = tonumber(ARGV[i])
+    if not l or l < 0 then return malformed('later publishes at argument ' .. i) end
+    for j = i + 1, i + 2 * l, 2 do
+      if not later_due(ARGV[j], 0) then return malformed('time at argument ' .. j) end
+    end
+    i = i + 1 + 2 * l
+    if l > 0 then used[9] = true end
     local s = tonumber(ARGV[i])
     if not s or s < 0 then return malformed('writes at argument ' .. i) end
     i = i + 1 + 2 * s
@@ -131,7 +145,13 @@ while i <= n do
     used[2] = true
   elseif kind == 'adopt' then
     i = i + 1
-  elseif kind ~= 'check' and kind ~= 'done' then
+  elseif kind == 'retry' then
+    if not tonumber(ARGV[i]) or not tonumber(ARGV[i + 1]) then
+      return malformed('retry at argument ' .. i)
+    end
+    i = i + 2
+    used[8] = true
+  elseif kind ~= 'done' then
     return malformed('record kind at argument ' .. i)
   end
 end
@@ -139,7 +159,7 @@ if i ~= n + 1 then return malformed('batch: its last record runs past the argume
 
 -- Only the keys this batch touches: a broken state hash refuses the
 -- records that use it, not a dead letter.
-local TYPES = {'stream', 'stream', 'hash', 'stream', 'stream', 'zset', 'zset'}
+local TYPES = {'stream', 'stream', 'hash', 'stream', 'stream', 'zset', 'zset', 'zset', 'zset'}
 for k in pairs(used) do used[k] = TYPES[k] end
 local refused = order_types_error(used)
 if refused then return redis.error_reply(refused) end
@@ -218,7 +238,7 @@ while i <= n do
     if ordered then blocked = true end
   end
   local acked = false
-  if apply and kind ~= 'check' then
+  if apply then
     acked = redis.call('XACK', KEYS[1], group, id) == 1
     if not acked then
       skipped = skipped + 1
@@ -231,6 +251,14 @@ while i <= n do
     local p = tonumber(ARGV[i])
     if acked then append(KEYS[4], i + 1, i + p) end
     i = i + 1 + p
+    local l = tonumber(ARGV[i])
+    if acked and l > 0 then
+      now = now or order_now()
+      for j = i + 1, i + 2 * l, 2 do
+        later_add(KEYS[9], later_due(ARGV[j], now), {id .. '/' .. j, 'data', ARGV[j + 1]})
+      end
+    end
+    i = i + 1 + 2 * l
     local s = tonumber(ARGV[i])
     if acked and s > 0 then chunked('HSET', i + 1, i + 2 * s) end
     i = i + 1 + 2 * s
@@ -241,15 +269,15 @@ while i <= n do
     if acked then append(KEYS[5], i + 1, i + h) end
     i = i + 1 + h
     if acked and key then
-      order_release(KEYS[1], KEYS[6], KEYS[7 + w], key)
+      order_release(KEYS[1], KEYS[6], KEYS[9 + w], key)
     end
   elseif kind == 'done' then
     if acked then
-      order_release(KEYS[1], KEYS[6], KEYS[7 + w], key)
+      order_release(KEYS[1], KEYS[6], KEYS[9 + w], key)
     end
   elseif kind == 'adopt' then
     if acked then
-      local list, data = KEYS[7 + w], ARGV[i]
+      local list, data = KEYS[9 + w], ARGV[i]
       local head = redis.pcall('LINDEX', list, 0)
       local letter = type(head) == 'string' and string.match(head, '^park:(.+)$')
       now = now or order_now()
@@ -262,14 +290,20 @@ while i <= n do
       end
     end
     i = i + 1
+  elseif kind == 'retry' then
+    if acked then
+      now = now or order_now()
+      later_retry(KEYS[1], KEYS[8], id, now + tonumber(ARGV[i]), ARGV[i + 1])
+    end
+    i = i + 2
   elseif kind == 'dlq' then
     if acked and key then
       local letter = redis.call('XADD', KEYS[2], '*', 'data', ARGV[i], 'key', key)
       if park then
         now = now or order_now()
-        order_park(KEYS[7], KEYS[7 + w], key, letter, now)
+        order_park(KEYS[7], KEYS[9 + w], key, letter, now)
       else
-        order_release(KEYS[1], KEYS[6], KEYS[7 + w], key)
+        order_release(KEYS[1], KEYS[6], KEYS[9 + w], key)
       end
     elseif acked then
       redis.call('XADD', KEYS[2], '*', 'data', ARGV[i])

@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use redis::{FromRedisValue, ParsingError, RedisError, RedisResult, Script, Value};
+use redis::{FromRedisValue, ParsingError, RedisResult, Script, Value};
 
+use super::calls::{fit_in_one_call, is_refusal, refusal_text};
+use super::later::{due_spec, with_later};
 use super::order::{order_args, with_order, WaitingLists};
 use crate::bus::connection::RedisConn;
 use crate::bus::leanmq;
@@ -13,28 +15,7 @@ use crate::bus::state::stamp_field;
 use crate::handler::{Effects, Reads, COMPARED_BYTES};
 
 static SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&with_order(include_str!("commit.lua"))));
-
-/// Most argument bytes sent in one script call. Redis buffers a call whole
-/// (and closes a connection whose query passes 1 GiB), and runs it without
-/// serving anyone else: a larger batch is committed in several calls, each
-/// atomic per entry, records never split.
-pub const MAX_CALL_BYTES: usize = 64 << 20;
-
-/// How many of `records` go in the next script call: as many as fit in
-/// [`MAX_CALL_BYTES`] of arguments, and at least one (a record over it
-/// goes alone, and Redis says whether it takes it).
-pub(super) fn fit_in_one_call<T>(records: &[T], bytes: impl Fn(&T) -> usize) -> usize {
-    let mut total = 0;
-    records
-        .iter()
-        .take_while(|r| {
-            total += bytes(r);
-            total <= MAX_CALL_BYTES
-        })
-        .count()
-        .max(1)
-}
+    LazyLock::new(|| Script::new(&with_order(&with_later(include_str!("commit.lua")))));
 
 /// One commit of a subscriber: acknowledgements with their effects, and dead
 /// letters, each applied only if what it read still holds.
@@ -89,6 +70,10 @@ pub struct CommitKeys<'a> {
     pub lists: &'a str,
     pub held: &'a str,
     pub parked: &'a str,
+    /// The stream's schedule: its retries, due later.
+    pub schedule: &'a str,
+    /// The schedule of [`CommitKeys::all`]: events published for later.
+    pub later: &'a str,
 }
 
 /// What a commit came to.
@@ -186,8 +171,14 @@ impl CommitBatch {
         let mut record = self.record(b"ok", id, key, effects.reads());
 
         let published = effects.published();
-        record.push(count(published.len()));
-        for p in published {
+        let (later, at_once): (Vec<_>, Vec<_>) = published.iter().partition(|p| p.due.is_some());
+        record.push(count(at_once.len()));
+        for p in at_once {
+            record.push(leanmq::publish_payload(p, now).into_bytes());
+        }
+        record.push(count(later.len()));
+        for p in later {
+            record.push(due_spec(p.due.expect("partitioned")).into_bytes());
             record.push(leanmq::publish_payload(p, now).into_bytes());
         }
 
@@ -268,10 +259,20 @@ impl CommitBatch {
         self.entries += 1;
     }
 
-    /// Checks that `reads` still hold for `id`, which stays pending (a
-    /// retry that rests on what it read).
-    pub fn check(&mut self, id: &str, key: Option<&str>, reads: &Reads) {
-        let record = self.record(b"check", id, key, reads);
+    /// Acknowledges `id` and schedules it to come back after `delay` as
+    /// attempt `attempt`, if what the failure rests on, `reads`, still
+    /// holds; its key (if it has one) stays held until then.
+    pub fn retry(
+        &mut self,
+        id: &str,
+        key: Option<&str>,
+        reads: &Reads,
+        delay: std::time::Duration,
+        attempt: u32,
+    ) {
+        let mut record = self.record(b"retry", id, key, reads);
+        record.push(count(delay.as_millis() as usize));
+        record.push(count(attempt as usize));
         self.records.push(record);
         self.entries += 1;
     }
@@ -325,7 +326,7 @@ impl CommitBatch {
     }
 
     /// Commits the batch: one atomic script call, or one per
-    /// [`MAX_CALL_BYTES`] of records. If Redis refuses it for a reason that
+    /// [`MAX_CALL_BYTES`](super::MAX_CALL_BYTES) of records. If Redis refuses it for a reason that
     /// will not change (see [`is_refusal`]), having written nothing, each
     /// record is tried on its own and those refused alone are returned in
     /// [`Committed::refused`], so one poison record cannot hold back the
@@ -349,7 +350,7 @@ impl CommitBatch {
         }
     }
 
-    /// The batch in calls of at most [`MAX_CALL_BYTES`] (a record larger
+    /// The batch in calls of at most [`MAX_CALL_BYTES`](super::MAX_CALL_BYTES) (a record larger
     /// than that goes alone); the quiet ids with the first.
     async fn apply_in_chunks(
         &self,
@@ -452,7 +453,9 @@ impl CommitBatch {
             .key(keys.all)
             .key(keys.http)
             .key(keys.held)
-            .key(keys.parked);
+            .key(keys.parked)
+            .key(keys.schedule)
+            .key(keys.later);
         for list in self.waiting.names(&[keys.lists]) {
             call.key(list);
         }
@@ -469,23 +472,6 @@ impl CommitBatch {
             }
         }
         call.invoke_async(conn).await
-    }
-}
-
-/// Whether Redis refused a command for a reason that will not change by
-/// waiting: an `ERR` or `WRONGTYPE` reply (a script error, an argument it
-/// cannot take, a key of another type), not a lost connection, a full
-/// memory (`OOM`), a busy or loading server, a lost group (`NOGROUP`).
-pub fn is_refusal(err: &RedisError) -> bool {
-    matches!(err.code(), Some("ERR" | "WRONGTYPE"))
-}
-
-/// A refusal as Redis said it (`WRONGTYPE state is a string, not a hash`),
-/// for a dead letter's reason.
-pub fn refusal_text(err: &RedisError) -> String {
-    match (err.code(), err.detail()) {
-        (Some(code), Some(detail)) => format!("{code} {detail}"),
-        _ => err.to_string(),
     }
 }
 
@@ -521,6 +507,7 @@ mod tests {
             [
                 "ok",
                 "5-0",
+                "0",
                 "0",
                 "0",
                 "0",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::{RedisResult, Script};
 
-use super::commit::{fit_in_one_call, is_refusal, refusal_text};
+use super::calls::{fit_in_one_call, is_refusal, refusal_text};
 use super::order::{order_args, with_order, WaitingLists};
 use crate::bus::connection::RedisConn;
 use crate::bus::keys::OrderKeys;

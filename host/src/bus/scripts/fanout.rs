@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use redis::{RedisResult, Script};
 
-use super::commit::{fit_in_one_call, is_refusal, refusal_text};
+use super::calls::{fit_in_one_call, is_refusal, refusal_text};
 use super::order::{order_args, with_order, WaitingLists};
 use super::Skipped;
 use crate::bus::connection::RedisConn;

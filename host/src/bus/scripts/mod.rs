@@ -16,15 +16,18 @@
 //! in `tests/scripts.rs`; `peek` by the console's list in
 //! `tests/console.rs`.
 
+mod calls;
 pub mod commit;
 pub mod copy;
 pub mod fanout;
+pub mod later;
 mod order;
 pub mod peek;
 pub mod replay;
 pub mod trim;
 
-pub use commit::{is_refusal, CommitBatch, CommitKeys, Committed, MAX_CALL_BYTES};
+pub use calls::{is_refusal, MAX_CALL_BYTES};
+pub use commit::{CommitBatch, CommitKeys, Committed};
 pub use copy::{Copied, CopyBatch};
 pub use fanout::{FanoutBatch, FanoutKeys, Routed, Target};
 pub use peek::{peek, Peek, PeekRange, Peeked};

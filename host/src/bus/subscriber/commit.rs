@@ -25,6 +25,8 @@ impl SubscriberLoop {
             lists: &self.order.lists,
             held: &self.order.held,
             parked: &self.order.parked,
+            schedule: &self.schedule,
+            later: &self.publish_later,
         };
         let name = &self.subscription.name;
         let mut patience = Patience::new(name, &self.subscription.stop);

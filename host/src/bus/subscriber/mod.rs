@@ -5,9 +5,12 @@
 //! them through the handler ([`batch`]); decide the fate of each that
 //! failed ([`verdict`]); then commit every result in one script call:
 //! acknowledgements with their effects, and dead letters; then carry out
-//! what was decided ([`settle`]). A `retry` failure stays pending and is
-//! claimed again after its backoff, which bumps its delivery count: the
-//! attempt number survives a crash. The commit and what Redis refuses of
+//! what was decided ([`settle`]). A `retry` failure leaves the stream in
+//! its commit, for the stream's schedule (see `scripts/later.lua`), and
+//! comes back when due with its attempt number in the entry: nothing of it
+//! waits in this host, and any host runs it. Only what runs again on the
+//! same attempt (no capacity, Redis unavailable, a conflict backing off)
+//! waits here, briefly, pending. The commit and what Redis refuses of
 //! it are in [`commit`]; what the daemon holds to change or stop the loop
 //! is a [`Subscription`].
 
@@ -42,12 +45,12 @@ use crate::telemetry::metrics::SubscriberMetrics;
 use again::AgainQueue;
 use verdict::Verdict;
 
-/// How often to look for new entries while a retry is about to be due.
-const RETRY_POLL: Duration = Duration::from_millis(5);
+/// How often to look for new entries while a pause is about to end.
+const PAUSE_POLL: Duration = Duration::from_millis(5);
 
-/// An event waiting for its next attempt.
+/// A pending event waiting here to run again on the same attempt.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Retry {
+struct Paused {
     due: Instant,
     id: String,
     attempt: u32,
@@ -64,6 +67,10 @@ pub(in crate::bus) struct LoopKeys {
     pub publish_to: String,
     /// Where it keeps order per key.
     pub order: OrderKeys,
+    /// Its stream's schedule (retries due later).
+    pub schedule: String,
+    /// The schedule of `publish_to` (what handlers publish for later).
+    pub publish_later: String,
 }
 
 /// The loop of one subscriber in this process.
@@ -76,12 +83,14 @@ pub struct SubscriberLoop {
     /// on a cluster its outbox.
     publish_to: String,
     order: OrderKeys,
+    schedule: String,
+    publish_later: String,
     /// Where its commits queue requests to send after them.
     requests_to: String,
     replicas: Replicas,
     bus: BusConfig,
     metrics: SubscriberMetrics,
-    retries: BinaryHeap<Reverse<Retry>>,
+    paused: BinaryHeap<Reverse<Paused>>,
     /// Entries to run again after a conflict, without a new delivery.
     again: AgainQueue,
 }
@@ -151,11 +160,13 @@ impl SubscriberLoop {
             state_key: keys.state,
             publish_to: keys.publish_to,
             order: keys.order,
+            schedule: keys.schedule,
+            publish_later: keys.publish_later,
             requests_to,
             replicas,
             bus,
             metrics,
-            retries: BinaryHeap::new(),
+            paused: BinaryHeap::new(),
             again: AgainQueue::new(),
         }
     }
@@ -166,11 +177,11 @@ impl SubscriberLoop {
         let name = self.subscription.name.clone();
         tracing::info!(subscriber = %name, stream = %self.group.queue().stream, "subscriber started");
         let stop = self.subscription.stop.clone();
-        let waiting = worker::run(self, stop).await.retries.len();
+        let waiting = worker::run(self, stop).await.paused.len();
         if waiting > 0 {
             tracing::info!(
                 subscriber = %name,
-                "stopping with {waiting} events waiting to be retried; they stay pending and are reclaimed on the next start"
+                "stopping with {waiting} events waiting to run again; they stay pending and are reclaimed on the next start"
             );
         }
         tracing::info!(subscriber = %name, "subscriber stopped");
@@ -198,7 +209,7 @@ impl SubscriberLoop {
     }
 
     /// The next batch: events to run again after a conflict first (see
-    /// [`again`]), then, in the room left, due retries, else
+    /// [`again`]), then, in the room left, paused ones now due, else
     /// abandoned entries, else new ones. A subscriber at concurrency 1 runs
     /// what conflicted alone and in order; a `stopping` loop runs nothing
     /// else.
@@ -228,17 +239,17 @@ impl SubscriberLoop {
         Ok(work)
     }
 
-    /// Up to `room` entries: due retries, else abandoned entries, else new
-    /// ones, blocking for new ones only if `wait`.
+    /// Up to `room` entries: paused ones now due, else abandoned entries,
+    /// else new ones, blocking for new ones only if `wait`.
     async fn next_fresh(&mut self, room: usize, wait: bool) -> RedisResult<Vec<Work>> {
         let now = Instant::now();
         let mut due = Vec::new();
-        while let Some(Reverse(retry)) = self.retries.peek() {
-            if retry.due > now || due.len() >= room {
+        while let Some(Reverse(paused)) = self.paused.peek() {
+            if paused.due > now || due.len() >= room {
                 break;
             }
-            let Reverse(retry) = self.retries.pop().expect("peeked");
-            due.push(retry);
+            let Reverse(paused) = self.paused.pop().expect("peeked");
+            due.push(paused);
         }
         if !due.is_empty() {
             let ids: Vec<String> = due.iter().map(|r| r.id.clone()).collect();
@@ -246,10 +257,10 @@ impl SubscriberLoop {
             return Ok(entries
                 .into_iter()
                 .filter_map(|entry| {
-                    let retry = due.iter().find(|r| r.id == entry.id)?;
+                    let paused = due.iter().find(|r| r.id == entry.id)?;
                     Some(Work {
-                        attempt: retry.attempt,
-                        conflicts: retry.conflicts,
+                        attempt: paused.attempt,
+                        conflicts: paused.conflicts,
                         entry,
                     })
                 })
@@ -261,26 +272,26 @@ impl SubscriberLoop {
             return Ok(claimed
                 .into_iter()
                 .map(|c| Work {
+                    attempt: c.entry.attempt(c.deliveries),
                     entry: c.entry,
-                    attempt: c.deliveries,
                     conflicts: 0,
                 })
                 .collect());
         }
 
         let block = BLOCK.min(self.group.until_reclaim());
-        let retry_due = self
-            .retries
+        let pause_ends = self
+            .paused
             .peek()
-            .map(|Reverse(retry)| retry.due.saturating_duration_since(now));
+            .map(|Reverse(paused)| paused.due.saturating_duration_since(now));
         // Redis times out a blocked read only on its cron tick (100 ms), so
-        // a read blocking until a retry is due would wake up to 100 ms late:
-        // poll instead while a retry is close.
-        let entries = match retry_due {
+        // a read blocking until a pause ends would wake up to 100 ms late:
+        // poll instead while one is close.
+        let entries = match pause_ends {
             Some(due) if due < block => {
                 let entries = self.group.read_new(room, None).await?;
                 if entries.is_empty() && wait {
-                    tokio::time::sleep(due.min(RETRY_POLL)).await;
+                    tokio::time::sleep(due.min(PAUSE_POLL)).await;
                 }
                 entries
             }
@@ -293,8 +304,8 @@ impl SubscriberLoop {
         Ok(entries
             .into_iter()
             .map(|entry| Work {
+                attempt: entry.first_attempt(),
                 entry,
-                attempt: 1,
                 conflicts: 0,
             })
             .collect())
@@ -395,6 +406,7 @@ impl SubscriberLoop {
                         &failure,
                         settings,
                         self.bus.claim_idle / 2,
+                        fastrand::f64(),
                     );
                     match &verdict {
                         Verdict::Retry { next, delay } => tracing::info!(
@@ -475,9 +487,7 @@ impl SubscriberLoop {
     ) -> Decided {
         let fate = match verdict {
             Verdict::Retry { next, delay } => {
-                if !reads.is_empty() {
-                    batch.check(&work.entry.id, work.entry.key(), &reads);
-                }
+                batch.retry(&work.entry.id, work.entry.key(), &reads, delay, next);
                 Fate::Retry { next, delay }
             }
             Verdict::RunAgain => Fate::RunAgain,
@@ -531,7 +541,7 @@ impl Worker for SubscriberLoop {
     }
 
     fn group_lost(&mut self) {
-        self.retries.clear();
+        self.paused.clear();
         self.again.clear();
     }
 }

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::time::Instant;
 
-use super::{verdict, Decided, Fate, Retry, SubscriberLoop};
+use super::{verdict, Decided, Fate, Paused, SubscriberLoop};
 use crate::config::SubscriberConfig;
 
 impl SubscriberLoop {
@@ -49,7 +49,7 @@ impl SubscriberLoop {
                              on the same attempt",
                             work.conflicts
                         );
-                        self.retries.push(Reverse(Retry {
+                        self.paused.push(Reverse(Paused {
                             due: Instant::now() + delay,
                             id: work.entry.id,
                             attempt: work.attempt,
@@ -68,16 +68,15 @@ impl SubscriberLoop {
                     }
                 }
                 Fate::Retry { next, delay } => {
+                    tracing::debug!(
+                        subscriber = %settings.name,
+                        event_id,
+                        "scheduled attempt {next} in {delay:?}"
+                    );
                     self.metrics.retried.increment(1);
-                    self.retries.push(Reverse(Retry {
-                        due: Instant::now() + delay,
-                        id: work.entry.id,
-                        attempt: next,
-                        conflicts: 0,
-                    }));
                 }
                 Fate::RunAgain => self.again.push(work, &reads),
-                Fate::Wait { delay } => self.retries.push(Reverse(Retry {
+                Fate::Wait { delay } => self.paused.push(Reverse(Paused {
                     due: Instant::now() + delay,
                     id: work.entry.id,
                     attempt: work.attempt,

@@ -9,7 +9,8 @@ use crate::handler::{Failure, FailureKind};
 /// The fate of one delivery that did not end in `ok`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Stays pending; attempt `next` runs after `delay`.
+    /// Leaves the stream for its schedule: attempt `next` runs after
+    /// `delay`, on any host.
     Retry { next: u32, delay: Duration },
     /// Runs again at once, and it does not count as an attempt: it failed
     /// for no fault of its own (the state it read changed under it).
@@ -59,14 +60,17 @@ pub fn after_conflict(
 }
 
 /// The decision for a handler's `failure` on `attempt` (from 1) of an event
-/// of the subscriber with `settings`. A retry never waits longer than
-/// `longest_wait`: past half the claim window another process would take
-/// the entry for abandoned.
+/// of the subscriber with `settings`. What waits on the same attempt stays
+/// pending here, so never longer than `longest_wait`: past half the claim
+/// window another process would take the entry for abandoned. A retry
+/// waits in Redis, as long as the handler asked (`retry-after`) or the
+/// backoff says, less the share `draw` (0 to 1, random) of its jitter.
 pub fn after_failure(
     attempt: u32,
     failure: &Failure,
     settings: &SubscriberConfig,
     longest_wait: Duration,
+    draw: f64,
 ) -> Verdict {
     let kind = failure.kind;
     match kind {
@@ -84,10 +88,11 @@ pub fn after_failure(
     }
     if kind.is_retryable() && attempt < settings.max_attempts {
         let next = attempt + 1;
-        return Verdict::Retry {
-            next,
-            delay: settings.backoff_before(next).min(longest_wait),
+        let delay = match failure.retry_after {
+            Some(asked) => asked.min(crate::handler::Due::MAX_WAIT),
+            None => settings.retry.delay_before(next, draw),
         };
+        return Verdict::Retry { next, delay };
     }
     let what = match kind {
         FailureKind::Retry => format!("retry exhausted after {attempt} attempts"),
@@ -145,7 +150,10 @@ mod tests {
             memory_bytes: 64 << 20,
             effects_bytes: 16 << 20,
             publish: Default::default(),
-            retry_backoff: Duration::from_millis(100),
+            retry: crate::config::RetryPolicy {
+                jitter: 0.0,
+                ..Default::default()
+            },
             order: None,
             config: Default::default(),
             grants: Grants::default(),
@@ -163,7 +171,7 @@ mod tests {
         let s = settings(3);
         for attempt in [1, 3, 50] {
             assert_eq!(
-                after_failure(attempt, &failure(FailureKind::Capacity), &s, LONG),
+                after_failure(attempt, &failure(FailureKind::Capacity), &s, LONG, 0.0),
                 Verdict::Wait {
                     delay: CAPACITY_RETRY
                 }
@@ -176,7 +184,7 @@ mod tests {
         let s = settings(3);
         for attempt in [1, 3, 50] {
             assert_eq!(
-                after_failure(attempt, &failure(FailureKind::Unavailable), &s, LONG),
+                after_failure(attempt, &failure(FailureKind::Unavailable), &s, LONG, 0.0),
                 Verdict::Wait {
                     delay: UNAVAILABLE_RETRY
                 }
@@ -184,7 +192,7 @@ mod tests {
         }
         let short = Duration::from_millis(100);
         assert_eq!(
-            after_failure(1, &failure(FailureKind::Unavailable), &s, short),
+            after_failure(1, &failure(FailureKind::Unavailable), &s, short, 0.0),
             Verdict::Wait { delay: short }
         );
     }
@@ -212,21 +220,21 @@ mod tests {
         let s = settings(3);
         let retry = failure(FailureKind::Retry);
         assert_eq!(
-            after_failure(1, &retry, &s, LONG),
+            after_failure(1, &retry, &s, LONG, 0.0),
             Verdict::Retry {
                 next: 2,
                 delay: Duration::from_millis(100)
             }
         );
         assert_eq!(
-            after_failure(2, &retry, &s, LONG),
+            after_failure(2, &retry, &s, LONG, 0.0),
             Verdict::Retry {
                 next: 3,
                 delay: Duration::from_millis(200)
             }
         );
         assert_eq!(
-            after_failure(3, &retry, &s, LONG),
+            after_failure(3, &retry, &s, LONG, 0.0),
             Verdict::DeadLetter {
                 kind: "retry",
                 reason: "pay: retry exhausted after 3 attempts: boom".into()
@@ -235,18 +243,38 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_never_waits_past_the_claim_window() {
-        let verdict = after_failure(
-            1,
-            &failure(FailureKind::Retry),
-            &settings(3),
-            Duration::from_millis(30),
-        );
+    fn a_retry_waits_in_redis_as_long_as_the_backoff_or_the_handler_says() {
+        let mut s = settings(50);
+        s.retry = crate::config::RetryPolicy {
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(6 * 3600),
+            jitter: 0.5,
+        };
+        let retry = failure(FailureKind::Retry);
+        let short = Duration::from_millis(30);
+        // Far past the claim window: the entry waits in its schedule.
         assert_eq!(
-            verdict,
+            after_failure(20, &retry, &s, short, 0.0),
+            Verdict::Retry {
+                next: 21,
+                delay: Duration::from_secs(6 * 3600)
+            }
+        );
+        // Jitter takes up to its share off.
+        assert_eq!(
+            after_failure(2, &retry, &s, short, 1.0),
+            Verdict::Retry {
+                next: 3,
+                delay: Duration::from_secs(1)
+            }
+        );
+        let mut asked = failure(FailureKind::Retry);
+        asked.retry_after = Some(Duration::from_secs(90));
+        assert_eq!(
+            after_failure(1, &asked, &s, short, 0.7),
             Verdict::Retry {
                 next: 2,
-                delay: Duration::from_millis(30)
+                delay: Duration::from_secs(90)
             }
         );
     }
@@ -256,11 +284,11 @@ mod tests {
         let s = settings(2);
         let host = failure(FailureKind::Host);
         assert!(matches!(
-            after_failure(1, &host, &s, LONG),
+            after_failure(1, &host, &s, LONG, 0.0),
             Verdict::Retry { next: 2, .. }
         ));
         assert!(matches!(
-            after_failure(2, &host, &s, LONG),
+            after_failure(2, &host, &s, LONG, 0.0),
             Verdict::DeadLetter {
                 kind: "host-error",
                 ..
@@ -278,7 +306,7 @@ mod tests {
             (FailureKind::OutOfMemory, "out-of-memory", "out of memory"),
         ] {
             assert_eq!(
-                after_failure(1, &failure(kind), &s, LONG),
+                after_failure(1, &failure(kind), &s, LONG, 0.0),
                 Verdict::DeadLetter {
                     kind: word,
                     reason: format!("pay: {what}: boom")

@@ -104,6 +104,37 @@ impl Checker<'_> {
         }
     }
 
+    /// A duration setting written as text (`"90s"`, `"6h"`, `"1h 30m"`)
+    /// within `range`, or `default` when left out.
+    fn duration(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        range: std::ops::RangeInclusive<Duration>,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        let shown = |d: &Duration| humantime::format_duration(*d).to_string();
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(got) if range.contains(&got) => got,
+            Ok(_) => {
+                let message = format!(
+                    "must be between {} and {} (got {})",
+                    shown(range.start()),
+                    shown(range.end()),
+                    value.get_ref()
+                );
+                self.push(Some(value.span()), key, message);
+                default
+            }
+            Err(err) => {
+                let message = format!("is not a duration such as \"90s\" or \"6h\": {err}");
+                self.push(Some(value.span()), key, message);
+                default
+            }
+        }
+    }
+
     fn check(&mut self, raw: RawConfig) -> Config {
         let base = self
             .file
@@ -536,14 +567,46 @@ decline_percent = 10
         let dir = dir_with_plugin();
         let config = parse_in(
             dir.path(),
-            "[subscribers.a]\nplugin = \"pay.wasm\"\nretry_backoff_ms = 100\n",
+            "[subscribers.a]\nplugin = \"pay.wasm\"\nretry_backoff_ms = 100\n\
+             retry_backoff_max = \"6h\"\nretry_jitter = 0.25\nmax_attempts = 25\n\
+             [subscribers.b]\nplugin = \"pay.wasm\"\n",
         )
         .unwrap();
         let sub = &config.subscribers[0];
         assert_eq!(sub.backoff_before(2), Duration::from_millis(100));
         assert_eq!(sub.backoff_before(3), Duration::from_millis(200));
         assert_eq!(sub.backoff_before(4), Duration::from_millis(400));
-        assert_eq!(sub.backoff_before(40), MAX_RETRY_BACKOFF);
+        assert_eq!(sub.backoff_before(40), Duration::from_secs(6 * 3600));
+        assert_eq!(sub.backoff_before(u32::MAX), Duration::from_secs(6 * 3600));
+        assert_eq!(sub.retry.jitter, 0.25);
+        assert_eq!(sub.max_attempts, 25);
+        // Jitter takes at most its share off.
+        assert_eq!(sub.retry.delay_before(4, 1.0), Duration::from_millis(300));
+        let defaults = &config.subscribers[1];
+        assert_eq!(defaults.retry, crate::config::RetryPolicy::default());
+        assert_eq!(defaults.backoff_before(40), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn retry_settings_out_of_range_are_each_reported() {
+        let dir = dir_with_plugin();
+        let err = parse_in(
+            dir.path(),
+            "[subscribers.a]\nplugin = \"pay.wasm\"\nretry_backoff_max = \"soon\"\n\
+             retry_jitter = 1.5\n[subscribers.b]\nplugin = \"pay.wasm\"\n\
+             retry_backoff_max = \"90d\"\nretry_jitter = \"a lot\"\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "subscribers.a.retry_backoff_max: is not a duration",
+            "subscribers.a.retry_jitter: must be a number from 0 to 1 (got 1.5)",
+            "subscribers.b.retry_backoff_max: must be between 0s and 30days (got 90d)",
+            "subscribers.b.retry_jitter: must be a number from 0 to 1",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        let _ = MAX_RETRY_BACKOFF;
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Checking one `[subscribers.<name>]` table and its grants.
 
 use super::*;
+use crate::config::{RetryPolicy, DEFAULT_RETRY_BACKOFF_MAX};
 use crate::outbound::HttpGrant;
 
 impl Checker<'_> {
@@ -66,7 +67,7 @@ impl Checker<'_> {
         };
 
         let concurrency = self.int(&raw.concurrency, &key("concurrency"), 1..=1024, 1usize);
-        let max_attempts = self.int(&raw.max_attempts, &key("max_attempts"), 1..=1000, 3u32);
+        let max_attempts = self.int(&raw.max_attempts, &key("max_attempts"), 1..=100_000, 3u32);
         let timeout_ms = self.int(&raw.timeout_ms, &key("timeout_ms"), 1..=600_000, 1000u64);
         let memory_mb = self.int(&raw.memory_mb, &key("memory_mb"), 1..=4096, 64usize);
         let effects_mb = self.int(
@@ -81,6 +82,13 @@ impl Checker<'_> {
             0..=MAX_RETRY_BACKOFF.as_millis() as i64,
             100u64,
         );
+        let backoff_max = self.duration(
+            &raw.retry_backoff_max,
+            &key("retry_backoff_max"),
+            Duration::ZERO..=MAX_RETRY_BACKOFF,
+            DEFAULT_RETRY_BACKOFF_MAX,
+        );
+        let jitter = self.fraction(&raw.retry_jitter, &key("retry_jitter"), 0.1);
         // A handler still running when its entry looks idle would be
         // reclaimed and run twice at once.
         if let Some(timeout) = &raw.timeout_ms {
@@ -120,10 +128,33 @@ impl Checker<'_> {
                 max_bytes: bus.max_payload_bytes,
                 max_hops: bus.max_hops,
             },
-            retry_backoff: Duration::from_millis(backoff_ms),
+            retry: RetryPolicy {
+                backoff: Duration::from_millis(backoff_ms),
+                backoff_max: backoff_max.max(Duration::from_millis(backoff_ms)),
+                jitter,
+            },
             order,
             config,
             grants,
+        }
+    }
+
+    /// A number from 0 to 1 (`0.25`, or `0` and `1` as integers), or
+    /// `default` when left out.
+    fn fraction(&mut self, value: &Option<Spanned<toml::Value>>, key: &str, default: f64) -> f64 {
+        let Some(value) = value else { return default };
+        let got = match value.get_ref() {
+            toml::Value::Float(f) => Some(*f),
+            toml::Value::Integer(i) => Some(*i as f64),
+            _ => None,
+        };
+        match got {
+            Some(f) if (0.0..=1.0).contains(&f) => f,
+            _ => {
+                let message = format!("must be a number from 0 to 1 (got {})", value.get_ref());
+                self.push(Some(value.span()), key, message);
+                default
+            }
         }
     }
 
