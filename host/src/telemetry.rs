@@ -284,6 +284,18 @@ pub mod metrics {
         gauge!("eventhost_order_oldest_held_seconds", &label).set(oldest_held_s);
     }
 
+    /// What waits in a schedule, read every heartbeat: a subscriber's
+    /// retries (`subscriber` its name), or the events published for later
+    /// (`subscriber=":publish"`); and the seconds until the next is due
+    /// (negative: late; 0 when none waits). Redis's figures, the same on
+    /// every host: take the max over hosts, not the sum.
+    pub fn scheduled(subscriber: &str, scheduled: u64, next_due: Option<f64>, now: f64) {
+        let label = [("subscriber", subscriber.to_string())];
+        gauge!("eventhost_scheduled_events", &label).set(scheduled as f64);
+        gauge!("eventhost_scheduled_next_due_seconds", &label)
+            .set(next_due.map_or(0.0, |due| due - now));
+    }
+
     /// A plugin file or config change that was refused.
     pub fn reload_refused(what: &'static str) {
         counter!("eventhost_reload_refused_total", "what" => what).increment(1);

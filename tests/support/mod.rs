@@ -46,6 +46,7 @@ const PLUGINS: &[&str] = &[
     "hostile",
     "order-service",
     "payment-service",
+    "provider",
 ];
 
 /// Builds the plugins once per test binary; returns the folder of `.wasm`s.

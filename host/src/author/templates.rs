@@ -46,14 +46,17 @@ pub(crate) const WIT: &str = include_str!("../../../wit/eventhost.wit");
 /// Version 0.2.0 of the contract, which every SDK builds against (the Python
 /// and JavaScript ones queue requests with its `send-after-commit`).
 pub(crate) const WIT_V0_2: &str = include_str!("../../../wit/v0.2/eventhost.wit");
+/// Version 0.3.0 of the contract, which the Rust SDK builds against (its
+/// `publish_later` and `retry_after`).
+pub(crate) const WIT_V0_3: &str = include_str!("../../../wit/v0.3/eventhost.wit");
 
 /// The repository's workspace manifest: the vendored Rust SDK inherits its
 /// `[workspace.package]` settings.
 const WORKSPACE_MANIFEST: &str = include_str!("../../../Cargo.toml");
 
-/// The Rust SDK's sources. Its bindings come from `path: "../../wit/v0.2"`,
+/// The Rust SDK's sources. Its bindings come from `path: "../../wit/v0.3"`,
 /// relative to its manifest: vendored at `vendor/eventhost-plugin/`, that is
-/// the project's `wit/v0.2/`, as it is the repository's in `plugins/sdk`.
+/// the project's `wit/v0.3/`, as it is the repository's in `plugins/sdk`.
 pub(crate) const RUST_SDK_MANIFEST: &str = include_str!("../../../plugins/sdk/Cargo.toml");
 pub(crate) const RUST_SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
 
@@ -90,7 +93,7 @@ const RUST: &[Entry] = &[
     ),
     SUBSCRIBER,
     v("wit/eventhost.wit", WIT),
-    v("wit/v0.2/eventhost.wit", WIT_V0_2),
+    v("wit/v0.3/eventhost.wit", WIT_V0_3),
     v("vendor/eventhost-plugin/Cargo.toml", RUST_SDK_MANIFEST),
     v("vendor/eventhost-plugin/src/lib.rs", RUST_SDK_LIB),
 ];
@@ -400,7 +403,7 @@ mod tests {
     fn every_project_has_the_wit_a_readme_a_test_and_the_subscriber_table() {
         for lang in Lang::ALL {
             let v = vars(&["OrderCreated", "OrderPaid"]);
-            // Rust keeps 0.1.0 at the top (its SDK reads wit/v0.2/); the
+            // Rust keeps 0.1.0 at the top (its SDK reads wit/v0.3/); the
             // Python and JavaScript builds read wit/ itself, so it is 0.2.0.
             let wit = if lang == Lang::Rust { WIT } else { WIT_V0_2 };
             assert_eq!(file(lang, &v, "wit/eventhost.wit"), wit, "{lang}");
@@ -450,12 +453,12 @@ mod tests {
             manifest["dependencies"]["eventhost-plugin"]["path"].as_str(),
             Some("vendor/eventhost-plugin")
         );
-        // vendor/eventhost-plugin/../../wit/v0.2 is the project's
-        // wit/v0.2/, which the project carries.
-        assert!(RUST_SDK_LIB.contains("path: \"../../wit/v0.2\""));
+        // vendor/eventhost-plugin/../../wit/v0.3 is the project's
+        // wit/v0.3/, which the project carries.
+        assert!(RUST_SDK_LIB.contains("path: \"../../wit/v0.3\""));
         assert_eq!(
-            file(Lang::Rust, &vars(&[]), "wit/v0.2/eventhost.wit"),
-            WIT_V0_2
+            file(Lang::Rust, &vars(&[]), "wit/v0.3/eventhost.wit"),
+            WIT_V0_3
         );
     }
 

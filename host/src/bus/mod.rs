@@ -314,19 +314,33 @@ pub fn keys_for(endpoint: Option<&Endpoint>, prefix: &str, partitions: usize) ->
     }
 }
 
+/// Where [`publish`] put an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTo {
+    /// The ingress stream it is (or will be) in.
+    pub stream: String,
+    /// Its entry id there; `None` while it waits in the stream's schedule.
+    pub stream_id: Option<String>,
+    /// When it is due (Unix ms, Redis's clock), if it waits.
+    pub due_ms: Option<u64>,
+    pub event_id: String,
+}
+
 /// Publishes one event as a LeanMQ producer does: `data` plus
 /// `event_type`, `event_id` (the caller's, if `data` has one: a producer
 /// that publishes again after an error must not make a second event),
 /// `timestamp` and `_metadata`; to `events:all`, or on a cluster to the
-/// partition its id picks. Returns the stream, the entry id and the event
-/// id.
+/// partition its id picks. With `due`, it waits in that stream's schedule
+/// until then (see `scripts/later.lua`), then is routed as if published
+/// at that time.
 pub async fn publish(
     conn: &mut RedisConn,
     keys: &Keys,
     replicas: Replicas,
     event_type: &str,
     mut data: Map<String, Value>,
-) -> anyhow::Result<(String, String, String)> {
+    due: Option<crate::handler::Due>,
+) -> anyhow::Result<PublishedTo> {
     let event_id = match data.remove("event_id") {
         Some(Value::String(id)) if !id.is_empty() => id,
         Some(Value::Number(id)) => id.to_string(),
@@ -351,6 +365,22 @@ pub async fn publish(
     }
     let now = crate::handler::unix_now();
     let payload = leanmq::envelope(data, event_type, &event_id, now, None);
+    if let Some(due) = due {
+        let schedule = scripts::later::schedule_of(&queue.stream);
+        let due_ms = scripts::later::publish_later(conn, &schedule, due, &event_id, &payload)
+            .await
+            .with_context(|| format!("cannot schedule the event in {schedule}"))?;
+        replicas
+            .wait(conn, &schedule)
+            .await
+            .context("the event was scheduled, but may not survive a failover")?;
+        return Ok(PublishedTo {
+            stream: queue.stream,
+            stream_id: None,
+            due_ms: Some(due_ms),
+            event_id,
+        });
+    }
     let stream_id: String = redis::cmd("XADD")
         .arg(&queue.stream)
         .arg("*")
@@ -363,5 +393,10 @@ pub async fn publish(
         .wait(conn, &queue.stream)
         .await
         .context("the event was published, but may not survive a failover")?;
-    Ok((queue.stream, stream_id, event_id))
+    Ok(PublishedTo {
+        stream: queue.stream,
+        stream_id: Some(stream_id),
+        due_ms: None,
+        event_id,
+    })
 }

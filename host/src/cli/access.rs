@@ -2,13 +2,16 @@
 //! cluster, a running host's private server, or --url), and `publish`.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
 use super::{json_object, say};
 use crate::bus::connection::{Connector, Replicas};
+use crate::bus::dlq::{millis, time_text};
 use crate::bus::{self, keys::Keys};
 use crate::config::{self, Endpoint};
+use crate::handler::Due;
 use crate::private_redis;
 
 /// Where an operator's command finds the bus: the config's Redis (its
@@ -28,11 +31,13 @@ pub(super) struct RedisArgs {
     pub(super) url: Option<String>,
 }
 
+/// `eventhost publish`: one event, now or (`due`) later.
 pub(super) async fn publish(
     path: &Path,
     url: Option<String>,
     event_type: &str,
     json: &str,
+    due: Option<Due>,
 ) -> anyhow::Result<()> {
     let data = json_object(json, "the event")?;
     let mut bus = connect(&RedisArgs {
@@ -40,12 +45,57 @@ pub(super) async fn publish(
         url,
     })
     .await?;
-    let (stream, stream_id, event_id) =
-        bus::publish(&mut bus.conn, &bus.keys, bus.replicas, event_type, data).await?;
-    say(format_args!(
-        "published {event_type} {event_id} as {stream} {stream_id}"
-    ));
+    let to = bus::publish(
+        &mut bus.conn,
+        &bus.keys,
+        bus.replicas,
+        event_type,
+        data,
+        due,
+    )
+    .await?;
+    let (event_id, stream) = (&to.event_id, &to.stream);
+    match (&to.stream_id, to.due_ms) {
+        (Some(stream_id), _) => say(format_args!(
+            "published {event_type} {event_id} as {stream} {stream_id}"
+        )),
+        (None, due_ms) => say(format_args!(
+            "scheduled {event_type} {event_id} for {stream} at {}",
+            time_text(due_ms.unwrap_or_default() as f64 / 1000.0)
+        )),
+    }
     Ok(())
+}
+
+/// When `eventhost publish` routes its event: `--delay` from now, or
+/// `--at` a time (RFC 3339 or seconds since the epoch); `None`: at once.
+pub(super) fn due(delay: Option<&str>, at: Option<&str>) -> anyhow::Result<Option<Due>> {
+    if let Some(delay) = delay {
+        let delay = humantime::parse_duration(delay.trim())
+            .map_err(|err| anyhow::anyhow!("--delay {delay:?}: {err} (write 90s, 10m, 2h)"))?;
+        anyhow::ensure!(
+            delay <= Due::MAX_WAIT,
+            "--delay: at most a year ahead ({})",
+            humantime::format_duration(Due::MAX_WAIT)
+        );
+        return Ok(Some(Due::After(delay)));
+    }
+    let Some(at) = at else { return Ok(None) };
+    let text = at.trim();
+    let time = match text.parse::<f64>() {
+        Ok(seconds) if seconds >= 0.0 => UNIX_EPOCH + Duration::from_secs_f64(seconds),
+        _ => humantime::parse_rfc3339_weak(text).map_err(|_| {
+            anyhow::anyhow!(
+                "--at {text:?} is not a time: write a UTC time (2026-12-08T02:00:00Z) or \
+                 seconds since the epoch"
+            )
+        })?,
+    };
+    anyhow::ensure!(
+        time <= SystemTime::now() + Due::MAX_WAIT,
+        "--at: at most a year ahead"
+    );
+    Ok(Some(Due::At(millis(time))))
 }
 
 /// A bus as an operator's command reaches it.

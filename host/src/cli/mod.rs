@@ -73,6 +73,13 @@ enum Command {
         /// The event's fields, a JSON object, e.g. '{"order_id": "o-1"}'.
         #[arg(default_value = "{}")]
         json: String,
+        /// Route it this long from now (90s, 10m, 2h) instead of at once.
+        #[arg(long, conflicts_with = "at")]
+        delay: Option<String>,
+        /// Route it at this time: UTC (2026-12-08T02:00:00Z) or seconds
+        /// since the epoch.
+        #[arg(long)]
+        at: Option<String>,
         #[command(flatten)]
         redis: RedisArgs,
     },
@@ -169,10 +176,15 @@ pub fn main() -> ExitCode {
             Command::Publish {
                 event_type,
                 json,
+                delay,
+                at,
                 redis,
-            } => publish(&redis.config, redis.url, &event_type, &json)
-                .await
-                .map(|()| true),
+            } => match access::due(delay.as_deref(), at.as_deref()) {
+                Ok(due) => publish(&redis.config, redis.url, &event_type, &json, due)
+                    .await
+                    .map(|()| true),
+                Err(err) => Err(err),
+            },
         }
         .map(|ok| if ok { None } else { Some(1) })
     });

@@ -83,6 +83,7 @@ fn print(status: &Status) {
         f.dlq_depth
     ));
     pending_lines(f);
+    schedule_line(f, "events published for later", status.at);
     let not_read = registry_note(status);
     if status.subscribers.is_empty() {
         say("subscribers: none");
@@ -185,6 +186,7 @@ fn print(status: &Status) {
             }
         }
         pending_lines(&s.queue);
+        schedule_line(&s.queue, "retries", status.at);
         let after = &s.after_commit;
         if after.queued > 0 || after.sent_per_s > 0.0 || after.dead_lettered_per_s > 0.0 {
             say(format_args!(
@@ -267,6 +269,26 @@ fn order_lines(order: &OrderStatus) -> Vec<String> {
         lines.push(format!("      and {more} more parked key{}", plural(more)));
     }
     lines
+}
+
+/// What waits in a queue's schedule (`what`), if anything: how many, and
+/// when the next is due.
+fn schedule_line(queue: &QueueStatus, what: &str, now: f64) {
+    let schedule = &queue.schedule;
+    if schedule.scheduled == 0 {
+        return;
+    }
+    let next = schedule.next_due.map_or("-".into(), |due| {
+        if due <= now {
+            format!("now ({} late)", duration(now - due))
+        } else {
+            format!("in {}", duration(due - now))
+        }
+    });
+    say(format_args!(
+        "    scheduled: {} {what}, the next due {next}",
+        schedule.scheduled
+    ));
 }
 
 /// Who holds a queue's pending entries.

@@ -86,11 +86,13 @@ impl Heartbeat {
         }
     }
 
-    /// Reads the order per key of each running subscriber with `order_by`
-    /// into its gauges (a few cheap reads each: ZCARD and one member). A
+    /// Reads what waits in each running subscriber's schedule, and in the
+    /// ingress's, and the order per key of each running subscriber with
+    /// `order_by`, into their gauges (a few cheap reads each: ZCARD and
+    /// one member). A
     /// subscriber that no longer keeps an order here (removed, or its
     /// `order_by` taken out) has its gauges zeroed at once.
-    pub fn order_gauges(
+    pub fn bus_gauges(
         &mut self,
         conn: RedisConn,
         keys: Keys,
@@ -105,9 +107,20 @@ impl Heartbeat {
             metrics::order(gone, 0, 0, 0.0);
         }
         self.ordered = ordered.clone();
+        let running: Vec<String> = running.settings().map(|(n, _)| n.to_string()).collect();
         async move {
             let mut conn = conn;
             let now = unix_now();
+            for name in running {
+                let stream = keys.subscriber(&name).stream;
+                let counts = status::schedule_counts(&mut conn, &stream).await?;
+                metrics::scheduled(&name, counts.scheduled, counts.next_due, now);
+            }
+            let mut publishes = status::ScheduleCounts::default();
+            for queue in keys.ingress() {
+                publishes = publishes.and(status::schedule_counts(&mut conn, &queue.stream).await?);
+            }
+            metrics::scheduled(":publish", publishes.scheduled, publishes.next_due, now);
             for name in ordered {
                 let counts = status::order_counts(&mut conn, &keys.order(&name), now).await?;
                 metrics::order(

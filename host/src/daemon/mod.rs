@@ -199,9 +199,9 @@ impl Daemon {
             self.heartbeat
                 .record(&self.config.bus.consumer, self.listen, &self.subscribers);
         let write = self.bus.beat(record);
-        // The order gauges are read from Redis: only for a listener's /metrics.
+        // The schedule and order gauges are read from Redis: only for a listener's /metrics.
         let gauges = self.listen.is_some().then(|| {
-            self.heartbeat.order_gauges(
+            self.heartbeat.bus_gauges(
                 self.bus.connection(),
                 self.bus.keys().clone(),
                 &self.subscribers,

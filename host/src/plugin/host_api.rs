@@ -119,6 +119,8 @@ pub struct Call {
     /// Set, with the reason, when a publish was refused for the hop limit:
     /// the call fails with it, whatever the plugin does next.
     pub hop_limited: Option<String>,
+    /// What `retry-after` (0.3.0) asked: how long a `retry` should wait.
+    pub retry_after: Option<Duration>,
 }
 
 impl Call {
@@ -252,6 +254,35 @@ impl StoreData {
         self.http_hooks.policy()
     }
 
+    /// `publish`, or (0.3.0's `publish-later`) routed when `due` says:
+    /// checked and charged to the call's budget alike.
+    pub(super) fn publish_at(
+        &mut self,
+        event_type: String,
+        data: String,
+        due: Option<crate::handler::Due>,
+    ) -> wasmtime::Result<Result<String, String>> {
+        let call = self.call()?;
+        if call.effects.published().len() >= MAX_PUBLISHES {
+            return Ok(Err(format!(
+                "one call may publish at most {MAX_PUBLISHES} events"
+            )));
+        }
+        // A refusal costs the call nothing: checked before the budget.
+        if let Some(refused) = call.effects.refuse_early(&event_type, &data) {
+            return Ok(Err(call.refused(refused)));
+        }
+        let after = call.effects.bytes_after_publish(&event_type, &data);
+        call.charge(after, || format!("a publish of {} KiB", data.len() >> 10))?;
+        match call
+            .effects
+            .publish_at(&call.id_seed, &event_type, &data, due)
+        {
+            Ok(id) => Ok(Ok(id)),
+            Err(refused) => Ok(Err(call.refused(refused))),
+        }
+    }
+
     pub(super) fn call(&mut self) -> wasmtime::Result<&mut Call> {
         self.call
             .as_mut()
@@ -361,22 +392,7 @@ impl self::eventhost::plugin::host::Host for StoreData {
         event_type: String,
         data: String,
     ) -> wasmtime::Result<Result<String, String>> {
-        let call = self.call()?;
-        if call.effects.published().len() >= MAX_PUBLISHES {
-            return Ok(Err(format!(
-                "one call may publish at most {MAX_PUBLISHES} events"
-            )));
-        }
-        // A refusal costs the call nothing: checked before the budget.
-        if let Some(refused) = call.effects.refuse_early(&event_type, &data) {
-            return Ok(Err(call.refused(refused)));
-        }
-        let after = call.effects.bytes_after_publish(&event_type, &data);
-        call.charge(after, || format!("a publish of {} KiB", data.len() >> 10))?;
-        match call.effects.publish(&call.id_seed, &event_type, &data) {
-            Ok(id) => Ok(Ok(id)),
-            Err(refused) => Ok(Err(call.refused(refused))),
-        }
+        self.publish_at(event_type, data, None)
     }
 
     async fn state_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {

@@ -19,6 +19,8 @@
 //! - [`host_api`]: what a plugin's imports do (log, publish, state, config);
 //! - [`world_v2`]: the 0.2.0 world, linked beside 0.1.0's, and its
 //!   `send-after-commit`;
+//! - [`world_v3`]: the 0.3.0 world, linked beside both, and its
+//!   `publish-later` and `retry-after`;
 //! - [`capacity`]: the instance pool, shared fairly between subscribers;
 //! - [`files`]: the host's file descriptors a plugin may hold;
 //! - [`limiter`] and [`output`]: an instance's memory budget and the tail of
@@ -41,6 +43,7 @@ mod runtime;
 mod threads;
 mod wasm_handler;
 mod world_v2;
+mod world_v3;
 
 pub use compiler::{serve_child as serve_compile_child, SUBCOMMAND as COMPILE_SUBCOMMAND};
 pub use runtime::{

@@ -243,6 +243,8 @@ impl PluginRuntime {
             .context("linking the eventhost host interface")?;
         super::world_v2::add_to_linker(&mut linker)
             .context("linking the eventhost host interface 0.2.0")?;
+        super::world_v3::add_to_linker(&mut linker)
+            .context("linking the eventhost host interface 0.3.0")?;
 
         let cache = match CompiledCache::open(
             &settings.cache_dir,

@@ -388,6 +388,7 @@ impl PluginCalls {
             effects_budget: self.limits.effects_bytes,
             over_budget: None,
             hop_limited: None,
+            retry_after: None,
         });
         instance.store.set_epoch_deadline(1);
         let wit_event = WitEvent {
@@ -442,11 +443,12 @@ impl PluginCalls {
                 )
             }
             Ok(Ok(())) => Outcome::Ok(call.effects),
-            Ok(Err(WitFailure::Retry(message))) => Outcome::Failed(
-                Failure::new(FailureKind::Retry, plugin_reason(&message))
+            Ok(Err(WitFailure::Retry(message))) => Outcome::Failed(Failure {
+                retry_after: call.retry_after,
+                ..Failure::new(FailureKind::Retry, plugin_reason(&message))
                     .with_reads(call.effects.take_reads())
-                    .with_host_note(denied),
-            ),
+                    .with_host_note(denied)
+            }),
             Ok(Err(WitFailure::Reject(message))) => Outcome::Failed(
                 Failure::new(FailureKind::Reject, plugin_reason(&message))
                     .with_reads(call.effects.take_reads())

@@ -2,7 +2,8 @@
 //!
 //! An eventhost plugin is a WebAssembly component implementing the
 //! `eventhost:plugin/subscriber` world; this crate builds against version
-//! 0.2.0 (`wit/v0.2/eventhost.wit`: 0.1.0 plus [`send_after_commit`]). The host
+//! 0.3.0 (`wit/v0.3/eventhost.wit`: 0.1.0 plus [`send_after_commit`],
+//! [`publish_later`] and [`retry_after`]). The host
 //! calls [`Guest::handle`] once per delivered event, and the plugin talks back
 //! through the host functions ([`log`], [`publish`], [`state_get`], ...).
 //! This crate generates those bindings once so that plugin crates need
@@ -64,7 +65,7 @@ use serde::Serialize;
 )]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.2",
+        path: "../../wit/v0.3",
         world: "subscriber",
         // Lets plugin crates write `eventhost_plugin::export!(MyPlugin)`
         // without depending on wit-bindgen themselves.
@@ -92,8 +93,8 @@ pub use bindings::eventhost::plugin::types::{Event, Failure, Level};
 /// as `eventhost_plugin::state_get(..)`; the helpers below wrap the common
 /// JSON and counter patterns on top of them.
 pub use bindings::eventhost::plugin::host::{
-    config_get, log, publish, send_after_commit, state_delete, state_get, state_set,
-    OutgoingRequest,
+    config_get, log, publish, publish_later, retry_after, send_after_commit, state_delete,
+    state_get, state_set, OutgoingRequest, When,
 };
 
 /// Parses the event's JSON data into `T`.

@@ -27,10 +27,12 @@ use super::keys::{Keys, QueueKeys};
 use crate::config::SubscriberConfig;
 
 mod order;
+mod schedule;
 
 pub use order::{
     order_counts, order_status, OrderCounts, OrderStatus, ParkedKey, KEY_SHOWN, PARKED_SHOWN,
 };
+pub use schedule::{schedule_counts, ScheduleCounts};
 
 /// Most members of LeanMQ's registry one status reads: enough for any real
 /// bus, few enough that a registry flooded with junk costs a status (and
@@ -108,6 +110,9 @@ pub struct QueueStatus {
     pub dead_lettered_per_s: f64,
     /// Whether the group exists: a host has set this queue up.
     pub group_exists: bool,
+    /// What waits in its schedule: a subscriber's retries, the ingress's
+    /// events published for later.
+    pub schedule: ScheduleCounts,
 }
 
 impl QueueStatus {
@@ -123,6 +128,7 @@ impl QueueStatus {
             total.pending += part.pending;
             total.dlq_depth += part.dlq_depth;
             total.group_exists &= part.group_exists;
+            total.schedule = total.schedule.and(part.schedule);
             for held in part.pending_by_consumer {
                 match total
                     .pending_by_consumer
@@ -406,6 +412,7 @@ async fn queue_status(
         .query_async(conn)
         .await?;
     let info = group_info(conn, &queue.stream, &queue.group).await?;
+    let schedule = schedule_counts(conn, &queue.stream).await?;
     let mut by_consumer = Vec::new();
     if info.as_ref().is_some_and(|g| g.pending > 0) {
         let summary: StreamPendingReply = redis::cmd("XPENDING")
@@ -450,6 +457,7 @@ async fn queue_status(
         handled_per_s: 0.0,
         dead_lettered_per_s: 0.0,
         group_exists: info.is_some(),
+        schedule,
     })
 }
 
@@ -481,6 +489,7 @@ mod tests {
                 handled_per_s: 0.0,
                 dead_lettered_per_s: 0.0,
                 group_exists: false,
+                schedule: ScheduleCounts::default(),
             },
         };
         let json = serde_json::to_value(&status).unwrap();

@@ -106,6 +106,10 @@ function render(status) {
     if (order && order.parked > 0) row.classList.add("parked");
     cell(row, !order ? "–" : order.oldest_held_s === null ? "none"
       : span(order.oldest_held_s) + " (" + order.held + (order.held === 1 ? " key)" : " keys)"), "num held");
+    // Retries waiting in Redis for their time.
+    const sched = sub.schedule;
+    cell(row, !sched.scheduled ? "0" : sched.scheduled + " (next " +
+      (sched.next_due <= status.at ? "now" : "in " + span(sched.next_due - status.at)) + ")", "num scheduled");
     const last = sub.last_reload;
     cell(row, last ? last.outcome + " " + ago(status.at - last.at) + ": " + last.detail : "–", "reload");
     body.appendChild(row);
@@ -138,7 +142,7 @@ function render(status) {
   $("#fanout").textContent =
     "fan-out " + f.stream + ": length " + f.length + ", lag " + (f.lag === null ? "?" : f.lag) +
     ", pending " + f.pending + ", " + f.handled_per_s.toFixed(1) + " routed/s; bus DLQ " +
-    f.dlq_depth + " ";
+    f.dlq_depth + (f.schedule.scheduled ? "; " + f.schedule.scheduled + " published for later" : "") + " ";
   const busLink = el("a", "(browse)", { href: "#dlq/all" });
   $("#fanout").appendChild(busLink);
 
