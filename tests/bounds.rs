@@ -839,7 +839,7 @@ fn every_out_of_range_limit_is_reported_with_file_line_and_key() {
             sub + 2
         ),
         format!(
-            "{file}:{}:16: subscribers.probe.max_attempts: must be between 1 and 1000 (got 0)",
+            "{file}:{}:16: subscribers.probe.max_attempts: must be between 1 and 100000 (got 0)",
             sub + 3
         ),
         format!(
@@ -851,7 +851,7 @@ fn every_out_of_range_limit_is_reported_with_file_line_and_key() {
             sub + 5
         ),
         format!(
-            "{file}:{}:20: subscribers.probe.retry_backoff_ms: must be between 0 and 10000 (got -1)",
+            "{file}:{}:20: subscribers.probe.retry_backoff_ms: must be between 0 and 2592000000 (got -1)",
             sub + 6
         ),
     ];

@@ -847,10 +847,10 @@ fn three_hosts_keep_every_keys_order_on_a_cluster() {
 
 // ----- a retry holds its key, and only it -----
 
-/// Key R's first event fails three times (backoff 400 ms, doubling, at
-/// most half of claim_idle_ms):
+/// Key R's first event fails three times (backoff 400 ms, doubling):
 /// R2..R5 wait for it, while 50 other keys, published after it, are all
-/// handled meanwhile; then R runs in order.
+/// handled meanwhile; then R runs in order. Between attempts R1 waits in
+/// the subscriber's schedule, not pending on a host, and still holds R.
 #[test]
 fn a_retry_holds_back_its_key_and_no_other() {
     let world = World::new(&[], "");
@@ -888,6 +888,24 @@ fn a_retry_holds_back_its_key_and_no_other() {
         },
     );
     let others = published.elapsed();
+    wait(
+        "R1 waits in the schedule, holding R",
+        Duration::from_secs(5),
+        || {
+            let scheduled: usize = redis::cmd("ZCARD")
+                .arg("events:sub:seq:schedule")
+                .query(&mut conn)
+                .unwrap();
+            let list: usize = redis::cmd("LLEN")
+                .arg("events:order:seq:q:R")
+                .query(&mut conn)
+                .unwrap();
+            let pending = pending(&mut conn, "events:sub:seq", "sub:seq-group");
+            seen(scheduled == 1 && list == 5 && pending == 0, || {
+                format!("scheduled {scheduled}, R's list {list}, pending {pending}")
+            })
+        },
+    );
     let st = state(&mut conn, SUB);
     assert_eq!(
         log_of(&st, "R"),
@@ -902,8 +920,7 @@ fn a_retry_holds_back_its_key_and_no_other() {
     assert_eq!(log_of(&state(&mut conn, SUB), "R"), seqs(1, 5));
     assert!(
         r_done >= Duration::from_millis(2000),
-        "R1 waited out its backoffs (400 ms, 800 ms, then at most half of \
-         claim_idle_ms): {r_done:?}"
+        "R1 waited out its backoffs (400 ms, 800 ms, 1.6 s, less 10% jitter): {r_done:?}"
     );
     assert_eq!(len(&mut conn, "events:sub:seq:dlq"), 0);
     println!("retry: 50 other keys done in {others:?}; R (3 retries) done in {r_done:?}");

@@ -242,4 +242,114 @@ fn delayed_events_arrive_no_earlier_than_their_time_and_soon_after() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--delay"));
 }
 
+/// A provider that answers its first request with 503 and `Retry-After:
+/// 2`: the plugin's `retry-after` makes the next attempt wait those 2 s,
+/// not the subscriber's 100 ms backoff.
+#[test]
+fn a_handler_asks_how_long_its_retry_waits() {
+    use std::io::{BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            if support::http_server::read_request(&mut reader).is_none() {
+                continue;
+            }
+            let first = {
+                let mut seen = record.lock().unwrap();
+                seen.push(Instant::now());
+                seen.len() == 1
+            };
+            let head = if first {
+                "HTTP/1.1 503 Unavailable\r\nRetry-After: 2\r\n"
+            } else {
+                "HTTP/1.1 200 OK\r\n"
+            };
+            let _ = write!(
+                stream,
+                "{head}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    let world = World::new(
+        &["provider.wasm"],
+        &pay(&format!(
+            "retry_backoff_ms = 100\nretry_jitter = 0\n\
+             [subscribers.pay.grants]\nhttp = [\"http://127.0.0.1:{port}\"]\n"
+        )),
+    );
+    let _host = world.host();
+    let mut conn = world.conn();
+    let url = format!("http://127.0.0.1:{port}/later");
+    let id = publish(&mut conn, "Pay", json!({ "url": url }));
+    eventually("the payment is made", WAIT, || {
+        state_of(&state(&mut conn, "pay"), "paid:").contains_key(&id)
+    });
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let waited = seen[1] - seen[0];
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(3)).contains(&waited),
+        "{waited:?}"
+    );
+    assert_eq!(state_of(&state(&mut conn, "pay"), "paid:")[&id], "2");
+}
+
+/// On a Redis Cluster (3 masters): a retry waits in the schedule of its
+/// subscriber's stream, a handler's reminder in its outbox's (both in the
+/// subscriber's slot), an event from `eventhost publish --delay` in its
+/// partition's; each is handled once, when due.
+#[test]
+fn on_a_cluster_each_schedule_is_in_the_slot_of_its_stream() {
+    use support::cluster::{event, partition_for, partitions, Cluster, ClusterWorld};
+    let world = ClusterWorld::new(
+        Cluster::start(3, 0),
+        &["provider.wasm"],
+        "",
+        &pay("concurrency = 4\nretry_backoff_ms = 1500\nretry_jitter = 0\n"),
+    );
+    let _host = world.host();
+    let mut conn = world.cluster.conn();
+    let parts = partitions(&mut conn);
+    let mut publish = |data: Value| {
+        let (id, text) = event("Pay", data);
+        let _: String = conn
+            .xadd(partition_for(&parts, &id), "*", &[("data", text)])
+            .unwrap();
+        id
+    };
+    let failing: Vec<String> = (0..50).map(|_| publish(json!({"fails": 1}))).collect();
+    let reminding: Vec<String> = (0..50)
+        .map(|_| publish(json!({"remind_in_ms": 1500})))
+        .collect();
+    let delayed = world.eventhost(&["publish", "Pay", "{\"n\":1}", "--delay", "1s"]);
+    assert!(delayed.status.success(), "{delayed:?}");
+    let delayed_id = String::from_utf8_lossy(&delayed.stdout)
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let mut conn = world.cluster.conn();
+    let waiting = |conn: &mut redis::cluster::ClusterConnection, key: &str| -> usize {
+        conn.zcard(key).unwrap()
+    };
+    eventually("the retries and reminders wait", WAIT, || {
+        waiting(&mut conn, "events:sub:{pay}:schedule") == failing.len()
+            && waiting(&mut conn, "events:outbox:{pay}:schedule") == reminding.len()
+    });
+    eventually("each is handled once", WAIT, || {
+        let state: HashMap<String, String> = conn.hgetall("events:state:{pay}").unwrap();
+        state_of(&state, "ok:").len() == failing.len()
+            && state_of(&state, "reminders:").len() == reminding.len()
+            && state.contains_key(&format!("done:{delayed_id}"))
+    });
+    let state: HashMap<String, String> = conn.hgetall("events:state:{pay}").unwrap();
+    assert!(state_of(&state, "ok:").values().all(|n| n == "1"));
+    assert!(state_of(&state, "reminders:").values().all(|n| n == "1"));
+}
+
 const WAIT: Duration = Duration::from_secs(60);
