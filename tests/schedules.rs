@@ -28,14 +28,33 @@ struct Published {
 
 /// The events of `event_type` in `events:all`, in the order added.
 fn published(conn: &mut redis::Connection, event_type: &str) -> Vec<Published> {
-    entries(conn, "events:all")
+    published_in(conn, "events:all", event_type)
+}
+
+/// The events of `event_type` in `stream`, in the order added.
+fn published_in(
+    conn: &mut impl redis::ConnectionLike,
+    stream: &str,
+    event_type: &str,
+) -> Vec<Published> {
+    type Entry = (String, Vec<(String, String)>);
+    let reply: Vec<Entry> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    reply
         .into_iter()
-        .filter(|(_, data)| data["event_type"] == event_type)
-        .map(|(stream_id, data)| Published {
-            tick: (data["timestamp"].as_f64().unwrap() * 1000.0).round() as i64,
-            id: data["event_id"].as_str().unwrap().to_string(),
-            added: stream_id.split('-').next().unwrap().parse().unwrap(),
-            data,
+        .filter_map(|(stream_id, fields)| {
+            let (_, text) = fields.into_iter().find(|(k, _)| k == "data")?;
+            let data: Value = serde_json::from_str(&text).ok()?;
+            (data["event_type"] == event_type).then(|| Published {
+                tick: (data["timestamp"].as_f64().unwrap() * 1000.0).round() as i64,
+                id: data["event_id"].as_str().unwrap().to_string(),
+                added: stream_id.split('-').next().unwrap().parse().unwrap(),
+                data,
+            })
         })
         .collect()
 }
@@ -220,6 +239,16 @@ fn a_tick_missed_while_no_host_ran_is_published_once_or_skipped() {
     let skipped = between(&mut conn, "Skip", skip_last, skip_next);
     assert!(skipped.is_empty(), "missed = \"skip\": {skipped:?}");
     assert!(log.contains("left a missed tick unpublished"), "{log}");
+    // `status` shows each schedule's last tick, and its next.
+    let status = world.eventhost(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    let last = published(&mut conn, "Once").last().unwrap().tick;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("  once  Once  every 2s  last "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(&eventhost::schedule::rfc3339(last)), "{line}");
+    assert!(line.contains("  next "), "{line}");
     let mut ids: Vec<String> = published(&mut conn, "Once")
         .into_iter()
         .map(|e| e.id)
@@ -269,6 +298,37 @@ fn schedules_follow_the_config_file_live() {
     assert_eq!(events.len(), stopped_at, "a removed schedule stops ticking");
     each_tick_once("live", &events, 1000);
     host.stop();
+}
+
+#[test]
+fn on_a_cluster_a_schedules_ticks_go_once_to_one_partition() {
+    use support::cluster::{partitions, Cluster, ClusterWorld};
+    let config = "[schedules.a]\nevent_type = \"A\"\nevery = \"1s\"\n\n\
+                  [schedules.b]\nevent_type = \"B\"\nevery = \"1s\"\n";
+    let world = ClusterWorld::new(Cluster::start(3, 0), &[], "", config);
+    let hosts = [world.host(), world.host()];
+    std::thread::sleep(Duration::from_secs(6));
+    for host in hosts {
+        host.stop();
+    }
+    let mut conn = world.cluster.conn();
+    let parts = partitions(&mut conn);
+    let keys = Keys::cluster("events:", parts.len());
+    for (name, event_type) in [("a", "A"), ("b", "B")] {
+        let home = keys.schedule(name).ingress.stream;
+        for part in &parts {
+            let events = published_in(&mut conn, part, event_type);
+            if *part == home {
+                each_tick_once(name, &events, 1000);
+                assert!(events.len() >= 4, "{name}: {events:?}");
+            } else {
+                assert!(events.is_empty(), "{name} published to {part}");
+            }
+        }
+        let state: BTreeMap<String, String> =
+            redis::Commands::hgetall(&mut conn, keys.schedule(name).state).unwrap();
+        assert!(state.contains_key("tick"), "{state:?}");
+    }
 }
 
 #[tokio::test]

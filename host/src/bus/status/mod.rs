@@ -27,6 +27,9 @@ use super::keys::{Keys, QueueKeys};
 use crate::config::SubscriberConfig;
 
 mod order;
+mod schedules;
+
+pub use schedules::{schedules_status, ScheduleStatus};
 
 pub use order::{
     order_counts, order_status, OrderCounts, OrderStatus, ParkedKey, KEY_SHOWN, PARKED_SHOWN,
@@ -68,6 +71,9 @@ pub struct Status {
     /// Members of the registry past [`REGISTRY_READ`], neither read nor
     /// shown (subscribers of the config and of live hosts always are).
     pub registry_not_read: u64,
+    /// The config's schedules, when the caller read them
+    /// ([`schedules_status`]).
+    pub schedules: Vec<ScheduleStatus>,
 }
 
 /// One host, alive or gone lately.
@@ -334,6 +340,7 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[Configured]) -> Red
         fanout,
         subscribers,
         registry_not_read,
+        schedules: Vec::new(),
     })
 }
 
