@@ -159,6 +159,51 @@ fn three_hosts_for_three_minutes_publish_each_tick_once() {
     assert!(minutes.len() >= 2, "{minutes:?}");
 }
 
+#[test]
+fn a_redis_outage_costs_the_ticks_it_covers_never_a_repeat_or_a_burst() {
+    let redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut world = World::with_redis(redis, &[], BEAT);
+    let mut host = world.host();
+    let mut conn = world.conn();
+    eventually("ticks are published", Duration::from_secs(10), || {
+        published(&mut conn, "Beat").len() >= 2
+    });
+    world.redis.kill();
+    std::thread::sleep(Duration::from_millis(3000));
+    world.redis.launch();
+    let back = now_ms();
+    let mut conn = world.conn();
+    eventually("ticks are published again", Duration::from_secs(15), || {
+        published(&mut conn, "Beat")
+            .iter()
+            .filter(|e| e.tick > back + 1000)
+            .count()
+            >= 3
+    });
+    assert!(host.is_running(), "the host survives the outage");
+    let log = host.log();
+    host.stop();
+    assert!(log.contains("cannot publish the tick"), "{log}");
+
+    let events = published(&mut conn, "Beat");
+    let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "no tick twice: {events:?}");
+    // Once back: the newest missed tick, late, then every tick on time.
+    let late: Vec<&Published> = events.iter().filter(|e| e.added - e.tick > 500).collect();
+    assert!(late.len() <= 1, "a burst of old ticks: {late:?}");
+    let resumed: Vec<Published> = events.into_iter().filter(|e| e.added >= back).collect();
+    let delays = each_tick_once("beat", &resumed, 1000);
+    eprintln!(
+        "back after the outage: {} ticks, the first {} ms late, then within {} ms",
+        resumed.len(),
+        resumed[0].added - resumed[0].tick,
+        resumed[1..].iter().map(|e| e.added - e.tick).max().unwrap()
+    );
+    assert!(delays.len() >= 3);
+}
+
 /// The first tick the host's schedule `name` waited for, from its log.
 fn first_waited_for(host: &Host, name: &str) -> i64 {
     let log = host.log();

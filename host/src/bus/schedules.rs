@@ -25,6 +25,7 @@ use super::scripts::tick::{self, Arrival, Ticked};
 use crate::backoff::Backoff;
 use crate::config::{Missed, ScheduleConfig};
 use crate::schedule::{self, now_ms, rfc3339};
+use crate::telemetry::metrics;
 
 /// A ticker woken this long after its tick (a suspended machine, a
 /// starved process) takes the tick for missed, not on time.
@@ -229,6 +230,7 @@ impl Ticker {
                     return Some(tick);
                 }
                 Err(err) => {
+                    metrics::schedule_tick(&self.config.name, "error");
                     tracing::warn!(
                         schedule = %self.config.name,
                         tick = %rfc3339(tick),
@@ -257,17 +259,24 @@ impl Ticker {
         let at = rfc3339(tick);
         match (ticked, arrival) {
             (Ticked::Published(id), Arrival::OnTime) => {
+                metrics::schedule_tick(name, "published");
                 tracing::debug!(schedule = %name, tick = %at, event_id, stream_id = %id, "published a tick");
             }
-            (Ticked::Published(id), _) => tracing::info!(
-                schedule = %name, tick = %at, event_id, stream_id = %id,
-                "published a missed tick, once (missed = \"once\")"
-            ),
-            (Ticked::Skipped, _) => tracing::info!(
-                schedule = %name, tick = %at,
-                "left a missed tick unpublished (missed = \"skip\", or the schedule never ran \
-                 with this timing)"
-            ),
+            (Ticked::Published(id), _) => {
+                metrics::schedule_tick(name, "published_late");
+                tracing::info!(
+                    schedule = %name, tick = %at, event_id, stream_id = %id,
+                    "published a missed tick, once (missed = \"once\")"
+                );
+            }
+            (Ticked::Skipped, _) => {
+                metrics::schedule_tick(name, "skipped");
+                tracing::info!(
+                    schedule = %name, tick = %at,
+                    "left a missed tick unpublished (missed = \"skip\", or the schedule never \
+                     ran with this timing)"
+                );
+            }
             (Ticked::Done, _) => return,
         }
         if let Err(err) = self

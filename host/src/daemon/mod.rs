@@ -152,9 +152,13 @@ impl Daemon {
         let names: Vec<&str> = daemon.subscribers.settings().map(|(n, _)| n).collect();
         tracing::info!(
             config = %daemon.config.path.display(),
-            "eventhost running: {} subscribers ({}); publish to {}{}",
+            "eventhost running: {} subscribers ({}){}; publish to {}{}",
             names.len(),
             names.join(", "),
+            match daemon.config.schedules.len() {
+                0 => String::new(),
+                n => format!(", {n} schedules"),
+            },
             match daemon.bus.keys().ingress().as_slice() {
                 [one] => one.stream.clone(),
                 many => format!("{} partitions (eventhost publish picks one)", many.len()),
