@@ -376,6 +376,35 @@ fn on_a_cluster_a_schedules_ticks_go_once_to_one_partition() {
     }
 }
 
+#[test]
+fn check_names_a_schedules_mistakes_at_their_lines_and_its_next_tick() {
+    let world = World::new(
+        &[],
+        "[schedules.nightly]\nevent_type = \"Report\"\ncron = \"0 2 * * *\"\n",
+    );
+    let out = world.eventhost(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("ok: schedules.nightly: Report cron \"0 2 * * *\", next tick 20"),
+        "{text}"
+    );
+    assert!(text.contains("T02:00:00Z"), "{text}");
+    assert!(text.contains(", 1 schedule"), "{text}");
+
+    world.configure("[schedules.nightly]\nevent_type = \"Report\"\ncron = \"0 25 * * *\"\n");
+    let (check, run) = world.refused();
+    let line = world.line_of("cron = \"0 25 * * *\"");
+    for said in [check, run] {
+        assert!(
+            said.contains(&format!(
+                "eventhost.toml:{line}:8: schedules.nightly.cron: not a 5-field cron pattern"
+            )),
+            "{said}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_tick_script_publishes_each_tick_once() {
     let redis = Redis::start();

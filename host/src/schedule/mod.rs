@@ -36,6 +36,20 @@ impl fmt::Debug for Ticks {
     }
 }
 
+/// `cron "0 2 * * *"`, `every 5m`, or both joined by `+`: for messages.
+impl fmt::Display for Ticks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(cron) = self.cron() {
+            write!(f, "cron {cron:?}")?;
+        }
+        if let Some(every) = self.every() {
+            let join = if self.cron.is_some() { " + " } else { "" };
+            write!(f, "{join}every {}", humantime::format_duration(every))?;
+        }
+        Ok(())
+    }
+}
+
 /// Two schedules tick alike if they are written alike: what a reload
 /// compares to decide whether a ticker restarts.
 impl PartialEq for Ticks {
@@ -297,5 +311,8 @@ mod tests {
         let same = Ticks::new(Some("0 2 * * *"), None).unwrap();
         assert_eq!(same, Ticks::new(Some("0 2 * * *"), None).unwrap());
         assert_ne!(same, Ticks::new(Some("0 3 * * *"), None).unwrap());
+        assert_eq!(same.to_string(), "cron \"0 2 * * *\"");
+        let both = Ticks::new(Some("30 * * * *"), Some(Duration::from_secs(300))).unwrap();
+        assert_eq!(both.to_string(), "cron \"30 * * * *\" + every 5m");
     }
 }

@@ -76,6 +76,14 @@ impl Checker<'_> {
                 if !(matches!(err, TicksError::Neither) && raw.every.is_some()) {
                     self.push(span.or(name_span.clone()), &key(field), err.to_string());
                 }
+                // A bad pattern hides nothing wrong with `every`.
+                if let (TicksError::Cron(_), Some(every), Some(raw_every)) =
+                    (&err, every, &raw.every)
+                {
+                    if let Err(err) = Ticks::new(None, Some(every)) {
+                        self.push(Some(raw_every.span()), &key("every"), err.to_string());
+                    }
+                }
                 Ticks::new(None, Some(crate::schedule::MIN_EVERY)).expect("1 s is a period")
             }
         };
@@ -239,6 +247,7 @@ every = "5m"
         let text = r#"[schedules.a]
 event_type = ""
 cron = "0 2 * *"
+every = "0s"
 
 [schedules.b]
 every = "soon"
@@ -266,14 +275,15 @@ data = "text"
             [
                 (2, "schedules.a.event_type".to_string()),
                 (3, "schedules.a.cron".into()),
-                (5, "schedules.b.event_type".into()),
-                (6, "schedules.b.every".into()),
-                (7, "schedules.b.missed".into()),
-                (11, "schedules.c.every".into()),
-                (12, "schedules.c.data.event_id".into()),
-                (14, "schedules.bad:name".into()),
-                (14, "schedules.bad:name.every".into()),
-                (20, "schedules.d.data".into()),
+                (4, "schedules.a.every".into()),
+                (6, "schedules.b.event_type".into()),
+                (7, "schedules.b.every".into()),
+                (8, "schedules.b.missed".into()),
+                (12, "schedules.c.every".into()),
+                (13, "schedules.c.data.event_id".into()),
+                (15, "schedules.bad:name".into()),
+                (15, "schedules.bad:name.every".into()),
+                (21, "schedules.d.data".into()),
             ]
         );
         let all = problems(text);
