@@ -6,7 +6,8 @@
 //! [`daemon`] wires the rest: the [`bus`] reads events from Redis and hands
 //! each to a [`handler::Handler`], which the [`plugin`] module provides for
 //! wasm components; the bus commits, retries or dead-letters what the
-//! handler returns. [`reload`] applies changes on disk while it runs;
+//! handler returns. [`schedule`] says when a schedule ticks; the bus
+//! publishes its ticks. [`reload`] applies changes on disk while it runs;
 //! [`invoke`] runs one event through a plugin without any of it, and
 //! [`author`] writes and builds plugin projects for it.
 //! Around them: [`cli`] (the binary's commands), [`http`] (metrics,
@@ -29,6 +30,7 @@ pub mod plugin;
 pub mod preflight;
 pub mod private_redis;
 pub mod reload;
+pub mod schedule;
 pub mod signals;
 pub mod subscribers;
 pub mod telemetry;

@@ -296,6 +296,20 @@ pub mod metrics {
             .set(next_due.map_or(0.0, |due| due - now));
     }
 
+    /// What this host did with a schedule's tick: `published` (on time),
+    /// `published_late` (a missed tick, `missed = "once"`), `skipped` (a
+    /// missed tick left out), `error` (Redis refused; retried). A tick
+    /// another host published is not counted: summed over hosts,
+    /// `published` counts each tick once.
+    pub fn schedule_tick(schedule: &str, outcome: &'static str) {
+        counter!(
+            "eventhost_schedule_ticks_total",
+            "schedule" => schedule.to_string(),
+            "outcome" => outcome
+        )
+        .increment(1);
+    }
+
     /// A plugin file or config change that was refused.
     pub fn reload_refused(what: &'static str) {
         counter!("eventhost_reload_refused_total", "what" => what).increment(1);

@@ -73,6 +73,16 @@ impl OrderKeys {
     }
 }
 
+/// A schedule's keys (see [`Keys::schedule`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleKeys {
+    /// A hash: its last tick (`tick`, ms since the epoch) and what became
+    /// of it.
+    pub state: String,
+    /// The ingress stream its events go to.
+    pub ingress: QueueKeys,
+}
+
 /// Every key the bus uses, derived from one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -227,6 +237,26 @@ impl Keys {
         }
     }
 
+    /// Where schedule `name` publishes its ticks, and the hash that
+    /// remembers its last tick: `events:all` and `events:schedule:<name>`
+    /// on one server; on a cluster, the partition its name picks and
+    /// `events:schedule:{<that partition's tag>}:<name>`, in one slot, so
+    /// the script that publishes a tick once touches one shard.
+    pub fn schedule(&self, name: &str) -> ScheduleKeys {
+        let ingress = self.ingress_for(&format!("schedule:{name}"));
+        let state = match self.cluster {
+            None => format!("{}schedule:{name}", self.prefix),
+            Some(_) => {
+                let tag = ingress
+                    .stream
+                    .find('{')
+                    .map_or("", |open| &ingress.stream[open..]);
+                format!("{}schedule:{tag}:{name}", self.prefix)
+            }
+        };
+        ScheduleKeys { state, ingress }
+    }
+
     /// `name`, as a hash tag on a cluster.
     fn tag(&self, name: &str) -> String {
         match self.cluster {
@@ -361,6 +391,27 @@ mod tests {
         assert_eq!(keys.subscriber_of(&sub.stream).as_deref(), Some("pay"));
         assert_eq!(keys.subscriber_of(&sub.dlq), None);
         assert_eq!(slot(&keys.host("box-1")), slot(&keys.hosts()));
+    }
+
+    #[test]
+    fn a_schedules_state_shares_the_slot_of_its_ingress() {
+        let one = Keys::new("events:").schedule("nightly");
+        assert_eq!(one.state, "events:schedule:nightly");
+        assert_eq!(one.ingress, Keys::new("events:").all());
+        let keys = Keys::cluster("events:", 6);
+        for name in ["nightly", "beat", "a.b"] {
+            let schedule = keys.schedule(name);
+            assert!(keys.ingress().contains(&schedule.ingress));
+            assert_eq!(slot(&schedule.state), slot(&schedule.ingress.stream));
+            assert!(
+                schedule.state.starts_with("events:schedule:{p"),
+                "{schedule:?}"
+            );
+            assert!(
+                schedule.state.ends_with(&format!("}}:{name}")),
+                "{schedule:?}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! commits published from its outbox to the ingress.
 //!
 //! On both, per subscriber, an [`after_commit`] sender has the requests its
-//! commits queued sent, through the subscriber's handler.
+//! commits queued sent, through the subscriber's handler; per schedule, a
+//! ticker of [`schedules`] publishes its ticks, once across hosts.
 
 pub mod after_commit;
 pub mod connection;
@@ -35,6 +36,7 @@ pub mod leanmq;
 pub mod mover;
 pub mod relay;
 pub mod routes;
+pub mod schedules;
 pub mod scripts;
 pub mod state;
 pub mod status;
@@ -260,6 +262,16 @@ impl Bus {
             stop_mover.cancel();
             let _ = tokio::join!(relay, sender, mover);
         }))
+    }
+
+    /// The schedules' tickers, none running yet; `stop` stops them all.
+    pub fn schedules(&self, stop: CancellationToken) -> schedules::Schedules {
+        schedules::Schedules::new(
+            self.commands.clone(),
+            self.keys.clone(),
+            self.replicas,
+            stop,
+        )
     }
 
     /// How many replicas a write waits for.

@@ -290,19 +290,37 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
             (None, None) => unreachable!("every subscriber's plugin is loaded or refused"),
         }
     }
+    let now = crate::schedule::now_ms();
+    for schedule in &config.schedules {
+        say(format_args!(
+            "ok: schedules.{}: {} {}, next tick {}",
+            schedule.name,
+            schedule.event_type,
+            schedule.ticks,
+            schedule
+                .ticks
+                .after(now)
+                .map_or_else(|| "never".into(), crate::schedule::rfc3339)
+        ));
+    }
     for warning in &config.warnings {
         say(format_args!("warning: {warning}"));
     }
     let ok = loaded.refused.is_empty();
     if ok {
         say(format_args!(
-            "{}: ok, {} subscriber{}",
+            "{}: ok, {} subscriber{}{}",
             config.path.display(),
             config.subscribers.len(),
             if config.subscribers.len() == 1 {
                 ""
             } else {
                 "s"
+            },
+            match config.schedules.len() {
+                0 => String::new(),
+                1 => ", 1 schedule".into(),
+                n => format!(", {n} schedules"),
             }
         ));
     }

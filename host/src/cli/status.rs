@@ -7,7 +7,7 @@
 
 use super::text::{first_chars, shown};
 use super::{connect, say, RedisArgs};
-use crate::bus::status::{self, Configured, OrderStatus, QueueStatus, Status};
+use crate::bus::status::{self, Configured, OrderStatus, QueueStatus, ScheduleStatus, Status};
 
 /// Most characters of a name in the subscribers' table.
 const CELL: usize = 64;
@@ -31,9 +31,16 @@ pub async fn run(redis: &RedisArgs, json: bool) -> anyhow::Result<()> {
         .as_ref()
         .map(|c| c.subscribers.iter().map(Configured::from).collect())
         .unwrap_or_default();
-    let status = status::read(&mut bus.conn, &bus.keys, &configured)
+    let mut status = status::read(&mut bus.conn, &bus.keys, &configured)
         .await
         .map_err(|err| anyhow::anyhow!("cannot read the bus's status: {err}"))?;
+    if let Some(config) = &bus.config {
+        let now = (status.at * 1000.0) as i64;
+        status.schedules =
+            status::schedules_status(&mut bus.conn, &bus.keys, &config.schedules, now)
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot read the schedules' status: {err}"))?;
+    }
     if json {
         say(serde_json::to_string_pretty(&status)?);
     } else {
@@ -43,6 +50,17 @@ pub async fn run(redis: &RedisArgs, json: bool) -> anyhow::Result<()> {
 }
 
 fn print(status: &Status) {
+    print_bus(status);
+    if !status.schedules.is_empty() {
+        say("schedules:");
+        for line in schedule_lines(&status.schedules, status.at) {
+            say(line);
+        }
+    }
+}
+
+/// The hosts, the fan-out and the subscribers.
+fn print_bus(status: &Status) {
     let alive = status.hosts.iter().filter(|h| h.alive).count();
     say(format_args!(
         "hosts: {alive} alive{}",
@@ -206,6 +224,51 @@ fn print(status: &Status) {
     }
 }
 
+/// One line per schedule: its event, timing, last tick and next tick.
+fn schedule_lines(schedules: &[ScheduleStatus], at: f64) -> Vec<String> {
+    let when = |tick: Option<i64>, none: &str| match tick {
+        None => none.to_string(),
+        Some(tick) => {
+            let from_now = tick as f64 / 1000.0 - at;
+            let rel = if from_now > 0.0 {
+                format!("in {}", duration(from_now))
+            } else {
+                format!("{} ago", ago(-from_now))
+            };
+            format!("{} ({rel})", crate::schedule::rfc3339(tick))
+        }
+    };
+    schedules
+        .iter()
+        .map(|s| {
+            let mut timing = Vec::new();
+            if let Some(cron) = &s.cron {
+                timing.push(format!("cron {:?}", out(cron)));
+            }
+            if let Some(every) = s.every_s {
+                timing.push(format!(
+                    "every {}",
+                    humantime::format_duration(std::time::Duration::from_secs(every))
+                ));
+            }
+            let skipped = match s.last_skipped {
+                Some(t) if s.last_tick.is_none_or(|last| t > last) => {
+                    format!("  skipped {}", when(Some(t), ""))
+                }
+                _ => String::new(),
+            };
+            format!(
+                "  {}  {}  {}  last {}{skipped}  next {}",
+                out(&s.name),
+                out(&s.event_type),
+                timing.join(" + "),
+                when(s.last_tick, "never"),
+                when(s.next_tick, "never"),
+            )
+        })
+        .collect()
+}
+
 /// What the table leaves out when the registry holds more than a status
 /// reads.
 fn registry_note(status: &Status) -> Option<String> {
@@ -332,6 +395,38 @@ fn duration(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_shows_its_last_and_next_tick() {
+        let at = 1_796_700_000.0; // 2026-12-08T03:20:00Z
+        let s = ScheduleStatus {
+            name: "nightly".into(),
+            event_type: "Report".into(),
+            cron: Some("0 2 * * *".into()),
+            every_s: None,
+            last_tick: Some(1_796_608_800_000),
+            last_skipped: None,
+            next_tick: Some(1_796_695_200_000 + 86_400_000),
+        };
+        let never = ScheduleStatus {
+            name: "beat".into(),
+            cron: None,
+            every_s: Some(300),
+            last_tick: None,
+            last_skipped: Some(1_796_699_700_000),
+            next_tick: Some(1_796_700_300_000),
+            ..s.clone()
+        };
+        assert_eq!(
+            schedule_lines(&[s, never], at),
+            [
+                "  nightly  Report  cron \"0 2 * * *\"  last 2026-12-07T02:00:00Z (25 h ago)  \
+                 next 2026-12-09T02:00:00Z (in 23 h)",
+                "  beat  Report  every 5m  last never  skipped 2026-12-08T03:15:00Z (5 min ago)  \
+                 next 2026-12-08T03:25:00Z (in 5 min)"
+            ]
+        );
+    }
 
     #[test]
     fn durations_read_at_a_glance() {

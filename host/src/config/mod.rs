@@ -43,6 +43,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Sorted by name.
     pub subscribers: Vec<SubscriberConfig>,
+    /// `[schedules.<name>]`, sorted by name.
+    pub schedules: Vec<ScheduleConfig>,
     /// What is accepted but should change (an old key), each at its line:
     /// `check` prints them, `run` logs them.
     pub warnings: Vec<Problem>,
@@ -441,6 +443,30 @@ pub struct DirGrant {
     pub guest: String,
     /// The folder on the host.
     pub host: PathBuf,
+}
+
+/// One `[schedules.<name>]`: an event published at each of its ticks,
+/// once across every host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleConfig {
+    pub name: String,
+    /// The `event_type` of its events.
+    pub event_type: String,
+    /// When it ticks (`cron` and/or `every`).
+    pub ticks: crate::schedule::Ticks,
+    /// The rest of each event: `data`, as a JSON object.
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// What becomes of a tick that no host published at its time.
+    pub missed: Missed,
+}
+
+/// What a schedule does with ticks that passed while no host ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// The newest of them is published once, late; older ones never.
+    Once,
+    /// None is published; the schedule goes on from its next tick.
+    Skip,
 }
 
 /// Reads the config file at `path` and checks its text (not the files it

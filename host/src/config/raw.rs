@@ -21,6 +21,8 @@ pub struct RawConfig {
     pub http: RawHttp,
     #[serde(default)]
     pub subscribers: BTreeMap<String, RawSubscriber>,
+    #[serde(default)]
+    pub schedules: BTreeMap<String, RawSchedule>,
 }
 
 #[derive(Deserialize, Default)]
@@ -106,4 +108,14 @@ pub struct RawGrants {
     pub dirs: BTreeMap<Spanned<String>, Spanned<String>>,
     pub http: Option<Spanned<Vec<Spanned<String>>>>,
     pub http_ca: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub event_type: Option<Spanned<String>>,
+    pub cron: Option<Spanned<String>>,
+    pub every: Option<Spanned<String>>,
+    pub data: Option<Spanned<toml::Value>>,
+    pub missed: Option<Spanned<String>>,
 }

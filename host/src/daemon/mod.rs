@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::schedules::Schedules;
 use crate::bus::{self, Bus};
 use crate::config::Config;
 use crate::handler::HandlerFactory;
@@ -118,6 +119,7 @@ struct Daemon {
     config: Config,
     bus: Arc<Bus>,
     subscribers: Subscribers,
+    schedules: Schedules,
     fanout: Option<JoinHandle<()>>,
     stop: CancellationToken,
     ready: watch::Sender<Readiness>,
@@ -128,10 +130,12 @@ struct Daemon {
 impl Daemon {
     async fn start(config: Config, bus: Arc<Bus>, wiring: Wiring) -> anyhow::Result<Self> {
         let subscribers = Subscribers::new(bus.clone(), wiring.handlers, wiring.stop.clone());
+        let schedules = bus.schedules(wiring.stop.clone());
         let mut daemon = Daemon {
             config,
             bus,
             subscribers,
+            schedules,
             fanout: None,
             stop: wiring.stop,
             ready: wiring.ready,
@@ -143,13 +147,18 @@ impl Daemon {
         }
         daemon.subscribers.route().await;
         daemon.fanout = Some(daemon.bus.spawn_fanout(daemon.stop.clone()).await?);
+        daemon.schedules.apply(&daemon.config.schedules).await;
         daemon.report_readiness();
         let names: Vec<&str> = daemon.subscribers.settings().map(|(n, _)| n).collect();
         tracing::info!(
             config = %daemon.config.path.display(),
-            "eventhost running: {} subscribers ({}); publish to {}{}",
+            "eventhost running: {} subscribers ({}){}; publish to {}{}",
             names.len(),
             names.join(", "),
+            match daemon.config.schedules.len() {
+                0 => String::new(),
+                n => format!(", {n} schedules"),
+            },
             match daemon.bus.keys().ingress().as_slice() {
                 [one] => one.stream.clone(),
                 many => format!("{} partitions (eventhost publish picks one)", many.len()),
@@ -178,11 +187,11 @@ impl Daemon {
                     self.report_readiness();
                 }
                 Some(()) = hangups.recv() => tokio::select! {
-                    _ = reload::everything(&mut self.config, &mut self.subscribers, &mut reloads) => {}
+                    _ = reload::everything(&mut self.config, &mut self.subscribers, &mut self.schedules, &mut reloads) => {}
                     _ = stop.cancelled() => return,
                 },
                 Some(changes) = reload::next_changes(&mut watcher) => tokio::select! {
-                    _ = reload::apply(&mut self.config, &mut self.subscribers, changes, &mut reloads) => {}
+                    _ = reload::apply(&mut self.config, &mut self.subscribers, &mut self.schedules, changes, &mut reloads) => {}
                     _ = stop.cancelled() => return,
                 },
                 Some((path, reload)) = reloads.next() => {
@@ -244,6 +253,7 @@ impl Daemon {
                 let _ = fanout.await;
             }
             self.subscribers.stop().await;
+            self.schedules.stop().await;
         };
         if tokio::time::timeout(STOP_DEADLINE, loops).await.is_err() {
             tracing::warn!(

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::bus::heartbeat::ReloadNote;
+use crate::bus::schedules::Schedules;
 use crate::config::{Config, SubscriberConfig};
 use crate::handler::{HandlerFactory, Reload};
 use crate::preflight;
@@ -39,12 +40,13 @@ pub async fn next_changes(watcher: &mut Option<Watcher>) -> Option<BTreeSet<Chan
 pub async fn apply(
     config: &mut Config,
     subscribers: &mut Subscribers,
+    schedules: &mut Schedules,
     changes: BTreeSet<Change>,
     reloads: &mut PluginReloads,
 ) {
     for change in changes {
         match change {
-            Change::Config => config_changed(config, subscribers).await,
+            Change::Config => config_changed(config, subscribers, schedules).await,
             Change::Plugin(path) => reloads.start(subscribers.handlers(), path),
         }
     }
@@ -54,10 +56,11 @@ pub async fn apply(
 pub async fn everything(
     config: &mut Config,
     subscribers: &mut Subscribers,
+    schedules: &mut Schedules,
     reloads: &mut PluginReloads,
 ) {
     tracing::info!("SIGHUP: reloading the config and every plugin");
-    config_changed(config, subscribers).await;
+    config_changed(config, subscribers, schedules).await;
     for path in subscribers.plugins() {
         reloads.start(subscribers.handlers(), path);
     }
@@ -149,8 +152,13 @@ fn plugin_reloaded(running: &mut Subscribers, path: &Path, reload: Reload) {
 
 /// Reads the config again and applies what changed: nothing if it or a
 /// plugin it needs does not load; settings that apply only at start are
-/// reported at their lines and keep their running values.
-async fn config_changed(config: &mut Config, subscribers: &mut Subscribers) {
+/// reported at their lines and keep their running values. Schedules
+/// apply with the rest: added, changed (restarted) or removed.
+async fn config_changed(
+    config: &mut Config,
+    subscribers: &mut Subscribers,
+    schedules: &mut Schedules,
+) {
     let path = config.path.clone();
     if watch::settled(&path, watch::CONFIG_QUIET).await.is_none() {
         tracing::warn!(
@@ -174,6 +182,7 @@ async fn config_changed(config: &mut Config, subscribers: &mut Subscribers) {
     let new = config.keeping_start_settings(new);
     let plan = plan::plan(config, &new);
     if plan.is_empty() {
+        schedules.apply(&new.schedules).await;
         *config = new;
         return;
     }
@@ -182,6 +191,7 @@ async fn config_changed(config: &mut Config, subscribers: &mut Subscribers) {
     if let Err(err) = subscribers.handlers().load(&new, &needed).await {
         return refused(subscribers, err);
     }
+    schedules.apply(&new.schedules).await;
 
     for settings in &plan.added {
         match subscribers.start(settings.clone()).await {

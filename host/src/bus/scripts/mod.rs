@@ -10,7 +10,8 @@
 //! harmless instead. [`trim`] bounds streams without cutting what a
 //! group still needs. [`replay`] moves dead letters back into their
 //! stream, each entry in one step, so a replay cut short neither loses nor
-//! doubles one. [`peek`], the one that writes nothing, reads a page of a
+//! doubles one. [`tick`] publishes a schedule's tick once across hosts.
+//! [`peek`], the one that writes nothing, reads a page of a
 //! DLQ for the console's list as ids, sizes and the ends of each payload,
 //! within a byte budget. Each write is tested against a real redis-server
 //! in `tests/scripts.rs`; `peek` by the console's list in
@@ -24,6 +25,7 @@ pub mod later;
 mod order;
 pub mod peek;
 pub mod replay;
+pub mod tick;
 pub mod trim;
 
 pub use calls::{is_refusal, MAX_CALL_BYTES};

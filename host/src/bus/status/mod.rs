@@ -26,13 +26,16 @@ use super::heartbeat::{self, HostRecord, Known, OrderSetting, ReloadNote};
 use super::keys::{Keys, QueueKeys};
 use crate::config::SubscriberConfig;
 
+mod later;
 mod order;
-mod schedule;
+mod schedules;
 
+pub use schedules::{schedules_status, ScheduleStatus};
+
+pub use later::{schedule_counts, ScheduleCounts};
 pub use order::{
     order_counts, order_status, OrderCounts, OrderStatus, ParkedKey, KEY_SHOWN, PARKED_SHOWN,
 };
-pub use schedule::{schedule_counts, ScheduleCounts};
 
 /// Most members of LeanMQ's registry one status reads: enough for any real
 /// bus, few enough that a registry flooded with junk costs a status (and
@@ -70,6 +73,9 @@ pub struct Status {
     /// Members of the registry past [`REGISTRY_READ`], neither read nor
     /// shown (subscribers of the config and of live hosts always are).
     pub registry_not_read: u64,
+    /// The config's schedules, when the caller read them
+    /// ([`schedules_status`]).
+    pub schedules: Vec<ScheduleStatus>,
 }
 
 /// One host, alive or gone lately.
@@ -340,6 +346,7 @@ pub async fn read(conn: &mut RedisConn, keys: &Keys, also: &[Configured]) -> Red
         fanout,
         subscribers,
         registry_not_read,
+        schedules: Vec::new(),
     })
 }
 

@@ -6,7 +6,7 @@
 //!
 //! The core (this file) walks the file; [`sections`] checks `[redis]`,
 //! `[plugins]`, `[bus]`, `[telemetry]` and `[http]`, [`subscriber`] each
-//! subscriber and its grants.
+//! subscriber and its grants, [`schedule`] each schedule.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +30,7 @@ use super::{
 };
 use crate::config::{PublishLimits, DEFAULT_MAX_HOPS, DEFAULT_MAX_PAYLOAD_BYTES};
 
+mod schedule;
 mod sections;
 mod subscriber;
 
@@ -157,6 +158,14 @@ impl Checker<'_> {
                 self.check_subscriber(name, span, sub, &base, &plugins.dir, &bus)
             })
             .collect();
+        let schedules = raw
+            .schedules
+            .into_iter()
+            .map(|(name, schedule)| {
+                let span = span_of(self.text, &["schedules", &name]);
+                self.check_schedule(name, span, schedule, &bus)
+            })
+            .collect();
         Config {
             path: self.file.clone(),
             text: Arc::from(self.text),
@@ -167,6 +176,7 @@ impl Checker<'_> {
             telemetry,
             http,
             subscribers,
+            schedules,
             warnings: std::mem::take(&mut self.warnings),
         }
     }
