@@ -279,7 +279,8 @@ async fn the_console_shows_a_failing_plugin_and_replays_its_dead_letter_once_fix
 /// above the table with its oldest keys, their age and dead letter, and
 /// its row shows the parked count (in red) and the age of the oldest held
 /// event; a subscriber without `order_by` shows none. Keys come from
-/// events: a key holding markup is shown as text.
+/// events: a key holding markup is shown as text. Its retries waiting in
+/// Redis show with when the next is due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_parked_keys_and_the_oldest_held_event() {
     let world = World::new(&["probe.wasm"], "");
@@ -301,6 +302,9 @@ async fn the_console_shows_parked_keys_and_the_oldest_held_event() {
         .zadd("events:order:svc:parked", hostile, now - 10_000)
         .rpush("events:order:svc:q:o-1", "park:1-0")
         .zadd("events:order:svc:held", "o-7", now - 30_000)
+        // Two retries waiting in Redis, the next due in 3 hours.
+        .zadd("events:sub:svc:schedule", "r-1", now + 3 * 3_600_000)
+        .zadd("events:sub:svc:schedule", "r-2", now + 5 * 3_600_000)
         .query(&mut conn)
         .unwrap();
     let _host = world.host();
@@ -332,6 +336,17 @@ async fn the_console_shows_parked_keys_and_the_oldest_held_event() {
     let plain = "#subscribers tr[data-name=\"plain\"]";
     text_until(&client, &format!("{plain} td.parked"), "no order", |t| {
         t == "–"
+    })
+    .await;
+    text_until(
+        &client,
+        &format!("{row} td.scheduled"),
+        "shows the retries waiting",
+        |t| t == "2 (next in 3 h)",
+    )
+    .await;
+    text_until(&client, &format!("{plain} td.scheduled"), "none waits", |t| {
+        t == "0"
     })
     .await;
     let alert = text_until(&client, "#parked", "names the parked keys", |t| {

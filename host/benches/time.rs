@@ -132,6 +132,13 @@ fn scheduled(n: usize) {
             .unwrap()
     };
     let with = used(&mut conn);
+    let first: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+        .arg(schedule)
+        .arg(0)
+        .arg(0)
+        .query(&mut conn)
+        .unwrap();
+    let member = first.first().map_or(0, Vec::len);
     let dump: Vec<u8> = redis::cmd("DUMP").arg(schedule).query(&mut conn).unwrap();
     let () = conn.del(schedule).unwrap();
     let without = used(&mut conn);
@@ -150,7 +157,8 @@ fn scheduled(n: usize) {
         none_rss as f64 / 1024.0
     );
     println!(
-        "  Redis: {:.0} bytes per scheduled event ({:.1} MiB for {n}; each holds a 180-byte event)",
+        "  Redis: {:.0} bytes per scheduled event ({:.1} MiB for {n}; each member, the entry to \
+         add, is {member} bytes)",
         (with - without) as f64 / n as f64,
         (with - without) as f64 / (1 << 20) as f64
     );
