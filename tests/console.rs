@@ -345,9 +345,12 @@ async fn the_console_shows_parked_keys_and_the_oldest_held_event() {
         |t| t == "2 (next in 3 h)",
     )
     .await;
-    text_until(&client, &format!("{plain} td.scheduled"), "none waits", |t| {
-        t == "0"
-    })
+    text_until(
+        &client,
+        &format!("{plain} td.scheduled"),
+        "none waits",
+        |t| t == "0",
+    )
     .await;
     let alert = text_until(&client, "#parked", "names the parked keys", |t| {
         t.starts_with("svc: 2 keys parked")
