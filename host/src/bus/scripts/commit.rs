@@ -171,15 +171,17 @@ impl CommitBatch {
         let mut record = self.record(b"ok", id, key, effects.reads());
 
         let published = effects.published();
-        let (later, at_once): (Vec<_>, Vec<_>) = published.iter().partition(|p| p.due.is_some());
-        record.push(count(at_once.len()));
-        for p in at_once {
+        let later = published.iter().filter(|p| p.due.is_some()).count();
+        record.push(count(published.len() - later));
+        for p in published.iter().filter(|p| p.due.is_none()) {
             record.push(leanmq::publish_payload(p, now).into_bytes());
         }
-        record.push(count(later.len()));
-        for p in later {
-            record.push(due_spec(p.due.expect("partitioned")).into_bytes());
-            record.push(leanmq::publish_payload(p, now).into_bytes());
+        record.push(count(later));
+        for p in published {
+            if let Some(due) = p.due {
+                record.push(due_spec(due).into_bytes());
+                record.push(leanmq::publish_payload(p, now).into_bytes());
+            }
         }
 
         // Only the last write of each key matters; keep the order of first
