@@ -7,7 +7,9 @@
 //! calls in flight finish on the old one, whose instances go with it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -218,6 +220,13 @@ impl PluginCalls {
         if let Some(instance) = self.idle.lock().pop() {
             return Ok((instance, Instant::now()));
         }
+        // Boxed: instantiating is a large future, and every call's future
+        // (moved a few times on its way to a thread) would carry its size.
+        Box::pin(self.new_instance()).await
+    }
+
+    /// A new instance, once one may be had.
+    async fn new_instance(&self) -> Result<(Instance, Instant), Failure> {
         let waited = Instant::now();
         let capacity = self.runtime.capacity();
         loop {
@@ -402,11 +411,20 @@ impl PluginCalls {
         // Epochs stop guest code at the limit; a guest blocked in a host
         // call (a WASI sleep, a state read on a stalled Redis) is stopped by
         // this deadline instead. Either way the instance is thrown away.
-        let call = instance
-            .bindings
-            .call_handle(&mut instance.store, &wit_event);
-        let remaining = timeout.saturating_sub(started.elapsed()) + BLOCKED_GRACE;
-        let Ok(result) = tokio::time::timeout(remaining, call).await else {
+        let result = {
+            let mut call = std::pin::pin!(instance
+                .bindings
+                .call_handle(&mut instance.store, &wit_event));
+            // Most calls finish in their first poll: those arm no timer.
+            match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+                Poll::Ready(result) => Ok(result),
+                Poll::Pending => {
+                    let remaining = timeout.saturating_sub(started.elapsed()) + BLOCKED_GRACE;
+                    tokio::time::timeout(remaining, call).await
+                }
+            }
+        };
+        let Ok(result) = result else {
             let waiting = instance.store.data().call.as_ref().map(|c| &c.state_read);
             if waiting == Some(&StateRead::Waiting) {
                 return Outcome::Failed(Failure::new(

@@ -93,9 +93,28 @@ pub use bindings::eventhost::plugin::types::{Event, Failure, Level};
 /// as `eventhost_plugin::state_get(..)`; the helpers below wrap the common
 /// JSON and counter patterns on top of them.
 pub use bindings::eventhost::plugin::host::{
-    config_get, log, publish, publish_later, retry_after, send_after_commit, state_delete,
-    state_get, state_set, OutgoingRequest, When,
+    log, publish, publish_later, retry_after, send_after_commit, state_delete, state_get,
+    state_set, OutgoingRequest, When,
 };
+
+thread_local! {
+    /// What `config-get` answered, by key: an instance's config never
+    /// changes (the host makes new instances when it does), so each key
+    /// crosses into the host once per instance, not once per event.
+    static CONFIG: std::cell::RefCell<std::collections::HashMap<String, Option<String>>> =
+        Default::default();
+}
+
+/// The value of `key` in this subscriber's `[subscribers.NAME.config]`
+/// table, if set. Asked of the host once per key and instance.
+pub fn config_get(key: &str) -> Option<String> {
+    if let Some(known) = CONFIG.with_borrow(|config| config.get(key).cloned()) {
+        return known;
+    }
+    let value = bindings::eventhost::plugin::host::config_get(key);
+    CONFIG.with_borrow_mut(|config| config.insert(key.to_string(), value.clone()));
+    value
+}
 
 /// Parses the event's JSON data into `T`.
 ///
