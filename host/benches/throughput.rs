@@ -105,7 +105,7 @@ fn main() {
         reads_section(if quick { 100 } else { 300 });
     }
     if wanted("languages") {
-        languages_section(if quick { 3_000 } else { 20_000 });
+        languages_section(if quick { 10_000 } else { 20_000 });
     }
     if wanted("leanmq") {
         leanmq_section(if quick { 3_000 } else { 10_000 }, trivial_wasm);

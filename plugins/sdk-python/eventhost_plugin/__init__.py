@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol
 
 __all__ = [
@@ -203,44 +202,113 @@ def _host() -> Binding:
     return _binding
 
 
-@dataclass(frozen=True)
 class Event:
-    """One event delivered to this plugin, with its JSON data parsed."""
+    """One event delivered to this plugin: read-only, its JSON ``data``
+    parsed when first read (a handler that never reads it, never pays for
+    it)."""
 
-    id: str
-    """``event_id`` of the JSON, else ``_metadata.id``, else the stream id."""
-    event_type: str
-    stream_id: str
-    """Entry id in the subscriber's stream."""
-    timestamp: Optional[float]
-    """Seconds since the epoch, from the JSON."""
-    attempt: int
-    """1 on the first delivery."""
-    data: dict[str, Any]
-    """The JSON object as published, without ``_metadata``/``_failures``."""
-    raw: str = field(repr=False, default="")
-    """``data`` as the host sent it (a JSON text)."""
+    # Slots and properties, not a frozen dataclass: built once per event,
+    # inside the component, where a frozen dataclass's ``__init__`` costs
+    # several times this one's.
+    __slots__ = ("_id", "_event_type", "_stream_id", "_timestamp", "_attempt", "_data", "_raw")
+
+    def __init__(
+        self,
+        id: str,
+        event_type: str,
+        stream_id: str,
+        timestamp: Optional[float],
+        attempt: int,
+        data: Optional[dict[str, Any]] = None,
+        raw: str = "",
+    ) -> None:
+        self._id = id
+        self._event_type = event_type
+        self._stream_id = stream_id
+        self._timestamp = timestamp
+        self._attempt = attempt
+        self._data = data
+        self._raw = raw
+
+    @property
+    def id(self) -> str:
+        """``event_id`` of the JSON, else ``_metadata.id``, else the stream id."""
+        return self._id
+
+    @property
+    def event_type(self) -> str:
+        return self._event_type
+
+    @property
+    def stream_id(self) -> str:
+        """Entry id in the subscriber's stream."""
+        return self._stream_id
+
+    @property
+    def timestamp(self) -> Optional[float]:
+        """Seconds since the epoch, from the JSON."""
+        return self._timestamp
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery."""
+        return self._attempt
+
+    @property
+    def raw(self) -> str:
+        """``data`` as the host sent it (a JSON text)."""
+        return self._raw
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The JSON object as published, without ``_metadata``/``_failures``.
+        The host delivers JSON objects only; data that is not one (a test
+        can send it) will never parse, so reading it raises
+        :class:`Reject`."""
+        data = self._data
+        if data is None:
+            try:
+                data = json.loads(self._raw)
+            except ValueError as err:
+                raise Reject(f"malformed {self._event_type} event {self._id}: {err}") from None
+            if not isinstance(data, dict):
+                raise Reject(f"malformed {self._event_type} event {self._id}: data is not a JSON object")
+            self._data = data
+        return data
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(id={self._id!r}, event_type={self._event_type!r}, stream_id={self._stream_id!r}, "
+            f"timestamp={self._timestamp!r}, attempt={self._attempt!r}, data={self.data!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self._id, self._event_type, self._stream_id, self._timestamp, self._attempt, self.data) == (
+            other._id,
+            other._event_type,
+            other._stream_id,
+            other._timestamp,
+            other._attempt,
+            other.data,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and mutable data
 
     @classmethod
     def from_raw(cls, raw: Any) -> "Event":
         """Builds an Event from the binding's record (anything with the WIT
-        field names). Data that is not a JSON object will never parse, so it
-        raises :class:`Reject`."""
-        text = str(raw.data)
-        try:
-            data = json.loads(text)
-        except ValueError as err:
-            raise Reject(f"malformed {raw.event_type} event {raw.id}: {err}") from None
-        if not isinstance(data, dict):
-            raise Reject(f"malformed {raw.event_type} event {raw.id}: data is not a JSON object")
+        field names); ``data`` is parsed when first read."""
+        timestamp = raw.timestamp
         return cls(
-            id=str(raw.id),
-            event_type=str(raw.event_type),
-            stream_id=str(raw.stream_id),
-            timestamp=None if raw.timestamp is None else float(raw.timestamp),
-            attempt=int(raw.attempt),
-            data=data,
-            raw=text,
+            raw.id,
+            raw.event_type,
+            raw.stream_id,
+            None if timestamp is None else float(timestamp),
+            raw.attempt,
+            None,
+            raw.data,
         )
 
 

@@ -78,13 +78,30 @@ def test_an_uncaught_exception_is_logged_then_propagates(capsys: pytest.CaptureF
     assert "Traceback" in message and "buggy" in message
 
 
-def test_data_that_is_not_a_json_object_rejects() -> None:
+def reading(event: Event) -> None:
+    event.data.get("n")
+    counting(event)
+
+
+def test_data_that_is_not_a_json_object_rejects_when_read() -> None:
     host = FakeHost()
-    out = host.run(counting, "T", "not json", id="e-2")
+    out = host.run(reading, "T", "not json", id="e-2")
     assert out.outcome == "reject"
     assert out.reason is not None and out.reason.startswith("malformed T event e-2: ")
-    assert host.run(counting, "T", "[1]").reason == "malformed T event test-1: data is not a JSON object"
-    assert host.state == {}
+    assert host.run(reading, "T", "[1]").reason == "malformed T event test-1: data is not a JSON object"
+    assert host.state == {}, "rejected before it counted"
+    # Parsed when first read: a handler that never reads it is not refused.
+    assert host.run(counting, "T", "not json").outcome == "ok"
+
+
+def test_an_event_is_read_only_and_compares_by_value() -> None:
+    seen: list[Event] = []
+    FakeHost().run(seen.append, "T", {"a": 1}, id="e-3")
+    (event,) = seen
+    with pytest.raises(AttributeError):
+        event.id = "other"  # type: ignore[misc]
+    same = Event("e-3", "T", event.stream_id, event.timestamp, event.attempt, {"a": 1})
+    assert event == same and "data={'a': 1}" in repr(event) and "raw" not in repr(event)
 
 
 def test_publish_returns_the_id_and_serialises_compactly() -> None:
