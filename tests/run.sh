@@ -2,8 +2,10 @@
 # The test command: installs what is missing, builds the plugins, and runs
 # every test: unit tests beside the code, the plugins' own tests, the SDKs'
 # and the example services' tests in their own languages, the end-to-end
-# tests in tests/ (real binary, one redis-server per test), and the orders
-# example's script end to end with the binary the tests built.
+# tests in tests/ (real binary, one redis-server per test), the speed guard
+# (wasm against native throughput on the tests' build, a floor on the
+# ratio: host/benches/throughput.rs `ratios`), and the orders example's
+# script end to end with the binary the tests built.
 #
 #   tests/run.sh [ARGS]   ARGS go to `cargo test` (e.g. a test's name); with
 #                         ARGS, only cargo's tests run.
@@ -22,5 +24,7 @@ for project in plugins/sdk-python examples/orders/services/shipping; do
 done
 echo "==> the JavaScript SDK and the JavaScript example service (node --test)"
 node --test plugins/sdk-js/test/ examples/orders/services/notification/test/
+echo "==> the speed guard: wasm against native on this build, 3 alternating rounds"
+cargo bench --profile dev -p eventhost --bench throughput -- quick ratios check
 echo "==> the orders example, end to end (examples/orders/run.sh 200)"
 EVENTHOST_BIN="$PWD/target/debug/eventhost" examples/orders/run.sh 200

@@ -100,19 +100,23 @@ pub use bindings::eventhost::plugin::host::{
 thread_local! {
     /// What `config-get` answered, by key: an instance's config never
     /// changes (the host makes new instances when it does), so each key
-    /// crosses into the host once per instance, not once per event.
-    static CONFIG: std::cell::RefCell<std::collections::HashMap<String, Option<String>>> =
-        Default::default();
+    /// crosses into the host once per instance, not once per event. A
+    /// list: a plugin asks for a few keys, and hashing costs more.
+    static CONFIG: std::cell::RefCell<Vec<(String, Option<String>)>> = Default::default();
 }
 
 /// The value of `key` in this subscriber's `[subscribers.NAME.config]`
 /// table, if set. Asked of the host once per key and instance.
 pub fn config_get(key: &str) -> Option<String> {
-    if let Some(known) = CONFIG.with_borrow(|config| config.get(key).cloned()) {
-        return known;
+    let known = CONFIG.with_borrow(|config| {
+        let found = config.iter().find(|(k, _)| k == key);
+        found.map(|(_, value)| value.clone())
+    });
+    if let Some(value) = known {
+        return value;
     }
     let value = bindings::eventhost::plugin::host::config_get(key);
-    CONFIG.with_borrow_mut(|config| config.insert(key.to_string(), value.clone()));
+    CONFIG.with_borrow_mut(|config| config.push((key.to_string(), value.clone())));
     value
 }
 
