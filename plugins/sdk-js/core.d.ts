@@ -16,7 +16,9 @@ export interface Event<Data extends object = Record<string, any>> {
   readonly timestamp: number | null;
   /** 1 on the first delivery. */
   readonly attempt: number;
-  /** The JSON object as published, without `_metadata`/`_failures`. */
+  /** The JSON object as published, without `_metadata`/`_failures`:
+   * parsed when first read; data that is not a JSON object throws `Reject`
+   * then. */
   readonly data: Data;
   /** `data` as the host sent it (JSON text). */
   readonly raw: string;

@@ -49,10 +49,29 @@ function host() {
 
 const absent = (value) => value === undefined || value === null;
 
-/** Builds the SDK's event from the binding's record. Data that is not a JSON
- * object will never parse: `Reject`. */
+/** Builds the SDK's event from the binding's record: frozen, its `data`
+ * parsed when first read (a handler that never reads it never pays for it).
+ * The host delivers JSON objects only; data that is not one (a test can send
+ * it) will never parse, so reading it throws `Reject`. */
 export function toEvent(raw) {
   const text = String(raw.data);
+  let data;
+  return Object.freeze({
+    id: String(raw.id),
+    eventType: String(raw.eventType),
+    streamId: String(raw.streamId),
+    timestamp: absent(raw.timestamp) ? null : Number(raw.timestamp),
+    attempt: Number(raw.attempt),
+    get data() {
+      if (data === undefined) data = parseData(text, raw);
+      return data;
+    },
+    raw: text,
+  });
+}
+
+/** `text` as a JSON object, else `Reject` naming the event. */
+function parseData(text, raw) {
   let data;
   try {
     data = JSON.parse(text);
@@ -62,15 +81,7 @@ export function toEvent(raw) {
   if (data === null || typeof data !== "object" || Array.isArray(data)) {
     throw new Reject(`malformed ${raw.eventType} event ${raw.id}: data is not a JSON object`);
   }
-  return Object.freeze({
-    id: String(raw.id),
-    eventType: String(raw.eventType),
-    streamId: String(raw.streamId),
-    timestamp: absent(raw.timestamp) ? null : Number(raw.timestamp),
-    attempt: Number(raw.attempt),
-    data,
-    raw: text,
-  });
+  return data;
 }
 
 /** Runs `fn` on one raw event and maps its outcome to the export's result:

@@ -62,13 +62,16 @@ test("an async handler's outcome is its Promise's", async () => {
   assert.match(host.logs.at(-1).message, /^uncaught TypeError handling T event e-7: late/);
 });
 
-test("data that is not a JSON object rejects", () => {
+test("data that is not a JSON object rejects when read", () => {
   const host = new FakeHost();
-  const out = host.run(counting, "T", "nope", { id: "e-2" });
+  const reading = handler((event) => { event.data.n; state.increment("count"); });
+  const out = host.run(reading, "T", "nope", { id: "e-2" });
   assert.equal(out.outcome, "reject");
   assert.match(out.reason, /^malformed T event e-2: /);
-  assert.deepEqual(host.run(counting, "T", "[1]").reason, "malformed T event test-1: data is not a JSON object");
+  assert.deepEqual(host.run(reading, "T", "[1]").reason, "malformed T event test-1: data is not a JSON object");
   assert.deepEqual(host.state, {});
+  // Parsed when first read: a handler that never reads it is not refused.
+  assert.equal(host.run(counting, "T", "nope").outcome, "ok");
 });
 
 test("publish returns the id; refused, not an object or unserialisable rejects", () => {
