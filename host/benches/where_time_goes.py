@@ -36,7 +36,10 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 # What a sample is, by its symbol or its object: the first that matches.
 CATEGORIES = [
-    ("guest code (wasm)", lambda dso, sym: dso.endswith(".cwasm") or sym.startswith("wasm[")),
+    # Compiled code is mapped from the cache (`.cwasm`), or from the file
+    # a first compile wrote (`.compiling-*.part`, deleted once cached).
+    ("guest code (wasm)", lambda dso, sym: dso.endswith(".cwasm") or dso.startswith(".compiling-")
+     or sym.startswith("wasm[")),
     ("kernel", lambda dso, sym: dso == "[kernel.kallsyms]"),
     ("wasmtime (calls, lifting, lowering)", lambda dso, sym: "wasmtime" in sym),
     ("allocator", lambda dso, sym: re.match(r"(_?mi_|__rust_(re|de)?alloc|__rustc::)", sym) is not None
@@ -172,7 +175,7 @@ def categorize(data):
     shares["other"] = 0.0
     other = collections.Counter()
     for line in out.splitlines():
-        m = re.match(r"\s+([\d.]+)%\s+(\S+)\s+\[.\]\s+(.*)", line)
+        m = re.match(r"\s+([\d.]+)%\s+(\S+(?: \(deleted\))?)\s+\[.\]\s+(.*)", line)
         if not m:
             continue
         share, dso, sym = float(m[1]), m[2], m[3].strip()
