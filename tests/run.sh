@@ -25,6 +25,7 @@ done
 echo "==> the JavaScript SDK and the JavaScript example service (node --test)"
 node --test plugins/sdk-js/test/ examples/orders/services/notification/test/
 echo "==> the speed guard: wasm against native on this build, 3 alternating rounds"
-cargo bench --profile dev -p eventhost --bench throughput -- quick ratios check
+# --workspace: the features the tests were built with, so their build is reused.
+cargo bench --profile dev --workspace --bench throughput -- quick ratios check
 echo "==> the orders example, end to end (examples/orders/run.sh 200)"
 EVENTHOST_BIN="$PWD/target/debug/eventhost" examples/orders/run.sh 200
