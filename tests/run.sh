@@ -24,7 +24,7 @@ for project in plugins/sdk-python examples/orders/services/shipping; do
 done
 echo "==> the JavaScript SDK and the JavaScript example service (node --test)"
 node --test plugins/sdk-js/test/ examples/orders/services/notification/test/
-echo "==> the speed guard: wasm against native on this build, 3 alternating rounds"
+echo "==> the speed guard: wasm against native throughput on this build, 5 alternating rounds"
 # --workspace: the features the tests were built with, so their build is reused.
 cargo bench --profile dev --workspace --bench throughput -- quick ratios check
 echo "==> the orders example, end to end (examples/orders/run.sh 200)"
