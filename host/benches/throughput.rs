@@ -116,12 +116,12 @@ fn main() {
 
 /// Lowest wasm/native throughput (median of the rounds) `ratios check`
 /// accepts, trivial and stateful: under what the build's quick runs give
-/// (release 0.90–1.00, debug 0.74–0.79, see BENCHMARKS.md) by what a
+/// (release 0.86–1.00, debug 0.69–0.82, see BENCHMARKS.md) by what a
 /// quick run on a busy machine may lose. A debug build (CI's, which shares
 /// the tests' build) runs eventhost's own code unoptimised, and the wasm
 /// path has more of it.
 const RATIO_FLOOR: [f64; 2] = if cfg!(debug_assertions) {
-    [0.65, 0.65]
+    [0.55, 0.55]
 } else {
     [0.82, 0.82]
 };
