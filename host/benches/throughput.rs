@@ -7,8 +7,8 @@
 //!         throughput, latency, start, reads, languages or leanmq (several
 //!         may be named)
 //!     cargo bench -p eventhost --bench throughput -- ratios [check] # wasm
-//!         against native, three alternating rounds; `check` fails below
-//!         the floors (the guard CI runs, with `quick`)
+//!         against native in alternating rounds; `check` fails below the
+//!         floors (the guard CI runs, with `quick`, on a debug build)
 //!     cargo bench -p eventhost --bench throughput -- latency 10000 # one rate
 //!
 //! Prints a table: deliveries/s with 3 subscribers (trivial and stateful

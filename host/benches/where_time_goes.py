@@ -119,13 +119,11 @@ def run(args):
         else:
             command = [f"{ROOT}/target/release/eventhost", "run", "--config", f"{work}/eventhost.toml"]
         host = subprocess.Popen(command, stdout=open(f"{work}/host.log", "w"), stderr=subprocess.STDOUT, cwd=work)
-        while handled(metrics) < 0:
-            time.sleep(0.1)
+        wait_for(host, lambda: handled(metrics) >= 0, work)
         publisher = redis.Redis(port=redis_port)
         # A first batch compiles into the cache and warms the instances.
         warm = publish(publisher, 0, 2000)
-        while handled(metrics) < warm * len(names):
-            time.sleep(0.02)
+        wait_for(host, lambda: handled(metrics) >= warm * len(names), work)
         perf = subprocess.Popen(
             ["perf", "record", "-F", "1999", "-o", args.out, "-p", str(host.pid)],
             stdout=subprocess.DEVNULL,
@@ -134,8 +132,7 @@ def run(args):
         time.sleep(0.5)
         cpu = cpu_seconds(host.pid)
         publish(publisher, warm, args.events)
-        while handled(metrics) < (warm + args.events) * len(names):
-            time.sleep(0.02)
+        wait_for(host, lambda: handled(metrics) >= (warm + args.events) * len(names), work)
         cpu = cpu_seconds(host.pid) - cpu
         perf.send_signal(2)
         perf.wait()
@@ -147,6 +144,18 @@ def run(args):
         server.terminate()
         server.wait()
         shutil.rmtree(work)
+
+
+def wait_for(host, done, work, limit_s=300):
+    """Waits until `done()`; a host that exited or a run past `limit_s` is
+    an error showing the host's log, never a wait without end."""
+    deadline = time.time() + limit_s
+    while not done():
+        if host.poll() is not None or time.time() > deadline:
+            log = open(f"{work}/host.log").read()[-4000:]
+            why = f"the host exited ({host.returncode})" if host.returncode is not None else f"not done in {limit_s} s"
+            raise SystemExit(f"{why}; its log ends:\n{log}")
+        time.sleep(0.02)
 
 
 def publish(conn, first, events):
